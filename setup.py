@@ -1,0 +1,26 @@
+"""Install ChatP2P: the core as `chatp2p_core` (source in lib/), the UI as `chatp2p_ui` (ui/)."""
+from setuptools import setup
+
+setup(
+    name="chatp2p",
+    version="0.1.0",
+    description="Peer-to-peer terminal chat with post-quantum end-to-end encryption",
+    python_requires=">=3.11",
+    py_modules=["chatp2p"],
+    packages=["chatp2p_core", "chatp2p_ui"],
+    package_dir={"chatp2p_core": "lib", "chatp2p_ui": "ui"},
+    package_data={"chatp2p_core": ["chatp2p.conf"]},
+    scripts=["bin/chatp2p", "bin/chatp2pd", "bin/chatp2pctl"],
+    install_requires=[
+        "gevent>=24.2",
+        "pyzmq>=25",
+        # lib/pqc.py uses private pycryptodome APIs (Hybrid._construct, MLKEMKey._encaps ...):
+        # pinned to the minor series it was checked against.
+        "pycryptodome>=4.4,<4.5",
+        "liboqs-python>=0.12",
+        "pystun3>=2.0",
+        "urwid>=2.6",
+        "cryptography>=42",
+    ],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6"]},
+)

@@ -1,0 +1,1 @@
+"""ChatP2P terminal UI (urwid). Installed as the package `chatp2p_ui`."""
