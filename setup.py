@@ -9,7 +9,6 @@ setup(
     py_modules=["chatp2p"],
     packages=["chatp2p_core", "chatp2p_ui"],
     package_dir={"chatp2p_core": "lib", "chatp2p_ui": "ui"},
-    package_data={"chatp2p_core": ["chatp2p.conf"]},
     scripts=["bin/chatp2p", "bin/chatp2pd", "bin/chatp2pctl"],
     install_requires=[
         "gevent>=24.2",
