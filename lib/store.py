@@ -1,0 +1,714 @@
+"""The node's persistent state: one SQLite database (`DATA_DIR/chatp2p.db`).
+
+Durability: every write method commits before it returns. With the default
+`synchronous=NORMAL` in WAL mode a committed write survives a crash or kill of the
+process (SIGKILL included) but the last commits may be lost on power failure;
+`durable=True` sets `synchronous=FULL`, which syncs the WAL on every commit so a
+commit also survives power loss, at the cost of one fsync per write.
+
+Concurrency: one connection, used by the greenlets of one gevent process. Every call
+is short and never yields to the hub in the middle of a transaction, so greenlets
+cannot interleave inside one. No threads.
+
+Privacy: the database and its -wal/-shm side files are created mode 0600.
+
+Schema: `PRAGMA user_version` counts the migrations applied. Add a table by appending
+a migration to `MIGRATIONS`; never edit one that has shipped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import sqlite3
+import time
+import unicodedata
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from .util import iso_utc
+
+FINGERPRINT_SIZE = 32
+MAX_NAME_LENGTH = 64
+MAX_ADDRESSES = 5
+BUSY_TIMEOUT_MS = 5000
+
+OUTGOING_STATES = ("queued", "sent", "delivered", "failed")
+MESSAGE_STATES = OUTGOING_STATES + ("received",)
+
+# Bidirectional overrides and isolates: they can make a name display as another one.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+# Each migration is a tuple of SQL statements run in one transaction, after which
+# user_version is set to its 1-based position. foreign_keys is ON while they run: a
+# migration that rebuilds a table must take care of that itself.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: contacts, their messages, messages held from strangers.
+    (
+        """
+        CREATE TABLE contacts (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            fingerprint BLOB NOT NULL UNIQUE CHECK (length(fingerprint) = 32),
+            bundle TEXT,
+            verified INTEGER NOT NULL DEFAULT 0 CHECK (verified IN (0, 1)),
+            blocked INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)),
+            created REAL NOT NULL,
+            last_seen REAL,
+            addresses TEXT NOT NULL DEFAULT '[]',
+            notes TEXT
+        )
+        """,
+        """
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            contact_id INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+            message_id TEXT NOT NULL,
+            direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+            body TEXT NOT NULL,
+            created REAL NOT NULL,
+            received REAL,
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'sent', 'delivered', 'failed', 'received')),
+            seq INTEGER,
+            read INTEGER NOT NULL DEFAULT 0 CHECK (read IN (0, 1)),
+            failure TEXT,
+            UNIQUE (contact_id, direction, message_id)
+        )
+        """,
+        "CREATE INDEX messages_contact ON messages (contact_id, id)",
+        """
+        CREATE TABLE held_messages (
+            id INTEGER PRIMARY KEY,
+            fingerprint BLOB NOT NULL CHECK (length(fingerprint) = 32),
+            bundle TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created REAL NOT NULL,
+            UNIQUE (fingerprint, message_id)
+        )
+        """,
+    ),
+)
+
+
+class StoreError(Exception):
+    """Base of the store's errors; its message is meant for the user."""
+
+
+class DuplicateError(StoreError):
+    """A name, key or message id that must be unique is already taken."""
+
+
+class NotFoundError(StoreError):
+    """The contact or message asked for does not exist."""
+
+
+def _iso_or_none(ts: float | None) -> str | None:
+    return None if ts is None else iso_utc(ts)
+
+
+def validate_name(name: str) -> str:
+    """Return the name stripped, or raise StoreError saying why it cannot be a contact name."""
+    stripped = name.strip()
+    if not stripped:
+        raise StoreError("A contact name cannot be empty")
+    if len(stripped) > MAX_NAME_LENGTH:
+        raise StoreError(f"A contact name is at most {MAX_NAME_LENGTH} characters")
+    for ch in stripped:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS:
+            raise StoreError("A contact name cannot contain control characters")
+    return stripped
+
+
+def _fingerprint(fp: bytes) -> bytes:
+    """Check a fingerprint's size so a truncated key never matches or gets stored."""
+    fp = bytes(fp)
+    if len(fp) != FINGERPRINT_SIZE:
+        raise StoreError(f"A key fingerprint is {FINGERPRINT_SIZE} bytes, not {len(fp)}")
+    return fp
+
+
+@dataclasses.dataclass
+class Contact:
+    """One row of `contacts`: a key the user chose to talk to, under a local name."""
+
+    id: int
+    name: str
+    fingerprint: bytes
+    bundle: str | None
+    verified: bool
+    blocked: bool
+    created: float
+    last_seen: float | None
+    addresses: list[str]
+    notes: str | None = None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Contact:
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            fingerprint=bytes(row["fingerprint"]),
+            bundle=row["bundle"],
+            verified=bool(row["verified"]),
+            blocked=bool(row["blocked"]),
+            created=row["created"],
+            last_seen=row["last_seen"],
+            addresses=json.loads(row["addresses"]),
+            notes=row["notes"],
+        )
+
+    def to_dict(self, format_fp: Callable[[bytes], str]) -> dict[str, Any]:
+        """JSON-ready view; the bundle is left out (large) and shown as `has_bundle`."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "fingerprint": format_fp(self.fingerprint),
+            "has_bundle": self.bundle is not None,
+            "verified": self.verified,
+            "blocked": self.blocked,
+            "created": iso_utc(self.created),
+            "last_seen": _iso_or_none(self.last_seen),
+            "addresses": list(self.addresses),
+            "notes": self.notes,
+        }
+
+
+@dataclasses.dataclass
+class Message:
+    """One row of `messages`, incoming or outgoing."""
+
+    id: int
+    contact_id: int
+    message_id: str
+    direction: str
+    body: str
+    created: float
+    received: float | None
+    state: str
+    seq: int | None
+    read: bool
+    failure: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Message:
+        return cls(
+            id=row["id"],
+            contact_id=row["contact_id"],
+            message_id=row["message_id"],
+            direction=row["direction"],
+            body=row["body"],
+            created=row["created"],
+            received=row["received"],
+            state=row["state"],
+            seq=row["seq"],
+            read=bool(row["read"]),
+            failure=row["failure"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view with ISO-8601 UTC timestamps."""
+        return {
+            "id": self.id,
+            "contact_id": self.contact_id,
+            "message_id": self.message_id,
+            "direction": self.direction,
+            "body": self.body,
+            "created": iso_utc(self.created),
+            "received": _iso_or_none(self.received),
+            "state": self.state,
+            "seq": self.seq,
+            "read": self.read,
+            "failure": self.failure,
+        }
+
+
+@dataclasses.dataclass
+class HeldMessage:
+    """A message from a stranger, kept until the user accepts or refuses the sender."""
+
+    id: int
+    fingerprint: bytes
+    bundle: str
+    message_id: str
+    body: str
+    created: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> HeldMessage:
+        return cls(
+            id=row["id"],
+            fingerprint=bytes(row["fingerprint"]),
+            bundle=row["bundle"],
+            message_id=row["message_id"],
+            body=row["body"],
+            created=row["created"],
+        )
+
+    def to_dict(self, format_fp: Callable[[bytes], str]) -> dict[str, Any]:
+        """JSON-ready view; the bundle is left out (large)."""
+        return {
+            "id": self.id,
+            "fingerprint": format_fp(self.fingerprint),
+            "message_id": self.message_id,
+            "body": self.body,
+            "created": iso_utc(self.created),
+        }
+
+
+class Store:
+    """The SQLite database of one node. See the module docstring for durability."""
+
+    migrations: tuple[tuple[str, ...], ...] = MIGRATIONS
+
+    def __init__(self, path: pathlib.Path, durable: bool = False) -> None:
+        self.path = pathlib.Path(path)
+        self.durable = durable
+        self._conn: sqlite3.Connection | None = self._open()
+
+    # ---- opening and closing -------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        """Create the file 0600, connect under umask 077 (for -wal/-shm), then migrate."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.fchmod(fd, 0o600)  # tighten a file left readable by someone else
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"Cannot open database {self.path}: {exc.strerror}") from exc
+        old_umask = os.umask(0o077)
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(
+                    f"Database {self.path} cannot use WAL mode (got {mode!r}): "
+                    "put the data directory on a local file system"
+                )
+            conn.execute("PRAGMA synchronous = " + ("FULL" if self.durable else "NORMAL"))
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+            raise StoreError(f"Cannot open database {self.path}: {exc}") from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        finally:
+            os.umask(old_umask)
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Apply the migrations the file lacks; refuse a file from a newer version."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        known = len(self.migrations)
+        if version > known:
+            raise StoreError(
+                f"Database {self.path} has schema version {version}, but this version of "
+                f"ChatP2P only knows up to {known}: upgrade ChatP2P to open it"
+            )
+        for number in range(version + 1, known + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in self.migrations[number - 1]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        """Fold the WAL back into the main file and close, so the file stands alone."""
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed before the caller returns.
+
+        SQLite's own errors (disk full, busy past the timeout) become StoreError so the
+        callers handle one family of exceptions.
+        """
+        conn = self._checked()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"Database error: {exc}") from exc
+
+    def _checked(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("The store is closed")
+        return self._conn
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return self._checked().execute(sql, params).fetchall()
+
+    # ---- contacts ------------------------------------------------------------------
+
+    def _contact_row(self, conn: sqlite3.Connection, name: str) -> sqlite3.Row:
+        row = conn.execute(
+            "SELECT * FROM contacts WHERE name = ?", (name.strip(),)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"Peer not found: {name.strip()}")
+        return row
+
+    def _contact_by_id(self, conn: sqlite3.Connection, contact_id: int) -> sqlite3.Row:
+        row = conn.execute("SELECT * FROM contacts WHERE id = ?", (contact_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"Peer not found: #{contact_id}")
+        return row
+
+    def add_contact(self, name: str, fingerprint: bytes, bundle: str | None) -> Contact:
+        """Add a contact; DuplicateError names the contact that already has the name or key."""
+        name = validate_name(name)
+        fingerprint = _fingerprint(fingerprint)
+        with self._tx() as conn:
+            same_name = conn.execute(
+                "SELECT name FROM contacts WHERE name = ?", (name,)
+            ).fetchone()
+            if same_name is not None:
+                raise DuplicateError(f"A contact named {same_name['name']} already exists")
+            same_key = conn.execute(
+                "SELECT name FROM contacts WHERE fingerprint = ?", (fingerprint,)
+            ).fetchone()
+            if same_key is not None:
+                raise DuplicateError(f"This key is already a contact: {same_key['name']}")
+            cur = conn.execute(
+                "INSERT INTO contacts (name, fingerprint, bundle, created) "
+                "VALUES (?, ?, ?, ?)",
+                (name, fingerprint, bundle, time.time()),
+            )
+            return Contact.from_row(self._contact_by_id(conn, cur.lastrowid))
+
+    def get_contact(self, name: str) -> Contact:
+        """Look a contact up by name, ignoring (ASCII) case."""
+        return Contact.from_row(self._contact_row(self._checked(), name))
+
+    def get_contact_by_id(self, contact_id: int) -> Contact:
+        """Look a contact up by row id (NotFoundError "Peer not found: #ID")."""
+        return Contact.from_row(self._contact_by_id(self._checked(), contact_id))
+
+    def find_contact_by_fingerprint(self, fp: bytes) -> Contact | None:
+        rows = self._query("SELECT * FROM contacts WHERE fingerprint = ?", (bytes(fp),))
+        return Contact.from_row(rows[0]) if rows else None
+
+    def list_contacts(self) -> list[Contact]:
+        rows = self._query("SELECT * FROM contacts ORDER BY name, id")
+        return [Contact.from_row(row) for row in rows]
+
+    def remove_contact(self, name: str) -> Contact:
+        """Delete a contact and, by cascade, its messages; return it as it was."""
+        with self._tx() as conn:
+            row = self._contact_row(conn, name)
+            conn.execute("DELETE FROM contacts WHERE id = ?", (row["id"],))
+            return Contact.from_row(row)
+
+    def rename_contact(self, name: str, new_name: str) -> Contact:
+        """Rename; changing only the case of the contact's own name is allowed."""
+        new_name = validate_name(new_name)
+        with self._tx() as conn:
+            row = self._contact_row(conn, name)
+            clash = conn.execute(
+                "SELECT name FROM contacts WHERE name = ? AND id != ?", (new_name, row["id"])
+            ).fetchone()
+            if clash is not None:
+                raise DuplicateError(f"A contact named {clash['name']} already exists")
+            conn.execute("UPDATE contacts SET name = ? WHERE id = ?", (new_name, row["id"]))
+            return Contact.from_row(self._contact_by_id(conn, row["id"]))
+
+    def _set_flag(self, name: str, column: str, value: bool) -> Contact:
+        with self._tx() as conn:
+            row = self._contact_row(conn, name)
+            conn.execute(
+                f"UPDATE contacts SET {column} = ? WHERE id = ?", (int(value), row["id"])
+            )
+            return Contact.from_row(self._contact_by_id(conn, row["id"]))
+
+    def set_blocked(self, name: str, blocked: bool) -> Contact:
+        return self._set_flag(name, "blocked", blocked)
+
+    def set_verified(self, name: str, verified: bool) -> Contact:
+        return self._set_flag(name, "verified", verified)
+
+    def set_notes(self, name: str, notes: str | None) -> Contact:
+        with self._tx() as conn:
+            row = self._contact_row(conn, name)
+            conn.execute("UPDATE contacts SET notes = ? WHERE id = ?", (notes, row["id"]))
+            return Contact.from_row(self._contact_by_id(conn, row["id"]))
+
+    def set_bundle(self, contact_id: int, bundle: str) -> None:
+        """Record the identity bundle of a contact first added by fingerprint only."""
+        with self._tx() as conn:
+            self._contact_by_id(conn, contact_id)
+            conn.execute("UPDATE contacts SET bundle = ? WHERE id = ?", (bundle, contact_id))
+
+    def touch_contact(self, contact_id: int, when: float, address: str | None = None) -> None:
+        """Note that the contact was seen; keep its last 5 distinct addresses, newest first.
+
+        last_seen never moves backwards, so a late, older report cannot hide a newer one.
+        """
+        with self._tx() as conn:
+            row = self._contact_by_id(conn, contact_id)
+            addresses: list[str] = json.loads(row["addresses"])
+            if address is not None:
+                addresses = [address] + [a for a in addresses if a != address]
+                addresses = addresses[:MAX_ADDRESSES]
+            last_seen = when if row["last_seen"] is None else max(row["last_seen"], when)
+            conn.execute(
+                "UPDATE contacts SET last_seen = ?, addresses = ? WHERE id = ?",
+                (last_seen, json.dumps(addresses), contact_id),
+            )
+
+    def count_contacts(self) -> int:
+        return self._query("SELECT count(*) FROM contacts")[0][0]
+
+    def unread_counts(self) -> dict[int, int]:
+        """contact_id -> unread incoming messages; contacts with none are left out."""
+        rows = self._query(
+            "SELECT contact_id, count(*) FROM messages "
+            "WHERE direction = 'in' AND read = 0 GROUP BY contact_id"
+        )
+        return {row[0]: row[1] for row in rows}
+
+    def last_messages(self) -> dict[int, Message]:
+        """Latest message per contact, by arrival order in this store (row id)."""
+        rows = self._query(
+            "SELECT m.* FROM messages m JOIN "
+            "(SELECT max(id) AS id FROM messages GROUP BY contact_id) latest "
+            "ON m.id = latest.id"
+        )
+        return {row["contact_id"]: Message.from_row(row) for row in rows}
+
+    # ---- messages ------------------------------------------------------------------
+
+    def _message(self, conn: sqlite3.Connection, row_id: int) -> Message:
+        return Message.from_row(
+            conn.execute("SELECT * FROM messages WHERE id = ?", (row_id,)).fetchone()
+        )
+
+    def add_outgoing(
+        self,
+        contact_id: int,
+        message_id: str,
+        body: str,
+        created: float,
+        state: str = "queued",
+    ) -> Message:
+        """Store a message we send, with the contact's next outgoing sequence number."""
+        if state not in OUTGOING_STATES:
+            raise StoreError(f"Invalid state for an outgoing message: {state}")
+        with self._tx() as conn:
+            self._contact_by_id(conn, contact_id)
+            exists = conn.execute(
+                "SELECT 1 FROM messages "
+                "WHERE contact_id = ? AND direction = 'out' AND message_id = ?",
+                (contact_id, message_id),
+            ).fetchone()
+            if exists is not None:
+                raise DuplicateError(f"Message {message_id} already exists")
+            seq = conn.execute(
+                "SELECT coalesce(max(seq), 0) + 1 FROM messages "
+                "WHERE contact_id = ? AND direction = 'out'",
+                (contact_id,),
+            ).fetchone()[0]
+            cur = conn.execute(
+                "INSERT INTO messages (contact_id, message_id, direction, body, created, "
+                "state, seq, read) VALUES (?, ?, 'out', ?, ?, ?, ?, 1)",
+                (contact_id, message_id, body, created, state, seq),
+            )
+            return self._message(conn, cur.lastrowid)
+
+    def add_incoming(
+        self, contact_id: int, message_id: str, body: str, created: float, received: float
+    ) -> tuple[Message, bool]:
+        """Store a received message; a repeated message_id returns the stored one and False."""
+        with self._tx() as conn:
+            self._contact_by_id(conn, contact_id)
+            cur = conn.execute(
+                "INSERT INTO messages (contact_id, message_id, direction, body, created, "
+                "received, state, read) VALUES (?, ?, 'in', ?, ?, ?, 'received', 0) "
+                "ON CONFLICT (contact_id, direction, message_id) DO NOTHING",
+                (contact_id, message_id, body, created, received),
+            )
+            if cur.rowcount == 1:
+                return self._message(conn, cur.lastrowid), True
+            row = conn.execute(
+                "SELECT * FROM messages "
+                "WHERE contact_id = ? AND direction = 'in' AND message_id = ?",
+                (contact_id, message_id),
+            ).fetchone()
+            return Message.from_row(row), False
+
+    def set_message_state(
+        self, contact_id: int, message_id: str, state: str, failure: str | None = None
+    ) -> None:
+        """Set an outgoing message's state (and failure reason, cleared when None).
+
+        The store does not police transitions: the messaging layer owns that logic.
+        """
+        if state not in OUTGOING_STATES:
+            raise StoreError(f"Invalid state for an outgoing message: {state}")
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE messages SET state = ?, failure = ? "
+                "WHERE contact_id = ? AND direction = 'out' AND message_id = ?",
+                (state, failure, contact_id, message_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"Message not found: {message_id}")
+
+    def pending_outgoing(self, contact_id: int) -> list[Message]:
+        """Messages still to deliver (queued or sent), in sequence order."""
+        rows = self._query(
+            "SELECT * FROM messages WHERE contact_id = ? AND direction = 'out' "
+            "AND state IN ('queued', 'sent') ORDER BY seq",
+            (contact_id,),
+        )
+        return [Message.from_row(row) for row in rows]
+
+    def expire_queued(self, older_than: float) -> list[Message]:
+        """Fail queued messages created before `older_than` (all contacts); return them."""
+        with self._tx() as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM messages WHERE direction = 'out' AND state = 'queued' "
+                    "AND created < ? ORDER BY contact_id, seq",
+                    (older_than,),
+                )
+            ]
+            conn.executemany(
+                "UPDATE messages SET state = 'failed', failure = 'expired' WHERE id = ?",
+                [(row_id,) for row_id in ids],
+            )
+            return [self._message(conn, row_id) for row_id in ids]
+
+    def history(
+        self, contact_id: int, limit: int = 50, before: int | None = None
+    ) -> list[Message]:
+        """The newest `limit` messages (older than row id `before` if given), oldest first."""
+        if limit < 1:
+            raise StoreError("The history limit must be at least 1")
+        if before is None:
+            rows = self._query(
+                "SELECT * FROM messages WHERE contact_id = ? ORDER BY id DESC LIMIT ?",
+                (contact_id, limit),
+            )
+        else:
+            rows = self._query(
+                "SELECT * FROM messages WHERE contact_id = ? AND id < ? "
+                "ORDER BY id DESC LIMIT ?",
+                (contact_id, before, limit),
+            )
+        return [Message.from_row(row) for row in reversed(rows)]
+
+    def mark_read(self, contact_id: int) -> int:
+        """Mark the contact's incoming messages read; return how many were unread."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE messages SET read = 1 "
+                "WHERE contact_id = ? AND direction = 'in' AND read = 0",
+                (contact_id,),
+            )
+            return cur.rowcount
+
+    # ---- messages held from strangers ----------------------------------------------
+
+    def hold_message(
+        self,
+        fingerprint: bytes,
+        bundle: str,
+        message_id: str,
+        body: str,
+        created: float,
+        max_count: int,
+        max_bytes: int,
+    ) -> bool:
+        """Keep a stranger's message for the user to decide on.
+
+        Returns False, storing nothing, when this sender already has `max_count` messages
+        held or the bodies (UTF-8 bytes; the bundle is not counted) would pass `max_bytes`.
+        A message_id already held returns True without storing it twice.
+        """
+        fingerprint = _fingerprint(fingerprint)
+        size = len(body.encode("utf-8"))
+        with self._tx() as conn:
+            held = conn.execute(
+                "SELECT 1 FROM held_messages WHERE fingerprint = ? AND message_id = ?",
+                (fingerprint, message_id),
+            ).fetchone()
+            if held is not None:
+                return True
+            count, total = conn.execute(
+                "SELECT count(*), coalesce(sum(length(CAST(body AS BLOB))), 0) "
+                "FROM held_messages WHERE fingerprint = ?",
+                (fingerprint,),
+            ).fetchone()
+            if count >= max_count or total + size > max_bytes:
+                return False
+            conn.execute(
+                "INSERT INTO held_messages (fingerprint, bundle, message_id, body, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (fingerprint, bundle, message_id, body, created),
+            )
+            return True
+
+    def held_senders(self) -> dict[bytes, int]:
+        """fingerprint -> number of held messages, for listing strangers and global caps."""
+        rows = self._query(
+            "SELECT fingerprint, count(*) FROM held_messages GROUP BY fingerprint "
+            "ORDER BY min(id)"
+        )
+        return {bytes(row[0]): row[1] for row in rows}
+
+    def take_held(self, fingerprint: bytes) -> list[HeldMessage]:
+        """Return this stranger's held messages in arrival order and delete them."""
+        fingerprint = _fingerprint(fingerprint)
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT * FROM held_messages WHERE fingerprint = ? ORDER BY id",
+                (fingerprint,),
+            ).fetchall()
+            conn.execute("DELETE FROM held_messages WHERE fingerprint = ?", (fingerprint,))
+            return [HeldMessage.from_row(row) for row in rows]
+
+    def drop_held(self, fingerprint: bytes) -> int:
+        """Delete this stranger's held messages; return how many there were."""
+        fingerprint = _fingerprint(fingerprint)
+        with self._tx() as conn:
+            cur = conn.execute(
+                "DELETE FROM held_messages WHERE fingerprint = ?", (fingerprint,)
+            )
+            return cur.rowcount

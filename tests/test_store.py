@@ -1,0 +1,512 @@
+"""Tests of lib/store.py: the SQLite state of one node, each test in its own tmp dir."""
+from __future__ import annotations
+
+import os
+import pathlib
+import sqlite3
+import stat
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+import pytest
+
+from chatp2p_core.store import (
+    MIGRATIONS,
+    Contact,
+    DuplicateError,
+    Message,
+    NotFoundError,
+    Store,
+    StoreError,
+)
+from chatp2p_core.util import iso_utc
+
+FP_A = bytes(range(32))
+FP_B = bytes(range(1, 33))
+FP_C = bytes(range(2, 34))
+
+
+@contextmanager
+def tmp_dir() -> Iterator[pathlib.Path]:
+    with tempfile.TemporaryDirectory(prefix="chatp2p-store-") as name:
+        yield pathlib.Path(name)
+
+
+@contextmanager
+def fresh_store(durable: bool = False) -> Iterator[Store]:
+    with tmp_dir() as d:
+        store = Store(d / "chatp2p.db", durable=durable)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def mode(path: pathlib.Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# ---- opening, pragmas, files, migrations ----------------------------------------------
+
+
+def test_file_modes_are_0600_and_umask_restored():
+    with tmp_dir() as d:
+        db = d / "chatp2p.db"
+        before = os.umask(0o022)
+        try:
+            store = Store(db)
+            assert os.umask(0o022) == 0o022  # restored after opening
+            store.add_contact("Bob", FP_A, None)  # a write makes sure -wal exists
+            assert mode(db) == 0o600
+            assert mode(d / "chatp2p.db-wal") == 0o600
+            assert mode(d / "chatp2p.db-shm") == 0o600
+            store.close()
+        finally:
+            os.umask(before)
+
+
+def test_existing_loose_file_is_tightened():
+    with tmp_dir() as d:
+        db = d / "chatp2p.db"
+        db.touch()
+        os.chmod(db, 0o644)
+        Store(db).close()
+        assert mode(db) == 0o600
+
+
+def test_pragmas_default_and_durable():
+    with fresh_store() as store:
+        conn = store._conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    with fresh_store(durable=True) as store:
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_reopen_keeps_data_and_close_truncates_wal():
+    with tmp_dir() as d:
+        db = d / "chatp2p.db"
+        store = Store(db)
+        bob = store.add_contact("Bob", FP_A, "bundle-b")
+        store.add_outgoing(bob.id, "m1", "hello", 1.0)
+        store.close()
+        store.close()  # a second close is harmless
+        assert not (d / "chatp2p.db-wal").exists() or (d / "chatp2p.db-wal").stat().st_size == 0
+        with Store(db) as again:
+            assert again.get_contact("bob") == bob
+            assert [m.body for m in again.history(bob.id)] == ["hello"]
+
+
+def test_closed_store_refuses_calls():
+    with tmp_dir() as d:
+        store = Store(d / "chatp2p.db")
+        store.close()
+        with pytest.raises(StoreError, match="closed"):
+            store.list_contacts()
+        with pytest.raises(StoreError, match="closed"):
+            store.add_contact("Bob", FP_A, None)
+
+
+def test_newer_schema_version_is_refused():
+    with tmp_dir() as d:
+        db = d / "chatp2p.db"
+        Store(db).close()
+        raw = sqlite3.connect(db)
+        raw.execute("PRAGMA user_version = 99")
+        raw.commit()
+        raw.close()
+        with pytest.raises(StoreError) as info:
+            Store(db)
+        message = str(info.value)
+        assert "99" in message and "upgrade ChatP2P" in message
+
+
+def test_appended_migration_runs_once_on_old_file():
+    class NextStore(Store):
+        migrations = MIGRATIONS + (("CREATE TABLE extra (id INTEGER PRIMARY KEY)",),)
+
+    with tmp_dir() as d:
+        db = d / "chatp2p.db"
+        with Store(db) as store:
+            store.add_contact("Bob", FP_A, None)
+        with NextStore(db) as store:
+            version = store._conn.execute("PRAGMA user_version").fetchone()[0]
+            assert version == len(MIGRATIONS) + 1
+            store._conn.execute("INSERT INTO extra DEFAULT VALUES")
+            assert store.get_contact("Bob").name == "Bob"
+        with NextStore(db) as store:  # nothing left to apply: no "table exists" error
+            assert store._conn.execute("SELECT count(*) FROM extra").fetchone()[0] == 1
+        with pytest.raises(StoreError, match="schema version"):
+            Store(db)  # the old code refuses the migrated file
+
+
+def test_failed_migration_rolls_back():
+    class BrokenStore(Store):
+        migrations = MIGRATIONS + (("CREATE TABLE ok (id INTEGER)", "NOT SQL"),)
+
+    with tmp_dir() as d:
+        db = d / "chatp2p.db"
+        Store(db).close()
+        with pytest.raises(StoreError):
+            BrokenStore(db)
+        with Store(db) as store:
+            tables = {r[0] for r in store._conn.execute("SELECT name FROM sqlite_master")}
+            assert "ok" not in tables
+            version = store._conn.execute("PRAGMA user_version").fetchone()[0]
+            assert version == len(MIGRATIONS)
+
+
+def test_not_a_database_is_a_store_error():
+    with tmp_dir() as d:
+        db = d / "chatp2p.db"
+        db.write_bytes(b"this is not sqlite" * 100)
+        with pytest.raises(StoreError, match="Cannot open database"):
+            Store(db)
+
+
+def test_missing_directory_is_a_store_error():
+    with tmp_dir() as d:
+        with pytest.raises(StoreError, match="Cannot open database"):
+            Store(d / "nope" / "chatp2p.db")
+
+
+# ---- contacts -------------------------------------------------------------------------
+
+
+def test_add_and_get_contact():
+    with fresh_store() as store:
+        bob = store.add_contact("  Bob ", FP_A, None)
+        assert isinstance(bob, Contact)
+        assert (bob.name, bob.fingerprint, bob.bundle) == ("Bob", FP_A, None)
+        assert (bob.verified, bob.blocked, bob.last_seen, bob.addresses) == (
+            False, False, None, [],
+        )
+        assert bob.created > 0
+        assert store.get_contact("BOB") == bob
+        assert store.get_contact(" bob ") == bob
+        assert store.get_contact_by_id(bob.id) == bob
+        assert store.find_contact_by_fingerprint(FP_A) == bob
+        assert store.find_contact_by_fingerprint(FP_B) is None
+
+
+def test_duplicate_name_case_insensitive():
+    with fresh_store() as store:
+        store.add_contact("Bob", FP_A, None)
+        with pytest.raises(DuplicateError) as info:
+            store.add_contact("bob", FP_B, None)
+        assert str(info.value) == "A contact named Bob already exists"
+        assert store.count_contacts() == 1
+
+
+def test_duplicate_key():
+    with fresh_store() as store:
+        store.add_contact("Bob", FP_A, None)
+        with pytest.raises(DuplicateError) as info:
+            store.add_contact("Robert", FP_A, None)
+        assert str(info.value) == "This key is already a contact: Bob"
+
+
+def test_not_found_message():
+    with fresh_store() as store:
+        for call in (
+            lambda: store.get_contact("Carol"),
+            lambda: store.remove_contact("Carol"),
+            lambda: store.rename_contact("Carol", "Caroline"),
+            lambda: store.set_blocked("Carol", True),
+            lambda: store.set_verified("Carol", True),
+        ):
+            with pytest.raises(NotFoundError) as info:
+                call()
+            assert str(info.value) == "Peer not found: Carol"
+        with pytest.raises(NotFoundError):
+            store.set_bundle(42, "x")
+        with pytest.raises(NotFoundError):
+            store.touch_contact(42, 1.0)
+
+
+def test_name_validation():
+    with fresh_store() as store:
+        for bad, why in (
+            ("", "empty"),
+            ("   ", "empty"),
+            ("x" * 65, "at most 64"),
+            ("Bo\nb", "control"),
+            ("Bo\x00b", "control"),
+            ("Bo\u202eb", "control"),
+        ):
+            with pytest.raises(StoreError, match=why):
+                store.add_contact(bad, FP_A, None)
+        assert store.add_contact("x" * 64, FP_A, None).name == "x" * 64
+        assert store.add_contact("Zoë 🙂", FP_B, None).name == "Zoë 🙂"
+        bob = store.add_contact("Bob", FP_C, None)
+        with pytest.raises(StoreError, match="empty"):
+            store.rename_contact(bob.name, " ")
+
+
+def test_fingerprint_size_checked():
+    with fresh_store() as store:
+        with pytest.raises(StoreError, match="32 bytes"):
+            store.add_contact("Bob", b"short", None)
+
+
+def test_list_and_count_contacts_ordered_by_name():
+    with fresh_store() as store:
+        store.add_contact("carol", FP_A, None)
+        store.add_contact("Alice", FP_B, None)
+        store.add_contact("bob", FP_C, None)
+        assert [c.name for c in store.list_contacts()] == ["Alice", "bob", "carol"]
+        assert store.count_contacts() == 3
+
+
+def test_remove_contact_cascades_messages():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        carol = store.add_contact("Carol", FP_B, None)
+        store.add_outgoing(bob.id, "m1", "hi", 1.0)
+        store.add_incoming(bob.id, "m2", "yo", 2.0, 3.0)
+        store.add_outgoing(carol.id, "m3", "hey", 1.0)
+        removed = store.remove_contact("bob")
+        assert removed == bob
+        assert store.count_contacts() == 1
+        assert store.history(bob.id) == []
+        assert store.unread_counts() == {}
+        assert len(store.history(carol.id)) == 1
+        # The key can be added again, and starts from an empty history.
+        again = store.add_contact("Bob", FP_A, None)
+        assert store.history(again.id) == []
+
+
+def test_rename_contact():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        store.add_contact("Carol", FP_B, None)
+        assert store.rename_contact("bob", "BOB").name == "BOB"  # own name, other case
+        renamed = store.rename_contact("BOB", "Robert")
+        assert (renamed.id, renamed.name) == (bob.id, "Robert")
+        with pytest.raises(NotFoundError):
+            store.get_contact("Bob")
+        with pytest.raises(DuplicateError) as info:
+            store.rename_contact("Robert", "carol")
+        assert str(info.value) == "A contact named Carol already exists"
+
+
+def test_blocked_verified_notes_bundle():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        assert store.set_blocked("bob", True).blocked is True
+        assert store.set_verified("bob", True).verified is True
+        assert store.set_blocked("bob", False).blocked is False
+        assert store.set_notes("bob", "met at FOSDEM").notes == "met at FOSDEM"
+        store.set_bundle(bob.id, "BUNDLE64")
+        bob = store.get_contact("Bob")
+        assert (bob.bundle, bob.verified, bob.blocked) == ("BUNDLE64", True, False)
+
+
+def test_touch_contact_keeps_five_distinct_addresses():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        store.touch_contact(bob.id, 10.0)
+        assert store.get_contact("Bob").last_seen == 10.0
+        for i in range(7):
+            store.touch_contact(bob.id, 20.0 + i, f"192.0.2.{i}:4000")
+        store.touch_contact(bob.id, 30.0, "192.0.2.4:4000")  # already known: moves first
+        bob = store.get_contact("Bob")
+        assert bob.addresses == [
+            "192.0.2.4:4000", "192.0.2.6:4000", "192.0.2.5:4000",
+            "192.0.2.3:4000", "192.0.2.2:4000",
+        ]
+        assert bob.last_seen == 30.0
+        store.touch_contact(bob.id, 5.0)  # an older report does not move last_seen back
+        assert store.get_contact("Bob").last_seen == 30.0
+
+
+def test_contact_to_dict():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, "B")
+        store.touch_contact(bob.id, 1735732800.0, "198.51.100.7:5000")
+        d = store.get_contact("Bob").to_dict(lambda fp: fp.hex())
+        assert d["fingerprint"] == FP_A.hex()
+        assert d["last_seen"] == "2025-01-01T12:00:00.000Z"
+        assert d["created"].endswith("Z")
+        assert d["addresses"] == ["198.51.100.7:5000"]
+        assert d["has_bundle"] is True and d["verified"] is False
+        assert "bundle" not in d
+
+
+# ---- messages -------------------------------------------------------------------------
+
+
+def test_outgoing_seq_per_contact_and_duplicate():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        carol = store.add_contact("Carol", FP_B, None)
+        m1 = store.add_outgoing(bob.id, "m1", "one", 1.0)
+        m2 = store.add_outgoing(bob.id, "m2", "two", 2.0, state="sent")
+        c1 = store.add_outgoing(carol.id, "m1", "other", 1.0)  # same id, other contact: fine
+        assert isinstance(m1, Message)
+        assert (m1.seq, m2.seq, c1.seq) == (1, 2, 1)
+        assert (m1.state, m2.state, m1.direction, m1.read) == ("queued", "sent", "out", True)
+        with pytest.raises(DuplicateError):
+            store.add_outgoing(bob.id, "m1", "again", 3.0)
+        assert store.add_outgoing(bob.id, "m3", "three", 3.0).seq == 3
+        with pytest.raises(StoreError, match="Invalid state"):
+            store.add_outgoing(bob.id, "m4", "x", 4.0, state="received")
+        with pytest.raises(NotFoundError):
+            store.add_outgoing(999, "m5", "x", 4.0)
+
+
+def test_incoming_dedupe():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        first, new = store.add_incoming(bob.id, "m1", "hello", 1.0, 2.0)
+        assert new is True
+        assert (first.direction, first.state, first.read, first.seq) == (
+            "in", "received", False, None,
+        )
+        again, new = store.add_incoming(bob.id, "m1", "tampered?", 5.0, 6.0)
+        assert new is False
+        assert again == first
+        # The same message_id outgoing does not clash with an incoming one.
+        store.add_outgoing(bob.id, "m1", "mine", 3.0)
+        assert len(store.history(bob.id)) == 2
+        with pytest.raises(NotFoundError):
+            store.add_incoming(999, "m9", "x", 1.0, 1.0)
+
+
+def test_set_message_state_and_pending():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        for i in range(1, 5):
+            store.add_outgoing(bob.id, f"m{i}", str(i), float(i))
+        store.add_incoming(bob.id, "in1", "yo", 1.0, 1.0)
+        store.set_message_state(bob.id, "m2", "sent")
+        store.set_message_state(bob.id, "m1", "delivered")
+        store.set_message_state(bob.id, "m4", "failed", "too large")
+        pending = store.pending_outgoing(bob.id)
+        assert [(m.message_id, m.state) for m in pending] == [("m2", "sent"), ("m3", "queued")]
+        failed = [m for m in store.history(bob.id) if m.message_id == "m4"][0]
+        assert (failed.state, failed.failure) == ("failed", "too large")
+        store.set_message_state(bob.id, "m4", "queued")  # retry clears the failure
+        assert [m.seq for m in store.pending_outgoing(bob.id)] == [2, 3, 4]
+        with pytest.raises(NotFoundError, match="Message not found: nope"):
+            store.set_message_state(bob.id, "nope", "sent")
+        with pytest.raises(StoreError, match="Invalid state"):
+            store.set_message_state(bob.id, "m2", "bogus")
+
+
+def test_expire_queued():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        carol = store.add_contact("Carol", FP_B, None)
+        store.add_outgoing(bob.id, "old", "a", 10.0)
+        store.add_outgoing(bob.id, "oldsent", "b", 10.0, state="sent")
+        store.add_outgoing(bob.id, "new", "c", 100.0)
+        store.add_outgoing(carol.id, "old", "d", 20.0)
+        expired = store.expire_queued(50.0)
+        assert sorted((m.contact_id, m.message_id) for m in expired) == [
+            (bob.id, "old"), (carol.id, "old"),
+        ]
+        assert all((m.state, m.failure) == ("failed", "expired") for m in expired)
+        assert [m.message_id for m in store.pending_outgoing(bob.id)] == ["oldsent", "new"]
+        assert store.expire_queued(50.0) == []
+
+
+def test_history_paging():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        carol = store.add_contact("Carol", FP_B, None)
+        for i in range(10):
+            store.add_outgoing(bob.id, f"m{i}", f"b{i}", float(i))
+            store.add_incoming(carol.id, f"c{i}", "other", float(i), float(i))
+        page = store.history(bob.id, limit=4)
+        assert [m.body for m in page] == ["b6", "b7", "b8", "b9"]
+        page = store.history(bob.id, limit=4, before=page[0].id)
+        assert [m.body for m in page] == ["b2", "b3", "b4", "b5"]
+        page = store.history(bob.id, limit=4, before=page[0].id)
+        assert [m.body for m in page] == ["b0", "b1"]
+        assert store.history(bob.id, limit=4, before=page[0].id) == []
+        assert len(store.history(bob.id)) == 10
+        with pytest.raises(StoreError):
+            store.history(bob.id, limit=0)
+
+
+def test_unread_mark_read_and_last_messages():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        carol = store.add_contact("Carol", FP_B, None)
+        store.add_contact("Dave", FP_C, None)
+        store.add_incoming(bob.id, "i1", "one", 1.0, 1.0)
+        store.add_incoming(bob.id, "i2", "two", 2.0, 2.0)
+        store.add_outgoing(bob.id, "o1", "reply", 3.0)
+        store.add_incoming(carol.id, "i1", "hey", 1.0, 1.0)
+        assert store.unread_counts() == {bob.id: 2, carol.id: 1}
+        last = store.last_messages()
+        assert set(last) == {bob.id, carol.id}
+        assert (last[bob.id].body, last[carol.id].body) == ("reply", "hey")
+        assert store.mark_read(bob.id) == 2
+        assert store.mark_read(bob.id) == 0
+        assert store.unread_counts() == {carol.id: 1}
+
+
+def test_message_to_dict():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        msg, _ = store.add_incoming(bob.id, "m1", "hi", 1735732800.0, 1735732800.5)
+        assert msg.to_dict() == {
+            "id": msg.id,
+            "contact_id": bob.id,
+            "message_id": "m1",
+            "direction": "in",
+            "body": "hi",
+            "created": "2025-01-01T12:00:00.000Z",
+            "received": "2025-01-01T12:00:00.500Z",
+            "state": "received",
+            "seq": None,
+            "read": False,
+            "failure": None,
+        }
+        out = store.add_outgoing(bob.id, "m2", "yo", 1735732800.0)
+        assert out.to_dict()["received"] is None
+
+
+# ---- held messages --------------------------------------------------------------------
+
+
+def test_hold_caps_take_and_drop():
+    with fresh_store() as store:
+        hold = store.hold_message
+        assert hold(FP_A, "BA", "m1", "abc", 1.0, max_count=3, max_bytes=10)
+        assert hold(FP_A, "BA", "m1", "abc", 1.0, max_count=3, max_bytes=10)  # dedupe
+        assert hold(FP_A, "BA", "m2", "é" * 3, 2.0, max_count=3, max_bytes=10)  # 6 bytes
+        assert not hold(FP_A, "BA", "m3", "xx", 3.0, max_count=3, max_bytes=10)  # 11 > 10
+        assert hold(FP_A, "BA", "m3", "x", 3.0, max_count=3, max_bytes=10)  # exactly 10
+        assert not hold(FP_A, "BA", "m4", "", 4.0, max_count=3, max_bytes=100)  # count
+        assert hold(FP_B, "BB", "m1", "other", 1.0, max_count=3, max_bytes=10)  # per sender
+        assert store.held_senders() == {FP_A: 3, FP_B: 1}
+
+        taken = store.take_held(FP_A)
+        assert [(h.message_id, h.body, h.bundle) for h in taken] == [
+            ("m1", "abc", "BA"), ("m2", "ééé", "BA"), ("m3", "x", "BA"),
+        ]
+        assert taken[0].fingerprint == FP_A
+        assert taken[0].to_dict(lambda fp: fp.hex())["created"] == iso_utc(1.0)
+        assert store.take_held(FP_A) == []
+        assert store.drop_held(FP_B) == 1
+        assert store.drop_held(FP_B) == 0
+        assert store.held_senders() == {}
+
+
+def test_sqlite_error_in_a_write_rolls_back_as_store_error():
+    with fresh_store() as store:
+        with pytest.raises(StoreError, match="Database error"):
+            with store._tx() as conn:
+                conn.execute("INSERT INTO contacts (name, fingerprint, created) "
+                             "VALUES ('Bob', ?, 1.0)", (FP_A,))
+                conn.execute("INSERT INTO contacts (name, fingerprint, created) "
+                             "VALUES ('Eve', x'00', 1.0)")  # CHECK: 32-byte key
+        assert store.count_contacts() == 0  # Bob rolled back too
+        assert store.add_contact("Bob", FP_A, None).name == "Bob"  # not stuck in a transaction
