@@ -1,0 +1,227 @@
+"""The control API's command table: (command, action) -> data schema + handler.
+
+The IPC server knows nothing about individual commands: it hands each decoded request to
+`CommandTable.dispatch`, which validates and coerces the data against the declared schema
+(the Windows client sends PascalCase keys and every value as a string) and calls the handler.
+Later features add rows to the table; the server never changes for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+from .util import iso_utc
+
+log = logging.getLogger("chatp2p.api")
+
+_BOOL_TEXT = {"true": True, "1": True, "yes": True, "on": True,
+              "false": False, "0": False, "no": False, "off": False}
+
+
+class ApiError(Exception):
+    """A request failed for a reason the client should read (becomes `error`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One data field: its type, whether it is required, and its limits."""
+
+    name: str
+    kind: str = "str"            # str | int | bool | list | dict | any
+    required: bool = True
+    default: Any = None
+    max_len: int | None = None   # characters for str, items for list
+    minimum: int | None = None
+    maximum: int | None = None
+    item_kind: str | None = None  # for lists: kind of each item
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """A handler result with extra top-level response keys (e.g. message_id)."""
+
+    data: Any
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+Handler = Callable[[Any, dict], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    command: str
+    action: str | None     # None: accepts any action (the seed's `status`)
+    fields: tuple[Field, ...]
+    handler: Handler
+    help: str
+
+
+def normalize_key(key: str) -> str:
+    """`FilePath`, `file_path` and `file-path` all name the same field."""
+    return key.replace("_", "").replace("-", "").lower()
+
+
+def _find(mapping: Mapping[str, Any], name: str) -> tuple[bool, Any]:
+    wanted = normalize_key(name)
+    for key, value in mapping.items():
+        if isinstance(key, str) and normalize_key(key) == wanted:
+            return True, value
+    return False, None
+
+
+def _kind_name(kind: str) -> str:
+    return {"str": "a string", "int": "an integer", "bool": "a boolean", "list": "a list",
+            "dict": "an object", "any": "a value"}[kind]
+
+
+def coerce(field: Field, value: Any, label: str | None = None) -> Any:
+    """Convert `value` to the field's kind, accepting the string forms old clients send."""
+    label = label or field.name
+    kind = field.kind
+    bad = ApiError(f"Field '{label}' must be {_kind_name(kind)}")
+    if kind == "any":
+        return value
+    if kind == "str":
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise bad
+        text = value if isinstance(value, str) else json.dumps(value)
+        if field.max_len is not None and len(text) > field.max_len:
+            raise ApiError(f"Field '{label}' is too long (at most {field.max_len} characters)")
+        return text
+    if kind == "int":
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, str):
+            text = value.strip()
+            if not text.lstrip("+-").isdigit() or len(text) > 30:
+                raise bad
+            value = int(text)
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise bad
+        if field.minimum is not None and value < field.minimum:
+            raise ApiError(f"Field '{label}' must be at least {field.minimum}")
+        if field.maximum is not None and value > field.maximum:
+            raise ApiError(f"Field '{label}' must be at most {field.maximum}")
+        return value
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
+            return _BOOL_TEXT[value.strip().lower()]
+        raise bad
+    if kind in ("list", "dict"):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except (ValueError, RecursionError):
+                raise bad from None
+        expected = list if kind == "list" else dict
+        if not isinstance(value, expected):
+            raise bad
+        if kind == "list":
+            if field.max_len is not None and len(value) > field.max_len:
+                raise ApiError(f"Field '{label}' has too many items (at most {field.max_len})")
+            if field.item_kind:
+                item_field = Field(field.name, field.item_kind)
+                value = [coerce(item_field, item, f"{label}[{i}]") for i, item in enumerate(value)]
+        return value
+    raise AssertionError(kind)
+
+
+def validate(fields: Iterable[Field], data: Any) -> dict:
+    """Check `data` against the schema; returns a dict keyed by canonical field names."""
+    if data is None or data == "":
+        data = {}
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except (ValueError, RecursionError):
+            raise ApiError("Field 'data' must be an object") from None
+    if not isinstance(data, dict):
+        raise ApiError("Field 'data' must be an object")
+    clean: dict[str, Any] = {}
+    for field in fields:
+        present, value = _find(data, field.name)
+        if not present or value is None or (value == "" and field.kind not in ("str",)):
+            if field.required:
+                raise ApiError(f"Missing field '{field.name}'")
+            clean[field.name] = field.default
+            continue
+        clean[field.name] = coerce(field, value)
+    return clean
+
+
+def response(success: bool, data: Any = None, error: str | None = None,
+             extra: Mapping[str, Any] | None = None, request_id: Any = None) -> dict:
+    """Build a response object in the seed's shape (error only on failure)."""
+    reply: dict[str, Any] = {"success": success, "data": data}
+    if not success:
+        reply["error"] = error
+    reply["timestamp"] = iso_utc(time.time())
+    if extra:
+        reply.update(extra)
+    if request_id is not None:
+        reply["id"] = request_id
+    return reply
+
+
+class CommandTable:
+    """All API actions, each declared once with its schema and handler."""
+
+    def __init__(self) -> None:
+        self._actions: dict[str, dict[str | None, Action]] = {}
+
+    def add(self, command: str, action: str | None, handler: Handler,
+            fields: Iterable[Field] = (), help: str = "") -> None:
+        actions = self._actions.setdefault(command, {})
+        if action in actions:
+            raise ValueError(f"duplicate action {command} {action}")
+        actions[action] = Action(command, action, tuple(fields), handler, help)
+
+    def actions(self) -> list[Action]:
+        return [a for by_action in self._actions.values() for a in by_action.values()]
+
+    def lookup(self, command: Any, action: Any) -> Action:
+        if not isinstance(command, str) or not command:
+            raise ApiError("Missing field 'command' (valid commands: " + ", ".join(sorted(self._actions)) + ")")
+        by_action = self._actions.get(command.strip().lower())
+        if by_action is None:
+            raise ApiError(f"Unknown command '{command}' (valid commands: {', '.join(sorted(self._actions))})")
+        if None in by_action:
+            return by_action[None]
+        valid = ", ".join(sorted(a for a in by_action if a))
+        if not isinstance(action, str) or not action:
+            raise ApiError(f"Missing field 'action' for command '{command}' (valid actions: {valid})")
+        found = by_action.get(action.strip().lower())
+        if found is None:
+            raise ApiError(f"Unknown action '{action}' for command '{command}' (valid actions: {valid})")
+        return found
+
+    def dispatch(self, context: Any, request: Mapping[str, Any]) -> dict:
+        """Run one decoded request; always returns a response dict, never raises."""
+        _, request_id = _find(request, "id")
+        if request_id is not None and not isinstance(request_id, (str, int, float)):
+            request_id = None
+        try:
+            _, command = _find(request, "command")
+            _, action = _find(request, "action")
+            _, data = _find(request, "data")
+            entry = self.lookup(command, action)
+            clean = validate(entry.fields, data)
+            result = entry.handler(context, clean)
+        except ApiError as exc:
+            return response(False, error=str(exc), request_id=request_id)
+        except Exception:  # a bug must not reach the client as a traceback
+            log.exception("handler failed for %r %r", request.get("command"), request.get("action"))
+            return response(False, error="Internal error (see the daemon log)", request_id=request_id)
+        if isinstance(result, Reply):
+            return response(True, result.data, extra=result.extra, request_id=request_id)
+        return response(True, result, request_id=request_id)

@@ -1,0 +1,267 @@
+"""Layered settings: built-in defaults < conf file < CHATP2P_* environment < command-line flags.
+
+Every setting is declared once in SETTINGS; the conf file section/key, the environment
+variable and the command-line flag are all derived from that one row, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import dataclasses
+import os
+import pathlib
+from typing import Any, Callable, Mapping, Sequence
+
+DEFAULT_CONFIG_PATH = "~/.config/chatp2p/chatp2p.conf"
+DEFAULT_DATA_DIR = "~/.local/share/chatp2p"
+ENV_PREFIX = "CHATP2P_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+CRYPTO_BACKENDS = ("auto", "pycryptodome", "liboqs")
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names where it came from and what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str          # attribute name, also CHATP2P_<NAME> and --<name-with-dashes>
+    section: str       # conf file section
+    key: str           # conf file key
+    kind: str          # str | int | port | optport | float | bool | list | path | choice
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("name", "node", "name", "str", "", "display name shown to contacts (empty: your login name)"),
+    Setting("data_dir", "node", "data_dir", "path", DEFAULT_DATA_DIR, "keys, database, event socket (created 0700)"),
+    Setting("crypto_backend", "node", "crypto_backend", "choice", "auto",
+            "post-quantum backend: auto (liboqs when its library is found), pycryptodome, liboqs",
+            CRYPTO_BACKENDS),
+    Setting("ipc_host", "ipc", "host", "str", "127.0.0.1", "control API address (loopback only unless allow_remote_ipc)"),
+    Setting("ipc_port", "ipc", "port", "port", 8889, "control API TCP port (0 = any free port)"),
+    Setting("idle_timeout", "ipc", "idle_timeout", "float", 30.0, "close API connections idle this many seconds"),
+    Setting("max_request_bytes", "ipc", "max_request_bytes", "int", 1048576, "largest API request accepted"),
+    Setting("max_connections", "ipc", "max_connections", "int", 1000, "most API connections at once"),
+    Setting("allow_remote_ipc", "ipc", "allow_remote", "bool", False,
+            "allow a non-loopback API address; every request must then carry the token from DATA_DIR/ipc.token"),
+    Setting("events_port", "events", "port", "optport", None,
+            "also publish events on tcp://127.0.0.1:PORT (empty = only ipc:// in the data dir; 0 = any free port)"),
+    Setting("p2p_host", "p2p", "host", "str", "0.0.0.0", "local address of the P2P UDP socket"),
+    Setting("p2p_port", "p2p", "port", "port", 0, "UDP port for all peer-to-peer traffic (0 = any free port)"),
+    Setting("autostart", "p2p", "autostart", "bool", True, "start the P2P network at launch"),
+    Setting("stun_urls", "p2p", "stun_urls", "list", [], "STUN servers, comma-separated stun:host:port (none by default)"),
+    Setting("lan_discovery", "p2p", "lan_discovery", "bool", False, "find contacts on the local network segment"),
+    Setting("log_level", "log", "level", "choice", "info", "debug, info, warning or error", LOG_LEVELS),
+    Setting("log_file", "log", "file", "path", "", "log to this file instead of stderr"),
+)
+
+SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse_int(text: str, low: int | None = None, high: int | None = None) -> int:
+    value = int(text.strip(), 10)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(text)
+    return value
+
+
+def _expected(setting: Setting) -> str:
+    return {
+        "str": "a string",
+        "int": "a non-negative integer",
+        "port": "a port number 0-65535",
+        "optport": "a port number 0-65535, or empty",
+        "float": "a non-negative number",
+        "bool": "a boolean (true/false, yes/no, on/off, 1/0)",
+        "list": "a comma-separated list",
+        "path": "a file system path",
+        "choice": "one of " + ", ".join(setting.choices),
+    }[setting.kind]
+
+
+def _convert(setting: Setting, raw: Any) -> Any:
+    """Turn a raw value (text from a file/env/flag, or a typed value) into the setting's type."""
+    kind = setting.kind
+    if kind in ("str", "path"):
+        if not isinstance(raw, str):
+            raise ValueError(raw)
+        return raw.strip()
+    if kind == "choice":
+        value = str(raw).strip().lower()
+        if value not in setting.choices:
+            raise ValueError(raw)
+        return value
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        value = str(raw).strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise ValueError(raw)
+    if kind == "list":
+        if isinstance(raw, (list, tuple)):
+            return [str(item).strip() for item in raw if str(item).strip()]
+        return [item.strip() for item in str(raw).split(",") if item.strip()]
+    if kind == "float":
+        value = float(str(raw).strip())
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(raw)
+        return value
+    if kind == "int":
+        return _parse_int(str(raw), 0)
+    if kind == "port":
+        return _parse_int(str(raw), 0, 65535)
+    if kind == "optport":
+        if raw is None or str(raw).strip() == "":
+            return None
+        return _parse_int(str(raw), 0, 65535)
+    raise AssertionError(kind)
+
+
+@dataclasses.dataclass
+class Config:
+    """Resolved settings plus where the conf file came from."""
+
+    values: dict[str, Any]
+    config_path: pathlib.Path | None
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def data_path(self) -> pathlib.Path:
+        return pathlib.Path(os.path.expanduser(self.values["data_dir"]))
+
+    def replace(self, **changes: Any) -> "Config":
+        values = dict(self.values)
+        for name, raw in changes.items():
+            setting = SETTINGS_BY_NAME[name]
+            values[name] = _checked(setting, raw, f"setting {name}")
+        return Config(values, self.config_path)
+
+
+def _checked(setting: Setting, raw: Any, origin: str) -> Any:
+    try:
+        return _convert(setting, raw)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{origin}: {raw!r} is not valid, expected {_expected(setting)}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare --config and one flag per setting; values stay raw text until `load`."""
+    parser.add_argument("--config", metavar="FILE", help=f"conf file (default {DEFAULT_CONFIG_PATH})")
+    for setting in SETTINGS:
+        if setting.kind == "bool":
+            parser.add_argument(setting.flag, dest=setting.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=f"{setting.help} (env {setting.env})")
+        else:
+            parser.add_argument(setting.flag, dest=setting.name, metavar=setting.kind.upper(), default=None,
+                                help=f"{setting.help} (env {setting.env})")
+
+
+def _read_file(path: pathlib.Path) -> dict[str, Any]:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from None
+    known = {(s.section, s.key): s for s in SETTINGS}
+    values: dict[str, Any] = {}
+    for section in parser.sections():
+        if section == "keys" or section.startswith("theme"):
+            continue  # read by the UI, which owns their meaning
+        for key, raw in parser.items(section):
+            setting = known.get((section, key))
+            if setting is None:
+                raise ConfigError(f"{path}: [{section}] {key}: unknown setting")
+            values[setting.name] = _checked(setting, raw, f"{path}: [{section}] {key}")
+    return values
+
+
+def read_sections(path: pathlib.Path | None, prefix: str) -> dict[str, dict[str, str]]:
+    """Raw text of the sections whose names start with `prefix` (UI key bindings and themes)."""
+    if path is None or not path.exists():
+        return {}
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    parser.read(path, encoding="utf-8")
+    return {name: dict(parser.items(name)) for name in parser.sections() if name.startswith(prefix)}
+
+
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None,
+         flag_overrides: Mapping[str, Any] | None = None) -> Config:
+    """Resolve every setting through the four layers. Raises ConfigError naming the culprit."""
+    environ = os.environ if environ is None else environ
+    values = {s.name: s.default for s in SETTINGS}
+
+    explicit = getattr(args, "config", None) if args is not None else None
+    explicit = explicit or environ.get(ENV_PREFIX + "CONFIG")
+    path = pathlib.Path(os.path.expanduser(explicit or DEFAULT_CONFIG_PATH))
+    if explicit and not path.is_file():
+        raise ConfigError(f"{path}: conf file not found")
+    config_path = path if path.is_file() else None
+    if config_path is not None:
+        values.update(_read_file(config_path))
+
+    for setting in SETTINGS:
+        if setting.env in environ:
+            values[setting.name] = _checked(setting, environ[setting.env], f"environment {setting.env}")
+
+    for setting in SETTINGS:
+        raw = getattr(args, setting.name, None) if args is not None else None
+        if raw is not None:
+            values[setting.name] = _checked(setting, raw, f"flag {setting.flag}")
+    for name, raw in (flag_overrides or {}).items():
+        values[name] = _checked(SETTINGS_BY_NAME[name], raw, f"flag {SETTINGS_BY_NAME[name].flag}")
+    return Config(values, config_path)
+
+
+def render_default_conf(extra: Callable[[], str] | None = None) -> str:
+    """The shipped conf file text: every setting, commented out, with its default."""
+    lines: list[str] = []
+    section = None
+    for setting in SETTINGS:
+        if setting.section != section:
+            section = setting.section
+            lines += ["", f"[{section}]"]
+        default = setting.default
+        if isinstance(default, bool):
+            shown = "true" if default else "false"
+        elif isinstance(default, list):
+            shown = ", ".join(default)
+        elif default is None:
+            shown = ""
+        else:
+            shown = str(default)
+        lines.append(f"# {setting.help}; env {setting.env}, flag {setting.flag}")
+        lines.append(f"# {setting.key} = {shown}".rstrip())
+    return "\n".join(lines).lstrip() + "\n" + (extra() if extra else "")
+
+
+def parse_flags(argv: Sequence[str], prog: str, description: str,
+                extend: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """Build the daemon/app argument parser (settings flags plus `extend`) and parse argv."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    if extend is not None:
+        extend(parser)
+    return parser.parse_args(list(argv))

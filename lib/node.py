@@ -1,0 +1,131 @@
+"""A Node owns everything one identity needs: keys, store, events, contacts, transport.
+
+Nothing here is global: tests may run several nodes in one process. The API server and the
+UI are attached from outside (chatp2p.py) and reach the node only through the command table.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import pathlib
+import time
+from typing import Any
+
+from . import __version__, identity as ident, pqc
+from .config import Config
+from .contacts import ContactBook
+from .events import EventBus
+from .lockfile import DataDirLock
+from .store import Store
+from .transport import Transport
+from .util import ensure_private_dir
+
+log = logging.getLogger("chatp2p.node")
+
+EVENTS_SOCKET = "events.sock"
+
+
+class Node:
+    """Start with `start()`, stop with `stop()`; `status()` is the API's status answer."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.data_dir: pathlib.Path = config.data_path
+        self.name: str = config.name or _login_name()
+        self.started_at = time.time()
+        self.ipc_address: tuple[str, int] | None = None
+        self.backend: pqc.Backend | None = None
+        self.identity: ident.Identity | None = None
+        self.store: Store | None = None
+        self.events: EventBus | None = None
+        self.contacts: ContactBook | None = None
+        self.transport: Transport | None = None
+        self._lock = DataDirLock(self.data_dir)
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Lock the data dir, load or create the identity, open the store, bind sockets."""
+        ensure_private_dir(self.data_dir)
+        self._lock.acquire()
+        try:
+            self.backend = pqc.select_backend(self.config.crypto_backend)
+            self.identity = ident.load_or_create(self.data_dir, self.backend)
+            self.store = Store(self.data_dir / "chatp2p.db")
+            self.events = EventBus(self._event_endpoints())
+            self.contacts = ContactBook(self.store, self.identity.fingerprint, self.events.publish)
+            if self.config.autostart:
+                self.start_p2p()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _event_endpoints(self) -> list[str]:
+        endpoints = [f"ipc://{self.data_dir / EVENTS_SOCKET}"]
+        if self.config.events_port is not None:
+            endpoints.append(f"tcp://127.0.0.1:{self.config.events_port}")
+        return endpoints
+
+    def start_p2p(self) -> None:
+        if self.transport is not None and self.transport.running:
+            return
+        self.transport = Transport(self.config.p2p_host, self.config.p2p_port)
+        self.transport.start()
+
+    def stop_p2p(self) -> None:
+        if self.transport is not None:
+            self.transport.stop()
+
+    def stop(self) -> None:
+        """Close everything in reverse order; safe to call twice or after a failed start."""
+        self.stop_p2p()
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+            (self.data_dir / EVENTS_SOCKET).unlink(missing_ok=True)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self._lock.release()
+
+    # -- views ------------------------------------------------------------------------------
+    def publish(self, name: str, data: Any) -> None:
+        if self.events is not None:
+            self.events.publish(name, data)
+
+    def identity_view(self) -> dict:
+        assert self.identity is not None
+        return {
+            "name": self.name,
+            "fingerprint": self.identity.id,
+            "short_id": ident.short_id(self.identity.fingerprint),
+            "public_key": self.identity.bundle.to_base64(),
+        }
+
+    def status(self) -> dict:
+        assert self.store is not None and self.events is not None and self.backend is not None
+        transport = self.transport
+        running = bool(transport and transport.running)
+        return {
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "identity": self.identity_view(),
+            "p2p": {
+                "running": running,
+                "port": transport.port if running and transport else None,
+                "counters": dict(transport.counters) if transport else {},
+            },
+            "ipc": {"host": self.ipc_address[0], "port": self.ipc_address[1]} if self.ipc_address else None,
+            "events": {"endpoint": self.events.endpoints[0], "endpoints": list(self.events.endpoints)},
+            "contacts": self.store.count_contacts(),
+            "peers": 0,
+            "crypto": {"backend": self.backend.name, "available": pqc.available_backends()},
+            "data_dir": str(self.data_dir),
+        }
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "me"

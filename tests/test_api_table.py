@@ -1,0 +1,87 @@
+"""The command table: lookup errors, key matching, string coercion, response shape."""
+
+import re
+
+from chatp2p_core.api import ApiError, CommandTable, Field, Reply, coerce, validate
+
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def make_table():
+    table = CommandTable()
+    table.add("p2p", "send_file", lambda ctx, d: Reply("File transfer started", {"transfer_id": "t1"}),
+              (Field("peer"), Field("file_path"), Field("chunk_size", "int", required=False, default=8192,
+                                                            minimum=1, maximum=1 << 20)))
+    table.add("p2p", "start", lambda ctx, d: d, (Field("stun_urls", "list", required=False, default=[],
+                                                        item_kind="str"),))
+    table.add("status", None, lambda ctx, d: {"ok": True})
+    table.add("x", "boom", lambda ctx, d: 1 / 0)
+    table.add("x", "flag", lambda ctx, d: d, (Field("on", "bool"),))
+    return table
+
+
+def test_windows_client_shape_is_accepted():
+    reply = make_table().dispatch(None, {"Command": "p2p", "Action": "send_file",
+                                         "Data": {"Peer": "Bob", "FilePath": "/tmp/a", "ChunkSize": "4096"}})
+    assert reply["success"] is True and reply["transfer_id"] == "t1"
+    assert "error" not in reply and TIMESTAMP.match(reply["timestamp"])
+
+
+def test_strings_are_coerced_to_declared_types():
+    table = make_table()
+    assert table.dispatch(None, {"command": "p2p", "action": "start",
+                                 "data": {"stun_urls": '["stun:127.0.0.1:3478"]'}})["data"] == \
+        {"stun_urls": ["stun:127.0.0.1:3478"]}
+    assert table.dispatch(None, {"command": "x", "action": "flag", "data": {"on": "true"}})["data"] == {"on": True}
+    assert table.dispatch(None, {"command": "x", "action": "flag", "data": '{"on": "0"}'})["data"] == {"on": False}
+
+
+def test_status_accepts_any_action():
+    table = make_table()
+    for request in ({"command": "status"}, {"command": "status", "action": None},
+                    {"command": "STATUS", "action": "whatever"}):
+        assert table.dispatch(None, request)["data"] == {"ok": True}
+
+
+def test_errors_name_the_valid_choices_and_fields():
+    table = make_table()
+    reply = table.dispatch(None, {"command": "nope"})
+    assert reply["success"] is False and "p2p" in reply["error"] and "status" in reply["error"]
+    assert reply["data"] is None
+    reply = table.dispatch(None, {"command": "p2p", "action": "fly"})
+    assert "send_file" in reply["error"] and "start" in reply["error"]
+    reply = table.dispatch(None, {"command": "p2p", "action": "send_file", "data": {"peer": "Bob"}})
+    assert reply["error"] == "Missing field 'file_path'"
+    reply = table.dispatch(None, {"command": "p2p", "action": "send_file",
+                                  "data": {"peer": "Bob", "file_path": "/x", "chunk_size": "big"}})
+    assert reply["error"] == "Field 'chunk_size' must be an integer"
+    reply = table.dispatch(None, {"command": "p2p", "action": "send_file",
+                                  "data": {"peer": "Bob", "file_path": "/x", "chunk_size": 0}})
+    assert reply["error"] == "Field 'chunk_size' must be at least 1"
+    reply = table.dispatch(None, {"command": "p2p", "action": "send_file", "data": [1]})
+    assert reply["error"] == "Field 'data' must be an object"
+
+
+def test_handler_bug_is_an_error_without_traceback():
+    reply = make_table().dispatch(None, {"command": "x", "action": "boom", "id": 7})
+    assert reply["success"] is False and reply["id"] == 7
+    assert "Traceback" not in reply["error"] and "ZeroDivision" not in reply["error"]
+
+
+def test_id_is_echoed():
+    assert make_table().dispatch(None, {"command": "status", "id": "abc"})["id"] == "abc"
+
+
+def test_coerce_rejects_wrong_types():
+    for field, value in ((Field("n", "int"), True), (Field("n", "int"), "1.5"), (Field("s"), {"a": 1}),
+                         (Field("b", "bool"), "maybe"), (Field("l", "list"), "not json"),
+                         (Field("s", max_len=3), "abcd")):
+        try:
+            coerce(field, value)
+        except ApiError:
+            continue
+        raise AssertionError(f"{field} accepted {value!r}")
+
+
+def test_optional_fields_get_defaults():
+    assert validate((Field("a", "int", required=False, default=5),), None) == {"a": 5}
