@@ -1,0 +1,613 @@
+"""`chatp2pctl`: the command-line client of the daemon's control API, for people and scripts.
+
+Plain blocking sockets, no gevent: this is a short-lived process that sends a few requests in
+order. `ApiClient` is the reusable part (the UI's `--connect` mode and the tests use it too);
+`main` maps subcommands to requests and prints the answers, readable by default or as raw
+JSON with `--json`. Exit codes: 0 success, 1 the daemon answered `success: false`,
+2 usage error, 3 the daemon cannot be reached (or stopped answering).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import sys
+from typing import Any, Iterable, Sequence, TextIO
+
+from .config import DEFAULT_DATA_DIR
+from .runtime import read_endpoints, read_token
+
+PROG = "chatp2pctl"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8889
+DEFAULT_TIMEOUT = 30.0
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024   # a guard against a peer that never sends "\n"
+RECV_SIZE = 256 * 1024
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+# -- client ---------------------------------------------------------------------------------
+class ApiConnectionError(Exception):
+    """The conversation with the daemon broke: it closed, timed out, or answered garbage."""
+
+
+class DaemonUnreachable(ApiConnectionError):
+    """No connection could be opened to the daemon's API port."""
+
+
+class RequestFailed(Exception):
+    """The daemon answered `success: false` (raised by `ApiClient.call` only)."""
+
+    def __init__(self, response: dict) -> None:
+        super().__init__(str(response.get("error") or "request failed"))
+        self.response = response
+
+
+def format_address(host: str, port: int) -> str:
+    """`host:port`, with brackets around an IPv6 address so the port stays readable."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror or exc})"
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+class ApiClient:
+    """One connection to the control API; requests are sent and answered one at a time.
+
+    Responses to requests without an `id` come back in order, so a strictly sequential client
+    needs no ids. Not thread-safe: give each thread (or greenlet) its own client.
+    """
+
+    def __init__(self, sock: socket.socket, token: str | None = None,
+                 address: tuple[str, int] | None = None) -> None:
+        self.sock = sock
+        self.token = token
+        self.address = address or sock.getpeername()[:2]
+        self._buffer = bytearray()
+
+    @classmethod
+    def connect(cls, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
+                timeout: float | None = DEFAULT_TIMEOUT) -> "ApiClient":
+        """Open a connection; `timeout` also bounds every later wait for an answer."""
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise DaemonUnreachable(
+                f"cannot reach the chatp2p daemon at {format_address(host, port)}: "
+                f"{_reason(exc)} — is chatp2pd running?") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(sock, token, (host, port))
+
+    def request(self, command: str, action: str | None = None, data: Any = None) -> dict:
+        """Send one request and return the whole response object (success or not)."""
+        message: dict[str, Any] = {"command": command}
+        if action is not None:
+            message["action"] = action
+        if data is not None:
+            message["data"] = data
+        return self.send(message)
+
+    def call(self, command: str, action: str | None = None, data: Any = None) -> Any:
+        """Like `request`, but return only `data` and raise RequestFailed on failure."""
+        reply = self.request(command, action, data)
+        if not reply.get("success"):
+            raise RequestFailed(reply)
+        return reply.get("data")
+
+    def send(self, message: dict) -> dict:
+        """Send any JSON object as it is (plus the token, if one is set and it has none)."""
+        if self.token is not None and "token" not in message:
+            message = {**message, "token": self.token}
+        payload = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        try:
+            self.sock.sendall(payload)
+        except OSError as exc:
+            raise ApiConnectionError(f"lost the connection to the daemon: {_reason(exc)}") from None
+        line = self._read_line()
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise ApiConnectionError(f"the daemon sent something that is not JSON: {line[:80]!r}") from None
+        if not isinstance(reply, dict):
+            raise ApiConnectionError(f"the daemon sent a JSON value that is not an object: {line[:80]!r}")
+        return reply
+
+    def _read_line(self) -> bytes:
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                line = bytes(self._buffer[:newline])
+                del self._buffer[:newline + 1]
+                return line
+            if len(self._buffer) > MAX_RESPONSE_BYTES:
+                raise ApiConnectionError("the daemon's answer is too large")
+            try:
+                chunk = self.sock.recv(RECV_SIZE)
+            except socket.timeout:
+                raise ApiConnectionError("the daemon did not answer in time (see --timeout)") from None
+            except OSError as exc:
+                raise ApiConnectionError(f"lost the connection to the daemon: {_reason(exc)}") from None
+            if not chunk:
+                raise ApiConnectionError("the daemon closed the connection without answering")
+            self._buffer += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "ApiClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# -- where the daemon is ----------------------------------------------------------------------
+def default_data_dir() -> pathlib.Path:
+    """The data dir the daemon uses when given none: $CHATP2P_DATA_DIR, else the built-in one."""
+    return pathlib.Path(os.environ.get("CHATP2P_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
+
+
+def resolve_target(data_dir: pathlib.Path, host: str | None, port: int | None,
+                   token: str | None) -> tuple[str, int, str | None]:
+    """Host, port and token to use: explicit options win, then DATA_DIR/run.json, then defaults.
+
+    run.json matters because a daemon started with `--ipc-port 0` picks its port at random.
+    """
+    endpoints = read_endpoints(data_dir) or {}
+    if host is None:
+        host = str(endpoints.get("ipc_host") or DEFAULT_HOST)
+    if port is None:
+        found = endpoints.get("ipc_port")
+        port = found if isinstance(found, int) and 0 < found < 65536 else DEFAULT_PORT
+    if token is None:
+        token = read_token(data_dir)
+    return host, port, token
+
+
+# -- values given on the command line -----------------------------------------------------------
+class UsageError(Exception):
+    """A bad argument found after parsing (exit 2, like argparse's own errors)."""
+
+
+def read_value(text: str, strip: bool = True) -> str:
+    """`-` reads standard input, `@FILE` reads a file, `@@x` is the literal `@x`.
+
+    Keys and ciphertexts are long: pasting them on the command line is awkward and leaves
+    them in the shell history. `strip` drops the trailing newline files usually end with.
+    """
+    if text == "-":
+        value = sys.stdin.read()
+    elif text.startswith("@@"):
+        return text[1:]
+    elif text.startswith("@") and len(text) > 1:
+        try:
+            value = pathlib.Path(text[1:]).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read {text[1:]}: {getattr(exc, 'strerror', None) or exc}") from None
+    else:
+        return text
+    return value.strip() if strip else value
+
+
+def parse_pairs(pairs: Iterable[str]) -> dict[str, Any]:
+    """`key=value` (a string) or `key:=JSON` (any JSON value) into a data object."""
+    data: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or key == ":":
+            raise UsageError(f"expected key=value or key:=JSON, got {pair!r}")
+        if key.endswith(":"):
+            key = key[:-1]
+            try:
+                data[key] = json.loads(value)
+            except ValueError as exc:
+                raise UsageError(f"{key}:= needs a JSON value: {exc}") from None
+        else:
+            data[key] = value
+    return data
+
+
+# -- output -----------------------------------------------------------------------------------
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h {minutes:02d}m {secs:02d}s"
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; the last column is not padded."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    lines = []
+    for row in [list(headers)] + [list(r) for r in rows]:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_status(data: dict) -> str:
+    """The status answer as an aligned summary; missing parts are shown as `-`."""
+    identity = data.get("identity") or {}
+    p2p = data.get("p2p") or {}
+    ipc = data.get("ipc") or {}
+    events = data.get("events") or {}
+    crypto = data.get("crypto") or {}
+    if p2p.get("running"):
+        p2p_text = f"running, UDP port {p2p.get('port')}"
+    else:
+        p2p_text = "stopped"
+    ipc_text = format_address(str(ipc["host"]), int(ipc["port"])) if ipc.get("host") else "-"
+    backend = str(crypto.get("backend") or "-")
+    available = crypto.get("available")
+    if isinstance(available, list) and available:
+        backend += f" (available: {', '.join(map(str, available))})"
+    uptime = data.get("uptime_s")
+    rows = [
+        ("name", identity.get("name")),
+        ("ID", identity.get("fingerprint")),
+        ("version", data.get("version")),
+        ("uptime", format_duration(uptime) if isinstance(uptime, (int, float)) else None),
+        ("p2p", p2p_text),
+        ("ipc", ipc_text),
+        ("events", events.get("endpoint") or ", ".join(events.get("endpoints") or [])),
+        ("contacts", data.get("contacts")),
+        ("peers", data.get("peers")),
+        ("crypto", backend),
+        ("data dir", data.get("data_dir")),
+    ]
+    width = max(len(label) for label, _ in rows) + 1
+    return "\n".join(f"{(label + ':').ljust(width)}  {'-' if value in (None, '') else value}"
+                     for label, value in rows)
+
+
+def _flag(value: Any, text: str) -> str:
+    return text if value else ""
+
+
+def format_contacts(contacts: list) -> str:
+    if not contacts:
+        return "no contacts"
+    rows = []
+    for c in contacts:
+        if not isinstance(c, dict):
+            rows.append([json.dumps(c), "", "", "", ""])
+            continue
+        state = ",".join(s for s in (_flag(c.get("online"), "online"), _flag(c.get("verified"), "verified"),
+                                     _flag(c.get("blocked"), "blocked")) if s) or "-"
+        rows.append([str(c.get("name", "")), str(c.get("fingerprint") or "-"), state,
+                     str(c.get("unread") or 0), str(c.get("last_seen") or "never")])
+    return format_table(["NAME", "ID", "STATE", "UNREAD", "LAST SEEN"], rows)
+
+
+def format_data(data: Any) -> str:
+    """Strings plainly, nothing for null, anything else as indented JSON."""
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        return data
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+# -- subcommands -------------------------------------------------------------------------------
+def _single(key: str) -> Any:
+    """A printer that shows one field of the answer (the one worth piping elsewhere)."""
+    def show(data: Any) -> str:
+        if isinstance(data, dict) and key in data:
+            return format_data(data[key])
+        return format_data(data)
+    return show
+
+
+def _show_id(data: Any) -> str:
+    identity = (data or {}).get("identity") or {}
+    return f"{identity.get('fingerprint', '')}\n{identity.get('public_key', '')}"
+
+
+def _show_contacts(data: Any) -> str:
+    return format_contacts(data) if isinstance(data, list) else format_data(data)
+
+
+def _show_status(data: Any) -> str:
+    return format_status(data) if isinstance(data, dict) else format_data(data)
+
+
+def build_request(args: argparse.Namespace) -> tuple[dict, Any]:
+    """The request object for a parsed command line, and the function that prints its data."""
+    cmd = args.cmd
+    if cmd == "status":
+        return {"command": "status"}, _show_status
+    if cmd == "id":
+        return {"command": "status"}, _show_id
+    if cmd == "contacts":
+        action = args.action
+        if action == "list":
+            return {"command": "contacts", "action": "list"}, _show_contacts
+        if action == "add":
+            data = {"peer": args.name, "public_key": read_value(args.key)}
+        elif action == "rename":
+            data = {"peer": args.name, "new_name": args.new_name}
+        else:
+            data = {"peer": args.name}
+        return {"command": "contacts", "action": action, "data": data}, format_data
+    if cmd == "crypto":
+        if args.action == "generate-keypair":
+            return {"command": "crypto", "action": "generate_keypair"}, format_data
+        if args.action == "encrypt":
+            data = {"message": read_value(args.message, strip=False), "public_key": read_value(args.key)}
+            if args.aead:
+                data["aead"] = args.aead
+            return {"command": "crypto", "action": "encrypt", "data": data}, _single("encrypted_data")
+        data = {"encrypted_data": read_value(args.data)}
+        if args.private_key:
+            data["private_key"] = read_value(args.private_key)
+        return {"command": "crypto", "action": "decrypt", "data": data}, _single("message")
+    if cmd == "p2p":
+        request = {"command": "p2p", "action": args.action}
+        data = parse_pairs(args.pairs)
+        if data:
+            request["data"] = data
+        return request, format_data
+    if cmd == "raw":
+        text = read_value(args.json_text)
+        try:
+            request = json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"raw: not valid JSON: {exc}") from None
+        if not isinstance(request, dict):
+            raise UsageError("raw: the request must be a JSON object ({...})")
+        return request, lambda data: None  # raw prints the whole response instead
+    raise AssertionError(cmd)
+
+
+def _print(text: str, stream: TextIO) -> None:
+    if text:
+        stream.write(text if text.endswith("\n") else text + "\n")
+        stream.flush()
+
+
+def run_request(args: argparse.Namespace, host: str, port: int, token: str | None) -> int:
+    request, show = build_request(args)
+    with ApiClient.connect(host, port, token, args.timeout) as client:
+        reply = client.send(request)
+    if args.json:
+        _print(json.dumps(reply, ensure_ascii=False, separators=(",", ":")), sys.stdout)
+    elif args.cmd == "raw":
+        _print(json.dumps(reply, indent=2, ensure_ascii=False), sys.stdout)
+    elif reply.get("success"):
+        _print(show(reply.get("data")), sys.stdout)
+    if not reply.get("success"):
+        _print(f"{PROG}: {reply.get('error') or 'request failed (no error message)'}", sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def pick_event_endpoint(endpoints: Sequence[str]) -> str | None:
+    """The ipc:// endpoint when its socket file is here, else the first tcp:// one."""
+    for endpoint in endpoints:
+        if endpoint.startswith("ipc://") and os.path.exists(endpoint[len("ipc://"):]):
+            return endpoint
+    for endpoint in endpoints:
+        if endpoint.startswith("tcp://"):
+            return endpoint
+    return endpoints[0] if endpoints else None
+
+
+def _event_matches(name: str, filters: Sequence[str]) -> bool:
+    if not filters:
+        return True
+    return any(name.startswith(f[:-1]) if f.endswith("*") else name == f for f in filters)
+
+
+def run_events(args: argparse.Namespace, host: str, port: int, token: str | None) -> int:
+    """Print every event as one JSON line until Ctrl-C (exit 0) or the daemon goes away (3)."""
+    with ApiClient.connect(host, port, token, args.timeout) as client:
+        reply = client.request("status")
+    if not reply.get("success"):
+        _print(f"{PROG}: {reply.get('error')}", sys.stderr)
+        return EXIT_FAILED
+    events = (reply.get("data") or {}).get("events") or {}
+    endpoint = pick_event_endpoint(events.get("endpoints") or [])
+    if not endpoint:
+        _print(f"{PROG}: the daemon publishes no event endpoint", sys.stderr)
+        return EXIT_FAILED
+    try:
+        return _print_events(endpoint, list(args.names))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _print_events(endpoint: str, filters: list[str]) -> int:
+    """Subscribe and print; a socket monitor tells when the subscription is live or lost."""
+    import zmq  # the plain, blocking pyzmq: this process runs no gevent loop
+    from zmq.utils.monitor import recv_monitor_message
+
+    context = zmq.Context()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    # ZeroMQ filters on a prefix of the first frame (the event name); exact names are checked
+    # again below so that `contact_added` does not also match `contact_added_twice`.
+    for name in filters or [""]:
+        sub.setsockopt(zmq.SUBSCRIBE, (name[:-1] if name.endswith("*") else name).encode())
+    monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
+    try:
+        sub.connect(endpoint)
+        while True:
+            ready = dict(poller.poll())
+            if monitor in ready:
+                event = recv_monitor_message(monitor)["event"]
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    # Says when events start to flow: scripts wait for this line.
+                    _print(f"{PROG}: listening for events on {endpoint}", sys.stderr)
+                elif event == zmq.EVENT_DISCONNECTED:
+                    _print(f"{PROG}: the daemon closed the event socket {endpoint}", sys.stderr)
+                    return EXIT_UNREACHABLE
+            if sub in ready:
+                frames = sub.recv_multipart()
+                name = frames[0].decode("utf-8", "replace")
+                if len(frames) == 2 and _event_matches(name, filters):
+                    _print(frames[1].decode("utf-8", "replace"), sys.stdout)
+    finally:
+        sub.disable_monitor()
+        monitor.close(linger=0)
+        sub.close(linger=0)
+        context.term()
+
+
+# -- command line ------------------------------------------------------------------------------
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Global options, accepted before or after the subcommand (`chatp2pctl status --json`).
+
+    The subcommand parsers use SUPPRESS defaults so they only set what was really given.
+    """
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("connection and output")
+    group.add_argument("--host", default=default(None),
+                       help=f"API address (default: from DATA_DIR/run.json, else {DEFAULT_HOST})")
+    group.add_argument("--port", type=_port, default=default(None),
+                       help=f"API port (default: from DATA_DIR/run.json, else {DEFAULT_PORT})")
+    group.add_argument("--data-dir", default=default(None),
+                       help=f"the daemon's data dir (default: $CHATP2P_DATA_DIR, else {DEFAULT_DATA_DIR})")
+    group.add_argument("--token", default=default(None),
+                       help="API token (default: DATA_DIR/ipc.token if present)")
+    group.add_argument("--timeout", type=_seconds, default=default(DEFAULT_TIMEOUT),
+                       help=f"seconds to wait for the daemon (default: {DEFAULT_TIMEOUT:g})")
+    group.add_argument("--json", action="store_true", default=default(False),
+                       help="print the raw response as one JSON line")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("the timeout must be positive")
+    return value
+
+
+LONG_VALUE = "(`-` reads standard input, `@FILE` a file)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Command-line client of the chatp2p daemon's control API.",
+        epilog="Exit status: 0 success, 1 the daemon reported an error, 2 usage error, "
+               "3 the daemon cannot be reached.")
+    _global_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _global_options(p, suppress=True)
+        return p
+
+    command("status", "show the daemon's state")
+    command("id", "print my ID, then my public key bundle (give both to contacts)")
+
+    contacts = command("contacts", "manage contacts")
+    actions = contacts.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def contact_action(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=help_text, description=help_text)
+        _global_options(p, suppress=True)
+        return p
+
+    contact_action("list", "list contacts")
+    add = contact_action("add", "add a contact by ID or public key bundle")
+    add.add_argument("name", help="local name for the contact")
+    add.add_argument("key", metavar="KEY_OR_ID", help=f"the contact's ID or bundle {LONG_VALUE}")
+    for name, help_text in (("remove", "remove a contact and its history"), ("block", "block a contact"),
+                            ("unblock", "unblock a contact"), ("show", "show one contact")):
+        contact_action(name, help_text).add_argument("name")
+    rename = contact_action("rename", "change a contact's local name")
+    rename.add_argument("name", metavar="OLD")
+    rename.add_argument("new_name", metavar="NEW")
+
+    crypto = command("crypto", "stand-alone encryption tools (never use the node's identity key)")
+    crypto_actions = crypto.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def crypto_action(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = crypto_actions.add_parser(name, help=help_text, description=help_text)
+        _global_options(p, suppress=True)
+        return p
+
+    crypto_action("generate-keypair", "make a fresh key pair")
+    encrypt = crypto_action("encrypt", "encrypt a message to a public key bundle")
+    encrypt.add_argument("--key", required=True, help=f"recipient's public key bundle {LONG_VALUE}")
+    encrypt.add_argument("--aead", help="chacha20poly1305 (default) or aes256gcm")
+    encrypt.add_argument("message", help=f"the message {LONG_VALUE}")
+    decrypt = crypto_action("decrypt", "decrypt data (with my identity key unless --private-key)")
+    decrypt.add_argument("--private-key", help=f"private key {LONG_VALUE}")
+    decrypt.add_argument("data", help=f"the encrypted data {LONG_VALUE}")
+
+    p2p = command("p2p", "any p2p action, e.g.: p2p send_message peer=Bob message=hi")
+    p2p.add_argument("action", help="start, stop, peers, send_message, ...")
+    p2p.add_argument("pairs", nargs="*", metavar="KEY=VALUE",
+                     help="data fields; KEY:=JSON for a non-string value")
+
+    raw = command("raw", "send a JSON request object as it is and print the whole response")
+    raw.add_argument("json_text", metavar="JSON", help=f"the request, e.g. '{{\"command\":\"status\"}}' {LONG_VALUE}")
+
+    events = command("events", "print the daemon's events as JSON lines until Ctrl-C")
+    events.add_argument("names", nargs="*", metavar="NAME", help="only these events (NAME* for a prefix)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run one `chatp2pctl` command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    data_dir = pathlib.Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    host, port, token = resolve_target(data_dir, args.host, args.port, args.token)
+    try:
+        if args.cmd == "events":
+            return run_events(args, host, port, token)
+        return run_request(args, host, port, token)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        _print(f"{PROG}: error: {exc}", sys.stderr)
+        return EXIT_USAGE
+    except ApiConnectionError as exc:
+        _print(f"{PROG}: {exc}", sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `chatp2pctl ... | head`: the reader left; do not let Python complain at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

@@ -1,0 +1,1 @@
+"""pytest configuration: none needed; this file makes tests/ importable (`from daemon import Daemon`)."""
