@@ -1,0 +1,466 @@
+"""A node's identity: its keys, the public bundle others store, and the human-readable ID.
+
+- **Bundle**: the two public keys (X-Wing KEM, ML-DSA-65+Ed25519 signature) in a versioned
+  binary form, shared as standard base64 (~4.3 KB of text).
+- **Fingerprint**: SHA-256 over a domain label and the two length-prefixed public keys. The
+  bundle's magic and version byte are left out on purpose, so a later bundle format carrying
+  the same keys keeps the same ID.
+- **ID**: the 32-byte fingerprint in RFC 4648 base32 (lowercase, no padding, 52 characters)
+  followed by a 6-character BCH checksum (the code of bech32m, BIP-350) computed over the
+  5-bit symbols. The code detects every error touching at most 4 characters, so any single
+  wrong character and any swap of two characters is caught, not merely made unlikely.
+  58 characters, shown in groups of 5 joined by '-'.
+- **Private key**: 113 bytes, magic b"CP2K" (with a 4-byte check), stored as ``identity.key`` (mode 0600) and
+  exported by ``crypto generate_keypair``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import pathlib
+import stat
+import struct
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Optional
+
+from . import pqc
+
+log = logging.getLogger(__name__)
+
+BUNDLE_MAGIC = b"CP2B"
+BUNDLE_VERSION = 1
+PRIVATE_MAGIC = b"CP2K"
+PRIVATE_VERSION = 1
+KEY_FILE = "identity.key"
+FINGERPRINT_LABEL = b"ChatP2P identity fingerprint v1\x00"
+FINGERPRINT_LEN = 32
+
+# base64 text of a bundle is ~4.3 KB; refuse absurd input before decoding it
+MAX_BUNDLE_TEXT = 16384
+
+ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lowercase
+ID_DATA_CHARS = 52  # ceil(256 / 5)
+ID_CHECK_CHARS = 6
+ID_CHARS = ID_DATA_CHARS + ID_CHECK_CHARS  # 58
+ID_GROUP = 5
+SHORT_ID_CHARS = 10
+# Characters people type for letters that look alike: base32 has no 0, 1 or 8
+ID_CONFUSABLES = {"0": "o", "1": "l", "8": "b"}
+ID_SEPARATORS = "- \t\r\n"
+# Mixed into the checksum so an ID cannot pass for another kind of base32 string
+ID_CHECK_PREFIX = "chatp2p-id"
+
+_BECH32_GENERATOR = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+_BECH32M_CONST = 0x2BC830A3
+
+_PRIVATE_LAYOUT = struct.Struct(f">4sBd{pqc.KEM_SEED_LEN}s{pqc.SIG_SEED_LEN}s")
+_PRIVATE_CHECK_LEN = 4
+PRIVATE_KEY_LEN = _PRIVATE_LAYOUT.size + _PRIVATE_CHECK_LEN  # 4+1+8+32+64+4 = 113
+
+
+class IdentityError(ValueError):
+    """A bundle, ID, private key or key file that cannot be used; the message says why."""
+
+
+# ---------------------------------------------------------------- bundle
+
+
+def _prefixed(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The public half of an identity: what a contact stores and verifies against the ID."""
+
+    kem_public: bytes
+    sig_public: bytes
+    version: int = BUNDLE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != BUNDLE_VERSION:
+            raise IdentityError(f"Unsupported bundle version {self.version} (this program reads {BUNDLE_VERSION})")
+        for name, value, size in (
+            ("KEM public key", self.kem_public, pqc.KEM_PUBLIC_LEN),
+            ("signature public key", self.sig_public, pqc.SIG_PUBLIC_LEN),
+        ):
+            if not isinstance(value, bytes) or len(value) != size:
+                got = len(value) if isinstance(value, (bytes, bytearray)) else type(value).__name__
+                raise IdentityError(f"Invalid public key bundle: the {name} must be {size} bytes, got {got}")
+
+    def __repr__(self) -> str:
+        return f"Bundle(id={format_id(self.fingerprint())!r}, version={self.version})"
+
+    def _key_material(self) -> bytes:
+        return _prefixed(self.kem_public) + _prefixed(self.sig_public)
+
+    def encode(self) -> bytes:
+        """magic, version byte, KEM public key and signature public key (u16 length each)."""
+        return BUNDLE_MAGIC + bytes([self.version]) + self._key_material()
+
+    def to_base64(self) -> str:
+        return base64.b64encode(self.encode()).decode("ascii")
+
+    def fingerprint(self) -> bytes:
+        """SHA-256(label || length-prefixed keys): 32 bytes, the identity's name for machines."""
+        return hashlib.sha256(FINGERPRINT_LABEL + self._key_material()).digest()
+
+    def check_keys(self) -> None:
+        """Raise IdentityError unless both public keys are usable (valid points, modulus check)."""
+        try:
+            pqc.check_kem_public(self.kem_public)
+            pqc.check_sig_public(self.sig_public)
+        except pqc.CryptoError as exc:
+            raise IdentityError(f"Invalid public key bundle: {exc}") from None
+
+    @staticmethod
+    def decode(data: bytes) -> "Bundle":
+        """Parse and check ``encode()``'s output."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise IdentityError("Invalid public key bundle: not bytes")
+        data = bytes(data)
+        if len(data) < len(BUNDLE_MAGIC) + 1:
+            raise IdentityError("Invalid public key bundle: too short")
+        if data[:4] != BUNDLE_MAGIC:
+            raise IdentityError("Invalid public key bundle: not a ChatP2P public key (bad magic)")
+        version = data[4]
+        if version != BUNDLE_VERSION:
+            raise IdentityError(f"Unsupported bundle version {version} (this program reads {BUNDLE_VERSION})")
+        fields = []
+        pos = 5
+        for _ in range(2):
+            if pos + 2 > len(data):
+                raise IdentityError("Invalid public key bundle: truncated")
+            (size,) = struct.unpack_from(">H", data, pos)
+            pos += 2
+            if pos + size > len(data):
+                raise IdentityError("Invalid public key bundle: truncated")
+            fields.append(data[pos : pos + size])
+            pos += size
+        if pos != len(data):
+            raise IdentityError(f"Invalid public key bundle: {len(data) - pos} unexpected trailing bytes")
+        bundle = Bundle(kem_public=fields[0], sig_public=fields[1], version=version)
+        bundle.check_keys()
+        return bundle
+
+    @staticmethod
+    def from_base64(text: str) -> "Bundle":
+        """Parse a bundle pasted by a user; whitespace and line breaks inside are ignored."""
+        if not isinstance(text, str):
+            raise IdentityError("Invalid public key bundle: not text")
+        if len(text) > MAX_BUNDLE_TEXT:
+            raise IdentityError(f"Invalid public key bundle: too long ({len(text)} characters)")
+        compact = "".join(text.split())
+        if not compact:
+            raise IdentityError("Invalid public key bundle: empty")
+        try:
+            data = base64.b64decode(compact, validate=True)
+        except (binascii.Error, ValueError):
+            raise IdentityError("Invalid public key bundle: not valid base64") from None
+        return Bundle.decode(data)
+
+
+# ---------------------------------------------------------------- human-readable ID
+
+
+def _polymod(values: list[int]) -> int:
+    """The BCH checksum state of BIP-173 over 5-bit values."""
+    chk = 1
+    for value in values:
+        top = chk >> 25
+        chk = (chk & 0x1FFFFFF) << 5 ^ value
+        for i, gen in enumerate(_BECH32_GENERATOR):
+            if (top >> i) & 1:
+                chk ^= gen
+    return chk
+
+
+def _prefix_values() -> list[int]:
+    prefix = ID_CHECK_PREFIX.encode("ascii")
+    return [c >> 5 for c in prefix] + [0] + [c & 31 for c in prefix]
+
+
+def _checksum(data: list[int]) -> list[int]:
+    state = _polymod(_prefix_values() + data + [0] * ID_CHECK_CHARS) ^ _BECH32M_CONST
+    return [(state >> 5 * (ID_CHECK_CHARS - 1 - i)) & 31 for i in range(ID_CHECK_CHARS)]
+
+
+def _checksum_ok(values: list[int]) -> bool:
+    return _polymod(_prefix_values() + values) == _BECH32M_CONST
+
+
+def _fp_chars(fp: bytes) -> str:
+    return base64.b32encode(fp).decode("ascii").rstrip("=").lower()
+
+
+def _group(text: str, size: int = ID_GROUP) -> str:
+    return "-".join(text[i : i + size] for i in range(0, len(text), size))
+
+
+def _check_fingerprint(fp: Any) -> bytes:
+    if not isinstance(fp, (bytes, bytearray)) or len(fp) != FINGERPRINT_LEN:
+        raise IdentityError(f"A fingerprint is {FINGERPRINT_LEN} bytes")
+    return bytes(fp)
+
+
+def format_id(fp: bytes) -> str:
+    """The ID people read and compare: 58 characters in groups of 5, e.g. 'abcde-fghij-...-xyz'."""
+    chars = _fp_chars(_check_fingerprint(fp))
+    check = _checksum([ID_ALPHABET.index(c) for c in chars])
+    return _group(chars + "".join(ID_ALPHABET[v] for v in check))
+
+
+def short_id(fp: bytes) -> str:
+    """The first 10 characters of the ID (50 bits), for headers and lists: 'abcde-fghij'."""
+    return _group(_fp_chars(_check_fingerprint(fp))[:SHORT_ID_CHARS])
+
+
+def _normalize_id(text: str) -> str:
+    """Lowercase, without separators, with look-alike digits mapped to their letters."""
+    out = []
+    for ch in text.lower():
+        if ch in ID_SEPARATORS:
+            continue
+        out.append(ID_CONFUSABLES.get(ch, ch))
+    return "".join(out)
+
+
+def looks_like_id(text: str) -> bool:
+    """True when ``text`` has the shape of an ID (length and characters), checksum not checked:
+    the caller should then parse_id() it and report that error rather than try another format."""
+    if not isinstance(text, str) or len(text) > 4 * ID_CHARS:
+        return False
+    chars = _normalize_id(text)
+    return len(chars) == ID_CHARS and all(c in ID_ALPHABET for c in chars)
+
+
+def parse_id(text: str) -> bytes:
+    """The fingerprint in an ID typed by a person; any case, with or without '-' or spaces."""
+    if not isinstance(text, str):
+        raise IdentityError("Invalid ID: not text")
+    if len(text) > 4 * ID_CHARS:
+        raise IdentityError(f"Invalid ID: too long ({len(text)} characters)")
+    chars = _normalize_id(text)
+    if not chars:
+        raise IdentityError("Invalid ID: empty")
+    for ch in chars:
+        if ch not in ID_ALPHABET:
+            raise IdentityError(f"Invalid ID: unexpected character {ch!r}")
+    if len(chars) != ID_CHARS:
+        raise IdentityError(f"Invalid ID: expected {ID_CHARS} characters (not counting '-'), got {len(chars)}")
+    if not _checksum_ok([ID_ALPHABET.index(c) for c in chars]):
+        raise IdentityError("Invalid ID: checksum mismatch (a typo?)")
+    data = chars[:ID_DATA_CHARS]
+    fp = base64.b32decode(data.upper() + "=" * 4)
+    if _fp_chars(fp) != data:  # the 4 unused bits of the last character must be 0
+        raise IdentityError("Invalid ID: not a canonical encoding")
+    return fp
+
+
+# ---------------------------------------------------------------- private key and identity
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A node's key pairs. repr() shows the ID only, never a secret."""
+
+    kem_seed: bytes = field(repr=False)
+    kem_public: bytes
+    sig_private: bytes = field(repr=False)
+    sig_public: bytes
+    created: float
+
+    def __repr__(self) -> str:
+        return f"Identity(id={self.id!r}, created={self.created!r})"
+
+    @classmethod
+    def generate(cls, backend: pqc.Backend) -> "Identity":
+        kem_seed, kem_public = backend.kem_generate()
+        sig_private, sig_public = backend.sig_generate()
+        return cls(kem_seed, kem_public, sig_private, sig_public, time.time())
+
+    @classmethod
+    def from_private(cls, backend: pqc.Backend, kem_seed: bytes, sig_private: bytes, created: float) -> "Identity":
+        """Rebuild an identity from its private keys (the public ones are derived)."""
+        return cls(kem_seed, backend.kem_public(kem_seed), sig_private, backend.sig_public(sig_private), created)
+
+    @cached_property
+    def bundle(self) -> Bundle:
+        return Bundle(self.kem_public, self.sig_public)
+
+    @cached_property
+    def fingerprint(self) -> bytes:
+        return self.bundle.fingerprint()
+
+    @cached_property
+    def id(self) -> str:
+        return format_id(self.fingerprint)
+
+    @property
+    def short_id(self) -> str:
+        return short_id(self.fingerprint)
+
+    def sign(self, backend: pqc.Backend, message: bytes) -> bytes:
+        return backend.sign(self.sig_private, message)
+
+
+def encode_private(identity: Identity) -> bytes:
+    """magic, version, created (float64), KEM seed, signature seeds, 4-byte SHA-256 check.
+
+    The check catches a damaged file or a mistyped key before it silently becomes another
+    identity."""
+    body = _PRIVATE_LAYOUT.pack(PRIVATE_MAGIC, PRIVATE_VERSION, identity.created, identity.kem_seed, identity.sig_private)
+    return body + hashlib.sha256(body).digest()[:_PRIVATE_CHECK_LEN]
+
+
+def decode_private(data: bytes, backend: Optional[pqc.Backend] = None) -> Identity:
+    """Parse ``encode_private()``'s output; public keys are derived with ``backend``."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise IdentityError("Invalid private key: not bytes")
+    data = bytes(data)
+    if data[:4] != PRIVATE_MAGIC:
+        raise IdentityError("Invalid private key: not a ChatP2P private key (bad magic)")
+    if len(data) > 4 and data[4] != PRIVATE_VERSION:
+        raise IdentityError(f"Unsupported private key version {data[4]} (this program reads {PRIVATE_VERSION})")
+    if len(data) != PRIVATE_KEY_LEN:
+        raise IdentityError(f"Invalid private key: expected {PRIVATE_KEY_LEN} bytes, got {len(data)}")
+    body, check = data[:-_PRIVATE_CHECK_LEN], data[-_PRIVATE_CHECK_LEN:]
+    if hashlib.sha256(body).digest()[:_PRIVATE_CHECK_LEN] != check:
+        raise IdentityError("Invalid private key: checksum mismatch (damaged or mistyped)")
+    _, _, created, kem_seed, sig_private = _PRIVATE_LAYOUT.unpack(body)
+    try:
+        return Identity.from_private(backend or pqc.PycryptodomeBackend(), kem_seed, sig_private, created)
+    except pqc.CryptoError as exc:
+        raise IdentityError(f"Invalid private key: {exc}") from None
+
+
+def private_key_to_base64(identity: Identity) -> str:
+    return base64.b64encode(encode_private(identity)).decode("ascii")
+
+
+def private_key_from_base64(text: str, backend: Optional[pqc.Backend] = None) -> Identity:
+    """An identity from a ``generate_keypair`` private key (base64), IdentityError if unusable."""
+    if not isinstance(text, str):
+        raise IdentityError("Invalid private key: not text")
+    compact = "".join(text.split())
+    if not compact or len(compact) > 4 * PRIVATE_KEY_LEN:
+        raise IdentityError("Invalid private key: wrong size")
+    try:
+        data = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise IdentityError("Invalid private key: not valid base64") from None
+    return decode_private(data, backend)
+
+
+def generate_keypair_export(backend: pqc.Backend) -> dict:
+    """A fresh key pair for the API's ``crypto generate_keypair`` (never the node's identity)."""
+    fresh = Identity.generate(backend)
+    return {
+        "public_key": fresh.bundle.to_base64(),
+        "private_key": private_key_to_base64(fresh),
+        "algorithm": pqc.ALGORITHM,
+        "fingerprint": fresh.id,
+    }
+
+
+# ---------------------------------------------------------------- key file
+
+
+def _ensure_private_dir(path: pathlib.Path) -> None:
+    """Create ``path`` 0700 when missing; an existing directory is left as it is."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise IdentityError(f"{path} exists and is not a directory") from None
+        return
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_new(path: pathlib.Path, data: bytes) -> bool:
+    """Write ``path`` atomically, mode 0600 from the start; False if it already exists.
+
+    The temporary file is linked into place rather than renamed so that an identity another
+    process wrote meanwhile is never replaced (rename is the fallback where links fail)."""
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)  # 0600
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    _fsync_dir(path.parent)
+    return True
+
+
+def load(path: pathlib.Path, backend: pqc.Backend) -> Identity:
+    """Read a key file. One readable by group or others is put back to 0600 with a warning:
+    refusing to start would not undo the exposure, and the owner gets told either way."""
+    path = pathlib.Path(path)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        os.chmod(path, 0o600)
+        log.warning(
+            "%s had mode %04o (readable by others); changed to 0600. If someone else could read it, "
+            "consider creating a new identity.",
+            path,
+            mode,
+        )
+    data = path.read_bytes()
+    try:
+        return decode_private(data, backend)
+    except IdentityError as exc:
+        raise IdentityError(
+            f"{path} is unusable ({exc}); move it away to create a new identity "
+            "(contacts will then see a new ID)"
+        ) from None
+
+
+def load_or_create(data_dir: pathlib.Path, backend: pqc.Backend) -> Identity:
+    """The identity in ``data_dir``/identity.key, created on first use.
+
+    A damaged key file raises IdentityError: it is never replaced silently."""
+    data_dir = pathlib.Path(data_dir)
+    _ensure_private_dir(data_dir)
+    path = data_dir / KEY_FILE
+    try:
+        return load(path, backend)
+    except FileNotFoundError:
+        pass
+    identity = Identity.generate(backend)
+    if _write_new(path, encode_private(identity)):
+        log.info("Created identity %s in %s", identity.id, path)
+        return identity
+    return load(path, backend)  # another process created it first
