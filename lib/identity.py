@@ -429,16 +429,21 @@ def load(path: pathlib.Path, backend: pqc.Backend) -> Identity:
     """Read a key file. One readable by group or others is put back to 0600 with a warning:
     refusing to start would not undo the exposure, and the owner gets told either way."""
     path = pathlib.Path(path)
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        os.chmod(path, 0o600)
-        log.warning(
-            "%s had mode %04o (readable by others); changed to 0600. If someone else could read it, "
-            "consider creating a new identity.",
-            path,
-            mode,
-        )
-    data = path.read_bytes()
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            os.chmod(path, 0o600)
+            log.warning(
+                "%s had mode %04o (readable by others); changed to 0600. If someone else could "
+                "read it, consider creating a new identity.",
+                path,
+                mode,
+            )
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise IdentityError(f"Cannot read {path}: {exc.strerror or exc}") from None
     try:
         return decode_private(data, backend)
     except IdentityError as exc:
@@ -460,7 +465,11 @@ def load_or_create(data_dir: pathlib.Path, backend: pqc.Backend) -> Identity:
     except FileNotFoundError:
         pass
     identity = Identity.generate(backend)
-    if _write_new(path, encode_private(identity)):
+    try:
+        created = _write_new(path, encode_private(identity))
+    except OSError as exc:
+        raise IdentityError(f"Cannot write {path}: {exc.strerror or exc}") from None
+    if created:
         log.info("Created identity %s in %s", identity.id, path)
         return identity
     return load(path, backend)  # another process created it first

@@ -351,3 +351,18 @@ def test_write_new_never_replaces(tmp_path):
     assert not ident._write_new(path, b"second")
     assert path.read_bytes() == b"first"
     assert [p.name for p in tmp_path.iterdir()] == ["identity.key"]
+
+
+def test_unwritable_data_dir_gives_identity_error(tmp_path, monkeypatch):
+    def refuse(path, data):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ident, "_write_new", refuse)
+    with pytest.raises(ident.IdentityError, match="Cannot write .*Permission denied"):
+        ident.load_or_create(tmp_path, BACKEND)
+
+
+def test_key_file_that_is_a_directory_gives_identity_error(tmp_path):
+    (tmp_path / ident.KEY_FILE).mkdir(mode=0o700)
+    with pytest.raises(ident.IdentityError, match="Cannot read"):
+        ident.load_or_create(tmp_path, BACKEND)
