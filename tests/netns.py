@@ -1,0 +1,422 @@
+"""Test helper: throwaway network-namespace topologies (LAN segments, NATs) for real-network tests.
+
+Needs root, `ip` (iproute2) and, for NATs, `iptables`. Nothing here touches the host's own
+network: every interface is a veth created inside namespaces this module owns, addresses come
+from the documentation prefixes only (192.0.2.0/24 LAN, 198.51.100.0/24 "internet",
+203.0.113.0/25 and 203.0.113.128/25 private LANs), and `ip_forward` is switched on only inside
+router namespaces.
+
+Clean-up is belt and braces, because a leaked namespace outlives the test run: the context
+managers delete what they built even when the body raises, an `atexit` hook deletes whatever
+is still registered, and `cleanup_stale()` (run once per process before the first build)
+deletes leftovers of crashed runs. Names are `cp2p-<pid>-<random>-<role>-<n>`, so parallel runs
+never clash and a stale namespace can be told from a live run's by its creator's pid.
+
+    ok, reason = netns_available(iptables=True)
+    with nat_topology("cone", "cone") as net:
+        echo = net.public.python(ECHO_SCRIPT, "40000")
+        net.left_host.run([sys.executable, "-c", CLIENT, net.public_ip])
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import itertools
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Iterator, Sequence
+
+PREFIX = "cp2p-"
+NETNS_DIR = "/run/netns"
+COMMAND_TIMEOUT = 15.0  # seconds; every command run here is bounded
+NAT_KINDS = ("cone", "random")
+
+LAN_NET = "192.0.2"  # lan_segment hosts: 192.0.2.10, .11, ...
+WAN_NET = "198.51.100"  # the "internet" of nat_topology
+PUBLIC_IP, PUBLIC_IP2 = f"{WAN_NET}.1", f"{WAN_NET}.2"
+LEFT_WAN_IP, RIGHT_WAN_IP = f"{WAN_NET}.11", f"{WAN_NET}.12"
+LEFT_ROUTER_LAN_IP, LEFT_HOST_IP = "203.0.113.1", "203.0.113.10"  # 203.0.113.0/25
+RIGHT_ROUTER_LAN_IP, RIGHT_HOST_IP = "203.0.113.129", "203.0.113.138"  # 203.0.113.128/25
+
+_RUN = f"{os.getpid()}-{secrets.token_hex(2)}"
+_live: dict[str, "Namespace"] = {}  # every namespace this process created and not yet deleted
+_serial = itertools.count(1)  # so two topologies alive in one process never share a name
+_stale_checked = False
+_available: dict[bool, tuple[bool, str]] = {}
+
+
+class NetnsError(RuntimeError):
+    """A namespace command failed; the message carries the command and its stderr."""
+
+
+def _check(cmd: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
+    """Run a host-side command (ip, iptables), return stdout, raise NetnsError on failure."""
+    try:
+        done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise NetnsError(f"{' '.join(cmd)}: {exc}") from exc
+    if done.returncode != 0:
+        raise NetnsError(f"{' '.join(cmd)}: exit {done.returncode}: {done.stderr.strip()}")
+    return done.stdout
+
+
+# ---- availability ---------------------------------------------------------------------------
+
+
+def netns_available(iptables: bool = False) -> tuple[bool, str]:
+    """(True, "") when namespaces can be built here, else (False, why) for `pytest.skip`.
+    Probes once per process by creating and deleting a namespace."""
+    if iptables in _available:
+        return _available[iptables]
+    result = (True, "")
+    if not sys.platform.startswith("linux"):
+        result = (False, "network namespaces need Linux")
+    elif os.geteuid() != 0:
+        result = (False, "network namespaces need root")
+    elif shutil.which("ip") is None:
+        result = (False, "`ip` (iproute2) is not installed")
+    elif iptables and shutil.which("iptables") is None:
+        result = (False, "`iptables` is not installed")
+    else:
+        probe = f"{PREFIX}{_RUN}-probe"
+        try:
+            _check(["ip", "netns", "add", probe])
+            try:
+                _check(["ip", "netns", "exec", probe, "ip", "link", "set", "lo", "up"])
+                if iptables:
+                    _check(["ip", "netns", "exec", probe, "iptables", "-w", "5", "-t", "nat",
+                            "-A", "POSTROUTING", "-o", "lo", "-j", "MASQUERADE", "--random"])
+            finally:
+                _check(["ip", "netns", "delete", probe])
+        except NetnsError as exc:
+            result = (False, f"network namespaces unusable: {exc}")
+    _available[iptables] = result
+    return result
+
+
+# ---- one namespace --------------------------------------------------------------------------
+
+
+class Namespace:
+    """One network namespace owned by this process; commands run inside it with `ip netns
+    exec`. Processes started with `popen()` are killed when the namespace is deleted."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.name = f"{PREFIX}{_RUN}-{role}-{next(_serial)}"
+        self.addresses: list[str] = []  # IPv4 addresses given to its interfaces, first = main
+        self._procs: list[subprocess.Popen] = []
+        _check(["ip", "netns", "add", self.name])
+        _live[self.name] = self  # registered at once, so even a half-built topology is cleaned
+        self.ip("link", "set", "lo", "up")
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.name!r}, {self.addresses})"
+
+    @property
+    def address(self) -> str:
+        """The main IPv4 address (the first one assigned)."""
+        return self.addresses[0]
+
+    def ip(self, *args: str) -> str:
+        """`ip -n NAME ...`, checked."""
+        return _check(["ip", "-n", self.name, *args])
+
+    def iptables(self, *args: str) -> str:
+        """`iptables ...` inside the namespace, checked (`-w` in case of the legacy lock)."""
+        return _check(["ip", "netns", "exec", self.name, "iptables", "-w", "5", *args])
+
+    def sysctl(self, setting: str) -> None:
+        """`sysctl -w key=value` inside the namespace: per-namespace keys stay in it."""
+        _check(["ip", "netns", "exec", self.name, "sysctl", "-q", "-w", setting])
+
+    def add_address(self, dev: str, cidr: str, broadcast: bool = True) -> None:
+        args = ["addr", "add", cidr, "dev", dev] + (["brd", "+"] if broadcast else [])
+        self.ip(*args)
+        self.addresses.append(cidr.split("/")[0])
+
+    def run(self, cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess:
+        """subprocess.run inside the namespace; defaults: check, text, capture, 15 s timeout."""
+        kw.setdefault("check", True)
+        kw.setdefault("text", True)
+        kw.setdefault("timeout", COMMAND_TIMEOUT)
+        if "stdout" not in kw and "stderr" not in kw:
+            kw.setdefault("capture_output", True)
+        return subprocess.run(["ip", "netns", "exec", self.name, *cmd], **kw)
+
+    def popen(self, cmd: Sequence[str], **kw: Any) -> subprocess.Popen:
+        """subprocess.Popen inside the namespace (`ip netns exec` execs, so .pid is the
+        program's own); killed at teardown if still running."""
+        proc = subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
+        self._procs.append(proc)
+        return proc
+
+    def python(self, code: str, *args: str, **kw: Any) -> subprocess.Popen:
+        """Run `python -c code args...` (this interpreter) inside the namespace, with text
+        pipes for stdin/stdout by default."""
+        kw.setdefault("stdin", subprocess.PIPE)
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("text", True)
+        return self.popen([sys.executable, "-c", code, *args], **kw)
+
+    def pids(self) -> list[int]:
+        """Every process currently inside the namespace."""
+        return _ns_pids(self.name)
+
+    def delete(self) -> None:
+        """Kill what runs inside, then delete the namespace (its veths go with it). Idempotent."""
+        if _live.pop(self.name, None) is None:
+            return
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=1.0)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+        _delete_namespace(self.name)
+
+
+def _ns_pids(name: str) -> list[int]:
+    try:
+        return [int(p) for p in _check(["ip", "netns", "pids", name], timeout=5.0).split()]
+    except NetnsError:
+        return []
+
+
+def _delete_namespace(name: str) -> None:
+    """SIGKILL what is left inside (processes our tests started there), then delete."""
+    for pid in _ns_pids(name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for _ in range(20):  # a namespace with live processes lingers: give SIGKILL a moment
+        if not _ns_pids(name):
+            break
+        time.sleep(0.05)
+    with contextlib.suppress(NetnsError):
+        _check(["ip", "netns", "delete", name])
+
+
+def list_namespaces() -> list[str]:
+    """Names of every namespace on the machine (`ip netns list`)."""
+    out = _check(["ip", "netns", "list"])
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def live_namespaces() -> list[str]:
+    """Names of the namespaces this process created and has not deleted yet."""
+    return list(_live)
+
+
+@atexit.register
+def _cleanup_all() -> None:
+    """Last resort for a run that skipped its context managers (e.g. an interrupted test)."""
+    for ns in reversed(list(_live.values())):
+        with contextlib.suppress(Exception):
+            ns.delete()
+
+
+# ---- leftovers of crashed runs --------------------------------------------------------------
+
+
+def _start_time(pid: int) -> float | None:
+    """Wall-clock start of a process, from /proc; None when it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def cleanup_stale(prefix: str = PREFIX, older_than: float | None = None) -> list[str]:
+    """Delete namespaces named `prefix...` left by crashed runs; returns their names.
+
+    A namespace is stale when it was created before `older_than` (default: this process's
+    start) and its creator (the pid in its name) is gone, so a parallel run is never hit."""
+    cutoff = older_than if older_than is not None else (_start_time(os.getpid()) or time.time())
+    removed = []
+    for name in list_namespaces():
+        if not name.startswith(prefix) or name in _live:
+            continue
+        try:
+            created = os.stat(os.path.join(NETNS_DIR, name)).st_mtime
+        except OSError:
+            continue
+        if created >= cutoff:
+            continue
+        pid_text = name[len(prefix):].split("-", 1)[0]
+        creator = _start_time(int(pid_text)) if pid_text.isdigit() else None
+        if creator is not None and creator <= created + 1:
+            continue  # its creator still runs (the +1 s absorbs clock-tick rounding)
+        _delete_namespace(name)
+        removed.append(name)
+    return removed
+
+
+def _cleanup_stale_once() -> None:
+    global _stale_checked
+    if not _stale_checked:
+        _stale_checked = True
+        cleanup_stale()
+
+
+@contextlib.contextmanager
+def _building() -> Iterator[list[Namespace]]:
+    """Collects the namespaces of one topology and deletes them all on exit, error or not."""
+    _cleanup_stale_once()
+    built: list[Namespace] = []
+    try:
+        yield built
+    finally:
+        for ns in reversed(built):
+            ns.delete()
+
+
+def _bridge(switch: Namespace) -> None:
+    """A bridge `br0` in `switch`; multicast snooping off so multicast simply floods."""
+    switch.ip("link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+    switch.ip("link", "set", "br0", "up")
+
+
+def _plug(switch: Namespace, port: str, ns: Namespace, dev: str) -> None:
+    """A veth from the switch's bridge (end `port`) into `ns` (end `dev`), both ends up."""
+    switch.ip("link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns.name)
+    switch.ip("link", "set", port, "master", "br0", "up")
+    ns.ip("link", "set", dev, "up")
+
+
+def _wire(a: Namespace, dev_a: str, b: Namespace, dev_b: str) -> None:
+    """A direct veth between two namespaces, both ends up."""
+    a.ip("link", "add", dev_a, "type", "veth", "peer", "name", dev_b, "netns", b.name)
+    a.ip("link", "set", dev_a, "up")
+    b.ip("link", "set", dev_b, "up")
+
+
+# ---- a LAN segment --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def lan_segment(n: int) -> Iterator[list[Namespace]]:
+    """n namespaces on one bridge (which lives in its own namespace), 192.0.2.10+i/24 on
+    `eth0`, with a multicast route so discovery broadcasts and link-local multicast work;
+    they cannot leave the segment, which reaches nothing else."""
+    if not 1 <= n <= 200:
+        raise ValueError("a segment holds 1 to 200 hosts")
+    with _building() as built:
+        switch = Namespace("lansw")
+        built.append(switch)
+        _bridge(switch)
+        hosts = []
+        for i in range(n):
+            host = Namespace(f"lan{i}")
+            built.append(host)
+            _plug(switch, f"p{i}", host, "eth0")
+            host.add_address("eth0", f"{LAN_NET}.{10 + i}/24")
+            host.ip("route", "add", "224.0.0.0/4", "dev", "eth0")
+            hosts.append(host)
+        yield hosts
+
+
+# ---- two NATed hosts and a public host --------------------------------------------------------
+
+
+@dataclasses.dataclass
+class NatTopology:
+    """Two private hosts, each behind its own NAT router, and a public host, all on one
+    "internet" segment (198.51.100.0/24). The public side cannot route to private addresses."""
+
+    public: Namespace
+    public_ip: str
+    public_ip2: str  # a second address on `public`, for RFC 3489 change-address STUN tests
+    left_router: Namespace
+    left_wan_ip: str
+    left_host: Namespace
+    left_host_ip: str
+    right_router: Namespace
+    right_wan_ip: str
+    right_host: Namespace
+    right_host_ip: str
+    left_nat: str
+    right_nat: str
+    switch: Namespace
+
+    def namespaces(self) -> list[Namespace]:
+        return [self.switch, self.public, self.left_router, self.left_host,
+                self.right_router, self.right_host]
+
+
+def _make_router(router: Namespace, nat: str) -> None:
+    """Forwarding on, MASQUERADE out of `wan` (`--random` for "random": a new port for every
+    new destination), and nothing unsolicited in: a NEW inbound packet that reached the router
+    itself would otherwise create a conntrack entry that makes the NAT pick another port for
+    the host's later outbound packet, breaking hole punching (checked in DESIGN.md)."""
+    router.sysctl("net.ipv4.ip_forward=1")
+    masquerade = ["-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE"]
+    router.iptables(*masquerade, *(["--random"] if nat == "random" else []))
+    router.iptables("-A", "INPUT", "-i", "wan", "-m", "conntrack", "--ctstate", "NEW",
+                    "-j", "DROP")
+    router.iptables("-A", "FORWARD", "-i", "wan", "-o", "lan", "-m", "conntrack",
+                    "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+    router.iptables("-A", "FORWARD", "-i", "wan", "-j", "DROP")
+
+
+@contextlib.contextmanager
+def nat_topology(left_nat: str = "cone", right_nat: str = "cone") -> Iterator[NatTopology]:
+    """Build the NAT topology; "cone" is plain MASQUERADE (port-preserving, port-restricted
+    filtering: cone/cone hole punching works), "random" adds `--random` (punching fails)."""
+    for nat in (left_nat, right_nat):
+        if nat not in NAT_KINDS:
+            raise ValueError(f"NAT kind must be one of {NAT_KINDS}, got {nat!r}")
+    with _building() as built:
+
+        def make(role: str) -> Namespace:
+            ns = Namespace(role)
+            built.append(ns)
+            return ns
+
+        switch = make("wansw")
+        _bridge(switch)
+        public = make("public")
+        _plug(switch, "ppub", public, "eth0")
+        public.add_address("eth0", f"{PUBLIC_IP}/24")
+        public.add_address("eth0", f"{PUBLIC_IP2}/24")
+
+        sides = {}
+        for side, nat, wan_ip, router_lan, host_ip, prefix in (
+            ("left", left_nat, LEFT_WAN_IP, LEFT_ROUTER_LAN_IP, LEFT_HOST_IP, 25),
+            ("right", right_nat, RIGHT_WAN_IP, RIGHT_ROUTER_LAN_IP, RIGHT_HOST_IP, 25),
+        ):
+            router = make(f"{side[0]}rtr")
+            _plug(switch, f"p{side}", router, "wan")
+            router.add_address("wan", f"{wan_ip}/24")
+            host = make(f"{side[0]}host")
+            _wire(router, "lan", host, "eth0")
+            router.add_address("lan", f"{router_lan}/{prefix}")
+            host.add_address("eth0", f"{host_ip}/{prefix}")
+            host.ip("route", "add", "default", "via", router_lan)
+            _make_router(router, nat)
+            sides[side] = (router, host)
+
+        yield NatTopology(
+            public=public, public_ip=PUBLIC_IP, public_ip2=PUBLIC_IP2,
+            left_router=sides["left"][0], left_wan_ip=LEFT_WAN_IP,
+            left_host=sides["left"][1], left_host_ip=LEFT_HOST_IP,
+            right_router=sides["right"][0], right_wan_ip=RIGHT_WAN_IP,
+            right_host=sides["right"][1], right_host_ip=RIGHT_HOST_IP,
+            left_nat=left_nat, right_nat=right_nat, switch=switch,
+        )
