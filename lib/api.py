@@ -138,13 +138,13 @@ def coerce(field: Field, value: Any, label: str | None = None) -> Any:
 
 def validate(fields: Iterable[Field], data: Any) -> dict:
     """Check `data` against the schema; returns a dict keyed by canonical field names."""
-    if data is None or data == "":
-        data = {}
-    if isinstance(data, str):
+    if isinstance(data, str) and data.strip():
         try:
-            data = json.loads(data)
+            data = json.loads(data)  # the Windows client sends Data as JSON text, even "null"
         except (ValueError, RecursionError):
             raise ApiError("Field 'data' must be an object") from None
+    if data is None or data == "":
+        data = {}
     if not isinstance(data, dict):
         raise ApiError("Field 'data' must be an object")
     clean: dict[str, Any] = {}

@@ -36,12 +36,14 @@ class Node:
         self.started_at = time.time()
         self.ipc_address: tuple[str, int] | None = None
         self.backend: pqc.Backend | None = None
+        self.available_backends: list[str] = []
         self.identity: ident.Identity | None = None
         self.store: Store | None = None
         self.events: EventBus | None = None
         self.contacts: ContactBook | None = None
         self.transport: Transport | None = None
         self._lock = DataDirLock(self.data_dir)
+        self._identity_view: dict | None = None
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -50,6 +52,7 @@ class Node:
         self._lock.acquire()
         try:
             self.backend = pqc.select_backend(self.config.crypto_backend)
+            self.available_backends = pqc.available_backends()  # probes the disk: once
             self.identity = ident.load_or_create(self.data_dir, self.backend)
             self.store = Store(self.data_dir / "chatp2p.db")
             self.events = EventBus(self._event_endpoints())
@@ -95,6 +98,12 @@ class Node:
 
     def identity_view(self) -> dict:
         assert self.identity is not None
+        if self._identity_view is None:  # immutable for the node's life: build it once
+            self._identity_view = self._build_identity_view()
+        return dict(self._identity_view)
+
+    def _build_identity_view(self) -> dict:
+        assert self.identity is not None
         return {
             "name": self.name,
             "fingerprint": self.identity.id,
@@ -119,7 +128,7 @@ class Node:
             "events": {"endpoint": self.events.endpoints[0], "endpoints": list(self.events.endpoints)},
             "contacts": self.store.count_contacts(),
             "peers": 0,
-            "crypto": {"backend": self.backend.name, "available": pqc.available_backends()},
+            "crypto": {"backend": self.backend.name, "available": self.available_backends},
             "data_dir": str(self.data_dir),
         }
 
