@@ -1,0 +1,85 @@
+"""The event bus: two-frame ZeroMQ messages, in-process subscribers, bursts not dropped."""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import zmq
+
+from chatp2p_core.events import EventBus
+
+TMP = None
+
+
+def setup_module():
+    global TMP
+    TMP = tempfile.mkdtemp(prefix="chatp2p-ev-")
+
+
+def teardown_module():
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+def _subscriber(endpoint, topic=b""):
+    context = zmq.Context.instance()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, topic)
+    sub.connect(endpoint)
+    return sub
+
+
+def _wait_joined(bus, sub):
+    """PUB drops messages until the subscription arrives: probe until one gets through."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        bus.publish("probe", None)
+        if sub.poll(50):
+            while sub.poll(50):
+                sub.recv_multipart()
+            return
+    raise AssertionError("subscriber never joined")
+
+
+def test_two_frames_and_in_process_subscribers():
+    bus = EventBus([f"ipc://{os.path.join(TMP, 'a.sock')}", "tcp://127.0.0.1:0"])
+    seen = []
+    bus.subscribe(seen.append)
+    try:
+        assert bus.endpoints[1].startswith("tcp://127.0.0.1:") and not bus.endpoints[1].endswith(":0")
+        sub = _subscriber(bus.endpoints[1], b"contact_")
+        _wait_joined(bus, _subscriber(bus.endpoints[1]))
+        time.sleep(0.2)
+        bus.publish("probe", None)
+        bus.publish("contact_added", {"name": "Bob"})
+        name, payload = sub.recv_multipart()
+        event = json.loads(payload)
+        assert name == b"contact_added" and event["event"] == "contact_added"
+        assert event["data"] == {"name": "Bob"} and event["timestamp"].endswith("Z")
+        assert seen[-1] == event
+        sub.close()
+    finally:
+        bus.close()
+
+
+def test_burst_of_100k_events_is_not_dropped():
+    bus = EventBus([f"ipc://{os.path.join(TMP, 'burst.sock')}"])
+    try:
+        sub = _subscriber(bus.endpoints[0])
+        _wait_joined(bus, sub)
+        for i in range(100_000):
+            bus.publish("message_delivered", {"n": i})
+        received = 0
+        while sub.poll(2000):
+            name, payload = sub.recv_multipart()
+            if name == b"message_delivered":
+                assert json.loads(payload)["data"]["n"] == received
+                received += 1
+            if received == 100_000:
+                break
+        assert received == 100_000
+        sub.close()
+    finally:
+        bus.close()
