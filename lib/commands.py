@@ -6,11 +6,18 @@ protocol's actions keep their names and shapes; extensions are marked as such in
 
 from __future__ import annotations
 
+import hashlib
+import socket
 from typing import Any
 
+import gevent
+
 from . import identity as ident, sealed
-from .api import ApiError, CommandTable, Field
+from .api import ApiError, CommandTable, Field, Reply
+from .messaging import MessageError
 from .node import Node
+from .peers import Link, parse_address
+from .util import iso_utc
 
 NAME = Field("peer", "str", max_len=64)
 MAX_MESSAGE_CHARS = 64 * 1024
@@ -28,20 +35,56 @@ def contacts_list(node: Node, data: dict) -> list:
 
 def contacts_add(node: Node, data: dict) -> Any:
     node.contacts.add(data["peer"], data["public_key"])
+    contact = node.contacts.get(data["peer"])
+    if node.messenger is not None:
+        node.messenger.release_held(contact)  # a stranger we talked with: its messages now count
     return "Contact added"
 
 
+def _disconnect(node: Node, fingerprint: bytes) -> None:
+    if node.network is not None:
+        node.network.forget(fingerprint)
+    if node.messenger is not None:
+        node.messenger.contact_removed(fingerprint)
+
+
 def contacts_remove(node: Node, data: dict) -> Any:
+    contact = node.contacts.get(data["peer"])
     node.contacts.remove(data["peer"])
+    _disconnect(node, contact.fingerprint)
     return "Contact removed"
 
 
 def contacts_rename(node: Node, data: dict) -> Any:
-    return node.contacts.rename(data["peer"], data["new_name"])
+    view = node.contacts.rename(data["peer"], data["new_name"])
+    if node.network is not None:
+        contact = node.contacts.get(data["new_name"])
+        link = node.network.links.get(contact.fingerprint)
+        if link is not None:
+            link.name = contact.name
+    return view
 
 
 def contacts_block(node: Node, data: dict) -> Any:
-    return node.contacts.set_blocked(data["peer"], True)
+    """Block a contact by name, or a stranger by its ID (it becomes a blocked contact)."""
+    name = data["peer"]
+    try:
+        contact = node.store.get_contact(name)
+    except Exception:
+        if not ident.looks_like_id(name):
+            raise ApiError(f"Peer not found: {name}") from None
+        try:
+            fingerprint = ident.parse_id(name)
+        except ident.IdentityError as exc:
+            raise ApiError(str(exc)) from None
+        contact = node.store.find_contact_by_fingerprint(fingerprint)
+        if contact is None:
+            node.contacts.add("blocked-" + ident.short_id(fingerprint), name)
+            contact = node.store.find_contact_by_fingerprint(fingerprint)
+    view = node.contacts.set_blocked(contact.name, True)
+    node.store.drop_held(contact.fingerprint)
+    _disconnect(node, contact.fingerprint)
+    return view
 
 
 def contacts_unblock(node: Node, data: dict) -> Any:
@@ -50,6 +93,144 @@ def contacts_unblock(node: Node, data: dict) -> Any:
 
 def contacts_show(node: Node, data: dict) -> Any:
     return node.contacts.view(node.contacts.get(data["peer"]))
+
+
+def contacts_verify(node: Node, data: dict) -> Any:
+    return node.contacts.set_verified(data["peer"], data["verified"])
+
+
+def safety_number(own: bytes, other: bytes) -> str:
+    """60 digits both users can compare; depends only on the two identities (order-free)."""
+    low, high = sorted((own, other))
+    digest = hashlib.sha512(b"chatp2p v1 safety number" + low + high).digest()
+    return " ".join(f"{int.from_bytes(digest[i:i + 5], 'big') % 100000:05d}" for i in range(0, 60, 5))
+
+
+def contacts_negotiate_keys(node: Node, data: dict) -> Any:
+    contact = node.contacts.get(data["peer"])
+    link = _connect(node, contact, None)
+    if not link.connected:
+        with gevent.Timeout(data["timeout"], False):
+            while not link.connected and (link.state.value == "connecting"):
+                link.established.wait()
+    if not link.connected:
+        reason = link.failure or "no answer"
+        if reason == "key_mismatch":
+            raise ApiError(f"Key mismatch: the node answering for {contact.name} is not its ID (see key_mismatch)")
+        raise ApiError(f"Could not reach {contact.name}: {reason}")
+    contact = node.store.get_contact_by_id(contact.id)
+    session = link.session
+    return {
+        "peer": contact.name,
+        "fingerprint": ident.format_id(contact.fingerprint),
+        "safety_number": safety_number(node.identity.fingerprint, contact.fingerprint),
+        "verified": contact.verified,
+        "suite": session.keys.suite.name.lower() if session else None,
+        "key_exchange": "X-Wing (ML-KEM-768+X25519), ephemeral + static",
+        "signatures": "ML-DSA-65+Ed25519",
+        "role": session.keys.role.value if session else None,
+        "address": node.network.view(link)["address"],
+        "path": link.path,
+        "rtt_ms": node.network.view(link)["rtt_ms"],
+    }
+
+
+# -- p2p ------------------------------------------------------------------------------------
+def _require_p2p(node: Node) -> None:
+    if not node.p2p_running:
+        raise ApiError("The P2P network is stopped: start it with p2p start")
+
+
+def _resolve(text: str) -> tuple[str, int]:
+    address = parse_address(text)
+    if address is None:
+        raise ApiError(f"Field 'address' must be host:port, got {text!r}")
+    try:
+        infos = socket.getaddrinfo(address[0], address[1], socket.AF_INET, socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as exc:
+        raise ApiError(f"Cannot resolve {address[0]}: {exc}") from None
+    return infos[0][4][0], infos[0][4][1]
+
+
+def _connect(node: Node, contact, address: str | None) -> Link:
+    _require_p2p(node)
+    if contact.blocked:
+        raise ApiError(f"{contact.name} is blocked")
+    candidates = [_resolve(address)] if address else []
+    candidates += [a for a in (parse_address(t) for t in contact.addresses) if a]
+    link = node.network.link_for_contact(contact)
+    candidates += [a for a in link.candidates if a not in candidates]
+    if not candidates and not link.connected:
+        raise ApiError(f"No known address for {contact.name}: use p2p connect with an address")
+    return node.network.connect(contact, candidates)
+
+
+def p2p_start(node: Node, data: dict) -> Any:
+    changes = {"stun_urls": data["stun_urls"]} if data["stun_urls"] is not None else {}
+    node.restart_p2p(**changes)
+    return "P2P network started"
+
+
+def p2p_stop(node: Node, data: dict) -> Any:
+    node.stop_p2p()
+    return "P2P network stopped"
+
+
+def p2p_peers(node: Node, data: dict) -> list:
+    peers = []
+    for contact in node.store.list_contacts():
+        link = node.network.links.get(contact.fingerprint) if node.network else None
+        view = node.network.view(link) if link else {
+            "name": contact.name, "fingerprint": ident.format_id(contact.fingerprint), "state": "offline",
+            "path": None, "address": None, "rtt_ms": None}
+        view["name"] = contact.name
+        view.pop("stranger", None)
+        view["last_seen"] = iso_utc(contact.last_seen) if contact.last_seen else None
+        if link and link.connected:
+            view["last_seen"] = iso_utc(link.last_seen_wall or contact.last_seen or 0)
+        view["blocked"] = contact.blocked
+        peers.append(view)
+    return peers
+
+
+def p2p_connect(node: Node, data: dict) -> Any:
+    contact = node.contacts.get(data["peer"])
+    link = _connect(node, contact, data["address"])
+    return {"peer": contact.name, "state": link.state.value,
+            "address": node.network.view(link)["address"]}
+
+
+def p2p_send_message(node: Node, data: dict) -> Any:
+    contact = node.contacts.get(data["peer"])
+    if node.messenger is None:
+        raise ApiError("The P2P network is stopped: start it with p2p start")
+    try:
+        message, sent = node.messenger.send(contact, data["message"], data["message_id"])
+    except MessageError as exc:
+        raise ApiError(str(exc)) from None
+    except Exception as exc:
+        if "already" in str(exc).lower():
+            raise ApiError(f"message_id {data['message_id']!r} was already used for {contact.name}") from None
+        raise
+    if not sent:
+        try:
+            _connect(node, contact, None)
+        except ApiError:
+            pass  # no address yet: it stays queued until the contact shows up
+    return Reply("Message sent" if sent else "Message queued", {"message_id": message.message_id})
+
+
+def p2p_history(node: Node, data: dict) -> Any:
+    contact = node.contacts.get(data["peer"])
+    messages = node.store.history(contact.id, data["limit"], data["before"])
+    return [dict(m.to_dict(), peer=contact.name) for m in messages]
+
+
+def p2p_mark_read(node: Node, data: dict) -> Any:
+    contact = node.contacts.get(data["peer"])
+    count = node.store.mark_read(contact.id)
+    node.publish("contact_updated", node.contacts.view(node.store.get_contact_by_id(contact.id)))
+    return {"peer": contact.name, "marked": count}
 
 
 # -- crypto ---------------------------------------------------------------------------------
@@ -95,6 +276,31 @@ def build_table() -> CommandTable:
     table.add("contacts", "block", contacts_block, (NAME,), help="extension: drop and silence a contact")
     table.add("contacts", "unblock", contacts_unblock, (NAME,), help="extension: undo block")
     table.add("contacts", "show", contacts_show, (NAME,), help="extension: one contact")
+
+    table.add("contacts", "negotiate_keys", contacts_negotiate_keys,
+              (NAME, Field("timeout", "int", required=False, default=10, minimum=1, maximum=120)),
+              help="run the handshake now (connecting if needed); session details and safety number")
+    table.add("contacts", "verify", contacts_verify,
+              (NAME, Field("verified", "bool", required=False, default=True)),
+              help="extension: mark a contact verified (after comparing safety numbers)")
+
+    table.add("p2p", "start", p2p_start, (Field("stun_urls", "list", required=False, item_kind="str",
+                                                 max_len=16),),
+              help="start (or restart) the P2P network")
+    table.add("p2p", "stop", p2p_stop, help="stop the P2P network")
+    table.add("p2p", "peers", p2p_peers, help="every contact with its connection state")
+    table.add("p2p", "connect", p2p_connect,
+              (NAME, Field("address", "str", required=False, max_len=300)),
+              help="extension: reach a contact (at host:port, or its known addresses)")
+    table.add("p2p", "send_message", p2p_send_message,
+              (NAME, Field("message", "str", max_len=MAX_MESSAGE_CHARS),
+               Field("message_id", "str", required=False, max_len=128)),
+              help="send (or queue) a chat message")
+    table.add("p2p", "history", p2p_history,
+              (NAME, Field("limit", "int", required=False, default=50, minimum=1, maximum=1000),
+               Field("before", "int", required=False, minimum=1)),
+              help="extension: stored messages, newest page, oldest first")
+    table.add("p2p", "mark_read", p2p_mark_read, (NAME,), help="extension: mark a conversation read")
 
     table.add("crypto", "generate_keypair", crypto_generate_keypair,
               help="a fresh key pair (never the node's identity)")

@@ -63,6 +63,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("autostart", "p2p", "autostart", "bool", True, "start the P2P network at launch"),
     Setting("stun_urls", "p2p", "stun_urls", "list", [], "STUN servers, comma-separated stun:host:port (none by default)"),
     Setting("lan_discovery", "p2p", "lan_discovery", "bool", False, "find contacts on the local network segment"),
+    Setting("keepalive_interval", "p2p", "keepalive_interval", "float", 15.0,
+            "seconds between keepalives; three silent intervals mean the peer is gone"),
+    Setting("message_ttl_days", "p2p", "message_ttl_days", "float", 7.0,
+            "a queued message fails (message_failed) when its contact stays unreachable this long"),
     Setting("log_level", "log", "level", "choice", "info", "debug, info, warning or error", LOG_LEVELS),
     Setting("log_file", "log", "file", "path", "", "log to this file instead of stderr"),
 )

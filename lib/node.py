@@ -17,6 +17,8 @@ from .config import Config
 from .contacts import ContactBook
 from .events import EventBus
 from .lockfile import DataDirLock
+from .messaging import Messenger
+from .peers import Network, NetworkConfig
 from .store import Store
 from .transport import Transport
 from .util import ensure_private_dir
@@ -42,6 +44,8 @@ class Node:
         self.events: EventBus | None = None
         self.contacts: ContactBook | None = None
         self.transport: Transport | None = None
+        self.network: Network | None = None
+        self.messenger: Messenger | None = None
         self._lock = DataDirLock(self.data_dir)
         self._identity_view: dict | None = None
 
@@ -56,7 +60,8 @@ class Node:
             self.identity = ident.load_or_create(self.data_dir, self.backend)
             self.store = Store(self.data_dir / "chatp2p.db")
             self.events = EventBus(self._event_endpoints())
-            self.contacts = ContactBook(self.store, self.identity.fingerprint, self.events.publish)
+            self.contacts = ContactBook(self.store, self.identity.fingerprint, self.events.publish,
+                                        is_online=self._is_online)
             if self.config.autostart:
                 self.start_p2p()
         except BaseException:
@@ -69,15 +74,51 @@ class Node:
             endpoints.append(f"tcp://127.0.0.1:{self.config.events_port}")
         return endpoints
 
+    def _is_online(self, contact_id: int) -> bool:
+        return self.network is not None and self.network.is_online(contact_id)
+
+    @property
+    def p2p_running(self) -> bool:
+        return self.transport is not None and self.transport.running
+
     def start_p2p(self) -> None:
-        if self.transport is not None and self.transport.running:
+        """Bind the UDP socket and start the link and messaging layers (idempotent)."""
+        if self.p2p_running:
             return
-        self.transport = Transport(self.config.p2p_host, self.config.p2p_port)
-        self.transport.start()
+        assert self.identity is not None and self.store is not None and self.backend is not None
+        transport = Transport(self.config.p2p_host, self.config.p2p_port)
+        transport.start()
+        self.transport = transport
+        self.network = Network(self.identity, self.backend, self.store, transport, self.publish,
+                               NetworkConfig(keepalive_interval=self.config.keepalive_interval))
+        self.messenger = Messenger(self.store, self.network, self.publish,
+                                   message_ttl=self.config.message_ttl_days * 86400)
+        self.network.start()
+        self.publish("p2p_started", {"port": transport.port})
+
+    def restart_p2p(self, **changes) -> None:
+        """`p2p start`: apply new settings and (re)start, keeping the bound port when it was 0."""
+        port = self.transport.port if self.transport is not None and self.transport.running else None
+        self.stop_p2p()
+        if changes:
+            self.config = self.config.replace(**changes)
+        if port is not None and self.config.p2p_port == 0:
+            self.config = self.config.replace(p2p_port=port)
+            try:
+                self.start_p2p()
+            finally:
+                self.config = self.config.replace(p2p_port=0)
+        else:
+            self.start_p2p()
 
     def stop_p2p(self) -> None:
-        if self.transport is not None:
+        if self.network is not None:
+            self.network.stop()
+        if self.transport is not None and self.transport.running:
             self.transport.stop()
+            self.publish("p2p_stopped", {})
+        self.network = None
+        self.messenger = None
 
     def stop(self) -> None:
         """Close everything in reverse order; safe to call twice or after a failed start."""
@@ -127,7 +168,7 @@ class Node:
             "ipc": {"host": self.ipc_address[0], "port": self.ipc_address[1]} if self.ipc_address else None,
             "events": {"endpoint": self.events.endpoints[0], "endpoints": list(self.events.endpoints)},
             "contacts": self.store.count_contacts(),
-            "peers": 0,
+            "peers": self.network.connected_count() if self.network else 0,
             "crypto": {"backend": self.backend.name, "available": self.available_backends},
             "data_dir": str(self.data_dir),
         }

@@ -90,6 +90,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # 2: per-contact receive position, for in-order exactly-once delivery across restarts.
+    (
+        "ALTER TABLE contacts ADD COLUMN in_seq INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX messages_out_state ON messages (contact_id, direction, state, seq)",
+    ),
 )
 
 
@@ -570,6 +575,69 @@ class Store:
                 (contact_id, message_id),
             ).fetchone()
             return Message.from_row(row), False
+
+    def in_seq(self, contact_id: int) -> int:
+        """The highest sequence number delivered in order from this contact."""
+        rows = self._query("SELECT in_seq FROM contacts WHERE id = ?", (contact_id,))
+        if not rows:
+            raise NotFoundError(f"Peer not found: #{contact_id}")
+        return int(rows[0][0])
+
+    def deliver_incoming(
+        self, contact_id: int, seq: int, message_id: str, body: str, created: float, received: float
+    ) -> tuple[Message, bool]:
+        """Store a received message AND advance the contact's in_seq to `seq`, atomically.
+
+        The acknowledgement is sent only after this commits, so a crash in between makes the
+        sender resend, and the resent copy is recognised by its message_id (False).
+        """
+        with self._tx() as conn:
+            self._contact_by_id(conn, contact_id)
+            cur = conn.execute(
+                "INSERT INTO messages (contact_id, message_id, direction, body, created, "
+                "received, state, seq, read) VALUES (?, ?, 'in', ?, ?, ?, 'received', ?, 0) "
+                "ON CONFLICT (contact_id, direction, message_id) DO NOTHING",
+                (contact_id, message_id, body, created, received, seq),
+            )
+            conn.execute("UPDATE contacts SET in_seq = ? WHERE id = ?", (seq, contact_id))
+            if cur.rowcount == 1:
+                return self._message(conn, cur.lastrowid), True
+            row = conn.execute(
+                "SELECT * FROM messages "
+                "WHERE contact_id = ? AND direction = 'in' AND message_id = ?",
+                (contact_id, message_id),
+            ).fetchone()
+            return Message.from_row(row), False
+
+    def deliver_position(self, contact_id: int, seq: int) -> None:
+        """Set the receive position (a stranger's held messages became a contact's)."""
+        with self._tx() as conn:
+            conn.execute("UPDATE contacts SET in_seq = ? WHERE id = ?", (seq, contact_id))
+
+    def has_incoming(self, contact_id: int, message_id: str) -> bool:
+        rows = self._query(
+            "SELECT 1 FROM messages WHERE contact_id = ? AND direction = 'in' AND message_id = ?",
+            (contact_id, message_id),
+        )
+        return bool(rows)
+
+    def mark_delivered(self, contact_id: int, seqs: list[int]) -> list[Message]:
+        """Outgoing messages with these seqs not yet delivered become delivered; returns them."""
+        if not seqs:
+            return []
+        done: list[Message] = []
+        with self._tx() as conn:
+            for seq in seqs:
+                row = conn.execute(
+                    "SELECT * FROM messages WHERE contact_id = ? AND direction = 'out' AND seq = ? "
+                    "AND state IN ('queued', 'sent')",
+                    (contact_id, seq),
+                ).fetchone()
+                if row is None:
+                    continue
+                conn.execute("UPDATE messages SET state = 'delivered', failure = NULL WHERE id = ?", (row["id"],))
+                done.append(self._message(conn, row["id"]))
+        return done
 
     def set_message_state(
         self, contact_id: int, message_id: str, state: str, failure: str | None = None

@@ -1,0 +1,509 @@
+"""Peer links: drives handshakes and sessions over the node's UDP socket.
+
+This is the I/O layer around the pure protocol modules (wire, handshake, session). It owns,
+per peer identity, a `Link`: its state (offline -> connecting -> connected), the address and
+path in use, the session, the RTT estimate and the keepalive clock. A single tick greenlet
+resends handshake flights, sends keepalives and notices silent peers; everything else happens
+when a datagram arrives.
+
+Upper layers (messaging, later files) see only `send_records(link, records)` and the
+callbacks of `LinkObserver`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import time
+from typing import Callable, Iterable, Optional, Protocol
+
+import gevent
+import gevent.event
+
+from . import identity as ident, wire
+from .handshake import (Authenticated, Established, Failed, FailReason, Initiator, InitiatorState,
+                        Listener, ListenerConfig, Output, accept_incoming)
+from .session import FrameDropped, Session, SessionConfig, SessionError
+from .store import Contact, Store
+from .transport import Transport
+from .wire import Close, PacketType, Ping, Pong, Record, WireError
+
+log = logging.getLogger("chatp2p.peers")
+
+Address = tuple  # (host, port)
+
+TICK = 0.02                   # seconds between timer passes
+INITIAL_RTO = 0.25            # handshake/message retransmission before any RTT sample
+MIN_RTO = 0.02
+MAX_RTO = 3.0
+HANDSHAKE_TRIES = 8           # flights of one handshake before it is abandoned
+MAX_STRANGERS = 32            # sessions with identities that are not contacts
+
+
+class LinkState(str, enum.Enum):
+    OFFLINE = "offline"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+
+
+class RttEstimator:
+    """RFC 6298 smoothed RTT and retransmission timeout."""
+
+    def __init__(self) -> None:
+        self.srtt: Optional[float] = None
+        self.rttvar = 0.0
+        self.latest: Optional[float] = None
+
+    def sample(self, rtt: float) -> None:
+        rtt = max(rtt, 0.0)
+        self.latest = rtt
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+    @property
+    def rto(self) -> float:
+        if self.srtt is None:
+            return INITIAL_RTO
+        return min(MAX_RTO, max(MIN_RTO, self.srtt + 4 * self.rttvar))
+
+
+@dataclasses.dataclass
+class Link:
+    """Everything about our connection with one peer identity."""
+
+    fingerprint: bytes
+    name: str
+    contact_id: Optional[int]           # None: a stranger (not in contacts)
+    state: LinkState = LinkState.OFFLINE
+    address: Optional[Address] = None
+    path: str = "direct"
+    session: Optional[Session] = None
+    bundle: Optional[ident.Bundle] = None
+    initiator: Optional[Initiator] = None
+    initiator_address: Optional[Address] = None
+    flight_sent: float = 0.0
+    flight_tries: int = 0
+    candidates: list = dataclasses.field(default_factory=list)
+    rtt: RttEstimator = dataclasses.field(default_factory=RttEstimator)
+    last_rx: float = 0.0
+    last_tx: float = 0.0
+    last_ping: float = 0.0
+    connected_at: float = 0.0
+    last_seen_wall: Optional[float] = None
+    established: gevent.event.Event = dataclasses.field(default_factory=gevent.event.Event)
+    failure: Optional[str] = None
+
+    @property
+    def is_stranger(self) -> bool:
+        return self.contact_id is None
+
+    @property
+    def connected(self) -> bool:
+        return self.state == LinkState.CONNECTED and self.session is not None
+
+
+class LinkObserver(Protocol):
+    """What the upper layers hear from the link layer."""
+
+    def link_up(self, link: Link) -> None: ...
+    def link_down(self, link: Link) -> None: ...
+    def records(self, link: Link, records: list[Record]) -> None: ...
+    def tick(self, now: float) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    keepalive_interval: float = 15.0
+    max_datagram: int = wire.MAX_DATAGRAM
+    session: SessionConfig = SessionConfig()
+
+
+Publish = Callable[[str, object], None]
+
+
+class Network:
+    """All links of one node, and the routing of ChatP2P datagrams to them."""
+
+    def __init__(self, identity: ident.Identity, backend, store: Store, transport: Transport,
+                 publish: Publish, config: NetworkConfig = NetworkConfig()) -> None:
+        self.identity = identity
+        self.backend = backend
+        self.store = store
+        self.transport = transport
+        self.publish = publish
+        self.config = config
+        self.links: dict[bytes, Link] = {}               # by peer fingerprint
+        self._by_conn: dict[bytes, Link] = {}            # local conn id of a session -> link
+        self._initiators: dict[bytes, Link] = {}         # initiator conn id -> link
+        self.listener = Listener(identity, backend, ListenerConfig(max_datagram=config.max_datagram))
+        self.observers: list[LinkObserver] = []
+        self.counters = transport.counters
+        self._ticker: Optional[gevent.Greenlet] = None
+        transport.register("chatp2p", lambda d: wire.classify(d) == wire.Kind.CHATP2P, self._on_datagram)
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._ticker = gevent.spawn(self._tick_loop)
+
+    def stop(self) -> None:
+        for link in list(self.links.values()):
+            if link.connected:
+                self._send(link, [Close(0, "shutting down")])
+            self._set_down(link, notify=False)
+        if self._ticker is not None:
+            self._ticker.kill(block=False)
+            self._ticker = None
+
+    # -- queries ----------------------------------------------------------------------------
+    def link_for_contact(self, contact: Contact) -> Link:
+        link = self.links.get(contact.fingerprint)
+        if link is None:
+            link = Link(contact.fingerprint, contact.name, contact.id)
+            if contact.bundle:
+                link.bundle = ident.Bundle.from_base64(contact.bundle)
+            self.links[contact.fingerprint] = link
+        link.name, link.contact_id = contact.name, contact.id
+        return link
+
+    def is_online(self, contact_id: int) -> bool:
+        return any(l.connected for l in self.links.values() if l.contact_id == contact_id)
+
+    def connected_count(self) -> int:
+        return sum(1 for l in self.links.values() if l.connected)
+
+    def forget(self, fingerprint: bytes) -> None:
+        """A contact was removed or blocked: close its session and drop its link."""
+        link = self.links.pop(fingerprint, None)
+        if link is not None:
+            if link.connected:
+                self._send(link, [Close(1, "closed")])
+            self._set_down(link)
+
+    # -- connecting -------------------------------------------------------------------------
+    def connect(self, contact: Contact, addresses: Iterable[Address]) -> Link:
+        """Start a handshake with `contact` at the first of `addresses` (others are tried next)."""
+        link = self.link_for_contact(contact)
+        if contact.blocked:
+            return link
+        candidates = [a for a in addresses if a]
+        for address in candidates:
+            if address not in link.candidates:
+                link.candidates.append(address)
+        if link.connected or (link.initiator is not None and not link.initiator.done):
+            return link
+        if link.candidates:
+            self._start_handshake(link, link.candidates[0])
+        return link
+
+    def _start_handshake(self, link: Link, address: Address) -> None:
+        now = time.monotonic()
+        if link.initiator is not None:
+            self._initiators.pop(link.initiator.conn_id, None)
+        initiator = Initiator(self.identity, self.backend, expected_fingerprint=link.fingerprint,
+                              max_datagram=self.config.max_datagram)
+        link.initiator, link.initiator_address = initiator, address
+        link.flight_tries, link.flight_sent = 1, now
+        link.failure = None
+        self._initiators[initiator.conn_id] = link
+        if link.state == LinkState.OFFLINE:
+            link.state = LinkState.CONNECTING
+        for datagram in initiator.start(now):
+            self.transport.send(datagram, address)
+
+    # -- sending ----------------------------------------------------------------------------
+    def send_records(self, link: Link, records: list[Record]) -> bool:
+        """Seal and send `records` to a connected link; False if it is not connected."""
+        if not link.connected:
+            return False
+        return self._send(link, records)
+
+    def _send(self, link: Link, records: list[Record], pad: bool = False) -> bool:
+        assert link.session is not None and link.address is not None
+        now = time.monotonic()
+        try:
+            datagrams = link.session.seal(records, now, self.config.max_datagram, pad=pad)
+        except SessionError as exc:
+            log.warning("cannot seal for %s: %s", link.name, exc)
+            self._set_down(link)
+            return False
+        for datagram in datagrams:
+            self.transport.send(datagram, link.address)
+        link.last_tx = now
+        return True
+
+    # -- receiving --------------------------------------------------------------------------
+    def _on_datagram(self, data: bytes, address: Address) -> None:
+        try:
+            ptype, conn_id = wire.parse_prefix(data)
+        except WireError:
+            self.counters["dropped_malformed"] += 1
+            return
+        now = time.monotonic()
+        if ptype == PacketType.DATA:
+            self._on_data(data, conn_id, address, now)
+        elif ptype in (PacketType.HELLO, PacketType.INIT, PacketType.AUTH):
+            self._on_listener(self.listener.receive(data, address, now), address, now)
+        else:  # COOKIE, RESP, DONE: answers to one of our handshakes
+            link = self._initiators.get(conn_id)
+            if link is None or link.initiator is None or address != link.initiator_address:
+                self.counters["dropped_unexpected_handshake"] += 1
+                return
+            self._on_initiator(link, link.initiator.receive(data, now), address, now)
+
+    def _on_data(self, data: bytes, conn_id: bytes, address: Address, now: float) -> None:
+        link = self._by_conn.get(conn_id)
+        if link is None or link.session is None:
+            self.counters["dropped_unknown_session"] += 1
+            return
+        try:
+            records = link.session.open(data, now)
+        except FrameDropped as exc:
+            self.counters[f"dropped_{exc.reason.value}"] += 1
+            return
+        link.last_rx = now
+        if address != link.address:
+            # An authenticated frame from a new address: the peer's NAT rebound or it moved.
+            log.info("%s moved from %s to %s", link.name, link.address, address)
+            link.address = address
+            self._remember_address(link, address)
+        upper: list[Record] = []
+        for record in records:
+            if isinstance(record, Ping):
+                self._send(link, [Pong(record.timestamp)])
+            elif isinstance(record, Pong):
+                sent = record.echo / 1e6
+                if 0 <= now - sent < 60:
+                    link.rtt.sample(now - sent)
+            elif isinstance(record, Close):
+                log.info("%s closed the session: %s", link.name, record.reason)
+                self._set_down(link)
+                return
+            else:
+                upper.append(record)
+        if upper:
+            for observer in self.observers:
+                observer.records(link, upper)
+
+    def _on_initiator(self, link: Link, out: Output, address: Address, now: float) -> None:
+        for datagram in out.send:
+            self.transport.send(datagram, address)
+        if out.send:
+            link.flight_sent, link.flight_tries = now, 1
+        event = out.event
+        if isinstance(event, Established):
+            self._initiators.pop(link.initiator.conn_id, None) if link.initiator else None
+            self._establish(link, event, address, now)
+        elif isinstance(event, Failed):
+            self._initiators.pop(link.initiator.conn_id, None) if link.initiator else None
+            if event.reason == FailReason.KEY_MISMATCH:
+                got = ident.format_id(event.bundle.fingerprint()) if event.bundle else None
+                log.warning("key mismatch for %s at %s: got %s", link.name, address, got)
+                self.publish("key_mismatch", {"peer": link.name,
+                                              "expected": ident.format_id(link.fingerprint),
+                                              "got": got, "address": _fmt(address)})
+            link.failure = event.reason.value
+            if not link.connected:
+                link.state = LinkState.OFFLINE
+            link.established.set()  # wake waiters: they look at link.connected
+
+    def _on_listener(self, out: Output, address: Address, now: float) -> None:
+        event = out.event
+        if isinstance(event, Authenticated):
+            out = self._decide(event, address, now)
+            event = out.event
+        for datagram in out.send:
+            self.transport.send(datagram, address)
+        if out.dropped:
+            self.counters[f"dropped_handshake_{out.dropped}"] += 1
+        if isinstance(event, Established):
+            link = self.links.get(event.fingerprint)
+            if link is not None:
+                self._establish(link, event, address, now)
+
+    def _decide(self, event: Authenticated, address: Address, now: float) -> Output:
+        """An initiator proved its identity: accept a contact, hold a stranger, refuse the blocked."""
+        contact = self.store.find_contact_by_fingerprint(event.fingerprint)
+        if contact is not None and contact.blocked:
+            event.responder.reject()
+            self.counters["refused_blocked"] += 1
+            return Output()
+        link = self.links.get(event.fingerprint)
+        if contact is None:
+            strangers = sum(1 for l in self.links.values() if l.is_stranger)
+            if link is None and strangers >= MAX_STRANGERS:
+                event.responder.reject()
+                self.counters["refused_strangers_cap"] += 1
+                return Output()
+            if link is None:
+                link = Link(event.fingerprint, ident.short_id(event.fingerprint), None)
+                self.links[event.fingerprint] = link
+        else:
+            link = self.link_for_contact(contact)
+        if not accept_incoming(self.identity.fingerprint, event.fingerprint, link.initiator, now):
+            event.responder.reject()
+            self.counters["refused_simultaneous_open"] += 1
+            return Output()
+        if link.initiator is not None and not link.initiator.done:
+            link.initiator.abandon()
+            self._initiators.pop(link.initiator.conn_id, None)
+        link.bundle = event.bundle
+        return event.responder.accept(now)
+
+    def _establish(self, link: Link, event: Established, address: Address, now: float) -> None:
+        if link.session is not None:
+            self._by_conn.pop(link.session.keys.local_conn_id, None)
+        was_connected = link.connected
+        link.session = Session(event.keys, now, self.config.session)
+        link.bundle = event.bundle
+        link.address = address
+        link.state = LinkState.CONNECTED
+        link.connected_at = link.last_rx = link.last_tx = now
+        link.last_seen_wall = time.time()
+        link.failure = None
+        self._by_conn[event.keys.local_conn_id] = link
+        if link.contact_id is not None:
+            contact = self.store.get_contact_by_id(link.contact_id)
+            if contact.bundle is None:
+                self.store.set_bundle(contact.id, event.bundle.to_base64())
+        self._remember_address(link, address)
+        self._ping(link, now)
+        log.info("session with %s at %s", link.name, _fmt(address))
+        if link.is_stranger:
+            self.publish("contact_request", {"fingerprint": ident.format_id(link.fingerprint),
+                                             "bundle": event.bundle.to_base64(), "address": _fmt(address)})
+        elif not was_connected:
+            self.publish("peer_connected", {"peer": link.name, "fingerprint": ident.format_id(link.fingerprint),
+                                            "address": _fmt(address), "path": link.path})
+        link.established.set()
+        link.established = gevent.event.Event()
+        for observer in self.observers:
+            observer.link_up(link)
+
+    def _remember_address(self, link: Link, address: Address) -> None:
+        if link.contact_id is not None:
+            self.store.touch_contact(link.contact_id, time.time(), _fmt(address))
+
+    def _set_down(self, link: Link, notify: bool = True) -> None:
+        was_connected = link.connected
+        if link.session is not None:
+            self._by_conn.pop(link.session.keys.local_conn_id, None)
+        if link.initiator is not None:
+            self._initiators.pop(link.initiator.conn_id, None)
+            link.initiator.abandon()
+        link.session = None
+        link.state = LinkState.OFFLINE
+        link.established.set()
+        link.established = gevent.event.Event()
+        if was_connected:
+            link.last_seen_wall = time.time()
+            if notify and not link.is_stranger:
+                self.publish("peer_disconnected", {"peer": link.name,
+                                                   "fingerprint": ident.format_id(link.fingerprint)})
+            for observer in self.observers:
+                observer.link_down(link)
+
+    # -- timers -----------------------------------------------------------------------------
+    def _ping(self, link: Link, now: float) -> None:
+        link.last_ping = now
+        self._send(link, [Ping(int(now * 1e6))])
+
+    def _tick_loop(self) -> None:
+        while True:
+            gevent.sleep(TICK)
+            now = time.monotonic()
+            try:
+                self._tick(now)
+                for observer in self.observers:
+                    observer.tick(now)
+            except Exception:
+                log.exception("timer pass failed")
+
+    def _tick(self, now: float) -> None:
+        interval = self.config.keepalive_interval
+        for link in list(self.links.values()):
+            initiator = link.initiator
+            if initiator is not None and not initiator.done and initiator.pending:
+                if now - link.flight_sent > INITIAL_RTO * (2 ** (link.flight_tries - 1)):
+                    if link.flight_tries >= HANDSHAKE_TRIES:
+                        self._handshake_gave_up(link)
+                    else:
+                        link.flight_tries += 1
+                        link.flight_sent = now
+                        for datagram in initiator.pending:
+                            self.transport.send(datagram, link.initiator_address)
+            if link.connected:
+                if now - link.last_rx > 3 * interval:
+                    log.info("%s went silent", link.name)
+                    self._set_down(link)
+                    self._reconnect(link)
+                elif now - link.last_ping > interval or (now - link.last_tx > interval):
+                    self._ping(link, now)
+        if int(now) != int(now - TICK):
+            self.listener.expire(now)
+
+    def _handshake_gave_up(self, link: Link) -> None:
+        initiator = link.initiator
+        assert initiator is not None
+        self._initiators.pop(initiator.conn_id, None)
+        initiator.abandon()
+        tried = link.initiator_address
+        link.failure = "timeout"
+        others = [a for a in link.candidates if a != tried]
+        if tried in link.candidates and others:
+            link.candidates.remove(tried)
+            link.candidates.append(tried)
+            self._start_handshake(link, link.candidates[0])
+            return
+        if not link.connected:
+            link.state = LinkState.OFFLINE
+        link.established.set()
+        link.established = gevent.event.Event()
+
+    def _reconnect(self, link: Link) -> None:
+        if link.contact_id is None:
+            return
+        try:
+            contact = self.store.get_contact_by_id(link.contact_id)
+        except Exception:
+            return
+        addresses = [link.address] + [parse_address(a) for a in contact.addresses]
+        self.connect(contact, [a for a in addresses if a])
+
+    # -- views ------------------------------------------------------------------------------
+    def view(self, link: Link) -> dict:
+        return {
+            "name": link.name,
+            "fingerprint": ident.format_id(link.fingerprint),
+            "state": link.state.value,
+            "path": link.path if link.connected else None,
+            "address": _fmt(link.address or (link.initiator_address if link.state == LinkState.CONNECTING else None)),
+            "rtt_ms": round(link.rtt.srtt * 1000, 3) if link.rtt.srtt is not None else None,
+            "stranger": link.is_stranger,
+        }
+
+
+def _fmt(address: Optional[Address]) -> Optional[str]:
+    if not address:
+        return None
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_address(text: str) -> Optional[Address]:
+    """'host:port' or '[v6]:port' -> (host, port); None when malformed."""
+    text = (text or "").strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.rpartition(":")
+    if not host or not port_text.isdigit():
+        return None
+    port = int(port_text)
+    if not 0 < port < 65536:
+        return None
+    return (host, port)
