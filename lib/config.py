@@ -63,6 +63,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("autostart", "p2p", "autostart", "bool", True, "start the P2P network at launch"),
     Setting("stun_urls", "p2p", "stun_urls", "list", [], "STUN servers, comma-separated stun:host:port (none by default)"),
     Setting("lan_discovery", "p2p", "lan_discovery", "bool", False, "find contacts on the local network segment"),
+    Setting("lan_port", "p2p", "lan_port", "port", 48889, "well-known UDP port of LAN discovery announcements"),
     Setting("keepalive_interval", "p2p", "keepalive_interval", "float", 15.0,
             "seconds between keepalives; three silent intervals mean the peer is gone"),
     Setting("message_ttl_days", "p2p", "message_ttl_days", "float", 7.0,

@@ -16,6 +16,7 @@ from . import __version__, identity as ident, pqc
 from .config import Config
 from .contacts import ContactBook
 from .events import EventBus
+from .lan import LanDiscovery
 from .lockfile import DataDirLock
 from .messaging import Messenger
 from .peers import Network, NetworkConfig
@@ -46,6 +47,7 @@ class Node:
         self.transport: Transport | None = None
         self.network: Network | None = None
         self.messenger: Messenger | None = None
+        self.lan: LanDiscovery | None = None
         self._lock = DataDirLock(self.data_dir)
         self._identity_view: dict | None = None
 
@@ -94,7 +96,15 @@ class Node:
         self.messenger = Messenger(self.store, self.network, self.publish,
                                    message_ttl=self.config.message_ttl_days * 86400)
         self.network.start()
-        self.publish("p2p_started", {"port": transport.port})
+        if self.config.lan_discovery:
+            self.lan = LanDiscovery(self.identity.fingerprint, transport.port, self._lan_contacts, self._lan_found,
+                                    port=self.config.lan_port)
+            try:
+                self.lan.start()
+            except OSError as exc:
+                log.warning("LAN discovery unavailable on port %d: %s", self.config.lan_port, exc)
+                self.lan = None
+        self.publish("p2p_started", {"port": transport.port, "lan_discovery": self.lan is not None})
 
     def restart_p2p(self, **changes) -> None:
         """`p2p start`: apply new settings and (re)start, keeping the bound port when it was 0."""
@@ -111,7 +121,29 @@ class Node:
         else:
             self.start_p2p()
 
+    def _lan_contacts(self) -> list[bytes]:
+        assert self.store is not None
+        return [c.fingerprint for c in self.store.list_contacts() if not c.blocked]
+
+    def _lan_found(self, fingerprint: bytes, address: tuple) -> None:
+        """A contact announced itself on the LAN: connect unless a session is already up."""
+        if self.store is None or self.network is None:
+            return
+        contact = self.store.find_contact_by_fingerprint(fingerprint)
+        if contact is None or contact.blocked:
+            return
+        link = self.network.link_for_contact(contact)
+        link.candidate_paths[address] = "lan"
+        if link.connected:
+            if link.address == address and link.path != "lan":
+                link.path = "lan"  # the session it opened to us runs on this segment
+            return
+        self.network.connect(contact, [address], path="lan")
+
     def stop_p2p(self) -> None:
+        if self.lan is not None:
+            self.lan.stop()
+            self.lan = None
         if self.network is not None:
             self.network.stop()
         if self.transport is not None and self.transport.running:
@@ -164,6 +196,7 @@ class Node:
                 "running": running,
                 "port": transport.port if running and transport else None,
                 "counters": dict(transport.counters) if transport else {},
+                "lan_discovery": self.lan.counters if self.lan else None,
             },
             "ipc": {"host": self.ipc_address[0], "port": self.ipc_address[1]} if self.ipc_address else None,
             "events": {"endpoint": self.events.endpoints[0], "endpoints": list(self.events.endpoints)},

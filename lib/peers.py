@@ -88,6 +88,7 @@ class Link:
     flight_sent: float = 0.0
     flight_tries: int = 0
     candidates: list = dataclasses.field(default_factory=list)
+    candidate_paths: dict = dataclasses.field(default_factory=dict)   # address -> "lan" | "direct"
     rtt: RttEstimator = dataclasses.field(default_factory=RttEstimator)
     last_rx: float = 0.0
     last_tx: float = 0.0
@@ -184,15 +185,17 @@ class Network:
             self._set_down(link)
 
     # -- connecting -------------------------------------------------------------------------
-    def connect(self, contact: Contact, addresses: Iterable[Address]) -> Link:
+    def connect(self, contact: Contact, addresses: Iterable[Address], path: str = "direct") -> Link:
         """Start a handshake with `contact` at the first of `addresses` (others are tried next)."""
         link = self.link_for_contact(contact)
         if contact.blocked:
             return link
         candidates = [a for a in addresses if a]
         for address in candidates:
+            link.candidate_paths.setdefault(address, path)
             if address not in link.candidates:
-                link.candidates.append(address)
+                position = 0 if path == "lan" else len(link.candidates)  # a LAN sighting is the best lead
+                link.candidates.insert(position, address)
         if link.connected or (link.initiator is not None and not link.initiator.done):
             return link
         if link.candidates:
@@ -360,6 +363,7 @@ class Network:
         link.session = Session(event.keys, now, self.config.session)
         link.bundle = event.bundle
         link.address = address
+        link.path = link.candidate_paths.get(address, "direct")
         link.state = LinkState.CONNECTED
         link.connected_at = link.last_rx = link.last_tx = now
         link.last_seen_wall = time.time()
