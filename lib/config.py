@@ -193,7 +193,7 @@ def _read_file(path: pathlib.Path) -> dict[str, Any]:
     known = {(s.section, s.key): s for s in SETTINGS}
     values: dict[str, Any] = {}
     for section in parser.sections():
-        if section == "keys" or section.startswith("theme"):
+        if section in ("keys", "ui") or section.startswith("theme"):
             continue  # read by the UI, which owns their meaning
         for key, raw in parser.items(section):
             setting = known.get((section, key))
