@@ -116,9 +116,173 @@ def run_daemon(config, prog: str) -> int:
     return 0
 
 
+def _app_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--connect", metavar="HOST:PORT",
+                        help="attach to a running chatp2pd at this API address instead of starting a node")
+
+
+def _parse_host_port(text: str) -> tuple[str, int] | None:
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
+
+
+def _app_log_path(config) -> str:
+    """The app logs to a file, never to the screen: --log-file, else DATA_DIR/chatp2p.log."""
+    from chatp2p_core.util import ensure_private_dir
+
+    if config.log_file:
+        return os.path.expanduser(config.log_file)
+    ensure_private_dir(config.data_path)
+    return str(config.data_path / "chatp2p.log")
+
+
+class _StderrToLog:
+    """While the UI owns the terminal, fd 2 (tracebacks, library warnings) goes to the log file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.saved: int | None = None
+
+    def __enter__(self) -> "_StderrToLog":
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(fd, 2)
+        os.close(fd)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.stderr.flush()
+        if self.saved is not None:
+            os.dup2(self.saved, 2)
+            os.close(self.saved)
+            self.saved = None
+
+
+def _run_app_embedded(config, prog: str) -> int:
+    """Node + API server (as the daemon runs them) + the UI, in this one process."""
+    from chatp2p_core.commands import build_table
+    from chatp2p_core.ipc import ApiServer, is_loopback
+    from chatp2p_core.lockfile import DataDirLocked
+    from chatp2p_core.node import Node
+    from chatp2p_core.runtime import RuntimeFiles, read_endpoints
+    from chatp2p_ui import app as ui_app
+    from chatp2p_ui.client import LocalBackend
+
+    log = logging.getLogger("chatp2p")
+    if not is_loopback(config.ipc_host) and not config.allow_remote_ipc:
+        print(f"{prog}: refusing to serve the API on non-loopback address {config.ipc_host}; "
+              "pass --allow-remote-ipc to do it", file=sys.stderr)
+        return EXIT_CONFIG
+    node = Node(config)
+    try:
+        node.start()
+    except DataDirLocked as exc:
+        running = read_endpoints(config.data_path) or {}
+        where = f"{running.get('ipc_host', '127.0.0.1')}:{running['ipc_port']}" if running.get("ipc_port") \
+            else "HOST:PORT"
+        print(f"{prog}: {exc}.\nA daemon already holds this data dir: attach to it with "
+              f"{prog} --connect {where}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except OSError as exc:
+        print(f"{prog}: cannot start: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    runtime = RuntimeFiles(node.data_dir)
+    table = build_table()
+    token = runtime.ensure_token() if config.allow_remote_ipc else None
+    server = ApiServer(table, node, config.ipc_host, config.ipc_port,
+                       idle_timeout=config.idle_timeout, max_request_bytes=config.max_request_bytes,
+                       max_connections=config.max_connections, token=token)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"{prog}: cannot listen on {config.ipc_host}:{config.ipc_port}: {exc.strerror or exc} "
+              f"(another chatp2p? use --ipc-port, or attach with {prog} --connect)", file=sys.stderr)
+        node.stop()
+        return EXIT_RUNTIME
+    node.ipc_address = server.address
+    status = node.status()
+    runtime.write_endpoints(status)
+    log.info("ready (app) ipc=%s:%d events=%s p2p_port=%s id=%s", server.address[0], server.address[1],
+             " ".join(status["events"]["endpoints"]), status["p2p"]["port"], status["identity"]["fingerprint"])
+    try:
+        with _StderrToLog(_app_log_path(config)):
+            code = ui_app.run(LocalBackend(node, table), config.config_path)
+    finally:
+        log.info("stopping")
+        server.stop(timeout=0.5)
+        runtime.remove_endpoints()
+        node.stop()
+        log.info("stopped")
+    return code
+
+
+def _run_app_connected(config, prog: str, host: str, port: int) -> int:
+    """The UI attached to a running chatp2pd through its API and event socket."""
+    from chatp2p_core.ctl import ApiClient, DaemonUnreachable, format_address
+    from chatp2p_core.runtime import read_token
+    from chatp2p_ui import app as ui_app
+    from chatp2p_ui.client import RemoteBackend
+
+    token = read_token(config.data_path)
+    try:
+        with ApiClient.connect(host, port, token, timeout=10) as probe:
+            reply = probe.request("status")
+    except DaemonUnreachable as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except Exception as exc:  # answered garbage or hung up
+        print(f"{prog}: no ChatP2P API at {format_address(host, port)}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if not reply.get("success"):
+        print(f"{prog}: the daemon at {format_address(host, port)} refused: {reply.get('error')}", file=sys.stderr)
+        return EXIT_RUNTIME
+    logging.getLogger("chatp2p").info("attached to %s", format_address(host, port))
+    with _StderrToLog(_app_log_path(config)):
+        return ui_app.run(RemoteBackend(host, port, token), config.config_path)
+
+
 def main_app(argv: Sequence[str] | None = None) -> int:
-    """The terminal app; until the UI lands it runs the daemon in the foreground."""
-    return main_daemon(argv, prog="chatp2p")
+    """The terminal app: a node and its UI in one process, or the UI of a running daemon (--connect)."""
+    from gevent import monkey
+    monkey.patch_all()
+
+    prog = "chatp2p"
+    from chatp2p_core import __version__, config as cfg
+    args = cfg.parse_flags(sys.argv[1:] if argv is None else argv, prog,
+                           "ChatP2P terminal app: runs a node and its console UI in one process, "
+                           "or attaches the UI to a running chatp2pd with --connect.", _app_flags)
+    if args.version:
+        print(f"{prog} {__version__}")
+        return 0
+    try:
+        config = cfg.load(args)
+    except cfg.ConfigError as exc:
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    target = None
+    if args.connect is not None:
+        target = _parse_host_port(args.connect)
+        if target is None:
+            print(f"{prog}: --connect needs HOST:PORT (the daemon's API address, e.g. 127.0.0.1:8889), "
+                  f"got {args.connect!r}", file=sys.stderr)
+            return EXIT_CONFIG
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print(f"{prog}: the terminal app needs a terminal; chatp2pd runs without one", file=sys.stderr)
+        return EXIT_RUNTIME
+    try:
+        _setup_logging(config.log_level, _app_log_path(config))
+    except OSError as exc:
+        print(f"{prog}: cannot open the log file: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    logging.captureWarnings(True)
+    if target is not None:
+        return _run_app_connected(config, prog, *target)
+    return _run_app_embedded(config, prog)
 
 
 def main_ctl(argv: Sequence[str] | None = None) -> int:

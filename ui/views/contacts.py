@@ -1,0 +1,111 @@
+"""The contact column: online dot, name, verified mark, unread count, path, last message."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import urwid
+
+from ..model import Contact, Model
+
+ONLINE, CONNECTING, OFFLINE = "●", "◌", "○"
+VERIFIED = "✔"
+BLOCKED = "⊘"
+
+
+def contact_markup(contact: Contact) -> tuple[list, list, list]:
+    """(dot, name line, detail line) markup for one contact."""
+    if contact.blocked:
+        dot = [("contact_blocked", BLOCKED + " ")]
+    elif contact.online:
+        dot = [("online", ONLINE + " ")]
+    elif contact.state == "connecting":
+        dot = [("offline", CONNECTING + " ")]
+    else:
+        dot = [("offline", OFFLINE + " ")]
+    name: list = [("contact_blocked" if contact.blocked else "contact", contact.name)]
+    badges: list = []
+    if contact.verified:
+        badges.append(("verified", " " + VERIFIED))
+    if contact.unread:
+        badges.append(("unread", f" {contact.unread}"))
+    if contact.blocked:
+        where = "blocked"
+    elif contact.online:
+        where = contact.path or "online"
+    elif contact.state == "connecting":
+        where = "connecting"
+    else:
+        where = "offline"
+    detail = "  " + where
+    if contact.preview:
+        detail += " · " + ("me: " if contact.preview_out else "") + contact.preview
+    return dot, name + badges, [("preview", detail)]
+
+
+class ContactItem(urwid.WidgetWrap):
+    """Two lines per contact; Enter or a click opens the conversation."""
+
+    def __init__(self, contact: Contact, is_open: bool, on_open: Callable[[str], None]) -> None:
+        self.fingerprint = contact.fingerprint
+        self.on_open = on_open
+        dot, name, detail = contact_markup(contact)
+        line = urwid.Columns([(2, urwid.Text(dot)), urwid.Text(name, wrap="ellipsis")])
+        pile = urwid.Pile([line, urwid.Text(detail, wrap="ellipsis")])
+        attr = "contact_open" if is_open else "contact"
+        super().__init__(urwid.AttrMap(pile, attr, focus_map="contact_focus"))
+
+    def selectable(self) -> bool:
+        return True
+
+    def keypress(self, size: tuple, key: str) -> Optional[str]:
+        if key in ("enter", " "):
+            self.on_open(self.fingerprint)
+            return None
+        return key
+
+    def mouse_event(self, size: tuple, event: str, button: int, col: int, row: int, focus: bool) -> bool:
+        if event == "mouse press" and button == 1:
+            self.on_open(self.fingerprint)
+            return True
+        return False
+
+
+class ContactList(urwid.WidgetWrap):
+    def __init__(self, on_open: Callable[[str], None]) -> None:
+        self.on_open = on_open
+        self.walker = urwid.SimpleFocusListWalker([])
+        self.listbox = urwid.ListBox(self.walker)
+        self.empty = urwid.ListBox(urwid.SimpleListWalker([
+            urwid.Text(("preview", " No contacts yet.\n /add NAME ID"))]))
+        super().__init__(self.empty)
+
+    def update(self, model: Model) -> None:
+        focused = self.focused_fingerprint()
+        contacts = model.sorted_contacts()
+        items = [ContactItem(c, c.fingerprint == model.open_chat, self.on_open) for c in contacts]
+        self.walker[:] = items
+        if not items:
+            self._w = self.empty
+            return
+        self._w = self.listbox
+        target = focused if focused in [c.fingerprint for c in contacts] else model.open_chat
+        for i, item in enumerate(items):
+            if item.fingerprint == target:
+                self.walker.set_focus(i)
+                break
+
+    def focus_on(self, fingerprint: Optional[str]) -> None:
+        for i, item in enumerate(self.walker):
+            if item.fingerprint == fingerprint:
+                self.walker.set_focus(i)
+                return
+
+    def focused_fingerprint(self) -> Optional[str]:
+        if not len(self.walker):
+            return None
+        widget, _ = self.walker.get_focus()
+        return widget.fingerprint if widget is not None else None
+
+    def selectable(self) -> bool:
+        return bool(len(self.walker))
