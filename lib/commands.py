@@ -261,6 +261,15 @@ def crypto_decrypt(node: Node, data: dict) -> dict:
         raise ApiError("Decrypted data is not UTF-8 text") from None
 
 
+def crypto_rotate_identity(node: Node, data: dict) -> dict:
+    """New identity keys; contacts follow because the change is signed by the old key."""
+    try:
+        old, new = node.rotate_identity()
+    except ident.IdentityError as exc:
+        raise ApiError(str(exc)) from None
+    return {"fingerprint": new.id, "previous_fingerprint": old.id, "public_key": new.bundle.to_base64()}
+
+
 def build_table() -> CommandTable:
     """The whole API. Add a row here to add an action; the server needs no change."""
     table = CommandTable()
@@ -311,4 +320,6 @@ def build_table() -> CommandTable:
     table.add("crypto", "decrypt", crypto_decrypt,
               (Field("encrypted_data", "str", max_len=1 << 20), Field("private_key", "str", required=False)),
               help="decrypt with the given private key, or the node's own identity")
+    table.add("crypto", "rotate_identity", crypto_rotate_identity,
+              help="extension: replace the node's identity keys; contacts follow (signed by the old key)")
     return table

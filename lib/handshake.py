@@ -3,8 +3,8 @@
     I -> R  HELLO    conn_id_I, nonce_I (padded to 64 bytes)
     R -> I  COOKIE   conn_id_I, nonce_I, cookie           (stateless: no memory, no crypto)
     I -> R  INIT     M1 fragments, each with the cookie: version, suite, nonce_I, e_I
-    R -> I  RESP     M2 fragments: conn_id_R, ct_e, AEAD_k1(bundle_R, sig_R)
-    I -> R  AUTH     M3 fragments: ct_s, AEAD_k1,k2(bundle_I, sig_I, confirm_I)
+    R -> I  RESP     M2 fragments: conn_id_R, ct_e, AEAD_k1(bundle_R, sig_R[, rollover_R])
+    I -> R  AUTH     M3 fragments: ct_s, AEAD_k1,k2(bundle_I, sig_I[, rollover_I], confirm_I)
     R -> I  DONE     confirm_R
 
 Pure state machines: inputs are received datagrams and the caller's clock, outputs are
@@ -19,6 +19,11 @@ the caller retransmits ``pending`` on timeout and routes datagrams by connection
   creates a ``Responder`` once M1 is complete. When M3 authenticates the initiator, the
   ``Authenticated`` event hands that Responder to the caller, who must ``accept()`` or
   ``reject()`` it (known contact, stranger, blocked: the node's decision).
+- Key rollover: each side may add its own rollover statement (``identity.Rollover``, signed by
+  its previous key) to its sealed payload. An Initiator given the contact's ``expected_bundle``
+  accepts a responder with another fingerprint only if M2 carries a valid statement from the
+  expected identity to the presented bundle; the responder side just reports the initiator's
+  statement (``Authenticated.rollover``, not verified: only the node knows the old bundle).
 
 Byte layouts, KDF labels and the security argument: docs/PROTOCOL.md, section "Handshake".
 """
@@ -37,7 +42,7 @@ from typing import Callable, Optional, Union
 from cryptography.exceptions import InvalidTag
 
 from . import pqc, wire
-from .identity import Bundle, Identity, IdentityError
+from .identity import MAX_ROLLOVER_LEN, Bundle, Identity, IdentityError, Rollover, verify_rollover
 from .session import LABEL_I2R, LABEL_R2I, SECRET_LEN, Role, SessionKeys, Suite, hkdf, hkdf_expand, make_aead
 from .wire import (
     AEAD_TAG_LEN,
@@ -69,7 +74,7 @@ M1 = struct.Struct(f">BB{NONCE_LEN}s{pqc.KEM_PUBLIC_LEN}s")  # version, suite, n
 M1_LEN = M1.size  # 1234
 M2_PREFIX_LEN = CONN_ID_LEN + pqc.KEM_CT_LEN  # conn_id_R, ct_e
 M3_PREFIX_LEN = pqc.KEM_CT_LEN  # ct_s
-MAX_HANDSHAKE_MESSAGE = 12288  # M2 and M3 are ~7.7 KB in v1
+MAX_HANDSHAKE_MESSAGE = 16384  # M2 and M3 are ~7.7 KB in v1, ~14.4 KB with a rollover statement
 ZERO_NONCE = bytes(12)  # each handshake AEAD key encrypts exactly one message
 
 DEFAULT_SUITE = Suite.AES_256_GCM
@@ -113,12 +118,18 @@ def _final_secrets(h5: bytes, k1: bytes, k2: bytes) -> _Final:
     )
 
 
-def _encode_sealed(bundle: bytes, signature: bytes, confirm: bytes = b"") -> bytes:
-    """Plaintext of M2 (confirm empty) and M3: u16 length + bundle, u16 length + signature, confirm."""
-    return struct.pack(">H", len(bundle)) + bundle + struct.pack(">H", len(signature)) + signature + confirm
+def _encode_sealed(bundle: bytes, signature: bytes, confirm: bytes = b"", rollover: Optional[bytes] = None) -> bytes:
+    """Plaintext of M2 (confirm empty) and M3: u16 length + bundle, u16 length + signature,
+    [u16 length + rollover statement], confirm. Without a statement the field is left out, so
+    the message is byte for byte what nodes without rollover support send and expect."""
+    out = struct.pack(">H", len(bundle)) + bundle + struct.pack(">H", len(signature)) + signature
+    if rollover:
+        out += struct.pack(">H", len(rollover)) + rollover
+    return out + confirm
 
 
-def _decode_sealed(data: bytes, confirm_len: int) -> tuple[bytes, bytes, bytes]:
+def _decode_sealed(data: bytes, confirm_len: int) -> tuple[bytes, bytes, bytes, bytes]:
+    """(bundle, signature, rollover statement or b"" when absent or empty, confirm)."""
     pos = 0
     fields = []
     for _ in range(2):
@@ -130,9 +141,28 @@ def _decode_sealed(data: bytes, confirm_len: int) -> tuple[bytes, bytes, bytes]:
             raise WireError("sealed identity truncated")
         fields.append(data[pos : pos + size])
         pos += size
-    if len(data) - pos != confirm_len:
-        raise WireError("sealed identity has a wrong length")
-    return fields[0], fields[1], data[pos:]
+    rest = len(data) - pos - confirm_len
+    rollover = b""
+    if rest != 0:
+        if rest < 2:
+            raise WireError("sealed identity has a wrong length")
+        (size,) = struct.unpack_from(">H", data, pos)
+        if size != rest - 2:
+            raise WireError("sealed identity has a wrong length")
+        rollover = data[pos + 2 : pos + 2 + size]
+        pos += 2 + size
+    return fields[0], fields[1], rollover, data[pos:]
+
+
+def _check_rollover_arg(rollover: Optional[bytes]) -> Optional[bytes]:
+    """A node's own statement as given to Initiator/Listener: encoded bytes (or a Rollover)."""
+    if rollover is None:
+        return None
+    if isinstance(rollover, Rollover):
+        rollover = rollover.encode()
+    if not isinstance(rollover, (bytes, bytearray)) or len(rollover) > MAX_ROLLOVER_LEN:
+        raise ValueError(f"a rollover statement is bytes, at most {MAX_ROLLOVER_LEN} of them")
+    return bytes(rollover) or None
 
 
 def keep_outgoing(local_fingerprint: bytes, peer_fingerprint: bytes) -> bool:
@@ -222,20 +252,29 @@ class FailReason(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Authenticated:
-    """Responder side: the initiator proved its identity; call ``responder.accept()`` or ``.reject()``."""
+    """Responder side: the initiator proved its identity; call ``responder.accept()`` or ``.reject()``.
+
+    ``rollover``: the initiator's statement, if it sent one that parses and names ``bundle`` as
+    the new key. Its signature is NOT checked here: only the node knows the old contact's bundle
+    to check it with (``identity.verify_rollover``)."""
 
     responder: "Responder"
     bundle: Bundle
     fingerprint: bytes
+    rollover: Optional[Rollover] = None
 
 
 @dataclass(frozen=True)
 class Established:
-    """The handshake is complete: build a ``Session(keys, now)``."""
+    """The handshake is complete: build a ``Session(keys, now)``.
+
+    ``rollover`` (initiator side only): the verified statement by which the expected identity
+    handed over to ``bundle``; the caller should now store the new key for that contact."""
 
     keys: SessionKeys
     bundle: Bundle
     fingerprint: bytes
+    rollover: Optional[Rollover] = None
 
 
 @dataclass(frozen=True)
@@ -285,7 +324,9 @@ class Initiator:
     On timeout the caller resends ``pending`` (the last flight); if the responder stays silent
     after a few tries (cookie expired, peer gone), it starts a new Initiator. ``expected_fingerprint``
     (the contact's, when known) makes any other responder identity fail with KEY_MISMATCH
-    before anything about this node is sent."""
+    before anything about this node is sent, unless M2 carries a rollover statement signed by
+    ``expected_bundle`` (the contact's stored bundle; without it no rollover can be checked)
+    that hands over to the presented bundle. ``rollover``: this node's own statement, sent in M3."""
 
     def __init__(
         self,
@@ -293,6 +334,8 @@ class Initiator:
         backend: pqc.Backend,
         *,
         expected_fingerprint: Optional[bytes] = None,
+        expected_bundle: Optional[Bundle] = None,
+        rollover: Optional[bytes] = None,
         suite: Suite = DEFAULT_SUITE,
         max_datagram: int = MAX_DATAGRAM,
         random_bytes: RandomBytes = secrets.token_bytes,
@@ -300,7 +343,14 @@ class Initiator:
     ) -> None:
         self.identity = identity
         self.backend = backend
+        if expected_bundle is not None:
+            if expected_fingerprint is None:
+                expected_fingerprint = expected_bundle.fingerprint()
+            elif expected_bundle.fingerprint() != expected_fingerprint:
+                raise ValueError("expected_bundle does not match expected_fingerprint")
         self.expected_fingerprint = expected_fingerprint
+        self.expected_bundle = expected_bundle
+        self.rollover = _check_rollover_arg(rollover)
         self.suite = Suite(suite)
         self.max_datagram = wire.check_max_datagram(max_datagram)
         self.conn_id = random_bytes(CONN_ID_LEN)
@@ -311,6 +361,7 @@ class Initiator:
         self.keys: Optional[SessionKeys] = None
         self.peer_bundle: Optional[Bundle] = None
         self.peer_fingerprint: Optional[bytes] = None
+        self.peer_rollover: Optional[Rollover] = None  # the statement that made a new key acceptable
         self.established_at: Optional[float] = None
         self._transcript = Transcript()
         self._e_seed: Optional[bytes] = None
@@ -412,7 +463,7 @@ class Initiator:
         except InvalidTag:
             return _dropped(self.stats, "auth")
         try:
-            bundle_bytes, sig_r, _ = _decode_sealed(plain, 0)
+            bundle_bytes, sig_r, rollover_bytes, _ = _decode_sealed(plain, 0)
         except WireError as exc:
             return self._fail(FailReason.BAD_MESSAGE, detail=str(exc))
         try:
@@ -423,8 +474,11 @@ class Initiator:
         if not self.backend.verify(bundle.sig_public, SIG_CONTEXT_R + hb, sig_r):
             return self._fail(FailReason.BAD_SIGNATURE, bundle)
         fingerprint = bundle.fingerprint()
+        rollover: Optional[Rollover] = None
         if self.expected_fingerprint is not None and not hmac.compare_digest(fingerprint, self.expected_fingerprint):
-            return self._fail(FailReason.KEY_MISMATCH, bundle)
+            rollover = self._check_rollover(rollover_bytes, bundle)
+            if rollover is None:
+                return self._fail(FailReason.KEY_MISMATCH, bundle)
         t.mix(sig_r)
         try:
             k2, ct_s = self.backend.kem_encaps(bundle.kem_public)
@@ -437,13 +491,13 @@ class Initiator:
         h5 = t.mix(sig_i)
         final = _final_secrets(h5, k1, k2)
         sealed3 = make_aead(self.suite, hkdf(h4, k1 + k2, LABEL_M3, 32)).encrypt(
-            ZERO_NONCE, _encode_sealed(own_bundle, sig_i, final.confirm_i), h4
+            ZERO_NONCE, _encode_sealed(own_bundle, sig_i, final.confirm_i, self.rollover), h4
         )
         self.pending = wire.fragment_message(PacketType.AUTH, conn_id_r, ct_s + sealed3, self.max_datagram)
         self._transcript = t
         self._e_seed = None  # forward secrecy: the ephemeral key is not needed any more
         self._confirm_r = final.confirm_r
-        self.peer_bundle, self.peer_fingerprint = bundle, fingerprint
+        self.peer_bundle, self.peer_fingerprint, self.peer_rollover = bundle, fingerprint, rollover
         self.keys = SessionKeys(
             role=Role.INITIATOR,
             suite=self.suite,
@@ -456,6 +510,26 @@ class Initiator:
         )
         self.state = InitiatorState.WAIT_DONE
         return Output(send=list(self.pending))
+
+    def _check_rollover(self, data: bytes, bundle: Bundle) -> Optional[Rollover]:
+        """The statement of M2 if it hands the expected identity over to ``bundle`` and is signed
+        by the expected bundle's key; None otherwise (the caller then fails with KEY_MISMATCH)."""
+        expected = self.expected_bundle
+        if not data or expected is None:
+            return None
+        try:
+            statement = Rollover.decode(data)
+        except IdentityError:
+            self.stats["rollover_malformed"] += 1
+            return None
+        if statement.new_bundle != bundle or statement.old_fingerprint != self.expected_fingerprint:
+            self.stats["rollover_other_key"] += 1
+            return None
+        if not verify_rollover(statement, expected, self.backend):
+            self.stats["rollover_bad_signature"] += 1
+            return None
+        self.stats["rollover_accepted"] += 1
+        return statement
 
     def _on_done(self, datagram: bytes, now: float) -> Output:
         if self.state != InitiatorState.WAIT_DONE:
@@ -470,7 +544,7 @@ class Initiator:
         self.state = InitiatorState.ESTABLISHED
         self.established_at = now
         self.pending = []
-        return Output(event=Established(self.keys, self.peer_bundle, self.peer_fingerprint))
+        return Output(event=Established(self.keys, self.peer_bundle, self.peer_fingerprint, self.peer_rollover))
 
 
 # ---------------------------------------------------------------- responder
@@ -551,7 +625,7 @@ class Responder:
         sig_r = listener.identity.sign(listener.backend, SIG_CONTEXT_R + hb)
         t.mix(sig_r)
         sealed = make_aead(self.suite, hkdf(h2, k1, LABEL_M2, 32)).encrypt(
-            ZERO_NONCE, _encode_sealed(bundle_bytes, sig_r), h2
+            ZERO_NONCE, _encode_sealed(bundle_bytes, sig_r, rollover=listener.rollover), h2
         )
         self._k1 = k1
         body = self.conn_id + ct_e + sealed
@@ -600,7 +674,7 @@ class Responder:
         except InvalidTag:
             return _dropped(stats, "auth")
         try:
-            bundle_bytes, sig_i, confirm_i = _decode_sealed(plain, CONFIRM_LEN)
+            bundle_bytes, sig_i, rollover_bytes, confirm_i = _decode_sealed(plain, CONFIRM_LEN)
         except WireError as exc:
             return self._fail(FailReason.BAD_MESSAGE, detail=str(exc))
         try:
@@ -629,8 +703,17 @@ class Responder:
             peer_fingerprint=fingerprint,
             transcript_hash=h5,
         )
+        rollover: Optional[Rollover] = None
+        if rollover_bytes:
+            try:
+                rollover = Rollover.decode(rollover_bytes)
+            except IdentityError:
+                stats["rollover_malformed"] += 1
+            if rollover is not None and rollover.new_bundle != bundle:
+                stats["rollover_other_key"] += 1
+                rollover = None
         self.state = ResponderState.AUTHENTICATED
-        return Output(event=Authenticated(self, bundle, fingerprint))
+        return Output(event=Authenticated(self, bundle, fingerprint, rollover))
 
     def accept(self, now: float) -> Output:
         """Complete the handshake: DONE to send, and the Established event with the keys."""
@@ -657,7 +740,8 @@ class Listener:
     Feed it each HELLO, INIT and AUTH datagram with the address it came from; send ``send`` back
     to that address. Nothing is stored and no public-key operation runs before a client echoes
     a valid cookie: a HELLO gets a 42-byte COOKIE (the HELLO is at least 64 bytes), and an INIT
-    fragment without a valid cookie is dropped before any buffer is allocated."""
+    fragment without a valid cookie is dropped before any buffer is allocated. ``rollover``:
+    this node's own statement, sent in every M2."""
 
     def __init__(
         self,
@@ -665,9 +749,11 @@ class Listener:
         backend: pqc.Backend,
         config: ListenerConfig = ListenerConfig(),
         random_bytes: RandomBytes = secrets.token_bytes,
+        rollover: Optional[bytes] = None,
     ) -> None:
         self.identity = identity
         self.backend = backend
+        self.rollover = _check_rollover_arg(rollover)
         self.config = config
         wire.check_max_datagram(config.max_datagram)
         self.stats: collections.Counter[str] = collections.Counter()

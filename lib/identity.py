@@ -12,6 +12,10 @@
   58 characters, shown in groups of 5 joined by '-'.
 - **Private key**: 113 bytes, magic b"CP2K" (with a 4-byte check), stored as ``identity.key`` (mode 0600) and
   exported by ``crypto generate_keypair``.
+- **Rollover statement**: magic b"CP2R", signed by an identity's OLD signature key, naming the
+  bundle that replaces it, so contacts can follow a key change the old key approved (and
+  nothing else). After ``rotate()`` the previous private key stays in ``identity.previous.key``
+  and the statement in ``rollover.stmt`` (both 0600); see docs/PROTOCOL.md §4.6.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ BUNDLE_VERSION = 1
 PRIVATE_MAGIC = b"CP2K"
 PRIVATE_VERSION = 1
 KEY_FILE = "identity.key"
+PREVIOUS_KEY_FILE = "identity.previous.key"
+ROLLOVER_FILE = "rollover.stmt"
+ROLLOVER_MAGIC = b"CP2R"
+ROLLOVER_VERSION = 1
+ROLLOVER_LABEL = b"ChatP2P identity rollover v1\x00"
 FINGERPRINT_LABEL = b"ChatP2P identity fingerprint v1\x00"
 FINGERPRINT_LEN = 32
 
@@ -370,6 +379,98 @@ def generate_keypair_export(backend: pqc.Backend) -> dict:
     }
 
 
+# ---------------------------------------------------------------- rollover statement
+
+_ROLLOVER_HEAD = struct.Struct(f">4sB{FINGERPRINT_LEN}s")  # magic, version, old fingerprint
+# A statement is ~6.6 KB (bundle 3209 + signature 3373); refuse anything far larger unread
+MAX_ROLLOVER_LEN = 8192
+
+
+@dataclass(frozen=True)
+class Rollover:
+    """"The identity ``old_fingerprint`` is replaced by ``new_bundle``", signed by the old key.
+
+    Layout: magic "CP2R", version (1), old fingerprint (32), u16 length + new bundle,
+    created (u64, ms since the Unix epoch), u16 length + signature. The signature is the old
+    hybrid key's over ROLLOVER_LABEL || everything before the signature field. ``decode`` only
+    parses: ``verify_rollover`` decides whether the statement is genuine."""
+
+    old_fingerprint: bytes
+    new_bundle: Bundle
+    created_ms: int
+    signature: bytes
+    version: int = ROLLOVER_VERSION
+
+    def __repr__(self) -> str:
+        return (f"Rollover(old={format_id(self.old_fingerprint)!r}, "
+                f"new={format_id(self.new_fingerprint)!r}, created_ms={self.created_ms})")
+
+    @cached_property
+    def new_fingerprint(self) -> bytes:
+        return self.new_bundle.fingerprint()
+
+    def signed_part(self) -> bytes:
+        """What the old key signs (after ROLLOVER_LABEL): every field but the signature."""
+        return (_ROLLOVER_HEAD.pack(ROLLOVER_MAGIC, self.version, self.old_fingerprint)
+                + _prefixed(self.new_bundle.encode()) + struct.pack(">Q", self.created_ms))
+
+    def encode(self) -> bytes:
+        return self.signed_part() + _prefixed(self.signature)
+
+    @staticmethod
+    def decode(data: bytes) -> "Rollover":
+        """Parse ``encode()``'s output (IdentityError if malformed); the signature is NOT checked."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise IdentityError("Invalid rollover statement: not bytes")
+        data = bytes(data)
+        if len(data) > MAX_ROLLOVER_LEN:
+            raise IdentityError("Invalid rollover statement: too long")
+        if len(data) < _ROLLOVER_HEAD.size:
+            raise IdentityError("Invalid rollover statement: truncated")
+        magic, version, old_fingerprint = _ROLLOVER_HEAD.unpack_from(data)
+        if magic != ROLLOVER_MAGIC:
+            raise IdentityError("Invalid rollover statement: bad magic")
+        if version != ROLLOVER_VERSION:
+            raise IdentityError(f"Unsupported rollover statement version {version}")
+        pos = _ROLLOVER_HEAD.size
+        if pos + 2 > len(data):
+            raise IdentityError("Invalid rollover statement: truncated")
+        (size,) = struct.unpack_from(">H", data, pos)
+        pos += 2
+        if pos + size + 8 + 2 > len(data):
+            raise IdentityError("Invalid rollover statement: truncated")
+        new_bundle = Bundle.decode(data[pos : pos + size])
+        pos += size
+        (created_ms,) = struct.unpack_from(">Q", data, pos)
+        pos += 8
+        (size,) = struct.unpack_from(">H", data, pos)
+        pos += 2
+        if pos + size != len(data):
+            raise IdentityError("Invalid rollover statement: wrong length")
+        return Rollover(old_fingerprint, new_bundle, created_ms, data[pos:], version)
+
+
+def make_rollover(old_identity: Identity, new_identity: Identity, backend: pqc.Backend, now: float) -> Rollover:
+    """The statement by which ``old_identity`` hands over to ``new_identity`` (signed by the old key)."""
+    if old_identity.fingerprint == new_identity.fingerprint:
+        raise IdentityError("A rollover needs a new identity, not the same one")
+    unsigned = Rollover(old_identity.fingerprint, new_identity.bundle, int(now * 1000), b"")
+    signature = old_identity.sign(backend, ROLLOVER_LABEL + unsigned.signed_part())
+    return Rollover(old_identity.fingerprint, new_identity.bundle, unsigned.created_ms, signature)
+
+
+def verify_rollover(statement: Rollover, old_bundle: Bundle, backend: pqc.Backend) -> bool:
+    """True only if ``statement`` is signed by ``old_bundle``'s key (both signature halves), names
+    that bundle as the old identity, and hands over to a different bundle."""
+    if not isinstance(statement, Rollover) or not isinstance(old_bundle, Bundle):
+        return False
+    if statement.old_fingerprint != old_bundle.fingerprint():
+        return False
+    if statement.new_fingerprint == statement.old_fingerprint:
+        return False
+    return backend.verify(old_bundle.sig_public, ROLLOVER_LABEL + statement.signed_part(), statement.signature)
+
+
 # ---------------------------------------------------------------- key file
 
 
@@ -473,3 +574,73 @@ def load_or_create(data_dir: pathlib.Path, backend: pqc.Backend) -> Identity:
         log.info("Created identity %s in %s", identity.id, path)
         return identity
     return load(path, backend)  # another process created it first
+
+
+def _write_replace(path: pathlib.Path, data: bytes) -> None:
+    """Write ``path`` atomically (mode 0600 from the start), replacing any existing file."""
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)  # 0600
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def rotate(data_dir: pathlib.Path, old_identity: Identity, backend: pqc.Backend, now: float) -> tuple[Identity, Rollover]:
+    """Replace the identity in ``data_dir`` by a new one and write the statement contacts follow.
+
+    The previous private key and the statement are written first, ``identity.key`` replaced
+    last: a crash in between leaves the old identity in place with a statement that does not
+    name it, which ``load_rollover`` ignores. Only the latest rotation is kept: rotating again
+    overwrites both files, so contacts that missed the first rotation cannot follow the second
+    (they see a key mismatch and must re-add the contact). The files are kept until the user
+    deletes them; they are needed for as long as some contact may not have reconnected."""
+    data_dir = pathlib.Path(data_dir)
+    new_identity = Identity.generate(backend)
+    statement = make_rollover(old_identity, new_identity, backend, now)
+    try:
+        _write_replace(data_dir / ROLLOVER_FILE, statement.encode())
+        _write_replace(data_dir / PREVIOUS_KEY_FILE, encode_private(old_identity))
+        _write_replace(data_dir / KEY_FILE, encode_private(new_identity))
+    except OSError as exc:
+        raise IdentityError(f"Cannot write the new identity in {data_dir}: {exc.strerror or exc}") from None
+    log.info("Rotated identity %s -> %s", old_identity.id, new_identity.id)
+    return new_identity, statement
+
+
+def load_rollover(data_dir: pathlib.Path, identity: Identity, backend: pqc.Backend) -> Optional[Rollover]:
+    """The statement announcing ``identity`` (from ``rollover.stmt``), or None when there is none
+    or it does not hand over to this identity with a valid signature (a warning is logged)."""
+    path = pathlib.Path(data_dir) / ROLLOVER_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("Cannot read %s: %s", path, exc.strerror or exc)
+        return None
+    try:
+        statement = Rollover.decode(data)
+    except IdentityError as exc:
+        log.warning("%s is unusable (%s): contacts cannot follow the last key rotation", path, exc)
+        return None
+    if statement.new_fingerprint != identity.fingerprint:
+        log.warning("%s announces %s, not this identity: ignored", path, format_id(statement.new_fingerprint))
+        return None
+    try:
+        previous = load(pathlib.Path(data_dir) / PREVIOUS_KEY_FILE, backend)
+    except (FileNotFoundError, IdentityError) as exc:
+        log.warning("%s: the previous key is unusable (%s); the statement is used as it is", path, exc)
+        return statement
+    if not verify_rollover(statement, previous.bundle, backend):
+        log.warning("%s is not signed by the previous key: ignored", path)
+        return None
+    return statement

@@ -41,6 +41,7 @@ class Node:
         self.backend: pqc.Backend | None = None
         self.available_backends: list[str] = []
         self.identity: ident.Identity | None = None
+        self.rollover: ident.Rollover | None = None  # how our previous key handed over to this one
         self.store: Store | None = None
         self.events: EventBus | None = None
         self.contacts: ContactBook | None = None
@@ -60,6 +61,7 @@ class Node:
             self.backend = pqc.select_backend(self.config.crypto_backend)
             self.available_backends = pqc.available_backends()  # probes the disk: once
             self.identity = ident.load_or_create(self.data_dir, self.backend)
+            self.rollover = ident.load_rollover(self.data_dir, self.identity, self.backend)
             self.store = Store(self.data_dir / "chatp2p.db")
             self.events = EventBus(self._event_endpoints())
             self.contacts = ContactBook(self.store, self.identity.fingerprint, self.events.publish,
@@ -75,6 +77,33 @@ class Node:
         if self.config.events_port is not None:
             endpoints.append(f"tcp://127.0.0.1:{self.config.events_port}")
         return endpoints
+
+    def _rollover_bytes(self) -> bytes | None:
+        return self.rollover.encode() if self.rollover is not None else None
+
+    def _contact_view(self, contact) -> dict:
+        assert self.contacts is not None
+        return self.contacts.view(contact)
+
+    def rotate_identity(self) -> tuple[ident.Identity, ident.Identity]:
+        """Replace the identity by a new one, signed over by the old key (`identity.rotate`).
+
+        Every session and handshake is ended so the next ones present the new key (with the
+        statement, which contacts check against the old key they know); returns (old, new)."""
+        assert self.identity is not None and self.backend is not None and self.contacts is not None
+        old = self.identity
+        new, statement = ident.rotate(self.data_dir, old, self.backend, time.time())
+        self.identity, self.rollover = new, statement
+        self._identity_view = None
+        self.contacts.own_fingerprint = new.fingerprint
+        if self.network is not None:
+            self.network.set_identity(new, self._rollover_bytes())
+        if self.lan is not None:
+            # Contacts that have not followed yet look for the old tag: they still reach us at
+            # the addresses they remember, and find the new tag once they have followed.
+            self.lan.fingerprint = new.fingerprint
+        self.publish("identity_changed", {"fingerprint": new.id, "previous_fingerprint": old.id})
+        return old, new
 
     def _is_online(self, contact_id: int) -> bool:
         return self.network is not None and self.network.is_online(contact_id)
@@ -92,7 +121,8 @@ class Node:
         transport.start()
         self.transport = transport
         self.network = Network(self.identity, self.backend, self.store, transport, self.publish,
-                               NetworkConfig(keepalive_interval=self.config.keepalive_interval))
+                               NetworkConfig(keepalive_interval=self.config.keepalive_interval),
+                               rollover=self._rollover_bytes(), contact_view=self._contact_view)
         self.messenger = Messenger(self.store, self.network, self.publish,
                                    message_ttl=self.config.message_ttl_days * 86400)
         self.network.start()
@@ -171,7 +201,7 @@ class Node:
 
     def identity_view(self) -> dict:
         assert self.identity is not None
-        if self._identity_view is None:  # immutable for the node's life: build it once
+        if self._identity_view is None:  # changes only with rotate_identity(): build it once
             self._identity_view = self._build_identity_view()
         return dict(self._identity_view)
 

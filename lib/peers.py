@@ -25,7 +25,7 @@ from . import identity as ident, wire
 from .handshake import (Authenticated, Established, Failed, FailReason, Initiator, InitiatorState,
                         Listener, ListenerConfig, Output, accept_incoming)
 from .session import FrameDropped, Session, SessionConfig, SessionError
-from .store import Contact, Store
+from .store import Contact, Store, StoreError
 from .transport import Transport
 from .wire import Close, PacketType, Ping, Pong, Record, WireError
 
@@ -130,8 +130,11 @@ class Network:
     """All links of one node, and the routing of ChatP2P datagrams to them."""
 
     def __init__(self, identity: ident.Identity, backend, store: Store, transport: Transport,
-                 publish: Publish, config: NetworkConfig = NetworkConfig()) -> None:
+                 publish: Publish, config: NetworkConfig = NetworkConfig(), rollover: Optional[bytes] = None,
+                 contact_view: Optional[Callable[[Contact], dict]] = None) -> None:
         self.identity = identity
+        self.rollover = rollover                         # our own statement, sent in every handshake
+        self.contact_view = contact_view                 # the contact events' payload (ContactBook.view)
         self.backend = backend
         self.store = store
         self.transport = transport
@@ -140,7 +143,8 @@ class Network:
         self.links: dict[bytes, Link] = {}               # by peer fingerprint
         self._by_conn: dict[bytes, Link] = {}            # local conn id of a session -> link
         self._initiators: dict[bytes, Link] = {}         # initiator conn id -> link
-        self.listener = Listener(identity, backend, ListenerConfig(max_datagram=config.max_datagram))
+        self.listener = Listener(identity, backend, ListenerConfig(max_datagram=config.max_datagram),
+                                 rollover=rollover)
         self.observers: list[LinkObserver] = []
         self.counters = transport.counters
         self._ticker: Optional[gevent.Greenlet] = None
@@ -158,6 +162,17 @@ class Network:
         if self._ticker is not None:
             self._ticker.kill(block=False)
             self._ticker = None
+
+    def set_identity(self, identity: ident.Identity, rollover: Optional[bytes]) -> None:
+        """The node rotated its keys: end every session and handshake, so that the next ones
+        (peers reconnect when they need to) present the new key, with `rollover` in each."""
+        for link in list(self.links.values()):
+            if link.connected:
+                self._send(link, [Close(0, "identity changed")])
+            self._set_down(link)
+        self.identity, self.rollover = identity, rollover
+        self.listener = Listener(identity, self.backend, ListenerConfig(max_datagram=self.config.max_datagram),
+                                 rollover=rollover)
 
     # -- queries ----------------------------------------------------------------------------
     def link_for_contact(self, contact: Contact) -> Link:
@@ -206,7 +221,10 @@ class Network:
         now = time.monotonic()
         if link.initiator is not None:
             self._initiators.pop(link.initiator.conn_id, None)
+        # The stored bundle lets the handshake check a rollover statement from this contact's key.
+        bundle = link.bundle if link.bundle is not None and link.bundle.fingerprint() == link.fingerprint else None
         initiator = Initiator(self.identity, self.backend, expected_fingerprint=link.fingerprint,
+                              expected_bundle=bundle, rollover=self.rollover,
                               max_datagram=self.config.max_datagram)
         link.initiator, link.initiator_address = initiator, address
         link.flight_tries, link.flight_sent = 1, now
@@ -299,8 +317,12 @@ class Network:
         event = out.event
         if isinstance(event, Established):
             self._initiators.pop(link.initiator.conn_id, None) if link.initiator else None
-            self._establish(link, event, address, now)
-        elif isinstance(event, Failed):
+            if event.rollover is not None and self._follow_rollover(link, event.rollover) is None:
+                # A genuine rollover to a key we cannot take (already another contact): no session.
+                event = Failed(FailReason.KEY_MISMATCH, event.bundle, "rollover to a key of another contact")
+            else:
+                self._establish(link, event, address, now)
+        if isinstance(event, Failed):
             self._initiators.pop(link.initiator.conn_id, None) if link.initiator else None
             if event.reason == FailReason.KEY_MISMATCH:
                 got = ident.format_id(event.bundle.fingerprint()) if event.bundle else None
@@ -312,6 +334,7 @@ class Network:
             if not link.connected:
                 link.state = LinkState.OFFLINE
             link.established.set()  # wake waiters: they look at link.connected
+            link.established = gevent.event.Event()  # a set one would make the next waiter spin
 
     def _on_listener(self, out: Output, address: Address, now: float) -> None:
         event = out.event
@@ -330,6 +353,8 @@ class Network:
     def _decide(self, event: Authenticated, address: Address, now: float) -> Output:
         """An initiator proved its identity: accept a contact, hold a stranger, refuse the blocked."""
         contact = self.store.find_contact_by_fingerprint(event.fingerprint)
+        if contact is None and event.rollover is not None:
+            contact = self._rollover_contact(event.rollover)
         if contact is not None and contact.blocked:
             event.responder.reject()
             self.counters["refused_blocked"] += 1
@@ -355,6 +380,51 @@ class Network:
             self._initiators.pop(link.initiator.conn_id, None)
         link.bundle = event.bundle
         return event.responder.accept(now)
+
+    def _rollover_contact(self, statement: ident.Rollover) -> Optional[Contact]:
+        """The contact whose key an initiator's statement hands over from, if the statement is
+        signed by the bundle stored for it; followed to the new key unless blocked (a blocked
+        contact is returned as it is, and refused: the block follows the person)."""
+        old = self.store.find_contact_by_fingerprint(statement.old_fingerprint)
+        if old is None or old.bundle is None:
+            return None
+        try:
+            old_bundle = ident.Bundle.from_base64(old.bundle)
+        except ident.IdentityError:
+            return None
+        if not ident.verify_rollover(statement, old_bundle, self.backend):
+            self.counters["rollover_rejected"] += 1
+            return None
+        if old.blocked:
+            return old
+        return self._follow_rollover(self.link_for_contact(old), statement)
+
+    def _follow_rollover(self, link: Link, statement: ident.Rollover) -> Optional[Contact]:
+        """A verified rollover from a contact's key: store the new key (name, history and
+        `verified` stay: the change is signed by the key the user verified), move the link to
+        it and publish contact_updated. None if the new key is already another contact."""
+        assert link.contact_id is not None
+        old, new = statement.old_fingerprint, statement.new_fingerprint
+        if link.fingerprint == new:  # followed already (e.g. by the other handshake of a simultaneous open)
+            return self.store.get_contact_by_id(link.contact_id)
+        try:
+            contact = self.store.replace_key(link.contact_id, new, statement.new_bundle.to_base64())
+        except StoreError as exc:
+            log.warning("%s rolled over to %s, not followed: %s", link.name, ident.format_id(new), exc)
+            return None
+        other = self.links.pop(new, None)
+        if other is not None and other is not link:
+            self._set_down(other, notify=False)  # a stranger link under the new key
+        if self.links.get(old) is link:
+            del self.links[old]
+        link.fingerprint, link.bundle = new, statement.new_bundle
+        self.links[new] = link
+        self.counters["rollover_followed"] += 1
+        log.info("%s rolled over from %s to %s", link.name, ident.format_id(old), ident.format_id(new))
+        view = self.contact_view(contact) if self.contact_view else {
+            "name": contact.name, "fingerprint": ident.format_id(new)}
+        self.publish("contact_updated", dict(view, previous_fingerprint=ident.format_id(old), reason="key_rollover"))
+        return contact
 
     def _establish(self, link: Link, event: Established, address: Address, now: float) -> None:
         if link.session is not None:

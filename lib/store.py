@@ -479,6 +479,27 @@ class Store:
             self._contact_by_id(conn, contact_id)
             conn.execute("UPDATE contacts SET bundle = ? WHERE id = ?", (bundle, contact_id))
 
+    def replace_key(self, contact_id: int, new_fingerprint: bytes, new_bundle: str) -> Contact:
+        """Move a contact to its new identity key (a rollover signed by its old key).
+
+        Name, history, receive position and `verified` are kept: the change was approved by
+        the key the user knew (and possibly verified). DuplicateError if another contact has
+        the new key already."""
+        new_fingerprint = _fingerprint(new_fingerprint)
+        with self._tx() as conn:
+            self._contact_by_id(conn, contact_id)
+            same_key = conn.execute(
+                "SELECT name FROM contacts WHERE fingerprint = ? AND id != ?",
+                (new_fingerprint, contact_id),
+            ).fetchone()
+            if same_key is not None:
+                raise DuplicateError(f"This key is already a contact: {same_key['name']}")
+            conn.execute(
+                "UPDATE contacts SET fingerprint = ?, bundle = ? WHERE id = ?",
+                (new_fingerprint, new_bundle, contact_id),
+            )
+            return Contact.from_row(self._contact_by_id(conn, contact_id))
+
     def touch_contact(self, contact_id: int, when: float, address: str | None = None) -> None:
         """Note that the contact was seen; keep its last 5 distinct addresses, newest first.
 

@@ -681,7 +681,7 @@ class StunClient:
         """(resolved server address, mapped address)."""
         deadline = time.monotonic() + timeout
         target = resolve(server)
-        name = _fmt(target)
+        name = format_address(target)
         request = Message(Method.BINDING, Class.REQUEST)
         data = encode(request, add_fingerprint=True)
         transaction = _Transaction(target, gevent.event.AsyncResult())
@@ -742,6 +742,7 @@ class StunClient:
         return Discovery(mapped, infer_mapping(pairs), answers, errors)
 
 
-def _fmt(address: Address) -> str:
+def format_address(address: Address) -> str:
+    """host:port, with IPv6 hosts in brackets, for messages."""
     host, port = address[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

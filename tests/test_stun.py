@@ -205,7 +205,8 @@ def test_malformed_messages_are_refused_with_reasons():
         "not UTF-8": _header_then(struct.pack(">HH", 0x0006, 4) + b"\xff\xfe\xfd\xfc"),
         "family": _header_then(struct.pack(">HHBBH", 0x0001, 8, 0, 3, 1) + b"\1\2\3\4"),
         "ERROR-CODE with class": _header_then(struct.pack(">HHHBB", 0x0009, 4, 0, 7, 0)),
-        "FINGERPRINT is not the last": _header_then(struct.pack(">HHI", 0x8028, 4, 0) + struct.pack(">HHI", 0x000D, 4, 1)),
+        "FINGERPRINT is not the last": _header_then(struct.pack(">HHI", 0x8028, 4, 0)
+                                                     + struct.pack(">HHI", 0x000D, 4, 1)),
         "expected bytes": "not bytes",
     }
     for reason, data in cases.items():
@@ -396,12 +397,12 @@ def test_silent_server_times_out_with_bounded_retransmissions(node, fake):
     with pytest.raises(StunTimeout, match=r"no STUN answer from 127\.0\.0\.1:\d+ within 3 s \(8 requests sent\)"):
         node.client.binding(silent.address)
     elapsed = time.monotonic() - started
-    assert 2.9 <= elapsed <= 3.3
+    assert 2.9 <= elapsed <= 3.5
     times = [t for t, _ in silent.requests]
     gaps = [b - a for a, b in zip(times, times[1:])]
-    # RTO 100, 200, 400 ms, then capped at 500 ms.
-    assert [round(g, 1) for g in gaps[:4]] == [0.1, 0.2, 0.4, 0.5]
-    assert all(0.45 <= g <= 0.6 for g in gaps[3:])
+    # RTO 100, 200, 400 ms, then capped at 500 ms (timers may fire late on a busy machine).
+    for gap, rto in zip(gaps, [0.1, 0.2, 0.4, 0.5, 0.5, 0.5, 0.5]):
+        assert rto - 0.01 <= gap <= rto + 0.15, gaps
     assert len({data for _, data in silent.requests}) == 1  # retransmissions are identical
 
 
