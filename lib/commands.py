@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 from typing import Any
 
 import gevent
@@ -15,6 +16,7 @@ import gevent
 from . import identity as ident, sealed
 from .api import ApiError, CommandTable, Field, Reply
 from .messaging import MessageError
+from .transfer import TransferError
 from .node import Node
 from .peers import Link, parse_address
 from .util import iso_utc
@@ -46,6 +48,8 @@ def _disconnect(node: Node, fingerprint: bytes) -> None:
         node.network.forget(fingerprint)
     if node.messenger is not None:
         node.messenger.contact_removed(fingerprint)
+    if node.transfers is not None:
+        node.transfers.contact_removed(fingerprint)
 
 
 def contacts_remove(node: Node, data: dict) -> Any:
@@ -233,6 +237,51 @@ def p2p_mark_read(node: Node, data: dict) -> Any:
     return {"peer": contact.name, "marked": count}
 
 
+# -- files ----------------------------------------------------------------------------------
+TRANSFER_ID = Field("transfer_id", "str", max_len=128)
+
+
+def _transfers(node: Node):
+    if node.transfers is None:
+        raise ApiError("The P2P network is stopped: start it with p2p start")
+    return node.transfers
+
+
+def p2p_send_file(node: Node, data: dict) -> Any:
+    contact = node.contacts.get(data["peer"])
+    try:
+        transfer, offered = _transfers(node).send_file(contact, data["file_path"], data["chunk_size"],
+                                                       data["transfer_id"])
+    except TransferError as exc:
+        raise ApiError(str(exc)) from None
+    if not offered:
+        try:
+            _connect(node, contact, None)
+        except ApiError:
+            pass  # no address yet: the offer waits until the contact shows up
+    return Reply("File transfer started" if offered else "File transfer queued",
+                 {"transfer_id": transfer.transfer_id})
+
+
+def _transfer_action(name: str):
+    def handler(node: Node, data: dict) -> Any:
+        transfers = _transfers(node)
+        try:
+            if name == "accept":
+                transfer = transfers.accept(data["transfer_id"], data["save_as"])
+            else:
+                transfer = getattr(transfers, name)(data["transfer_id"])
+        except TransferError as exc:
+            raise ApiError(str(exc)) from None
+        return transfer.view(time.monotonic())
+    handler.__name__ = f"p2p_{name}_transfer"
+    return handler
+
+
+def p2p_transfers(node: Node, data: dict) -> Any:
+    return _transfers(node).list()
+
+
 # -- crypto ---------------------------------------------------------------------------------
 def crypto_generate_keypair(node: Node, data: dict) -> dict:
     return ident.generate_keypair_export(node.backend)
@@ -310,6 +359,23 @@ def build_table() -> CommandTable:
                Field("before", "int", required=False, minimum=1)),
               help="extension: stored messages, newest page, oldest first")
     table.add("p2p", "mark_read", p2p_mark_read, (NAME,), help="extension: mark a conversation read")
+    table.add("p2p", "send_file", p2p_send_file,
+              (NAME, Field("file_path", "str", max_len=4096),
+               Field("chunk_size", "int", required=False, minimum=1, maximum=1 << 31),
+               Field("transfer_id", "str", required=False, max_len=128)),
+              help="offer a file to a contact (queued while it is offline)")
+    table.add("p2p", "accept_file", _transfer_action("accept"),
+              (TRANSFER_ID, Field("save_as", "str", required=False, max_len=255)),
+              help="extension: accept a file offer (save_as: a bare file name in the downloads dir)")
+    table.add("p2p", "reject_file", _transfer_action("reject"), (TRANSFER_ID,),
+              help="extension: refuse a file offer")
+    table.add("p2p", "transfers", p2p_transfers, help="extension: file transfers with state, bytes, rate, eta")
+    table.add("p2p", "cancel_transfer", _transfer_action("cancel"), (TRANSFER_ID,),
+              help="extension: stop a transfer for good (the partial file is deleted)")
+    table.add("p2p", "pause_transfer", _transfer_action("pause"), (TRANSFER_ID,),
+              help="extension: pause a transfer (either side)")
+    table.add("p2p", "resume_transfer", _transfer_action("resume"), (TRANSFER_ID,),
+              help="extension: resume a paused (or failed) transfer from what was received")
 
     table.add("crypto", "generate_keypair", crypto_generate_keypair,
               help="a fresh key pair (never the node's identity)")

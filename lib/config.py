@@ -68,6 +68,12 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds between keepalives; three silent intervals mean the peer is gone"),
     Setting("message_ttl_days", "p2p", "message_ttl_days", "float", 7.0,
             "a queued message fails (message_failed) when its contact stays unreachable this long"),
+    Setting("downloads_dir", "files", "downloads_dir", "path", "~/Downloads/chatp2p",
+            "where received files are saved (created 0700; a file is never overwritten)"),
+    Setting("auto_accept_files", "files", "auto_accept", "bool", False,
+            "accept file offers from verified contacts without asking"),
+    Setting("upload_limit", "files", "upload_limit", "int", 0,
+            "cap on the rate of file sending, KiB/s (0 = no cap)"),
     Setting("log_level", "log", "level", "choice", "info", "debug, info, warning or error", LOG_LEVELS),
     Setting("log_file", "log", "file", "path", "", "log to this file instead of stderr"),
 )

@@ -21,6 +21,7 @@ from .lockfile import DataDirLock
 from .messaging import Messenger
 from .peers import Network, NetworkConfig
 from .store import Store
+from .transfer import Transfers
 from .transport import Transport
 from .util import ensure_private_dir
 
@@ -48,6 +49,7 @@ class Node:
         self.transport: Transport | None = None
         self.network: Network | None = None
         self.messenger: Messenger | None = None
+        self.transfers: Transfers | None = None
         self.lan: LanDiscovery | None = None
         self._lock = DataDirLock(self.data_dir)
         self._identity_view: dict | None = None
@@ -125,6 +127,10 @@ class Node:
                                rollover=self._rollover_bytes(), contact_view=self._contact_view)
         self.messenger = Messenger(self.store, self.network, self.publish,
                                    message_ttl=self.config.message_ttl_days * 86400)
+        self.transfers = Transfers(self.store, self.network, self.publish, self.config.downloads_dir,
+                                   auto_accept=self.config.auto_accept_files,
+                                   upload_limit=self.config.upload_limit * 1024)
+        self.transfers.start()
         self.network.start()
         if self.config.lan_discovery:
             self.lan = LanDiscovery(self.identity.fingerprint, transport.port, self._lan_contacts, self._lan_found,
@@ -174,6 +180,9 @@ class Node:
         if self.lan is not None:
             self.lan.stop()
             self.lan = None
+        if self.transfers is not None:
+            self.transfers.stop()  # first: it flushes received data and records it
+            self.transfers = None
         if self.network is not None:
             self.network.stop()
         if self.transport is not None and self.transport.running:

@@ -236,17 +236,22 @@ class Network:
             self.transport.send(datagram, address)
 
     # -- sending ----------------------------------------------------------------------------
-    def send_records(self, link: Link, records: list[Record]) -> bool:
-        """Seal and send `records` to a connected link; False if it is not connected."""
+    def send_records(self, link: Link, records: list[Record], max_datagram: Optional[int] = None,
+                     pad: bool = False) -> bool:
+        """Seal and send `records` to a connected link; False if it is not connected.
+
+        `max_datagram` above the configured size is only for paths whose MTU the caller probed
+        (file transfers); `pad` fills each datagram to that size (the probe itself)."""
         if not link.connected:
             return False
-        return self._send(link, records)
+        return self._send(link, records, pad, max_datagram)
 
-    def _send(self, link: Link, records: list[Record], pad: bool = False) -> bool:
+    def _send(self, link: Link, records: list[Record], pad: bool = False,
+              max_datagram: Optional[int] = None) -> bool:
         assert link.session is not None and link.address is not None
         now = time.monotonic()
         try:
-            datagrams = link.session.seal(records, now, self.config.max_datagram, pad=pad)
+            datagrams = link.session.seal(records, now, max_datagram or self.config.max_datagram, pad=pad)
         except SessionError as exc:
             log.warning("cannot seal for %s: %s", link.name, exc)
             self._set_down(link)

@@ -95,6 +95,31 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE contacts ADD COLUMN in_seq INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX messages_out_state ON messages (contact_id, direction, state, seq)",
     ),
+    # 3: file transfers, both directions; `have` = chunk ranges durable in the .part file.
+    (
+        """
+        CREATE TABLE transfers (
+            id INTEGER PRIMARY KEY,
+            transfer_id TEXT NOT NULL UNIQUE,
+            contact_id INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+            direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+            file_name TEXT NOT NULL,
+            path TEXT,
+            part_path TEXT,
+            size INTEGER NOT NULL CHECK (size >= 0),
+            chunk_size INTEGER NOT NULL CHECK (chunk_size > 0),
+            tag BLOB NOT NULL,
+            state TEXT NOT NULL,
+            stopped_by TEXT,
+            have TEXT NOT NULL DEFAULT '',
+            sha256 TEXT,
+            error TEXT,
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX transfers_state ON transfers (state)",
+    ),
 )
 
 
@@ -801,3 +826,48 @@ class Store:
                 "DELETE FROM held_messages WHERE fingerprint = ?", (fingerprint,)
             )
             return cur.rowcount
+
+    # ---- file transfers --------------------------------------------------------------
+    # Rows are plain dicts: lib/transfer.py owns their meaning and the state machine.
+
+    TRANSFER_COLUMNS = ("transfer_id", "contact_id", "direction", "file_name", "path", "part_path",
+                        "size", "chunk_size", "tag", "state", "stopped_by", "have", "sha256", "error")
+
+    def add_transfer(self, **fields: Any) -> dict[str, Any]:
+        """Insert a transfer; DuplicateError if its transfer_id is taken."""
+        unknown = set(fields) - set(self.TRANSFER_COLUMNS)
+        if unknown:
+            raise StoreError(f"Unknown transfer fields: {sorted(unknown)}")
+        now = time.time()
+        names = list(fields) + ["created", "updated"]
+        values = list(fields.values()) + [now, now]
+        with self._tx() as conn:
+            if conn.execute("SELECT 1 FROM transfers WHERE transfer_id = ?",
+                            (fields["transfer_id"],)).fetchone() is not None:
+                raise DuplicateError(f"transfer_id {fields['transfer_id']!r} is already used")
+            cur = conn.execute(
+                f"INSERT INTO transfers ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", values)
+            return dict(conn.execute("SELECT * FROM transfers WHERE id = ?", (cur.lastrowid,)).fetchone())
+
+    def update_transfer(self, transfer_id: str, **fields: Any) -> None:
+        unknown = set(fields) - set(self.TRANSFER_COLUMNS)
+        if unknown:
+            raise StoreError(f"Unknown transfer fields: {sorted(unknown)}")
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        with self._tx() as conn:
+            conn.execute(f"UPDATE transfers SET {sets}, updated = ? WHERE transfer_id = ?",
+                         (*fields.values(), time.time(), transfer_id))
+
+    def get_transfer(self, transfer_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM transfers WHERE transfer_id = ?", (transfer_id,))
+        return dict(rows[0]) if rows else None
+
+    def list_transfers(self, states: tuple[str, ...] | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Transfers (in these states), newest first."""
+        if states:
+            rows = self._query(
+                f"SELECT * FROM transfers WHERE state IN ({', '.join('?' * len(states))}) "
+                "ORDER BY id DESC LIMIT ?", (*states, limit))
+        else:
+            rows = self._query("SELECT * FROM transfers ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(row) for row in rows]

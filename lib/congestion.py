@@ -1,0 +1,338 @@
+"""Loss detection and congestion control of file transfers: pure state, the caller's clock.
+
+`Recovery` keeps the packets in flight of one link and turns FILE_ACK ranges into acked and
+lost packets (RFC 9002 rules: a packet is lost when 3 later ones were acknowledged, or when it
+is 9/8 RTT older than one acknowledged; a probe timeout declares everything in flight lost).
+Packet numbers are never reused, so RTT samples are unambiguous.
+
+`Bbr` decides how fast to send: a BBR-lite (after BBR v1, draft-cardwell-iccrg-bbr) with the
+loss bound of BBR v2. Why BBR and not a loss-based AIMD (NewReno/CUBIC): on loopback and LANs
+the bottleneck is the receiving process's CPU and the "queue" is its 4 MiB socket buffer; a
+loss-based controller fills that buffer until it overflows, so every chat message would wait
+behind ~20 ms of file data and each overflow costs a burst of retransmissions. BBR measures
+the delivery rate and the minimum RTT, paces at the measured rate and keeps about two
+bandwidth-delay products in flight: the queue stays short, and random loss (1 % on a lossy
+link) does not halve the rate as it would with AIMD. It still backs off under real loss: when
+more than 5 % of the packets of a measurement window (at least one round trip and 64 packets)
+are lost, the in-flight cap drops to 0.7 of what was in flight (multiplicative decrease), and
+grows again by 1.25x per clean window.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any, Iterable, Optional
+
+# -- loss detection (RFC 9002) -----------------------------------------------------------------
+PACKET_THRESHOLD = 3
+TIME_THRESHOLD = 9 / 8
+GRANULARITY = 0.001          # s: timers are not finer than this
+INITIAL_RTT = 0.1            # s, before any sample (RFC 9002 says 333 ms; we start on LANs)
+MAX_PTO = 2.0                # s: probe timeouts back off up to this
+
+
+class SentPacket:
+    """One DATA datagram in flight. `item` is the I/O layer's (transfer, offset, length)."""
+
+    __slots__ = ("pn", "size", "sent", "delivered", "delivered_time", "first_sent", "app_limited", "item")
+
+    def __init__(self, pn: int, size: int, sent: float, item: Any) -> None:
+        self.pn = pn
+        self.size = size
+        self.sent = sent
+        self.item = item
+        self.delivered = 0
+        self.delivered_time = 0.0
+        self.first_sent = 0.0
+        self.app_limited = False
+
+
+class Recovery:
+    """Packets in flight on one link, RTT estimates, loss detection, probe timeout."""
+
+    def __init__(self, max_ack_delay: float = 0.005) -> None:
+        self.sent: "collections.OrderedDict[int, SentPacket]" = collections.OrderedDict()
+        self.bytes_in_flight = 0
+        self.largest_acked = -1
+        self.max_ack_delay = max_ack_delay
+        self.srtt: Optional[float] = None
+        self.rttvar = 0.0
+        self.min_rtt: Optional[float] = None
+        self.latest_rtt = 0.0
+        self.pto_count = 0
+        self.last_sent = 0.0
+        self.loss_time: Optional[float] = None
+
+    def on_sent(self, packet: SentPacket) -> None:
+        self.sent[packet.pn] = packet
+        self.bytes_in_flight += packet.size
+        self.last_sent = packet.sent
+
+    def _rtt_sample(self, rtt: float, ack_delay: float) -> None:
+        self.latest_rtt = rtt
+        self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
+        if rtt - min(ack_delay, self.max_ack_delay) >= self.min_rtt:
+            rtt -= min(ack_delay, self.max_ack_delay)
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+    def on_ack(self, ranges: Iterable[tuple[int, int]], ack_delay: float,
+               now: float) -> tuple[list[SentPacket], list[SentPacket]]:
+        """(newly acknowledged, newly lost) packets for an ACK's inclusive pn ranges."""
+        acked: list[SentPacket] = []
+        sent = self.sent
+        for first, last in ranges:
+            if not sent:
+                break
+            oldest = next(iter(sent))
+            if last < oldest:
+                continue
+            first = max(first, oldest)
+            if last - first < 4 * len(sent):
+                pns: Iterable[int] = range(first, last + 1)
+            else:  # a wide range: walk what is in flight instead (bounded by the flight size)
+                pns = [pn for pn in sent if first <= pn <= last]
+            for pn in pns:
+                packet = sent.pop(pn, None)
+                if packet is not None:
+                    acked.append(packet)
+        if not acked:
+            return acked, []
+        acked.sort(key=lambda p: p.pn)
+        for packet in acked:
+            self.bytes_in_flight -= packet.size
+        newest = acked[-1]
+        if newest.pn > self.largest_acked:
+            self.largest_acked = newest.pn
+            self._rtt_sample(max(now - newest.sent, 1e-6), ack_delay)
+        self.pto_count = 0
+        return acked, self.detect_lost(now)
+
+    def _loss_delay(self) -> float:
+        base = max(self.latest_rtt, self.srtt if self.srtt is not None else INITIAL_RTT)
+        return max(TIME_THRESHOLD * base, GRANULARITY)
+
+    def detect_lost(self, now: float) -> list[SentPacket]:
+        """Packets older than the largest acknowledged by 3 packets or 9/8 RTT."""
+        lost: list[SentPacket] = []
+        self.loss_time = None
+        delay = self._loss_delay()
+        sent = self.sent
+        while sent:
+            pn, packet = next(iter(sent.items()))
+            if pn > self.largest_acked:
+                break
+            if pn <= self.largest_acked - PACKET_THRESHOLD or packet.sent <= now - delay:
+                del sent[pn]
+                self.bytes_in_flight -= packet.size
+                lost.append(packet)
+                continue
+            self.loss_time = packet.sent + delay
+            break
+        return lost
+
+    def pto(self) -> float:
+        srtt = self.srtt if self.srtt is not None else INITIAL_RTT
+        base = srtt + max(4 * self.rttvar, GRANULARITY) + self.max_ack_delay
+        return min(MAX_PTO, base * (2 ** self.pto_count))
+
+    def deadline(self) -> Optional[float]:
+        """When `on_timeout` must run: the time-threshold loss timer or the probe timeout."""
+        if self.loss_time is not None:
+            return self.loss_time
+        if not self.sent:
+            return None
+        return self.last_sent + self.pto()
+
+    def on_timeout(self, now: float) -> tuple[list[SentPacket], bool]:
+        """(lost packets, whether it was a probe timeout). A probe timeout (no ACK for a PTO)
+        declares every packet in flight lost: they are sent again, as new packets."""
+        if self.loss_time is not None and now >= self.loss_time:
+            return self.detect_lost(now), False
+        if not self.sent:
+            return [], False
+        self.pto_count += 1
+        lost = list(self.sent.values())
+        self.sent.clear()
+        self.bytes_in_flight = 0
+        self.loss_time = None
+        return lost, True
+
+    def forget(self, keep: Any) -> list[SentPacket]:
+        """Drop packets whose item fails `keep(item)` (a cancelled transfer): not in flight any more."""
+        gone = [p for p in self.sent.values() if not keep(p.item)]
+        for packet in gone:
+            del self.sent[packet.pn]
+            self.bytes_in_flight -= packet.size
+        return gone
+
+
+# -- congestion control (BBR-lite) -------------------------------------------------------------
+STARTUP_GAIN = 2.77          # 2/ln 2: doubles the delivery rate every round trip
+PROBE_CYCLE = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+CWND_GAIN = 2.0
+BW_WINDOW_ROUNDS = 10
+MIN_RTT_WINDOW = 10.0        # s
+RTT_FLOOR = 0.002            # s: user-space senders and receivers work in ~1 ms batches, so
+                             # a window sized on a 100 µs loopback RTT would starve the pipe
+INITIAL_WINDOW = 256 * 1024  # bytes in flight before the first measurement
+MAX_WINDOW = 64 * 1024 * 1024
+LOSS_THRESHOLD = 0.05
+LOSS_MIN_PACKETS = 64
+BETA = 0.7
+REGROW = 1.25
+
+
+class Bbr:
+    """BBR-lite: see the module docstring. Rates in bytes per second, sizes in bytes."""
+
+    def __init__(self, mss: int, now: float) -> None:
+        self.mss = mss
+        self.mode = "startup"
+        self.btl_bw = 0.0
+        self._bw_rounds: collections.deque[list[float]] = collections.deque()  # [round, max rate]
+        self.min_rtt: Optional[float] = None
+        self.min_rtt_stamp = now
+        self.delivered = 0
+        self.delivered_time = now
+        self.first_sent_time = now
+        self.app_limited_until = 0
+        self.round_count = 0
+        self.next_round_delivered = 0
+        self.full_bw = 0.0
+        self.full_bw_count = 0
+        self.cycle_index = 0
+        self.cycle_stamp = now
+        self.inflight_hi = math.inf
+        self._window_acked = 0
+        self._window_lost = 0
+        self._window_round = 0
+        self.backoffs = 0
+
+    # -- outputs ----------------------------------------------------------------------------
+    @property
+    def min_window(self) -> int:
+        return max(4 * self.mss, 64 * 1024)
+
+    def _gains(self) -> tuple[float, float]:
+        if self.mode == "startup":
+            return STARTUP_GAIN, STARTUP_GAIN
+        if self.mode == "drain":
+            return 1 / STARTUP_GAIN, CWND_GAIN
+        return PROBE_CYCLE[self.cycle_index], CWND_GAIN
+
+    def bdp(self) -> float:
+        return self.btl_bw * max(self.min_rtt or RTT_FLOOR, RTT_FLOOR)
+
+    @property
+    def cwnd(self) -> int:
+        if self.btl_bw <= 0:
+            window = float(INITIAL_WINDOW)
+        else:
+            window = self._gains()[1] * self.bdp() + 2 * self.mss
+        window = min(window, self.inflight_hi, MAX_WINDOW)
+        return int(max(window, self.min_window))
+
+    @property
+    def pacing_rate(self) -> float:
+        gain = self._gains()[0]
+        if self.btl_bw <= 0:
+            return gain * INITIAL_WINDOW / max(self.min_rtt or RTT_FLOOR, RTT_FLOOR)
+        return gain * self.btl_bw
+
+    # -- inputs -----------------------------------------------------------------------------
+    def on_sent(self, packet: SentPacket, bytes_in_flight: int, app_limited: bool, now: float) -> None:
+        """Stamp a packet with the delivery state it is sent in (rate sampling)."""
+        if bytes_in_flight == 0:
+            self.first_sent_time = self.delivered_time = now
+        if app_limited:
+            self.app_limited_until = self.delivered + bytes_in_flight + packet.size
+        packet.delivered = self.delivered
+        packet.delivered_time = self.delivered_time
+        packet.first_sent = self.first_sent_time
+        packet.app_limited = self.app_limited_until > self.delivered
+
+    def on_ack(self, acked: list[SentPacket], lost: list[SentPacket], rtt: Optional[float],
+               bytes_in_flight: int, now: float) -> None:
+        if rtt is not None and (self.min_rtt is None or rtt < self.min_rtt
+                                or now - self.min_rtt_stamp > MIN_RTT_WINDOW):
+            self.min_rtt, self.min_rtt_stamp = rtt, now
+        self._window_lost += len(lost)
+        if not acked:
+            return
+        for packet in acked:
+            self.delivered += packet.size
+        self.delivered_time = now
+        if self.app_limited_until and self.delivered > self.app_limited_until:
+            self.app_limited_until = 0
+        newest = acked[-1]
+        round_start = False
+        if newest.delivered >= self.next_round_delivered:
+            self.next_round_delivered = self.delivered
+            self.round_count += 1
+            round_start = True
+        self._sample_rate(newest, now)
+        self.first_sent_time = newest.sent
+        self._window_acked += len(acked)
+        self._check_loss(bytes_in_flight)
+        self._advance_mode(round_start, newest.app_limited, bytes_in_flight, now)
+
+    def _sample_rate(self, newest: SentPacket, now: float) -> None:
+        interval = max(newest.sent - newest.first_sent, now - newest.delivered_time)
+        if interval <= 0 or (self.min_rtt is not None and interval < self.min_rtt):
+            return  # ACK compression: the sample would overestimate
+        rate = (self.delivered - newest.delivered) / interval
+        if newest.app_limited and rate < self.btl_bw:
+            return  # an idle sender measures itself, not the path
+        rounds = self._bw_rounds
+        if rounds and rounds[-1][0] == self.round_count:
+            rounds[-1][1] = max(rounds[-1][1], rate)
+        else:
+            rounds.append([self.round_count, rate])
+        while rounds and rounds[0][0] <= self.round_count - BW_WINDOW_ROUNDS:
+            rounds.popleft()
+        self.btl_bw = max(r[1] for r in rounds)
+
+    def _check_loss(self, bytes_in_flight: int) -> None:
+        total = self._window_acked + self._window_lost
+        if total < LOSS_MIN_PACKETS or self.round_count <= self._window_round:
+            return
+        if self._window_lost > LOSS_THRESHOLD * total:
+            base = min(self.inflight_hi, self._gains()[1] * self.bdp() + 2 * self.mss)
+            self.inflight_hi = max(float(self.min_window), BETA * base)
+            self.backoffs += 1
+            if self.mode == "startup":
+                self.mode = "drain"
+        elif self.inflight_hi != math.inf:
+            self.inflight_hi = self.inflight_hi * REGROW + self.mss
+            if self.btl_bw > 0 and self.inflight_hi > 4 * (CWND_GAIN * self.bdp() + 2 * self.mss):
+                self.inflight_hi = math.inf
+        self._window_acked = self._window_lost = 0
+        self._window_round = self.round_count
+
+    def _advance_mode(self, round_start: bool, app_limited: bool, bytes_in_flight: int, now: float) -> None:
+        if self.mode == "startup" and round_start and not app_limited:
+            if self.btl_bw >= self.full_bw * 1.25:
+                self.full_bw, self.full_bw_count = self.btl_bw, 0
+            else:
+                self.full_bw_count += 1
+                if self.full_bw_count >= 3:
+                    self.mode = "drain"
+        if self.mode == "drain" and bytes_in_flight <= self.bdp():
+            self.mode = "probe_bw"
+            self.cycle_index = 2  # start cruising; the cycle reaches the probing phase soon
+            self.cycle_stamp = now
+        if self.mode == "probe_bw" and now - self.cycle_stamp > max(self.min_rtt or RTT_FLOOR, RTT_FLOOR):
+            self.cycle_index = (self.cycle_index + 1) % len(PROBE_CYCLE)
+            self.cycle_stamp = now
+
+    def on_timeout(self) -> None:
+        """A probe timeout: nothing got through for a while. Shrink to the minimum window."""
+        self.inflight_hi = float(self.min_window)
+        self.backoffs += 1
+        self._window_acked = self._window_lost = 0
+        self._window_round = self.round_count

@@ -1,0 +1,625 @@
+"""The file-transfer protocol's pure parts: FILE records, byte-range sets, safe file names.
+
+No I/O and no module-level mutable state. Records travel inside DATA frames as record types
+0x20-0x3F (docs/PROTOCOL.md §10); here each one is a small frozen dataclass with `encode()`
+(the record body) and a `decode_file_record(RawRecord)` that raises `wire.WireError` on
+anything malformed, so the I/O layer can count and drop hostile input with one `except`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import enum
+import hashlib
+import struct
+import unicodedata
+from typing import Iterable, Iterator, Optional, Union
+
+from . import wire
+from .wire import RawRecord, WireError
+
+TID_LEN = 16                       # wire id of a transfer: SHA-256(transfer_id text)[0:16]
+TAG_LEN = 16                       # source tag: identifies one version of the source file
+SHA256_LEN = 32
+MAX_TRANSFER_ID_CHARS = 128
+MAX_NAME_BYTES = 255               # UTF-8 bytes of an offered file name (common file system limit)
+MAX_REASON_BYTES = 255
+MIN_CHUNK = 4 * 1024               # chunk = unit of acknowledgement to the user and of resume
+MAX_CHUNK = 4 * 1024 * 1024
+DEFAULT_CHUNK = 1024 * 1024
+MAX_FILE_SIZE = 1 << 44            # 16 TiB: also keeps chunk indexes within u32 at MIN_CHUNK
+MAX_ACCEPT_RANGES = 128            # chunk ranges in one ANSWER (more: the sender resends some)
+MAX_ACK_RANGES = 64                # packet-number ranges in one FILE_ACK
+
+
+class FileRecordType(enum.IntEnum):
+    """Record types of the file protocol (inside the 0x20-0x3F block reserved for it)."""
+
+    OFFER = 0x20      # sender -> receiver: a file, its size, chunk size and source tag
+    ANSWER = 0x21     # receiver -> sender: pending / accept (+ chunks held) / reject / ...
+    DATA = 0x22       # sender -> receiver: bytes at an offset, with a packet number
+    ACK = 0x23        # receiver -> sender: packet numbers received (selective, ranges)
+    END = 0x24        # sender -> receiver: size and SHA-256 of the whole file
+    HALT = 0x25       # sender -> receiver: the sender paused, cancelled or failed
+    PROBE = 0x26      # either way: path MTU probe, padded to the size probed
+    PROBE_ACK = 0x27  # answer to a PROBE: that size got through
+
+
+FILE_TYPES = frozenset(int(t) for t in FileRecordType)
+
+
+class Answer(enum.IntEnum):
+    """ANSWER codes: the receiver's state of a transfer."""
+
+    PENDING = 0     # offer stored, the user has not decided yet
+    ACCEPT = 1      # send what is missing (chunk ranges held follow)
+    REJECT = 2      # the user said no
+    PAUSED = 3      # the receiver paused: stop sending until ACCEPT
+    COMPLETE = 4    # received and verified (SHA-256 matched)
+    FAILED = 5      # refused or failed: reason follows
+    CANCELLED = 6   # the receiver's user cancelled
+
+
+class Halt(enum.IntEnum):
+    """HALT codes: why the sender stopped."""
+
+    PAUSED = 1
+    CANCELLED = 2
+    FAILED = 3
+
+
+def transfer_wire_id(transfer_id: str) -> bytes:
+    """The 16-byte id FILE records carry for a transfer_id text (a hash: any text id fits)."""
+    return hashlib.sha256(b"chatp2p v1 transfer\0" + transfer_id.encode("utf-8")).digest()[:TID_LEN]
+
+
+def source_tag(size: int, mtime_ns: int, first_chunk_sha256: bytes) -> bytes:
+    """Identifies one version of a source file: a change of size, mtime or first chunk shows."""
+    return hashlib.sha256(struct.pack(">QQ", size, mtime_ns & (2**64 - 1)) + first_chunk_sha256).digest()[:TAG_LEN]
+
+
+def _u(value: object, bits: int, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < (1 << bits):
+        raise WireError(f"{what} out of range: {value!r}")
+    return value
+
+
+def _fixed(value: object, size: int, what: str) -> bytes:
+    if not isinstance(value, (bytes, bytearray)) or len(value) != size:
+        raise WireError(f"{what} must be {size} bytes")
+    return bytes(value)
+
+
+def _text(value: str, limit: int, what: str) -> bytes:
+    raw = value.encode("utf-8")
+    if len(raw) > limit:
+        raise WireError(f"{what} is longer than {limit} UTF-8 bytes")
+    return raw
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError(f"{what} is not UTF-8") from None
+
+
+class _Reader:
+    """Sequential reads from a record body; every overrun is a WireError."""
+
+    def __init__(self, body: bytes, what: str) -> None:
+        self.body = body
+        self.pos = 0
+        self.what = what
+
+    def take(self, size: int) -> bytes:
+        if self.pos + size > len(self.body):
+            raise WireError(f"{self.what} truncated")
+        chunk = self.body[self.pos:self.pos + size]
+        self.pos += size
+        return chunk
+
+    def unpack(self, fmt: struct.Struct) -> tuple:
+        return fmt.unpack(self.take(fmt.size))
+
+    def end(self) -> None:
+        if self.pos != len(self.body):
+            raise WireError(f"{self.what} has {len(self.body) - self.pos} trailing bytes")
+
+
+_OFFER = struct.Struct(">16sQI16sB")
+_ANSWER = struct.Struct(">16sB")
+_DATA = struct.Struct(">16sQQ")
+DATA_HEADER_LEN = _DATA.size      # 32
+_END = struct.Struct(">16sQ32s")
+_HALT = struct.Struct(">16sB")
+_PROBE = struct.Struct(">II")
+_RANGE32 = struct.Struct(">II")
+_RANGE64 = struct.Struct(">QQ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Offer:
+    tid: bytes
+    size: int
+    chunk_size: int
+    tag: bytes
+    transfer_id: str
+    name: str
+
+    def encode(self) -> bytes:
+        tid_text = _text(self.transfer_id, 255, "transfer id")
+        name = _text(self.name, 0xFFFF, "file name")
+        return (_OFFER.pack(_fixed(self.tid, TID_LEN, "tid"), _u(self.size, 64, "size"),
+                            _u(self.chunk_size, 32, "chunk size"), _fixed(self.tag, TAG_LEN, "tag"),
+                            len(tid_text))
+                + tid_text + struct.pack(">H", len(name)) + name)
+
+    @staticmethod
+    def decode(body: bytes) -> "Offer":
+        r = _Reader(body, "OFFER")
+        tid, size, chunk, tag, id_len = r.unpack(_OFFER)
+        transfer_id = _utf8(r.take(id_len), "transfer id")
+        (name_len,) = struct.unpack(">H", r.take(2))
+        name = _utf8(r.take(name_len), "file name")
+        r.end()
+        return Offer(tid, size, chunk, tag, transfer_id, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerRecord:
+    """ACCEPT carries the chunk ranges (first, last inclusive) the receiver already holds;
+    REJECT and FAILED a reason."""
+
+    tid: bytes
+    code: Answer
+    have: tuple[tuple[int, int], ...] = ()
+    reason: str = ""
+
+    def encode(self) -> bytes:
+        head = _ANSWER.pack(_fixed(self.tid, TID_LEN, "tid"), int(self.code))
+        if self.code == Answer.ACCEPT:
+            if len(self.have) > MAX_ACCEPT_RANGES:
+                raise WireError(f"an ANSWER holds at most {MAX_ACCEPT_RANGES} ranges")
+            parts = [struct.pack(">H", len(self.have))]
+            for first, last in self.have:
+                if _u(first, 32, "chunk") > _u(last, 32, "chunk"):
+                    raise WireError("reversed chunk range")
+                parts.append(_RANGE32.pack(first, last))
+            return head + b"".join(parts)
+        if self.code in (Answer.REJECT, Answer.FAILED):
+            reason = _text(self.reason, MAX_REASON_BYTES, "reason")
+            return head + bytes([len(reason)]) + reason
+        return head
+
+    @staticmethod
+    def decode(body: bytes) -> "AnswerRecord":
+        r = _Reader(body, "ANSWER")
+        tid, code = r.unpack(_ANSWER)
+        try:
+            answer = Answer(code)
+        except ValueError:
+            raise WireError(f"unknown ANSWER code {code}") from None
+        have: tuple[tuple[int, int], ...] = ()
+        reason = ""
+        if answer == Answer.ACCEPT:
+            (count,) = struct.unpack(">H", r.take(2))
+            if count > MAX_ACCEPT_RANGES:
+                raise WireError("too many chunk ranges in ANSWER")
+            have = tuple(r.unpack(_RANGE32) for _ in range(count))
+            if any(first > last for first, last in have):
+                raise WireError("reversed chunk range")
+        elif answer in (Answer.REJECT, Answer.FAILED):
+            reason = _utf8(r.take(r.take(1)[0]), "reason")
+        r.end()
+        return AnswerRecord(tid, answer, have, reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """Bytes [offset, offset + len(data)) of the file; `pn` is the link's packet number."""
+
+    tid: bytes
+    pn: int
+    offset: int
+    data: Union[bytes, memoryview]
+
+    def encode(self) -> bytes:
+        return _DATA.pack(self.tid, self.pn, self.offset) + bytes(self.data)
+
+    @staticmethod
+    def decode(body: bytes) -> "Data":
+        if len(body) < DATA_HEADER_LEN:
+            raise WireError("DATA truncated")
+        tid, pn, offset = _DATA.unpack_from(body)
+        return Data(tid, pn, offset, memoryview(body)[DATA_HEADER_LEN:])
+
+
+def data_record_header(tid: bytes, pn: int, offset: int, length: int) -> bytes:
+    """Record header (type, length) + DATA header: what precedes `length` bytes of file data.
+    Lets the hot path build a datagram's plaintext with one join and no intermediate objects."""
+    return wire.RECORD_HEADER.pack(FileRecordType.DATA, DATA_HEADER_LEN + length) + _DATA.pack(tid, pn, offset)
+
+
+def data_capacity(max_datagram: int) -> int:
+    """File bytes one DATA record carries when it fills a datagram of `max_datagram` bytes."""
+    return wire.payload_capacity(max_datagram) - wire.RECORD_HEADER_LEN - DATA_HEADER_LEN
+
+
+@dataclasses.dataclass(frozen=True)
+class AckRecord:
+    """Packet numbers received, as inclusive ranges, highest first; `delay_us` is how long the
+    receiver held the highest one before acknowledging (subtracted from RTT samples)."""
+
+    ranges: tuple[tuple[int, int], ...]
+    delay_us: int = 0
+
+    def encode(self) -> bytes:
+        if not 0 < len(self.ranges) <= MAX_ACK_RANGES:
+            raise WireError(f"an ACK holds 1 to {MAX_ACK_RANGES} ranges")
+        parts = [struct.pack(">IB", _u(self.delay_us, 32, "ack delay"), len(self.ranges))]
+        for first, last in self.ranges:
+            if _u(first, 64, "pn") > _u(last, 64, "pn"):
+                raise WireError("reversed pn range")
+            parts.append(_RANGE64.pack(first, last))
+        return b"".join(parts)
+
+    @staticmethod
+    def decode(body: bytes) -> "AckRecord":
+        r = _Reader(body, "FILE_ACK")
+        delay, count = struct.unpack(">IB", r.take(5))
+        if not 0 < count <= MAX_ACK_RANGES:
+            raise WireError("FILE_ACK range count out of bounds")
+        ranges = tuple(r.unpack(_RANGE64) for _ in range(count))
+        r.end()
+        if any(first > last for first, last in ranges):
+            raise WireError("reversed pn range")
+        return AckRecord(ranges, delay)
+
+
+@dataclasses.dataclass(frozen=True)
+class End:
+    tid: bytes
+    size: int
+    sha256: bytes
+
+    def encode(self) -> bytes:
+        return _END.pack(_fixed(self.tid, TID_LEN, "tid"), _u(self.size, 64, "size"),
+                         _fixed(self.sha256, SHA256_LEN, "sha256"))
+
+    @staticmethod
+    def decode(body: bytes) -> "End":
+        if len(body) != _END.size:
+            raise WireError("END has the wrong size")
+        return End(*_END.unpack(body))
+
+
+@dataclasses.dataclass(frozen=True)
+class HaltRecord:
+    tid: bytes
+    code: Halt
+    reason: str = ""
+
+    def encode(self) -> bytes:
+        reason = _text(self.reason, MAX_REASON_BYTES, "reason")
+        return _HALT.pack(_fixed(self.tid, TID_LEN, "tid"), int(self.code)) + bytes([len(reason)]) + reason
+
+    @staticmethod
+    def decode(body: bytes) -> "HaltRecord":
+        r = _Reader(body, "HALT")
+        tid, code = r.unpack(_HALT)
+        try:
+            halt = Halt(code)
+        except ValueError:
+            raise WireError(f"unknown HALT code {code}") from None
+        reason = _utf8(r.take(r.take(1)[0]), "reason")
+        r.end()
+        return HaltRecord(tid, halt, reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """Path MTU probe: sent as the only record of a DATA frame padded to `size` bytes."""
+
+    probe_id: int
+    size: int
+
+    def encode(self) -> bytes:
+        return _PROBE.pack(_u(self.probe_id, 32, "probe id"), _u(self.size, 32, "probe size"))
+
+    @staticmethod
+    def decode(body: bytes) -> "Probe":
+        if len(body) != _PROBE.size:
+            raise WireError("PROBE has the wrong size")
+        return Probe(*_PROBE.unpack(body))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeAck:
+    probe_id: int
+    size: int
+
+    def encode(self) -> bytes:
+        return _PROBE.pack(_u(self.probe_id, 32, "probe id"), _u(self.size, 32, "probe size"))
+
+    @staticmethod
+    def decode(body: bytes) -> "ProbeAck":
+        if len(body) != _PROBE.size:
+            raise WireError("PROBE_ACK has the wrong size")
+        return ProbeAck(*_PROBE.unpack(body))
+
+
+FileRecord = Union[Offer, AnswerRecord, Data, AckRecord, End, HaltRecord, Probe, ProbeAck]
+
+_CLASSES: dict[int, type] = {
+    FileRecordType.OFFER: Offer, FileRecordType.ANSWER: AnswerRecord, FileRecordType.DATA: Data,
+    FileRecordType.ACK: AckRecord, FileRecordType.END: End, FileRecordType.HALT: HaltRecord,
+    FileRecordType.PROBE: Probe, FileRecordType.PROBE_ACK: ProbeAck,
+}
+_TYPES: dict[type, int] = {cls: rtype for rtype, cls in _CLASSES.items()}
+
+
+def to_raw(record: FileRecord) -> RawRecord:
+    """The RawRecord (type + body) that carries `record` inside a DATA frame."""
+    return RawRecord(_TYPES[type(record)], record.encode())
+
+
+def decode_file_record(raw: RawRecord) -> Optional[FileRecord]:
+    """The FILE record in `raw`; None for a type this version does not know (ignored)."""
+    cls = _CLASSES.get(raw.rtype)
+    if cls is None:
+        return None
+    return cls.decode(raw.body)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- byte-range sets
+
+
+class RangeSet:
+    """A set of integers kept as sorted, disjoint, non-adjacent half-open ranges [start, end).
+
+    Used for bytes received, bytes still needed and chunks held. Adding at the end (the
+    common, in-order case) is O(1); other changes are O(log n + k)."""
+
+    __slots__ = ("_starts", "_ends", "total")
+
+    def __init__(self, ranges: Iterable[tuple[int, int]] = ()) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self.total = 0
+        for start, end in ranges:
+            self.add(start, end)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(zip(self._starts, self._ends))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RangeSet) and self._starts == other._starts and self._ends == other._ends
+
+    def __repr__(self) -> str:
+        return f"RangeSet({list(self)!r})"
+
+    def copy(self) -> "RangeSet":
+        new = RangeSet()
+        new._starts, new._ends, new.total = list(self._starts), list(self._ends), self.total
+        return new
+
+    def add(self, start: int, end: int) -> int:
+        """Add [start, end); returns how many integers were new."""
+        if end <= start:
+            return 0
+        starts, ends = self._starts, self._ends
+        if not starts or start > ends[-1]:
+            starts.append(start)
+            ends.append(end)
+            self.total += end - start
+            return end - start
+        if start >= starts[-1] and start <= ends[-1]:  # extends (or lies in) the last range
+            if end <= ends[-1]:
+                return 0
+            added = end - ends[-1]
+            ends[-1] = end
+            self.total += added
+            return added
+        # General case: merge every range touching [start, end).
+        lo = bisect.bisect_left(ends, start)      # first range that ends at or after start
+        hi = bisect.bisect_right(starts, end)     # ranges before hi start at or before end
+        if lo == hi:
+            starts.insert(lo, start)
+            ends.insert(lo, end)
+            self.total += end - start
+            return end - start
+        covered = sum(ends[i] - starts[i] for i in range(lo, hi))
+        new_start = min(start, starts[lo])
+        new_end = max(end, ends[hi - 1])
+        starts[lo:hi] = [new_start]
+        ends[lo:hi] = [new_end]
+        added = (new_end - new_start) - covered
+        self.total += added
+        return added
+
+    def remove(self, start: int, end: int) -> int:
+        """Remove [start, end); returns how many integers were removed."""
+        if end <= start or not self._starts:
+            return 0
+        starts, ends = self._starts, self._ends
+        lo = bisect.bisect_right(ends, start)     # first range ending after start
+        hi = bisect.bisect_left(starts, end)      # ranges before hi start before end
+        if lo >= hi:
+            return 0
+        removed = 0
+        new_starts: list[int] = []
+        new_ends: list[int] = []
+        for i in range(lo, hi):
+            s, e = starts[i], ends[i]
+            removed += min(e, end) - max(s, start)
+            if s < start:
+                new_starts.append(s)
+                new_ends.append(start)
+            if e > end:
+                new_starts.append(end)
+                new_ends.append(e)
+        starts[lo:hi] = new_starts
+        ends[lo:hi] = new_ends
+        self.total -= removed
+        return removed
+
+    def contains(self, start: int, end: int) -> bool:
+        """Whether all of [start, end) is in the set (an empty range always is)."""
+        if end <= start:
+            return True
+        i = bisect.bisect_right(self._starts, start) - 1
+        return i >= 0 and self._ends[i] >= end
+
+    def overlaps(self, start: int, end: int) -> bool:
+        """Whether any integer of [start, end) is in the set."""
+        if end <= start:
+            return False
+        i = bisect.bisect_right(self._ends, start)
+        return i < len(self._starts) and self._starts[i] < end
+
+    def keep_last(self, count: int) -> None:
+        """Forget all but the `count` highest ranges (bounded state for ACK ranges)."""
+        if len(self._starts) > count:
+            cut = len(self._starts) - count
+            self.total -= sum(self._ends[i] - self._starts[i] for i in range(cut))
+            del self._starts[:cut]
+            del self._ends[:cut]
+
+    def last(self) -> Optional[tuple[int, int]]:
+        return (self._starts[-1], self._ends[-1]) if self._starts else None
+
+    def first(self) -> Optional[tuple[int, int]]:
+        return (self._starts[0], self._ends[0]) if self._starts else None
+
+    def next_from(self, position: int) -> Optional[tuple[int, int]]:
+        """The part of the first range that ends after `position`, clipped to start there."""
+        i = bisect.bisect_right(self._ends, position)
+        if i >= len(self._starts):
+            return None
+        return max(self._starts[i], position), self._ends[i]
+
+    def prefix_end(self, start: int = 0) -> int:
+        """End of the run that starts at `start` (`start` itself if `start` is not in the set)."""
+        i = bisect.bisect_right(self._starts, start) - 1
+        if i >= 0 and self._ends[i] > start:
+            return self._ends[i]
+        return start
+
+    def complement(self, start: int, end: int) -> "RangeSet":
+        """[start, end) minus this set."""
+        out = RangeSet()
+        position = start
+        for s, e in self:
+            if e <= position:
+                continue
+            if s >= end:
+                break
+            if s > position:
+                out.add(position, min(s, end))
+            position = max(position, e)
+            if position >= end:
+                break
+        if position < end:
+            out.add(position, end)
+        return out
+
+
+def chunk_ranges(have: RangeSet, chunk_size: int, size: int) -> RangeSet:
+    """Chunks (index ranges) wholly inside the byte set `have` of a file of `size` bytes."""
+    out = RangeSet()
+    for start, end in have:
+        first = -(-start // chunk_size)
+        stop = end // chunk_size if end < size else -(-size // chunk_size)  # the last chunk may be short
+        if stop > first:
+            out.add(first, stop)
+    return out
+
+
+def chunks_to_bytes(chunks: Iterable[tuple[int, int]], chunk_size: int, size: int) -> RangeSet:
+    """Byte ranges of the chunk index ranges [first, stop), clipped to the file size."""
+    out = RangeSet()
+    for first, stop in chunks:
+        start, end = first * chunk_size, min(stop * chunk_size, size)
+        if end > start:
+            out.add(start, end)
+    return out
+
+
+def format_ranges(ranges: RangeSet) -> str:
+    """'0-12,20-31' (half-open) for the store."""
+    return ",".join(f"{s}-{e}" for s, e in ranges)
+
+
+def parse_ranges(text: str) -> RangeSet:
+    out = RangeSet()
+    for part in (text or "").split(","):
+        if part:
+            start, _, end = part.partition("-")
+            out.add(int(start), int(end))
+    return out
+
+
+# ---------------------------------------------------------------- file names
+
+# Bidirectional overrides, embeddings and isolates: they make a name display as another one.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+_JOINERS = frozenset("\u200c\u200d")  # format characters emoji and some scripts need
+_WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"COM{i}" for i in "0123456789¹²³"] + [f"LPT{i}" for i in "0123456789¹²³"])
+_WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
+
+
+class UnsafeName(ValueError):
+    """A file name that must be refused (traversal, control characters...); says why."""
+
+
+def check_file_name(name: str) -> str:
+    """The name a received file may be saved under, or UnsafeName.
+
+    Refused outright (a hostile or broken sender): empty, longer than 255 UTF-8 bytes, path
+    separators, `.` / `..`, control or bidi-override characters. Adjusted (harmless names that
+    would misbehave on some system): characters Windows forbids become `_`, trailing dots and
+    spaces are dropped, leading spaces too, and a Windows device name (CON, NUL.txt...) gets a
+    leading `_`. The result is NFC-normalised."""
+    if not isinstance(name, str):
+        raise UnsafeName("the file name is not text")
+    name = unicodedata.normalize("NFC", name)
+    if not name:
+        raise UnsafeName("the file name is empty")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise UnsafeName(f"the file name is longer than {MAX_NAME_BYTES} bytes")
+    if "/" in name or "\\" in name:
+        raise UnsafeName("the file name contains a path separator")
+    if name in (".", "..") or name.strip(" .") == "":
+        raise UnsafeName("the file name is a relative path")
+    for ch in name:
+        if ch in _BIDI:
+            raise UnsafeName("the file name contains a bidirectional override character")
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") and ch not in _JOINERS:
+            raise UnsafeName("the file name contains a control character")
+    name = "".join("_" if ch in _WINDOWS_FORBIDDEN else ch for ch in name)
+    name = name.lstrip(" ").rstrip(" .")
+    stem = name.split(".", 1)[0].rstrip(" ").upper()
+    if stem in _WINDOWS_RESERVED:
+        name = "_" + name
+    if not name:
+        raise UnsafeName("the file name is empty")
+    return name
+
+
+def numbered_name(name: str, n: int) -> str:
+    """`report.pdf` -> `report (n).pdf`; dot files and names without extension get ` (n)` last."""
+    if n == 0:
+        return name
+    dot = name.rfind(".")
+    if dot <= 0:
+        return f"{name} ({n})"
+    return f"{name[:dot]} ({n}){name[dot:]}"
+
+

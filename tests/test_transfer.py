@@ -1,0 +1,192 @@
+"""File transfers end to end between real chatp2pd daemons on loopback.
+
+Module-wide daemons: A "Alice" sends, B "Bob" receives (each a contact of the other, directly
+connected). Tests that kill a daemon or need impairments build their own pair. Events are read
+with a plain pyzmq SUB socket on each daemon's ipc:// endpoint.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import threading
+import time
+
+import zmq
+
+from daemon import Daemon
+
+TMP = None
+A = B = None
+EV_A = EV_B = None
+MIB = 1 << 20
+
+
+# -- helpers ----------------------------------------------------------------------------------
+class Events:
+    """Every event of one daemon, collected by a thread from a plain pyzmq SUB socket."""
+
+    def __init__(self, daemon):
+        status = daemon.request("status")["data"]
+        endpoint = [e for e in status["events"]["endpoints"] if e.startswith("ipc://")][0]
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(endpoint)
+        self.items = []
+        self.cond = threading.Condition()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self._probe(daemon)
+
+    def _run(self):
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self.stopping:
+            if not poller.poll(50):
+                continue
+            while True:
+                try:
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                event = json.loads(frames[1])
+                with self.cond:
+                    self.items.append(event)
+                    self.cond.notify_all()
+
+    def _probe(self, daemon):
+        """PUB drops events until the subscription has arrived: make harmless ones until one shows."""
+        other = daemon.other_id()
+        for n in range(30):
+            name = f"zz-probe-{n}"
+            assert daemon.request("contacts", "add", {"peer": name, "public_key": other})["success"]
+            daemon.request("contacts", "remove", {"peer": name})
+            if self.wait("contact_added", 0.3, raise_=False, name=name):
+                return
+        raise AssertionError("no event arrived on the SUB socket")
+
+    def all(self, name, **match):
+        with self.cond:
+            items = list(self.items)
+        return [e["data"] for e in items if e["event"] == name
+                and all(e["data"].get(k) == v for k, v in match.items())]
+
+    def wait(self, event, timeout, raise_=True, **match):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = [e["data"] for e in self.items if e["event"] == event
+                         and all(e["data"].get(k) == v for k, v in match.items())]
+                if found:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if raise_:
+                        raise AssertionError(f"timed out after {timeout} s waiting for {event} {match}; last "
+                                             f"events: {[(e['event'], e['data']) for e in self.items[-8:]]}")
+                    return []
+                self.cond.wait(left)
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(2)
+        self.sock.close(0)
+        self.context.term()
+
+
+def ok(reply, what=""):
+    assert reply.get("success"), f"{what}: {reply}"
+    return reply
+
+
+def make_file(path, size, seed=0):
+    """A file of `size` pseudo-random bytes; returns its SHA-256 (hex)."""
+    digest = hashlib.sha256()
+    block = hashlib.sha256(str(seed).encode()).digest() * (MIB // 32)
+    with open(path, "wb") as handle:
+        written, n = 0, 0
+        while written < size:
+            piece = (n.to_bytes(8, "big") + block)[:min(MIB, size - written)]
+            handle.write(piece)
+            digest.update(piece)
+            written += len(piece)
+            n += 1
+    return digest.hexdigest()
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(MIB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def start_pair(root, name, args_a=(), args_b=()):
+    """Two daemons that are each other's contacts, connected; returns (a, b, events a, events b)."""
+    a = Daemon(os.path.join(root, f"{name}-a"), "--keepalive-interval", "1",
+               "--downloads-dir", os.path.join(root, f"{name}-a", "dl"), *args_a)
+    b = Daemon(os.path.join(root, f"{name}-b"), "--keepalive-interval", "1",
+               "--downloads-dir", os.path.join(root, f"{name}-b", "dl"), *args_b)
+    a.start()
+    b.start()
+    sa, sb = a.request("status")["data"], b.request("status")["data"]
+    ok(a.request("contacts", "add", {"peer": "Bob", "public_key": sb["identity"]["public_key"]}))
+    ok(b.request("contacts", "add", {"peer": "Alice", "public_key": sa["identity"]["public_key"]}))
+    ev_a, ev_b = Events(a), Events(b)
+    ok(a.request("p2p", "connect", {"peer": "Bob", "address": f"127.0.0.1:{sb['p2p']['port']}"}))
+    ok(a.request("contacts", "negotiate_keys", {"peer": "Bob"}))
+    return a, b, ev_a, ev_b
+
+
+def transfers(daemon):
+    return {t["transfer_id"]: t for t in ok(daemon.request("p2p", "transfers"))["data"]}
+
+
+def setup_module():
+    global TMP, A, B, EV_A, EV_B
+    TMP = tempfile.mkdtemp(prefix="chatp2p-transfer-")
+    A, B, EV_A, EV_B = start_pair(TMP, "main")
+
+
+def teardown_module():
+    for events in (EV_A, EV_B):
+        if events is not None:
+            events.close()
+    for daemon in (A, B):
+        if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.stop()
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+# -- tests ------------------------------------------------------------------------------------
+def test_64_mib_on_loopback_arrives_with_the_same_sha256():
+    source = os.path.join(TMP, "big.bin")
+    expected = make_file(source, 64 * MIB, seed=1)
+    reply = ok(A.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))
+    assert reply["data"] == "File transfer started"
+    tid = reply["transfer_id"]
+    offer = EV_B.wait("file_offer", 10, transfer_id=tid)[0]
+    assert offer["peer"] == "Alice" and offer["file_name"] == "big.bin" and offer["size"] == 64 * MIB
+    started = time.monotonic()
+    ok(B.request("p2p", "accept_file", {"transfer_id": tid}))
+    received = EV_B.wait("file_received", 60, transfer_id=tid)[0]
+    elapsed = time.monotonic() - started
+    EV_A.wait("file_transfer_completed", 10, transfer_id=tid)
+    assert received["sha256"] == expected
+    assert sha256_of(received["path"]) == expected
+    assert pathlib.Path(received["path"]).parent == pathlib.Path(TMP, "main-b", "dl")
+    assert pathlib.Path(received["path"]).name == "big.bin"
+    assert not [p for p in os.listdir(os.path.join(TMP, "main-b", "dl")) if p.endswith(".part")]
+    progress = EV_B.all("file_transfer_progress", transfer_id=tid)
+    assert all(set(p) >= {"bytes", "total", "rate", "eta"} for p in progress)
+    view_a, view_b = transfers(A)[tid], transfers(B)[tid]
+    assert view_a["state"] == view_b["state"] == "completed"
+    assert view_a["direction"] == "out" and view_b["direction"] == "in"
+    print(f"64 MiB in {elapsed:.2f} s: {64 / elapsed:.0f} MiB/s; sent {view_a['wire_bytes']} bytes")
