@@ -38,7 +38,7 @@ log = logging.getLogger("chatp2p.ui")
 
 HISTORY_PAGE = 200
 REFRESH_SECONDS = 5.0
-NOTICE_SECONDS = 8.0
+NOTICE_SECONDS = 6.0
 FOCUS_ORDER = ("input", "contacts", "conversation")
 # File transfers: the API actions the core will offer (p2p send_file is the seed protocol's).
 TRANSFER_ACTIONS = {
