@@ -124,3 +124,11 @@ def test_completion_of_commands_names_paths_and_transfers():
             [f"{tmp}/data.bin", f"{tmp}/docs/", f"{tmp}/draft one.txt"]
         assert slash.complete(f"/add Bob @{tmp}/da").text == f"/add Bob @{tmp}/data.bin "
         assert slash.complete("/sendfile /no/such/dir/x").candidates == []
+
+
+def test_shipped_conf_documents_every_key_binding():
+    text = (pathlib.Path(__file__).resolve().parent.parent / "conf" / "chatp2p.conf").read_text()
+    keys_section = text.split("[keys]", 1)[1].split("\n[", 1)[0]
+    for binding in keys.BINDINGS:
+        assert f"# {binding.action} = {', '.join(binding.keys)}" in keys_section, binding.action
+    assert "[ui]" in text and "# bell = true" in text and "[theme]" in text
