@@ -107,7 +107,7 @@ def test_command_parsing_gives_one_line_hints():
 def test_completion_of_commands_names_paths_and_transfers():
     names = ["Bob", "Bobby Tables", "alice"]
     assert slash.complete("/ad").text == "/add "
-    assert slash.complete("/re").candidates == ["remove", "rename", "reject"]
+    assert slash.complete("/re").candidates == ["remove", "rename", "reject", "resume"]
     assert slash.complete("/remove b", names).text == "/remove Bob"         # common prefix, both shown
     assert slash.complete("/remove bobby", names).text == '/remove "Bobby Tables" '
     assert slash.complete("/verify A", names).text == "/verify alice "

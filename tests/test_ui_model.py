@@ -174,10 +174,23 @@ def test_transfers_from_events_offer_progress_rate_eta_and_outcome():
     assert transfer.state == "done" and transfer.path == "/tmp/report.pdf" and transfer.percent == 100.0
     model.apply_event({"event": "file_offer", "data": {"transfer_id": "t2", "peer": "Bob", "file_name": "b",
                                                        "size": 5}})
-    model.apply_event({"event": "file_transfer_failed", "data": {"transfer_id": "t2", "error": "disk full"}})
+    model.apply_event({"event": "file_transfer_failed", "data": {"transfer_id": "t2", "reason": "disk full"}})
     assert model.transfers["t2"].state == "failed" and model.transfers["t2"].error == "disk full"
     kinds = [i.kind for i in model.conversation_items(BOB)]
     assert kinds.count("transfer") == 2
+    # events of transfers started elsewhere (chatp2pctl) add them; the core's reasons map to states
+    model.apply_event({"event": "file_transfer_failed", "data": {"transfer_id": "t3", "peer": "Bob",
+                                                                 "direction": "out", "file_name": "x",
+                                                                 "reason": "rejected by Bob"}})
+    assert model.transfers["t3"].state == "rejected" and model.transfers["t3"].direction == "out"
+    model.apply_event({"event": "file_transfer_paused", "data": {"transfer_id": "t4", "peer": "Bob",
+                                                                 "direction": "out", "file_name": "y",
+                                                                 "size": 10, "by": "peer"}})
+    assert model.transfers["t4"].state == "paused" and model.transfers["t4"].paused_by == "peer"
+    model.merge_transfers([{"transfer_id": "t4", "direction": "out", "peer": "Bob", "file": "y", "state": "active",
+                            "bytes": 5, "total": 10, "rate": 2}, {"transfer_id": "t5", "peer": "Nobody"}], now=20.0)
+    assert model.transfers["t4"].state == "active" and model.transfers["t4"].percent == 50.0
+    assert model.transfers["t4"].eta == 2.5 and "t5" not in model.transfers
 
 
 def test_status_and_nat_text():

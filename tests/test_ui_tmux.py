@@ -1,5 +1,9 @@
 """The real `chatp2p` program in a terminal: tmux drives it, a real chatp2pd is the other side.
 
+The scenario: add Bob by ID in the UI, /connect, chat both ways (✓✓), a multi-line message,
+files both ways (/sendfile; an offer accepted with /accept), resizes (80x24, 40x10 too small),
+help, a wrong command, Ctrl-Q.
+
 Each test owns a private tmux server (`tmux -L <unique socket> -f /dev/null`), killed at the
 end. Both nodes bind loopback only, on ports the system picks; HOME is a temporary directory.
 The pane runs the app, then prints its exit code and `stty -a`, so the test sees that the
@@ -130,12 +134,24 @@ def wait_run_json(data_dir: pathlib.Path, timeout: float = 20.0) -> dict:
     raise AssertionError(f"{data_dir}/run.json never appeared")
 
 
+def wait_for_transfer(client: ApiClient, match, timeout: float = 20.0) -> dict:
+    """Poll `p2p transfers` until one matches."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [t for t in client.call("p2p", "transfers") if match(t)]
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no matching transfer within {timeout} s: {client.call('p2p', 'transfers')}")
+        time.sleep(0.1)
+
+
 def conversation(text: str) -> str:
     """The part of the screen right of the contact column."""
     return "\n".join(line.split("│", 1)[1] for line in text.splitlines()[1:] if "│" in line)
 
 
-def chat_with_bob(tmux: Tmux, name: str, my_id: str, label: str) -> None:
+def chat_with_bob(tmux: Tmux, name: str, my_id: str, my_port: int, label: str) -> None:
     """The shared scenario: add Bob by ID, Bob adds me, connect, talk both ways, resize, quit."""
     bob_id, bob_port = bob_info()
     tmux.type(name, f"/add Bob {bob_id}")
@@ -160,6 +176,30 @@ def chat_with_bob(tmux: Tmux, name: str, my_id: str, label: str) -> None:
     tmux.keys(name, "M-Enter")
     tmux.type(name, "line two")
     tmux.wait(name, lambda t: "me: line one" in t and "line two" in t and t.count("✓✓") >= 2)
+
+    # files both ways: the offer, progress, then the saved path / done
+    outgoing = tmux.workdir / "notes.bin"
+    outgoing.write_bytes(os.urandom(300_000))
+    tmux.type(name, f"/sendfile {outgoing}")
+    tmux.wait(name, "notes.bin")
+    with _bob.client() as bob:
+        offer = wait_for_transfer(bob, lambda t: t["direction"] == "in" and t["state"] == "offered")
+        bob.call("p2p", "accept_file", {"transfer_id": offer["transfer_id"]})
+        done = wait_for_transfer(bob, lambda t: t["transfer_id"] == offer["transfer_id"]
+                                 and t["state"] == "completed")
+    tmux.wait(name, "✓ done", what="the sent file done")
+    assert pathlib.Path(done["path"]).read_bytes() == outgoing.read_bytes()
+
+    incoming = pathlib.Path(_bob.dir, f"photo-for-{label}.jpg")
+    incoming.write_bytes(os.urandom(200_000))
+    with _bob.client() as bob:
+        bob.call("p2p", "send_file", {"peer": label, "file_path": str(incoming)})
+    tmux.wait(name, lambda t: f"photo-for-{label}.jpg" in t and "Accept" in t, what="the file offer")
+    tmux.type(name, "/accept")
+    tmux.wait(name, "saved to", what="the received file saved")
+    with api(my_port) as me:
+        done = wait_for_transfer(me, lambda t: t["direction"] == "in" and t["state"] == "completed")
+    assert pathlib.Path(done["path"]).read_bytes() == incoming.read_bytes()
 
     tmux.resize(name, 80, 24)
     screen = tmux.wait(name, lambda t: len(t.splitlines()) == 24 and "Bob: hi from bob" in t
@@ -198,7 +238,7 @@ def test_embedded_app_chats_with_a_daemon():
             my_id = client.call("status")["identity"]["fingerprint"]
         assert my_id in screen and "/add NAME THEIR-ID" in screen    # first run: my ID, how to add
         assert "NAT ?" in screen.splitlines()[0]
-        chat_with_bob(tmux, "app", my_id, "Alice")
+        chat_with_bob(tmux, "app", my_id, endpoints["ipc_port"], "Alice")
         log = (data_dir / "chatp2p.log").read_text()
         assert "stopped" in log and "Traceback" not in log, log
         assert not (data_dir / "run.json").exists()          # the node stopped cleanly
@@ -226,7 +266,7 @@ def test_connect_mode_attaches_to_a_running_daemon():
         assert f"connected to 127.0.0.1:{alice.port}" in screen.splitlines()[0]
         my_id = alice.request("status")["data"]["identity"]["fingerprint"]
         assert my_id in screen
-        chat_with_bob(tmux, "app", my_id, "Alice2")
+        chat_with_bob(tmux, "app", my_id, alice.port, "Alice2")
         assert alice.proc.poll() is None and alice.request("status")["success"]   # the daemon runs on
         with alice.client() as client:
             assert [c["name"] for c in client.call("contacts", "list")] == ["Bob"]

@@ -95,6 +95,28 @@ class FakeBackend:
     def _p2p_connect(self, data):
         return {"peer": data["peer"], "state": "connecting", "address": data["address"]}
 
+    # file transfers, shaped like lib/transfer.py's views
+    def _p2p_send_file(self, data):
+        if data["peer"] == "Carol":
+            raise LookupError("Carol is offline and the queue is full")
+        return "File transfer started"
+
+    def _view(self, transfer_id, state):
+        return {"transfer_id": transfer_id, "direction": "in", "peer": "Bob", "file": "photo.jpg", "path": None,
+                "state": state, "bytes": 0, "total": 4 * 1024 * 1024, "rate": 0, "eta": None, "error": None}
+
+    def _p2p_accept_file(self, data):
+        return self._view(data["transfer_id"], "active")
+
+    def _p2p_reject_file(self, data):
+        return self._view(data["transfer_id"], "rejected")
+
+    def _p2p_pause_transfer(self, data):
+        return self._view(data["transfer_id"], "paused")
+
+    def _p2p_transfers(self, data):
+        return []
+
     def subscribe(self, on_event, on_state):
         self.on_event = on_event
         on_state("live")
@@ -284,10 +306,16 @@ def test_commands_call_the_api_and_wrong_usage_is_a_hint():
         assert ("contacts", "add", {"peer": "Carol", "public_key": CAROL}) in backend.calls
         type_line(app, f"/add Dan @{tmp}/missing")
         assert "Cannot read" in screen(app)[-1]
-        # file transfers are not in the core yet: the API's error is a one-line notice
+        # a file the daemon refuses: its error is a one-line notice, the row says why
         type_line(app, "/sendfile " + key_file)
-        assert ("p2p", "send_file", {"peer": "Carol", "file_path": key_file}) in backend.calls
-        assert "Unknown action 'send_file'" in screen(app)[-1]
+        sent = [c for c in backend.calls if c[1] == "send_file"][-1][2]
+        assert sent["peer"] == "Carol" and sent["file_path"] == key_file and len(sent["transfer_id"]) == 32
+        assert "Not sent: Carol is offline" in screen(app)[-1]
+        assert "me.key" in text_of(app) and "✗ Carol is offline" in text_of(app)
+        type_line(app, "/unknowncmd")
+        app.open_chat(BOB)
+        type_line(app, "/sendfile " + key_file)
+        assert "Offered me.key to Bob" in screen(app)[-1] and "waiting for them" in text_of(app)
     type_line(app, "/myid")
     assert app.dialogs and ME in text_of(app)
     app.root.keypress((120, 40), "esc")
@@ -351,25 +379,41 @@ def test_transfer_offer_progress_and_outcome_in_the_conversation():
     app, backend = make_app(bob_and_carol())
     app.open_chat(BOB)
     backend.on_event({"event": "file_offer", "data": {"transfer_id": "t1234567890", "peer": "Bob",
-                                                      "file_name": "photo.jpg", "size": 4 * 1024 * 1024}})
+                                                      "file_name": "photo.jpg", "size": 4 * 1024 * 1024,
+                                                      "chunk_size": 16384}})
     text = text_of(app)
     assert "photo.jpg" in text and "4.0 MiB" in text and "Accept" in text and "Reject" in text
     type_line(app, "/accept")
     assert ("p2p", "accept_file", {"transfer_id": "t1234567890"}) in backend.calls
-    assert "Unknown action 'accept_file'" in screen(app)[-1]     # not in the core yet
-    app.model.transfers["t1234567890"].state = "waiting"
+    assert "Accepted photo.jpg" in screen(app)[-1]
     ticks = iter([100.0, 101.0])
     app.clock = lambda: next(ticks, 102.0)
-    backend.on_event({"event": "file_transfer_progress", "data": {"transfer_id": "t1234567890", "bytes": 0}})
+    backend.on_event({"event": "file_transfer_started", "data": {"transfer_id": "t1234567890", "peer": "Bob",
+                                                                 "direction": "in", "file_name": "photo.jpg"}})
     backend.on_event({"event": "file_transfer_progress",
-                      "data": {"transfer_id": "t1234567890", "bytes": 1024 * 1024}})
+                      "data": {"transfer_id": "t1234567890", "peer": "Bob", "direction": "in", "bytes": 0,
+                               "total": 4 * 1024 * 1024, "rate": 0, "eta": None}})
+    backend.on_event({"event": "file_transfer_progress",
+                      "data": {"transfer_id": "t1234567890", "peer": "Bob", "direction": "in",
+                               "bytes": 1024 * 1024, "total": 4 * 1024 * 1024, "rate": 1024 * 1024, "eta": 3.0}})
     text = text_of(app)
     assert "25 %" in text and "1.0 MiB/s" in text and "ETA 0:03" in text
-    backend.on_event({"event": "file_received", "data": {"transfer_id": "t1234567890",
+    type_line(app, "/pause")
+    assert ("p2p", "pause_transfer", {"transfer_id": "t1234567890"}) in backend.calls and "paused" in text_of(app)
+    backend.on_event({"event": "file_transfer_resumed", "data": {"transfer_id": "t1234567890", "peer": "Bob"}})
+    backend.on_event({"event": "file_received", "data": {"transfer_id": "t1234567890", "peer": "Bob",
                                                          "path": "/home/alice/Downloads/photo.jpg"}})
     assert "saved to /home/alice/Downloads/photo.jpg" in text_of(app)
     type_line(app, "/transfers")
     assert "photo.jpg" in text_of(app) and "done" in text_of(app)
+    app.root.keypress((120, 40), "esc")
+    # an offer refused with the Reject button
+    backend.on_event({"event": "file_offer", "data": {"transfer_id": "t2", "peer": "Bob", "file_name": "big.iso",
+                                                      "size": 10}})
+    app.set_focus("conversation")
+    app.root.keypress((120, 40), "right")
+    app.root.keypress((120, 40), "enter")
+    assert ("p2p", "reject_file", {"transfer_id": "t2"}) in backend.calls and "✗ rejected" in text_of(app)
 
 
 def test_quit_key_and_conversation_scrolling():

@@ -40,12 +40,14 @@ HISTORY_PAGE = 200
 REFRESH_SECONDS = 5.0
 NOTICE_SECONDS = 6.0
 FOCUS_ORDER = ("input", "contacts", "conversation")
-# File transfers: the API actions the core will offer (p2p send_file is the seed protocol's).
+# File transfers: the API actions (p2p send_file is the seed protocol's, the others extensions).
 TRANSFER_ACTIONS = {
     "send": ("p2p", "send_file"),
     "accept": ("p2p", "accept_file"),
     "reject": ("p2p", "reject_file"),
-    "cancel": ("p2p", "cancel_file"),
+    "cancel": ("p2p", "cancel_transfer"),
+    "pause": ("p2p", "pause_transfer"),
+    "resume": ("p2p", "resume_transfer"),
     "list": ("p2p", "transfers"),
 }
 
@@ -250,6 +252,17 @@ class App:
         """Reload everything from the daemon (start-up, events (re)connected)."""
         self.request("status", on_ok=self._on_status, quiet=not first)
         self.request("contacts", "list", on_ok=lambda data: self._on_contacts(data, first), quiet=not first)
+        self.load_transfers()
+
+    def load_transfers(self, then: Optional[Callable[[], None]] = None) -> None:
+        def merge(data: Any) -> None:
+            if isinstance(data, list):
+                self.model.merge_transfers(data, self.clock())
+            if then is not None:
+                then()
+
+        command, action = TRANSFER_ACTIONS["list"]
+        self.request(command, action, on_ok=merge, on_error=lambda _e: then() if then else None, quiet=True)
 
     def periodic(self) -> None:
         self.request("status", on_ok=self._on_status, quiet=True)
@@ -342,6 +355,8 @@ class App:
                 self.show_key_mismatch(alert.data)
             elif alert.kind == "contact_request":
                 self.show_contact_request(alert.data)
+        if event.get("event") == "identity_changed":
+            self.request("status", on_ok=self._on_status, quiet=True)
         if event.get("event") == "contact_added" and self.model.open_chat is None:
             self.open_chat((event.get("data") or {}).get("fingerprint") or "")
         self.refresh()
@@ -676,18 +691,19 @@ class App:
         path = os.path.abspath(os.path.expanduser(args["PATH"] or ""))
         if not os.path.isfile(path):
             raise slash.UsageError(f"No such file: {path}")
-        fingerprint = contact.fingerprint
+        transfer_id = uuid.uuid4().hex
+        transfer = self.model.add_transfer(transfer_id, contact.fingerprint, os.path.basename(path),
+                                           os.path.getsize(path), "out", self.clock(), state="waiting")
+        self.conversation.listbox.follow = True
 
-        def offered(data: Any) -> None:
-            transfer_id = data.get("transfer_id") if isinstance(data, dict) else None
-            if transfer_id:
-                size = os.path.getsize(path) if os.path.exists(path) else None
-                self.model.add_transfer(str(transfer_id), fingerprint, os.path.basename(path), size, "out",
-                                        self.clock(), state="waiting")
-            self.notice(f"Offered {os.path.basename(path)} to {contact.name}")
+        def refused(error: str) -> None:
+            transfer.state, transfer.error = "failed", error
+            self.notice(f"Not sent: {error}", error=True)
 
         command, action = TRANSFER_ACTIONS["send"]
-        self.request(command, action, {"peer": contact.name, "file_path": path}, on_ok=offered)
+        self.request(command, action, {"peer": contact.name, "file_path": path, "transfer_id": transfer_id},
+                     on_ok=lambda _data: self.notice(f"Offered {transfer.file_name} to {contact.name}"),
+                     on_error=refused)
 
     def _offer(self, text: Optional[str]) -> Transfer:
         if text:
@@ -700,17 +716,40 @@ class App:
             raise slash.UsageError("No file offer is waiting for an answer")
         return offers[-1]
 
+    def _running(self, text: Optional[str], states: tuple[str, ...]) -> Transfer:
+        """The transfer named by (a prefix of) its ID, else the latest one in `states` here."""
+        if text:
+            return self._offer(text)
+        candidates = sorted((t for t in self.model.transfers.values() if t.state in states),
+                            key=lambda t: (t.peer == self.model.open_chat, t.order))
+        if not candidates:
+            raise slash.UsageError(f"No transfer is {' or '.join(states)} (/transfers lists them)")
+        return candidates[-1]
+
+    def _transfer_request(self, kind: str, transfer: Transfer, done: str,
+                          on_ok: Optional[Callable[[], None]] = None) -> None:
+        command, action = TRANSFER_ACTIONS[kind]
+
+        def answered(data: Any) -> None:
+            if isinstance(data, dict):
+                self.model.merge_transfers([data], self.clock())
+            if on_ok is not None:
+                on_ok()
+            self.notice(f"{done} {transfer.file_name}")
+
+        self.request(command, action, {"transfer_id": transfer.transfer_id}, on_ok=answered)
+
     def answer_transfer(self, transfer_id: str, accept: bool) -> None:
         transfer = self.model.transfers.get(transfer_id)
         if transfer is None:
             return
-        command, action = TRANSFER_ACTIONS["accept" if accept else "reject"]
 
-        def answered(_data: Any) -> None:
-            transfer.state = "waiting" if accept else "rejected"
-            self.notice(("Accepted " if accept else "Rejected ") + transfer.file_name)
+        def moved() -> None:
+            if transfer.state == "offered":
+                transfer.state = "waiting" if accept else "rejected"
 
-        self.request(command, action, {"transfer_id": transfer.transfer_id}, on_ok=answered)
+        self._transfer_request("accept" if accept else "reject", transfer, "Accepted" if accept else "Rejected",
+                               moved)
 
     def cmd_accept(self, args: dict) -> None:
         self.answer_transfer(self._offer(args.get("ID")).transfer_id, True)
@@ -719,26 +758,17 @@ class App:
         self.answer_transfer(self._offer(args.get("ID")).transfer_id, False)
 
     def cmd_cancel(self, args: dict) -> None:
-        transfer = self._offer(args.get("ID"))
-        command, action = TRANSFER_ACTIONS["cancel"]
+        self._transfer_request("cancel", self._running(args.get("ID"), ("waiting", "active", "paused", "offered")),
+                               "Cancelled")
 
-        def cancelled(_data: Any) -> None:
-            transfer.state = "cancelled"
-            self.notice(f"Cancelled {transfer.file_name}")
+    def cmd_pause(self, args: dict) -> None:
+        self._transfer_request("pause", self._running(args.get("ID"), ("waiting", "active")), "Paused")
 
-        self.request(command, action, {"transfer_id": transfer.transfer_id}, on_ok=cancelled)
+    def cmd_resume(self, args: dict) -> None:
+        self._transfer_request("resume", self._running(args.get("ID"), ("paused", "failed")), "Resumed")
 
     def cmd_transfers(self, args: dict) -> None:
-        def show(_data: Any = None) -> None:
-            if isinstance(_data, list):
-                for view in _data:
-                    contact = self.model.by_name(view.get("peer"))
-                    if contact is not None and view.get("transfer_id"):
-                        transfer = self.model.add_transfer(str(view["transfer_id"]), contact.fingerprint,
-                                                           view.get("file_name") or "?", view.get("size"),
-                                                           view.get("direction") or "in", self.clock(),
-                                                           view.get("state") or "active")
-                        transfer.state = view.get("state") or transfer.state
+        def show() -> None:
             rows = []
             for transfer in sorted(self.model.transfers.values(), key=lambda t: t.order):
                 contact = self.model.contacts.get(transfer.peer)
@@ -749,8 +779,7 @@ class App:
             text = "\n".join(rows) if rows else "No file transfers."
             self.show_dialog(dialogs.message("File transfers", text, self._closing()))
 
-        command, action = TRANSFER_ACTIONS["list"]
-        self.request(command, action, on_ok=show, on_error=lambda _e: show(None))
+        self.load_transfers(then=show)
 
     def cmd_nick(self, args: dict) -> None:
         self.notice("Your display name is set at start-up: run chatp2p --name NAME (or [node] name in the "

@@ -18,6 +18,9 @@ from typing import Any, Iterable, Optional
 # in any order: a delivery receipt can overtake the answer to the send request).
 OUT_RANK = {"pending": 0, "queued": 1, "sent": 2, "failed": 3, "delivered": 4}
 TRANSFER_DONE = ("done", "failed", "rejected", "cancelled")
+# the core's transfer states (lib/transfer.py) -> the UI's
+CORE_STATES = {"queued": "waiting", "offered": "offered", "active": "active", "paused": "paused",
+               "completed": "done", "failed": "failed", "rejected": "rejected", "cancelled": "cancelled"}
 PREVIEW_CHARS = 60
 
 
@@ -87,13 +90,14 @@ class Transfer:
     file_name: str
     size: Optional[int]
     direction: str                  # "in" (offered to us) or "out"
-    state: str = "offered"          # offered, waiting, active, done, failed, rejected, cancelled
+    state: str = "offered"          # offered, waiting, active, paused, done, failed, rejected, cancelled
     done_bytes: int = 0
     rate: Optional[float] = None    # bytes per second, smoothed
     path: Optional[str] = None      # where a received file was saved
     error: Optional[str] = None
     created: float = 0.0
     order: int = 0
+    paused_by: Optional[str] = None
     _last_sample: Optional[tuple[float, int]] = None
 
     @property
@@ -535,14 +539,24 @@ class Model:
     def _on_key_mismatch(self, data: dict, now: float) -> list[Alert]:
         return [Alert("key_mismatch", dict(data))]
 
-    # file transfers: the core does not send these yet; the names are the ones it will use
-    def _transfer_for(self, data: dict) -> Optional[Transfer]:
-        return self.transfers.get(str(data.get("transfer_id") or ""))
+    # -- file transfer events (lib/transfer.py) ---------------------------------------------
+    def _transfer_for(self, data: dict, now: float, state: str = "active") -> Optional[Transfer]:
+        """The transfer an event names; one started elsewhere (chatp2pctl) is added on the fly."""
+        transfer_id = str(data.get("transfer_id") or "")
+        transfer = self.transfers.get(transfer_id)
+        if transfer is None and transfer_id:
+            contact = self.by_name(data.get("peer"))
+            if contact is None:
+                return None
+            transfer = self.add_transfer(transfer_id, contact.fingerprint,
+                                         data.get("file_name") or data.get("file") or "?",
+                                         _first_int(data, "size", "total"), data.get("direction") or "in", now, state)
+        return transfer
 
     def _on_file_offer(self, data: dict, now: float) -> list[Alert]:
         contact = self.by_name(data.get("peer"))
         transfer_id = str(data.get("transfer_id") or "")
-        if contact is None or not transfer_id:
+        if contact is None or not transfer_id or transfer_id in self.transfers:
             return []
         self.add_transfer(transfer_id, contact.fingerprint, data.get("file_name") or "?",
                           _int_or_none(data.get("size")), "in", now)
@@ -551,39 +565,70 @@ class Model:
             return [Alert("bell", {"peer": contact.name})]
         return []
 
+    def _on_file_transfer_started(self, data: dict, now: float) -> list[Alert]:
+        transfer = self._transfer_for(data, now)
+        if transfer is not None and transfer.state not in TRANSFER_DONE:
+            transfer.state = "active"
+        return []
+
+    _on_file_transfer_resumed = _on_file_transfer_started
+
+    def _on_file_transfer_paused(self, data: dict, now: float) -> list[Alert]:
+        transfer = self._transfer_for(data, now, "paused")
+        if transfer is not None and transfer.state not in TRANSFER_DONE:
+            transfer.state = "paused"
+            transfer.paused_by = data.get("by")
+            transfer.rate = None
+        return []
+
     def _on_file_transfer_progress(self, data: dict, now: float) -> list[Alert]:
-        transfer = self._transfer_for(data)
-        if transfer is None:
-            contact = self.by_name(data.get("peer"))
-            if contact is None or not data.get("transfer_id"):
-                return []
-            transfer = self.add_transfer(str(data["transfer_id"]), contact.fingerprint,
-                                         data.get("file_name") or "?", _int_or_none(data.get("size")),
-                                         data.get("direction") or "out", now, "active")
-        done = _first_int(data, "bytes", "transferred", "bytes_transferred", "done", "received", "sent") or 0
-        size = _first_int(data, "size", "total", "total_bytes")
-        rate = data.get("rate") if isinstance(data.get("rate"), (int, float)) else None
+        transfer = self._transfer_for(data, now)
+        if transfer is None or transfer.state in TRANSFER_DONE:
+            return []
+        done = _first_int(data, "bytes", "transferred", "done") or 0
+        size = _first_int(data, "total", "size")
+        rate = data.get("rate") if isinstance(data.get("rate"), (int, float)) and data.get("rate") else None
         transfer.progress(done, size, now, rate)
         return []
 
     def _on_file_received(self, data: dict, now: float) -> list[Alert]:
-        transfer = self._transfer_for(data)
+        transfer = self._transfer_for(data, now)
         if transfer is not None:
             transfer.state = "done"
-            transfer.path = data.get("path") or data.get("file_path") or transfer.path
+            transfer.path = data.get("path") or transfer.path
+            transfer.rate = None
             if transfer.size:
                 transfer.done_bytes = transfer.size
         return []
 
-    _on_file_sent = _on_file_received
-    _on_file_transfer_complete = _on_file_received
+    _on_file_transfer_completed = _on_file_received
 
     def _on_file_transfer_failed(self, data: dict, now: float) -> list[Alert]:
-        transfer = self._transfer_for(data)
+        transfer = self._transfer_for(data, now, "failed")
         if transfer is not None:
-            transfer.state = "failed"
-            transfer.error = data.get("error") or data.get("reason") or "failed"
+            reason = str(data.get("reason") or data.get("error") or "failed")
+            lowered = reason.lower()
+            transfer.state = ("rejected" if lowered.startswith(("rejected", "offer refused")) else
+                              "cancelled" if lowered.startswith("cancelled") else "failed")
+            transfer.error = reason
+            transfer.rate = None
         return []
+
+    def merge_transfers(self, views: Iterable[dict], now: float) -> None:
+        """A `p2p transfers` answer: the daemon's list of transfers, current and recent."""
+        for view in views:
+            transfer = self._transfer_for(view, now, "active")
+            if transfer is None:
+                continue
+            transfer.state = CORE_STATES.get(str(view.get("state")), transfer.state)
+            if transfer.direction == "out" and transfer.state == "offered":
+                transfer.state = "waiting"
+            transfer.size = _first_int(view, "total", "size") or transfer.size
+            transfer.done_bytes = max(transfer.done_bytes, _first_int(view, "bytes") or 0)
+            if isinstance(view.get("rate"), (int, float)) and transfer.state == "active":
+                transfer.rate = float(view["rate"]) or None
+            transfer.path = view.get("path") or transfer.path
+            transfer.error = view.get("error") or transfer.error
 
 
 def _int_or_none(value: Any) -> Optional[int]:

@@ -89,7 +89,7 @@ class TransferRow(urwid.WidgetWrap):
                             f" ({fmt.size(transfer.size)}) {who}  ", ("time", f"#{transfer.transfer_id[:8]}")])
         if transfer.state == "offered" and transfer.direction == "in":
             shape = "offer"
-        elif transfer.state in ("offered", "waiting", "active"):
+        elif transfer.state in ("offered", "waiting", "active", "paused"):
             shape = "progress"
         else:
             shape = "end"
@@ -99,8 +99,12 @@ class TransferRow(urwid.WidgetWrap):
                 details = [fmt.rate(transfer.rate)]
                 if transfer.eta is not None:
                     details.append("ETA " + fmt.duration(transfer.eta))
+            elif transfer.state == "paused":
+                details = ["paused" + (" by them" if transfer.paused_by == "peer" else "") + " (/resume)"]
+            elif transfer.direction == "out":
+                details = ["waiting for them"]
             else:
-                details = ["waiting for the contact"]
+                details = ["starting…"]
             self.info.set_text(("time", "  ".join(d for d in details if d)))
         if shape != self._shape or shape == "end":
             self.pile.contents[:] = [(title, ("pack", None)), (self._second_line(shape, transfer), ("pack", None))]
@@ -116,7 +120,7 @@ class TransferRow(urwid.WidgetWrap):
             return urwid.Columns([button("Accept", True), ("pack", urwid.Text("  ")), button("Reject", False),
                                   urwid.Text(("time", "  or /accept, /reject"), wrap="ellipsis")])
         if shape == "progress":
-            return urwid.Columns([self.bar, (26, urwid.Padding(self.info, left=1))])
+            return urwid.Columns([self.bar, (28, urwid.Padding(self.info, left=1))])
         if transfer.state == "done":
             text = "✓ saved to " + transfer.path if transfer.path and transfer.direction == "in" else "✓ done"
             return urwid.Text(("mark_delivered", text))
