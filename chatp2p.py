@@ -280,9 +280,13 @@ def main_app(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: cannot open the log file: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     logging.captureWarnings(True)
-    if target is not None:
-        return _run_app_connected(config, prog, *target)
-    return _run_app_embedded(config, prog)
+    try:
+        if target is not None:
+            return _run_app_connected(config, prog, *target)
+        return _run_app_embedded(config, prog)
+    except KeyboardInterrupt:  # Ctrl-C before the UI took over the terminal
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 def main_ctl(argv: Sequence[str] | None = None) -> int:

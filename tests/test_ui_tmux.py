@@ -268,6 +268,8 @@ def test_connect_mode_attaches_to_a_running_daemon():
         assert my_id in screen
         chat_with_bob(tmux, "app", my_id, alice.port, "Alice2")
         assert alice.proc.poll() is None and alice.request("status")["success"]   # the daemon runs on
+        log = pathlib.Path(data_dir, "chatp2p.log").read_text()      # the app's own log
+        assert "attached to" in log and "Traceback" not in log, log
         with alice.client() as client:
             assert [c["name"] for c in client.call("contacts", "list")] == ["Bob"]
     finally:

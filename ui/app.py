@@ -158,7 +158,6 @@ class App:
         self.dialogs: list[dialogs.Dialog] = []
         self._marking: set[str] = set()
         self._notice_serial = 0
-        self._periodic = None
         self.quitting = False
         self.rings = 0
 
@@ -507,7 +506,7 @@ class App:
                                 list(self.model.transfers))
         self.prompt.set_text(result.text)
         if len(result.candidates) > 1:
-            self.footer.set_notice("  ".join(result.candidates))
+            self.notice("  ".join(result.candidates))
         elif not result.candidates:
             self.notice("No completion")
 
