@@ -376,7 +376,13 @@ class Network:
                 self.links[event.fingerprint] = link
         else:
             link = self.link_for_contact(contact)
-        if not accept_incoming(self.identity.fingerprint, event.fingerprint, link.initiator, now):
+        outgoing = link.initiator
+        if outgoing is not None and outgoing.state in (InitiatorState.START, InitiatorState.WAIT_COOKIE):
+            # Ours was never answered (typically: still knocking at the peer's old address after
+            # it restarted elsewhere). The peer holds no state for it, so dropping it for the
+            # peer's handshake cannot leave the two sides with different sessions.
+            outgoing = None
+        if not accept_incoming(self.identity.fingerprint, event.fingerprint, outgoing, now):
             event.responder.reject()
             self.counters["refused_simultaneous_open"] += 1
             return Output()
