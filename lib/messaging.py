@@ -281,8 +281,9 @@ class Messenger:
             self.counters["dropped_bad_msg"] += 1
             return None
         if link.contact_id is None:
-            self._hold(link, state, seq, message_id, body, partial.created_ms)
-            return seq
+            # Only what was kept is acknowledged: past the cap the sender keeps the message and
+            # sends it again, and it is delivered once the user adds the stranger.
+            return seq if self._hold(link, state, seq, message_id, body, partial.created_ms) else None
         self._complete(link, state, seq, message_id, body, partial.created_ms)
         return seq
 
@@ -318,13 +319,15 @@ class Messenger:
         self.publish("p2p_message_received", {"peer": link.name, "message": body, "timestamp": iso_utc(created),
                                               "message_id": message_id})
 
-    def _hold(self, link: Link, state: PeerState, seq: int, message_id: str, body: str, created_ms: int) -> None:
+    def _hold(self, link: Link, state: PeerState, seq: int, message_id: str, body: str, created_ms: int) -> bool:
         bundle = link.bundle.to_base64() if link.bundle else ""
         kept = self.store.hold_message(link.fingerprint, bundle, message_id, body, created_ms / 1000,
                                        HELD_MAX_COUNT, HELD_MAX_BYTES)
         if not kept:
             self.counters["held_dropped_cap"] += 1
+            return False
         state.stranger_seq = max(state.stranger_seq, seq)
+        return True
 
     def _acknowledge(self, link: Link, state: PeerState, seqs: list[int]) -> None:
         if link.contact_id is None:
