@@ -22,6 +22,7 @@ from .peers import Link, parse_address
 from .util import iso_utc
 
 NAME = Field("peer", "str", max_len=64)
+NAME_OR_ID = Field("peer", "str", max_len=128)   # an ID is 69 characters with its dashes
 MAX_MESSAGE_CHARS = 64 * 1024
 
 
@@ -331,7 +332,8 @@ def build_table() -> CommandTable:
     table.add("contacts", "remove", contacts_remove, (NAME,), help="remove a contact and its history")
     table.add("contacts", "rename", contacts_rename, (NAME, Field("new_name", "str", max_len=64)),
               help="extension: change a contact's local name")
-    table.add("contacts", "block", contacts_block, (NAME,), help="extension: drop and silence a contact")
+    table.add("contacts", "block", contacts_block, (NAME_OR_ID,),
+              help="extension: drop and silence a contact, or a stranger given by its ID")
     table.add("contacts", "unblock", contacts_unblock, (NAME,), help="extension: undo block")
     table.add("contacts", "show", contacts_show, (NAME,), help="extension: one contact")
 
