@@ -200,3 +200,5 @@ def test_status_and_nat_text():
     assert model.me["short_id"] == "aaaaa-bbbbb" and model.nat_text == "NAT ?"
     model.p2p["nat"] = {"type": "cone", "public_address": "203.0.113.5:4000"}
     assert model.nat_text == "NAT cone 203.0.113.5:4000"
+    model.p2p["nat"] = {"nat_type": None, "type": "symmetric", "mapped": ["198.51.100.7", 5000]}
+    assert model.nat_text == "NAT symmetric 198.51.100.7:5000"

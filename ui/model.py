@@ -194,7 +194,9 @@ class Model:
         nat = p2p.get("nat") if isinstance(p2p.get("nat"), dict) else {}
         kind = p2p.get("nat_type") or nat.get("type")
         address = (p2p.get("public_address") or nat.get("public_address") or nat.get("mapped_address")
-                   or nat.get("address"))
+                   or nat.get("mapped") or nat.get("address"))
+        if isinstance(address, (list, tuple)) and len(address) == 2:
+            address = f"{address[0]}:{address[1]}"
         if not kind and not address:
             return "NAT ?"
         return " ".join(str(part) for part in ("NAT", kind or "?", address) if part)
