@@ -192,7 +192,7 @@ class Model:
         """'NAT cone 203.0.113.5:4000', or 'NAT ?' while the core does not report it."""
         p2p = self.p2p
         nat = p2p.get("nat") if isinstance(p2p.get("nat"), dict) else {}
-        kind = p2p.get("nat_type") or nat.get("type")
+        kind = p2p.get("nat_type") or nat.get("type") or nat.get("nat_type")
         address = (p2p.get("public_address") or nat.get("public_address") or nat.get("mapped_address")
                    or nat.get("mapped") or nat.get("address"))
         if isinstance(address, (list, tuple)) and len(address) == 2:
