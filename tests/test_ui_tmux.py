@@ -113,6 +113,11 @@ class Tmux:
 
     def kill(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], env=self.env, capture_output=True, timeout=20)
+        socket_dir = os.path.join(os.environ.get("TMUX_TMPDIR") or "/tmp", f"tmux-{os.getuid()}")
+        try:
+            os.unlink(os.path.join(socket_dir, self.socket))   # tmux leaves its socket file behind
+        except OSError:
+            pass
 
 
 def api(port: int) -> ApiClient:
