@@ -322,7 +322,7 @@ class Messenger:
     def _hold(self, link: Link, state: PeerState, seq: int, message_id: str, body: str, created_ms: int) -> bool:
         bundle = link.bundle.to_base64() if link.bundle else ""
         kept = self.store.hold_message(link.fingerprint, bundle, message_id, body, created_ms / 1000,
-                                       HELD_MAX_COUNT, HELD_MAX_BYTES)
+                                       HELD_MAX_COUNT, HELD_MAX_BYTES, seq=seq)
         if not kept:
             self.counters["held_dropped_cap"] += 1
             return False
@@ -355,7 +355,11 @@ class Messenger:
 
     # -- strangers --------------------------------------------------------------------------
     def release_held(self, contact: Contact) -> int:
-        """A stranger became a contact: deliver what it sent meanwhile, in order."""
+        """A stranger became a contact: deliver what it sent meanwhile, in the sender's order.
+
+        The receive position becomes the highest held seq (held messages were acknowledged);
+        a message below it that was never held (over the cap) arrives later as a resend and
+        is recognised as new by its message_id (see §7 of PROTOCOL.md)."""
         held = self.store.take_held(contact.fingerprint)
         for item in held:
             message, new = self.store.add_incoming(contact.id, item.message_id, item.body, item.created, time.time())
@@ -364,10 +368,12 @@ class Messenger:
                                                       "timestamp": iso_utc(item.created),
                                                       "message_id": item.message_id})
         state = self.states.get(contact.fingerprint)
+        position = max([item.seq for item in held] + [state.stranger_seq if state else 0])
+        if position:
+            self.store.deliver_position(contact.id, position)
+            if state is not None:
+                state.in_seq = position
         link = self.network.links.get(contact.fingerprint)
-        if state is not None and state.stranger_seq:
-            self.store.deliver_position(contact.id, state.stranger_seq)
-            state.in_seq = state.stranger_seq
         if link is not None:
             link.contact_id, link.name = contact.id, contact.name
             if link.connected:

@@ -35,7 +35,7 @@ Address = tuple  # (host, port)
 
 TICK = 0.02                   # seconds between timer passes
 INITIAL_RTO = 0.25            # handshake/message retransmission before any RTT sample
-MIN_RTO = 0.02
+MIN_RTO = 0.1                 # acknowledgements wait for a database commit: keep spurious resends rare
 MAX_RTO = 3.0
 HANDSHAKE_TRIES = 8           # flights of one handshake before it is abandoned
 MAX_STRANGERS = 32            # sessions with identities that are not contacts

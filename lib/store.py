@@ -120,6 +120,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX transfers_state ON transfers (state)",
     ),
+    # 4: a held message's sequence number, so release keeps the sender's order.
+    ("ALTER TABLE held_messages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",),
 )
 
 
@@ -265,6 +267,7 @@ class HeldMessage:
     message_id: str
     body: str
     created: float
+    seq: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> HeldMessage:
@@ -275,6 +278,7 @@ class HeldMessage:
             message_id=row["message_id"],
             body=row["body"],
             created=row["created"],
+            seq=row["seq"],
         )
 
     def to_dict(self, format_fp: Callable[[bytes], str]) -> dict[str, Any]:
@@ -769,8 +773,9 @@ class Store:
         created: float,
         max_count: int,
         max_bytes: int,
+        seq: int = 0,
     ) -> bool:
-        """Keep a stranger's message for the user to decide on.
+        """Keep a stranger's message (and its sequence number) for the user to decide on.
 
         Returns False, storing nothing, when this sender already has `max_count` messages
         held or the bodies (UTF-8 bytes; the bundle is not counted) would pass `max_bytes`.
@@ -793,9 +798,9 @@ class Store:
             if count >= max_count or total + size > max_bytes:
                 return False
             conn.execute(
-                "INSERT INTO held_messages (fingerprint, bundle, message_id, body, created) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (fingerprint, bundle, message_id, body, created),
+                "INSERT INTO held_messages (fingerprint, bundle, message_id, body, created, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (fingerprint, bundle, message_id, body, created, seq),
             )
             return True
 
@@ -808,11 +813,11 @@ class Store:
         return {bytes(row[0]): row[1] for row in rows}
 
     def take_held(self, fingerprint: bytes) -> list[HeldMessage]:
-        """Return this stranger's held messages in arrival order and delete them."""
+        """Return this stranger's held messages in the sender's order and delete them."""
         fingerprint = _fingerprint(fingerprint)
         with self._tx() as conn:
             rows = conn.execute(
-                "SELECT * FROM held_messages WHERE fingerprint = ? ORDER BY id",
+                "SELECT * FROM held_messages WHERE fingerprint = ? ORDER BY seq, id",
                 (fingerprint,),
             ).fetchall()
             conn.execute("DELETE FROM held_messages WHERE fingerprint = ?", (fingerprint,))
