@@ -39,6 +39,9 @@ MIN_RTO = 0.1                 # acknowledgements wait for a database commit: kee
 MAX_RTO = 3.0
 HANDSHAKE_TRIES = 8           # flights of one handshake before it is abandoned
 MAX_STRANGERS = 32            # sessions with identities that are not contacts
+MAX_SERVICE_CLIENTS = 10000   # rendezvous mode: sessions with nodes using this one as a service
+RELAY_DELAY = 2.0             # punching: relay candidates join the probes after this long
+UPGRADE_PROBE_INTERVAL = 5.0  # relayed sessions look for a direct path this often
 
 
 class LinkState(str, enum.Enum):
@@ -97,10 +100,15 @@ class Link:
     last_seen_wall: Optional[float] = None
     established: gevent.event.Event = dataclasses.field(default_factory=gevent.event.Event)
     failure: Optional[str] = None
+    service: bool = False                # a rendezvous session (client or server side), not a chat peer
+    probes: list = dataclasses.field(default_factory=list)        # addresses the HELLO goes to
+    relay_probes: list = dataclasses.field(default_factory=list)  # relay candidates, after RELAY_DELAY
+    punch_started: float = 0.0
+    last_upgrade_probe: float = 0.0
 
     @property
     def is_stranger(self) -> bool:
-        return self.contact_id is None
+        return self.contact_id is None and not self.service
 
     @property
     def connected(self) -> bool:
@@ -143,6 +151,11 @@ class Network:
         self.links: dict[bytes, Link] = {}               # by peer fingerprint
         self._by_conn: dict[bytes, Link] = {}            # local conn id of a session -> link
         self._initiators: dict[bytes, Link] = {}         # initiator conn id -> link
+        self.services: dict[Address, Link] = {}          # our sessions with rendezvous servers
+        self.clients: dict[bytes, Link] = {}             # rendezvous mode: nodes using us, by fingerprint
+        self.accept_services = False                     # rendezvous mode: accept any identity as a client
+        self.relay = None                                # a TurnClient when a relay is allocated
+        self.relay_peers: set = set()                    # addresses reached through the relay
         self.listener = Listener(identity, backend, ListenerConfig(max_datagram=config.max_datagram),
                                  rollover=rollover)
         self.observers: list[LinkObserver] = []
@@ -217,25 +230,85 @@ class Network:
             self._start_handshake(link, link.candidates[0])
         return link
 
-    def _start_handshake(self, link: Link, address: Address) -> None:
+    def punch(self, contact: Contact, candidates: list[tuple[Address, str]]) -> Link:
+        """Hole punching: one handshake whose HELLO goes to every candidate at once (relay
+        candidates only after RELAY_DELAY); the first address that answers carries it on."""
+        link = self.link_for_contact(contact)
+        if contact.blocked or link.connected:
+            return link
+        direct = [a for a, path in candidates if path != "relayed"]
+        relayed = [a for a, path in candidates if path == "relayed"]
+        for address, path in candidates:
+            link.candidate_paths[address] = path
+            if address not in link.candidates:
+                link.candidates.append(address)
+        if link.initiator is not None and not link.initiator.done:
+            if link.initiator.state == InitiatorState.WAIT_COOKIE:
+                link.probes.extend(a for a in direct if a not in link.probes)
+                link.relay_probes.extend(a for a in relayed if a not in link.relay_probes)
+                for address in direct:
+                    for datagram in link.initiator.pending:
+                        self.send_to(datagram, address)
+            return link
+        targets = direct or relayed
+        if not targets:
+            return link
+        self._start_handshake(link, targets[0], probes=targets, relay_probes=relayed if direct else [])
+        return link
+
+    def connect_service(self, address: Address, expected: Optional[bytes]) -> Link:
+        """A session with a rendezvous server (its ID checked when `expected` is given)."""
+        link = self.services.get(address)
+        if link is None:
+            link = Link(expected or b"", f"rendezvous {_fmt(address)}", None, service=True)
+            self.services[address] = link
+        if link.connected or (link.initiator is not None and not link.initiator.done):
+            return link
+        self._start_handshake(link, address, expected=expected)
+        return link
+
+    def _start_handshake(self, link: Link, address: Address, probes: Optional[list] = None,
+                         relay_probes: Optional[list] = None, expected: Optional[bytes] = b"") -> None:
         now = time.monotonic()
         if link.initiator is not None:
             self._initiators.pop(link.initiator.conn_id, None)
         # The stored bundle lets the handshake check a rollover statement from this contact's key.
         bundle = link.bundle if link.bundle is not None and link.bundle.fingerprint() == link.fingerprint else None
-        initiator = Initiator(self.identity, self.backend, expected_fingerprint=link.fingerprint,
+        expected_fingerprint = link.fingerprint if expected == b"" else expected
+        initiator = Initiator(self.identity, self.backend, expected_fingerprint=expected_fingerprint,
                               expected_bundle=bundle, rollover=self.rollover,
                               max_datagram=self.config.max_datagram)
         link.initiator, link.initiator_address = initiator, address
+        link.probes = list(probes or [address])
+        link.relay_probes = list(relay_probes or [])
+        link.punch_started = now
         link.flight_tries, link.flight_sent = 1, now
         link.failure = None
         self._initiators[initiator.conn_id] = link
         if link.state == LinkState.OFFLINE:
             link.state = LinkState.CONNECTING
         for datagram in initiator.start(now):
-            self.transport.send(datagram, address)
+            for target in link.probes:
+                self.send_to(datagram, target)
 
     # -- sending ----------------------------------------------------------------------------
+    def send_to(self, data: bytes, address: Address) -> None:
+        """One datagram to `address`: through the TURN relay when that is how it reaches us."""
+        if self.relay is not None and address in self.relay_peers:
+            try:
+                self.relay.send_to(address, data)
+            except Exception as exc:  # relay lost or no permission: counted, like a lost datagram
+                self.counters["relay_send_errors"] += 1
+                log.debug("relay send to %s failed: %s", address, exc)
+            return
+        self.transport.send(data, address)
+
+    def on_relayed(self, payload: bytes, peer: Address) -> None:
+        """A datagram the TURN server relayed to us from `peer`."""
+        self.relay_peers.add(peer)
+        if wire.classify(payload) == wire.Kind.CHATP2P:
+            self._on_datagram(payload, peer)
+
     def send_records(self, link: Link, records: list[Record], max_datagram: Optional[int] = None,
                      pad: bool = False) -> bool:
         """Seal and send `records` to a connected link; False if it is not connected.
@@ -257,7 +330,7 @@ class Network:
             self._set_down(link)
             return False
         for datagram in datagrams:
-            self.transport.send(datagram, link.address)
+            self.send_to(datagram, link.address)
         link.last_tx = now
         return True
 
@@ -275,6 +348,9 @@ class Network:
             self._on_listener(self.listener.receive(data, address, now), address, now)
         else:  # COOKIE, RESP, DONE: answers to one of our handshakes
             link = self._initiators.get(conn_id)
+            if link is not None and link.initiator is not None and address != link.initiator_address \
+                    and link.initiator.state == InitiatorState.WAIT_COOKIE and address in link.probes:
+                link.initiator_address = address  # punching: the first candidate to answer wins
             if link is None or link.initiator is None or address != link.initiator_address:
                 self.counters["dropped_unexpected_handshake"] += 1
                 return
@@ -296,6 +372,11 @@ class Network:
             log.info("%s moved from %s to %s", link.name, link.address, address)
             link.address = address
             self._remember_address(link, address)
+            path = self._path_of(link, address)
+            if path != link.path and not link.service:
+                link.path = path
+                self.publish("path_changed", {"peer": link.name, "fingerprint": ident.format_id(link.fingerprint),
+                                              "path": path, "address": _fmt(address)})
         upper: list[Record] = []
         for record in records:
             if isinstance(record, Ping):
@@ -311,12 +392,21 @@ class Network:
             else:
                 upper.append(record)
         if upper:
-            for observer in self.observers:
+            for observer in self._observers_for(link):
                 observer.records(link, upper)
+
+    def _observers_for(self, link: Link) -> list:
+        """Chat layers hear about chat peers, the rendezvous layer about service sessions."""
+        return [o for o in self.observers if getattr(o, "wants_service_links", False) == link.service]
+
+    def _path_of(self, link: Link, address: Address) -> str:
+        if address in self.relay_peers or link.candidate_paths.get(address) == "relayed":
+            return "relayed"
+        return link.candidate_paths.get(address, "direct")
 
     def _on_initiator(self, link: Link, out: Output, address: Address, now: float) -> None:
         for datagram in out.send:
-            self.transport.send(datagram, address)
+            self.send_to(datagram, address)
         if out.send:
             link.flight_sent, link.flight_tries = now, 1
         event = out.event
@@ -347,11 +437,11 @@ class Network:
             out = self._decide(event, address, now)
             event = out.event
         for datagram in out.send:
-            self.transport.send(datagram, address)
+            self.send_to(datagram, address)
         if out.dropped:
             self.counters[f"dropped_handshake_{out.dropped}"] += 1
         if isinstance(event, Established):
-            link = self.links.get(event.fingerprint)
+            link = self.links.get(event.fingerprint) or self.clients.get(event.fingerprint)
             if link is not None:
                 self._establish(link, event, address, now)
 
@@ -364,6 +454,17 @@ class Network:
             event.responder.reject()
             self.counters["refused_blocked"] += 1
             return Output()
+        if contact is None and self.accept_services:
+            client = self.clients.get(event.fingerprint)
+            if client is None:
+                if len(self.clients) >= MAX_SERVICE_CLIENTS:
+                    event.responder.reject()
+                    self.counters["refused_service_cap"] += 1
+                    return Output()
+                client = Link(event.fingerprint, "client " + ident.short_id(event.fingerprint), None, service=True)
+                self.clients[event.fingerprint] = client
+            client.bundle = event.bundle
+            return event.responder.accept(now)
         link = self.links.get(event.fingerprint)
         if contact is None:
             strangers = sum(1 for l in self.links.values() if l.is_stranger)
@@ -444,12 +545,20 @@ class Network:
         link.session = Session(event.keys, now, self.config.session)
         link.bundle = event.bundle
         link.address = address
-        link.path = link.candidate_paths.get(address, "direct")
+        link.path = self._path_of(link, address)
         link.state = LinkState.CONNECTED
         link.connected_at = link.last_rx = link.last_tx = now
         link.last_seen_wall = time.time()
         link.failure = None
         self._by_conn[event.keys.local_conn_id] = link
+        if link.service:
+            link.fingerprint = event.fingerprint
+            self._ping(link, now)
+            link.established.set()
+            link.established = gevent.event.Event()
+            for observer in self._observers_for(link):
+                observer.link_up(link)
+            return
         if link.contact_id is not None:
             contact = self.store.get_contact_by_id(link.contact_id)
             if contact.bundle is None:
@@ -465,7 +574,7 @@ class Network:
                                             "address": _fmt(address), "path": link.path})
         link.established.set()
         link.established = gevent.event.Event()
-        for observer in self.observers:
+        for observer in self._observers_for(link):
             observer.link_up(link)
 
     def _remember_address(self, link: Link, address: Address) -> None:
@@ -485,10 +594,10 @@ class Network:
         link.established = gevent.event.Event()
         if was_connected:
             link.last_seen_wall = time.time()
-            if notify and not link.is_stranger:
+            if notify and not link.is_stranger and not link.service:
                 self.publish("peer_disconnected", {"peer": link.name,
                                                    "fingerprint": ident.format_id(link.fingerprint)})
-            for observer in self.observers:
+            for observer in self._observers_for(link):
                 observer.link_down(link)
 
     # -- timers -----------------------------------------------------------------------------
@@ -509,17 +618,25 @@ class Network:
 
     def _tick(self, now: float) -> None:
         interval = self.config.keepalive_interval
-        for link in list(self.links.values()):
+        for link in [*self.links.values(), *self.services.values(), *self.clients.values()]:
             initiator = link.initiator
             if initiator is not None and not initiator.done and initiator.pending:
+                waiting = initiator.state == InitiatorState.WAIT_COOKIE
+                if waiting and link.relay_probes and now - link.punch_started >= RELAY_DELAY:
+                    link.probes.extend(link.relay_probes)  # no direct answer yet: try the relays too
+                    link.relay_probes = []
+                    link.flight_sent = 0.0
                 if now - link.flight_sent > INITIAL_RTO * (2 ** (link.flight_tries - 1)):
                     if link.flight_tries >= HANDSHAKE_TRIES:
                         self._handshake_gave_up(link)
                     else:
                         link.flight_tries += 1
                         link.flight_sent = now
-                        for datagram in initiator.pending:
-                            self.transport.send(datagram, link.initiator_address)
+                        for target in (link.probes if waiting else [link.initiator_address]):
+                            for datagram in initiator.pending:
+                                self.send_to(datagram, target)
+            if link.connected and link.path == "relayed" and now - link.last_upgrade_probe > UPGRADE_PROBE_INTERVAL:
+                self._probe_direct(link, now)
             if link.connected:
                 if now - link.last_rx > 3 * interval:
                     log.info("%s went silent", link.name)
@@ -529,6 +646,16 @@ class Network:
                     self._ping(link, now)
         if int(now) != int(now - TICK):
             self.listener.expire(now)
+
+    def _probe_direct(self, link: Link, now: float) -> None:
+        """A relayed session pings the peer's direct candidates: if one gets through, the peer
+        sees an authenticated frame from a new address and moves there (and so do we)."""
+        link.last_upgrade_probe = now
+        assert link.session is not None
+        for address in link.candidates:
+            if self._path_of(link, address) != "relayed":
+                for datagram in link.session.seal([Ping(int(now * 1e6))], now, self.config.max_datagram):
+                    self.transport.send(datagram, address)
 
     def _handshake_gave_up(self, link: Link) -> None:
         initiator = link.initiator
@@ -550,7 +677,7 @@ class Network:
 
     def _reconnect(self, link: Link) -> None:
         if link.contact_id is None:
-            return
+            return  # strangers call again; service sessions are renewed by their owner
         try:
             contact = self.store.get_contact_by_id(link.contact_id)
         except Exception:
