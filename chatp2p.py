@@ -32,6 +32,8 @@ def _setup_logging(level: str, log_file: str) -> None:
 
 def _daemon_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--rendezvous", dest="serve_rendezvous", action="store_const", const="true",
+                        help="serve introductions to other nodes (needs an explicit --p2p-port)")
 
 
 def main_daemon(argv: Sequence[str] | None = None, prog: str = "chatp2pd") -> int:
@@ -55,6 +57,22 @@ def main_daemon(argv: Sequence[str] | None = None, prog: str = "chatp2pd") -> in
     return run_daemon(config, prog)
 
 
+def _refuse_settings(config, prog: str) -> int | None:
+    """Settings that make no sense together: the exit code after one clear line, or None."""
+    from chatp2p_core.ipc import is_loopback
+
+    if config.serve_rendezvous and config.p2p_port == 0:
+        print(f"{prog}: --rendezvous needs an explicit --p2p-port (nodes must know where to find it)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    if not is_loopback(config.ipc_host) and not config.allow_remote_ipc:
+        print(f"{prog}: refusing to serve the API on non-loopback address {config.ipc_host}; "
+              "pass --allow-remote-ipc to do it (every request then needs the token in "
+              "DATA_DIR/ipc.token)", file=sys.stderr)
+        return EXIT_CONFIG
+    return None
+
+
 def run_daemon(config, prog: str) -> int:
     """Start the node and the API server, wait for a signal, stop cleanly."""
     import signal
@@ -62,18 +80,16 @@ def run_daemon(config, prog: str) -> int:
     import gevent
     import gevent.event
 
-    from chatp2p_core.ipc import ApiServer, is_loopback
+    from chatp2p_core.ipc import ApiServer
     from chatp2p_core.lockfile import DataDirLocked
     from chatp2p_core.runtime import RuntimeFiles
     from chatp2p_core.commands import build_table
     from chatp2p_core.node import Node
 
     log = logging.getLogger("chatp2p")
-    if not is_loopback(config.ipc_host) and not config.allow_remote_ipc:
-        print(f"{prog}: refusing to serve the API on non-loopback address {config.ipc_host}; "
-              "pass --allow-remote-ipc to do it (every request then needs the token in "
-              "DATA_DIR/ipc.token)", file=sys.stderr)
-        return EXIT_CONFIG
+    refused = _refuse_settings(config, prog)
+    if refused is not None:
+        return refused
 
     node = Node(config)
     try:
@@ -166,7 +182,7 @@ class _StderrToLog:
 def _run_app_embedded(config, prog: str) -> int:
     """Node + API server (as the daemon runs them) + the UI, in this one process."""
     from chatp2p_core.commands import build_table
-    from chatp2p_core.ipc import ApiServer, is_loopback
+    from chatp2p_core.ipc import ApiServer
     from chatp2p_core.lockfile import DataDirLocked
     from chatp2p_core.node import Node
     from chatp2p_core.runtime import RuntimeFiles, read_endpoints
@@ -174,10 +190,9 @@ def _run_app_embedded(config, prog: str) -> int:
     from chatp2p_ui.client import LocalBackend
 
     log = logging.getLogger("chatp2p")
-    if not is_loopback(config.ipc_host) and not config.allow_remote_ipc:
-        print(f"{prog}: refusing to serve the API on non-loopback address {config.ipc_host}; "
-              "pass --allow-remote-ipc to do it", file=sys.stderr)
-        return EXIT_CONFIG
+    refused = _refuse_settings(config, prog)
+    if refused is not None:
+        return refused
     node = Node(config)
     try:
         node.start()

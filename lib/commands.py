@@ -13,12 +13,12 @@ from typing import Any
 
 import gevent
 
-from . import identity as ident, sealed
+from . import identity as ident, nat, sealed
 from .api import ApiError, CommandTable, Field, Reply
 from .messaging import MessageError
 from .transfer import TransferError
 from .node import Node
-from .peers import Link, parse_address
+from .peers import Link, LinkState, parse_address
 from .util import iso_utc
 
 NAME = Field("peer", "str", max_len=64)
@@ -165,14 +165,39 @@ def _connect(node: Node, contact, address: str | None) -> Link:
     candidates += [a for a in (parse_address(t) for t in contact.addresses) if a]
     link = node.network.link_for_contact(contact)
     candidates += [a for a in link.candidates if a not in candidates]
-    if not candidates and not link.connected:
-        raise ApiError(f"No known address for {contact.name}: use p2p connect with an address")
+    if link.connected:
+        return link
+    # In parallel: the known addresses, and introductions through the rendezvous servers
+    # (the LAN announces itself; the relay is one of the candidates an introduction brings).
+    asked = node.nat.reach(contact) if node.nat is not None and not address else 0
+    if not candidates and not asked:
+        raise ApiError(f"No known address for {contact.name}, and no rendezvous server to ask: "
+                       "use p2p connect with an address")
+    if not candidates:
+        if link.state == LinkState.OFFLINE:
+            link.state = LinkState.CONNECTING  # until the introductions answer or time out
+        return link
     return node.network.connect(contact, candidates)
 
 
 def p2p_start(node: Node, data: dict) -> Any:
-    changes = {"stun_urls": data["stun_urls"]} if data["stun_urls"] is not None else {}
-    node.restart_p2p(**changes)
+    changes = {}
+    if data["stun_urls"] is not None:
+        changes["stun_urls"] = data["stun_urls"]
+    if data["rendezvous"] is not None:
+        changes["rendezvous_servers"] = data["rendezvous"]
+    try:
+        turn_servers = nat.turn_servers_from(data["turn_servers"]) if data["turn_servers"] is not None else None
+        nat.check_settings(nat.NatSettings(tuple(changes.get("stun_urls", node.config.stun_urls)),
+                                           tuple(changes.get("rendezvous_servers", node.config.rendezvous_servers))))
+    except nat.NatConfigError as exc:
+        raise ApiError(str(exc)) from None
+    if turn_servers is not None:
+        node.turn_override = turn_servers
+    try:
+        node.restart_p2p(**changes)
+    except OSError as exc:
+        raise ApiError(f"Cannot start the P2P network: {exc.strerror or exc}") from None
     return "P2P network started"
 
 
@@ -344,8 +369,9 @@ def build_table() -> CommandTable:
               (NAME, Field("verified", "bool", required=False, default=True)),
               help="extension: mark a contact verified (after comparing safety numbers)")
 
-    table.add("p2p", "start", p2p_start, (Field("stun_urls", "list", required=False, item_kind="str",
-                                                 max_len=16),),
+    table.add("p2p", "start", p2p_start, (Field("stun_urls", "list", required=False, item_kind="str", max_len=16),
+                                          Field("rendezvous", "list", required=False, item_kind="str", max_len=16),
+                                          Field("turn_servers", "list", required=False, max_len=8)),
               help="start (or restart) the P2P network")
     table.add("p2p", "stop", p2p_stop, help="stop the P2P network")
     table.add("p2p", "peers", p2p_peers, help="every contact with its connection state")

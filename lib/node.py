@@ -18,6 +18,7 @@ from .contacts import ContactBook
 from .events import EventBus
 from .lan import LanDiscovery
 from .lockfile import DataDirLock
+from .nat import NatSettings, NatTraversal, TurnServer
 from .messaging import Messenger
 from .peers import Network, NetworkConfig
 from .store import Store
@@ -51,6 +52,8 @@ class Node:
         self.messenger: Messenger | None = None
         self.transfers: Transfers | None = None
         self.lan: LanDiscovery | None = None
+        self.nat: NatTraversal | None = None
+        self.turn_override: tuple | None = None   # TURN servers given to `p2p start`
         self._lock = DataDirLock(self.data_dir)
         self._identity_view: dict | None = None
 
@@ -131,7 +134,10 @@ class Node:
                                    auto_accept=self.config.auto_accept_files,
                                    upload_limit=self.config.upload_limit * 1024)
         self.transfers.start()
+        self.nat = NatTraversal(self.identity, self.store, self.network, transport, self.publish,
+                                self._nat_settings())
         self.network.start()
+        self.nat.start()
         if self.config.lan_discovery:
             self.lan = LanDiscovery(self.identity.fingerprint, transport.port, self._lan_contacts, self._lan_found,
                                     port=self.config.lan_port)
@@ -141,6 +147,19 @@ class Node:
                 log.warning("LAN discovery unavailable on port %d: %s", self.config.lan_port, exc)
                 self.lan = None
         self.publish("p2p_started", {"port": transport.port, "lan_discovery": self.lan is not None})
+
+    def _nat_settings(self) -> NatSettings:
+        config = self.config
+        turn = (TurnServer(config.turn_url, config.turn_username, config.turn_credential),) \
+            if config.turn_url else ()
+        return NatSettings(tuple(config.stun_urls), tuple(config.rendezvous_servers),
+                           self.turn_override if self.turn_override is not None else turn,
+                           config.serve_rendezvous)
+
+    def reach(self, contact) -> None:
+        """Reach a contact without an address: ask the rendezvous servers to introduce us."""
+        if self.nat is not None:
+            self.nat.reach(contact)
 
     def restart_p2p(self, **changes) -> None:
         """`p2p start`: apply new settings and (re)start, keeping the bound port when it was 0."""
@@ -177,6 +196,9 @@ class Node:
         self.network.connect(contact, [address], path="lan")
 
     def stop_p2p(self) -> None:
+        if self.nat is not None:
+            self.nat.stop()
+            self.nat = None
         if self.lan is not None:
             self.lan.stop()
             self.lan = None
@@ -236,6 +258,8 @@ class Node:
                 "port": transport.port if running and transport else None,
                 "counters": dict(transport.counters) if transport else {},
                 "lan_discovery": self.lan.counters if self.lan else None,
+                **(self.nat.status() if self.nat else {"public_address": None, "mapping": "unknown",
+                                                       "nat_type": "unknown"}),
             },
             "ipc": {"host": self.ipc_address[0], "port": self.ipc_address[1]} if self.ipc_address else None,
             "events": {"endpoint": self.events.endpoints[0], "endpoints": list(self.events.endpoints)},

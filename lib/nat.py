@@ -1,0 +1,425 @@
+"""NAT traversal for one node: STUN discovery, rendezvous registration and introductions,
+hole punching, and the TURN relay fallback.
+
+This is glue between the pure protocol modules (stun, turn, rendezvous, natinfo) and the
+link layer (peers.Network): it owns the STUN/TURN clients on the node's shared socket, the
+sessions with the rendezvous servers (service links), and, in rendezvous mode, the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import socket
+import time
+from typing import Callable, Optional
+
+import gevent
+
+from . import identity as ident, natinfo, rendezvous as rv, stun, turn, wire
+from .peers import Address, Link, Network, _fmt
+from .store import Contact, Store
+from .transport import Transport
+from .wire import RawRecord
+
+log = logging.getLogger("chatp2p.nat")
+
+SERVICE_RETRY = 5.0          # seconds between attempts to reach a rendezvous server
+NAT_TYPE_TIMEOUT = 8.0
+RV_TYPES = range(0x10, 0x18)
+
+Publish = Callable[[str, object], None]
+
+
+class NatConfigError(ValueError):
+    """A STUN/TURN/rendezvous setting is malformed (message names it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TurnServer:
+    url: str
+    username: str
+    credential: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class NatSettings:
+    stun_urls: tuple[str, ...] = ()
+    rendezvous: tuple[str, ...] = ()          # "host:port" or "host:port#ID"
+    turn_servers: tuple[TurnServer, ...] = ()
+    serve_rendezvous: bool = False
+
+
+def turn_servers_from(items: list) -> tuple[TurnServer, ...]:
+    """WebRTC's shape: [{"url"|"urls": "turn:host:port", "username": ..., "credential": ...}]."""
+    servers = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise NatConfigError(f"turn_servers[{i}] must be an object with url, username, credential")
+        url = item.get("url") or item.get("urls")
+        if isinstance(url, list):
+            url = url[0] if url else None
+        username, credential = item.get("username"), item.get("credential")
+        if not all(isinstance(v, str) and v for v in (url, username, credential)):
+            raise NatConfigError(f"turn_servers[{i}] needs url, username and credential (strings)")
+        try:
+            turn.parse_turn_url(url)
+        except turn.TurnError as exc:
+            raise NatConfigError(f"turn_servers[{i}]: {exc}") from None
+        servers.append(TurnServer(url, username, credential))
+    return tuple(servers)
+
+
+def check_settings(settings: NatSettings) -> None:
+    """Refuse malformed URLs before anything is sent (the API turns this into an error)."""
+    for url in settings.stun_urls:
+        try:
+            stun.parse_server_url(url)
+        except stun.StunError as exc:
+            raise NatConfigError(f"stun_urls: {exc}") from None
+    for spec in settings.rendezvous:
+        try:
+            rv.parse_server(spec)
+        except (rv.RendezvousError, ValueError) as exc:
+            raise NatConfigError(f"rendezvous: {exc}") from None
+
+
+def _local_ip_towards(address: Address) -> Optional[str]:
+    """Our interface address used to reach `address` (a UDP connect sends nothing)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((address[0], address[1] or 9))
+        return probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+
+
+@dataclasses.dataclass
+class _Service:
+    """One configured rendezvous server and our client state with it."""
+
+    spec: rv.ServerSpec
+    address: Optional[Address] = None
+    client: Optional[rv.RendezvousClient] = None
+    link: Optional[Link] = None
+    next_attempt: float = 0.0
+    error: Optional[str] = None
+
+
+class NatTraversal:
+    """A LinkObserver for service sessions; see the module docstring."""
+
+    wants_service_links = True
+
+    def __init__(self, identity: ident.Identity, store: Store, network: Network, transport: Transport,
+                 publish: Publish, settings: NatSettings) -> None:
+        self.identity = identity
+        self.store = store
+        self.network = network
+        self.transport = transport
+        self.publish = publish
+        self.settings = settings
+        self.stun = stun.StunClient(transport.send)
+        self.turn: Optional[turn.TurnClient] = None
+        self.turn_error: Optional[str] = None
+        self.server: Optional[rv.RendezvousServer] = rv.RendezvousServer() if settings.serve_rendezvous else None
+        self.services = [_Service(rv.parse_server(spec)) for spec in settings.rendezvous]
+        self.public_address: Optional[Address] = None
+        self.mapping = stun.MAPPING_UNKNOWN if hasattr(stun, "MAPPING_UNKNOWN") else "unknown"
+        self.nat_type = "unknown"
+        self.nat_detail = "no STUN server configured" if not settings.stun_urls else "discovering"
+        self.counters = network.counters
+        self._greenlets: list[gevent.Greenlet] = []
+        self._last_expire = 0.0
+        transport.register("stun", lambda d: wire.classify(d) == wire.Kind.STUN, self._on_stun)
+        transport.register("turn", lambda d: wire.classify(d) == wire.Kind.TURN_CHANNEL, self._on_relay_data)
+        network.accept_services = settings.serve_rendezvous
+        network.observers.append(self)
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.settings.stun_urls:
+            self._greenlets.append(gevent.spawn(self._discover))
+        if self.settings.turn_servers:
+            self._greenlets.append(gevent.spawn(self._allocate))
+
+    def stop(self) -> None:
+        for service in self.services:
+            if service.client is not None and service.link is not None and service.link.connected:
+                self.network.send_records(service.link, [service.client.unregister_record(time.time())])
+        for greenlet in self._greenlets:
+            greenlet.kill(block=False)
+        if self.turn is not None:
+            relay, self.turn = self.turn, None
+            self.network.relay = None
+            gevent.spawn(_quietly, relay.close)
+
+    # -- STUN and TURN ----------------------------------------------------------------------
+    def _on_stun(self, data: bytes, address: Address) -> None:
+        if self.stun.handle(data, address):
+            return
+        self._on_relay_data(data, address)
+
+    def _on_relay_data(self, data: bytes, address: Address) -> None:
+        relay = self.turn
+        if relay is None or tuple(address[:2]) != tuple(relay.server):
+            self.counters["dropped_stray_stun"] += 1
+            return
+        relayed = relay.handle(data, address)
+        if relayed is not None:
+            peer, payload = relayed
+            self.network.on_relayed(payload, tuple(peer))
+
+    def _discover(self) -> None:
+        try:
+            found = self.stun.discover(list(self.settings.stun_urls))
+        except stun.StunError as exc:
+            self.nat_detail = f"STUN failed: {exc}"
+            log.warning("STUN discovery failed: %s", exc)
+            self.publish("nat_detected", self._nat_view())
+            return
+        if found.mapped is not None:
+            self.public_address = tuple(found.mapped)
+        self.mapping = found.mapping
+        if found.errors and not found.answers:
+            self.nat_detail = "no STUN server answered: " + "; ".join(f"{k}: {v}" for k, v in found.errors.items())
+        else:
+            first = stun.parse_server_url(next(iter(found.answers))) if found.answers else None
+            info = natinfo.classify_nat(first, timeout=NAT_TYPE_TIMEOUT) if first else None
+            if info is not None:
+                self.nat_type, self.nat_detail = info.nat_type, info.detail
+        log.info("NAT: public %s, mapping %s, type %s", _fmt(self.public_address), self.mapping, self.nat_type)
+        self.publish("nat_detected", self._nat_view())
+
+    def _allocate(self) -> None:
+        for server in self.settings.turn_servers:
+            try:
+                address = turn.parse_turn_url(server.url)
+                client = turn.TurnClient(self.transport.send, address, server.username, server.credential,
+                                         on_lost=self._relay_lost)
+                self.turn = client  # before allocate(): its answers arrive through _on_relay_data
+                client.allocate()
+            except (turn.TurnError, stun.StunError, OSError) as exc:
+                self.turn = None
+                self.turn_error = str(exc)
+                log.warning("TURN %s: %s", server.url, exc)
+                continue
+            self.turn_error = None
+            self.network.relay = client
+            log.info("TURN relay allocated at %s", _fmt(client.relayed))
+            return
+
+    def _relay_lost(self, reason: str) -> None:
+        log.warning("TURN allocation lost: %s", reason)
+        self.turn_error = reason
+        self.network.relay = None
+        self.turn = None
+        self._greenlets.append(gevent.spawn_later(SERVICE_RETRY, self._allocate))
+
+    def _permit(self, addresses: list[Address]) -> None:
+        relay = self.turn
+        if relay is None or relay.relayed is None:
+            return
+        for ip in {a[0] for a in addresses}:
+            try:
+                relay.permit((ip, 0))
+            except (turn.TurnError, stun.StunError) as exc:
+                log.debug("TURN permission for %s failed: %s", ip, exc)
+
+    # -- candidates -------------------------------------------------------------------------
+    def candidates(self, towards: Optional[Address] = None) -> list[rv.Candidate]:
+        """Our addresses, best first: host, server-reflexive, relayed."""
+        port = self.transport.port
+        found: list[rv.Candidate] = []
+
+        def add(kind: rv.CandidateType, address: Optional[Address]) -> None:
+            if address and all(c.address != tuple(address) for c in found) and len(found) < 8:
+                try:
+                    found.append(rv.Candidate(kind, tuple(address)))
+                except (rv.RendezvousError, ValueError):
+                    pass
+
+        host = self.transport.host
+        if host in ("", "0.0.0.0") and towards is not None:
+            host = _local_ip_towards(towards)
+        if host and port:
+            add(rv.CandidateType.HOST, (host, port))
+        add(rv.CandidateType.SRFLX, self.public_address)
+        for service in self.services:
+            if service.client is not None and service.client.observed:
+                add(rv.CandidateType.SRFLX, service.client.observed)
+        if self.turn is not None and self.turn.relayed is not None:
+            add(rv.CandidateType.RELAY, self.turn.relayed)
+        return found
+
+    @staticmethod
+    def _punch_list(observed: Address, candidates: tuple) -> list[tuple[Address, str]]:
+        paths = {rv.CandidateType.HOST: "direct", rv.CandidateType.SRFLX: "direct",
+                 rv.CandidateType.RELAY: "relayed"}
+        result = [(tuple(c.address), paths.get(c.type, "direct")) for c in candidates
+                  if c.type != rv.CandidateType.RELAY]
+        result.append((tuple(observed), "direct"))
+        result += [(tuple(c.address), "relayed") for c in candidates if c.type == rv.CandidateType.RELAY]
+        unique: dict[Address, str] = {}
+        for address, path in result:
+            unique.setdefault(address, path)
+        return list(unique.items())
+
+    # -- reaching a contact -----------------------------------------------------------------
+    def reach(self, contact: Contact) -> int:
+        """Ask every registered rendezvous to introduce us to `contact`; returns how many."""
+        now = time.time()
+        bundle = ident.Bundle.from_base64(contact.bundle) if contact.bundle else None
+        asked = 0
+        for service in self.services:
+            client, link = service.client, service.link
+            if client is None or link is None or not link.connected or not client.registered(now):
+                continue
+            try:
+                _, records = client.request_intro(contact.fingerprint, bundle,
+                                                  self.candidates(service.address), now)
+            except rv.RendezvousError as exc:
+                log.debug("no introduction to %s via %s: %s", contact.name, _fmt(service.address), exc)
+                continue
+            self.network.send_records(link, records)
+            asked += 1
+        return asked
+
+    # -- link observer (service sessions only) ----------------------------------------------
+    def link_up(self, link: Link) -> None:
+        for service in self.services:
+            if service.link is link and service.client is not None:
+                self.network.send_records(link, [service.client.register_record(rv.DEFAULT_TTL, time.time())])
+
+    def link_down(self, link: Link) -> None:
+        if self.server is not None and self.network.clients.get(link.fingerprint) is link:
+            self.server.forget(link.fingerprint)
+            self.network.clients.pop(link.fingerprint, None)
+
+    def records(self, link: Link, records: list) -> None:
+        for record in records:
+            if not isinstance(record, RawRecord) or record.rtype not in RV_TYPES:
+                continue
+            if self.server is not None and self.network.clients.get(link.fingerprint) is link:
+                self._serve(link, record)
+                continue
+            for service in self.services:
+                if service.link is link and service.client is not None:
+                    self._client_output(service, service.client.on_record(record.rtype, record.body, time.time()))
+
+    def _serve(self, link: Link, record: RawRecord) -> None:
+        assert self.server is not None and link.address is not None
+        deliveries = self.server.on_record(link.fingerprint, link.address, record.rtype, record.body, time.time())
+        for delivery in deliveries:
+            target = self.network.clients.get(delivery.fingerprint)
+            if target is not None and target.connected:
+                self.network.send_records(target, [delivery.record])
+
+    def _client_output(self, service: _Service, output: rv.Output) -> None:
+        if output.send and service.link is not None:
+            self.network.send_records(service.link, list(output.send))
+        for event in output.events:
+            if isinstance(event, rv.Registered):
+                if event.ttl and self.public_address is None:
+                    self.public_address = tuple(event.observed)
+                log.info("registered with rendezvous %s for %d s (seen as %s)", _fmt(service.address),
+                         event.ttl, _fmt(event.observed))
+            elif isinstance(event, rv.IntroReceived):
+                self._on_intro(service, event)
+            elif isinstance(event, rv.IntroAnswered):
+                self._on_answer(event)
+            elif isinstance(event, (rv.IntroFailed, rv.IntroTimedOut)):
+                self.counters["intro_unanswered"] += 1
+
+    def _on_intro(self, service: _Service, event: rv.IntroReceived) -> None:
+        """Someone asks for us: answer only a contact, with our candidates, and punch at once."""
+        contact = self.store.find_contact_by_fingerprint(event.requester)
+        if contact is None or contact.blocked:
+            self.counters["intro_ignored"] += 1
+            return  # silence: the requester cannot tell this from our absence
+        bundle = ident.Bundle.from_base64(contact.bundle) if contact.bundle else None
+        try:
+            records = service.client.accept_intro(event, self.candidates(service.address), bundle, time.time())
+        except rv.RendezvousError as exc:
+            log.debug("cannot accept an introduction: %s", exc)
+            return
+        self.network.send_records(service.link, records)
+        targets = self._punch_list(event.requester_observed, event.candidates)
+        gevent.spawn(self._permit, [a for a, _ in targets])
+        self.network.punch(contact, targets)
+
+    def _on_answer(self, event: rv.IntroAnswered) -> None:
+        contact = self.store.find_contact_by_fingerprint(event.target)
+        if contact is None or contact.blocked:
+            return
+        targets = self._punch_list(event.target_observed, event.candidates)
+        gevent.spawn(self._permit, [a for a, _ in targets])
+        self.network.punch(contact, targets)
+
+    def tick(self, now: float) -> None:
+        wall = time.time()
+        for service in self.services:
+            self._tick_service(service, now, wall)
+        if self.server is not None and now - self._last_expire >= 1.0:
+            self._last_expire = now
+            self.server.expire(wall)
+
+    def _tick_service(self, service: _Service, now: float, wall: float) -> None:
+        link = service.link
+        if link is None or (not link.connected and (link.initiator is None or link.initiator.done)):
+            if now < service.next_attempt:
+                return
+            service.next_attempt = now + SERVICE_RETRY
+            if service.address is None:
+                try:
+                    service.address = stun.resolve((service.spec.host, service.spec.port))
+                except (stun.StunError, OSError) as exc:
+                    service.error = str(exc)
+                    return
+            if service.client is None:
+                service.client = rv.RendezvousClient(self.identity)
+            service.link = self.network.connect_service(service.address, service.spec.fingerprint)
+            return
+        if not link.connected or service.client is None:
+            return
+        client = service.client
+        if client.next_refresh(wall) <= wall:
+            self.network.send_records(link, [client.register_record(rv.DEFAULT_TTL, wall)])
+        output = client.tick(wall)
+        if output.send or output.events:
+            self._client_output(service, output)
+
+    # -- views ------------------------------------------------------------------------------
+    def _nat_view(self) -> dict:
+        return {"public_address": _fmt(self.public_address), "mapping": self.mapping,
+                "nat_type": self.nat_type, "detail": self.nat_detail}
+
+    def status(self) -> dict:
+        wall = time.time()
+        view = self._nat_view()
+        view["rendezvous"] = [{
+            "server": service.spec.host + ":" + str(service.spec.port),
+            "connected": bool(service.link and service.link.connected),
+            "registered": bool(service.client and service.client.registered(wall)),
+            "observed": _fmt(service.client.observed) if service.client else None,
+            "error": service.error,
+        } for service in self.services]
+        view["turn"] = {
+            "server": self.turn and _fmt(self.turn.server),
+            "relayed_address": _fmt(self.turn.relayed) if self.turn and self.turn.relayed else None,
+            "state": self.turn.state.value if self.turn else None,
+            "error": self.turn_error,
+        } if self.settings.turn_servers else None
+        if self.server is not None:
+            view["serving_rendezvous"] = {"registrations": self.server.registrations,
+                                          "clients": len(self.network.clients)}
+        return view
+
+
+def _quietly(function: Callable[[], object]) -> None:
+    try:
+        function()
+    except Exception as exc:
+        log.debug("ignored during shutdown: %s", exc)
