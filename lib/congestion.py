@@ -28,6 +28,8 @@ from typing import Any, Iterable, Optional
 PACKET_THRESHOLD = 3
 TIME_THRESHOLD = 9 / 8
 GRANULARITY = 0.001          # s: timers are not finer than this
+MIN_PTO = 0.1                # s: a user-space peer (GC, a disk sync) can pause for tens of ms;
+                             # a shorter probe timeout would resend a whole window for nothing
 INITIAL_RTT = 0.1            # s, before any sample (RFC 9002 says 333 ms; we start on LANs)
 MAX_PTO = 2.0                # s: probe timeouts back off up to this
 
@@ -138,7 +140,7 @@ class Recovery:
     def pto(self) -> float:
         srtt = self.srtt if self.srtt is not None else INITIAL_RTT
         base = srtt + max(4 * self.rttvar, GRANULARITY) + self.max_ack_delay
-        return min(MAX_PTO, base * (2 ** self.pto_count))
+        return min(MAX_PTO, max(base, MIN_PTO) * (2 ** self.pto_count))
 
     def deadline(self) -> Optional[float]:
         """When `on_timeout` must run: the time-threshold loss timer or the probe timeout."""
@@ -173,12 +175,20 @@ class Recovery:
 
 # -- congestion control (BBR-lite) -------------------------------------------------------------
 STARTUP_GAIN = 2.77          # 2/ln 2: doubles the delivery rate every round trip
-PROBE_CYCLE = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+# BBR cycles its pacing gain 1.25, 0.75, then 1 x 6. A user-space sender wakes late (timers
+# fire a millisecond or more after they were asked for) and can only send less than it paces
+# for, never more; pacing at exactly the estimate would let the estimate drift down. So the
+# cruising gain is 1.25 and the probing one 1.5; the window (2 BDP) still bounds the queue.
+PROBE_CYCLE = (1.5, 1.0, 1.25, 1.25, 1.25, 1.25, 1.25, 1.25)
 CWND_GAIN = 2.0
 BW_WINDOW_ROUNDS = 10
+BW_WINDOW_SECONDS = 1.0      # ...and at least this long: rounds last ~1 ms on loopback, too short
+                             # to ride out the pauses of a user-space receiver
 MIN_RTT_WINDOW = 10.0        # s
-RTT_FLOOR = 0.002            # s: user-space senders and receivers work in ~1 ms batches, so
-                             # a window sized on a 100 µs loopback RTT would starve the pipe
+RTT_FLOOR = 0.010            # s: a user-space receiver works in batches and pauses for a few ms
+                             # (GIL hand-overs, disk syncs); a window sized on a 100 µs loopback
+                             # RTT would starve the pipe at every pause. 10 ms of data in its
+                             # socket buffer (at most ~4 MiB at 400 MiB/s) keeps chat latency low
 INITIAL_WINDOW = 256 * 1024  # bytes in flight before the first measurement
 MAX_WINDOW = 64 * 1024 * 1024
 LOSS_THRESHOLD = 0.05
@@ -194,7 +204,7 @@ class Bbr:
         self.mss = mss
         self.mode = "startup"
         self.btl_bw = 0.0
-        self._bw_rounds: collections.deque[list[float]] = collections.deque()  # [round, max rate]
+        self._bw_rounds: collections.deque[list[float]] = collections.deque()  # [round, time, max rate]
         self.min_rtt: Optional[float] = None
         self.min_rtt_stamp = now
         self.delivered = 0
@@ -290,12 +300,12 @@ class Bbr:
             return  # an idle sender measures itself, not the path
         rounds = self._bw_rounds
         if rounds and rounds[-1][0] == self.round_count:
-            rounds[-1][1] = max(rounds[-1][1], rate)
+            rounds[-1][2] = max(rounds[-1][2], rate)
         else:
-            rounds.append([self.round_count, rate])
-        while rounds and rounds[0][0] <= self.round_count - BW_WINDOW_ROUNDS:
+            rounds.append([self.round_count, now, rate])
+        while rounds and rounds[0][0] <= self.round_count - BW_WINDOW_ROUNDS and now - rounds[0][1] > BW_WINDOW_SECONDS:
             rounds.popleft()
-        self.btl_bw = max(r[1] for r in rounds)
+        self.btl_bw = max(r[2] for r in rounds)
 
     def _check_loss(self, bytes_in_flight: int) -> None:
         total = self._window_acked + self._window_lost

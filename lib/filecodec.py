@@ -250,15 +250,18 @@ def data_capacity(max_datagram: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class AckRecord:
     """Packet numbers received, as inclusive ranges, highest first; `delay_us` is how long the
-    receiver held the highest one before acknowledging (subtracted from RTT samples)."""
+    receiver held the highest one before acknowledging (subtracted from RTT samples);
+    `window` is how many more bytes it can take before its disk catches up (flow control)."""
 
     ranges: tuple[tuple[int, int], ...]
     delay_us: int = 0
+    window: int = 0xFFFFFFFF
 
     def encode(self) -> bytes:
         if not 0 < len(self.ranges) <= MAX_ACK_RANGES:
             raise WireError(f"an ACK holds 1 to {MAX_ACK_RANGES} ranges")
-        parts = [struct.pack(">IB", _u(self.delay_us, 32, "ack delay"), len(self.ranges))]
+        parts = [struct.pack(">IIB", _u(self.delay_us, 32, "ack delay"), _u(self.window, 32, "window"),
+                             len(self.ranges))]
         for first, last in self.ranges:
             if _u(first, 64, "pn") > _u(last, 64, "pn"):
                 raise WireError("reversed pn range")
@@ -268,14 +271,14 @@ class AckRecord:
     @staticmethod
     def decode(body: bytes) -> "AckRecord":
         r = _Reader(body, "FILE_ACK")
-        delay, count = struct.unpack(">IB", r.take(5))
+        delay, window, count = struct.unpack(">IIB", r.take(9))
         if not 0 < count <= MAX_ACK_RANGES:
             raise WireError("FILE_ACK range count out of bounds")
         ranges = tuple(r.unpack(_RANGE64) for _ in range(count))
         r.end()
         if any(first > last for first, last in ranges):
             raise WireError("reversed pn range")
-        return AckRecord(ranges, delay)
+        return AckRecord(ranges, delay, window)
 
 
 @dataclasses.dataclass(frozen=True)

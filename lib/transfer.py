@@ -58,10 +58,12 @@ log = logging.getLogger("chatp2p.transfer")
 
 # -- sizes and timers (see docs/PROTOCOL.md §10 for how they were chosen) ------------------------
 READ_BLOCK = 1 << 20              # sender reads and hashes the file in blocks of this size
-SEND_CACHE = 8 << 20              # bytes a sender keeps read: in flight + read ahead, per transfer
+HASH_BLOCK = 4 << 20              # receiver hashes what it wrote in reads of this size...
+HASH_STEP = 16 << 20              # ...at most this much between two rounds of writes
+SEND_CACHE = 16 << 20             # bytes a sender keeps read: in flight + read ahead, per transfer
 MAX_PENDING_WRITES = 16 << 20     # bytes received but not yet written, per node (else dropped, unacked)
-SYNC_BYTES = 8 << 20              # fdatasync the .part and record the chunk map this often...
-SYNC_INTERVAL = 0.5               # ...or after this many seconds with unsynced data
+SYNC_BYTES = 64 << 20             # fdatasync the .part and record the chunk map this often...
+SYNC_INTERVAL = 1.0               # ...or after this many seconds with unsynced data
 ACK_EVERY = 2                     # DATA packets per FILE_ACK (more often when out of order)
 ACK_DELAY = 0.001                 # s: a lone DATA packet is acknowledged after this
 BURST = 16                        # datagrams the pump sends for one link before looking around
@@ -127,40 +129,31 @@ def _read_block(fd: int, offset: int, length: int, hasher) -> bytes:
     return data
 
 
-def _write_runs(fd: int, runs: list[tuple[int, list]], hasher, hash_pos: int) -> int:
-    """Write each run (offset, buffers) with pwritev; hash the runs that continue the hashed
-    prefix on the way (no read-back). Returns the new hashed position."""
+def _write_runs(fd: int, runs: list[tuple[int, list]]) -> None:
+    """Write each run (offset, buffers) with one pwritev.
+
+    Hashing is done later from the page cache (`_hash_file`): reading back 4 MiB costs two
+    calls, hashing datagram-sized pieces as they are written would cost one per piece, and each
+    call hands the GIL back and forth with the event loop."""
     for offset, buffers in runs:
         position = offset
-        for start in range(0, len(buffers), 512):  # IOV_MAX is 1024
-            group = buffers[start:start + 512]
+        for start in range(0, len(buffers), 1024):  # IOV_MAX
+            group = buffers[start:start + 1024]
             want = sum(len(b) for b in group)
             done = os.pwritev(fd, group, position)
-            if done < want:  # short write: finish piece by piece
-                skip = done
-                for buf in group:
-                    view = memoryview(buf)
-                    if skip >= len(view):
-                        skip -= len(view)
-                        continue
-                    view, skip = view[skip:], 0
-                    at = position + done
-                    while len(view):
-                        n = os.pwrite(fd, view, at)
-                        view, at, done = view[n:], at + n, done + n
+            if done < want:  # short write (rare): finish with the rest joined
+                rest = b"".join(group)[done:]
+                while rest:
+                    n = os.pwrite(fd, rest, position + done)
+                    rest, done = rest[n:], done + n
             position += want
-        if offset == hash_pos:
-            for buf in buffers:
-                hasher.update(buf)
-            hash_pos = position
-    return hash_pos
 
 
 def _hash_file(fd: int, start: int, end: int, hasher) -> int:
-    """Hash [start, end) of the .part from disk (data that arrived out of order, or a restart)."""
+    """Hash [start, end) of the .part, read back (from the page cache, usually)."""
     position = start
     while position < end:
-        data = os.pread(fd, min(READ_BLOCK, end - position), position)
+        data = os.pread(fd, min(HASH_BLOCK, end - position), position)
         if not data:
             break
         hasher.update(data)
@@ -424,6 +417,7 @@ class Channel:
         self.senders: list[Outgoing] = []
         self.rr = 0
         self.ptos = 0
+        self.peer_window = MAX_PENDING_WRITES  # receiver's buffer room, from its last ACK
         # path MTU search
         self.probe_id = 0
         self.probe_size = 0
@@ -766,6 +760,13 @@ class Transfers:
         for channel in self.channels.values():
             if channel.senders and channel.link.connected:
                 self._probe(channel, now)
+                if log.isEnabledFor(logging.DEBUG) and int(now * 2) != int((now - 0.02) * 2):
+                    bbr, rec = channel.bbr, channel.recovery
+                    log.debug("to %s: %s bw %.1f MiB/s min_rtt %.2f ms srtt %.2f ms cwnd %d KiB in flight %d KiB "
+                              "pacing %.1f MiB/s mtu %d hi %s pto %d", channel.link.name, bbr.mode,
+                              bbr.btl_bw / 2**20, (bbr.min_rtt or 0) * 1e3, (rec.srtt or 0) * 1e3, bbr.cwnd >> 10,
+                              rec.bytes_in_flight >> 10, bbr.pacing_rate / 2**20, channel.max_datagram,
+                              bbr.inflight_hi, channel.ptos)
 
     def _control_timers(self, link: Link, transfer: Transfer, now: float) -> None:
         due = now - transfer.control_sent >= min(CONTROL_MAX_RTO, CONTROL_RTO * 2 ** max(transfer.control_tries - 1, 0))
@@ -1117,7 +1118,8 @@ class Transfers:
         if not ranges:
             return
         delay = max(0, int((now - channel.rx_largest_time) * 1e6))
-        self._send_control(channel.link, [to_raw(AckRecord(ranges, min(delay, 0xFFFFFFFF)))])
+        window = max(0, MAX_PENDING_WRITES - self.pending_bytes)
+        self._send_control(channel.link, [to_raw(AckRecord(ranges, min(delay, 0xFFFFFFFF), window))])
 
     def _ack_timeout(self, channel: Channel) -> None:
         channel.ack_timer = None
@@ -1165,12 +1167,14 @@ class Transfers:
                 self._write_pending(transfer)
                 if transfer.fd is None or transfer.state not in (ACTIVE, PAUSED):
                     break
-                frontier = transfer.written.prefix_end(0)
+                frontier = min(transfer.written.prefix_end(0), transfer.hash_pos + HASH_STEP)
                 if frontier > transfer.hash_pos:
                     hasher = transfer.hasher
                     position = self.pool.apply(_hash_file, (transfer.fd, transfer.hash_pos, frontier, hasher))
                     if hasher is transfer.hasher:
                         transfer.hash_pos = position
+                    if transfer.pending or transfer.written.prefix_end(0) > transfer.hash_pos:
+                        continue  # more to write or hash: no sync or waiting yet
                 now = time.monotonic()
                 if transfer.unsynced and (transfer.unsynced >= SYNC_BYTES or now - transfer.synced_at >= SYNC_INTERVAL):
                     self._sync(transfer)
@@ -1205,10 +1209,7 @@ class Transfers:
             else:
                 runs.append((offset, [view]))
             run_end = offset + len(view)
-        hasher = transfer.hasher
-        position = self.pool.apply(_write_runs, (transfer.fd, runs, hasher, transfer.hash_pos))
-        if hasher is transfer.hasher:
-            transfer.hash_pos = position
+        self.pool.apply(_write_runs, (transfer.fd, runs))
         for offset, views in runs:
             transfer.written.add(offset, offset + sum(len(v) for v in views))
         transfer.unsynced += size
@@ -1411,6 +1412,7 @@ class Transfers:
 
     def _on_ack(self, channel: Channel, ack: AckRecord, now: float) -> None:
         recovery = channel.recovery
+        channel.peer_window = ack.window
         acked, lost = recovery.on_ack(ack.ranges, ack.delay_us / 1e6, now)
         if not acked and not lost:
             return
@@ -1512,7 +1514,7 @@ class Transfers:
             channel.bbr.on_timeout()
             channel.ptos += 1
             self.counters["file_probe_timeouts"] += 1
-            if channel.ptos >= 2 and channel.max_datagram > wire.MAX_DATAGRAM:
+            if channel.ptos >= 3 and channel.max_datagram > wire.MAX_DATAGRAM:
                 log.info("path to %s lost large datagrams: back to %d bytes", channel.link.name, wire.MAX_DATAGRAM)
                 channel.max_datagram = wire.MAX_DATAGRAM
                 channel.bbr.mss = wire.MAX_DATAGRAM
@@ -1529,7 +1531,7 @@ class Transfers:
         size = channel.max_datagram
         capacity = data_capacity(size)
         rate = bbr.pacing_rate
-        burst_cap = max(4.0 * size, rate * 0.002)
+        burst_cap = max(4.0 * size, rate * 0.004)  # timers fire late: allow up to 4 ms of catching up
         channel.tokens = min(channel.tokens + (now - channel.token_time) * rate, burst_cap)
         channel.token_time = now
         if self.upload_limit:
@@ -1538,13 +1540,19 @@ class Transfers:
             self._limit_time = now
         for _ in range(BURST):
             if recovery.bytes_in_flight + size > bbr.cwnd:
+                self.counters["file_wait_cwnd"] += 1
                 return None  # an ACK will wake the pump
+            if recovery.bytes_in_flight + size > max(channel.peer_window, 2 * size):
+                self.counters["file_wait_receiver"] += 1
+                return None  # the receiver's disk is behind: an ACK will open the window
             if channel.tokens < size:
+                self.counters["file_wait_pacing"] += 1
                 return (size - channel.tokens) / rate
             if self.upload_limit and self._limit_tokens < size:
                 return (size - self._limit_tokens) / self.upload_limit
             piece = self._next_piece(channel, capacity)
             if piece is None:
+                self.counters["file_wait_disk"] += 1
                 channel.idle = True
                 return None  # a reader or an ACK will wake the pump
             transfer, offset, view = piece

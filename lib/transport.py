@@ -17,6 +17,7 @@ from gevent import socket as gsocket
 log = logging.getLogger("chatp2p.transport")
 
 MAX_DATAGRAM = 65535
+YIELD_EVERY = 8  # datagrams handled in a row before other greenlets get a turn
 Classifier = Callable[[bytes], bool]
 Handler = Callable[[bytes, tuple], None]
 
@@ -74,7 +75,14 @@ class Transport:
             log.debug("send to %s failed: %s", address, exc)
 
     def _receive_loop(self, sock: gsocket.socket) -> None:
+        # recvfrom() does not switch greenlets while datagrams are waiting, so under a flood
+        # (a file transfer) nothing else would run: yield now and then to the API, the disk
+        # writers and the timers.
+        handled = 0
         while True:
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                gevent.sleep(0)
             try:
                 data, address = sock.recvfrom(MAX_DATAGRAM)
             except OSError as exc:
