@@ -26,6 +26,9 @@ log = logging.getLogger("chatp2p.nat")
 
 SERVICE_RETRY = 5.0          # seconds between attempts to reach a rendezvous server
 NAT_TYPE_TIMEOUT = 8.0
+TURN_CLOSE_TIMEOUT = 1.0     # stopping waits this long at most for the allocation's deletion
+ALLOCATE_ATTEMPTS = 5        # rounds over the TURN servers while one answers 437 (mismatch)
+MISMATCH_RETRY = 0.5         # seconds between those rounds
 RV_TYPES = range(0x10, 0x18)
 
 Publish = Callable[[str, object], None]
@@ -152,9 +155,14 @@ class NatTraversal:
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
         if self.turn is not None:
-            relay, self.turn = self.turn, None
+            # Delete the allocation now, while the socket is open and answers still reach the
+            # client (through self.turn): else the server keeps it for its whole lifetime and
+            # refuses a new one from this address and port (437) after a `p2p start`.
+            relay = self.turn
             self.network.relay = None
-            gevent.spawn(_quietly, relay.close)
+            with gevent.Timeout(TURN_CLOSE_TIMEOUT, False):
+                _quietly(relay.close)
+            self.turn = None
 
     # -- STUN and TURN ----------------------------------------------------------------------
     def _on_stun(self, data: bytes, address: Address) -> None:
@@ -194,22 +202,31 @@ class NatTraversal:
         self.publish("nat_detected", self._nat_view())
 
     def _allocate(self) -> None:
-        for server in self.settings.turn_servers:
-            try:
-                address = turn.parse_turn_url(server.url)
-                client = turn.TurnClient(self.transport.send, address, server.username, server.credential,
-                                         on_lost=self._relay_lost)
-                self.turn = client  # before allocate(): its answers arrive through _on_relay_data
-                client.allocate()
-            except (turn.TurnError, stun.StunError, OSError) as exc:
-                self.turn = None
-                self.turn_error = str(exc)
-                log.warning("TURN %s: %s", server.url, exc)
-                continue
-            self.turn_error = None
-            self.network.relay = client
-            log.info("TURN relay allocated at %s", _fmt(client.relayed))
-            return
+        for attempt in range(ALLOCATE_ATTEMPTS):
+            mismatch, error = False, None
+            for server in self.settings.turn_servers:
+                try:
+                    address = turn.parse_turn_url(server.url)
+                    client = turn.TurnClient(self.transport.send, address, server.username, server.credential,
+                                             on_lost=self._relay_lost)
+                    self.turn = client  # before allocate(): its answers arrive through _on_relay_data
+                    client.allocate()
+                except (turn.TurnError, stun.StunError, OSError) as exc:
+                    self.turn = None
+                    error = str(exc)
+                    # 437: our previous allocation from this address and port (a restart on the
+                    # same port) is still known to the server, for about a second after its deletion.
+                    mismatch = mismatch or getattr(exc, "code", None) == 437
+                    log.log(logging.DEBUG if mismatch else logging.WARNING, "TURN %s: %s", server.url, exc)
+                    continue
+                self.turn_error = None
+                self.network.relay = client
+                log.info("TURN relay allocated at %s", _fmt(client.relayed))
+                return
+            if not mismatch or attempt == ALLOCATE_ATTEMPTS - 1:
+                self.turn_error = error
+                return
+            gevent.sleep(MISMATCH_RETRY)
 
     def _relay_lost(self, reason: str) -> None:
         log.warning("TURN allocation lost: %s", reason)
@@ -258,10 +275,10 @@ class NatTraversal:
     def _punch_list(observed: Address, candidates: tuple) -> list[tuple[Address, str]]:
         paths = {rv.CandidateType.HOST: "direct", rv.CandidateType.SRFLX: "direct",
                  rv.CandidateType.RELAY: "relayed"}
-        result = [(tuple(c.address), paths.get(c.type, "direct")) for c in candidates
-                  if c.type != rv.CandidateType.RELAY]
+        result = [(tuple(c.address), paths.get(c.kind, "direct")) for c in candidates
+                  if c.kind != rv.CandidateType.RELAY]
         result.append((tuple(observed), "direct"))
-        result += [(tuple(c.address), "relayed") for c in candidates if c.type == rv.CandidateType.RELAY]
+        result += [(tuple(c.address), "relayed") for c in candidates if c.kind == rv.CandidateType.RELAY]
         unique: dict[Address, str] = {}
         for address, path in result:
             unique.setdefault(address, path)
@@ -291,6 +308,7 @@ class NatTraversal:
     def link_up(self, link: Link) -> None:
         for service in self.services:
             if service.link is link and service.client is not None:
+                service.error = None
                 self.network.send_records(link, [service.client.register_record(rv.DEFAULT_TTL, time.time())])
 
     def link_down(self, link: Link) -> None:
@@ -322,6 +340,7 @@ class NatTraversal:
             self.network.send_records(service.link, list(output.send))
         for event in output.events:
             if isinstance(event, rv.Registered):
+                service.error = None if event.ttl else "registration refused (the server is full); retrying"
                 if event.ttl and self.public_address is None:
                     self.public_address = tuple(event.observed)
                 log.info("registered with rendezvous %s for %d s (seen as %s)", _fmt(service.address),
@@ -369,6 +388,8 @@ class NatTraversal:
     def _tick_service(self, service: _Service, now: float, wall: float) -> None:
         link = service.link
         if link is None or (not link.connected and (link.initiator is None or link.initiator.done)):
+            if link is not None and link.failure:  # kept until a session is up: status says why
+                service.error = _SERVICE_FAILURES.get(link.failure, f"handshake failed: {link.failure}")
             if now < service.next_attempt:
                 return
             service.next_attempt = now + SERVICE_RETRY
@@ -416,6 +437,12 @@ class NatTraversal:
             view["serving_rendezvous"] = {"registrations": self.server.registrations,
                                           "clients": len(self.network.clients)}
         return view
+
+
+_SERVICE_FAILURES = {
+    "key_mismatch": "key mismatch: the server is not the identity given after '#' in its address",
+    "timeout": "no answer to the handshake (server down or unreachable)",
+}
 
 
 def _quietly(function: Callable[[], object]) -> None:

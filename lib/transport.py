@@ -57,9 +57,11 @@ class Transport:
         self._loop = gevent.spawn(self._receive_loop, sock)
 
     def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.kill(block=False)
-            self._loop = None
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            # Wait for the receive loop to end: gevent defers closing a socket that a greenlet
+            # still waits on, and `p2p start` (a restart) must be able to bind the port again.
+            loop.kill(block=loop is not gevent.getcurrent())
         if self.sock is not None:
             self.sock.close()
             self.sock = None
