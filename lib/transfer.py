@@ -479,6 +479,8 @@ class Transfers:
             self._register(transfer)
             if isinstance(transfer, Incoming) and transfer.state in (ACTIVE, PAUSED, FAILED) and transfer.part_path:
                 self._reopen_part(transfer)
+                if transfer.state in (ACTIVE, PAUSED):
+                    self._ensure_writer(transfer)  # it re-hashes what the .part holds
         self._pump = gevent.spawn(self._pump_loop)
 
     def stop(self) -> None:
@@ -727,6 +729,7 @@ class Transfers:
                 if transfer.state in (QUEUED, OFFERED, ACTIVE):
                     gevent.spawn(self._offer, link, transfer, now)  # it reads the file: not here
             elif transfer.state == ACTIVE:
+                self._ensure_writer(transfer)
                 self._answer(transfer, Answer.ACCEPT)
                 transfer.accept_pending = True
                 transfer.control_sent, transfer.control_tries = now, 1
@@ -860,6 +863,7 @@ class Transfers:
         transfer.answered = False
         if transfer.state != OFFERED:
             self._set_state(transfer, OFFERED)
+        log.info("offering %s (%s, %d bytes) to %s", transfer.transfer_id, transfer.name, transfer.size, link.name)
         self._send_control(link, [to_raw(self._offer_record(transfer))])
         transfer.control_sent, transfer.control_tries = now, 1
 
@@ -895,6 +899,8 @@ class Transfers:
     # -- receiver: offers -------------------------------------------------------------------
     def _on_offer(self, link: Link, offer: Offer, now: float) -> None:
         transfer = self.by_tid.get((link.fingerprint, offer.tid, "in"))
+        log.info("offer %s from %s: %s", offer.transfer_id[:MAX_TRANSFER_ID_CHARS], link.name,
+                 transfer.state if transfer is not None else "new")
         if transfer is None and (link.fingerprint, offer.tid) not in self._refused:
             row = self._known_incoming(link, offer)
             if row is not None:  # finished earlier: answer from the store
@@ -1046,7 +1052,10 @@ class Transfers:
         transfer.accept_pending = True
         transfer.control_sent, transfer.control_tries = now, 1
         self._answer(transfer, Answer.ACCEPT)
-        if transfer.writer is None or transfer.writer.dead:
+        self._ensure_writer(transfer)
+
+    def _ensure_writer(self, transfer: Incoming) -> None:
+        if transfer.fd is not None and (transfer.writer is None or transfer.writer.dead):
             transfer.writer = gevent.spawn(self._writer, transfer)
 
     def _reopen_part(self, transfer: Incoming) -> None:
@@ -1247,7 +1256,7 @@ class Transfers:
         self.publish("file_received", {"transfer_id": transfer.transfer_id, "peer": transfer.peer, "path": path,
                                        "sha256": transfer.sha256, "size": transfer.size})
         self.publish("file_transfer_completed", self._event(transfer, path=path, sha256=transfer.sha256,
-                                                             seconds=round(elapsed, 3)))
+                                                             seconds=round(elapsed, 3), wire_bytes=transfer.wire_bytes))
         self._forget(transfer)
 
     def _release_fd(self, transfer: Transfer) -> None:
@@ -1305,6 +1314,8 @@ class Transfers:
                                    transfer.size)
             transfer.restart_session(have)
             transfer.accepted = True
+            log.info("%s accepted %s: %d of %d bytes to send", link.name, transfer.transfer_id,
+                     transfer.need.total, transfer.size)
             transfer.control_tries = 0  # END goes out (and is retransmitted) once all is delivered
             if transfer.state != ACTIVE:
                 self._set_state(transfer, ACTIVE)
@@ -1333,7 +1344,8 @@ class Transfers:
                 self.counters["files_sent"] += 1
                 elapsed = now - (transfer.started_at or now)
                 self.publish("file_transfer_completed", self._event(transfer, path=transfer.path, sha256=sha,
-                                                                     seconds=round(elapsed, 3)))
+                                                                     seconds=round(elapsed, 3),
+                                                                     wire_bytes=transfer.wire_bytes))
                 self._forget(transfer)
         elif code == Answer.REJECT:
             self._stop_sending(transfer)

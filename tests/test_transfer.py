@@ -162,7 +162,8 @@ def teardown_module():
     for daemon in (A, B):
         if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
             daemon.stop()
-    shutil.rmtree(TMP, ignore_errors=True)
+    if not os.environ.get("CHATP2P_KEEP_TEST_DIR"):
+        shutil.rmtree(TMP, ignore_errors=True)
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -190,3 +191,94 @@ def test_64_mib_on_loopback_arrives_with_the_same_sha256():
     assert view_a["state"] == view_b["state"] == "completed"
     assert view_a["direction"] == "out" and view_b["direction"] == "in"
     print(f"64 MiB in {elapsed:.2f} s: {64 / elapsed:.0f} MiB/s; sent {view_a['wire_bytes']} bytes")
+
+
+def _progress_at_least(events, tid, fraction, total, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = [p["bytes"] for p in events.all("file_transfer_progress", transfer_id=tid)]
+        if done and max(done) >= fraction * total:
+            return max(done)
+        time.sleep(0.05)
+    raise AssertionError(f"progress never reached {fraction:.0%}: {events.all('file_transfer_progress')[-3:]}")
+
+
+def _kill_and_restart(daemon, events):
+    """kill -9, then start again on the same P2P port (where the peer will look for it)."""
+    port = daemon.request("status")["data"]["p2p"]["port"]
+    daemon.kill()
+    events.close()
+    daemon.extra_args = daemon.extra_args + ("--p2p-port", str(port))
+    daemon.start()
+    return Events(daemon)
+
+
+def test_receiver_killed_mid_transfer_resumes_without_resending_what_it_had():
+    size = 64 * MIB
+    a, b, ev_a, ev_b = start_pair(TMP, "kill-rx", ("--upload-limit", "16384"))
+    try:
+        source = os.path.join(TMP, "kill-rx.bin")
+        expected = make_file(source, size, seed=2)
+        tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
+        ev_b.wait("file_offer", 10, transfer_id=tid)
+        ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
+        _progress_at_least(ev_b, tid, 0.5, size, 30)
+        time.sleep(1.2)  # let the receiver record (fdatasync + store) what it holds
+        ev_b = _kill_and_restart(b, ev_b)
+        row = transfers(b)[tid]
+        assert row["state"] == "active" and row["bytes"] >= size // 4, row
+        received = ev_b.wait("file_received", 60, transfer_id=tid)[0]
+        done = ev_a.wait("file_transfer_completed", 20, transfer_id=tid)[0]
+        assert received["sha256"] == expected == sha256_of(received["path"])
+        # The sender sent the file once, plus what the receiver had not made durable.
+        assert done["wire_bytes"] < 1.6 * size, done
+    finally:
+        for events in (ev_a, ev_b):
+            events.close()
+        a.stop()
+        b.stop()
+
+
+def test_sender_killed_mid_transfer_resumes_without_resending_what_was_received():
+    size = 64 * MIB
+    a, b, ev_a, ev_b = start_pair(TMP, "kill-tx", ("--upload-limit", "16384"))
+    try:
+        source = os.path.join(TMP, "kill-tx.bin")
+        expected = make_file(source, size, seed=3)
+        tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
+        ev_b.wait("file_offer", 10, transfer_id=tid)
+        ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
+        _progress_at_least(ev_b, tid, 0.5, size, 30)
+        ev_a = _kill_and_restart(a, ev_a)
+        assert transfers(a)[tid]["state"] in ("active", "offered")
+        ok(a.request("p2p", "connect", {"peer": "Bob"}))  # a restarted node reconnects when it has work
+        received = ev_b.wait("file_received", 60, transfer_id=tid)[0]
+        done = ev_a.wait("file_transfer_completed", 20, transfer_id=tid)[0]
+        assert received["sha256"] == expected == sha256_of(received["path"])
+        assert done["wire_bytes"] < 0.6 * size, done  # the restarted sender sent only the rest
+    finally:
+        for events in (ev_a, ev_b):
+            events.close()
+        a.stop()
+        b.stop()
+
+
+def test_changed_source_restarts_cleanly_and_pause_resume_work():
+    size = 16 * MIB
+    source = os.path.join(TMP, "changing.bin")
+    make_file(source, size, seed=4)
+    ok(A.request("p2p", "pause_transfer", {"transfer_id": "nope"})) if False else None
+    tid = ok(A.request("p2p", "send_file", {"peer": "Bob", "file_path": source, "chunk_size": 65536,
+                                            "transfer_id": "changing-1"}))["transfer_id"]
+    assert tid == "changing-1"
+    EV_B.wait("file_offer", 10, transfer_id=tid)
+    ok(A.request("p2p", "pause_transfer", {"transfer_id": tid}))
+    assert transfers(A)[tid]["state"] == "paused"
+    ok(B.request("p2p", "accept_file", {"transfer_id": tid, "save_as": "changed.bin"}))
+    time.sleep(0.3)
+    expected = make_file(source, size + 12345, seed=5)  # another version, another size
+    ok(A.request("p2p", "resume_transfer", {"transfer_id": tid}))
+    received = EV_B.wait("file_received", 60, transfer_id=tid)[0]
+    assert received["sha256"] == expected == sha256_of(received["path"])
+    assert os.path.basename(received["path"]) == "changed.bin"
+    assert transfers(B)[tid]["total"] == size + 12345
