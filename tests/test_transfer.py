@@ -282,3 +282,104 @@ def test_changed_source_restarts_cleanly_and_pause_resume_work():
     assert received["sha256"] == expected == sha256_of(received["path"])
     assert os.path.basename(received["path"]) == "changed.bin"
     assert transfers(B)[tid]["total"] == size + 12345
+
+
+def test_64_mib_through_loss_duplication_and_reordering():
+    from netproxy import ImpairmentProxy
+
+    size = 64 * MIB
+    a = Daemon(os.path.join(TMP, "lossy-a"), "--keepalive-interval", "1",
+               "--downloads-dir", os.path.join(TMP, "lossy-a", "dl"))
+    b = Daemon(os.path.join(TMP, "lossy-b"), "--keepalive-interval", "1",
+               "--downloads-dir", os.path.join(TMP, "lossy-b", "dl"))
+    a.start()
+    b.start()
+    ev_a = ev_b = proxy = None
+    try:
+        sa, sb = a.request("status")["data"], b.request("status")["data"]
+        proxy = ImpairmentProxy.pair(sa["p2p"]["port"], sb["p2p"]["port"], loss=0.05, duplicate=0.02,
+                                     reorder=0.02, seed=7).start()
+        ok(a.request("contacts", "add", {"peer": "Bob", "public_key": sb["identity"]["public_key"]}))
+        ok(b.request("contacts", "add", {"peer": "Alice", "public_key": sa["identity"]["public_key"]}))
+        ev_a, ev_b = Events(a), Events(b)
+        ok(a.request("p2p", "connect", {"peer": "Bob", "address": "%s:%d" % proxy.reach_b}))
+        ok(a.request("contacts", "negotiate_keys", {"peer": "Bob", "timeout": 30}))
+        source = os.path.join(TMP, "lossy.bin")
+        expected = make_file(source, size, seed=6)
+        tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
+        ev_b.wait("file_offer", 10, transfer_id=tid)
+        ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
+        received = ev_b.wait("file_received", 120, transfer_id=tid)[0]
+        assert received["sha256"] == expected == sha256_of(received["path"])
+        stats = proxy.stats()
+        assert stats["up"]["dropped"] > 20 and stats["up"]["duplicated"] > 5 and stats["up"]["reordered"] > 5, stats
+        assert stats["down"]["dropped"] > 5, stats
+    finally:
+        for events in (ev_a, ev_b):
+            if events is not None:
+                events.close()
+        if proxy is not None:
+            proxy.stop()
+        a.stop()
+        b.stop()
+
+
+def test_two_concurrent_transfers_share_the_link_and_chat_stays_responsive():
+    size = 32 * MIB
+    sources = [os.path.join(TMP, f"pair-{i}.bin") for i in range(2)]
+    digests = [make_file(path, size, seed=10 + i) for i, path in enumerate(sources)]
+    tids = [ok(A.request("p2p", "send_file", {"peer": "Bob", "file_path": path}))["transfer_id"] for path in sources]
+    for tid in tids:
+        EV_B.wait("file_offer", 10, transfer_id=tid)
+    for tid in tids:
+        ok(B.request("p2p", "accept_file", {"transfer_id": tid}))
+    latencies = []
+    for n in range(10):
+        message_id = f"during-transfer-{n}"
+        sent = time.monotonic()
+        ok(A.request("p2p", "send_message", {"peer": "Bob", "message": f"hello {n}", "message_id": message_id}))
+        EV_B.wait("p2p_message_received", 10, message_id=message_id)
+        latencies.append(time.monotonic() - sent)
+    for tid, digest in zip(tids, digests):
+        assert EV_B.wait("file_received", 60, transfer_id=tid)[0]["sha256"] == digest
+    latencies.sort()
+    assert latencies[len(latencies) // 2] < 0.2, latencies  # chat does not queue behind file data
+    # Fair share: both advanced together (neither waited for the other to finish).
+    first_done = [EV_B.wait("file_transfer_completed", 5, transfer_id=tid)[0]["seconds"] for tid in tids]
+    assert max(first_done) < 3 * min(first_done) + 1, first_done
+
+
+def test_offer_to_an_offline_contact_is_queued_then_sent():
+    offline = ok(A.request("contacts", "add", {"peer": "Nobody", "public_key": A.other_id()}))
+    assert offline
+    source = os.path.join(TMP, "queued.txt")
+    pathlib.Path(source).write_text("for later\n")
+    reply = ok(A.request("p2p", "send_file", {"peer": "Nobody", "file_path": source}))
+    assert reply["data"] == "File transfer queued" and reply["transfer_id"]
+    assert transfers(A)[reply["transfer_id"]]["state"] == "queued"
+    ok(A.request("p2p", "cancel_transfer", {"transfer_id": reply["transfer_id"]}))
+
+
+def test_api_errors_are_clear():
+    missing = os.path.join(TMP, "does-not-exist.bin")
+    reply = A.request("p2p", "send_file", {"peer": "Bob", "file_path": missing, "transfer_id": "missing-1"})
+    assert not reply["success"] and "file not found" in reply["error"]
+    assert EV_A.wait("file_transfer_failed", 5, transfer_id="missing-1")[0]["reason"].endswith("file not found")
+    reply = A.request("p2p", "send_file", {"peer": "Bob", "file_path": TMP})
+    assert not reply["success"] and "directory" in reply["error"]
+    reply = A.request("p2p", "send_file", {"peer": "Bob", "file_path": "relative.txt"})
+    assert not reply["success"] and "absolute" in reply["error"]
+    reply = A.request("p2p", "send_file", {"peer": "Nobody2", "file_path": missing})
+    assert not reply["success"] and "Peer not found" in reply["error"]
+    reply = A.request("p2p", "accept_file", {"transfer_id": "unknown"})
+    assert not reply["success"] and "not found" in reply["error"]
+    source = os.path.join(TMP, "small.txt")
+    pathlib.Path(source).write_text("small\n")
+    tid = ok(A.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
+    EV_B.wait("file_offer", 10, transfer_id=tid)
+    for bad in ("../x", "/etc/passwd", "a/b", "..", "x\u202etxt"):
+        reply = B.request("p2p", "accept_file", {"transfer_id": tid, "save_as": bad})
+        assert not reply["success"] and "save_as" in reply["error"], (bad, reply)
+    ok(B.request("p2p", "reject_file", {"transfer_id": tid}))
+    failed = EV_A.wait("file_transfer_failed", 10, transfer_id=tid)[0]
+    assert "rejected" in failed["reason"]
