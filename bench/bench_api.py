@@ -32,8 +32,10 @@ TARGET = 0.70
 
 
 # -- the echo server (its own process) -----------------------------------------------------------
-def run_echo_server() -> int:
-    """Serve until killed; prints the port on stdout once listening."""
+def run_echo_server(pad: int = 0) -> int:
+    """Serve until killed; prints the port on stdout once listening. `pad` adds that many
+    characters to every answer, so both servers serialise and send answers of one size and
+    the ratio shows the dispatcher's own cost."""
     from gevent.server import StreamServer
 
     from chatp2p_core.util import iso_utc
@@ -45,7 +47,8 @@ def run_echo_server() -> int:
             if not data:
                 return
             *lines, pending = (pending + data).split(b"\n")
-            replies = [json.dumps({"success": True, "data": json.loads(line), "timestamp": iso_utc(time.time())},
+            replies = [json.dumps({"success": True, "data": {"request": json.loads(line), "pad": "x" * pad},
+                                   "timestamp": iso_utc(time.time())},
                                   separators=(",", ":")).encode() + b"\n"
                        for line in lines if line.strip()]
             if replies:
@@ -137,7 +140,7 @@ def check_answer(port: int, request: bytes) -> int:
 
 
 # -- the driver --------------------------------------------------------------------------------
-def run_bench(duration: float, request: bytes, pin: bool) -> int:
+def run_bench(duration: float, request: bytes, pin: bool, same_size: bool) -> int:
     sys.path.insert(0, str(ROOT / "tests"))
     from daemon import Daemon  # the tests' helper: starts a real chatp2pd on a temp dir
 
@@ -149,8 +152,9 @@ def run_bench(duration: float, request: bytes, pin: bool) -> int:
     echo = None
     try:
         daemon.start()
-        echo = subprocess.Popen([sys.executable, __file__, "--role", "echo"], stdout=subprocess.PIPE, text=True,
-                                env=Daemon.environment(tmp))
+        pad = max(0, check_answer(daemon.port, request) - 120) if same_size else 0
+        echo = subprocess.Popen([sys.executable, __file__, "--role", "echo", "--pad", str(pad)],
+                                stdout=subprocess.PIPE, text=True, env=Daemon.environment(tmp))
         echo_port = int(echo.stdout.readline())
         servers = {"daemon": (daemon.port, daemon.proc.pid), "echo": (echo_port, echo.pid)}
         if server_cpus:
@@ -197,6 +201,9 @@ def main() -> int:
                         help="pin the servers to the first CPU and the load generator to the others "
                              "(steadier throughput figures; on VMs it slows ping-pong, whose every "
                              "round trip then needs a cross-CPU wake-up)")
+    parser.add_argument("--small-echo", action="store_true",
+                        help="let the echo server answer tiny objects instead of answers as large as the daemon's")
+    parser.add_argument("--pad", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=("bench", "echo", "load"), default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--connections", type=int, default=1, help=argparse.SUPPRESS)
@@ -204,11 +211,11 @@ def main() -> int:
     args = parser.parse_args()
     request = json.dumps(json.loads(args.request), separators=(",", ":")).encode() + b"\n"
     if args.role == "echo":
-        return run_echo_server()
+        return run_echo_server(args.pad)
     if args.role == "load":
         print(json.dumps(run_load(args.port, args.connections, args.depth, args.duration, request)))
         return 0
-    return run_bench(args.duration, request, args.pin)
+    return run_bench(args.duration, request, args.pin, not args.small_echo)
 
 
 if __name__ == "__main__":

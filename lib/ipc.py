@@ -118,6 +118,9 @@ class ApiServer:
             return
         self.connections += 1
         try:
+            # Answers are written whole: do not let Nagle hold the tail of one back waiting for
+            # the client's delayed ACK (40 ms per request on a ping-pong client).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _Connection(self, sock).run()
         except OSError as exc:
             log.debug("API connection from %s ended: %s", remote, exc)
