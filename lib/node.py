@@ -12,6 +12,8 @@ import pathlib
 import time
 from typing import Any
 
+import gevent
+
 from . import __version__, identity as ident, pqc
 from .config import Config
 from .contacts import ContactBook
@@ -20,7 +22,7 @@ from .lan import LanDiscovery
 from .lockfile import DataDirLock
 from .nat import NatSettings, NatTraversal, TurnServer
 from .messaging import Messenger
-from .peers import Network, NetworkConfig
+from .peers import LinkState, Network, NetworkConfig, parse_address
 from .store import Store
 from .transfer import Transfers
 from .transport import Transport
@@ -29,6 +31,7 @@ from .util import ensure_private_dir
 log = logging.getLogger("chatp2p.node")
 
 EVENTS_SOCKET = "events.sock"
+RECONNECT_INTERVAL = 30.0   # seconds between attempts to reach contacts that are offline
 
 
 class Node:
@@ -54,6 +57,7 @@ class Node:
         self.lan: LanDiscovery | None = None
         self.nat: NatTraversal | None = None
         self.turn_override: tuple | None = None   # TURN servers given to `p2p start`
+        self._reconnector: gevent.Greenlet | None = None
         self._lock = DataDirLock(self.data_dir)
         self._identity_view: dict | None = None
 
@@ -138,6 +142,7 @@ class Node:
                                 self._nat_settings())
         self.network.start()
         self.nat.start()
+        self._reconnector = gevent.spawn(self._reconnect_loop)
         if self.config.lan_discovery:
             self.lan = LanDiscovery(self.identity.fingerprint, transport.port, self._lan_contacts, self._lan_found,
                                     port=self.config.lan_port)
@@ -195,7 +200,28 @@ class Node:
             return
         self.network.connect(contact, [address], path="lan")
 
+    def _reconnect_loop(self) -> None:
+        """Reach every contact that is not connected: at start (a restarted node picks its
+        sessions up again and its queued messages go out) and then every RECONNECT_INTERVAL,
+        at its last known addresses and through the rendezvous servers."""
+        gevent.sleep(0.2)
+        while self.network is not None and self.store is not None:
+            network, store = self.network, self.store
+            for contact in store.list_contacts():
+                link = network.links.get(contact.fingerprint)
+                if contact.blocked or (link is not None and link.state != LinkState.OFFLINE):
+                    continue
+                addresses = [a for a in (parse_address(text) for text in contact.addresses) if a]
+                if addresses:
+                    network.connect(contact, addresses)
+                if self.nat is not None:
+                    self.nat.reach(contact)
+            gevent.sleep(RECONNECT_INTERVAL)
+
     def stop_p2p(self) -> None:
+        if self._reconnector is not None:
+            self._reconnector.kill(block=False)
+            self._reconnector = None
         if self.nat is not None:
             self.nat.stop()
             self.nat = None
