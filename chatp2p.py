@@ -8,7 +8,6 @@ module that opens sockets is imported.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -80,56 +79,74 @@ def run_daemon(config, prog: str) -> int:
     import gevent
     import gevent.event
 
-    from chatp2p_core.ipc import ApiServer
-    from chatp2p_core.lockfile import DataDirLocked
-    from chatp2p_core.runtime import RuntimeFiles
-    from chatp2p_core.commands import build_table
-    from chatp2p_core.node import Node
-
-    log = logging.getLogger("chatp2p")
     refused = _refuse_settings(config, prog)
     if refused is not None:
         return refused
 
-    node = Node(config)
-    try:
-        node.start()
-    except DataDirLocked as exc:
-        print(f"{prog}: {exc}; stop it first, or attach to it with: chatp2p --connect", file=sys.stderr)
-        return EXIT_RUNTIME
-    except OSError as exc:
-        print(f"{prog}: cannot start: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
-
-    runtime = RuntimeFiles(node.data_dir)
-    token = runtime.ensure_token() if config.allow_remote_ipc else None
-    server = ApiServer(build_table(), node, config.ipc_host, config.ipc_port,
-                       idle_timeout=config.idle_timeout, max_request_bytes=config.max_request_bytes,
-                       max_connections=config.max_connections, token=token)
-    try:
-        server.start()
-    except OSError as exc:
-        print(f"{prog}: cannot listen on {config.ipc_host}:{config.ipc_port}: {exc.strerror or exc}",
-              file=sys.stderr)
-        node.stop()
-        return EXIT_RUNTIME
-    node.ipc_address = server.address
-    status = node.status()
-    runtime.write_endpoints(status)
-    log.info("ready ipc=%s:%d events=%s p2p_port=%s id=%s",
-             server.address[0], server.address[1], " ".join(status["events"]["endpoints"]),
-             status["p2p"]["port"], status["identity"]["fingerprint"])
+    served = _start_serving(config, prog, "ready", lambda exc: (
+        f"{prog}: {exc}; stop it first, or attach to it with: chatp2p --connect"))
+    if isinstance(served, int):
+        return served
+    node, server, runtime, _ = served
 
     stopping = gevent.event.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, stopping.set)
     stopping.wait()
+    _stop_serving(node, server, runtime)
+    return 0
+
+
+def _start_serving(config, prog: str, ready_word: str, locked_message):
+    """Start the node and its API server, write run.json, log the ready line.
+
+    Returns (node, server, runtime files, command table), or an exit code after one clear
+    line on stderr; `locked_message(exc)` words the data-dir-in-use case for this program."""
+    from chatp2p_core.commands import build_table
+    from chatp2p_core.ipc import ApiServer
+    from chatp2p_core.lockfile import DataDirLocked
+    from chatp2p_core.node import Node
+    from chatp2p_core.runtime import RuntimeFiles
+
+    node = Node(config)
+    try:
+        node.start()
+    except DataDirLocked as exc:
+        print(locked_message(exc), file=sys.stderr)
+        return EXIT_RUNTIME
+    except OSError as exc:
+        print(f"{prog}: cannot start: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    runtime = RuntimeFiles(node.data_dir)
+    table = build_table()
+    token = runtime.ensure_token() if config.allow_remote_ipc else None
+    server = ApiServer(table, node, config.ipc_host, config.ipc_port,
+                       idle_timeout=config.idle_timeout, max_request_bytes=config.max_request_bytes,
+                       max_connections=config.max_connections, token=token)
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"{prog}: cannot listen on {config.ipc_host}:{config.ipc_port}: {exc.strerror or exc} "
+              f"(another chatp2p? use --ipc-port, or attach with chatp2p --connect)", file=sys.stderr)
+        node.stop()
+        return EXIT_RUNTIME
+    node.ipc_address = server.address
+    status = node.status()
+    runtime.write_endpoints(status)
+    logging.getLogger("chatp2p").info(
+        "%s ipc=%s:%d events=%s p2p_port=%s id=%s", ready_word, server.address[0], server.address[1],
+        " ".join(status["events"]["endpoints"]), status["p2p"]["port"], status["identity"]["fingerprint"])
+    return node, server, runtime, table
+
+
+def _stop_serving(node, server, runtime) -> None:
+    """Stop accepting API requests, forget run.json, stop the node (the database is checkpointed)."""
+    log = logging.getLogger("chatp2p")
     log.info("stopping")
     server.stop(timeout=0.5)
     runtime.remove_endpoints()
     node.stop()
     log.info("stopped")
-    return 0
 
 
 def _app_flags(parser: argparse.ArgumentParser) -> None:
@@ -181,58 +198,30 @@ class _StderrToLog:
 
 def _run_app_embedded(config, prog: str) -> int:
     """Node + API server (as the daemon runs them) + the UI, in this one process."""
-    from chatp2p_core.commands import build_table
-    from chatp2p_core.ipc import ApiServer
-    from chatp2p_core.lockfile import DataDirLocked
-    from chatp2p_core.node import Node
-    from chatp2p_core.runtime import RuntimeFiles, read_endpoints
+    from chatp2p_core.runtime import read_endpoints
     from chatp2p_ui import app as ui_app
     from chatp2p_ui.client import LocalBackend
 
-    log = logging.getLogger("chatp2p")
     refused = _refuse_settings(config, prog)
     if refused is not None:
         return refused
-    node = Node(config)
-    try:
-        node.start()
-    except DataDirLocked as exc:
+
+    def locked(exc) -> str:
         running = read_endpoints(config.data_path) or {}
         where = f"{running.get('ipc_host', '127.0.0.1')}:{running['ipc_port']}" if running.get("ipc_port") \
             else "HOST:PORT"
-        print(f"{prog}: {exc}.\nA daemon already holds this data dir: attach to it with "
-              f"{prog} --connect {where}", file=sys.stderr)
-        return EXIT_RUNTIME
-    except OSError as exc:
-        print(f"{prog}: cannot start: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
-    runtime = RuntimeFiles(node.data_dir)
-    table = build_table()
-    token = runtime.ensure_token() if config.allow_remote_ipc else None
-    server = ApiServer(table, node, config.ipc_host, config.ipc_port,
-                       idle_timeout=config.idle_timeout, max_request_bytes=config.max_request_bytes,
-                       max_connections=config.max_connections, token=token)
-    try:
-        server.start()
-    except OSError as exc:
-        print(f"{prog}: cannot listen on {config.ipc_host}:{config.ipc_port}: {exc.strerror or exc} "
-              f"(another chatp2p? use --ipc-port, or attach with {prog} --connect)", file=sys.stderr)
-        node.stop()
-        return EXIT_RUNTIME
-    node.ipc_address = server.address
-    status = node.status()
-    runtime.write_endpoints(status)
-    log.info("ready (app) ipc=%s:%d events=%s p2p_port=%s id=%s", server.address[0], server.address[1],
-             " ".join(status["events"]["endpoints"]), status["p2p"]["port"], status["identity"]["fingerprint"])
+        return (f"{prog}: {exc}.\nA daemon already holds this data dir: attach to it with "
+                f"{prog} --connect {where}")
+
+    served = _start_serving(config, prog, "ready (app)", locked)
+    if isinstance(served, int):
+        return served
+    node, server, runtime, table = served
     try:
         with _StderrToLog(_app_log_path(config)):
             code = ui_app.run(LocalBackend(node, table), config.config_path)
     finally:
-        log.info("stopping")
-        server.stop(timeout=0.5)
-        runtime.remove_endpoints()
-        node.stop()
-        log.info("stopped")
+        _stop_serving(node, server, runtime)
     return code
 
 
