@@ -32,7 +32,6 @@ from .views.chrome import Footer, Header, SizeGuard
 from .views.contacts import ContactList
 from .views.conversation import ConversationView
 from .views.prompt import Prompt
-from .views import fmt
 
 log = logging.getLogger("chatp2p.ui")
 
