@@ -262,12 +262,23 @@ def format_status(data: dict) -> str:
     if isinstance(available, list) and available:
         backend += f" (available: {', '.join(map(str, available))})"
     uptime = data.get("uptime_s")
+    nat_text = None
+    if "nat_type" in p2p:  # present once NAT traversal is wired in
+        nat_text = str(p2p.get("nat_type") or "unknown")
+        public = p2p.get("public_address")
+        if isinstance(public, (list, tuple)) and len(public) == 2 and isinstance(public[1], int):
+            public = format_address(str(public[0]), int(public[1]))
+        if public:
+            nat_text += f", public address {public}"
+        if p2p.get("detail"):
+            nat_text += f" ({p2p['detail']})"
     rows = [
         ("name", identity.get("name")),
         ("ID", identity.get("fingerprint")),
         ("version", data.get("version")),
         ("uptime", format_duration(uptime) if isinstance(uptime, (int, float)) else None),
         ("p2p", p2p_text),
+        ("nat", nat_text),
         ("ipc", ipc_text),
         ("events", events.get("endpoint") or ", ".join(events.get("endpoints") or [])),
         ("contacts", data.get("contacts")),
