@@ -122,6 +122,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 4: a held message's sequence number, so release keeps the sender's order.
     ("ALTER TABLE held_messages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",),
+    # 5: a contact's messages by direction and seq: the next outgoing seq (max) and the
+    # delivered ranges are index lookups instead of scans of every outgoing row.
+    ("CREATE INDEX messages_seq ON messages (contact_id, direction, seq)",),
 )
 
 
@@ -582,28 +585,57 @@ class Store:
         state: str = "queued",
     ) -> Message:
         """Store a message we send, with the contact's next outgoing sequence number."""
-        if state not in OUTGOING_STATES:
-            raise StoreError(f"Invalid state for an outgoing message: {state}")
+        result = self.add_outgoing_many([(contact_id, message_id, body, created, state)])[0]
+        if isinstance(result, StoreError):
+            raise result
+        return result
+
+    def add_outgoing_many(
+        self, items: list[tuple[int, str, str, float, str]]
+    ) -> list[Message | StoreError]:
+        """Store many outgoing messages (contact_id, message_id, body, created, state) in ONE
+        transaction, each with its contact's next sequence number, in the order given.
+
+        An item that cannot be stored (unknown contact, message_id already used, bad state)
+        gets its StoreError in the result and the others are stored; a database error fails
+        them all (raised, nothing stored)."""
+        results: list[Message | StoreError] = []
+        next_seq: dict[int, int] = {}
         with self._tx() as conn:
-            self._contact_by_id(conn, contact_id)
-            exists = conn.execute(
-                "SELECT 1 FROM messages "
-                "WHERE contact_id = ? AND direction = 'out' AND message_id = ?",
-                (contact_id, message_id),
-            ).fetchone()
-            if exists is not None:
-                raise DuplicateError(f"Message {message_id} already exists")
-            seq = conn.execute(
-                "SELECT coalesce(max(seq), 0) + 1 FROM messages "
-                "WHERE contact_id = ? AND direction = 'out'",
-                (contact_id,),
-            ).fetchone()[0]
-            cur = conn.execute(
-                "INSERT INTO messages (contact_id, message_id, direction, body, created, "
-                "state, seq, read) VALUES (?, ?, 'out', ?, ?, ?, ?, 1)",
-                (contact_id, message_id, body, created, state, seq),
-            )
-            return self._message(conn, cur.lastrowid)
+            for contact_id, message_id, body, created, state in items:
+                if state not in OUTGOING_STATES:
+                    results.append(StoreError(f"Invalid state for an outgoing message: {state}"))
+                    continue
+                seq = next_seq.get(contact_id)
+                if seq is None:
+                    try:
+                        self._contact_by_id(conn, contact_id)
+                    except NotFoundError as exc:
+                        results.append(exc)
+                        continue
+                    seq = conn.execute(
+                        "SELECT coalesce(max(seq), 0) + 1 FROM messages "
+                        "WHERE contact_id = ? AND direction = 'out'",
+                        (contact_id,),
+                    ).fetchone()[0]
+                exists = conn.execute(
+                    "SELECT 1 FROM messages "
+                    "WHERE contact_id = ? AND direction = 'out' AND message_id = ?",
+                    (contact_id, message_id),
+                ).fetchone()
+                if exists is not None:
+                    next_seq[contact_id] = seq
+                    results.append(DuplicateError(f"Message {message_id} already exists"))
+                    continue
+                cur = conn.execute(
+                    "INSERT INTO messages (contact_id, message_id, direction, body, created, "
+                    "state, seq, read) VALUES (?, ?, 'out', ?, ?, ?, ?, 1)",
+                    (contact_id, message_id, body, created, state, seq),
+                )
+                next_seq[contact_id] = seq + 1
+                results.append(Message(cur.lastrowid, contact_id, message_id, "out", body, created,
+                                       None, state, seq, True, None))
+        return results
 
     def add_incoming(
         self, contact_id: int, message_id: str, body: str, created: float, received: float
@@ -659,6 +691,31 @@ class Store:
             ).fetchone()
             return Message.from_row(row), False
 
+    def deliver_incoming_many(
+        self,
+        contact_id: int,
+        items: list[tuple[int, str, str, float]],
+        received: float,
+    ) -> list[bool]:
+        """`deliver_incoming` for a run of messages (seq, message_id, body, created) in sequence
+        order, in ONE transaction: every message, and in_seq set to the last seq. Returns, per
+        message, True if it is new (False: a copy, recognised by its message_id)."""
+        if not items:
+            return []
+        new: list[bool] = []
+        with self._tx() as conn:
+            self._contact_by_id(conn, contact_id)
+            for seq, message_id, body, created in items:
+                cur = conn.execute(
+                    "INSERT INTO messages (contact_id, message_id, direction, body, created, "
+                    "received, state, seq, read) VALUES (?, ?, 'in', ?, ?, ?, 'received', ?, 0) "
+                    "ON CONFLICT (contact_id, direction, message_id) DO NOTHING",
+                    (contact_id, message_id, body, created, received, seq),
+                )
+                new.append(cur.rowcount == 1)
+            conn.execute("UPDATE contacts SET in_seq = ? WHERE id = ?", (items[-1][0], contact_id))
+        return new
+
     def deliver_position(self, contact_id: int, seq: int) -> None:
         """Set the receive position (a stranger's held messages became a contact's)."""
         with self._tx() as conn:
@@ -689,6 +746,41 @@ class Store:
                 done.append(self._message(conn, row["id"]))
         return done
 
+    def mark_delivered_ranges(
+        self, contact_id: int, ranges: list[tuple[int, int]]
+    ) -> list[tuple[int, str]]:
+        """Outgoing messages with a seq in these inclusive ranges, still queued or sent, become
+        delivered, in one transaction; returns their (seq, message_id) in seq order."""
+        done: list[tuple[int, str]] = []
+        if not ranges:
+            return done
+        with self._tx() as conn:
+            for first, last in ranges:
+                where = ("WHERE contact_id = ? AND direction = 'out' AND seq BETWEEN ? AND ? "
+                         "AND state IN ('queued', 'sent')")
+                rows = conn.execute(
+                    f"SELECT seq, message_id FROM messages {where} ORDER BY seq",
+                    (contact_id, first, last),
+                ).fetchall()
+                if rows:
+                    conn.execute(
+                        f"UPDATE messages SET state = 'delivered', failure = NULL {where}",
+                        (contact_id, first, last),
+                    )
+                    done.extend((row[0], row[1]) for row in rows)
+        return done
+
+    def mark_sent_ranges(self, contact_id: int, ranges: list[tuple[int, int]]) -> None:
+        """Outgoing messages still queued with a seq in these ranges become sent (one transaction)."""
+        if not ranges:
+            return
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE messages SET state = 'sent' WHERE contact_id = ? AND direction = 'out' "
+                "AND seq BETWEEN ? AND ? AND state = 'queued'",
+                [(contact_id, first, last) for first, last in ranges],
+            )
+
     def set_message_state(
         self, contact_id: int, message_id: str, state: str, failure: str | None = None
     ) -> None:
@@ -709,8 +801,9 @@ class Store:
 
     def pending_outgoing(self, contact_id: int) -> list[Message]:
         """Messages still to deliver (queued or sent), in sequence order."""
-        rows = self._query(
-            "SELECT * FROM messages WHERE contact_id = ? AND direction = 'out' "
+        rows = self._query(  # the state index: the seq one would walk the whole history
+            "SELECT * FROM messages INDEXED BY messages_out_state "
+            "WHERE contact_id = ? AND direction = 'out' "
             "AND state IN ('queued', 'sent') ORDER BY seq",
             (contact_id,),
         )

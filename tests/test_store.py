@@ -359,6 +359,75 @@ def test_outgoing_seq_per_contact_and_duplicate():
             store.add_outgoing(999, "m5", "x", 4.0)
 
 
+def test_outgoing_many_one_transaction_per_item_results():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        carol = store.add_contact("Carol", FP_B, None)
+        store.add_outgoing(bob.id, "m1", "one", 1.0)
+        results = store.add_outgoing_many([
+            (bob.id, "m2", "two", 2.0, "sent"),
+            (bob.id, "m1", "dup", 2.0, "sent"),          # taken: its error, the rest stored
+            (carol.id, "c1", "hi", 2.0, "queued"),
+            (999, "x", "x", 2.0, "sent"),
+            (bob.id, "m3", "three", 3.0, "received"),
+            (bob.id, "m3", "three", 3.0, "sent"),
+            (bob.id, "m3", "again", 3.0, "sent"),        # a duplicate inside the batch too
+        ])
+        assert [type(r).__name__ for r in results] == [
+            "Message", "DuplicateError", "Message", "NotFoundError", "StoreError", "Message", "DuplicateError"]
+        assert [(r.message_id, r.seq, r.state) for r in results if isinstance(r, Message)] == [
+            ("m2", 2, "sent"), ("c1", 1, "queued"), ("m3", 3, "sent")]
+        stored = {m.message_id: m for m in store.history(bob.id)}
+        assert results[0] == stored["m2"] and results[5] == stored["m3"]
+        assert store.add_outgoing(bob.id, "m4", "four", 4.0).seq == 4
+
+
+def test_outgoing_seq_uses_an_index():
+    with fresh_store() as store:
+        plan = store._conn.execute(
+            "EXPLAIN QUERY PLAN SELECT coalesce(max(seq), 0) + 1 FROM messages "
+            "WHERE contact_id = 1 AND direction = 'out'").fetchall()
+        assert "messages_seq" in " ".join(row[3] for row in plan)
+        plan = store._conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM messages INDEXED BY messages_out_state "
+            "WHERE contact_id = 1 AND direction = 'out' AND state IN ('queued', 'sent') ORDER BY seq").fetchall()
+        assert "SEARCH" in " ".join(row[3] for row in plan)
+
+
+def test_delivered_and_sent_ranges():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        carol = store.add_contact("Carol", FP_B, None)
+        for i in range(1, 8):
+            store.add_outgoing(bob.id, f"m{i}", str(i), float(i), state="sent" if i < 6 else "queued")
+        store.add_outgoing(carol.id, "c1", "x", 1.0, state="sent")
+        store.set_message_state(bob.id, "m2", "failed", "gave up")
+        assert store.mark_delivered_ranges(bob.id, [(1, 3), (5, 5)]) == [(1, "m1"), (3, "m3"), (5, "m5")]
+        assert store.mark_delivered_ranges(bob.id, [(1, 3), (5, 5)]) == []  # already done
+        store.mark_sent_ranges(bob.id, [(5, 6)])
+        states = {m.message_id: m.state for m in store.history(bob.id)}
+        assert states == {"m1": "delivered", "m2": "failed", "m3": "delivered", "m4": "sent",
+                          "m5": "delivered", "m6": "sent", "m7": "queued"}
+        assert store.mark_delivered_ranges(bob.id, [(1, 7)]) == [(4, "m4"), (6, "m6"), (7, "m7")]
+        assert [m.state for m in store.history(carol.id)] == ["sent"]
+        assert store.mark_delivered_ranges(bob.id, []) == []
+
+
+def test_deliver_incoming_many():
+    with fresh_store() as store:
+        bob = store.add_contact("Bob", FP_A, None)
+        store.deliver_incoming(bob.id, 1, "a", "first", 1.0, 2.0)
+        new = store.deliver_incoming_many(bob.id, [(2, "b", "second", 1.5), (3, "a", "copy", 1.0),
+                                                   (4, "c", "third", 2.0)], 3.0)
+        assert new == [True, False, True]
+        assert store.in_seq(bob.id) == 4
+        assert [(m.message_id, m.seq, m.body) for m in store.history(bob.id)] == [
+            ("a", 1, "first"), ("b", 2, "second"), ("c", 4, "third")]
+        assert store.deliver_incoming_many(bob.id, [], 4.0) == []
+        with pytest.raises(NotFoundError):
+            store.deliver_incoming_many(999, [(1, "x", "x", 1.0)], 1.0)
+
+
 def test_incoming_dedupe():
     with fresh_store() as store:
         bob = store.add_contact("Bob", FP_A, None)
