@@ -1,14 +1,27 @@
 """Reliable, ordered, exactly-once chat messages over the links of `peers`.
 
-Sender: every message is first stored (state `queued`), then transmitted as MSG segments when
-its contact is connected (`sent`), retransmitted on an RTT-derived timeout, and marked
-`delivered` when acknowledged. Messages not acknowledged survive restarts in the store and go
-out again on the next session; the receiver recognises copies by their message_id.
+Sender: every message is first stored (`sent` when its contact is connected, else `queued`),
+then transmitted as MSG segments, retransmitted when lost, and marked `delivered` when the
+receiver's cumulative acknowledgement covers it. Messages not acknowledged survive restarts in
+the store and go out again on the next session; the receiver recognises copies by their
+message_id.
 
 Receiver: segments are reassembled per sequence number; complete messages are delivered in
-sequence order. Delivery = the message and the new receive position are committed in one
+sequence order. Delivery = the messages and the new receive position are committed in one
 transaction, and only then acknowledged, so no crash can lose or duplicate a message.
 Strangers' messages are held (capped) until the user adds or blocks them.
+
+Batching: the work is done once per pass of the event loop, not once per message. API sends
+are queued and stored together (one transaction, then each caller gets its answer); a burst
+of received messages is committed in one transaction, acknowledged with one ACK, then
+published; acknowledged messages are marked delivered together; and what a pass has to send
+to a peer (ACK, new messages, retransmissions) is sealed into as few datagrams as possible.
+
+Loss recovery (RFC 9002 in spirit, per message): a message sent before one the receiver
+acknowledged (cumulatively, or as received out of order) and older than 9/8 of the RTT is
+lost and sent again. When nothing is acknowledged for an RTO, only the oldest unacknowledged
+message goes again (a probe), and the timeout doubles until an acknowledgement arrives: a
+peer that is merely slow to answer costs one spare message, not a window of them.
 """
 
 from __future__ import annotations
@@ -22,9 +35,12 @@ import time
 import uuid
 from typing import Callable, Optional
 
+import gevent
+import gevent.event
+
 from . import identity as ident, wire
 from .peers import Link, Network
-from .store import Contact, Message, Store
+from .store import Contact, Message, Store, StoreError
 from .util import iso_utc
 from .wire import Ack, Msg, Record
 
@@ -37,6 +53,10 @@ WINDOW_BYTES = 512 * 1024             # unacknowledged message bytes in flight p
 MAX_BACKOFF = 8.0                     # seconds between retransmissions at most
 MAX_PARTIAL = 64                      # incomplete incoming messages buffered per peer
 MAX_EARLY = 1024                      # complete messages waiting for an earlier one, per peer
+MAX_IN_FLIGHT = MAX_EARLY             # unacknowledged messages per peer (the receiver's buffer)
+LOSS_TIME_FACTOR = 9 / 8              # lost: sent before an acknowledged one, and this many RTTs ago
+LOSS_GRANULARITY = 0.002              # s: ...and at least this long ago (acks leave in batches)
+MAX_ACK_ITEMS = 64                    # ranges or segments per ACK record: 16 bytes each, < 1 datagram
 HELD_MAX_COUNT = 100                  # messages held per stranger
 HELD_MAX_BYTES = 1 << 20
 EXPIRY_CHECK = 60.0
@@ -81,14 +101,16 @@ def check_message(body: str, message_id: Optional[str]) -> str:
 
 
 # -- state ----------------------------------------------------------------------------------
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Outgoing:
     message: Message
-    blob: bytes
-    wire_id: bytes
-    created_ms: int
+    size: int                 # blob bytes
+    records: list             # its MSG segments, built once
     last_sent: float = 0.0
+    tx: int = 0               # number of its latest transmission on this link (0: never sent)
     sends: int = 0
+    sacked: bool = False      # the receiver has it, waiting for an earlier one (not yet delivered)
+    resend: bool = False      # queued for retransmission in the next pass
 
     @property
     def seq(self) -> int:
@@ -108,11 +130,43 @@ class Partial:
 class PeerState:
     """Per-link messaging state (in memory; the store holds what must survive)."""
 
-    outbox: "collections.OrderedDict[int, Outgoing]" = dataclasses.field(default_factory=collections.OrderedDict)
-    partial: dict = dataclasses.field(default_factory=dict)     # seq -> Partial
-    early: dict = dataclasses.field(default_factory=dict)       # seq -> (message_id, body, created_ms)
-    in_seq: int = 0
+    # -- sender
+    outbox: "collections.OrderedDict[int, Outgoing]" = dataclasses.field(
+        default_factory=collections.OrderedDict)     # not yet delivered, by seq
+    unsent: collections.deque = dataclasses.field(default_factory=collections.deque)  # never sent, by seq
+    in_flight: "collections.OrderedDict[int, Outgoing]" = dataclasses.field(
+        default_factory=collections.OrderedDict)     # sent, neither acked nor sacked, by transmission
+    flight_bytes: int = 0                            # sent and not delivered (sacked included)
+    flight_count: int = 0
+    resend: list = dataclasses.field(default_factory=list)
+    tx: int = 0                                      # transmissions numbered on this link
+    largest_acked_tx: int = 0
+    loss_time: Optional[float] = None                # when the next loss check is due
+    backoff: int = 0                                 # RTO doublings since the last progress
+    timer_base: float = 0.0                          # the RTO runs from here
+    acked: list = dataclasses.field(default_factory=list)      # seqs to mark delivered
+    queued_sent: list = dataclasses.field(default_factory=list)  # `queued` seqs now sent
+    # -- receiver
+    partial: dict = dataclasses.field(default_factory=dict)    # seq -> Partial
+    early: dict = dataclasses.field(default_factory=dict)      # seq -> (message_id, body, created_ms, size)
+    in_seq: int = 0                                  # delivered in order (staged or committed)
+    committed_seq: int = 0                           # ... and committed: what the ACK claims
+    staged: list = dataclasses.field(default_factory=list)     # (seq, message_id, body, created_ms)
+    staged_ids: set = dataclasses.field(default_factory=set)
+    ack_due: bool = False
+    stranger_acks: list = dataclasses.field(default_factory=list)
     stranger_seq: int = 0
+
+    def reset_sender(self) -> None:
+        self.outbox = collections.OrderedDict()
+        self.unsent = collections.deque()
+        self.in_flight = collections.OrderedDict()
+        self.flight_bytes = self.flight_count = 0
+        self.resend = []
+        self.largest_acked_tx = 0
+        self.loss_time = None
+        self.backoff = 0
+        self.queued_sent = []
 
 
 class Messenger:
@@ -127,6 +181,10 @@ class Messenger:
         self.states: dict[bytes, PeerState] = {}
         self.counters = network.counters
         self._next_expiry = 0.0
+        self._capacity = wire.msg_capacity(network.config.max_datagram)
+        self._to_store: list = []                  # (contact, message_id, body, created, waiter)
+        self._dirty: dict[bytes, Link] = {}        # links with work for the next pass
+        self._flusher: Optional[gevent.Greenlet] = None
         network.observers.append(self)
 
     def _state(self, link: Link) -> PeerState:
@@ -135,95 +193,239 @@ class Messenger:
             state = self.states[link.fingerprint] = PeerState()
         return state
 
+    # -- the pass ---------------------------------------------------------------------------
+    def _schedule(self, link: Optional[Link] = None) -> None:
+        """Have `_flush` run once the current greenlet yields (once per loop pass)."""
+        if link is not None:
+            self._dirty[link.fingerprint] = link
+        if self._flusher is None:
+            self._flusher = gevent.spawn(self._flush)
+
+    def _flush(self) -> None:
+        self._flusher = None  # whatever becomes due from here on gets another pass
+        if self._to_store:
+            pending, self._to_store = self._to_store, []
+            self._store_sends(pending)
+        dirty, self._dirty = self._dirty, {}
+        for link in dirty.values():
+            try:
+                self._flush_link(link)
+            except Exception:
+                log.exception("messaging pass failed for %s", link.name)
+        if self._dirty or self._to_store:
+            self._schedule()
+
     # -- sending ----------------------------------------------------------------------------
     def send(self, contact: Contact, body: str, message_id: Optional[str]) -> tuple[Message, bool]:
-        """Store the message and transmit it now if the contact is connected (True)."""
+        """Store the message (with the others of this loop pass) and transmit it in this pass
+        if the contact is connected (True). Returns once the message is committed."""
         if contact.blocked:
             raise MessageError(f"{contact.name} is blocked: unblock the contact to write to it")
         message_id = check_message(body, message_id)
-        message = self.store.add_outgoing(contact.id, message_id, body, time.time())
-        link = self.network.links.get(contact.fingerprint)
-        if link is None or not link.connected:
-            return message, False
-        state = self._state(link)
-        state.outbox[int(message.seq)] = self._outgoing(message)
-        self._pump(link, state, time.monotonic())
-        return message, True
+        waiter = gevent.event.AsyncResult()
+        self._to_store.append((contact, message_id, body, time.time(), waiter))
+        self._schedule()
+        return waiter.get()
 
-    @staticmethod
-    def _outgoing(message: Message) -> Outgoing:
-        return Outgoing(message, encode_blob(message.message_id, message.body), wire_id(message.message_id),
-                        int(message.created * 1000))
+    def _store_sends(self, pending: list) -> None:
+        links = []
+        items = []
+        for contact, message_id, body, created, _ in pending:
+            link = self.network.links.get(contact.fingerprint)
+            up = link is not None and link.connected and link.contact_id == contact.id
+            links.append(link if up else None)
+            items.append((contact.id, message_id, body, created, "sent" if up else "queued"))
+        try:
+            results = self.store.add_outgoing_many(items)
+        except BaseException as exc:
+            for *_, waiter in pending:
+                waiter.set_exception(exc if isinstance(exc, Exception) else StoreError(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (contact, _, _, _, waiter), link, result in zip(pending, links, results):
+            if isinstance(result, Exception):
+                waiter.set_exception(result)
+                continue
+            sent = link is not None
+            try:
+                if sent and self.network.links.get(contact.fingerprint) is link and link.connected:
+                    state = self._state(link)
+                    outgoing = self._outgoing(result)
+                    state.outbox[outgoing.seq] = outgoing
+                    state.unsent.append(outgoing)
+                    self._dirty[link.fingerprint] = link
+            except Exception:  # stored: it goes out with the next session, never lost
+                log.exception("cannot queue message %s for sending", result.message_id)
+            waiter.set((result, sent))
 
-    def _pump(self, link: Link, state: PeerState, now: float) -> None:
-        """Transmit what the window allows: first sends and due retransmissions, in seq order."""
-        in_flight = 0
+    def _outgoing(self, message: Message) -> Outgoing:
+        blob = encode_blob(message.message_id, message.body)
+        mid, seq, created_ms, capacity = wire_id(message.message_id), int(message.seq), int(message.created * 1000), \
+            self._capacity
+        records = [Msg(mid, seq, created_ms, len(blob), offset, blob[offset:offset + capacity])
+                   for offset in range(0, max(len(blob), 1), capacity)]
+        return Outgoing(message, len(blob), records)
+
+    def _transmissions(self, state: PeerState, now: float) -> tuple[list, list]:
+        """What this pass sends: retransmissions (oldest first), then new messages as far as
+        the window allows. Returns (records, [(outgoing, first_send)])."""
         records: list[Record] = []
-        sent_now: list[Outgoing] = []
-        rto = link.rtt.rto
-        for outgoing in state.outbox.values():
-            if outgoing.sends:
-                in_flight += len(outgoing.blob)
-                due = now - outgoing.last_sent >= min(MAX_BACKOFF, rto * (2 ** (outgoing.sends - 1)))
-                if not due:
-                    continue
-            elif in_flight + len(outgoing.blob) > WINDOW_BYTES and in_flight:
+        sent: list = []
+        if state.resend:
+            resend, state.resend = state.resend, []
+            for outgoing in resend:
+                outgoing.resend = False
+                if state.outbox.get(outgoing.seq) is outgoing:
+                    records.extend(outgoing.records)
+                    sent.append((outgoing, False))
+        unsent = state.unsent
+        while unsent:
+            outgoing = unsent[0]
+            if state.outbox.get(outgoing.seq) is not outgoing or outgoing.sends:
+                unsent.popleft()  # acknowledged meanwhile (sent in an earlier session)
+                continue
+            if state.flight_count and (state.flight_bytes + outgoing.size > WINDOW_BYTES
+                                       or state.flight_count >= MAX_IN_FLIGHT):
                 break
-            else:
-                in_flight += len(outgoing.blob)
-            records.extend(self._segments(outgoing))
-            sent_now.append(outgoing)
-        if not records:
-            return
-        if not self.network.send_records(link, records):
-            return
-        first_sends = []
-        for outgoing in sent_now:
-            if outgoing.sends:
-                self.counters["messages_retransmitted"] += 1
-            else:
-                first_sends.append(outgoing)
-            outgoing.sends += 1
-            outgoing.last_sent = now
-        for outgoing in first_sends:
-            if outgoing.message.state == "queued":
-                self.store.set_message_state(outgoing.message.contact_id, outgoing.message.message_id, "sent")
-                outgoing.message = dataclasses.replace(outgoing.message, state="sent")
+            unsent.popleft()
+            state.flight_bytes += outgoing.size
+            state.flight_count += 1
+            records.extend(outgoing.records)
+            sent.append((outgoing, True))
+        return records, sent
 
-    def _segments(self, outgoing: Outgoing) -> list[Msg]:
-        capacity = wire.msg_capacity(self.network.config.max_datagram)
-        blob = outgoing.blob
-        return [Msg(outgoing.wire_id, outgoing.seq, outgoing.created_ms, len(blob), offset,
-                    blob[offset:offset + capacity])
-                for offset in range(0, max(len(blob), 1), capacity)]
+    def _sent(self, state: PeerState, sent: list, now: float) -> None:
+        for outgoing, first in sent:
+            state.tx += 1
+            outgoing.tx = state.tx
+            outgoing.last_sent = now
+            outgoing.sends += 1
+            if first:
+                if outgoing.message.state == "queued":
+                    state.queued_sent.append(outgoing.seq)
+                    outgoing.message = dataclasses.replace(outgoing.message, state="sent")
+            else:
+                self.counters["messages_retransmitted"] += 1
+            if not outgoing.sacked:
+                state.in_flight[outgoing.seq] = outgoing
+                state.in_flight.move_to_end(outgoing.seq)
+
+    def _flush_link(self, link: Link) -> None:
+        """One pass for one peer: commit what arrived, acknowledge it, mark what the peer
+        acknowledged delivered, send, then publish the events."""
+        state = self.states.get(link.fingerprint)
+        if state is None:
+            return
+        now = time.monotonic()
+        received = self._commit(link, state)
+        records: list[Record] = []
+        if state.ack_due and link.connected:
+            records.extend(self._ack_records(link, state))
+        state.ack_due = False
+        delivered: list = []
+        if state.acked and link.contact_id is not None:
+            acked, state.acked = state.acked, []
+            try:
+                delivered = self.store.mark_delivered_ranges(link.contact_id, _ranges(sorted(acked)))
+            except StoreError as exc:
+                log.warning("cannot mark messages to %s delivered: %s", link.name, exc)
+        sent: list = []
+        idle = state.flight_count == 0
+        if link.connected and link.contact_id is not None and (state.resend or state.unsent):
+            more, sent = self._transmissions(state, now)
+            records.extend(more)
+        if records and self.network.send_records(link, records):
+            if idle and sent:
+                state.timer_base = now  # the RTO runs from the first message in flight
+            self._sent(state, sent, now)
+        if state.queued_sent and link.contact_id is not None:
+            queued, state.queued_sent = state.queued_sent, []
+            try:
+                self.store.mark_sent_ranges(link.contact_id, _ranges(sorted(queued)))
+            except StoreError as exc:
+                log.warning("cannot mark messages to %s sent: %s", link.name, exc)
+        for seq, message_id, body, created_ms in received:
+            self.publish("p2p_message_received", {"peer": link.name, "message": body,
+                                                  "timestamp": iso_utc(created_ms / 1000),
+                                                  "message_id": message_id})
+        for _, message_id in delivered:
+            self.publish("message_delivered", {"peer": link.name, "message_id": message_id})
 
     # -- link events ------------------------------------------------------------------------
     def link_up(self, link: Link) -> None:
         state = self._state(link)
+        state.reset_sender()    # a new session: everything not delivered goes again
+        self._flush_link(link)  # what the previous session left: commit, acknowledge, mark, publish
         state.partial.clear()
         state.early.clear()
         if link.contact_id is None:
             return
-        state.in_seq = self.store.in_seq(link.contact_id)
-        state.outbox = collections.OrderedDict(
-            (int(m.seq), self._outgoing(m)) for m in self.store.pending_outgoing(link.contact_id))
-        self._pump(link, state, time.monotonic())
+        state.in_seq = state.committed_seq = self.store.in_seq(link.contact_id)
+        for message in self.store.pending_outgoing(link.contact_id):
+            outgoing = self._outgoing(message)
+            state.outbox[outgoing.seq] = outgoing
+            state.unsent.append(outgoing)
+        if state.unsent:
+            self._schedule(link)
 
     def link_down(self, link: Link) -> None:
         state = self.states.get(link.fingerprint)
         if state is not None:
-            for outgoing in state.outbox.values():
-                outgoing.sends = 0  # resend from scratch on the next session
+            self._flush_link(link)  # commit and publish what arrived; nothing can be sent
+            state.reset_sender()    # resend from scratch on the next session
 
     def tick(self, now: float) -> None:
         for fingerprint, state in self.states.items():
-            if state.outbox:
+            if state.flight_count:
                 link = self.network.links.get(fingerprint)
                 if link is not None and link.connected:
-                    self._pump(link, state, now)
+                    self._timers(link, state, now)
         if now >= self._next_expiry:
             self._next_expiry = now + EXPIRY_CHECK
             self.expire()
+
+    def _timers(self, link: Link, state: PeerState, now: float) -> None:
+        if state.loss_time is not None and now >= state.loss_time:
+            self._detect_losses(link, state, now)
+        rto = min(MAX_BACKOFF, link.rtt.rto * (2 ** state.backoff))
+        if now - state.timer_base < rto:
+            return
+        # Nothing acknowledged for an RTO: probe with the oldest message not delivered.
+        probe = next((o for o in state.outbox.values() if o.sends), None)
+        if probe is None:
+            return
+        state.backoff += 1
+        state.timer_base = now
+        self.counters["message_timeouts"] += 1
+        self._queue_resend(state, probe)
+        self._schedule(link)
+
+    def _queue_resend(self, state: PeerState, outgoing: Outgoing) -> None:
+        if not outgoing.resend:
+            outgoing.resend = True
+            state.resend.append(outgoing)
+            state.in_flight.pop(outgoing.seq, None)  # in flight again once resent
+
+    def _detect_losses(self, link: Link, state: PeerState, now: float) -> None:
+        """Messages sent before one the peer acknowledged are lost once they are older than
+        9/8 of the RTT (the rest of the time is left to reordering)."""
+        state.loss_time = None
+        rtt = link.rtt
+        threshold = max(LOSS_TIME_FACTOR * max(rtt.srtt or 0.0, rtt.latest or 0.0), LOSS_GRANULARITY)
+        lost = []
+        for outgoing in state.in_flight.values():
+            if outgoing.tx >= state.largest_acked_tx:
+                break
+            if now - outgoing.last_sent < threshold:
+                state.loss_time = outgoing.last_sent + threshold
+                break
+            lost.append(outgoing)
+        for outgoing in lost:
+            self._queue_resend(state, outgoing)
+        if lost:
+            self.counters["messages_lost"] += len(lost)
+            self._schedule(link)
 
     def expire(self) -> None:
         for message in self.store.expire_queued(time.time() - self.message_ttl):
@@ -236,88 +438,113 @@ class Messenger:
 
     def contact_removed(self, fingerprint: bytes) -> None:
         self.states.pop(fingerprint, None)
+        self._dirty.pop(fingerprint, None)
 
     # -- receiving --------------------------------------------------------------------------
     def records(self, link: Link, records: list[Record]) -> None:
         state = self._state(link)
-        completed: list[int] = []
         for record in records:
             if isinstance(record, Msg):
-                done = self._on_segment(link, state, record)
-                if done is not None:
-                    completed.append(done)
+                self._on_segment(link, state, record)
             elif isinstance(record, Ack):
                 self._on_ack(link, state, record)
-        if completed:
-            self._acknowledge(link, state, completed)
 
-    def _on_segment(self, link: Link, state: PeerState, segment: Msg) -> Optional[int]:
-        """Add a segment; returns the seq when this makes a message known-complete (or a copy)."""
+    def _on_segment(self, link: Link, state: PeerState, segment: Msg) -> None:
+        """Add a segment; a message it completes (or a copy) is staged and acknowledged in the pass."""
         seq = segment.seq
         if segment.total > MAX_MESSAGE_BYTES + 2 + 255 or segment.offset + len(segment.data) > segment.total:
             self.counters["dropped_bad_msg"] += 1
-            return None
+            return
         partial = state.partial.get(seq)
-        if partial is None or partial.wire_id != segment.message_id or len(partial.buffer) != segment.total:
-            # New, or the sender's numbering restarted with another message at this seq.
-            if partial is None and len(state.partial) >= MAX_PARTIAL:
-                self.counters["dropped_msg_buffer_full"] += 1
-                return None
-            partial = Partial(segment.message_id, segment.created, bytearray(segment.total))
-            state.partial[seq] = partial
-        if segment.offset not in partial.have:
-            partial.have.add(segment.offset)
-            partial.buffer[segment.offset:segment.offset + len(segment.data)] = segment.data
-            partial.filled += len(segment.data)
-        if partial.filled < segment.total:
-            return None
-        del state.partial[seq]
+        if partial is None and segment.offset == 0 and len(segment.data) == segment.total:
+            partial = Partial(segment.message_id, segment.created, segment.data, filled=segment.total)  # type: ignore[arg-type]
+        else:
+            if partial is None or partial.wire_id != segment.message_id or len(partial.buffer) != segment.total:
+                # New, or the sender's numbering restarted with another message at this seq.
+                if partial is None and len(state.partial) >= MAX_PARTIAL:
+                    self.counters["dropped_msg_buffer_full"] += 1
+                    return
+                partial = Partial(segment.message_id, segment.created, bytearray(segment.total))
+                state.partial[seq] = partial
+            if segment.offset not in partial.have:
+                partial.have.add(segment.offset)
+                partial.buffer[segment.offset:segment.offset + len(segment.data)] = segment.data
+                partial.filled += len(segment.data)
+            if partial.filled < segment.total:
+                return
+            del state.partial[seq]
         try:
             message_id, body = decode_blob(bytes(partial.buffer))
         except (ValueError, UnicodeDecodeError):
             self.counters["dropped_bad_msg"] += 1
-            return None
+            return
         if wire_id(message_id) != partial.wire_id:
             self.counters["dropped_bad_msg"] += 1
-            return None
+            return
         if link.contact_id is None:
             # Only what was kept is acknowledged: past the cap the sender keeps the message and
             # sends it again, and it is delivered once the user adds the stranger.
-            return seq if self._hold(link, state, seq, message_id, body, partial.created_ms) else None
-        self._complete(link, state, seq, message_id, body, partial.created_ms)
-        return seq
+            if self._hold(link, state, seq, message_id, body, partial.created_ms):
+                state.stranger_acks.append(seq)
+                state.ack_due = True
+                self._schedule(link)
+            return
+        self._complete(link, state, seq, message_id, body, partial.created_ms, segment.total)
+        state.ack_due = True
+        self._schedule(link)
 
     def _complete(self, link: Link, state: PeerState, seq: int, message_id: str, body: str,
-                  created_ms: int) -> None:
+                  created_ms: int, size: int) -> None:
         assert link.contact_id is not None
         if seq <= state.in_seq:
-            if self.store.has_incoming(link.contact_id, message_id):
+            if message_id in state.staged_ids or self.store.has_incoming(link.contact_id, message_id):
                 self.counters["messages_duplicate"] += 1
                 return
             log.info("%s restarted its message numbering at %d", link.name, seq)
-            state.in_seq = seq - 1
+            self._flush_link(link)  # commit what is staged under the old numbering first
+            state.in_seq = state.committed_seq = seq - 1
             state.early.clear()
         if seq > state.in_seq + 1:
             if len(state.early) < MAX_EARLY:
-                state.early[seq] = (message_id, body, created_ms)
+                state.early[seq] = (message_id, body, created_ms, size)
             return
-        self._deliver(link, state, seq, message_id, body, created_ms)
+        self._stage(state, seq, message_id, body, created_ms)
         while state.in_seq + 1 in state.early:
             next_seq = state.in_seq + 1
-            self._deliver(link, state, next_seq, *state.early.pop(next_seq))
+            message_id, body, created_ms, _ = state.early.pop(next_seq)
+            self._stage(state, next_seq, message_id, body, created_ms)
 
-    def _deliver(self, link: Link, state: PeerState, seq: int, message_id: str, body: str,
-                 created_ms: int) -> None:
-        assert link.contact_id is not None
-        created = created_ms / 1000
-        message, new = self.store.deliver_incoming(link.contact_id, seq, message_id, body, created, time.time())
+    @staticmethod
+    def _stage(state: PeerState, seq: int, message_id: str, body: str, created_ms: int) -> None:
+        if message_id in state.staged_ids:
+            return  # the same message at two seqs (a confused sender): deliver it once
+        state.staged.append((seq, message_id, body, created_ms))
+        state.staged_ids.add(message_id)
         state.in_seq = seq
-        if not new:
-            self.counters["messages_duplicate"] += 1
-            return
-        self.counters["messages_received"] += 1
-        self.publish("p2p_message_received", {"peer": link.name, "message": body, "timestamp": iso_utc(created),
-                                              "message_id": message_id})
+
+    def _commit(self, link: Link, state: PeerState) -> list:
+        """Deliver the staged messages: one transaction (messages + in_seq); returns the new ones."""
+        if not state.staged:
+            return []
+        staged = state.staged
+        state.staged, state.staged_ids = [], set()
+        if link.contact_id is None:
+            return []
+        try:
+            new = self.store.deliver_incoming_many(
+                link.contact_id, [(seq, mid, body, created_ms / 1000) for seq, mid, body, created_ms in staged],
+                time.time())
+        except StoreError as exc:
+            # Not acknowledged: the sender sends them again.
+            log.warning("cannot store messages from %s: %s", link.name, exc)
+            state.in_seq = state.committed_seq
+            state.early.clear()
+            return []
+        state.committed_seq = staged[-1][0]
+        received = [item for item, is_new in zip(staged, new) if is_new]
+        self.counters["messages_received"] += len(received)
+        self.counters["messages_duplicate"] += len(staged) - len(received)
+        return received
 
     def _hold(self, link: Link, state: PeerState, seq: int, message_id: str, body: str, created_ms: int) -> bool:
         bundle = link.bundle.to_base64() if link.bundle else ""
@@ -329,29 +556,76 @@ class Messenger:
         state.stranger_seq = max(state.stranger_seq, seq)
         return True
 
-    def _acknowledge(self, link: Link, state: PeerState, seqs: list[int]) -> None:
+    def _ack_records(self, link: Link, state: PeerState) -> list[Ack]:
+        """A contact's ACK: `1..committed` (delivered) and, as segments, the complete messages
+        waiting above a gap (received, not delivered: a crash forgets them, so the sender
+        keeps them until the range covers them). A stranger's: the ranges it holds."""
         if link.contact_id is None:
-            ranges = _ranges(sorted(set(seqs)))
-        else:
-            ranges = [(1, state.in_seq)] if state.in_seq else []
-            ranges += _ranges(sorted(s for s in set(seqs) | set(state.early) if s > state.in_seq))
-        for start in range(0, len(ranges), wire.MAX_ACK_ITEMS):
-            self.network.send_records(link, [Ack(tuple(ranges[start:start + wire.MAX_ACK_ITEMS]))])
+            ranges = _ranges(sorted(set(state.stranger_acks)))
+            state.stranger_acks = []
+            return [Ack(tuple(ranges[i:i + MAX_ACK_ITEMS])) for i in range(0, len(ranges), MAX_ACK_ITEMS)]
+        ranges = ((1, state.committed_seq),) if state.committed_seq else ()
+        segments = ()
+        if state.early:
+            early = state.early
+            segments = tuple((seq, 0, early[seq][3]) for seq in sorted(early)[:MAX_ACK_ITEMS])
+        if not ranges and not segments:
+            return []
+        return [Ack(ranges, segments)]
 
     def _on_ack(self, link: Link, state: PeerState, ack: Ack) -> None:
         if link.contact_id is None or not state.outbox:
             return
-        acked = [seq for seq in state.outbox if any(lo <= seq <= hi for lo, hi in ack.ranges)]
-        if not acked:
+        outbox = state.outbox
+        newly: list[Outgoing] = []
+        for first, last in ack.ranges:
+            if first <= next(iter(outbox)):
+                while outbox:
+                    seq = next(iter(outbox))
+                    if seq > last:
+                        break
+                    newly.append(outbox.popitem(last=False)[1])
+            elif last - first < len(outbox):
+                for seq in range(first, last + 1):
+                    outgoing = outbox.pop(seq, None)
+                    if outgoing is not None:
+                        newly.append(outgoing)
+            else:
+                for seq in [s for s in outbox if first <= s <= last]:
+                    newly.append(outbox.pop(seq))
+            if not outbox:
+                break
+        largest: Optional[Outgoing] = None
+        for outgoing in newly:
+            state.acked.append(outgoing.seq)
+            if outgoing.sends:
+                state.flight_bytes -= outgoing.size
+                state.flight_count -= 1
+                state.in_flight.pop(outgoing.seq, None)
+                if largest is None or outgoing.tx > largest.tx:
+                    largest = outgoing
+        progress = bool(newly)
+        for seq, offset, length in ack.segments:
+            outgoing = outbox.get(seq)
+            if outgoing is not None and not outgoing.sacked and outgoing.sends and offset == 0 \
+                    and length == outgoing.size:
+                outgoing.sacked = True
+                state.in_flight.pop(seq, None)
+                progress = True
+                if largest is None or outgoing.tx > largest.tx:
+                    largest = outgoing
+        if not progress:
             return
         now = time.monotonic()
-        for seq in acked:
-            outgoing = state.outbox.pop(seq)
-            if outgoing.sends == 1:
-                link.rtt.sample(now - outgoing.last_sent)
-        for message in self.store.mark_delivered(link.contact_id, acked):
-            self.publish("message_delivered", {"peer": link.name, "message_id": message.message_id})
-        self._pump(link, state, now)
+        if largest is not None:
+            if largest.sends == 1 and largest.tx > state.largest_acked_tx:
+                link.rtt.sample(now - largest.last_sent)  # Karn: first transmissions only
+            state.largest_acked_tx = max(state.largest_acked_tx, largest.tx)
+        state.backoff = 0
+        state.timer_base = now
+        if state.in_flight and next(iter(state.in_flight.values())).tx < state.largest_acked_tx:
+            self._detect_losses(link, state, now)
+        self._schedule(link)
 
     # -- strangers --------------------------------------------------------------------------
     def release_held(self, contact: Contact) -> int:
@@ -372,7 +646,7 @@ class Messenger:
         if position:
             self.store.deliver_position(contact.id, position)
             if state is not None:
-                state.in_seq = position
+                state.in_seq = state.committed_seq = position
         link = self.network.links.get(contact.fingerprint)
         if link is not None:
             link.contact_id, link.name = contact.id, contact.name

@@ -400,7 +400,8 @@ def test_thousand_messages_each_way_through_lossy_proxy():
     assert E.counters().get("messages_duplicate", 0) + E.counters().get("dropped_replay", 0) > 0
 
     captured = PROXY.captured()
-    assert not PROXY.capture_truncated and len(captured) > 2000
+    # 2,000 messages of ~110 bytes on the wire each, coalesced into full datagrams
+    assert not PROXY.capture_truncated and sum(len(p) for p in captured) > 200_000
     assert max(len(p) for p in captured) <= 1200
     needles = [SECRET.encode(), "number 17".encode(), D_NAME_FOR_E.encode(), E_NAME_FOR_D.encode(),
                "é".encode() * 4]
@@ -463,13 +464,17 @@ def test_kill_receiver_mid_burst():
     receiver.start()
     receiver.call("p2p", "connect", {"peer": name[receiver], "address": sender.address})
     rest = ids[len(before_crash):]
-    after = receiver.events.wait_count("p2p_message_received", len(rest), 30,
+
+    def stored():
+        return [m["message_id"] for m in receiver.history(name[receiver]) if m["message_id"].startswith("kill-")]
+    # Messages committed just before the kill (the burst whose events were being published) may
+    # have lost their events, never their rows: wait for the rows, then for events still on the way.
+    eventually(lambda: len(stored()) >= len(ids), 30, "every message stored after the restart")
+    after = receiver.events.wait_count("p2p_message_received", len(rest), 2,
                                        key=lambda d: d["message_id"].startswith("kill-"))
     seen = before_crash + [d["message_id"] for d in after]
-    # A message committed just before the kill may have lost its event, never its row.
     assert len(seen) == len(set(seen)) and seen == sorted(seen), "duplicate or reordered delivery"
-    stored = [m["message_id"] for m in receiver.history(name[receiver]) if m["message_id"].startswith("kill-")]
-    assert stored == ids
+    assert stored() == ids
     done = sender.events.wait_count("message_delivered", len(ids), 20,
                                     key=lambda d: d["message_id"].startswith("kill-"))
     assert sorted(d["message_id"] for d in done) == ids
