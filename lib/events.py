@@ -12,7 +12,11 @@ import logging
 import time
 from typing import Any, Callable
 
-import zmq.green as zmq
+# Plain pyzmq, not zmq.green: the PUB socket is only ever written with NOBLOCK, which never
+# blocks (a full queue raises zmq.Again and the event is dropped and logged), so there is
+# nothing for gevent to wait on, and the green wrapper's event polling after every send cost
+# more than the send itself. ZeroMQ's I/O threads are its own (C++), outside gevent.
+import zmq
 
 from .util import iso_utc
 
@@ -34,6 +38,8 @@ class EventBus:
         self._subscribers: list[Subscriber] = []
         self.endpoints: list[str] = []
         self.published = 0
+        self._stamp_ms = -1          # the timestamp text of the last millisecond, reused
+        self._stamp = ""
         try:
             for endpoint in endpoints:
                 if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
@@ -51,8 +57,15 @@ class EventBus:
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
 
+    def _timestamp(self) -> str:
+        now = time.time()
+        ms = int(now * 1000)
+        if ms != self._stamp_ms:
+            self._stamp_ms, self._stamp = ms, iso_utc(now)
+        return self._stamp
+
     def publish(self, name: str, data: Any) -> dict:
-        event = {"event": name, "data": data, "timestamp": iso_utc(time.time())}
+        event = {"event": name, "data": data, "timestamp": self._timestamp()}
         payload = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
         self.published += 1
         try:
