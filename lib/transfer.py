@@ -1292,6 +1292,13 @@ class Transfers:
             transfer.have, transfer.written = RangeSet(), RangeSet()
             transfer.part_path = None
             self._save(transfer, have="", part_path=None)
+        else:
+            # What was received but not written (a write that failed: disk full) is lost:
+            # `have` (what ACCEPT claims on resume) must not count it.
+            self.pending_bytes -= transfer.pending_bytes
+            transfer.pending.clear()
+            transfer.pending_bytes = 0
+            transfer.have = transfer.written.copy()
         self.publish("file_transfer_failed", self._event(transfer, reason=reason))
 
     # -- sender -----------------------------------------------------------------------------
