@@ -30,6 +30,7 @@ log = logging.getLogger("chatp2p.ipc")
 
 MAX_PENDING_PER_CONNECTION = 256
 RECV_SIZE = 65536
+WRITE_TIMEOUT = 5.0  # s a closing connection waits for its last answers to be written
 
 
 def is_loopback(host: str) -> bool:
@@ -136,7 +137,8 @@ class _Connection:
         self.server = server
         self.sock = sock
         self.scanner = JsonStreamScanner(server.max_request_bytes)
-        self.write_lock = gevent.lock.Semaphore()
+        self.out: list[bytes] = []                     # encoded answers not yet written
+        self.writer: gevent.Greenlet | None = None     # writes `out`, once per loop pass
         self.in_order: collections.deque[gevent.event.AsyncResult] = collections.deque()
         self.pending = gevent.lock.BoundedSemaphore(MAX_PENDING_PER_CONNECTION)
         self.running = 0
@@ -144,6 +146,13 @@ class _Connection:
         self.closed = False
 
     def run(self) -> None:
+        try:
+            self._read()
+        finally:
+            if self.writer is not None:
+                self.writer.join(WRITE_TIMEOUT)  # the answers of the last requests, then close
+
+    def _read(self) -> None:
         self.sock.settimeout(self.server.idle_timeout)
         while not self.closed:
             try:
@@ -226,13 +235,24 @@ class _Connection:
             self._write(ready)
 
     def _write(self, replies: list[dict]) -> None:
-        payload = b"".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-                           for r in replies)
-        with self.write_lock:
-            try:
-                self.sock.sendall(payload)
-            except OSError:
-                self.closed = True
+        """Queue answers; they are written together once the running greenlets yield (one
+        sendall per loop pass instead of one per answer, for pipelined clients)."""
+        self.out.extend(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+                        for r in replies)
+        if self.writer is None:
+            self.writer = gevent.spawn(self._write_out)
+
+    def _write_out(self) -> None:
+        try:
+            while self.out and not self.closed:
+                payload = b"".join(self.out)
+                self.out.clear()
+                try:
+                    self.sock.sendall(payload)  # may wait for the client: answers queue meanwhile
+                except OSError:
+                    self.closed = True
+        finally:
+            self.writer = None
 
 
 def _request_id(request: Any) -> Any:
