@@ -565,8 +565,9 @@ class ListenerConfig:
     max_datagram: int = MAX_DATAGRAM
     suites: tuple[Suite, ...] = (Suite.AES_256_GCM, Suite.CHACHA20_POLY1305)
     handshake_timeout: float = 30.0  # lifetime of a Responder and of its reassembly buffers
-    max_responders: int = 256
-    max_responders_per_address: int = 8
+    max_responders: int = 256  # handshakes in progress (an established one no longer counts)...
+    max_responders_per_address: int = 8  # ...and from one address
+    max_established: int = 256  # established responders kept to answer a lost DONE (one per peer)
     max_init_buffers: int = 64  # M1 reassemblies in progress, all cookie-verified
     resend_interval: float = 0.1  # a duplicate flight is answered at most this often
     max_resends: int = 8  # and at most this many times per responder (bounds amplification)
@@ -598,6 +599,7 @@ class Responder:
         self.peer_fingerprint: Optional[bytes] = None
         self.keys: Optional[SessionKeys] = None
         self.established_at: Optional[float] = None
+        self.counted = True  # in the listener's limits (until established)
         self._transcript = Transcript()
         self._k1 = b""
         self._confirm_r = b""
@@ -724,6 +726,7 @@ class Responder:
         self.established_at = now
         self.flight = [Done(self.initiator_conn_id, self._confirm_r).encode()]
         self._last_sent = now
+        self._listener._established(self)
         return Output(send=list(self.flight), event=Established(self.keys, self.peer_bundle, self.peer_fingerprint))
 
     def reject(self) -> None:
@@ -777,7 +780,13 @@ class Listener:
         )
         self._by_init: dict[tuple[Address, bytes], Responder] = {}
         self._by_conn: dict[bytes, Responder] = {}
+        # The limits count handshakes in progress (and failed or rejected ones, until they
+        # expire). An established responder is only kept to answer a retransmitted AUTH (the
+        # DONE was lost): it must not stop the same peer from handshaking again, so it leaves
+        # the counts; the newest one per peer is kept, and at most max_established in all.
+        self._in_progress = 0
         self._per_address: collections.Counter[Address] = collections.Counter()
+        self._by_peer: "collections.OrderedDict[bytes, Responder]" = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._by_conn)
@@ -802,13 +811,33 @@ class Listener:
         self._auth_parts.expire(now)
         return len(old)
 
+    def _uncount(self, responder: Responder) -> None:
+        if responder.counted:
+            responder.counted = False
+            self._in_progress -= 1
+            self._per_address[responder.address] -= 1
+            if self._per_address[responder.address] <= 0:
+                del self._per_address[responder.address]
+
     def _forget(self, responder: Responder) -> None:
         del self._by_conn[responder.conn_id]
         del self._by_init[(responder.address, responder.initiator_conn_id)]
-        self._per_address[responder.address] -= 1
-        if self._per_address[responder.address] <= 0:
-            del self._per_address[responder.address]
+        self._uncount(responder)
+        if responder.peer_fingerprint is not None and self._by_peer.get(responder.peer_fingerprint) is responder:
+            del self._by_peer[responder.peer_fingerprint]
         self._auth_parts.discard(responder.address, responder.conn_id)
+
+    def _established(self, responder: Responder) -> None:
+        """`responder` was accepted: out of the limits; it replaces this peer's previous one."""
+        self._uncount(responder)
+        fingerprint = responder.peer_fingerprint
+        assert fingerprint is not None
+        previous = self._by_peer.pop(fingerprint, None)
+        if previous is not None and previous is not responder:
+            self._forget(previous)  # its session is replaced by this one
+        self._by_peer[fingerprint] = responder
+        while len(self._by_peer) > self.config.max_established:
+            self._forget(next(iter(self._by_peer.values())))
 
     def receive(self, datagram: bytes, address: Address, now: float) -> Output:
         self.expire(now)
@@ -847,7 +876,7 @@ class Listener:
             return existing._resend(now)
         if frag.fragment.total != M1_LEN:
             return _dropped(self.stats, "malformed")
-        if len(self._by_conn) >= self.config.max_responders:
+        if self._in_progress >= self.config.max_responders:
             return _dropped(self.stats, "busy")
         if self._per_address[address] >= self.config.max_responders_per_address:
             return _dropped(self.stats, "busy_address")
@@ -871,6 +900,7 @@ class Listener:
         self._by_conn[conn_id] = responder
         self._by_init[(address, frag.conn_id)] = responder
         self._per_address[address] += 1
+        self._in_progress += 1
         self.stats["responses"] += 1
         return Output(send=flight)
 

@@ -411,6 +411,43 @@ def test_listener_limits_per_address():
     assert len([listener.receive(d, ADDR_R, 0.0) for d in flight][-1].send) == 7
 
 
+def test_established_responders_do_not_count_toward_the_limits():
+    # A peer reconnecting often (restarts, `p2p start`) from one address: each finished
+    # handshake used to hold a slot for handshake_timeout, and the 9th in 30 s was dropped.
+    listener = Listener(BOB, BACKEND, ListenerConfig(max_responders=3, max_responders_per_address=2))
+    for _ in range(6):
+        check_pair(run(Initiator(ALICE, BACKEND), listener))
+    assert len(listener) == 1          # the newest established one per peer, for a lost DONE
+    carol = run(Initiator(CAROL, BACKEND), listener)
+    assert established(carol.events_r).fingerprint == CAROL.fingerprint and established(carol.events_i)
+    assert len(listener) == 2
+    # Handshakes in progress still count: two from one address, a third is dropped...
+    outs = []
+    for _ in range(3):
+        _, _, flight = init_fragments(listener=listener)
+        outs.append([listener.receive(d, ADDR_I, 0.0) for d in flight][-1])
+    assert [len(o.send) for o in outs] == [7, 7, 0] and outs[2].dropped == "busy_address"
+    # ...and three in all (max_responders), the established ones not included.
+    _, _, flight = init_fragments(listener=listener, address=ADDR_R)
+    assert len([listener.receive(d, ADDR_R, 0.0) for d in flight][-1].send) == 7
+    _, _, flight = init_fragments(listener=listener, address=("192.0.2.1", 1))
+    assert [listener.receive(d, ("192.0.2.1", 1), 0.0) for d in flight][-1].dropped == "busy"
+    # A rejected handshake keeps counting until it expires.
+    listener = Listener(BOB, BACKEND, ListenerConfig(max_responders_per_address=1))
+    run(Initiator(ALICE, BACKEND), listener, decide=lambda event: False, until=1.0)
+    _, _, flight = init_fragments(listener=listener)
+    assert [listener.receive(d, ADDR_I, 1.0) for d in flight][-1].dropped == "busy_address"
+    listener.expire(100.0)
+    assert len(listener) == 0
+
+
+def test_established_responders_are_bounded():
+    listener = Listener(BOB, BACKEND, ListenerConfig(max_established=1))
+    check_pair(run(Initiator(ALICE, BACKEND), listener))
+    established(run(Initiator(CAROL, BACKEND), listener).events_r)
+    assert len(listener) == 1
+
+
 def test_init_buffers_are_bounded():
     listener = Listener(BOB, BACKEND, ListenerConfig(max_init_buffers=3))
     outs = []
