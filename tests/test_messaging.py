@@ -679,3 +679,23 @@ def test_message_size_limit_and_unknown_peer():
 
     missing = A.daemon.request("p2p", "send_message", {"peer": "Nobody", "message": "hi"})
     assert missing["success"] is False and missing["error"] == "Peer not found: Nobody", missing
+
+
+# -- 10. restarting the P2P network ------------------------------------------------------------
+def test_p2p_start_twice_keeps_the_port_and_sessions_resume():
+    A.call("p2p", "connect", {"peer": "Bob", "address": B.address})
+    negotiate(A, "Bob")
+    port = A.call("status")["p2p"]["port"]
+    for attempt in range(2):                      # `p2p start` on a running network restarts it
+        assert A.call("p2p", "start") == "P2P network started"
+        p2p = A.call("status")["p2p"]
+        assert p2p["running"] is True and p2p["port"] == port, (attempt, p2p)
+    assert negotiate(A, "Bob")["address"] == B.address
+    A.call("p2p", "send_message", {"peer": "Bob", "message": "after two restarts", "message_id": "restart-ab"})
+    B.call("p2p", "send_message", {"peer": "Alice", "message": "and back", "message_id": "restart-ba"})
+    B.events.wait(lambda e: e["event"] == "p2p_message_received" and e["data"]["message_id"] == "restart-ab",
+                  10, what="A's message at B")
+    A.events.wait(lambda e: e["event"] == "p2p_message_received" and e["data"]["message_id"] == "restart-ba",
+                  10, what="B's message at A")
+    A.events.wait(lambda e: e["event"] == "message_delivered" and e["data"]["message_id"] == "restart-ab",
+                  10, what="A's message delivered")
