@@ -39,6 +39,10 @@ class Field:
     maximum: int | None = None
     item_kind: str | None = None  # for lists: kind of each item
 
+    @property
+    def key(self) -> str:
+        return normalize_key(self.name)
+
 
 @dataclasses.dataclass(frozen=True)
 class Reply:
@@ -58,6 +62,7 @@ class Action:
     fields: tuple[Field, ...]
     handler: Handler
     help: str
+    blocking: bool = True  # may wait on the network or the disk: run in its own greenlet
 
 
 def normalize_key(key: str) -> str:
@@ -65,12 +70,13 @@ def normalize_key(key: str) -> str:
     return key.replace("_", "").replace("-", "").lower()
 
 
-def _find(mapping: Mapping[str, Any], name: str) -> tuple[bool, Any]:
-    wanted = normalize_key(name)
+def normalized(mapping: Mapping[Any, Any]) -> dict[str, Any]:
+    """The mapping with its keys normalised, built once per request (first spelling wins)."""
+    result: dict[str, Any] = {}
     for key, value in mapping.items():
-        if isinstance(key, str) and normalize_key(key) == wanted:
-            return True, value
-    return False, None
+        if isinstance(key, str):
+            result.setdefault(normalize_key(key), value)
+    return result
 
 
 def _kind_name(kind: str) -> str:
@@ -148,8 +154,10 @@ def validate(fields: Iterable[Field], data: Any) -> dict:
     if not isinstance(data, dict):
         raise ApiError("Field 'data' must be an object")
     clean: dict[str, Any] = {}
+    keys = normalized(data)
     for field in fields:
-        present, value = _find(data, field.name)
+        present = field.key in keys
+        value = keys.get(field.key)
         if not present or value is None or (value == "" and field.kind not in ("str",)):
             if field.required:
                 raise ApiError(f"Missing field '{field.name}'")
@@ -180,11 +188,13 @@ class CommandTable:
         self._actions: dict[str, dict[str | None, Action]] = {}
 
     def add(self, command: str, action: str | None, handler: Handler,
-            fields: Iterable[Field] = (), help: str = "") -> None:
+            fields: Iterable[Field] = (), help: str = "", blocking: bool = True) -> None:
+        """`blocking=False` declares a handler that never waits on I/O: the server runs it
+        inline, without a greenlet of its own (most of the API: reads and writes of the store)."""
         actions = self._actions.setdefault(command, {})
         if action in actions:
             raise ValueError(f"duplicate action {command} {action}")
-        actions[action] = Action(command, action, tuple(fields), handler, help)
+        actions[action] = Action(command, action, tuple(fields), handler, help, blocking)
 
     def actions(self) -> list[Action]:
         return [a for by_action in self._actions.values() for a in by_action.values()]
@@ -205,15 +215,22 @@ class CommandTable:
             raise ApiError(f"Unknown action '{action}' for command '{command}' (valid actions: {valid})")
         return found
 
+    def is_blocking(self, request: Mapping[str, Any]) -> bool:
+        """Whether this request's handler may wait (unknown requests: no, they fail at once)."""
+        top = normalized(request)
+        try:
+            return self.lookup(top.get("command"), top.get("action")).blocking
+        except ApiError:
+            return False
+
     def dispatch(self, context: Any, request: Mapping[str, Any]) -> dict:
         """Run one decoded request; always returns a response dict, never raises."""
-        _, request_id = _find(request, "id")
+        top = normalized(request)
+        request_id = top.get("id")
         if request_id is not None and not isinstance(request_id, (str, int, float)):
             request_id = None
         try:
-            _, command = _find(request, "command")
-            _, action = _find(request, "action")
-            _, data = _find(request, "data")
+            command, action, data = top.get("command"), top.get("action"), top.get("data")
             entry = self.lookup(command, action)
             clean = validate(entry.fields, data)
             result = entry.handler(context, clean)

@@ -346,47 +346,50 @@ def crypto_rotate_identity(node: Node, data: dict) -> dict:
 
 
 def build_table() -> CommandTable:
-    """The whole API. Add a row here to add an action; the server needs no change."""
-    table = CommandTable()
-    table.add("status", None, status, help="server state (any action, null or none)")
+    """The whole API. Add a row here to add an action; the server needs no change.
 
-    table.add("contacts", "list", contacts_list, help="all contacts with their state")
+    `blocking=False` marks handlers that never wait on the network or the disk (the server
+    runs them inline); every other one runs in a greenlet of its own, concurrently."""
+    table = CommandTable()
+    table.add("status", None, status, help="server state (any action, null or none)", blocking=False)
+
+    table.add("contacts", "list", contacts_list, help="all contacts with their state", blocking=False)
     table.add("contacts", "add", contacts_add,
               (NAME, Field("public_key", "str", max_len=16384)),
-              help="add a contact by ID or public key bundle")
-    table.add("contacts", "remove", contacts_remove, (NAME,), help="remove a contact and its history")
+              help="add a contact by ID or public key bundle", blocking=False)
+    table.add("contacts", "remove", contacts_remove, (NAME,), help="remove a contact and its history", blocking=False)
     table.add("contacts", "rename", contacts_rename, (NAME, Field("new_name", "str", max_len=64)),
-              help="extension: change a contact's local name")
+              help="extension: change a contact's local name", blocking=False)
     table.add("contacts", "block", contacts_block, (NAME_OR_ID,),
-              help="extension: drop and silence a contact, or a stranger given by its ID")
-    table.add("contacts", "unblock", contacts_unblock, (NAME,), help="extension: undo block")
-    table.add("contacts", "show", contacts_show, (NAME,), help="extension: one contact")
+              help="extension: drop and silence a contact, or a stranger given by its ID", blocking=False)
+    table.add("contacts", "unblock", contacts_unblock, (NAME,), help="extension: undo block", blocking=False)
+    table.add("contacts", "show", contacts_show, (NAME,), help="extension: one contact", blocking=False)
 
     table.add("contacts", "negotiate_keys", contacts_negotiate_keys,
               (NAME, Field("timeout", "int", required=False, default=10, minimum=1, maximum=120)),
               help="run the handshake now (connecting if needed); session details and safety number")
     table.add("contacts", "verify", contacts_verify,
               (NAME, Field("verified", "bool", required=False, default=True)),
-              help="extension: mark a contact verified (after comparing safety numbers)")
+              help="extension: mark a contact verified (after comparing safety numbers)", blocking=False)
 
     table.add("p2p", "start", p2p_start, (Field("stun_urls", "list", required=False, item_kind="str", max_len=16),
                                           Field("rendezvous", "list", required=False, item_kind="str", max_len=16),
                                           Field("turn_servers", "list", required=False, max_len=8)),
               help="start (or restart) the P2P network")
     table.add("p2p", "stop", p2p_stop, help="stop the P2P network")
-    table.add("p2p", "peers", p2p_peers, help="every contact with its connection state")
+    table.add("p2p", "peers", p2p_peers, help="every contact with its connection state", blocking=False)
     table.add("p2p", "connect", p2p_connect,
               (NAME, Field("address", "str", required=False, max_len=300)),
               help="extension: reach a contact (at host:port, or its known addresses)")
     table.add("p2p", "send_message", p2p_send_message,
               (NAME, Field("message", "str", max_len=MAX_MESSAGE_CHARS),
                Field("message_id", "str", required=False, max_len=128)),
-              help="send (or queue) a chat message")
+              help="send (or queue) a chat message", blocking=False)
     table.add("p2p", "history", p2p_history,
               (NAME, Field("limit", "int", required=False, default=50, minimum=1, maximum=1000),
                Field("before", "int", required=False, minimum=1)),
-              help="extension: stored messages, newest page, oldest first")
-    table.add("p2p", "mark_read", p2p_mark_read, (NAME,), help="extension: mark a conversation read")
+              help="extension: stored messages, newest page, oldest first", blocking=False)
+    table.add("p2p", "mark_read", p2p_mark_read, (NAME,), help="extension: mark a conversation read", blocking=False)
     table.add("p2p", "send_file", p2p_send_file,
               (NAME, Field("file_path", "str", max_len=4096),
                Field("chunk_size", "int", required=False, minimum=1, maximum=1 << 31),
@@ -397,7 +400,7 @@ def build_table() -> CommandTable:
               help="extension: accept a file offer (save_as: a bare file name in the downloads dir)")
     table.add("p2p", "reject_file", _transfer_action("reject"), (TRANSFER_ID,),
               help="extension: refuse a file offer")
-    table.add("p2p", "transfers", p2p_transfers, help="extension: file transfers with state, bytes, rate, eta")
+    table.add("p2p", "transfers", p2p_transfers, help="extension: file transfers with state, bytes, rate, eta", blocking=False)
     table.add("p2p", "cancel_transfer", _transfer_action("cancel"), (TRANSFER_ID,),
               help="extension: stop a transfer for good (the partial file is deleted)")
     table.add("p2p", "pause_transfer", _transfer_action("pause"), (TRANSFER_ID,),
@@ -406,14 +409,14 @@ def build_table() -> CommandTable:
               help="extension: resume a paused (or failed) transfer from what was received")
 
     table.add("crypto", "generate_keypair", crypto_generate_keypair,
-              help="a fresh key pair (never the node's identity)")
+              help="a fresh key pair (never the node's identity)", blocking=False)
     table.add("crypto", "encrypt", crypto_encrypt,
               (Field("message", "str", max_len=MAX_MESSAGE_CHARS * 4), Field("public_key", "str", max_len=16384),
                Field("aead", "str", required=False, default="chacha20poly1305")),
-              help="HPKE (X-Wing) encryption to a public key bundle")
+              help="HPKE (X-Wing) encryption to a public key bundle", blocking=False)
     table.add("crypto", "decrypt", crypto_decrypt,
               (Field("encrypted_data", "str", max_len=1 << 20), Field("private_key", "str", required=False)),
-              help="decrypt with the given private key, or the node's own identity")
+              help="decrypt with the given private key, or the node's own identity", blocking=False)
     table.add("crypto", "rotate_identity", crypto_rotate_identity,
               help="extension: replace the node's identity keys; contacts follow (signed by the old key)")
     return table

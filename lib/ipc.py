@@ -31,6 +31,7 @@ log = logging.getLogger("chatp2p.ipc")
 MAX_PENDING_PER_CONNECTION = 256
 RECV_SIZE = 65536
 WRITE_TIMEOUT = 5.0  # s a closing connection waits for its last answers to be written
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # stateless: shared
 
 
 def is_loopback(host: str) -> bool:
@@ -192,6 +193,15 @@ class _Connection:
             self._answer_now(response(False, error=f"Invalid JSON: {_short(exc)}"))
             return
         request_id = _request_id(request)
+        if not self.server.table.is_blocking(request):
+            # Handlers that never wait run right here: no greenlet, and the answer is ready
+            # in order (slow ones, run concurrently, are answered when they are done).
+            reply = self._execute(request)
+            if request_id is None:
+                self._answer_now(reply)
+            else:
+                self._write([reply])
+            return
         slot = None
         if request_id is None:
             slot = gevent.event.AsyncResult()
@@ -237,8 +247,7 @@ class _Connection:
     def _write(self, replies: list[dict]) -> None:
         """Queue answers; they are written together once the running greenlets yield (one
         sendall per loop pass instead of one per answer, for pipelined clients)."""
-        self.out.extend(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-                        for r in replies)
+        self.out.extend(_ENCODER.encode(r).encode() + b"\n" for r in replies)
         if self.writer is None:
             self.writer = gevent.spawn(self._write_out)
 
