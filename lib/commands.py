@@ -384,7 +384,7 @@ def build_table() -> CommandTable:
     table.add("p2p", "send_message", p2p_send_message,
               (NAME, Field("message", "str", max_len=MAX_MESSAGE_CHARS),
                Field("message_id", "str", required=False, max_len=128)),
-              help="send (or queue) a chat message", blocking=False)
+              help="send (or queue) a chat message")  # waits for the group commit (messaging.py)
     table.add("p2p", "history", p2p_history,
               (NAME, Field("limit", "int", required=False, default=50, minimum=1, maximum=1000),
                Field("before", "int", required=False, minimum=1)),
