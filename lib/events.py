@@ -23,6 +23,7 @@ from .util import iso_utc
 log = logging.getLogger("chatp2p.events")
 
 SEND_HWM = 1_000_000   # bursts of 100k events must not be dropped by a slow subscriber
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # stateless: shared
 
 Subscriber = Callable[[dict], None]
 
@@ -66,7 +67,7 @@ class EventBus:
 
     def publish(self, name: str, data: Any) -> dict:
         event = {"event": name, "data": data, "timestamp": self._timestamp()}
-        payload = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+        payload = _ENCODER.encode(event).encode()
         self.published += 1
         try:
             self._socket.send_multipart([name.encode(), payload], flags=zmq.NOBLOCK)
