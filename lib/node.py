@@ -58,6 +58,7 @@ class Node:
         self.nat: NatTraversal | None = None
         self.turn_override: tuple | None = None   # TURN servers given to `p2p start`
         self._reconnector: gevent.Greenlet | None = None
+        self.p2p_port: int | None = None
         self._lock = DataDirLock(self.data_dir)
         self._identity_view: dict | None = None
 
@@ -129,6 +130,7 @@ class Node:
         transport = Transport(self.config.p2p_host, self.config.p2p_port)
         transport.start()
         self.transport = transport
+        self.p2p_port = transport.port  # asked once: status is answered often
         self.network = Network(self.identity, self.backend, self.store, transport, self.publish,
                                NetworkConfig(keepalive_interval=self.config.keepalive_interval),
                                rollover=self._rollover_bytes(), contact_view=self._contact_view)
@@ -281,7 +283,7 @@ class Node:
             "identity": self.identity_view(),
             "p2p": {
                 "running": running,
-                "port": transport.port if running and transport else None,
+                "port": self.p2p_port if running else None,
                 "counters": dict(transport.counters) if transport else {},
                 "lan_discovery": self.lan.counters if self.lan else None,
                 **(self.nat.status() if self.nat else {"public_address": None, "mapping": "unknown",
