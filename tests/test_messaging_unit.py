@@ -1,0 +1,182 @@
+"""messaging.Messenger in process, against a fake link layer: batching, ACK contents, loss
+recovery. (End to end, with real daemons and a lossy path: test_messaging.py.)"""
+
+import collections
+import pathlib
+import tempfile
+
+import gevent
+import pytest
+
+from chatp2p_core import messaging
+from chatp2p_core.messaging import Messenger
+from chatp2p_core.peers import Link, LinkState, NetworkConfig
+from chatp2p_core.store import Store
+from chatp2p_core.wire import Ack, Msg
+
+FP = bytes(range(32))
+
+
+class FakeNetwork:
+    """What Messenger uses of peers.Network; `log` interleaves sends and events."""
+
+    def __init__(self):
+        self.config = NetworkConfig()
+        self.counters = collections.Counter()
+        self.observers = []
+        self.links = {}
+        self.log = []
+
+    def send_records(self, link, records):
+        self.log.append(("send", list(records)))
+        return link.connected
+
+
+@pytest.fixture
+def setup():
+    with tempfile.TemporaryDirectory(prefix="chatp2p-msgunit-") as tmp:
+        store = Store(pathlib.Path(tmp) / "chatp2p.db")
+        contact = store.add_contact("Bob", FP, None)
+        network = FakeNetwork()
+        messenger = Messenger(store, network, lambda name, data: network.log.append((name, data)))
+        link = Link(FP, "Bob", contact.id, state=LinkState.CONNECTED, session=object(), address=("127.0.0.1", 1))
+        network.links[FP] = link
+        messenger.link_up(link)
+        gevent.sleep(0)
+        network.log.clear()
+        try:
+            yield store, contact, network, messenger, link
+        finally:
+            store.close()
+
+
+def send_all(messenger, contact, bodies, prefix="m"):
+    """Like pipelined API requests: each send in its own greenlet, all in one loop pass."""
+    jobs = [gevent.spawn(messenger.send, contact, body, f"{prefix}{i}") for i, body in enumerate(bodies)]
+    gevent.joinall(jobs, raise_error=True)
+    return [job.value for job in jobs]
+
+
+def sent_msgs(network):
+    return [(r.seq, r.offset) for kind, records in network.log if kind == "send" for r in records
+            if isinstance(r, Msg)]
+
+
+def events(network, name):
+    return [data["message_id"] for kind, data in network.log if kind == name]
+
+
+def test_sends_of_one_pass_share_a_commit_and_datagrams(setup):
+    store, contact, network, messenger, link = setup
+    results = send_all(messenger, contact, [f"hello {i}" for i in range(20)])
+    assert [(m.seq, m.state, sent) for m, sent in results] == [(i + 1, "sent", True) for i in range(20)]
+    sends = [records for kind, records in network.log if kind == "send"]
+    assert len(sends) == 1 and [r.seq for r in sends[0]] == list(range(1, 21))  # one seal, in order
+    assert {m.state for m in store.history(contact.id)} == {"sent"}
+
+
+def test_ack_ranges_deliver_segments_only_stop_retransmission(setup):
+    store, contact, network, messenger, link = setup
+    send_all(messenger, contact, ["one", "two", "three", "four"])
+    state = messenger.states[FP]
+    size = state.outbox[3].size
+    network.log.clear()
+    # 1 delivered; 3 received above a gap (in memory only at the receiver): not delivered.
+    messenger.records(link, [Ack(((1, 1),), ((3, 0, size),))])
+    gevent.sleep(0)
+    assert events(network, "message_delivered") == ["m0"]
+    states = {m.message_id: m.state for m in store.history(contact.id)}
+    assert states == {"m0": "delivered", "m1": "sent", "m2": "sent", "m3": "sent"}
+    assert sorted(state.outbox) == [2, 3, 4] and state.outbox[3].sacked
+    # A receiver crash forgets 3: a new session sends 2, 3 and 4 again.
+    messenger.link_down(link)
+    messenger.link_up(link)
+    gevent.sleep(0)
+    assert [seq for seq, _ in sent_msgs(network)] == [2, 3, 4]
+    network.log.clear()
+    messenger.records(link, [Ack(((1, 4),))])
+    gevent.sleep(0)
+    assert events(network, "message_delivered") == ["m1", "m2", "m3"]
+    assert {m.state for m in store.history(contact.id)} == {"delivered"}
+    assert not state.outbox and state.flight_count == 0 and state.flight_bytes == 0
+
+
+def test_a_message_sent_before_an_acknowledged_one_is_lost_after_9_8_rtt(setup):
+    store, contact, network, messenger, link = setup
+    link.rtt.sample(0.010)
+    send_all(messenger, contact, ["a"])
+    send_all(messenger, contact, ["b"], "n")   # sent after "a", in another pass
+    state = messenger.states[FP]
+    sent_at = state.outbox[1].last_sent
+    network.log.clear()
+    messenger.records(link, [Ack((), ((2, 0, state.outbox[2].size),))])
+    gevent.sleep(0)
+    if not sent_msgs(network):                 # "a" is younger than 9/8 RTT: the loss timer
+        assert state.loss_time == pytest.approx(sent_at + 9 / 8 * 0.010)
+        messenger.tick(state.loss_time + 0.001)
+        gevent.sleep(0)
+    assert sent_msgs(network) == [(1, 0)]
+    assert network.counters["messages_retransmitted"] == 1 and network.counters["messages_lost"] == 1
+
+
+def test_rto_probes_only_the_oldest_message_and_backs_off(setup):
+    store, contact, network, messenger, link = setup
+    send_all(messenger, contact, [f"x{i}" for i in range(50)])
+    state = messenger.states[FP]
+    network.log.clear()
+    start = state.timer_base
+    rto = link.rtt.rto
+    messenger.tick(start + rto / 2)
+    gevent.sleep(0)
+    assert sent_msgs(network) == []
+    messenger.tick(start + rto + 0.001)
+    gevent.sleep(0)
+    assert sent_msgs(network) == [(1, 0)]        # one probe, not the window
+    messenger.tick(start + rto + 0.002 + rto)    # the timeout doubled: not yet
+    gevent.sleep(0)
+    assert sent_msgs(network) == [(1, 0)]
+    messenger.tick(start + rto + 0.002 + 2 * rto)
+    gevent.sleep(0)
+    assert sent_msgs(network) == [(1, 0), (1, 0)] and state.backoff == 2
+    # The probe is acknowledged with everything: progress resets the backoff.
+    messenger.records(link, [Ack(((1, 50),))])
+    gevent.sleep(0)
+    assert state.backoff == 0 and not state.outbox
+
+
+def test_receiver_commits_a_burst_then_acks_then_publishes(setup):
+    store, contact, network, messenger, link = setup
+    records = []
+    for seq in (1, 2, 3, 5):
+        blob = messaging.encode_blob(f"in{seq}", f"body {seq}")
+        records.append(Msg(messaging.wire_id(f"in{seq}"), seq, 1000, len(blob), 0, blob))
+    messenger.records(link, records)
+    assert store.in_seq(contact.id) == 0        # nothing committed before the pass
+    gevent.sleep(0)
+    assert store.in_seq(contact.id) == 3
+    kinds = [kind for kind, _ in network.log]
+    assert kinds == ["send", "p2p_message_received", "p2p_message_received", "p2p_message_received"]
+    (ack,) = network.log[0][1]
+    size = len(messaging.encode_blob("in5", "body 5"))
+    assert ack == Ack(((1, 3),), ((5, 0, size),))  # 5 waits for 4: reported, not delivered
+    assert events(network, "p2p_message_received") == ["in1", "in2", "in3"]
+    # A copy of a delivered message is acknowledged again, not delivered twice.
+    network.log.clear()
+    messenger.records(link, records[:1])
+    gevent.sleep(0)
+    assert [kind for kind, _ in network.log] == ["send"]
+    assert network.counters["messages_duplicate"] == 1
+
+
+def test_ack_records_fit_a_datagram(setup):
+    store, contact, network, messenger, link = setup
+    records = []
+    for seq in range(2, 400, 2):               # 199 messages, each above a gap
+        blob = messaging.encode_blob(f"g{seq}", "x")
+        records.append(Msg(messaging.wire_id(f"g{seq}"), seq, 1000, len(blob), 0, blob))
+    messenger.records(link, records)
+    gevent.sleep(0)
+    (ack,) = network.log[0][1]
+    assert ack.ranges == () and len(ack.segments) == messaging.MAX_ACK_ITEMS
+    from chatp2p_core import wire
+    assert len(wire.encode_record(ack)) <= wire.payload_capacity(wire.MAX_DATAGRAM)
