@@ -351,6 +351,9 @@ class NatTraversal:
                 self._on_answer(event)
             elif isinstance(event, (rv.IntroFailed, rv.IntroTimedOut)):
                 self.counters["intro_unanswered"] += 1
+                if isinstance(event, rv.IntroFailed):  # our own input or the server's load, never the target's
+                    self.counters[f"intro_failed_{event.code.name.lower()}"] += 1
+                    log.info("introduction refused by rendezvous %s: %s", _fmt(service.address), event.code.name)
 
     def _on_intro(self, service: _Service, event: rv.IntroReceived) -> None:
         """Someone asks for us: answer only a contact, with our candidates, and punch at once."""
@@ -435,7 +438,8 @@ class NatTraversal:
         } if self.settings.turn_servers else None
         if self.server is not None:
             view["serving_rendezvous"] = {"registrations": self.server.registrations,
-                                          "clients": len(self.network.clients)}
+                                          "clients": len(self.network.clients),
+                                          "counters": dict(self.server.counters)}
         return view
 
 

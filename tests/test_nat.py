@@ -332,10 +332,14 @@ def test_rendezvous_introduces_contacts_known_by_id_only():
     # A stranger S (A does not know S) asks R for A: A stays silent, S learns nothing.
     stranger.call("contacts", "add", {"peer": "A", "public_key": a.id})
     ignored_before = a.p2p()["counters"].get("intro_ignored", 0)
+    served_before = r.p2p()["serving_rendezvous"]["counters"]
     reply = stranger.call("p2p", "connect", {"peer": "A"})
     assert reply["address"] is None
     eventually(lambda: a.p2p()["counters"].get("intro_ignored", 0) > ignored_before, 10,
                "A ignoring the stranger's introduction")
+    served = r.p2p()["serving_rendezvous"]["counters"]
+    assert served["intros_forwarded"] > served_before["intros_forwarded"]       # R did ask A
+    assert served.get("intros_answered", 0) == served_before.get("intros_answered", 0)   # A never answered
     # S's request ends in the same silence as for an absent target (10 s), then it is counted.
     eventually(lambda: stranger.p2p()["counters"].get("intro_unanswered", 0) >= 1, 15,
                "S's introduction to time out")

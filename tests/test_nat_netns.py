@@ -342,6 +342,8 @@ def test_cone_nats_punch_a_direct_path_through_the_rendezvous():
         assert elapsed < 2.0, elapsed
         peer = w.left.peer("Righty")
         assert peer["address"].startswith(net.right_wan_ip + ":"), peer   # the NAT's address, not the relay's
+        served = w.r.p2p()["serving_rendezvous"]["counters"]
+        assert served["intros_forwarded"] >= 1 and served["intros_answered"] >= 1, served
         check_public_node_reaches_both(w)
 
 
