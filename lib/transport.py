@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import socket
+import sys
 from typing import Callable
 
 import gevent
@@ -18,6 +19,11 @@ log = logging.getLogger("chatp2p.transport")
 
 MAX_DATAGRAM = 65535
 YIELD_EVERY = 8  # datagrams handled in a row before other greenlets get a turn
+# Linux <netinet/in.h>: never fragment locally, ignore the kernel's path MTU cache. Path MTU is
+# found by probing (PROTOCOL §10.5): a probe larger than the interface's MTU must fail
+# (EMSGSIZE, counted as a send error), not be cut into IP fragments and "succeed".
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IP_PMTUDISC_PROBE = 3
 Classifier = Callable[[bytes], bool]
 Handler = Callable[[bytes, tuple], None]
 
@@ -49,6 +55,11 @@ class Transport:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            if sys.platform.startswith("linux"):  # elsewhere the system's default stays
+                try:
+                    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+                except OSError:
+                    pass
             sock.bind((self.host, self.requested_port))
         except OSError:
             sock.close()
