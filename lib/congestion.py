@@ -340,9 +340,16 @@ class Bbr:
             self.cycle_index = (self.cycle_index + 1) % len(PROBE_CYCLE)
             self.cycle_stamp = now
 
-    def on_timeout(self) -> None:
-        """A probe timeout: nothing got through for a while. Shrink to the minimum window."""
-        self.inflight_hi = float(self.min_window)
+    def on_timeout(self, consecutive: int = 1) -> None:
+        """A probe timeout: nothing was acknowledged for a PTO. A first one is most often a
+        user-space receiver that was not scheduled for a while (a loaded machine) or a lost
+        burst: back off as for a lossy window (0.7). Two in a row mean persistent congestion or
+        a broken path: down to the minimum window."""
+        if consecutive >= 2 or self.btl_bw <= 0:
+            self.inflight_hi = float(self.min_window)
+        else:
+            base = min(self.inflight_hi, self._gains()[1] * self.bdp() + 2 * self.mss)
+            self.inflight_hi = max(float(self.min_window), BETA * base)
         self.backoffs += 1
         self._window_acked = self._window_lost = 0
         self._window_round = self.round_count

@@ -57,14 +57,19 @@ from .wire import RawRecord, WireError
 log = logging.getLogger("chatp2p.transfer")
 
 # -- sizes and timers (see docs/PROTOCOL.md §10 for how they were chosen) ------------------------
-READ_BLOCK = 1 << 20              # sender reads and hashes the file in blocks of this size
+READ_BLOCK = 4 << 20              # sender reads and hashes the file in blocks of this size (one
+                                  # hand-off to a thread each: fewer, larger ones keep the pump fed)
 HASH_BLOCK = 4 << 20              # receiver hashes what it wrote in reads of this size...
 HASH_STEP = 16 << 20              # ...at most this much between two rounds of writes
+WRITE_BATCH = 2 << 20             # receiver: bytes gathered before one hand-off to a thread...
+WRITE_WAIT = 0.01                 # ...or at most this long after the first one (s)
 SEND_CACHE = 16 << 20             # bytes a sender keeps read: in flight + read ahead, per transfer
 MAX_PENDING_WRITES = 16 << 20     # bytes received but not yet written, per node (else dropped, unacked)
 SYNC_BYTES = 64 << 20             # fdatasync the .part and record the chunk map this often...
 SYNC_INTERVAL = 1.0               # ...or after this many seconds with unsynced data
-ACK_EVERY = 2                     # DATA packets per FILE_ACK (more often when out of order)
+ACK_EVERY = 8                     # DATA packets per FILE_ACK at most (at once when out of order)...
+ACK_BYTES = 256 << 10             # ...or this many bytes (4 datagrams of 64 KiB): an ACK costs both
+                                  # sides a sealed datagram and a pass of loss/rate bookkeeping
 ACK_DELAY = 0.001                 # s: a lone DATA packet is acknowledged after this
 BURST = 16                        # datagrams the pump sends for one link before looking around
 PROGRESS_INTERVAL = 0.25          # s: file_transfer_progress at most 4 times a second
@@ -132,7 +137,7 @@ def _read_block(fd: int, offset: int, length: int, hasher) -> bytes:
 def _write_runs(fd: int, runs: list[tuple[int, list]]) -> None:
     """Write each run (offset, buffers) with one pwritev.
 
-    Hashing is done later from the page cache (`_hash_file`): reading back 4 MiB costs two
+    Hashing is done after, from the page cache (`_hash_file`): reading back 4 MiB costs two
     calls, hashing datagram-sized pieces as they are written would cost one per piece, and each
     call hands the GIL back and forth with the event loop."""
     for offset, buffers in runs:
@@ -147,6 +152,13 @@ def _write_runs(fd: int, runs: list[tuple[int, list]]) -> None:
                     n = os.pwrite(fd, rest, position + done)
                     rest, done = rest[n:], done + n
             position += want
+
+
+def _write_and_hash(fd: int, runs: list[tuple[int, list]], hasher, start: int, end: int) -> int:
+    """One hand-off to the thread pool per batch: write the runs, then hash [start, end)."""
+    if runs:
+        _write_runs(fd, runs)
+    return _hash_file(fd, start, end, hasher) if end > start else start
 
 
 def _hash_file(fd: int, start: int, end: int, hasher) -> int:
@@ -430,6 +442,7 @@ class Channel:
         self.rx_largest = -1
         self.rx_largest_time = 0.0
         self.rx_unacked = 0
+        self.rx_unacked_bytes = 0
         self.ack_now = False
         self.ack_timer: Optional[gevent.Greenlet] = None
         self.answer_sent: dict[bytes, float] = {}  # tid -> last unsolicited state answer (rate limit)
@@ -819,7 +832,7 @@ class Transfers:
             elif isinstance(record, ProbeAck):
                 self._on_probe_ack(channel, record)
         if channel.rx_unacked:
-            if channel.ack_now or channel.rx_unacked >= ACK_EVERY:
+            if channel.ack_now or channel.rx_unacked >= ACK_EVERY or channel.rx_unacked_bytes >= ACK_BYTES:
                 self._send_ack(channel, now)
             elif channel.ack_timer is None:
                 channel.ack_timer = gevent.spawn_later(ACK_DELAY, self._ack_timeout, channel)
@@ -1097,12 +1110,15 @@ class Transfers:
                     accepted = False  # the disk is behind: not acknowledged, so it comes again
                     self.counters["file_data_backlog_drops"] += 1
                 else:
+                    was = transfer.pending_bytes
                     for start, stop in transfer.have.complement(data.offset, end):
                         transfer.pending.append((start, data.data[start - data.offset:stop - data.offset]))
                         transfer.have.add(start, stop)
                         transfer.pending_bytes += stop - start
                         self.pending_bytes += stop - start
-                    transfer.wake.set()
+                    # The writer gathers a batch: wake it for the first bytes, a full batch, the last.
+                    if not was or transfer.pending_bytes >= WRITE_BATCH or transfer.have.total >= transfer.size:
+                        transfer.wake.set()
             else:
                 self.counters["file_data_duplicate"] += 1
         if accepted:
@@ -1116,12 +1132,13 @@ class Transfers:
             if data.pn > channel.rx_largest:
                 channel.rx_largest, channel.rx_largest_time = data.pn, now
             channel.rx_unacked += 1
+            channel.rx_unacked_bytes += len(data.data)
 
     def _send_ack(self, channel: Channel, now: float) -> None:
         if channel.ack_timer is not None:
             channel.ack_timer.kill(block=False)
             channel.ack_timer = None
-        channel.rx_unacked = 0
+        channel.rx_unacked = channel.rx_unacked_bytes = 0
         channel.ack_now = False
         ranges = tuple((start, end - 1) for start, end in reversed(list(channel.rx)))[:MAX_ACK_RANGES]
         if not ranges:
@@ -1170,20 +1187,21 @@ class Transfers:
         """Writes, hashes and syncs one incoming transfer's data; finishes it."""
         try:
             while not self._stopping and transfer.state in (ACTIVE, PAUSED) and transfer.fd is not None:
-                if not transfer.pending:
+                if not transfer.pending and transfer.written.prefix_end(0) <= transfer.hash_pos:
                     transfer.wake.wait(SYNC_INTERVAL)
+                    transfer.wake.clear()
+                if (transfer.pending and transfer.pending_bytes < WRITE_BATCH
+                        and transfer.have.total < transfer.size and not self._stopping):
+                    # Gather a batch: every hand-off to a thread costs the event loop a GIL
+                    # round trip, so a few MiB go at once (the ACK window allows 16).
+                    transfer.wake.clear()
+                    transfer.wake.wait(WRITE_WAIT)
                     transfer.wake.clear()
                 self._write_pending(transfer)
                 if transfer.fd is None or transfer.state not in (ACTIVE, PAUSED):
                     break
-                frontier = min(transfer.written.prefix_end(0), transfer.hash_pos + HASH_STEP)
-                if frontier > transfer.hash_pos:
-                    hasher = transfer.hasher
-                    position = self.pool.apply(_hash_file, (transfer.fd, transfer.hash_pos, frontier, hasher))
-                    if hasher is transfer.hasher:
-                        transfer.hash_pos = position
-                    if transfer.pending or transfer.written.prefix_end(0) > transfer.hash_pos:
-                        continue  # more to write or hash: no sync or waiting yet
+                if transfer.pending or transfer.written.prefix_end(0) > transfer.hash_pos:
+                    continue  # more to write or hash: no sync or waiting yet
                 now = time.monotonic()
                 if transfer.unsynced and (transfer.unsynced >= SYNC_BYTES or now - transfer.synced_at >= SYNC_INTERVAL):
                     self._sync(transfer)
@@ -1204,24 +1222,38 @@ class Transfers:
                 self._close_fd(transfer)
 
     def _write_pending(self, transfer: Incoming) -> None:
-        if not transfer.pending or transfer.fd is None:
+        """Write what is pending and hash what then continues the hashed prefix, in one
+        hand-off to the thread pool."""
+        if transfer.fd is None:
             return
-        batch, transfer.pending = sorted(transfer.pending, key=lambda piece: piece[0]), []
-        size = sum(len(view) for _, view in batch)
-        transfer.pending_bytes -= size
-        self.pending_bytes -= size
         runs: list[tuple[int, list]] = []
-        run_end = -1
-        for offset, view in batch:
-            if offset == run_end:
-                runs[-1][1].append(view)
-            else:
-                runs.append((offset, [view]))
-            run_end = offset + len(view)
-        self.pool.apply(_write_runs, (transfer.fd, runs))
+        size = 0
+        if transfer.pending:
+            batch, transfer.pending = sorted(transfer.pending, key=lambda piece: piece[0]), []
+            size = sum(len(view) for _, view in batch)
+            transfer.pending_bytes -= size
+            self.pending_bytes -= size
+            run_end = -1
+            for offset, view in batch:
+                if offset == run_end:
+                    runs[-1][1].append(view)
+                else:
+                    runs.append((offset, [view]))
+                run_end = offset + len(view)
+        before = transfer.written
+        written = before.copy() if runs else before
         for offset, views in runs:
-            transfer.written.add(offset, offset + sum(len(v) for v in views))
-        transfer.unsynced += size
+            written.add(offset, offset + sum(len(v) for v in views))
+        hasher, start = transfer.hasher, transfer.hash_pos
+        frontier = min(written.prefix_end(0), start + HASH_STEP)
+        if not runs and frontier <= start:
+            return
+        position = self.pool.apply(_write_and_hash, (transfer.fd, runs, hasher, start, frontier))
+        if runs and transfer.written is before:  # else the source changed meanwhile: start over
+            transfer.written = written
+            transfer.unsynced += size
+        if hasher is transfer.hasher and transfer.hash_pos == start:
+            transfer.hash_pos = position
 
     def _sync(self, transfer: Incoming) -> None:
         """Make the written bytes durable, then (only then) record the chunks they complete."""
@@ -1530,8 +1562,8 @@ class Transfers:
     def _on_timeout(self, channel: Channel, now: float) -> None:
         lost, probe_timeout = channel.recovery.on_timeout(now)
         if probe_timeout:
-            channel.bbr.on_timeout()
             channel.ptos += 1
+            channel.bbr.on_timeout(channel.ptos)
             self.counters["file_probe_timeouts"] += 1
             if channel.ptos >= 3 and channel.max_datagram > wire.MAX_DATAGRAM:
                 log.info("path to %s lost large datagrams: back to %d bytes", channel.link.name, wire.MAX_DATAGRAM)
