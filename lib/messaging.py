@@ -108,6 +108,7 @@ class Outgoing:
     records: list             # its MSG segments, built once
     last_sent: float = 0.0
     tx: int = 0               # number of its latest transmission on this link (0: never sent)
+    first_tx: int = 0         # ... and of its first
     sends: int = 0
     sacked: bool = False      # the receiver has it, waiting for an earlier one (not yet delivered)
     resend: bool = False      # queued for retransmission in the next pass
@@ -143,6 +144,7 @@ class PeerState:
     largest_acked_tx: int = 0
     loss_time: Optional[float] = None                # when the next loss check is due
     backoff: int = 0                                 # RTO doublings since the last progress
+    after_rto: bool = False                          # a probe went out; the next progress judges it
     timer_base: float = 0.0                          # the RTO runs from here
     acked: list = dataclasses.field(default_factory=list)      # seqs to mark delivered
     queued_sent: list = dataclasses.field(default_factory=list)  # `queued` seqs now sent
@@ -166,6 +168,7 @@ class PeerState:
         self.largest_acked_tx = 0
         self.loss_time = None
         self.backoff = 0
+        self.after_rto = False
         self.queued_sent = []
 
 
@@ -299,6 +302,8 @@ class Messenger:
         for outgoing, first in sent:
             state.tx += 1
             outgoing.tx = state.tx
+            if not outgoing.sends:
+                outgoing.first_tx = state.tx
             outgoing.last_sent = now
             outgoing.sends += 1
             if first:
@@ -397,6 +402,7 @@ class Messenger:
             return
         state.backoff += 1
         state.timer_base = now
+        state.after_rto = True
         self.counters["message_timeouts"] += 1
         self._queue_resend(state, probe)
         self._schedule(link)
@@ -595,32 +601,47 @@ class Messenger:
                     newly.append(outbox.pop(seq))
             if not outbox:
                 break
-        largest: Optional[Outgoing] = None
+        received: list[Outgoing] = []   # newly acknowledged or reported, and sent
         for outgoing in newly:
             state.acked.append(outgoing.seq)
             if outgoing.sends:
                 state.flight_bytes -= outgoing.size
                 state.flight_count -= 1
                 state.in_flight.pop(outgoing.seq, None)
-                if largest is None or outgoing.tx > largest.tx:
-                    largest = outgoing
-        progress = bool(newly)
+                received.append(outgoing)
         for seq, offset, length in ack.segments:
             outgoing = outbox.get(seq)
             if outgoing is not None and not outgoing.sacked and outgoing.sends and offset == 0 \
                     and length == outgoing.size:
                 outgoing.sacked = True
                 state.in_flight.pop(seq, None)
-                progress = True
-                if largest is None or outgoing.tx > largest.tx:
-                    largest = outgoing
-        if not progress:
+                received.append(outgoing)
+        if not newly and not received:
             return
         now = time.monotonic()
-        if largest is not None:
-            if largest.sends == 1 and largest.tx > state.largest_acked_tx:
-                link.rtt.sample(now - largest.last_sent)  # Karn: first transmissions only
-            state.largest_acked_tx = max(state.largest_acked_tx, largest.tx)
+        # Which transmission got through? Unknown for a message sent more than once (ACKs name
+        # seqs, not transmissions): count its first one, or a peer merely slow to answer makes
+        # the ACK of a probe declare the whole window lost. An original transmission is clear,
+        # and gives the RTT sample (Karn).
+        acked_tx = retransmitted_tx = 0
+        original: Optional[Outgoing] = None
+        for outgoing in received:
+            if outgoing.sends == 1:
+                acked_tx = max(acked_tx, outgoing.tx)
+                if original is None or outgoing.tx > original.tx:
+                    original = outgoing
+            else:
+                acked_tx = max(acked_tx, outgoing.first_tx)
+                retransmitted_tx = max(retransmitted_tx, outgoing.tx)
+        if state.after_rto and received:
+            state.after_rto = False
+            if original is None:
+                # Only what the timeout resent got through (F-RTO, RFC 5682): the timeout was
+                # real, and what was sent before the probe is lost: send it again.
+                acked_tx = max(acked_tx, retransmitted_tx)
+        if original is not None and original.tx > state.largest_acked_tx:
+            link.rtt.sample(now - original.last_sent)
+        state.largest_acked_tx = max(state.largest_acked_tx, acked_tx)
         state.backoff = 0
         state.timer_base = now
         if state.in_flight and next(iter(state.in_flight.values())).tx < state.largest_acked_tx:

@@ -180,3 +180,44 @@ def test_ack_records_fit_a_datagram(setup):
     assert ack.ranges == () and len(ack.segments) == messaging.MAX_ACK_ITEMS
     from chatp2p_core import wire
     assert len(wire.encode_record(ack)) <= wire.payload_capacity(wire.MAX_DATAGRAM)
+
+
+def _timeout(messenger, state, link):
+    messenger.tick(state.timer_base + link.rtt.rto + 0.001)
+    gevent.sleep(0)
+
+
+def test_a_spurious_timeout_resends_one_message_not_the_window(setup):
+    # The peer was only slow: its ACK covers the probe AND originals sent before it.
+    store, contact, network, messenger, link = setup
+    send_all(messenger, contact, [f"x{i}" for i in range(50)])
+    state = messenger.states[FP]
+    network.log.clear()
+    _timeout(messenger, state, link)
+    assert sent_msgs(network) == [(1, 0)]
+    messenger.records(link, [Ack(((1, 10),))])
+    gevent.sleep(0)
+    messenger.tick(time_after_losses(state))
+    gevent.sleep(0)
+    assert sent_msgs(network) == [(1, 0)] and network.counters["messages_lost"] == 0
+    assert sorted(state.in_flight) == list(range(11, 51))
+
+
+def test_a_real_timeout_resends_what_was_sent_before_the_probe(setup):
+    # Only the probe got through (F-RTO): the rest of the window is lost, sent again.
+    store, contact, network, messenger, link = setup
+    send_all(messenger, contact, [f"x{i}" for i in range(50)])
+    state = messenger.states[FP]
+    network.log.clear()
+    _timeout(messenger, state, link)
+    messenger.records(link, [Ack(((1, 1),))])
+    gevent.sleep(0)
+    messenger.tick(time_after_losses(state))
+    gevent.sleep(0)
+    assert [seq for seq, _ in sent_msgs(network)] == list(range(1, 51))
+    assert network.counters["messages_lost"] == 49
+
+
+def time_after_losses(state):
+    import time
+    return max(state.loss_time or 0.0, time.monotonic()) + 0.01
