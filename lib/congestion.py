@@ -185,10 +185,12 @@ BW_WINDOW_ROUNDS = 10
 BW_WINDOW_SECONDS = 1.0      # ...and at least this long: rounds last ~1 ms on loopback, too short
                              # to ride out the pauses of a user-space receiver
 MIN_RTT_WINDOW = 10.0        # s
-RTT_FLOOR = 0.010            # s: a user-space receiver works in batches and pauses for a few ms
+RTT_FLOOR = 0.005            # s: a user-space receiver works in batches and pauses for a few ms
                              # (GIL hand-overs, disk syncs); a window sized on a 100 µs loopback
-                             # RTT would starve the pipe at every pause. 10 ms of data in its
-                             # socket buffer (at most ~4 MiB at 400 MiB/s) keeps chat latency low
+                             # RTT would starve the pipe at every pause. 2 x 5 ms of data in its
+                             # socket buffer (~2 MiB at 200 MiB/s) is what a chat message queues
+                             # behind; 10 ms (the first choice) doubled that for no measurable
+                             # gain in throughput (bench_transfer, 2 CPUs)
 INITIAL_WINDOW = 256 * 1024  # bytes in flight before the first measurement
 MAX_WINDOW = 64 * 1024 * 1024
 LOSS_THRESHOLD = 0.05

@@ -47,10 +47,11 @@ from .filecodec import (
     DEFAULT_CHUNK, FILE_TYPES, MAX_ACCEPT_RANGES, MAX_ACK_RANGES, MAX_CHUNK, MAX_FILE_SIZE,
     MAX_TRANSFER_ID_CHARS, MIN_CHUNK, AckRecord, Answer, AnswerRecord, Data, End, Halt, HaltRecord,
     Offer, Probe, ProbeAck, RangeSet, UnsafeName, check_file_name, chunk_ranges, chunks_to_bytes,
-    data_capacity, decode_file_record, format_ranges, numbered_name,
+    data_capacity, data_record_header, decode_file_record, format_ranges, numbered_name,
     parse_ranges, source_tag, to_raw, transfer_wire_id,
 )
 from .peers import Link, Network
+from .session import SessionError
 from .store import Contact, DuplicateError, Store
 from .wire import RawRecord, WireError
 
@@ -71,7 +72,9 @@ ACK_EVERY = 8                     # DATA packets per FILE_ACK at most (at once w
 ACK_BYTES = 256 << 10             # ...or this many bytes (4 datagrams of 64 KiB): an ACK costs both
                                   # sides a sealed datagram and a pass of loss/rate bookkeeping
 ACK_DELAY = 0.001                 # s: a lone DATA packet is acknowledged after this
-BURST = 16                        # datagrams the pump sends for one link before looking around
+BURST = 16                        # datagrams the pump sends for one link before looking around...
+BURST_BYTES = 256 << 10           # ...or this many bytes (4 of 64 KiB, ~0.4 ms of work): between two
+                                  # turns the loop serves the API and chat
 PROGRESS_INTERVAL = 0.25          # s: file_transfer_progress at most 4 times a second
 CONTROL_RTO = 0.25                # s: first retransmission of OFFER / ACCEPT / END...
 CONTROL_MAX_RTO = 4.0             # ...doubling up to this
@@ -1589,7 +1592,7 @@ class Transfers:
             self._limit_tokens = min(self._limit_tokens + (now - self._limit_time) * self.upload_limit,
                                      max(4.0 * size, self.upload_limit * 0.01))
             self._limit_time = now
-        for _ in range(BURST):
+        for _ in range(max(1, min(BURST, BURST_BYTES // size))):
             if recovery.bytes_in_flight + size > bbr.cwnd:
                 self.counters["file_wait_cwnd"] += 1
                 return None  # an ACK will wake the pump
@@ -1615,14 +1618,30 @@ class Transfers:
             bbr.on_sent(packet, recovery.bytes_in_flight, channel.idle, now)
             channel.idle = False
             recovery.on_sent(packet)
-            record = RawRecord(0x22, Data(transfer.tid, pn, offset, view).encode())
-            if not self.network.send_records(link, [record], max_datagram=size):
+            if not self._send_data(link, transfer.tid, pn, offset, view, size):
                 return None
             transfer.wire_bytes += length
             channel.tokens -= payload_size
             if self.upload_limit:
                 self._limit_tokens -= payload_size
         return 0.0
+
+    def _send_data(self, link: Link, tid: bytes, pn: int, offset: int, view: memoryview, max_datagram: int) -> bool:
+        """One DATA record alone in a datagram. The plaintext is built with one concatenation
+        and sealed directly, without record objects: per-datagram work is what limits a
+        Python sender (Network.send_records would copy the data twice more)."""
+        session, address = link.session, link.address
+        if not link.connected or session is None or address is None:
+            return False
+        now = time.monotonic()
+        try:
+            datagram = session.seal_payload(data_record_header(tid, pn, offset, len(view)) + view, now)
+        except SessionError:  # frame counter exhausted: the general path takes the link down
+            record = RawRecord(0x22, Data(tid, pn, offset, view).encode())
+            return self.network.send_records(link, [record], max_datagram=max_datagram)
+        self.network.send_to(datagram, address)
+        link.last_tx = now
+        return True
 
     def _next_piece(self, channel: Channel, capacity: int) -> Optional[tuple[Outgoing, int, memoryview]]:
         senders = channel.senders
