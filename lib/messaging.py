@@ -104,6 +104,7 @@ def check_message(body: str, message_id: Optional[str]) -> str:
 @dataclasses.dataclass(eq=False)
 class Outgoing:
     message: Message
+    seq: int
     size: int                 # blob bytes
     records: list             # its MSG segments, built once
     last_sent: float = 0.0
@@ -112,10 +113,6 @@ class Outgoing:
     sends: int = 0
     sacked: bool = False      # the receiver has it, waiting for an earlier one (not yet delivered)
     resend: bool = False      # queued for retransmission in the next pass
-
-    @property
-    def seq(self) -> int:
-        return int(self.message.seq)
 
 
 @dataclasses.dataclass
@@ -268,7 +265,7 @@ class Messenger:
             self._capacity
         records = [Msg(mid, seq, created_ms, len(blob), offset, blob[offset:offset + capacity])
                    for offset in range(0, max(len(blob), 1), capacity)]
-        return Outgoing(message, len(blob), records)
+        return Outgoing(message, seq, len(blob), records)
 
     def _transmissions(self, state: PeerState, now: float) -> tuple[list, list]:
         """What this pass sends: retransmissions (oldest first), then new messages as far as

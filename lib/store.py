@@ -618,21 +618,16 @@ class Store:
                         "WHERE contact_id = ? AND direction = 'out'",
                         (contact_id,),
                     ).fetchone()[0]
-                exists = conn.execute(
-                    "SELECT 1 FROM messages "
-                    "WHERE contact_id = ? AND direction = 'out' AND message_id = ?",
-                    (contact_id, message_id),
-                ).fetchone()
-                if exists is not None:
-                    next_seq[contact_id] = seq
-                    results.append(DuplicateError(f"Message {message_id} already exists"))
-                    continue
                 cur = conn.execute(
                     "INSERT INTO messages (contact_id, message_id, direction, body, created, "
-                    "state, seq, read) VALUES (?, ?, 'out', ?, ?, ?, ?, 1)",
+                    "state, seq, read) VALUES (?, ?, 'out', ?, ?, ?, ?, 1) "
+                    "ON CONFLICT (contact_id, direction, message_id) DO NOTHING",
                     (contact_id, message_id, body, created, state, seq),
                 )
-                next_seq[contact_id] = seq + 1
+                next_seq[contact_id] = seq + cur.rowcount
+                if cur.rowcount != 1:
+                    results.append(DuplicateError(f"Message {message_id} already exists"))
+                    continue
                 results.append(Message(cur.lastrowid, contact_id, message_id, "out", body, created,
                                        None, state, seq, True, None))
         return results
