@@ -29,6 +29,7 @@ NAT_TYPE_TIMEOUT = 8.0
 TURN_CLOSE_TIMEOUT = 1.0     # stopping waits this long at most for the allocation's deletion
 ALLOCATE_ATTEMPTS = 5        # rounds over the TURN servers while one answers 437 (mismatch)
 MISMATCH_RETRY = 0.5         # seconds between those rounds
+INTRO_PENDING = 10.0         # an unanswered introduction request is not repeated for this long
 RV_TYPES = range(0x10, 0x18)
 
 Publish = Callable[[str, object], None]
@@ -109,6 +110,7 @@ class _Service:
     link: Optional[Link] = None
     next_attempt: float = 0.0
     error: Optional[str] = None
+    asked: dict = dataclasses.field(default_factory=dict)   # target fingerprint -> when we asked (monotonic)
 
 
 class NatTraversal:
@@ -294,6 +296,13 @@ class NatTraversal:
             client, link = service.client, service.link
             if client is None or link is None or not link.connected or not client.registered(now):
                 continue
+            # One request per contact and server at a time: every queued message and every
+            # reconnection pass calls this, and the server holds each request 10 s whatever
+            # becomes of it, with at most 8 per requester (then RATE_LIMITED).
+            since = time.monotonic() - service.asked.get(contact.fingerprint, -INTRO_PENDING)
+            if 0 <= since < INTRO_PENDING:
+                asked += 1
+                continue
             try:
                 _, records = client.request_intro(contact.fingerprint, bundle,
                                                   self.candidates(service.address), now)
@@ -301,6 +310,7 @@ class NatTraversal:
                 log.debug("no introduction to %s via %s: %s", contact.name, _fmt(service.address), exc)
                 continue
             self.network.send_records(link, records)
+            service.asked[contact.fingerprint] = time.monotonic()
             asked += 1
         return asked
 
@@ -348,8 +358,10 @@ class NatTraversal:
             elif isinstance(event, rv.IntroReceived):
                 self._on_intro(service, event)
             elif isinstance(event, rv.IntroAnswered):
+                service.asked.pop(event.target, None)
                 self._on_answer(event)
             elif isinstance(event, (rv.IntroFailed, rv.IntroTimedOut)):
+                service.asked.pop(event.target, None)
                 self.counters["intro_unanswered"] += 1
                 if isinstance(event, rv.IntroFailed):  # our own input or the server's load, never the target's
                     self.counters[f"intro_failed_{event.code.name.lower()}"] += 1

@@ -361,6 +361,30 @@ def test_rendezvous_introduces_contacts_known_by_id_only():
         node.stop()
 
 
+def test_messages_to_an_offline_contact_ask_the_rendezvous_once():
+    """Every message queued for a contact that is not connected tries to reach it; while an
+    introduction request is pending (the server keeps it 10 s) no new one is sent: a burst of
+    messages must not use up the requester's 8 slots at the rendezvous (RATE_LIMITED)."""
+    port = free_udp_port()
+    r = Node("once-r", "--rendezvous", "--p2p-port", str(port)).start()
+    c = Node("once-c", "--rendezvous-servers", f"127.0.0.1:{port}#{r.id}").start()
+    eventually(lambda: _registered(c), 10, "C registered")
+    c.call("contacts", "add", {"peer": "Dora", "public_key": c.daemon.other_id()})   # never online
+    before = r.p2p()["serving_rendezvous"]["counters"].get("intro_requests", 0)
+    for i in range(12):
+        reply = c.daemon.request("p2p", "send_message", {"peer": "Dora", "message": f"queued {i}"})
+        assert reply["success"] and reply["data"] == "Message queued", reply
+    c.call("p2p", "connect", {"peer": "Dora"})
+    time.sleep(0.5)
+    served = r.p2p()["serving_rendezvous"]["counters"]
+    assert served.get("intro_requests", 0) - before == 1, served
+    assert not served.get("failed_rate_limited") and not c.p2p()["counters"].get("intro_failed_rate_limited"), \
+        (served, c.p2p()["counters"])
+    assert c.peer("Dora")["state"] == "connecting"
+    for node in (c, r):
+        node.stop()
+
+
 # -- TURN -------------------------------------------------------------------------------------
 def test_turn_allocation_and_a_wrong_password():
     needs_coturn()
