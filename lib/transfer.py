@@ -44,7 +44,7 @@ import gevent.event
 from . import wire
 from .congestion import Bbr, Recovery, SentPacket
 from .filecodec import (
-    DEFAULT_CHUNK, FILE_TYPES, MAX_ACCEPT_RANGES, MAX_ACK_RANGES, MAX_CHUNK, MAX_FILE_SIZE,
+    DEFAULT_CHUNK, FILE_TYPES, FileRecordType, MAX_ACCEPT_RANGES, MAX_ACK_RANGES, MAX_CHUNK, MAX_FILE_SIZE,
     MAX_TRANSFER_ID_CHARS, MIN_CHUNK, AckRecord, Answer, AnswerRecord, Data, End, Halt, HaltRecord,
     Offer, Probe, ProbeAck, RangeSet, UnsafeName, check_file_name, chunk_ranges, chunks_to_bytes,
     data_capacity, data_record_header, decode_file_record, format_ranges, numbered_name,
@@ -1148,7 +1148,9 @@ class Transfers:
             return
         delay = max(0, int((now - channel.rx_largest_time) * 1e6))
         window = max(0, MAX_PENDING_WRITES - self.pending_bytes)
-        self._send_control(channel.link, [to_raw(AckRecord(ranges, min(delay, 0xFFFFFFFF), window))])
+        body = AckRecord(ranges, min(delay, 0xFFFFFFFF), window).encode()
+        self._send_plain(channel.link, wire.RECORD_HEADER.pack(FileRecordType.ACK, len(body)) + body,
+                         lambda: [RawRecord(FileRecordType.ACK, body)])
 
     def _ack_timeout(self, channel: Channel) -> None:
         channel.ack_timer = None
@@ -1627,18 +1629,24 @@ class Transfers:
         return 0.0
 
     def _send_data(self, link: Link, tid: bytes, pn: int, offset: int, view: memoryview, max_datagram: int) -> bool:
-        """One DATA record alone in a datagram. The plaintext is built with one concatenation
-        and sealed directly, without record objects: per-datagram work is what limits a
-        Python sender (Network.send_records would copy the data twice more)."""
+        """One DATA record alone in a datagram (see `_send_plain`)."""
+        return self._send_plain(link, data_record_header(tid, pn, offset, len(view)) + view,
+                                lambda: [RawRecord(FileRecordType.DATA, Data(tid, pn, offset, view).encode())],
+                                max_datagram)
+
+    def _send_plain(self, link: Link, plaintext: bytes, records: Callable[[], list], max_datagram: int = 0) -> bool:
+        """Seal one datagram's plaintext (encoded records) and send it. DATA and FILE_ACK go
+        this way, built with one concatenation and no record objects: per-datagram work is what
+        limits Python peers (Network.send_records would copy a DATA's bytes twice more).
+        `records()` is the same as record objects, for the general path when sealing fails."""
         session, address = link.session, link.address
         if not link.connected or session is None or address is None:
             return False
         now = time.monotonic()
         try:
-            datagram = session.seal_payload(data_record_header(tid, pn, offset, len(view)) + view, now)
+            datagram = session.seal_payload(plaintext, now)
         except SessionError:  # frame counter exhausted: the general path takes the link down
-            record = RawRecord(0x22, Data(tid, pn, offset, view).encode())
-            return self.network.send_records(link, [record], max_datagram=max_datagram)
+            return self.network.send_records(link, records(), max_datagram=max_datagram or None)
         self.network.send_to(datagram, address)
         link.last_tx = now
         return True

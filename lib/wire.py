@@ -505,6 +505,7 @@ class RecordType(enum.IntEnum):
 # 0x40-0xFF: reserved. A receiver returns these as RawRecord and ignores what it does not know.
 CONTROL_RESERVED = range(0x06, 0x20)
 FILE_RECORD_TYPES = range(0x20, 0x40)
+_RECORD_TYPE_VALUES = frozenset(int(t) for t in RecordType)  # built once: RawRecord is on the file hot path
 
 RECORD_HEADER = struct.Struct(">BH")  # type, body length
 RECORD_HEADER_LEN = RECORD_HEADER.size
@@ -619,9 +620,11 @@ class RawRecord:
 
     def __post_init__(self) -> None:
         _check_int(self.rtype, 0xFF, "record type")
-        if self.rtype in {int(t) for t in RecordType}:
+        if self.rtype in _RECORD_TYPE_VALUES:
             raise WireError(f"record type {self.rtype:#04x} has its own class")
-        if len(_as_bytes(self.body, "record body")) > 0xFFFF:
+        if not isinstance(self.body, (bytes, bytearray, memoryview)):  # no copy of a 64 KiB body
+            raise WireError(f"record body must be bytes, not {type(self.body).__name__}")
+        if len(self.body) > 0xFFFF:
             raise WireError("record body too long")
 
 
