@@ -8,6 +8,7 @@ sessions with the rendezvous servers (service links), and, in rendezvous mode, t
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import socket
@@ -30,6 +31,8 @@ TURN_CLOSE_TIMEOUT = 1.0     # stopping waits this long at most for the allocati
 ALLOCATE_ATTEMPTS = 5        # rounds over the TURN servers while one answers 437 (mismatch)
 MISMATCH_RETRY = 0.5         # seconds between those rounds
 INTRO_PENDING = 10.0         # an unanswered introduction request is not repeated for this long
+INTRO_SLOTS = 8              # the server's cap on a requester's requests, each held 10 s (PROTOCOL §9.1)
+INTRO_SLOT_HOLD = 10.5       # how long we count a sent request against that cap (its 10 s, and latency)
 RV_TYPES = range(0x10, 0x18)
 
 Publish = Callable[[str, object], None]
@@ -111,6 +114,8 @@ class _Service:
     next_attempt: float = 0.0
     error: Optional[str] = None
     asked: dict = dataclasses.field(default_factory=dict)   # target fingerprint -> when we asked (monotonic)
+    sent: collections.deque = dataclasses.field(default_factory=collections.deque)  # when each request went
+    waiting: dict = dataclasses.field(default_factory=dict)  # targets to ask when a slot frees (in order)
 
 
 class NatTraversal:
@@ -288,31 +293,57 @@ class NatTraversal:
 
     # -- reaching a contact -----------------------------------------------------------------
     def reach(self, contact: Contact) -> int:
-        """Ask every registered rendezvous to introduce us to `contact`; returns how many."""
-        now = time.time()
-        bundle = ident.Bundle.from_base64(contact.bundle) if contact.bundle else None
+        """Ask every registered rendezvous to introduce us to `contact` (now, or as soon as the
+        server's limits allow); returns how many will."""
+        wall, now = time.time(), time.monotonic()
         asked = 0
         for service in self.services:
             client, link = service.client, service.link
-            if client is None or link is None or not link.connected or not client.registered(now):
+            if client is None or link is None or not link.connected or not client.registered(wall):
                 continue
             # One request per contact and server at a time: every queued message and every
             # reconnection pass calls this, and the server holds each request 10 s whatever
-            # becomes of it, with at most 8 per requester (then RATE_LIMITED).
-            since = time.monotonic() - service.asked.get(contact.fingerprint, -INTRO_PENDING)
-            if 0 <= since < INTRO_PENDING:
+            # becomes of it, with at most 8 per requester (more get RATE_LIMITED): the rest wait.
+            since = now - service.asked.get(contact.fingerprint, -INTRO_PENDING)
+            if 0 <= since < INTRO_PENDING or contact.fingerprint in service.waiting:
                 asked += 1
-                continue
-            try:
-                _, records = client.request_intro(contact.fingerprint, bundle,
-                                                  self.candidates(service.address), now)
-            except rv.RendezvousError as exc:
-                log.debug("no introduction to %s via %s: %s", contact.name, _fmt(service.address), exc)
-                continue
-            self.network.send_records(link, records)
-            service.asked[contact.fingerprint] = time.monotonic()
-            asked += 1
+            elif not self._slot_free(service, now):
+                service.waiting[contact.fingerprint] = True
+                asked += 1
+            elif self._request_intro(service, contact, wall, now):
+                asked += 1
         return asked
+
+    @staticmethod
+    def _slot_free(service: _Service, now: float) -> bool:
+        while service.sent and now - service.sent[0] >= INTRO_SLOT_HOLD:
+            service.sent.popleft()
+        return len(service.sent) < INTRO_SLOTS
+
+    def _request_intro(self, service: _Service, contact: Contact, wall: float, now: float) -> bool:
+        assert service.client is not None and service.link is not None
+        bundle = ident.Bundle.from_base64(contact.bundle) if contact.bundle else None
+        try:
+            _, records = service.client.request_intro(contact.fingerprint, bundle,
+                                                      self.candidates(service.address), wall)
+        except rv.RendezvousError as exc:
+            log.debug("no introduction to %s via %s: %s", contact.name, _fmt(service.address), exc)
+            return False
+        self.network.send_records(service.link, records)
+        service.asked[contact.fingerprint] = now
+        service.sent.append(now)
+        return True
+
+    def _ask_waiting(self, service: _Service, wall: float, now: float) -> None:
+        """Requests that waited for a slot, in the order they were asked for."""
+        while service.waiting and self._slot_free(service, now):
+            fingerprint = next(iter(service.waiting))
+            del service.waiting[fingerprint]
+            contact = self.store.find_contact_by_fingerprint(fingerprint)
+            link = self.network.links.get(fingerprint)
+            if contact is None or contact.blocked or (link is not None and link.connected):
+                continue
+            self._request_intro(service, contact, wall, now)
 
     # -- link observer (service sessions only) ----------------------------------------------
     def link_up(self, link: Link) -> None:
@@ -426,6 +457,8 @@ class NatTraversal:
         output = client.tick(wall)
         if output.send or output.events:
             self._client_output(service, output)
+        if service.waiting and client.registered(wall):
+            self._ask_waiting(service, wall, now)
 
     # -- views ------------------------------------------------------------------------------
     def _nat_view(self) -> dict:

@@ -361,10 +361,11 @@ def test_rendezvous_introduces_contacts_known_by_id_only():
         node.stop()
 
 
-def test_messages_to_an_offline_contact_ask_the_rendezvous_once():
+def test_introduction_requests_stay_within_the_rendezvous_limits():
     """Every message queued for a contact that is not connected tries to reach it; while an
     introduction request is pending (the server keeps it 10 s) no new one is sent: a burst of
-    messages must not use up the requester's 8 slots at the rendezvous (RATE_LIMITED)."""
+    messages must not use up the requester's 8 slots at the rendezvous (RATE_LIMITED). Nor may
+    many offline contacts at once (a reconnection pass asks for all of them)."""
     port = free_udp_port()
     r = Node("once-r", "--rendezvous", "--p2p-port", str(port)).start()
     c = Node("once-c", "--rendezvous-servers", f"127.0.0.1:{port}#{r.id}").start()
@@ -381,6 +382,23 @@ def test_messages_to_an_offline_contact_ask_the_rendezvous_once():
     assert not served.get("failed_rate_limited") and not c.p2p()["counters"].get("intro_failed_rate_limited"), \
         (served, c.p2p()["counters"])
     assert c.peer("Dora")["state"] == "connecting"
+
+    # More offline contacts than the server's 8 slots per requester: the node spreads its
+    # requests over time instead of being refused, and every contact gets its turn.
+    ids = set()
+    while len(ids) < 11:
+        ids.add(r.call("crypto", "generate_keypair")["fingerprint"])
+    for i, contact_id in enumerate(sorted(ids)):
+        c.call("contacts", "add", {"peer": f"Offline{i}", "public_key": contact_id})
+        c.call("p2p", "connect", {"peer": f"Offline{i}"})
+    time.sleep(0.5)
+    served = r.p2p()["serving_rendezvous"]["counters"]
+    assert served["intro_requests"] - before == 8, served      # Dora's and 7 others: the slots are full
+    assert not served.get("failed_rate_limited"), served
+    served = eventually(lambda: (lambda s: s if s["intro_requests"] - before >= 12 else None)(
+        r.p2p()["serving_rendezvous"]["counters"]), 15, "the waiting contacts' turn")
+    assert served["intro_requests"] - before == 12 and not served.get("failed_rate_limited"), served
+    assert not c.p2p()["counters"].get("intro_failed_rate_limited"), c.p2p()["counters"]
     for node in (c, r):
         node.stop()
 
