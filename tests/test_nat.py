@@ -1,6 +1,7 @@
 """NAT traversal end to end on loopback, against real chatp2pd daemons: STUN discovery and NAT
 type (private coturn), STUN servers that fail, `p2p start` validation, `--rendezvous` flags,
-introductions through a rendezvous node (and what a stranger learns: nothing), TURN allocation.
+introductions through a rendezvous node (and what a stranger learns: nothing), introduction
+requests within the rendezvous' limits, TURN allocation (and re-allocation after restarts).
 
 Everything stays on 127.0.0.0/8: coturn on 127.0.0.1 and 127.0.0.2, fake STUN servers on
 threads of this process, daemons bound to 127.0.0.1. The real-NAT cases (namespaces) are in
