@@ -58,8 +58,19 @@ def main_daemon(argv: Sequence[str] | None = None, prog: str = "chatp2pd") -> in
 
 def _refuse_settings(config, prog: str) -> int | None:
     """Settings that make no sense together: the exit code after one clear line, or None."""
+    from chatp2p_core import nat
     from chatp2p_core.ipc import is_loopback
 
+    try:
+        nat.check_settings(nat.NatSettings(tuple(config.stun_urls), tuple(config.rendezvous_servers)))
+        if config.turn_url:
+            if not (config.turn_username and config.turn_credential):
+                raise nat.NatConfigError("turn_url needs turn_username and turn_credential")
+            nat.turn_servers_from([{"url": config.turn_url, "username": config.turn_username,
+                                    "credential": config.turn_credential}])
+    except nat.NatConfigError as exc:
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if config.serve_rendezvous and config.p2p_port == 0:
         print(f"{prog}: --rendezvous needs an explicit --p2p-port (nodes must know where to find it)",
               file=sys.stderr)

@@ -101,3 +101,16 @@ def test_daemon_exits_2_on_bad_config():
     assert proc.returncode == 2
     assert "CHATP2P_IPC_PORT" in proc.stderr and "port number" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_daemon_exits_2_on_bad_nat_settings():
+    for flags, expected in ((["--rendezvous-servers", "bogus"], "rendezvous"),
+                            (["--stun-urls", "http://x"], "stun_urls"),
+                            (["--turn-url", "turn:127.0.0.1:3478"], "turn_username")):
+        with tempfile.TemporaryDirectory() as tmp:
+            env = dict(os.environ, HOME=tmp)
+            proc = subprocess.run([sys.executable, "-c", "import chatp2p,sys; sys.exit(chatp2p.main_daemon())",
+                                   "--data-dir", tmp, "--ipc-port", "0", *flags],
+                                  env=env, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2, proc.stderr
+        assert expected in proc.stderr and "Traceback" not in proc.stderr
