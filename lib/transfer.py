@@ -65,7 +65,7 @@ HASH_STEP = 16 << 20              # ...at most this much between two rounds of w
 WRITE_BATCH = 2 << 20             # receiver: bytes gathered before one hand-off to a thread...
 WRITE_WAIT = 0.01                 # ...or at most this long after the first one (s)
 SEND_CACHE = 16 << 20             # bytes a sender keeps read: in flight + read ahead, per transfer
-MAX_PENDING_WRITES = 16 << 20     # bytes received but not yet written, per node (else dropped, unacked)
+MAX_PENDING_WRITES = 8 << 20      # bytes received but not yet written, per node (else dropped, unacked)
 SYNC_BYTES = 64 << 20             # fdatasync the .part and record the chunk map this often...
 SYNC_INTERVAL = 1.0               # ...or after this many seconds with unsynced data
 ACK_EVERY = 8                     # DATA packets per FILE_ACK at most (at once when out of order)...
@@ -440,6 +440,8 @@ class Channel:
         self.probe_tries = 0
         self.probe_done = False
         self.probe_after = 0.0
+        self.check_id = 0                # small PROBE sent after repeated probe timeouts (black hole?)
+        self.acked_top = -1              # highest packet number any FILE_ACK acknowledged
         # receiving
         self.rx = RangeSet()             # packet numbers received (newest MAX_ACK_RANGES ranges)
         self.rx_largest = -1
@@ -831,6 +833,8 @@ class Transfers:
             elif isinstance(record, HaltRecord):
                 self._on_halt(link, record)
             elif isinstance(record, Probe):
+                if channel.rx_unacked:  # what came before the probe is acknowledged before it
+                    self._send_ack(channel, now)
                 self._send_control(link, [to_raw(ProbeAck(record.probe_id, record.size))])
             elif isinstance(record, ProbeAck):
                 self._on_probe_ack(channel, record)
@@ -1469,6 +1473,10 @@ class Transfers:
     def _on_ack(self, channel: Channel, ack: AckRecord, now: float) -> None:
         recovery = channel.recovery
         channel.peer_window = ack.window
+        top = max((last for _, last in ack.ranges), default=-1)
+        if top > channel.acked_top:  # large datagrams reach the peer, even if they were late
+            channel.acked_top = top  # (declared lost by a probe timeout): no black hole
+            channel.ptos = 0
         acked, lost = recovery.on_ack(ack.ranges, ack.delay_us / 1e6, now)
         if not acked and not lost:
             return
@@ -1492,6 +1500,15 @@ class Transfers:
             transfer.lost(offset, length)
 
     def _on_probe_ack(self, channel: Channel, ack: ProbeAck) -> None:
+        if channel.check_id and ack.probe_id == channel.check_id and ack.size == wire.MAX_DATAGRAM:
+            if channel.ptos >= 3 and channel.max_datagram > wire.MAX_DATAGRAM:
+                log.info("path to %s lost large datagrams: back to %d bytes", channel.link.name, wire.MAX_DATAGRAM)
+                self.counters["file_mtu_fallbacks"] += 1
+                channel.max_datagram = wire.MAX_DATAGRAM
+                channel.bbr.mss = wire.MAX_DATAGRAM
+                channel.probe_done, channel.probe_size = False, 0
+                channel.probe_after = time.monotonic() + PROBE_RETRY_AFTER
+            return
         if ack.probe_id != channel.probe_id or ack.size != channel.probe_size:
             return
         channel.max_datagram = max(channel.max_datagram, ack.size)
@@ -1571,11 +1588,12 @@ class Transfers:
             channel.bbr.on_timeout(channel.ptos)
             self.counters["file_probe_timeouts"] += 1
             if channel.ptos >= 3 and channel.max_datagram > wire.MAX_DATAGRAM:
-                log.info("path to %s lost large datagrams: back to %d bytes", channel.link.name, wire.MAX_DATAGRAM)
-                channel.max_datagram = wire.MAX_DATAGRAM
-                channel.bbr.mss = wire.MAX_DATAGRAM
-                channel.probe_done, channel.probe_size = False, 0
-                channel.probe_after = now + PROBE_RETRY_AFTER
+                # A black hole for large datagrams (a route change), or a peer that is not
+                # running (a loaded machine, a pause)? A small PROBE tells: if it is answered
+                # while DATA still is not, large datagrams are lost (`_on_probe_ack` falls back).
+                channel.check_id = 0x80000000 | (channel.check_id + 1) & 0x7FFFFFFF
+                self.network.send_records(channel.link, [to_raw(Probe(channel.check_id, wire.MAX_DATAGRAM))],
+                                          max_datagram=wire.MAX_DATAGRAM, pad=True)
         else:
             channel.bbr.on_ack([], lost, None, channel.recovery.bytes_in_flight, now)
         for packet in lost:

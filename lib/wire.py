@@ -737,7 +737,11 @@ def decode_records(payload: bytes) -> list[Record]:
         pos += RECORD_HEADER_LEN
         if pos + size > len(data):
             raise WireError(f"record of type {rtype:#04x} truncated ({size} bytes declared)")
-        records.append(_decode_body(rtype, data[pos : pos + size]))
+        if size >= 16384 and rtype not in _RECORD_TYPE_VALUES:
+            # A large reserved-type record (file DATA): a view, not a 64 KiB copy.
+            records.append(RawRecord(rtype, memoryview(data)[pos : pos + size]))
+        else:
+            records.append(_decode_body(rtype, data[pos : pos + size]))
         pos += size
     return records
 

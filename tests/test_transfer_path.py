@@ -1,0 +1,148 @@
+"""File transfers when the path changes under them, with real daemons.
+
+* A receiver that stops running for a while (SIGSTOP: a loaded machine, a laptop lid) causes
+  probe timeouts, but large datagrams still work: the sender must not fall back to 1200 bytes.
+* A path whose MTU shrinks mid-transfer (a veth pair in network namespaces, 65535 then 1500):
+  large DATA datagrams are refused (IP_PMTUDISC_PROBE: EMSGSIZE, never fragments) and lost;
+  a small PROBE still gets through, so the sender falls back to 1200-byte datagrams and the
+  transfer completes with the right SHA-256.
+"""
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+import pytest
+
+from daemon import Daemon
+from test_transfer import Events, make_file, ok, sha256_of, start_pair
+
+MIB = 1 << 20
+
+
+def _counters(daemon):
+    return daemon.request("status")["data"]["p2p"]["counters"]
+
+
+def _progress(events, tid):
+    return max([p["bytes"] for p in events.all("file_transfer_progress", transfer_id=tid)] or [0])
+
+
+def _wait_progress(events, tid, at_least, timeout):
+    deadline = time.monotonic() + timeout
+    while _progress(events, tid) < at_least:
+        assert time.monotonic() < deadline, f"progress stuck at {_progress(events, tid)}"
+        time.sleep(0.05)
+
+
+def test_a_stalled_receiver_does_not_make_the_sender_drop_to_small_datagrams():
+    tmp = tempfile.mkdtemp(prefix="chatp2p-stall-")
+    a = b = ev_a = ev_b = None
+    try:
+        a, b, ev_a, ev_b = start_pair(tmp, "stall", ("--upload-limit", "16384"))
+        size = 48 * MIB
+        source = os.path.join(tmp, "stall.bin")
+        expected = make_file(source, size, seed=50)
+        tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
+        ev_b.wait("file_offer", 10, transfer_id=tid)
+        ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
+        _wait_progress(ev_b, tid, 8 * MIB, 30)
+        before = _counters(a)
+        b.proc.send_signal(signal.SIGSTOP)  # nothing is acknowledged for 1.5 s: probe timeouts
+        time.sleep(1.5)
+        b.proc.send_signal(signal.SIGCONT)
+        received = ev_b.wait("file_received", 60, transfer_id=tid)[0]
+        assert received["sha256"] == expected == sha256_of(received["path"])
+        after = _counters(a)
+        assert after.get("file_probe_timeouts", 0) - before.get("file_probe_timeouts", 0) >= 3, after
+        assert after.get("file_mtu_fallbacks", 0) == before.get("file_mtu_fallbacks", 0), after
+    finally:
+        if b is not None and b.proc is not None and b.proc.poll() is None:
+            b.proc.send_signal(signal.SIGCONT)
+        for events in (ev_a, ev_b):
+            if events is not None:
+                events.close()
+        for daemon in (a, b):
+            if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class NsDaemon(Daemon):
+    """A chatp2pd inside a network namespace; its API is reached through chatp2pctl run there
+    (the API listens on that namespace's loopback), its ipc:// events from here."""
+
+    def __init__(self, ns, tmpdir, *extra_args):
+        super().__init__(tmpdir, *extra_args)
+        self.ns = ns
+
+    def command(self, data_dir, *extra_args):  # type: ignore[override]
+        return ["ip", "netns", "exec", self.ns.name, *Daemon.command(data_dir, *extra_args)]
+
+    def request(self, command, action=None, data=None):
+        body = json.dumps({"command": command, "action": action, "data": data})
+        done = self.ns.run([sys.executable, "-c", "import chatp2p, sys; sys.exit(chatp2p.main_ctl())",
+                            "--data-dir", self.data_dir, "--json", "raw", body], check=False, timeout=60)
+        assert done.stdout, f"chatp2pctl failed: {done.stderr}"
+        return json.loads(done.stdout)
+
+
+def test_a_path_whose_mtu_shrinks_mid_transfer_falls_back_to_small_datagrams():
+    from netns import Namespace, _building, _wire, netns_available
+
+    usable, why = netns_available()
+    if not usable:
+        pytest.skip(why)
+    tmp = tempfile.mkdtemp(prefix="chatp2p-mtu-")
+    a = b = ev_a = ev_b = None
+    try:
+        with _building() as built:
+            ns_a, ns_b = Namespace("mtua"), Namespace("mtub")
+            built += [ns_a, ns_b]
+            _wire(ns_a, "eth0", ns_b, "eth0")
+            for ns, address in ((ns_a, "192.0.2.211"), (ns_b, "192.0.2.212")):
+                ns.ip("link", "set", "eth0", "mtu", "65535")
+                ns.add_address("eth0", f"{address}/24")
+            args = ("--keepalive-interval", "1", "--p2p-host", "0.0.0.0")
+            a = NsDaemon(ns_a, os.path.join(tmp, "a"), *args, "--upload-limit", "8192",
+                         "--downloads-dir", os.path.join(tmp, "a", "dl"))
+            b = NsDaemon(ns_b, os.path.join(tmp, "b"), *args, "--downloads-dir", os.path.join(tmp, "b", "dl"))
+            a.start()
+            b.start()
+            sa, sb = a.request("status")["data"], b.request("status")["data"]
+            ok(a.request("contacts", "add", {"peer": "Bob", "public_key": sb["identity"]["public_key"]}))
+            ok(b.request("contacts", "add", {"peer": "Alice", "public_key": sa["identity"]["public_key"]}))
+            ev_a, ev_b = Events(a), Events(b)
+            ok(a.request("p2p", "connect", {"peer": "Bob", "address": f"192.0.2.212:{sb['p2p']['port']}"}))
+            ok(a.request("contacts", "negotiate_keys", {"peer": "Bob", "timeout": 30}))
+            size = 24 * MIB
+            source = os.path.join(tmp, "mtu.bin")
+            expected = make_file(source, size, seed=51)
+            tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
+            ev_b.wait("file_offer", 20, transfer_id=tid)
+            ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
+            _wait_progress(ev_b, tid, 4 * MIB, 30)
+            for ns in (ns_a, ns_b):  # the route changes: jumbo datagrams no longer fit
+                ns.ip("link", "set", "eth0", "mtu", "1500")
+            received = ev_b.wait("file_received", 90, transfer_id=tid)[0]
+            assert received["sha256"] == expected == sha256_of(received["path"])
+            counters = _counters(a)
+            assert counters.get("file_mtu_fallbacks", 0) >= 1, counters
+            assert counters.get("send_errors", 0) > 0, counters  # EMSGSIZE, not local fragments
+            for events in (ev_a, ev_b):
+                events.close()
+            ev_a = ev_b = None
+            for daemon in (a, b):
+                daemon.stop()
+    finally:
+        for events in (ev_a, ev_b):
+            if events is not None:
+                events.close()
+        for daemon in (a, b):
+            if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
