@@ -205,7 +205,13 @@ class Messenger:
         self._flusher = None  # whatever becomes due from here on gets another pass
         if self._to_store:
             pending, self._to_store = self._to_store, []
-            self._store_sends(pending)
+            try:
+                self._store_sends(pending)
+            except Exception as exc:  # never leave an API request waiting forever
+                log.exception("storing %d messages failed", len(pending))
+                for *_, waiter in pending:
+                    if not waiter.ready():
+                        waiter.set_exception(exc)
         dirty, self._dirty = self._dirty, {}
         for link in dirty.values():
             try:
