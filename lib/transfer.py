@@ -1556,7 +1556,7 @@ class Transfers:
                 log.exception("file pump failed")
                 wait = 0.05
             if wait == 0.0:
-                gevent.sleep(0)
+                gevent.idle()
             else:
                 self._wake.wait(wait)
 
