@@ -77,8 +77,16 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def load() -> str:
+    """Load average, and how much of the last 10 s runnable tasks waited for a CPU (PSI)."""
     with open("/proc/loadavg") as handle:
-        return " ".join(handle.read().split()[:3])
+        text = " ".join(handle.read().split()[:3])
+    try:
+        with open("/proc/pressure/cpu") as handle:
+            some = handle.readline().split()[1].split("=")[1]
+        text += f", CPU pressure {some} %"
+    except (OSError, IndexError):
+        pass
+    return text
 
 
 # -- 1, 2: loopback -----------------------------------------------------------------------------
@@ -126,10 +134,12 @@ def loopback(work: str, source: str, digest: str, size: int, runs: int) -> dict:
             result = one_transfer(a, b, ev_a, ev_b, source, digest, size)
             results.append(result)
             print(f"loopback run {run + 1}: {result['mibs']:.1f} MiB/s ({result['seconds']:.2f} s), "
-                  f"CPU A {result['cpu_a']:.2f} s B {result['cpu_b']:.2f} s, resent {result['resent']:.1%}",
-                  flush=True)
+                  f"CPU A {result['cpu_a']:.2f} s B {result['cpu_b']:.2f} s (a core each would allow "
+                  f"{size / MIB / max(result['cpu_a'], result['cpu_b']):.0f} MiB/s), resent {result['resent']:.1%}; "
+                  f"load {load()}", flush=True)
         latencies = chat_during_transfer(a, b, ev_b, source, size)
         return {"median": statistics.median(r["mibs"] for r in results), "latencies": latencies,
+                "cpu_bound": statistics.median(size / MIB / max(r["cpu_a"], r["cpu_b"]) for r in results),
                 "rss_a": peak_rss_mb(a.proc.pid), "rss_b": peak_rss_mb(b.proc.pid)}
     finally:
         for events in (ev_a, ev_b):
@@ -337,7 +347,8 @@ def main() -> int:
         print(f"# load average after: {load()}")
         p50, p95 = percentile(lo["latencies"], 50) * 1e3, percentile(lo["latencies"], 95) * 1e3
         rss = max(lo["rss_a"], lo["rss_b"])
-        print(f"loopback: median {lo['median']:.1f} MiB/s (target >= {TARGET_MIBS:.0f})")
+        print(f"loopback: median {lo['median']:.1f} MiB/s (target >= {TARGET_MIBS:.0f}); CPU per side would "
+              f"allow {lo['cpu_bound']:.0f} MiB/s with a free core each")
         print(f"peak RSS: A {lo['rss_a']:.1f} MB, B {lo['rss_b']:.1f} MB (target < {TARGET_RSS_MB:.0f})")
         print(f"chat during a transfer: {len(lo['latencies'])} messages, p50 {p50:.1f} ms, p95 {p95:.1f} ms "
               f"(target < {TARGET_CHAT_P95_MS:.0f})")
