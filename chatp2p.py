@@ -94,15 +94,15 @@ def run_daemon(config, prog: str) -> int:
     if refused is not None:
         return refused
 
+    # Handlers first: a signal that arrives once run.json says "ready" must stop us cleanly.
+    stopping = gevent.event.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(signum, stopping.set)
     served = _start_serving(config, prog, "ready", lambda exc: (
         f"{prog}: {exc}; stop it first, or attach to it with: chatp2p --connect"))
     if isinstance(served, int):
         return served
     node, server, runtime, _ = served
-
-    stopping = gevent.event.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(signum, stopping.set)
     stopping.wait()
     _stop_serving(node, server, runtime)
     return 0

@@ -494,6 +494,13 @@ class Network:
             # it restarted elsewhere). The peer holds no state for it, so dropping it for the
             # peer's handshake cannot leave the two sides with different sessions.
             outgoing = None
+        elif outgoing is not None and outgoing.established_at is not None \
+                and event.responder.created > outgoing.established_at:
+            # The peer began this handshake after ours was complete: not the other half of a
+            # simultaneous open (the peer abandons its own before ours completes) but a new
+            # session, typically after it restarted and lost the old one. Refusing it would
+            # leave the peer locked out until our session is `window` seconds old.
+            outgoing = None
         if not accept_incoming(self.identity.fingerprint, event.fingerprint, outgoing, now):
             event.responder.reject()
             self.counters["refused_simultaneous_open"] += 1

@@ -61,3 +61,33 @@ def test_restarted_node_reconnects_and_queue_drains():
     finally:
         alice.stop()
         bob.stop()
+
+
+def test_higher_node_restarting_right_after_a_handshake_is_not_locked_out():
+    """The lower node refuses a peer's handshake while its own is fresh (simultaneous open,
+    PROTOCOL §4.5) — but not one the peer began afterwards, as a restarted peer does."""
+    from chatp2p_core.identity import parse_id
+
+    one = Daemon(os.path.join(TMP, "one")).start()
+    two = Daemon(os.path.join(TMP, "two")).start()
+    try:
+        s1, s2 = ok(one.request("status")), ok(two.request("status"))
+        ok(one.request("contacts", "add", {"peer": "Two", "public_key": s2["identity"]["fingerprint"]}))
+        ok(two.request("contacts", "add", {"peer": "One", "public_key": s1["identity"]["fingerprint"]}))
+        lower_is_one = parse_id(s1["identity"]["fingerprint"]) < parse_id(s2["identity"]["fingerprint"])
+        lower, higher = (one, two) if lower_is_one else (two, one)
+        higher_name, lower_name = ("Two", "One") if lower_is_one else ("One", "Two")
+        higher_port = (s2 if lower_is_one else s1)["p2p"]["port"]
+        ok(lower.request("p2p", "connect", {"peer": higher_name, "address": f"127.0.0.1:{higher_port}"}))
+        ok(lower.request("contacts", "negotiate_keys", {"peer": higher_name}))   # the lower node's session
+        higher.kill()       # no CLOSE: the lower node still holds its fresh session
+        higher.start()      # at once, on a new port: it calls the lower node at its known address
+        started = time.monotonic()
+        ok(higher.request("p2p", "send_message", {"peer": lower_name, "message": "back already"}))
+        wait_for(lambda: any(m["body"] == "back already" for m in ok(lower.request("p2p", "history",
+                                                                                   {"peer": higher_name}))),
+                 timeout=15)
+        assert time.monotonic() - started < 10   # not the 30 s of the simultaneous-open window
+    finally:
+        one.stop()
+        two.stop()
