@@ -4,15 +4,15 @@ The wire protocol is docs/PROTOCOL.md §10 (codecs in `filecodec`, loss detectio
 BBR-lite congestion controller in `congestion`). This module is the gevent I/O layer around
 them, a `LinkObserver` of `peers.Network`:
 
-* Sender: an `Outgoing` per transfer. Its reader greenlet reads the file in 1 MiB blocks in
+* Sender: an `Outgoing` per transfer. Its reader greenlet reads the file in 4 MiB blocks in
   gevent's thread pool and hashes them in order while reading (SHA-256 runs in the thread, with
   the GIL released), so sending starts at once and the hash is ready at the end. One pump
   greenlet per node sends DATA records round-robin over the active transfers of each peer
   (`Channel`), paced by that link's congestion controller; ACK ranges free the blocks, losses
   queue exactly the missing bytes again. END carries the SHA-256 once everything is delivered.
 * Receiver: an `Incoming` per transfer. Received bytes are queued for a writer greenlet that
-  writes them to `DOWNLOADS/.chatp2p-<id>.part` in the thread pool (pwritev) and hashes what
-  is contiguous; every few MiB it fdatasyncs the .part and only then records the chunks held in
+  writes them to `DOWNLOADS/.chatp2p-<id>.part` in the thread pool (pwritev, batches of a
+  few MiB) and hashes what is contiguous in the same hand-off; every 64 MiB it fdatasyncs the .part and only then records the chunks held in
   the store, so after a crash the store never claims bytes the disk lost. When the bytes are
   all there and the hash matches END's, the file is fsynced and linked to its final name in
   the downloads dir (never overwriting: `name (1).ext`).
@@ -22,8 +22,9 @@ them, a `LinkObserver` of `peers.Network`:
   from zero on both sides.
 
 Chat is never queued behind files: messages are sealed and sent the moment they are written,
-while file data goes out only as the pacing allows, and the transport yields between batches
-of received datagrams.
+while file data goes out only as the pacing allows and only when the event loop is otherwise
+idle (the pump waits in `gevent.idle`), and the transport yields between batches of received
+datagrams.
 """
 
 from __future__ import annotations
