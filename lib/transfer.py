@@ -67,7 +67,8 @@ WRITE_BATCH = 2 << 20             # receiver: bytes gathered before one hand-off
 WRITE_WAIT = 0.01                 # ...or at most this long after the first one (s)
 SEND_CACHE = 16 << 20             # bytes a sender keeps read: in flight + read ahead, per transfer
 MAX_PENDING_WRITES = 8 << 20      # bytes received but not yet written, per node (else dropped, unacked)
-SYNC_BYTES = 64 << 20             # fdatasync the .part and record the chunk map this often...
+SYNC_BYTES = 32 << 20             # fdatasync the .part (in the background) and record the chunk map
+                                  # this often: writeback keeps up, so the final fsync is short...
 SYNC_INTERVAL = 1.0               # ...or after this many seconds with unsynced data
 ACK_EVERY = 8                     # DATA packets per FILE_ACK at most (at once when out of order)...
 ACK_BYTES = 256 << 10             # ...or this many bytes (4 datagrams of 64 KiB): an ACK costs both
@@ -404,6 +405,7 @@ class Incoming(Transfer):
         self.hash_pos = 0
         self.expected: Optional[bytes] = None
         self.writer: Optional[gevent.Greenlet] = None
+        self.syncer: Optional[gevent.Greenlet] = None  # a background fdatasync, while writing goes on
         self.wake = gevent.event.Event()
         self.accept_pending = False     # ACCEPT sent, no DATA yet: retransmit it
         self.finishing = False
@@ -1210,10 +1212,15 @@ class Transfers:
                 self._write_pending(transfer)
                 if transfer.fd is None or transfer.state not in (ACTIVE, PAUSED):
                     break
+                if transfer.unsynced >= SYNC_BYTES and (transfer.syncer is None or transfer.syncer.dead):
+                    # Without this a steady flow never reaches the sync below (there is always
+                    # more to write), and the whole file waits for the final fsync.
+                    transfer.syncer = gevent.spawn(self._background_sync, transfer)
                 if transfer.pending or transfer.written.prefix_end(0) > transfer.hash_pos:
                     continue  # more to write or hash: no sync or waiting yet
                 now = time.monotonic()
                 if transfer.unsynced and (transfer.unsynced >= SYNC_BYTES or now - transfer.synced_at >= SYNC_INTERVAL):
+                    self._join_syncer(transfer)
                     self._sync(transfer)
                 if (transfer.state == ACTIVE and transfer.expected is not None and not transfer.pending
                         and transfer.written.total == transfer.size and transfer.hash_pos == transfer.size):
@@ -1221,11 +1228,13 @@ class Transfers:
                     return
             if self._stopping and transfer.fd is not None:
                 self._write_pending(transfer)
+                self._join_syncer(transfer)
                 if transfer.unsynced:
                     self._sync(transfer)
         except OSError as exc:
             self._fail(transfer, f"cannot write {transfer.part_path}: {_reason(exc)}", LOCAL)
         finally:
+            self._join_syncer(transfer)  # it uses the file: done before the file is closed
             transfer.writer = None
             if transfer.transfer_id not in self.transfers or self._stopping or transfer.release:
                 transfer.release = False
@@ -1266,14 +1275,27 @@ class Transfers:
             transfer.hash_pos = position
 
     def _sync(self, transfer: Incoming) -> None:
-        """Make the written bytes durable, then (only then) record the chunks they complete."""
+        """Make the written bytes durable, then (only then) record the chunks they complete.
+        Bytes written while the sync runs count as unsynced: the next sync covers them."""
         chunks = chunk_ranges(transfer.written, transfer.chunk_size, transfer.size)
         if transfer.fd is None:
             return
-        self.pool.apply(os.fdatasync, (transfer.fd,))
         transfer.unsynced = 0
+        self.pool.apply(os.fdatasync, (transfer.fd,))
         transfer.synced_at = time.monotonic()
         self._save(transfer, have=format_ranges(chunks))
+
+    def _background_sync(self, transfer: Incoming) -> None:
+        try:
+            self._sync(transfer)
+        except OSError as exc:
+            self._fail(transfer, f"cannot write {transfer.part_path}: {_reason(exc)}", LOCAL)
+
+    @staticmethod
+    def _join_syncer(transfer: Incoming) -> None:
+        syncer = transfer.syncer
+        if syncer is not None and syncer is not gevent.getcurrent():
+            syncer.join()
 
     def _finish_incoming(self, transfer: Incoming) -> None:
         digest = transfer.hasher.digest()
@@ -1282,6 +1304,7 @@ class Transfers:
                        keep_part=False)
             self._answer(transfer, Answer.FAILED, "SHA-256 mismatch")
             return
+        self._join_syncer(transfer)
         fd, transfer.fd = transfer.fd, None
         assert fd is not None and transfer.part_path is not None
         try:
