@@ -1,5 +1,7 @@
 """File transfers when the path changes under them, with real daemons.
 
+* Transfers both ways at once: the file pump runs when the event loop is idle, and a node
+  that receives a flood must still get to send.
 * A receiver that stops running for a while (SIGSTOP: a loaded machine, a laptop lid) causes
   probe timeouts, but large datagrams still work: the sender must not fall back to 1200 bytes.
 * A path whose MTU shrinks mid-transfer (a veth pair in network namespaces, 65535 then 1500):
@@ -63,6 +65,38 @@ def test_a_stalled_receiver_does_not_make_the_sender_drop_to_small_datagrams():
     finally:
         if b is not None and b.proc is not None and b.proc.poll() is None:
             b.proc.send_signal(signal.SIGCONT)
+        for events in (ev_a, ev_b):
+            if events is not None:
+                events.close()
+        for daemon in (a, b):
+            if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_transfers_both_ways_at_once_both_progress():
+    """The pump runs when the loop is idle: a node that receives a flood must still send."""
+    tmp = tempfile.mkdtemp(prefix="chatp2p-both-")
+    a = b = ev_a = ev_b = None
+    try:
+        a, b, ev_a, ev_b = start_pair(tmp, "both")
+        size = 64 * MIB
+        sources = [os.path.join(tmp, f"{name}.bin") for name in ("a2b", "b2a")]
+        digests = [make_file(path, size, seed=60 + i) for i, path in enumerate(sources)]
+        t1 = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": sources[0]}))["transfer_id"]
+        t2 = ok(b.request("p2p", "send_file", {"peer": "Alice", "file_path": sources[1]}))["transfer_id"]
+        ev_b.wait("file_offer", 10, transfer_id=t1)
+        ev_a.wait("file_offer", 10, transfer_id=t2)
+        ok(b.request("p2p", "accept_file", {"transfer_id": t1}))
+        ok(a.request("p2p", "accept_file", {"transfer_id": t2}))
+        got_b = ev_b.wait("file_received", 60, transfer_id=t1)[0]
+        got_a = ev_a.wait("file_received", 60, transfer_id=t2)[0]
+        assert got_b["sha256"] == digests[0] and got_a["sha256"] == digests[1]
+        seconds = [ev_b.wait("file_transfer_completed", 10, transfer_id=t1, direction="in")[0]["seconds"],
+                   ev_a.wait("file_transfer_completed", 10, transfer_id=t2, direction="in")[0]["seconds"]]
+        print(f"both ways: {seconds} s")
+        assert max(seconds) < 3 * min(seconds) + 1, seconds  # neither direction starved
+    finally:
         for events in (ev_a, ev_b):
             if events is not None:
                 events.close()
