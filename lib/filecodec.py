@@ -373,7 +373,10 @@ def decode_file_record(raw: RawRecord) -> Optional[FileRecord]:
     cls = _CLASSES.get(raw.rtype)
     if cls is None:
         return None
-    return cls.decode(raw.body)  # type: ignore[no-any-return]
+    body = raw.body
+    if cls is not Data and not isinstance(body, bytes):  # a large record arrives as a view:
+        body = bytes(body)                               # only DATA is decoded from one
+    return cls.decode(body)  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------- byte-range sets

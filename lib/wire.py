@@ -737,8 +737,9 @@ def decode_records(payload: bytes) -> list[Record]:
         pos += RECORD_HEADER_LEN
         if pos + size > len(data):
             raise WireError(f"record of type {rtype:#04x} truncated ({size} bytes declared)")
-        if size >= 16384 and rtype not in _RECORD_TYPE_VALUES:
-            # A large reserved-type record (file DATA): a view, not a 64 KiB copy.
+        if size >= 16384 and rtype in FILE_RECORD_TYPES:
+            # A large file-protocol record (DATA): a view, not a 64 KiB copy. Other layers'
+            # records (rendezvous...) stay bytes whatever their size.
             records.append(RawRecord(rtype, memoryview(data)[pos : pos + size]))
         else:
             records.append(_decode_body(rtype, data[pos : pos + size]))
