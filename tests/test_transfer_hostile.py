@@ -286,3 +286,24 @@ def test_range_sets():
     have = fc.RangeSet([(0, 8192), (10000, 20000)])
     assert list(fc.chunk_ranges(have, 4096, 20000)) == [(0, 2), (3, 5)]
     assert list(fc.chunks_to_bytes([(3, 5)], 4096, 20000)) == [(12288, 20000)]
+
+
+def test_large_records_arrive_as_views_only_for_file_data():
+    """The receiver decodes large DATA without copying it (a view of the decrypted payload);
+    any other large record, hostile or not, reaches its decoder as bytes or is refused."""
+    from chatp2p_core import wire
+
+    tid = fc.transfer_wire_id("x")
+    data = fc.Data(tid, 7, 1 << 20, b"z" * 30000)
+    offer = RawRecord(0x20, b"\0" * 20000)            # malformed, and large
+    other = RawRecord(0x41, b"y" * 20000)             # another layer's reserved type
+    records = wire.decode_records(b"".join(wire.encode_record(r) for r in (fc.to_raw(data), offer, other)))
+    assert [type(r.body) for r in records] == [memoryview, memoryview, bytes]
+    decoded = fc.decode_file_record(records[0])
+    assert (decoded.pn, decoded.offset, bytes(decoded.data)) == (7, 1 << 20, b"z" * 30000)
+    try:
+        fc.decode_file_record(records[1])
+    except WireError as exc:
+        assert "trailing" in str(exc)
+    else:
+        raise AssertionError("a 20000-byte OFFER body was accepted")
