@@ -27,6 +27,7 @@ log = logging.getLogger("chatp2p.nat")
 
 SERVICE_RETRY = 5.0          # seconds between attempts to reach a rendezvous server
 NAT_TYPE_TIMEOUT = 8.0
+STUN_RETRY = 60.0            # seconds before asking STUN servers again when none answered
 TURN_CLOSE_TIMEOUT = 1.0     # stopping waits this long at most for the allocation's deletion
 ALLOCATE_ATTEMPTS = 5        # rounds over the TURN servers while one answers 437 (mismatch)
 MISMATCH_RETRY = 0.5         # seconds between those rounds
@@ -188,13 +189,18 @@ class NatTraversal:
             self.network.on_relayed(payload, tuple(peer))
 
     def _discover(self) -> None:
+        """Discover until a STUN server answers: at start, then every STUN_RETRY seconds."""
+        while not self._discover_once():
+            gevent.sleep(STUN_RETRY)
+
+    def _discover_once(self) -> bool:
         try:
             found = self.stun.discover(list(self.settings.stun_urls))
         except stun.StunError as exc:
             self.nat_detail = f"STUN failed: {exc}"
             log.warning("STUN discovery failed: %s", exc)
             self.publish("nat_detected", self._nat_view())
-            return
+            return False
         if found.mapped is not None:
             self.public_address = tuple(found.mapped)
         self.mapping = found.mapping
@@ -207,6 +213,7 @@ class NatTraversal:
                 self.nat_type, self.nat_detail = info.nat_type, info.detail
         log.info("NAT: public %s, mapping %s, type %s", _fmt(self.public_address), self.mapping, self.nat_type)
         self.publish("nat_detected", self._nat_view())
+        return bool(found.answers)
 
     def _allocate(self) -> None:
         for attempt in range(ALLOCATE_ATTEMPTS):
