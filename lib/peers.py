@@ -42,6 +42,7 @@ MAX_STRANGERS = 32            # sessions with identities that are not contacts
 MAX_SERVICE_CLIENTS = 10000   # rendezvous mode: sessions with nodes using this one as a service
 RELAY_DELAY = 2.0             # punching: relay candidates join the probes after this long
 UPGRADE_PROBE_INTERVAL = 5.0  # relayed sessions look for a direct path this often
+DIRECT_HOLD = 10.0            # a direct path heard from this recently is not given up for the relay
 
 
 class LinkState(str, enum.Enum):
@@ -101,6 +102,8 @@ class Link:
     established: gevent.event.Event = dataclasses.field(default_factory=gevent.event.Event)
     failure: Optional[str] = None
     service: bool = False                # a rendezvous session (client or server side), not a chat peer
+    via_relay: bool = False              # the session's datagrams go through our TURN allocation
+    last_direct_rx: float = 0.0          # last frame that came on a direct (not relayed) route
     probes: list = dataclasses.field(default_factory=list)        # addresses the HELLO goes to
     relay_probes: list = dataclasses.field(default_factory=list)  # relay candidates, after RELAY_DELAY
     punch_started: float = 0.0
@@ -303,9 +306,13 @@ class Network:
                 self.send_to(datagram, target)
 
     # -- sending ----------------------------------------------------------------------------
-    def send_to(self, data: bytes, address: Address) -> None:
-        """One datagram to `address`: through the TURN relay when that is how it reaches us."""
-        if self.relay is not None and address in self.relay_peers:
+    def send_to(self, data: bytes, address: Address, relayed: Optional[bool] = None) -> None:
+        """One datagram to `address`, through our TURN relay when `relayed` (None: when that is
+        how this address last reached us). A cone NAT shows the same address to the relay and
+        to us directly, so a session keeps its own route (`Link.via_relay`)."""
+        if relayed is None:
+            relayed = address in self.relay_peers
+        if self.relay is not None and relayed:
             try:
                 self.relay.send_to(address, data)
             except Exception as exc:  # relay lost or no permission: counted, like a lost datagram
@@ -318,7 +325,7 @@ class Network:
         """A datagram the TURN server relayed to us from `peer`."""
         self.relay_peers.add(peer)
         if wire.classify(payload) == wire.Kind.CHATP2P:
-            self._on_datagram(payload, peer)
+            self._on_datagram(payload, peer, relayed=True)
 
     def send_records(self, link: Link, records: list[Record], max_datagram: Optional[int] = None,
                      pad: bool = False) -> bool:
@@ -341,12 +348,12 @@ class Network:
             self._set_down(link)
             return False
         for datagram in datagrams:
-            self.send_to(datagram, link.address)
+            self.send_to(datagram, link.address, link.via_relay)
         link.last_tx = now
         return True
 
     # -- receiving --------------------------------------------------------------------------
-    def _on_datagram(self, data: bytes, address: Address) -> None:
+    def _on_datagram(self, data: bytes, address: Address, relayed: bool = False) -> None:
         try:
             ptype, conn_id = wire.parse_prefix(data)
         except WireError:
@@ -354,9 +361,9 @@ class Network:
             return
         now = time.monotonic()
         if ptype == PacketType.DATA:
-            self._on_data(data, conn_id, address, now)
+            self._on_data(data, conn_id, address, now, relayed)
         elif ptype in (PacketType.HELLO, PacketType.INIT, PacketType.AUTH):
-            self._on_listener(self.listener.receive(data, address, now), address, now)
+            self._on_listener(self.listener.receive(data, address, now), address, now, relayed)
         else:  # COOKIE, RESP, DONE: answers to one of our handshakes
             link = self._initiators.get(conn_id)
             if link is not None and link.initiator is not None and address != link.initiator_address \
@@ -367,7 +374,7 @@ class Network:
                 return
             self._on_initiator(link, link.initiator.receive(data, now), address, now)
 
-    def _on_data(self, data: bytes, conn_id: bytes, address: Address, now: float) -> None:
+    def _on_data(self, data: bytes, conn_id: bytes, address: Address, now: float, relayed: bool = False) -> None:
         link = self._by_conn.get(conn_id)
         if link is None or link.session is None:
             self.counters["dropped_unknown_session"] += 1
@@ -378,12 +385,18 @@ class Network:
             self.counters[f"dropped_{exc.reason.value}"] += 1
             return
         link.last_rx = now
-        if address != link.address:
-            # An authenticated frame from a new address: the peer's NAT rebound or it moved.
-            log.info("%s moved from %s to %s", link.name, link.address, address)
-            link.address = address
+        path = self._path_of(link, address, relayed)
+        if path != "relayed":
+            link.last_direct_rx = now
+        moving = address != link.address or relayed != link.via_relay
+        if moving and path == "relayed" and link.path != "relayed" and now - link.last_direct_rx < DIRECT_HOLD:
+            moving = False  # a straggler on the relay while the direct path works: stay direct
+        if moving:
+            # An authenticated frame from a new address or route: the peer's NAT rebound, it
+            # moved, or a direct path opened under a relayed session.
+            log.info("%s moved from %s to %s%s", link.name, link.address, address, " (relayed)" if relayed else "")
+            link.address, link.via_relay = address, relayed
             self._remember_address(link, address)
-            path = self._path_of(link, address)
             if path != link.path and not link.service:
                 link.path = path
                 self.publish("path_changed", {"peer": link.name, "fingerprint": link.id_text,
@@ -410,8 +423,8 @@ class Network:
         """Chat layers hear about chat peers, the rendezvous layer about service sessions."""
         return [o for o in self.observers if getattr(o, "wants_service_links", False) == link.service]
 
-    def _path_of(self, link: Link, address: Address) -> str:
-        if address in self.relay_peers or link.candidate_paths.get(address) == "relayed":
+    def _path_of(self, link: Link, address: Address, relayed: bool = False) -> str:
+        if relayed or link.candidate_paths.get(address) == "relayed":
             return "relayed"
         return link.candidate_paths.get(address, "direct")
 
@@ -442,19 +455,19 @@ class Network:
             link.established.set()  # wake waiters: they look at link.connected
             link.established = gevent.event.Event()  # a set one would make the next waiter spin
 
-    def _on_listener(self, out: Output, address: Address, now: float) -> None:
+    def _on_listener(self, out: Output, address: Address, now: float, relayed: bool = False) -> None:
         event = out.event
         if isinstance(event, Authenticated):
             out = self._decide(event, address, now)
             event = out.event
         for datagram in out.send:
-            self.send_to(datagram, address)
+            self.send_to(datagram, address, relayed)
         if out.dropped:
             self.counters[f"dropped_handshake_{out.dropped}"] += 1
         if isinstance(event, Established):
             link = self.links.get(event.fingerprint) or self.clients.get(event.fingerprint)
             if link is not None:
-                self._establish(link, event, address, now)
+                self._establish(link, event, address, now, relayed)
 
     def _decide(self, event: Authenticated, address: Address, now: float) -> Output:
         """An initiator proved its identity: accept a contact, hold a stranger, refuse the blocked."""
@@ -556,14 +569,16 @@ class Network:
         self.publish("contact_updated", dict(view, previous_fingerprint=ident.format_id(old), reason="key_rollover"))
         return contact
 
-    def _establish(self, link: Link, event: Established, address: Address, now: float) -> None:
+    def _establish(self, link: Link, event: Established, address: Address, now: float,
+                   relayed: bool = False) -> None:
         if link.session is not None:
             self._by_conn.pop(link.session.keys.local_conn_id, None)
         was_connected = link.connected
         link.session = Session(event.keys, now, self.config.session)
         link.bundle = event.bundle
         link.address = address
-        link.path = self._path_of(link, address)
+        link.via_relay = relayed
+        link.path = self._path_of(link, address, relayed)
         link.state = LinkState.CONNECTED
         link.connected_at = link.last_rx = link.last_tx = now
         link.last_seen_wall = time.time()
@@ -671,7 +686,7 @@ class Network:
         link.last_upgrade_probe = now
         assert link.session is not None
         for address in link.candidates:
-            if self._path_of(link, address) != "relayed":
+            if link.candidate_paths.get(address) != "relayed":
                 for datagram in link.session.seal([Ping(int(now * 1e6))], now, self.config.max_datagram):
                     self.transport.send(datagram, address)
 

@@ -374,6 +374,33 @@ def test_two_random_nats_talk_through_the_relay_and_the_public_node_reaches_both
         check_public_node_reaches_both(w)
 
 
+def test_a_relayed_session_moves_to_a_direct_path_when_one_opens():
+    """Direct traffic between the two NATs is blocked while they connect, so the session is
+    relayed; once it is let through, the relayed session's direct probes find the path and
+    both sides move to it (path_changed), keeping the same session."""
+    require_netns()
+    with world("cone", "cone") as w:
+        net = w.net
+        rules = [(net.left_router, net.right_wan_ip), (net.right_router, net.left_wan_ip)]
+        for router, other in rules:
+            router.iptables("-I", "FORWARD", "-d", other, "-j", "DROP")
+            router.iptables("-I", "FORWARD", "-s", other, "-j", "DROP")
+        connect_and_check(w, w.left, "Righty", w.right, "Lefty", "relayed", 10, "blocked")
+        for router, other in rules:
+            router.iptables("-D", "FORWARD", "-d", other, "-j", "DROP")
+            router.iptables("-D", "FORWARD", "-s", other, "-j", "DROP")
+        for node, name in ((w.left, "Righty"), (w.right, "Lefty")):
+            changed = node.events.wait(lambda e: e["event"] == "path_changed" and e["data"]["peer"] == name
+                                       and e["data"]["path"] == "direct", 25,
+                                       what=f"{node.label}: path_changed {name} direct")[0]["data"]
+            assert node.peer(name)["path"] == "direct", (changed, w.logs())
+        assert w.left.peer("Righty")["address"].startswith(net.right_wan_ip + ":")
+        message_id = "after-upgrade"
+        w.left.call("p2p", "send_message", {"peer": "Righty", "message": "now direct", "message_id": message_id})
+        w.right.events.wait(lambda e: e["event"] == "p2p_message_received" and e["data"]["message_id"] == message_id,
+                            10, what="message after the upgrade")
+
+
 def test_namespaces_and_daemons_go_away_when_a_test_fails():
     require_netns()
     names, procs = [], []
