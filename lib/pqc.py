@@ -265,18 +265,14 @@ def _split_signed(public: Any, message: Any, signature: Any) -> Optional[tuple[b
     return bytes(public), bytes(message), bytes(signature)
 
 
-class PycryptodomeBackend:
-    """The default backend: ML-KEM and ML-DSA from pycryptodome.
+class _XWingBackend:
+    """What both backends share: X-Wing through an ``XWingKem`` and the hybrid signature keys'
+    cache; they differ in their ML-KEM and in how they sign and verify."""
 
-    X-Wing is assembled here (``XWingKem``: pycryptodome's ML-KEM-768, pyca X25519, the
-    SHA3-256 combiner) rather than taken from ``Crypto.PublicKey.Hybrid``: byte-identical (the
-    tests compare both and check the draft's vector) and measured 3-4x faster per
-    encapsulation (bench/bench_crypto.py), which is most of a handshake's CPU."""
+    name = ""
 
-    name = "pycryptodome"
-
-    def __init__(self) -> None:
-        self._kem = XWingKem(PycryptodomeMlKem())
+    def __init__(self, kem: "XWingKem") -> None:
+        self._kem = kem
         self._sig_keys = _KeyCache()
 
     def _sig_key(self, private: Any) -> _SigKeys:
@@ -287,18 +283,21 @@ class PycryptodomeBackend:
         return seed, self.kem_public(seed)
 
     def kem_public(self, seed: bytes) -> bytes:
-        return self._kem.public(seed)
+        try:
+            return self._kem.public(seed)
+        except (RuntimeError, ValueError) as exc:
+            raise _as_crypto_error(exc, "KEM key generation failed") from None
 
     def kem_encaps(self, public: bytes) -> tuple[bytes, bytes]:
         try:
             return self._kem.encaps(public)
-        except ValueError as exc:
+        except (RuntimeError, ValueError) as exc:
             raise _as_crypto_error(exc, "KEM encapsulation failed") from None
 
     def kem_decaps(self, seed: bytes, ciphertext: bytes) -> bytes:
         try:
             return self._kem.decaps(seed, ciphertext)
-        except ValueError as exc:
+        except (RuntimeError, ValueError) as exc:
             raise _as_crypto_error(exc, "KEM decapsulation failed") from None
 
     def sig_generate(self) -> tuple[bytes, bytes]:
@@ -307,6 +306,20 @@ class PycryptodomeBackend:
 
     def sig_public(self, private: bytes) -> bytes:
         return self._sig_key(private).public
+
+
+class PycryptodomeBackend(_XWingBackend):
+    """The default backend: ML-KEM and ML-DSA from pycryptodome.
+
+    X-Wing is assembled (``XWingKem``: pycryptodome's ML-KEM-768, pyca X25519, the SHA3-256
+    combiner) rather than taken from ``Crypto.PublicKey.Hybrid``: byte-identical (the tests
+    compare both and check the draft's vector) and measured 3-4x faster per encapsulation
+    (bench/bench_crypto.py), which is most of a handshake's CPU."""
+
+    name = "pycryptodome"
+
+    def __init__(self) -> None:
+        super().__init__(XWingKem(PycryptodomeMlKem()))
 
     def sign(self, private: bytes, message: bytes) -> bytes:
         keys = self._sig_key(private)
@@ -449,47 +462,14 @@ class _OqsMlKem:
             return kem.decap_secret(ct)
 
 
-class LiboqsBackend:
+class LiboqsBackend(_XWingBackend):
     """ML-KEM-768 and ML-DSA-65 of liboqs, X25519/Ed25519 of pyca: same bytes as pycryptodome."""
 
     name = "liboqs"
 
     def __init__(self, oqs: ModuleType) -> None:
+        super().__init__(XWingKem(_OqsMlKem(oqs)))
         self._oqs = oqs
-        self._kem = XWingKem(_OqsMlKem(oqs))
-        self._sig_keys = _KeyCache()
-
-    def _sig_key(self, private: Any) -> _SigKeys:
-        return self._sig_keys.get(_sized(private, SIG_SEED_LEN, "private signature key"), _derive_sig_keys)
-
-    def kem_generate(self) -> tuple[bytes, bytes]:
-        seed = secrets.token_bytes(KEM_SEED_LEN)
-        return seed, self.kem_public(seed)
-
-    def kem_public(self, seed: bytes) -> bytes:
-        try:
-            return self._kem.public(seed)
-        except (RuntimeError, ValueError) as exc:
-            raise _as_crypto_error(exc, "KEM key generation failed") from None
-
-    def kem_encaps(self, public: bytes) -> tuple[bytes, bytes]:
-        try:
-            return self._kem.encaps(public)
-        except (RuntimeError, ValueError) as exc:
-            raise _as_crypto_error(exc, "KEM encapsulation failed") from None
-
-    def kem_decaps(self, seed: bytes, ciphertext: bytes) -> bytes:
-        try:
-            return self._kem.decaps(seed, ciphertext)
-        except (RuntimeError, ValueError) as exc:
-            raise _as_crypto_error(exc, "KEM decapsulation failed") from None
-
-    def sig_generate(self) -> tuple[bytes, bytes]:
-        private = secrets.token_bytes(SIG_SEED_LEN)
-        return private, self.sig_public(private)
-
-    def sig_public(self, private: bytes) -> bytes:
-        return self._sig_key(private).public
 
     def sign(self, private: bytes, message: bytes) -> bytes:
         keys = self._sig_key(private)
