@@ -18,10 +18,10 @@ import tempfile
 import threading
 import time
 
-import zmq
 
 from chatp2p_core import identity as ident
 from daemon import Daemon
+from events import Events
 from netproxy import ImpairmentProxy
 
 KEEPALIVE = "1"          # seconds: a dead peer is noticed after three silent intervals
@@ -34,93 +34,6 @@ SECRET = "s3cr3t-plaintext-marker"        # in every proxied message body
 
 
 # -- helpers ----------------------------------------------------------------------------------
-class Events:
-    """All events of one daemon run, collected by a thread from a plain pyzmq SUB socket."""
-
-    def __init__(self, daemon):
-        status = daemon.request("status")["data"]
-        endpoint = [e for e in status["events"]["endpoints"] if e.startswith("ipc://")][0]
-        self.context = zmq.Context()
-        self.sock = self.context.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.connect(endpoint)
-        self.items = []
-        self.cond = threading.Condition()
-        self.stopping = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        self._probe(daemon)
-
-    def _run(self):
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        while not self.stopping:
-            if not poller.poll(50):
-                continue
-            while True:
-                try:
-                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                event = json.loads(frames[1])
-                with self.cond:
-                    self.items.append(event)
-                    self.cond.notify_all()
-
-    def _probe(self, daemon):
-        """PUB drops events until our subscription arrived: trigger harmless ones until one shows."""
-        other = daemon.other_id()
-        deadline = time.monotonic() + 10
-        n = 0
-        while time.monotonic() < deadline:
-            n += 1
-            name = f"zz-probe-{n}"
-            assert daemon.request("contacts", "add", {"peer": name, "public_key": other})["success"]
-            daemon.request("contacts", "remove", {"peer": name})
-            if self.wait(lambda e: e["event"] == "contact_added" and e["data"]["name"] == name, 0.3, raise_=False):
-                return
-        raise AssertionError("no event arrived on the SUB socket")
-
-    def all(self, name, **match):
-        with self.cond:
-            items = list(self.items)
-        return [e["data"] for e in items if e["event"] == name
-                and all(e["data"].get(k) == v for k, v in match.items())]
-
-    def wait(self, predicate, timeout, raise_=True, what="event"):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                found = [e for e in self.items if predicate(e)]
-                if found:
-                    return found
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    if raise_:
-                        raise AssertionError(f"timed out after {timeout} s waiting for {what}; last events: "
-                                             f"{[e['event'] for e in self.items[-15:]]}")
-                    return []
-                self.cond.wait(left)
-
-    def wait_count(self, name, count, timeout, key=None, **match):
-        """Wait until at least `count` events `name` (data matching, and key(data) true) arrived."""
-        deadline = time.monotonic() + timeout
-        while True:
-            items = [d for d in self.all(name, **match) if key is None or key(d)]
-            if len(items) >= count or time.monotonic() > deadline:
-                return items
-            with self.cond:
-                self.cond.wait(min(0.2, max(0.0, deadline - time.monotonic())))
-
-    def close(self):
-        self.stopping = True
-        self.thread.join(2)
-        self.sock.close(0)
-        self.context.term()
-
-
 class Node:
     """A daemon, its identity and its event log (renewed on every restart)."""
 

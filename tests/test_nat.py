@@ -24,7 +24,8 @@ from chatp2p_core import stun
 from chatp2p_core.stun import Attr, Class, Message, Method
 from coturn import Coturn, turnserver_path
 from daemon import Daemon
-from test_messaging import Events, eventually
+from events import Events
+from test_messaging import eventually
 
 TURN_USER, TURN_PASSWORD, TURN_REALM = "nat-test", "p4ss-w0rd", "chatp2p.test"
 

@@ -32,7 +32,8 @@ import pytest
 from coturn import Coturn, turnserver_path
 from daemon import Daemon
 from netns import list_namespaces, nat_topology, netns_available
-from test_messaging import Events, eventually
+from events import Events
+from test_messaging import eventually
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 STUN_PORT = 3478

@@ -5,18 +5,15 @@ simulated network of test_handshake), then real daemons: Bob rotates his identit
 follows, as initiator and as responder; an impostor at Bob's address stays a key mismatch.
 """
 
-import json
 import os
 import pathlib
 import shutil
 import stat
 import struct
 import tempfile
-import threading
 import time
 
 import pytest
-import zmq
 from hypothesis import given, settings, strategies as st
 
 from chatp2p_core import handshake as hs, identity as ident, pqc, wire
@@ -24,6 +21,7 @@ from chatp2p_core.handshake import Authenticated, Established, FailReason, Faile
 from chatp2p_core.identity import Identity, IdentityError, Rollover, make_rollover, verify_rollover
 from chatp2p_core.wire import PacketType
 from daemon import Daemon
+from events import Events
 from test_handshake import run
 
 BACKEND = None
@@ -252,53 +250,6 @@ def test_rollover_over_a_lossy_network():
 
 
 # -- real daemons ---------------------------------------------------------------------------
-class Events:
-    """Events of one daemon, read by a thread from a plain pyzmq SUB socket."""
-
-    def __init__(self, daemon):
-        endpoint = daemon.request("status")["data"]["events"]["endpoint"]
-        self.context = zmq.Context()
-        self.sock = self.context.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.connect(endpoint)
-        self.items = []
-        self.lock = threading.Lock()
-        self.stopping = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        other = daemon.other_id()
-        for n in range(100):  # PUB drops events until the subscription arrived
-            call(daemon, "contacts", "add", {"peer": f"probe{n}", "public_key": other})
-            call(daemon, "contacts", "remove", {"peer": f"probe{n}"})
-            if self.wait("contact_added", lambda d, n=n: d["name"] == f"probe{n}", 0.2, must=False):
-                return
-        raise AssertionError("no event arrived")
-
-    def _run(self):
-        while not self.stopping:
-            if self.sock.poll(50):
-                name, payload = self.sock.recv_multipart()
-                with self.lock:
-                    self.items.append((name.decode(), json.loads(payload)["data"]))
-
-    def wait(self, name, predicate=lambda d: True, timeout=10.0, must=True):
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                found = [d for n, d in self.items if n == name and predicate(d)]
-            if found or time.monotonic() > deadline:
-                assert found or not must, f"no {name} event; got {[n for n, _ in self.items[-20:]]}"
-                return found
-            time.sleep(0.02)
-
-    def close(self):
-        self.stopping = True
-        self.thread.join(2)
-        self.sock.close(0)
-        self.context.term()
-
-
 def call(daemon, command, action=None, data=None):
     reply = daemon.request(command, action, data)
     assert reply["success"], (command, action, reply, daemon.stderr_text()[-2000:])
@@ -368,7 +319,7 @@ def test_contact_follows_rollover_as_initiator_and_impostor_is_refused(tmp):
         new_b = rotated["fingerprint"]
         assert rotated["previous_fingerprint"] == old_b and new_b != old_b
         assert identity_of(bob)["fingerprint"] == new_b
-        assert bob_events.wait("identity_changed", lambda d: d == {"fingerprint": new_b,
+        assert bob_events.wait_data("identity_changed", where=lambda d: d == {"fingerprint": new_b,
                                                                    "previous_fingerprint": old_b})
         for name in ("identity.key", "identity.previous.key", "rollover.stmt"):
             assert stat.S_IMODE(os.stat(os.path.join(bob.data_dir, name)).st_mode) == 0o600
@@ -379,10 +330,10 @@ def test_contact_follows_rollover_as_initiator_and_impostor_is_refused(tmp):
         shown = call(alice, "contacts", "show", {"peer": "Bob"})
         assert shown["fingerprint"] == new_b and shown["verified"] is True
         assert ident.Bundle.from_base64(shown["public_key"]).fingerprint() == ident.parse_id(new_b)
-        (update,) = events.wait("contact_updated", lambda d: d.get("reason") == "key_rollover")
+        (update,) = events.wait_data("contact_updated", where=lambda d: d.get("reason") == "key_rollover")
         assert update["name"] == "Bob" and update["fingerprint"] == new_b
         assert update["previous_fingerprint"] == old_b
-        assert not events.wait("key_mismatch", timeout=0.1, must=False)
+        assert not events.wait_data("key_mismatch", 0.1, raise_=False)
         talk(alice, bob, "after")
         assert call(bob, "contacts", "show", {"peer": "Alice"})["fingerprint"] == id_a
 
@@ -393,18 +344,18 @@ def test_contact_follows_rollover_as_initiator_and_impostor_is_refused(tmp):
         wait_until(lambda: bob_state(alice) != "connected", timeout=15, what="Alice to notice Bob left")
         reply = alice.request("contacts", "negotiate_keys", {"peer": "Bob", "timeout": 5})
         assert not reply["success"] and "Key mismatch" in reply["error"], reply
-        assert events.wait("key_mismatch", lambda d: d["got"] == id_c and d["expected"] == new_b)
+        assert events.wait_data("key_mismatch", where=lambda d: d["got"] == id_c and d["expected"] == new_b)
         # Carol's own genuine rollover is signed by her old key, not Bob's: still a mismatch
         rotated_c = call(carol, "crypto", "rotate_identity")
         reply = alice.request("contacts", "negotiate_keys", {"peer": "Bob", "timeout": 5})
         assert not reply["success"] and "Key mismatch" in reply["error"], reply
-        assert events.wait("key_mismatch", lambda d: d["got"] == rotated_c["fingerprint"])
+        assert events.wait_data("key_mismatch", where=lambda d: d["got"] == rotated_c["fingerprint"])
         # ... and reaching Alice with it, Carol is a stranger, not Bob
         call(carol, "contacts", "add", {"peer": "Alice", "public_key": id_a})
         call(carol, "p2p", "connect", {"peer": "Alice", "address": f"127.0.0.1:{p2p_port(alice)}"})
-        assert events.wait("contact_request", lambda d: d["fingerprint"] == rotated_c["fingerprint"])
+        assert events.wait_data("contact_request", where=lambda d: d["fingerprint"] == rotated_c["fingerprint"])
         assert call(alice, "contacts", "show", {"peer": "Bob"})["fingerprint"] == new_b
-        assert len(events.wait("contact_updated", lambda d: d.get("reason") == "key_rollover", 0.1)) == 1
+        assert len(events.wait_data("contact_updated", 0.1, where=lambda d: d.get("reason") == "key_rollover")) == 1
     finally:
         events.close()
         bob_events.close()
@@ -425,9 +376,9 @@ def test_contact_follows_rollover_as_responder_after_restart(tmp):
         # Bob writes first: his handshake reaches Alice's listener with the statement in M3
         call(bob, "p2p", "send_message", {"peer": "Alice", "message": "new key, same Bob"})
         wait_until(lambda: ("in", "new key, same Bob") in bodies(alice, "Bob"), timeout=15, what="delivery")
-        (update,) = events.wait("contact_updated", lambda d: d.get("reason") == "key_rollover")
+        (update,) = events.wait_data("contact_updated", where=lambda d: d.get("reason") == "key_rollover")
         assert update["previous_fingerprint"] == old_b and update["fingerprint"] == new_b
-        assert not events.wait("contact_request", timeout=0.1, must=False)   # not taken for a stranger
+        assert not events.wait_data("contact_request", 0.1, raise_=False)   # not taken for a stranger
         shown = call(alice, "contacts", "show", {"peer": "Bob"})
         assert shown["fingerprint"] == new_b and shown["verified"] is True
         session = call(alice, "contacts", "negotiate_keys", {"peer": "Bob"})

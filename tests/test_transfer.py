@@ -6,17 +6,15 @@ with a plain pyzmq SUB socket on each daemon's ipc:// endpoint.
 """
 
 import hashlib
-import json
 import os
 import pathlib
 import shutil
 import tempfile
-import threading
 import time
 
-import zmq
 
 from daemon import Daemon
+from events import Events
 
 TMP = None
 A = B = None
@@ -25,81 +23,6 @@ MIB = 1 << 20
 
 
 # -- helpers ----------------------------------------------------------------------------------
-class Events:
-    """Every event of one daemon, collected by a thread from a plain pyzmq SUB socket."""
-
-    def __init__(self, daemon):
-        status = daemon.request("status")["data"]
-        endpoint = [e for e in status["events"]["endpoints"] if e.startswith("ipc://")][0]
-        self.context = zmq.Context()
-        self.sock = self.context.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.connect(endpoint)
-        self.items = []
-        self.cond = threading.Condition()
-        self.stopping = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        self._probe(daemon)
-
-    def _run(self):
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        while not self.stopping:
-            if not poller.poll(50):
-                continue
-            while True:
-                try:
-                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                event = json.loads(frames[1])
-                with self.cond:
-                    self.items.append(event)
-                    self.cond.notify_all()
-
-    def _probe(self, daemon):
-        """PUB drops events until the subscription has arrived: make harmless ones until one shows."""
-        other = daemon.other_id()
-        for n in range(30):
-            name = f"zz-probe-{n}"
-            assert daemon.request("contacts", "add", {"peer": name, "public_key": other})["success"]
-            daemon.request("contacts", "remove", {"peer": name})
-            if self.wait("contact_added", 0.3, raise_=False, name=name):
-                return
-        raise AssertionError("no event arrived on the SUB socket")
-
-    def all(self, name, **match):
-        with self.cond:
-            items = list(self.items)
-        return [e["data"] for e in items if e["event"] == name
-                and all(e["data"].get(k) == v for k, v in match.items())]
-
-    def wait(self, event, timeout, raise_=True, **match):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                found = [e["data"] for e in self.items if e["event"] == event
-                         and all(e["data"].get(k) == v for k, v in match.items())]
-                if found:
-                    return found
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    if raise_:
-                        raise AssertionError(f"timed out after {timeout} s waiting for {event} {match}; last "
-                                             f"events: {[(e['event'], e['data']) for e in self.items[-8:]]}")
-                    return []
-                self.cond.wait(left)
-
-    def close(self):
-        self.stopping = True
-        self.thread.join(2)
-        self.sock.close(0)
-        self.context.term()
-
-
 def ok(reply, what=""):
     assert reply.get("success"), f"{what}: {reply}"
     return reply
@@ -173,13 +96,13 @@ def test_64_mib_on_loopback_arrives_with_the_same_sha256():
     reply = ok(A.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))
     assert reply["data"] == "File transfer started"
     tid = reply["transfer_id"]
-    offer = EV_B.wait("file_offer", 10, transfer_id=tid)[0]
+    offer = EV_B.wait_data("file_offer", 10, transfer_id=tid)[0]
     assert offer["peer"] == "Alice" and offer["file_name"] == "big.bin" and offer["size"] == 64 * MIB
     started = time.monotonic()
     ok(B.request("p2p", "accept_file", {"transfer_id": tid}))
-    received = EV_B.wait("file_received", 60, transfer_id=tid)[0]
+    received = EV_B.wait_data("file_received", 60, transfer_id=tid)[0]
     elapsed = time.monotonic() - started
-    EV_A.wait("file_transfer_completed", 10, transfer_id=tid)
+    EV_A.wait_data("file_transfer_completed", 10, transfer_id=tid)
     assert received["sha256"] == expected
     assert sha256_of(received["path"]) == expected
     assert pathlib.Path(received["path"]).parent == pathlib.Path(TMP, "main-b", "dl")
@@ -220,15 +143,15 @@ def test_receiver_killed_mid_transfer_resumes_without_resending_what_it_had():
         source = os.path.join(TMP, "kill-rx.bin")
         expected = make_file(source, size, seed=2)
         tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-        ev_b.wait("file_offer", 10, transfer_id=tid)
+        ev_b.wait_data("file_offer", 10, transfer_id=tid)
         ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
         _progress_at_least(ev_b, tid, 0.5, size, 30)
         time.sleep(1.2)  # let the receiver record (fdatasync + store) what it holds
         ev_b = _kill_and_restart(b, ev_b)
         row = transfers(b)[tid]
         assert row["state"] == "active" and row["bytes"] >= size // 4, row
-        received = ev_b.wait("file_received", 60, transfer_id=tid)[0]
-        done = ev_a.wait("file_transfer_completed", 20, transfer_id=tid)[0]
+        received = ev_b.wait_data("file_received", 60, transfer_id=tid)[0]
+        done = ev_a.wait_data("file_transfer_completed", 20, transfer_id=tid)[0]
         assert received["sha256"] == expected == sha256_of(received["path"])
         # The sender sent the file once, plus what the receiver had not made durable.
         assert done["wire_bytes"] < 1.6 * size, done
@@ -246,14 +169,14 @@ def test_sender_killed_mid_transfer_resumes_without_resending_what_was_received(
         source = os.path.join(TMP, "kill-tx.bin")
         expected = make_file(source, size, seed=3)
         tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-        ev_b.wait("file_offer", 10, transfer_id=tid)
+        ev_b.wait_data("file_offer", 10, transfer_id=tid)
         ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
         _progress_at_least(ev_b, tid, 0.5, size, 30)
         ev_a = _kill_and_restart(a, ev_a)
         assert transfers(a)[tid]["state"] in ("active", "offered")
         ok(a.request("p2p", "connect", {"peer": "Bob"}))  # a restarted node reconnects when it has work
-        received = ev_b.wait("file_received", 60, transfer_id=tid)[0]
-        done = ev_a.wait("file_transfer_completed", 20, transfer_id=tid)[0]
+        received = ev_b.wait_data("file_received", 60, transfer_id=tid)[0]
+        done = ev_a.wait_data("file_transfer_completed", 20, transfer_id=tid)[0]
         assert received["sha256"] == expected == sha256_of(received["path"])
         assert done["wire_bytes"] < 0.6 * size, done  # the restarted sender sent only the rest
     finally:
@@ -271,14 +194,14 @@ def test_changed_source_restarts_cleanly_and_pause_resume_work():
     tid = ok(A.request("p2p", "send_file", {"peer": "Bob", "file_path": source, "chunk_size": 65536,
                                             "transfer_id": "changing-1"}))["transfer_id"]
     assert tid == "changing-1"
-    EV_B.wait("file_offer", 10, transfer_id=tid)
+    EV_B.wait_data("file_offer", 10, transfer_id=tid)
     ok(A.request("p2p", "pause_transfer", {"transfer_id": tid}))
     assert transfers(A)[tid]["state"] == "paused"
     ok(B.request("p2p", "accept_file", {"transfer_id": tid, "save_as": "changed.bin"}))
     time.sleep(0.3)
     expected = make_file(source, size + 12345, seed=5)  # another version, another size
     ok(A.request("p2p", "resume_transfer", {"transfer_id": tid}))
-    received = EV_B.wait("file_received", 60, transfer_id=tid)[0]
+    received = EV_B.wait_data("file_received", 60, transfer_id=tid)[0]
     assert received["sha256"] == expected == sha256_of(received["path"])
     assert os.path.basename(received["path"]) == "changed.bin"
     assert transfers(B)[tid]["total"] == size + 12345
@@ -307,9 +230,9 @@ def test_64_mib_through_loss_duplication_and_reordering():
         source = os.path.join(TMP, "lossy.bin")
         expected = make_file(source, size, seed=6)
         tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-        ev_b.wait("file_offer", 10, transfer_id=tid)
+        ev_b.wait_data("file_offer", 10, transfer_id=tid)
         ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
-        received = ev_b.wait("file_received", 120, transfer_id=tid)[0]
+        received = ev_b.wait_data("file_received", 120, transfer_id=tid)[0]
         assert received["sha256"] == expected == sha256_of(received["path"])
         stats = proxy.stats()
         assert stats["up"]["dropped"] > 20 and stats["up"]["duplicated"] > 5 and stats["up"]["reordered"] > 5, stats
@@ -330,7 +253,7 @@ def test_two_concurrent_transfers_share_the_link_and_chat_stays_responsive():
     digests = [make_file(path, size, seed=10 + i) for i, path in enumerate(sources)]
     tids = [ok(A.request("p2p", "send_file", {"peer": "Bob", "file_path": path}))["transfer_id"] for path in sources]
     for tid in tids:
-        EV_B.wait("file_offer", 10, transfer_id=tid)
+        EV_B.wait_data("file_offer", 10, transfer_id=tid)
     for tid in tids:
         ok(B.request("p2p", "accept_file", {"transfer_id": tid}))
     latencies = []
@@ -338,14 +261,14 @@ def test_two_concurrent_transfers_share_the_link_and_chat_stays_responsive():
         message_id = f"during-transfer-{n}"
         sent = time.monotonic()
         ok(A.request("p2p", "send_message", {"peer": "Bob", "message": f"hello {n}", "message_id": message_id}))
-        EV_B.wait("p2p_message_received", 10, message_id=message_id)
+        EV_B.wait_data("p2p_message_received", 10, message_id=message_id)
         latencies.append(time.monotonic() - sent)
     for tid, digest in zip(tids, digests):
-        assert EV_B.wait("file_received", 60, transfer_id=tid)[0]["sha256"] == digest
+        assert EV_B.wait_data("file_received", 60, transfer_id=tid)[0]["sha256"] == digest
     latencies.sort()
     assert latencies[len(latencies) // 2] < 0.2, latencies  # chat does not queue behind file data
     # Fair share: both advanced together (neither waited for the other to finish).
-    first_done = [EV_B.wait("file_transfer_completed", 5, transfer_id=tid)[0]["seconds"] for tid in tids]
+    first_done = [EV_B.wait_data("file_transfer_completed", 5, transfer_id=tid)[0]["seconds"] for tid in tids]
     assert max(first_done) < 3 * min(first_done) + 1, first_done
 
 
@@ -364,7 +287,7 @@ def test_api_errors_are_clear():
     missing = os.path.join(TMP, "does-not-exist.bin")
     reply = A.request("p2p", "send_file", {"peer": "Bob", "file_path": missing, "transfer_id": "missing-1"})
     assert not reply["success"] and "file not found" in reply["error"]
-    assert EV_A.wait("file_transfer_failed", 5, transfer_id="missing-1")[0]["reason"].endswith("file not found")
+    assert EV_A.wait_data("file_transfer_failed", 5, transfer_id="missing-1")[0]["reason"].endswith("file not found")
     reply = A.request("p2p", "send_file", {"peer": "Bob", "file_path": TMP})
     assert not reply["success"] and "directory" in reply["error"]
     reply = A.request("p2p", "send_file", {"peer": "Bob", "file_path": "relative.txt"})
@@ -376,10 +299,10 @@ def test_api_errors_are_clear():
     source = os.path.join(TMP, "small.txt")
     pathlib.Path(source).write_text("small\n")
     tid = ok(A.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-    EV_B.wait("file_offer", 10, transfer_id=tid)
+    EV_B.wait_data("file_offer", 10, transfer_id=tid)
     for bad in ("../x", "/etc/passwd", "a/b", "..", "x\u202etxt"):
         reply = B.request("p2p", "accept_file", {"transfer_id": tid, "save_as": bad})
         assert not reply["success"] and "save_as" in reply["error"], (bad, reply)
     ok(B.request("p2p", "reject_file", {"transfer_id": tid}))
-    failed = EV_A.wait("file_transfer_failed", 10, transfer_id=tid)[0]
+    failed = EV_A.wait_data("file_transfer_failed", 10, transfer_id=tid)[0]
     assert "rejected" in failed["reason"]

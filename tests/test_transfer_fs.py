@@ -25,7 +25,8 @@ import time
 import pytest
 
 from daemon import Daemon
-from test_transfer import Events, make_file, ok, sha256_of, start_pair, transfers
+from events import Events
+from test_transfer import make_file, ok, sha256_of, start_pair, transfers
 
 MIB = 1 << 20
 NOBODY = 65534
@@ -101,7 +102,7 @@ def test_disk_full_refuses_big_offers_fails_mid_transfer_keeps_the_part_and_resu
             big = os.path.join(tmp, "too-big.bin")
             make_file(big, 12 * MIB, seed=20)
             tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": big}))["transfer_id"]
-            ev_b.wait("file_offer", 10, transfer_id=tid)
+            ev_b.wait_data("file_offer", 10, transfer_id=tid)
             reply = b.request("p2p", "accept_file", {"transfer_id": tid})
             assert not reply["success"] and "Not enough space" in reply["error"], reply
             assert transfers(b)[tid]["state"] == "offered"  # the user may free space and try again
@@ -111,27 +112,27 @@ def test_disk_full_refuses_big_offers_fails_mid_transfer_keeps_the_part_and_resu
             source = os.path.join(tmp, "fits.bin")
             expected = make_file(source, size, seed=21)
             tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-            ev_b.wait("file_offer", 10, transfer_id=tid)
+            ev_b.wait_data("file_offer", 10, transfer_id=tid)
             ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
             _wait_for(lambda: max([p["bytes"] for p in ev_b.all("file_transfer_progress", transfer_id=tid)]
                                   or [0]) >= MIB, 20, "1 MiB received")
             filler = fill(dl)  # someone else fills the disk
-            failed = ev_b.wait("file_transfer_failed", 20, transfer_id=tid)[0]
+            failed = ev_b.wait_data("file_transfer_failed", 20, transfer_id=tid)[0]
             assert failed["reason"].startswith("cannot write") and failed["reason"].endswith("disk full"), failed
             view = transfers(b)[tid]
             assert view["state"] == "failed" and view["error"].endswith("disk full"), view
             parts = [p for p in os.listdir(dl) if p.endswith(".part")]
             assert len(parts) == 1, os.listdir(dl)  # kept, to resume from
             # The sender learns it from the receiver's answers and stops.
-            sender_failed = ev_a.wait("file_transfer_failed", 10, transfer_id=tid)[0]
+            sender_failed = ev_a.wait_data("file_transfer_failed", 10, transfer_id=tid)[0]
             assert "disk full" in sender_failed["reason"], sender_failed
             assert transfers(a)[tid]["state"] == "failed"
 
             os.unlink(filler)
             ok(b.request("p2p", "resume_transfer", {"transfer_id": tid}))
-            received = ev_b.wait("file_received", 30, transfer_id=tid)[0]
+            received = ev_b.wait_data("file_received", 30, transfer_id=tid)[0]
             assert received["sha256"] == expected == sha256_of(received["path"])
-            ev_a.wait("file_transfer_completed", 10, transfer_id=tid)
+            ev_a.wait_data("file_transfer_completed", 10, transfer_id=tid)
             assert not [p for p in os.listdir(dl) if p.endswith(".part")]
             _close((ev_a, ev_b), (a, b))
             a = b = ev_a = ev_b = None
@@ -206,7 +207,7 @@ def test_permission_denied_on_the_source_the_downloads_dir_and_the_final_name():
         os.chmod(secret, 0o600)  # root's
         reply = a.request("p2p", "send_file", {"peer": "Bob", "file_path": secret, "transfer_id": "perm-src"})
         assert not reply["success"] and reply["error"].endswith("permission denied"), reply
-        assert ev_a.wait("file_transfer_failed", 5, transfer_id="perm-src")[0]["reason"].endswith("permission denied")
+        assert ev_a.wait_data("file_transfer_failed", 5, transfer_id="perm-src")[0]["reason"].endswith("permission denied")
 
         # 2. A downloads dir it cannot write: the offer cannot be accepted, and stays offered.
         source = os.path.join(tmp, "shared.bin")
@@ -216,7 +217,7 @@ def test_permission_denied_on_the_source_the_downloads_dir_and_the_final_name():
         os.makedirs(dl_b)
         os.chmod(dl_b, 0o755)  # root's: nobody may not create files in it
         tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-        ev_b.wait("file_offer", 10, transfer_id=tid)
+        ev_b.wait_data("file_offer", 10, transfer_id=tid)
         reply = b.request("p2p", "accept_file", {"transfer_id": tid})
         assert not reply["success"] and reply["error"].endswith("permission denied"), reply
         assert transfers(b)[tid]["state"] == "offered"
@@ -227,17 +228,17 @@ def test_permission_denied_on_the_source_the_downloads_dir_and_the_final_name():
         ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
         _wait_for(lambda: [p for p in os.listdir(dl_b) if p.endswith(".part")], 10, "the .part")
         os.chmod(dl_b, 0o500)  # the .part can still be written, but no name can be added
-        failed = ev_b.wait("file_transfer_failed", 30, transfer_id=tid)[0]
+        failed = ev_b.wait_data("file_transfer_failed", 30, transfer_id=tid)[0]
         assert failed["reason"].startswith("cannot save shared.bin") and failed["reason"].endswith(
             "permission denied"), failed
         assert transfers(b)[tid]["state"] == "failed"
         assert [p for p in os.listdir(dl_b) if p.endswith(".part")], os.listdir(dl_b)
         os.chmod(dl_b, 0o700)
         ok(b.request("p2p", "resume_transfer", {"transfer_id": tid}))
-        received = ev_b.wait("file_received", 30, transfer_id=tid)[0]
+        received = ev_b.wait_data("file_received", 30, transfer_id=tid)[0]
         assert received["sha256"] == expected == sha256_of(received["path"])
         assert os.stat(received["path"]).st_uid == NOBODY
-        done = ev_a.wait("file_transfer_completed", 10, transfer_id=tid)[0]
+        done = ev_a.wait_data("file_transfer_completed", 10, transfer_id=tid)[0]
         assert done["wire_bytes"] < 1.5 * size, done  # resuming did not send the file again
     finally:
         _close((ev_a, ev_b), (a, b))
@@ -256,24 +257,24 @@ def test_auto_accept_takes_offers_from_verified_contacts_only():
         # Alice is a contact of Bob's, but not verified: the offer waits for him.
         assert not [c for c in ok(b.request("contacts", "list"))["data"] if c["name"] == "Alice"][0]["verified"]
         waiting = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-        ev_b.wait("file_offer", 10, transfer_id=waiting)
+        ev_b.wait_data("file_offer", 10, transfer_id=waiting)
         time.sleep(1.0)
         assert transfers(b)[waiting]["state"] == "offered"
         assert not ev_b.all("file_transfer_started", transfer_id=waiting)
         # Verified: the next offer is accepted at once; the event tells the user all the same.
         ok(b.request("contacts", "verify", {"peer": "Alice"}))
         tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-        ev_b.wait("file_offer", 10, transfer_id=tid)
-        received = ev_b.wait("file_received", 30, transfer_id=tid)[0]
+        ev_b.wait_data("file_offer", 10, transfer_id=tid)
+        received = ev_b.wait_data("file_received", 30, transfer_id=tid)[0]
         assert received["sha256"] == expected == sha256_of(received["path"])
-        ev_a.wait("file_transfer_completed", 10, transfer_id=tid)
+        ev_a.wait_data("file_transfer_completed", 10, transfer_id=tid)
         # Verifying does not accept what was already waiting: that was the user's to decide.
         assert transfers(b)[waiting]["state"] == "offered"
         ok(b.request("p2p", "reject_file", {"transfer_id": waiting}))
         # Unverified again: back to asking.
         ok(b.request("contacts", "verify", {"peer": "Alice", "verified": False}))
         again = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-        ev_b.wait("file_offer", 10, transfer_id=again)
+        ev_b.wait_data("file_offer", 10, transfer_id=again)
         time.sleep(0.5)
         assert transfers(b)[again]["state"] == "offered"
     finally:

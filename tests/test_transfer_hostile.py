@@ -16,7 +16,8 @@ import time
 
 from chatp2p_core import filecodec as fc
 from chatp2p_core.wire import RawRecord, WireError
-from test_transfer import Events, ok, start_pair  # noqa: F401  (start_pair: same helpers)
+from events import Events
+from test_transfer import ok
 from daemon import Daemon
 
 TMP = None
@@ -180,7 +181,7 @@ def test_hostile_offers_are_refused_with_clear_events():
             assert peer.do(do="answers", id=transfer_id)[0][0] == "FAILED"
         # A Windows device name is harmless once adjusted: offered as _CON.txt.
         peer.do(do="offer", id="con-1", name="CON.txt", size=10)
-        assert EV_B.wait("file_offer", 10, transfer_id="con-1")[0]["file_name"] == "_CON.txt"
+        assert EV_B.wait_data("file_offer", 10, transfer_id="con-1")[0]["file_name"] == "_CON.txt"
         ok(B.request("p2p", "reject_file", {"transfer_id": "con-1"}))
     finally:
         peer.close()
@@ -191,20 +192,20 @@ def test_data_beyond_the_end_and_a_wrong_hash_fail_the_transfer():
     peer = HostilePeer(os.path.join(TMP, "mallory2"), B)
     try:
         peer.do(do="offer", id="beyond-1", name="beyond.bin", size=1000)
-        EV_B.wait("file_offer", 10, transfer_id="beyond-1")
+        EV_B.wait_data("file_offer", 10, transfer_id="beyond-1")
         ok(B.request("p2p", "accept_file", {"transfer_id": "beyond-1"}))
         assert peer.do(do="wait_accept", id="beyond-1")
         peer.do(do="data", id="beyond-1", pn=0, offset=900, hex="ab" * 200)
-        reason = EV_B.wait("file_transfer_failed", 10, transfer_id="beyond-1")[0]["reason"]
+        reason = EV_B.wait_data("file_transfer_failed", 10, transfer_id="beyond-1")[0]["reason"]
         assert "beyond the end" in reason
 
         peer.do(do="offer", id="hash-1", name="hash.bin", size=1000)
-        EV_B.wait("file_offer", 10, transfer_id="hash-1")
+        EV_B.wait_data("file_offer", 10, transfer_id="hash-1")
         ok(B.request("p2p", "accept_file", {"transfer_id": "hash-1"}))
         assert peer.do(do="wait_accept", id="hash-1")
         peer.do(do="data", id="hash-1", pn=1, offset=0, hex="cd" * 1000)
         peer.do(do="end", id="hash-1", size=1000, sha256="00" * 32)
-        reason = EV_B.wait("file_transfer_failed", 10, transfer_id="hash-1")[0]["reason"]
+        reason = EV_B.wait_data("file_transfer_failed", 10, transfer_id="hash-1")[0]["reason"]
         assert "SHA-256 mismatch" in reason
         assert ["FAILED", "SHA-256 mismatch"] in peer.do(do="answers", id="hash-1")
     finally:

@@ -21,7 +21,8 @@ import time
 import pytest
 
 from daemon import Daemon
-from test_transfer import Events, make_file, ok, sha256_of, start_pair
+from events import Events
+from test_transfer import make_file, ok, sha256_of, start_pair
 
 MIB = 1 << 20
 
@@ -50,14 +51,14 @@ def test_a_stalled_receiver_does_not_make_the_sender_drop_to_small_datagrams():
         source = os.path.join(tmp, "stall.bin")
         expected = make_file(source, size, seed=50)
         tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-        ev_b.wait("file_offer", 10, transfer_id=tid)
+        ev_b.wait_data("file_offer", 10, transfer_id=tid)
         ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
         _wait_progress(ev_b, tid, 8 * MIB, 30)
         before = _counters(a)
         b.proc.send_signal(signal.SIGSTOP)  # nothing is acknowledged for 1.5 s: probe timeouts
         time.sleep(1.5)
         b.proc.send_signal(signal.SIGCONT)
-        received = ev_b.wait("file_received", 60, transfer_id=tid)[0]
+        received = ev_b.wait_data("file_received", 60, transfer_id=tid)[0]
         assert received["sha256"] == expected == sha256_of(received["path"])
         after = _counters(a)
         assert after.get("file_probe_timeouts", 0) - before.get("file_probe_timeouts", 0) >= 3, after
@@ -85,15 +86,15 @@ def test_transfers_both_ways_at_once_both_progress():
         digests = [make_file(path, size, seed=60 + i) for i, path in enumerate(sources)]
         t1 = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": sources[0]}))["transfer_id"]
         t2 = ok(b.request("p2p", "send_file", {"peer": "Alice", "file_path": sources[1]}))["transfer_id"]
-        ev_b.wait("file_offer", 10, transfer_id=t1)
-        ev_a.wait("file_offer", 10, transfer_id=t2)
+        ev_b.wait_data("file_offer", 10, transfer_id=t1)
+        ev_a.wait_data("file_offer", 10, transfer_id=t2)
         ok(b.request("p2p", "accept_file", {"transfer_id": t1}))
         ok(a.request("p2p", "accept_file", {"transfer_id": t2}))
-        got_b = ev_b.wait("file_received", 60, transfer_id=t1)[0]
-        got_a = ev_a.wait("file_received", 60, transfer_id=t2)[0]
+        got_b = ev_b.wait_data("file_received", 60, transfer_id=t1)[0]
+        got_a = ev_a.wait_data("file_received", 60, transfer_id=t2)[0]
         assert got_b["sha256"] == digests[0] and got_a["sha256"] == digests[1]
-        seconds = [ev_b.wait("file_transfer_completed", 10, transfer_id=t1, direction="in")[0]["seconds"],
-                   ev_a.wait("file_transfer_completed", 10, transfer_id=t2, direction="in")[0]["seconds"]]
+        seconds = [ev_b.wait_data("file_transfer_completed", 10, transfer_id=t1, direction="in")[0]["seconds"],
+                   ev_a.wait_data("file_transfer_completed", 10, transfer_id=t2, direction="in")[0]["seconds"]]
         print(f"both ways: {seconds} s")
         assert max(seconds) < 3 * min(seconds) + 1, seconds  # neither direction starved
     finally:
@@ -157,12 +158,12 @@ def test_a_path_whose_mtu_shrinks_mid_transfer_falls_back_to_small_datagrams():
             source = os.path.join(tmp, "mtu.bin")
             expected = make_file(source, size, seed=51)
             tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-            ev_b.wait("file_offer", 20, transfer_id=tid)
+            ev_b.wait_data("file_offer", 20, transfer_id=tid)
             ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
             _wait_progress(ev_b, tid, 4 * MIB, 30)
             for ns in (ns_a, ns_b):  # the route changes: jumbo datagrams no longer fit
                 ns.ip("link", "set", "eth0", "mtu", "1500")
-            received = ev_b.wait("file_received", 90, transfer_id=tid)[0]
+            received = ev_b.wait_data("file_received", 90, transfer_id=tid)[0]
             assert received["sha256"] == expected == sha256_of(received["path"])
             counters = _counters(a)
             assert counters.get("file_mtu_fallbacks", 0) >= 1, counters
