@@ -20,7 +20,9 @@ EXIT_RUNTIME = 1
 def _setup_logging(level: str, log_file: str) -> None:
     handler: logging.Handler
     if log_file:
-        handler = logging.FileHandler(os.path.expanduser(log_file), encoding="utf-8")
+        path = os.path.expanduser(log_file)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # private from the start
+        handler = logging.FileHandler(path, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

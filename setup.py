@@ -7,7 +7,7 @@ setup(
     description="Peer-to-peer terminal chat with post-quantum end-to-end encryption",
     python_requires=">=3.11",
     py_modules=["chatp2p"],
-    packages=["chatp2p_core", "chatp2p_ui"],
+    packages=["chatp2p_core", "chatp2p_ui", "chatp2p_ui.views"],
     package_dir={"chatp2p_core": "lib", "chatp2p_ui": "ui"},
     scripts=["bin/chatp2p", "bin/chatp2pd", "bin/chatp2pctl"],
     install_requires=[
