@@ -63,6 +63,27 @@ class Action:
     handler: Handler
     help: str
     blocking: bool = True  # may wait on the network or the disk: run in its own greenlet
+    # The field names as declared: data whose keys are all among them needs no normalising.
+    exact_names: frozenset[str] = frozenset()
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """A request checked against the table, ready to run: the action and its clean data, or
+    the error to answer (`action` None)."""
+
+    request_id: Any
+    action: Action | None = None
+    data: dict | None = None
+    error: str = ""
+
+    @property
+    def blocking(self) -> bool:
+        return self.action is not None and self.action.blocking
+
+
+# Top-level request keys clients spell canonically: such requests skip key normalising.
+_CANONICAL_TOP = frozenset(("command", "action", "data", "id", "token"))
 
 
 def normalize_key(key: str) -> str:
@@ -86,11 +107,15 @@ def _kind_name(kind: str) -> str:
 
 def coerce(field: Field, value: Any, label: str | None = None) -> Any:
     """Convert `value` to the field's kind, accepting the string forms old clients send."""
-    label = label or field.name
     kind = field.kind
-    bad = ApiError(f"Field '{label}' must be {_kind_name(kind)}")
     if kind == "any":
         return value
+    if kind == "str" and type(value) is str:  # the common case, first
+        if field.max_len is not None and len(value) > field.max_len:
+            raise ApiError(f"Field '{label or field.name}' is too long (at most {field.max_len} characters)")
+        return value
+    label = label or field.name
+    bad = ApiError(f"Field '{label}' must be {_kind_name(kind)}")
     if kind == "str":
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise bad
@@ -142,8 +167,11 @@ def coerce(field: Field, value: Any, label: str | None = None) -> Any:
     raise AssertionError(kind)
 
 
-def validate(fields: Iterable[Field], data: Any) -> dict:
-    """Check `data` against the schema; returns a dict keyed by canonical field names."""
+def validate(fields: Iterable[Field], data: Any, exact_names: frozenset[str] = frozenset()) -> dict:
+    """Check `data` against the schema; returns a dict keyed by canonical field names.
+
+    `exact_names` (the fields' own names): when every key of `data` is one of them, as the
+    project's own clients send, the keys are used as they are."""
     if isinstance(data, str) and data.strip():
         try:
             data = json.loads(data)  # the Windows client sends Data as JSON text, even "null"
@@ -154,6 +182,16 @@ def validate(fields: Iterable[Field], data: Any) -> dict:
     if not isinstance(data, dict):
         raise ApiError("Field 'data' must be an object")
     clean: dict[str, Any] = {}
+    if data.keys() <= exact_names:
+        for field in fields:
+            value = data.get(field.name)
+            if value is None or (value == "" and field.kind != "str"):
+                if field.required:
+                    raise ApiError(f"Missing field '{field.name}'")
+                clean[field.name] = field.default
+            else:
+                clean[field.name] = coerce(field, value)
+        return clean
     keys = normalized(data)
     for field in fields:
         present = field.key in keys
@@ -194,7 +232,9 @@ class CommandTable:
         actions = self._actions.setdefault(command, {})
         if action in actions:
             raise ValueError(f"duplicate action {command} {action}")
-        actions[action] = Action(command, action, tuple(fields), handler, help, blocking)
+        fields = tuple(fields)
+        actions[action] = Action(command, action, fields, handler, help, blocking,
+                                 frozenset(f.name for f in fields))
 
     def actions(self) -> list[Action]:
         return [a for by_action in self._actions.values() for a in by_action.values()]
@@ -207,38 +247,45 @@ class CommandTable:
             raise ApiError(f"Unknown command '{command}' (valid commands: {', '.join(sorted(self._actions))})")
         if None in by_action:
             return by_action[None]
+        found = by_action.get(action.strip().lower()) if isinstance(action, str) else None
+        if found is not None:
+            return found
         valid = ", ".join(sorted(a for a in by_action if a))
         if not isinstance(action, str) or not action:
             raise ApiError(f"Missing field 'action' for command '{command}' (valid actions: {valid})")
-        found = by_action.get(action.strip().lower())
-        if found is None:
-            raise ApiError(f"Unknown action '{action}' for command '{command}' (valid actions: {valid})")
-        return found
+        raise ApiError(f"Unknown action '{action}' for command '{command}' (valid actions: {valid})")
 
-    def is_blocking(self, request: Mapping[str, Any]) -> bool:
-        """Whether this request's handler may wait (unknown requests: no, they fail at once)."""
-        top = normalized(request)
-        try:
-            return self.lookup(top.get("command"), top.get("action")).blocking
-        except ApiError:
-            return False
-
-    def dispatch(self, context: Any, request: Mapping[str, Any]) -> dict:
-        """Run one decoded request; always returns a response dict, never raises."""
-        top = normalized(request)
+    def prepare(self, request: Any) -> Call:
+        """Find the request's action and validate its data (no handler runs yet): the server
+        learns whether it may run inline, and a bad request costs no greenlet."""
+        if not isinstance(request, dict):
+            return Call(None, error="Invalid request: expected a JSON object")
+        top = request if request.keys() <= _CANONICAL_TOP else normalized(request)
         request_id = top.get("id")
         if request_id is not None and not isinstance(request_id, (str, int, float)):
             request_id = None
         try:
-            command, action, data = top.get("command"), top.get("action"), top.get("data")
-            entry = self.lookup(command, action)
-            clean = validate(entry.fields, data)
-            result = entry.handler(context, clean)
+            entry = self.lookup(top.get("command"), top.get("action"))
+            return Call(request_id, entry, validate(entry.fields, top.get("data"), entry.exact_names))
         except ApiError as exc:
-            return response(False, error=str(exc), request_id=request_id)
+            return Call(request_id, error=str(exc))
+
+    def run(self, context: Any, call: Call) -> dict:
+        """Run a prepared request; always returns a response dict, never raises."""
+        entry = call.action
+        if entry is None:
+            return response(False, error=call.error, request_id=call.request_id)
+        try:
+            result = entry.handler(context, call.data)
+        except ApiError as exc:
+            return response(False, error=str(exc), request_id=call.request_id)
         except Exception:  # a bug must not reach the client as a traceback
-            log.exception("handler failed for %r %r", request.get("command"), request.get("action"))
-            return response(False, error="Internal error (see the daemon log)", request_id=request_id)
+            log.exception("handler failed for %s %s", entry.command, entry.action)
+            return response(False, error="Internal error (see the daemon log)", request_id=call.request_id)
         if isinstance(result, Reply):
-            return response(True, result.data, extra=result.extra, request_id=request_id)
-        return response(True, result, request_id=request_id)
+            return response(True, result.data, extra=result.extra, request_id=call.request_id)
+        return response(True, result, request_id=call.request_id)
+
+    def dispatch(self, context: Any, request: Mapping[str, Any]) -> dict:
+        """Validate and run one decoded request (the embedded UI's way in)."""
+        return self.run(context, self.prepare(request))

@@ -23,7 +23,7 @@ import gevent.lock
 import gevent.pool
 import gevent.server
 
-from .api import CommandTable, response
+from .api import Call, CommandTable, response
 from .jsonstream import JsonStreamScanner
 
 log = logging.getLogger("chatp2p.ipc")
@@ -132,15 +132,22 @@ class ApiServer:
 
 
 class _Connection:
-    """One client: reads requests, runs them concurrently, writes responses in the right order."""
+    """One client: reads requests, runs them concurrently, writes responses in the right order.
+
+    Requests whose handler never waits run inline in the reading greenlet, and the answers to
+    everything one read brought are written with one sendall; slow requests get a greenlet
+    each and are answered when done (in arrival order if they carry no `id`)."""
 
     def __init__(self, server: ApiServer, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
         self.scanner = JsonStreamScanner(server.max_request_bytes)
         self.out: list[bytes] = []                     # encoded answers not yet written
-        self.writer: gevent.Greenlet | None = None     # writes `out`, once per loop pass
-        self.in_order: collections.deque[gevent.event.AsyncResult] = collections.deque()
+        self.writing = False                           # a greenlet is in sendall for `out`
+        self.writer: gevent.Greenlet | None = None     # writes answers of greenlet requests
+        # Answers held for order: an id-less request still running holds back the answers
+        # of the id-less requests after it. A slot is [answer or None].
+        self.in_order: collections.deque[list] = collections.deque()
         self.pending = gevent.lock.BoundedSemaphore(MAX_PENDING_PER_CONNECTION)
         self.running = 0
         self.requests_seen = 0
@@ -166,19 +173,27 @@ class _Connection:
             if not data:
                 self._drain()
                 return
-            for item in self.scanner.feed(data):
-                if item.kind == "object":
-                    self.requests_seen += 1
-                    self._start_request(item.text)
-                elif item.kind == "junk":
-                    if self.requests_seen == 0:
-                        return  # not our protocol (an HTTP request from a web page?): run nothing
-                    self._answer_now(response(False, error="Invalid JSON: expected an object starting with '{'"))
-                else:
-                    self._answer_now(response(
-                        False, error=f"Request too large (limit {self.server.max_request_bytes} bytes)"))
-                    self._drain()
-                    return
+            try:
+                for item in self.scanner.feed(data):
+                    kind = item.kind
+                    if kind == "object":
+                        self.requests_seen += 1
+                        self._start_request(item.value)
+                    elif kind == "invalid":
+                        self.requests_seen += 1  # it began with '{': a client of ours, answer it
+                        self._answer(response(False, error=f"Invalid JSON: {item.error}"))
+                    elif kind == "junk":
+                        if self.requests_seen == 0:
+                            return  # not our protocol (an HTTP request from a web page?): run nothing
+                        self._answer(response(False, error="Invalid JSON: expected an object starting with '{'"))
+                    else:
+                        self._answer(response(
+                            False, error=f"Request too large (limit {self.server.max_request_bytes} bytes)"))
+                        self._drain()
+                        return
+            finally:
+                if self.out and not self.writing:
+                    self._write_out()  # everything this read answered at once, in this greenlet
 
     def _drain(self, timeout: float = 5.0) -> None:
         """Let running requests finish and flush their answers before closing."""
@@ -186,72 +201,71 @@ class _Connection:
             while self.running:
                 gevent.sleep(0.01)
 
-    def _start_request(self, text: bytes) -> None:
-        try:
-            request = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            self._answer_now(response(False, error=f"Invalid JSON: {_short(exc)}"))
-            return
-        request_id = _request_id(request)
-        if not self.server.table.is_blocking(request):
-            # Handlers that never wait run right here: no greenlet, and the answer is ready
-            # in order (slow ones, run concurrently, are answered when they are done).
-            reply = self._execute(request)
-            if request_id is None:
-                self._answer_now(reply)
+    def _start_request(self, request: dict) -> None:
+        call = self.server.table.prepare(request)
+        if not call.blocking:
+            # Handlers that never wait (and bad requests) run right here: no greenlet, and
+            # the answer is ready in order.
+            reply = self._execute(request, call)
+            if call.request_id is None:
+                self._answer(reply)
             else:
-                self._write([reply])
+                self.out.append(_encode(reply))
             return
         slot = None
-        if request_id is None:
-            slot = gevent.event.AsyncResult()
+        if call.request_id is None:
+            slot = [None]
             self.in_order.append(slot)
         self.pending.acquire()  # backpressure: stop reading while too many requests run
         self.running += 1
-        gevent.spawn(self._run_request, request, slot)
+        gevent.spawn(self._run_request, request, call, slot)
 
-    def _run_request(self, request: dict, slot: gevent.event.AsyncResult | None) -> None:
+    def _run_request(self, request: dict, call: Call, slot: list | None) -> None:
         try:
-            reply = self._execute(request)
+            reply = self._execute(request, call)
             if slot is None:
-                self._write([reply])
+                self.out.append(_encode(reply))
             else:
-                slot.set(reply)
-                self._flush_in_order()
+                slot[0] = reply
+                self._release_in_order()
+            if self.out and not self.writing and self.writer is None:
+                self.writer = gevent.spawn(self._write_later)
         finally:
             self.running -= 1
             self.pending.release()
 
-    def _execute(self, request: dict) -> dict:
+    def _execute(self, request: dict, call: Call) -> dict:
         token = self.server.token
         if token is not None:
-            supplied = request.get("token") if isinstance(request, dict) else None
+            supplied = request.get("token")
             if not isinstance(supplied, str) or not hmac.compare_digest(supplied, token):
                 return response(False, error="Missing or wrong token (see ipc.token in the data dir)",
-                                request_id=_request_id(request))
-        return self.server.table.dispatch(self.server.context, request)
+                                request_id=call.request_id)
+        return self.server.table.run(self.server.context, call)
 
-    def _answer_now(self, reply: dict) -> None:
-        slot = gevent.event.AsyncResult()
-        slot.set(reply)
-        self.in_order.append(slot)
-        self._flush_in_order()
+    def _answer(self, reply: dict) -> None:
+        """Queue an answer that keeps request order (no id, or an error before any id)."""
+        if not self.in_order:
+            self.out.append(_encode(reply))
+        else:
+            self.in_order.append([reply])
 
-    def _flush_in_order(self) -> None:
-        ready = []
-        while self.in_order and self.in_order[0].ready():
-            ready.append(self.in_order.popleft().get())
-        if ready:
-            self._write(ready)
+    def _release_in_order(self) -> None:
+        in_order = self.in_order
+        while in_order and in_order[0][0] is not None:
+            self.out.append(_encode(in_order.popleft()[0]))
 
-    def _write(self, replies: list[dict]) -> None:
-        """Queue answers; they are written together once the running greenlets yield (one
-        sendall per loop pass instead of one per answer, for pipelined clients)."""
-        self.out.extend(_ENCODER.encode(r).encode() + b"\n" for r in replies)
-        if self.writer is None:
-            self.writer = gevent.spawn(self._write_out)
+    def _write_later(self) -> None:
+        """Write the answers of greenlet requests once the greenlets finishing in this loop
+        pass have all queued theirs (one sendall for a burst of pipelined answers)."""
+        try:
+            if not self.writing:
+                self._write_out()
+        finally:
+            self.writer = None
 
     def _write_out(self) -> None:
+        self.writing = True
         try:
             while self.out and not self.closed:
                 payload = b"".join(self.out)
@@ -261,22 +275,11 @@ class _Connection:
                 except OSError:
                     self.closed = True
         finally:
-            self.writer = None
+            self.writing = False
 
 
-def _request_id(request: Any) -> Any:
-    if not isinstance(request, dict):
-        return None
-    for key, value in request.items():
-        if isinstance(key, str) and key.lower() == "id" and isinstance(value, (str, int, float)):
-            return value
-    return None
-
-
-def _short(exc: BaseException) -> str:
-    if isinstance(exc, RecursionError):
-        return "nested too deeply"
-    return str(exc).splitlines()[0][:200]
+def _encode(reply: dict) -> bytes:
+    return _ENCODER.encode(reply).encode() + b"\n"
 
 
 def make_token() -> str:

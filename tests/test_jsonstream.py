@@ -9,7 +9,7 @@ from chatp2p_core.jsonstream import BOM, JsonStreamScanner
 
 
 def objects(items):
-    return [json.loads(i.text) for i in items if i.kind == "object"]
+    return [i.value for i in items if i.kind == "object"]
 
 
 def test_back_to_back_objects_without_delimiter():
@@ -25,6 +25,29 @@ def test_newline_delimited_and_split_anywhere():
         scanner = JsonStreamScanner(1 << 20)
         items = scanner.feed(stream[:cut]) + scanner.feed(stream[cut:])
         assert objects(items) == expected, cut
+
+
+def test_lines_holding_several_objects_or_part_of_one():
+    """Lines that are not exactly one object take the incremental way, with the same result."""
+    scanner = JsonStreamScanner(1 << 20)
+    items = scanner.feed(b'{"a":1}{"b":2} {"c":3}\n{\n  "d": [1,\n 2]\n}\n{"e":5}\n')
+    assert objects(items) == [{"a": 1}, {"b": 2}, {"c": 3}, {"d": [1, 2]}, {"e": 5}]
+
+
+def test_invalid_json_is_reported_with_the_parser_error_and_skipped():
+    scanner = JsonStreamScanner(1 << 20)
+    items = scanner.feed(b'{"a": tru}\n{"b": "x"\x00}\n{"ok": 1}\n')
+    assert [i.kind for i in items] == ["invalid", "invalid", "object"]
+    assert "Expecting value" in items[0].error and "line 1" in items[0].error
+    assert items[2].value == {"ok": 1}
+
+
+def test_deep_nesting_is_invalid_not_a_crash():
+    scanner = JsonStreamScanner(1 << 22)
+    deep = b'{"a":' * 100000 + b"1" + b"}" * 100000
+    items = scanner.feed(deep + b"\n" + deep + b'{"ok":1}\n')
+    assert [i.kind for i in items] == ["invalid", "invalid", "object"]
+    assert items[0].error == "nested too deeply"
 
 
 def test_bom_is_skipped_even_when_split():
@@ -69,7 +92,7 @@ def test_byte_at_a_time_megabyte_is_linear():
     _, first = feed(half, 1)
     found, second = feed(payload[len(half):], 1)
     assert [i.kind for i in found] == ["object"]
-    assert json.loads(found[0].text)["command"] == "x"
+    assert found[0].value["command"] == "x"
     # Quadratic cost would make the second half several times dearer than the first.
     assert second < first * 2 + 0.5
 
@@ -96,4 +119,4 @@ def test_any_objects_any_split(values, cuts, separator):
 def test_random_bytes_never_raise(data):
     scanner = JsonStreamScanner(64)
     for item in scanner.feed(data):
-        assert item.kind in ("object", "junk", "too_large")
+        assert item.kind in ("object", "invalid", "junk", "too_large")
