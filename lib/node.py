@@ -61,6 +61,7 @@ class Node:
         self.p2p_port: int | None = None
         self._lock = DataDirLock(self.data_dir)
         self._identity_view: dict | None = None
+        self._status_cache: dict | None = None
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -104,7 +105,7 @@ class Node:
         old = self.identity
         new, statement = ident.rotate(self.data_dir, old, self.backend, time.time())
         self.identity, self.rollover = new, statement
-        self._identity_view = None
+        self._identity_view = self._status_cache = None
         self.contacts.own_fingerprint = new.fingerprint
         if self.network is not None:
             self.network.set_identity(new, self._rollover_bytes())
@@ -275,12 +276,13 @@ class Node:
 
     def status(self) -> dict:
         assert self.store is not None and self.events is not None and self.backend is not None
+        static = self._static_status()
         transport = self.transport
         running = bool(transport and transport.running)
         return {
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 3),
-            "identity": self.identity_view(),
+            "identity": static["identity"],
             "p2p": {
                 "running": running,
                 "port": self.p2p_port if running else None,
@@ -289,13 +291,30 @@ class Node:
                 **(self.nat.status() if self.nat else {"public_address": None, "mapping": "unknown",
                                                        "nat_type": "unknown"}),
             },
-            "ipc": {"host": self.ipc_address[0], "port": self.ipc_address[1]} if self.ipc_address else None,
-            "events": {"endpoint": self.events.endpoints[0], "endpoints": list(self.events.endpoints)},
+            "ipc": static["ipc"],
+            "events": static["events"],
             "contacts": self.store.count_contacts(),
             "peers": self.network.connected_count() if self.network else 0,
-            "crypto": {"backend": self.backend.name, "available": self.available_backends},
-            "data_dir": str(self.data_dir),
+            "crypto": static["crypto"],
+            "data_dir": static["data_dir"],
         }
+
+    def _static_status(self) -> dict:
+        """The parts of `status` that change only with the identity or the API address, built
+        once (every status answer, a frequent request, would rebuild them)."""
+        cached = self._status_cache
+        if cached is None or cached["ipc_address"] != self.ipc_address:
+            assert self.events is not None and self.backend is not None
+            address = self.ipc_address
+            cached = self._status_cache = {
+                "ipc_address": address,
+                "identity": self.identity_view(),
+                "ipc": {"host": address[0], "port": address[1]} if address else None,
+                "events": {"endpoint": self.events.endpoints[0], "endpoints": list(self.events.endpoints)},
+                "crypto": {"backend": self.backend.name, "available": list(self.available_backends)},
+                "data_dir": str(self.data_dir),
+            }
+        return cached
 
 
 def _login_name() -> str:
