@@ -10,6 +10,9 @@ Concurrency: one connection, used by the greenlets of one gevent process. Every 
 is short and never yields to the hub in the middle of a transaction, so greenlets
 cannot interleave inside one. No threads.
 
+Caching: the contacts table is also held in memory (see `_ContactIndex`), so any write
+to `contacts` must go through `_contact_write()`, which drops that copy.
+
 Privacy: the database and its -wal/-shm side files are created mode 0600.
 
 Schema: `PRAGMA user_version` counts the migrations applied. Add a table by appending
@@ -165,9 +168,24 @@ def _fingerprint(fp: bytes) -> bytes:
     return fp
 
 
-@dataclasses.dataclass
+# SQLite's NOCASE collation (the `name` column's) folds ASCII A-Z only: "É" and "é" differ.
+_NOCASE = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _nocase_key(name: str) -> str:
+    """The form under which `name = ?` (COLLATE NOCASE) finds a name: ASCII-lowered.
+
+    str.lower() is the same fold on an all-ASCII name, and much faster than translate()."""
+    return name.lower() if name.isascii() else name.translate(_NOCASE)
+
+
+@dataclasses.dataclass(frozen=True)
 class Contact:
-    """One row of `contacts`: a key the user chose to talk to, under a local name."""
+    """One row of `contacts`: a key the user chose to talk to, under a local name.
+
+    Frozen (and `addresses` a tuple): the store hands out the same cached objects to every
+    caller, so none may change one. Ask the store for a fresh one after a write.
+    """
 
     id: int
     name: str
@@ -177,7 +195,7 @@ class Contact:
     blocked: bool
     created: float
     last_seen: float | None
-    addresses: list[str]
+    addresses: tuple[str, ...]
     notes: str | None = None
 
     @classmethod
@@ -191,7 +209,7 @@ class Contact:
             blocked=bool(row["blocked"]),
             created=row["created"],
             last_seen=row["last_seen"],
-            addresses=json.loads(row["addresses"]),
+            addresses=tuple(json.loads(row["addresses"])),
             notes=row["notes"],
         )
 
@@ -295,6 +313,28 @@ class HeldMessage:
         }
 
 
+class _ContactIndex:
+    """All of `contacts` in memory, loaded by one query, indexed the ways readers look.
+
+    Why: every API request naming a contact (send_message, status, ...) reads the table,
+    and a query plus Contact.from_row (JSON addresses, a ~4 KB bundle) per request was a
+    sizeable share of the daemon's CPU. Why it stays right: every write to `contacts` goes
+    through Store, the only writer of the database (the data dir is locked to one
+    process), and each such write drops the whole index (Store._contact_write), committed
+    or rolled back; the next read loads it again. No partial updates. The Contacts are
+    frozen because every caller shares them.
+    """
+
+    __slots__ = ("ordered", "by_name", "by_id", "by_fingerprint")
+
+    def __init__(self, rows: list[sqlite3.Row]) -> None:
+        self.ordered = tuple(Contact.from_row(row) for row in rows)  # ORDER BY name, id
+        # One entry per key: the UNIQUE name column has the same NOCASE collation.
+        self.by_name = {_nocase_key(c.name): c for c in self.ordered}
+        self.by_id = {c.id: c for c in self.ordered}
+        self.by_fingerprint = {c.fingerprint: c for c in self.ordered}
+
+
 class Store:
     """The SQLite database of one node. See the module docstring for durability."""
 
@@ -303,6 +343,9 @@ class Store:
     def __init__(self, path: pathlib.Path, durable: bool = False) -> None:
         self.path = pathlib.Path(path)
         self.durable = durable
+        # The contacts table in memory (see _ContactIndex); None until the first read
+        # after opening or after a contact write.
+        self._contacts: _ContactIndex | None = None
         self._conn: sqlite3.Connection | None = self._open()
 
     # ---- opening and closing -------------------------------------------------------
@@ -366,9 +409,12 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._contacts = None
 
     def close(self) -> None:
         """Fold the WAL back into the main file and close, so the file stands alone."""
+        self._contacts = None
         if self._conn is None:
             return
         try:
@@ -403,6 +449,25 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"Database error: {exc}") from exc
 
+    @contextmanager
+    def _contact_write(self) -> Iterator[sqlite3.Connection]:
+        """`_tx()` for a write to `contacts`: drops the contact cache before and after,
+        whether the transaction commits or rolls back (dropping is always safe)."""
+        self._contacts = None
+        try:
+            with self._tx() as conn:
+                yield conn
+        finally:
+            self._contacts = None
+
+    def _contact_index(self) -> _ContactIndex:
+        """The cached contacts, loaded with one query if a write dropped them."""
+        index = self._contacts
+        if index is None:
+            index = _ContactIndex(self._query("SELECT * FROM contacts ORDER BY name, id"))
+            self._contacts = index
+        return index
+
     def _checked(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreError("The store is closed")
@@ -431,7 +496,7 @@ class Store:
         """Add a contact; DuplicateError names the contact that already has the name or key."""
         name = validate_name(name)
         fingerprint = _fingerprint(fingerprint)
-        with self._tx() as conn:
+        with self._contact_write() as conn:
             same_name = conn.execute(
                 "SELECT name FROM contacts WHERE name = ?", (name,)
             ).fetchone()
@@ -451,23 +516,34 @@ class Store:
 
     def get_contact(self, name: str) -> Contact:
         """Look a contact up by name, ignoring (ASCII) case."""
-        return Contact.from_row(self._contact_row(self._checked(), name))
+        index = self._contact_index()
+        name = name.strip()
+        contact = index.by_name.get(_nocase_key(name))
+        if contact is None:
+            # A name SQLite could not have bound (a lone surrogate, from JSON "\ud800")
+            # fails as the query did, with UnicodeEncodeError: a NotFoundError would echo
+            # a string the API cannot encode into its reply.
+            name.encode()
+            raise NotFoundError(f"Peer not found: {name}")
+        return contact
 
     def get_contact_by_id(self, contact_id: int) -> Contact:
         """Look a contact up by row id (NotFoundError "Peer not found: #ID")."""
-        return Contact.from_row(self._contact_by_id(self._checked(), contact_id))
+        contact = self._contact_index().by_id.get(contact_id)
+        if contact is None:
+            raise NotFoundError(f"Peer not found: #{contact_id}")
+        return contact
 
     def find_contact_by_fingerprint(self, fp: bytes) -> Contact | None:
-        rows = self._query("SELECT * FROM contacts WHERE fingerprint = ?", (bytes(fp),))
-        return Contact.from_row(rows[0]) if rows else None
+        return self._contact_index().by_fingerprint.get(bytes(fp))
 
     def list_contacts(self) -> list[Contact]:
-        rows = self._query("SELECT * FROM contacts ORDER BY name, id")
-        return [Contact.from_row(row) for row in rows]
+        """All contacts, ordered by name (ASCII case ignored), then id."""
+        return list(self._contact_index().ordered)
 
     def remove_contact(self, name: str) -> Contact:
         """Delete a contact and, by cascade, its messages; return it as it was."""
-        with self._tx() as conn:
+        with self._contact_write() as conn:
             row = self._contact_row(conn, name)
             conn.execute("DELETE FROM contacts WHERE id = ?", (row["id"],))
             return Contact.from_row(row)
@@ -475,7 +551,7 @@ class Store:
     def rename_contact(self, name: str, new_name: str) -> Contact:
         """Rename; changing only the case of the contact's own name is allowed."""
         new_name = validate_name(new_name)
-        with self._tx() as conn:
+        with self._contact_write() as conn:
             row = self._contact_row(conn, name)
             clash = conn.execute(
                 "SELECT name FROM contacts WHERE name = ? AND id != ?", (new_name, row["id"])
@@ -486,7 +562,7 @@ class Store:
             return Contact.from_row(self._contact_by_id(conn, row["id"]))
 
     def _set_flag(self, name: str, column: str, value: bool) -> Contact:
-        with self._tx() as conn:
+        with self._contact_write() as conn:
             row = self._contact_row(conn, name)
             conn.execute(
                 f"UPDATE contacts SET {column} = ? WHERE id = ?", (int(value), row["id"])
@@ -500,14 +576,14 @@ class Store:
         return self._set_flag(name, "verified", verified)
 
     def set_notes(self, name: str, notes: str | None) -> Contact:
-        with self._tx() as conn:
+        with self._contact_write() as conn:
             row = self._contact_row(conn, name)
             conn.execute("UPDATE contacts SET notes = ? WHERE id = ?", (notes, row["id"]))
             return Contact.from_row(self._contact_by_id(conn, row["id"]))
 
     def set_bundle(self, contact_id: int, bundle: str) -> None:
         """Record the identity bundle of a contact first added by fingerprint only."""
-        with self._tx() as conn:
+        with self._contact_write() as conn:
             self._contact_by_id(conn, contact_id)
             conn.execute("UPDATE contacts SET bundle = ? WHERE id = ?", (bundle, contact_id))
 
@@ -518,7 +594,7 @@ class Store:
         the key the user knew (and possibly verified). DuplicateError if another contact has
         the new key already."""
         new_fingerprint = _fingerprint(new_fingerprint)
-        with self._tx() as conn:
+        with self._contact_write() as conn:
             self._contact_by_id(conn, contact_id)
             same_key = conn.execute(
                 "SELECT name FROM contacts WHERE fingerprint = ? AND id != ?",
@@ -537,7 +613,7 @@ class Store:
 
         last_seen never moves backwards, so a late, older report cannot hide a newer one.
         """
-        with self._tx() as conn:
+        with self._contact_write() as conn:
             row = self._contact_by_id(conn, contact_id)
             addresses: list[str] = json.loads(row["addresses"])
             if address is not None:
@@ -550,7 +626,7 @@ class Store:
             )
 
     def count_contacts(self) -> int:
-        return self._query("SELECT count(*) FROM contacts")[0][0]
+        return len(self._contact_index().ordered)
 
     def unread_counts(self) -> dict[int, int]:
         """contact_id -> unread incoming messages; contacts with none are left out."""

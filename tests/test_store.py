@@ -1,13 +1,14 @@
 """Tests of lib/store.py: the SQLite state of one node, each test in its own tmp dir."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import sqlite3
 import stat
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -183,7 +184,7 @@ def test_add_and_get_contact():
         assert isinstance(bob, Contact)
         assert (bob.name, bob.fingerprint, bob.bundle) == ("Bob", FP_A, None)
         assert (bob.verified, bob.blocked, bob.last_seen, bob.addresses) == (
-            False, False, None, [],
+            False, False, None, (),
         )
         assert bob.created > 0
         assert store.get_contact("BOB") == bob
@@ -315,10 +316,10 @@ def test_touch_contact_keeps_five_distinct_addresses():
             store.touch_contact(bob.id, 20.0 + i, f"192.0.2.{i}:4000")
         store.touch_contact(bob.id, 30.0, "192.0.2.4:4000")  # already known: moves first
         bob = store.get_contact("Bob")
-        assert bob.addresses == [
+        assert bob.addresses == (
             "192.0.2.4:4000", "192.0.2.6:4000", "192.0.2.5:4000",
             "192.0.2.3:4000", "192.0.2.2:4000",
-        ]
+        )
         assert bob.last_seen == 30.0
         store.touch_contact(bob.id, 5.0)  # an older report does not move last_seen back
         assert store.get_contact("Bob").last_seen == 30.0
@@ -335,6 +336,238 @@ def test_contact_to_dict():
         assert d["addresses"] == ["198.51.100.7:5000"]
         assert d["has_bundle"] is True and d["verified"] is False
         assert "bundle" not in d
+
+
+# ---- the contact cache ----------------------------------------------------------------
+# Store keeps the contacts table in memory; every contact write must drop it.
+
+
+def db_contacts(store: Store) -> list[Contact]:
+    """The contacts as the database holds them, read past the cache."""
+    rows = store._conn.execute("SELECT * FROM contacts ORDER BY name, id").fetchall()
+    return [Contact.from_row(row) for row in rows]
+
+
+def assert_reads_match_db(store: Store) -> None:
+    expected = db_contacts(store)
+    assert store.list_contacts() == expected
+    assert store.count_contacts() == len(expected)
+    for c in expected:
+        assert store.get_contact(c.name) == c
+        assert store.get_contact(f" {c.name.swapcase()} ") == c
+        assert store.get_contact_by_id(c.id) == c
+        assert store.find_contact_by_fingerprint(c.fingerprint) == c
+
+
+def two_contacts(store: Store) -> tuple[Contact, Contact]:
+    bob = store.add_contact("Bob", FP_A, None)
+    carol = store.add_contact("Carol", FP_B, "bundle-c")
+    store.touch_contact(carol.id, 5.0, "192.0.2.9:4000")
+    return bob, carol
+
+
+CONTACT_WRITES: dict[str, Callable[[Store, Contact], object]] = {
+    "add": lambda store, bob: store.add_contact("Dave", FP_C, None),
+    "rename": lambda store, bob: store.rename_contact("bob", "Robert"),
+    "rename, case only": lambda store, bob: store.rename_contact("bob", "BOB"),
+    "block": lambda store, bob: store.set_blocked("Bob", True),
+    "verify": lambda store, bob: store.set_verified("Bob", True),
+    "notes": lambda store, bob: store.set_notes("Bob", "met at FOSDEM"),
+    "set_bundle": lambda store, bob: store.set_bundle(bob.id, "BUNDLE64"),
+    "replace_key": lambda store, bob: store.replace_key(bob.id, FP_C, "NEW64"),
+    "touch": lambda store, bob: store.touch_contact(bob.id, 7.0),
+    "touch with address": lambda store, bob: store.touch_contact(bob.id, 7.0, "192.0.2.1:4000"),
+    "remove": lambda store, bob: store.remove_contact("Bob"),
+}
+
+
+def test_every_contact_write_is_seen_by_the_next_read():
+    for what, write in CONTACT_WRITES.items():
+        with fresh_store() as store:
+            bob, _ = two_contacts(store)
+            before = db_contacts(store)
+            assert_reads_match_db(store)  # the cache is loaded now
+            write(store, bob)
+            # The write changed the database (else this case would test nothing) and
+            # every read shows the change: a writer that kept the cache fails here.
+            assert db_contacts(store) != before, what
+            assert_reads_match_db(store)
+
+
+def test_reads_after_each_write_show_the_new_values():
+    with fresh_store() as store:
+        bob, _ = two_contacts(store)
+        carol = store.get_contact("Carol")
+        store.rename_contact("bob", "BOB")
+        assert store.get_contact("bob").name == "BOB"
+        assert [c.name for c in store.list_contacts()] == ["BOB", "Carol"]
+        store.rename_contact("BOB", "Zed")
+        assert [c.name for c in store.list_contacts()] == ["Carol", "Zed"]
+        with pytest.raises(NotFoundError, match="Peer not found: Bob"):
+            store.get_contact("Bob")
+        assert store.set_blocked("zed", True).blocked and store.get_contact("Zed").blocked
+        assert store.get_contact_by_id(bob.id).blocked
+        store.set_verified("Zed", True)
+        assert store.find_contact_by_fingerprint(FP_A).verified
+        store.set_notes("Zed", "n")
+        assert store.get_contact("Zed").notes == "n"
+        store.set_bundle(bob.id, "B64")
+        assert store.get_contact_by_id(bob.id).bundle == "B64"
+        store.replace_key(bob.id, FP_C, "C64")
+        assert store.find_contact_by_fingerprint(FP_A) is None
+        assert store.find_contact_by_fingerprint(FP_C).name == "Zed"
+        store.touch_contact(bob.id, 9.0, "198.51.100.1:1")
+        zed = store.get_contact("Zed")
+        assert (zed.last_seen, zed.addresses) == (9.0, ("198.51.100.1:1",))
+        store.remove_contact("Zed")
+        with pytest.raises(NotFoundError, match=f"Peer not found: #{bob.id}"):
+            store.get_contact_by_id(bob.id)
+        assert store.find_contact_by_fingerprint(FP_C) is None
+        assert [c.name for c in store.list_contacts()] == ["Carol"]
+        assert store.get_contact("carol") == carol  # untouched by the others' writes
+
+
+def test_count_follows_adds_and_removes():
+    with fresh_store() as store:
+        assert store.count_contacts() == 0
+        store.add_contact("Bob", FP_A, None)
+        assert store.count_contacts() == 1
+        store.add_contact("Carol", FP_B, None)
+        assert store.count_contacts() == 2
+        store.remove_contact("bob")
+        assert store.count_contacts() == 1
+        store.remove_contact("carol")
+        assert store.count_contacts() == 0
+        assert store.list_contacts() == []
+
+
+def test_failed_contact_writes_leave_reads_correct():
+    with fresh_store() as store:
+        bob, carol = two_contacts(store)
+        before = db_contacts(store)
+        for what, write, error in (
+            ("rename onto a name", lambda: store.rename_contact("Bob", "CAROL"), DuplicateError),
+            ("add a taken name", lambda: store.add_contact("bob", FP_C, None), DuplicateError),
+            ("add a taken key", lambda: store.add_contact("Dave", FP_B, None), DuplicateError),
+            ("replace_key onto a key", lambda: store.replace_key(bob.id, FP_B, "x"), DuplicateError),
+            ("rename a stranger", lambda: store.rename_contact("Dave", "Eve"), NotFoundError),
+            ("touch a stranger", lambda: store.touch_contact(999, 1.0), NotFoundError),
+        ):
+            assert_reads_match_db(store)
+            with pytest.raises(error):
+                write()
+            assert db_contacts(store) == before, what
+            assert_reads_match_db(store)
+
+
+def test_rolled_back_write_that_read_the_cache_is_not_seen():
+    # A read inside a contact write's transaction fills the cache with uncommitted rows:
+    # the rollback must drop it again.
+    with fresh_store() as store:
+        store.add_contact("Bob", FP_A, None)
+        with pytest.raises(RuntimeError):
+            with store._contact_write() as conn:
+                conn.execute("INSERT INTO contacts (name, fingerprint, created) "
+                             "VALUES ('Ghost', ?, 1.0)", (FP_B,))
+                assert store.get_contact("ghost").name == "Ghost"
+                raise RuntimeError("abandon")
+        with pytest.raises(NotFoundError):
+            store.get_contact("Ghost")
+        assert store.count_contacts() == 1
+        assert_reads_match_db(store)
+
+
+def test_in_seq_writes_keep_contacts_equal():
+    # in_seq is not a Contact field, so its writers need not drop the cache.
+    with fresh_store() as store:
+        bob, _ = two_contacts(store)
+        before = store.list_contacts()
+        store.deliver_incoming(bob.id, 1, "m1", "hi", 1.0, 2.0)
+        store.deliver_incoming_many(bob.id, [(2, "m2", "yo", 1.0)], 2.0)
+        store.deliver_position(bob.id, 5)
+        assert store.in_seq(bob.id) == 5
+        assert db_contacts(store) == before
+        assert_reads_match_db(store)
+
+
+def test_name_lookup_folds_ascii_case_only_like_sqlite_nocase():
+    names = ["Émile", "\u212aelvin", "Straße", "İz", "Zoë"]  # \u212a: KELVIN SIGN
+    probes = ["émile", "ÉMILE", "Kelvin", "kelvin", "\u212aELVIN", "strasse", "STRAßE",
+              "iz", "i\u0307z", "İZ", "zoë", "ZOË", "ZOë", "zoË"]
+    with fresh_store() as store:
+        for i, name in enumerate(names):
+            store.add_contact(name, bytes([i]) * 32, None)
+        for probe in names + probes:
+            row = store._conn.execute(
+                "SELECT id FROM contacts WHERE name = ?", (probe,)).fetchone()
+            if row is None:
+                with pytest.raises(NotFoundError):
+                    store.get_contact(probe)
+            else:
+                assert store.get_contact(probe).id == row[0], probe
+        assert store.get_contact("ZOë").name == "Zoë"  # ASCII folded
+        with pytest.raises(NotFoundError):
+            store.get_contact("zoË")  # but not ë/Ë
+        with pytest.raises(NotFoundError):
+            store.get_contact("kelvin")  # str.lower() would have matched the Kelvin sign
+
+
+def test_name_sqlite_cannot_bind_fails_as_the_query_did():
+    with fresh_store() as store:
+        store.add_contact("Bob", FP_A, None)
+        with pytest.raises(UnicodeEncodeError):
+            store._conn.execute("SELECT * FROM contacts WHERE name = ?", ("\ud800",))
+        with pytest.raises(UnicodeEncodeError):
+            store.get_contact("\ud800")
+
+
+def test_contacts_handed_out_are_immutable():
+    with fresh_store() as store:
+        bob, _ = two_contacts(store)
+        cached = store.get_contact("Bob")
+        for field, value in (("name", "Eve"), ("blocked", True), ("addresses", ())):
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                setattr(cached, field, value)
+        assert isinstance(store.get_contact("Carol").addresses, tuple)
+        listed = store.list_contacts()
+        listed.clear()  # the caller's own list
+        assert store.count_contacts() == 2 and len(store.list_contacts()) == 2
+
+
+def test_reads_are_served_from_memory():
+    with fresh_store() as store:
+        bob, _ = two_contacts(store)
+        store.list_contacts()
+        statements: list[str] = []
+        store._conn.set_trace_callback(statements.append)
+        try:
+            store.get_contact("bob")
+            store.get_contact_by_id(bob.id)
+            store.find_contact_by_fingerprint(FP_B)
+            store.list_contacts()
+            store.count_contacts()
+            with pytest.raises(NotFoundError):
+                store.get_contact("nobody")
+            assert statements == []
+            store.set_notes("Bob", "x")  # drops the cache: the next read loads it, once
+            statements.clear()
+            store.get_contact("bob")
+            store.count_contacts()
+            assert statements == ["SELECT * FROM contacts ORDER BY name, id"]
+        finally:
+            store._conn.set_trace_callback(None)
+
+
+def test_close_drops_the_cache():
+    with tmp_dir() as d:
+        store = Store(d / "chatp2p.db")
+        store.add_contact("Bob", FP_A, None)
+        assert store.count_contacts() == 1
+        store.close()
+        with pytest.raises(StoreError, match="closed"):
+            store.get_contact("Bob")
+        with pytest.raises(StoreError, match="closed"):
+            store.count_contacts()
 
 
 # ---- messages -------------------------------------------------------------------------
