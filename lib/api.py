@@ -12,7 +12,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 from .util import iso_utc
 
@@ -67,10 +67,9 @@ class Action:
     exact_names: frozenset[str] = frozenset()
 
 
-@dataclasses.dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     """A request checked against the table, ready to run: the action and its clean data, or
-    the error to answer (`action` None)."""
+    the error to answer (`action` None). A tuple: one is built per request."""
 
     request_id: Any
     action: Action | None = None
@@ -105,6 +104,15 @@ def _kind_name(kind: str) -> str:
             "dict": "an object", "any": "a value"}[kind]
 
 
+def _check_text(text: str, label: str) -> None:
+    """JSON can carry lone surrogates ("\\ud800"), which are not text: no name, message or
+    path may hold one (SQLite, the disk and the peer all want UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(f"Field '{label}' is not valid Unicode text (lone surrogate)") from None
+
+
 def coerce(field: Field, value: Any, label: str | None = None) -> Any:
     """Convert `value` to the field's kind, accepting the string forms old clients send."""
     kind = field.kind
@@ -113,6 +121,8 @@ def coerce(field: Field, value: Any, label: str | None = None) -> Any:
     if kind == "str" and type(value) is str:  # the common case, first
         if field.max_len is not None and len(value) > field.max_len:
             raise ApiError(f"Field '{label or field.name}' is too long (at most {field.max_len} characters)")
+        if not value.isascii():
+            _check_text(value, label or field.name)
         return value
     label = label or field.name
     bad = ApiError(f"Field '{label}' must be {_kind_name(kind)}")
@@ -120,6 +130,7 @@ def coerce(field: Field, value: Any, label: str | None = None) -> Any:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise bad
         text = value if isinstance(value, str) else json.dumps(value)
+        _check_text(text, label)
         if field.max_len is not None and len(text) > field.max_len:
             raise ApiError(f"Field '{label}' is too long (at most {field.max_len} characters)")
         return text

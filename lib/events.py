@@ -67,7 +67,7 @@ class EventBus:
 
     def publish(self, name: str, data: Any) -> dict:
         event = {"event": name, "data": data, "timestamp": self._timestamp()}
-        payload = _ENCODER.encode(event).encode()
+        payload = _ENCODER.encode(event).encode("utf-8", "backslashreplace")  # lone surrogates: as JSON escapes
         self.published += 1
         try:
             self._socket.send_multipart([name.encode(), payload], flags=zmq.NOBLOCK)

@@ -279,7 +279,9 @@ class _Connection:
 
 
 def _encode(reply: dict) -> bytes:
-    return _ENCODER.encode(reply).encode() + b"\n"
+    # A lone surrogate (legal in a JSON request: "\ud800") has no UTF-8 form: it goes out
+    # as the same JSON escape instead of failing the connection.
+    return _ENCODER.encode(reply).encode("utf-8", "backslashreplace") + b"\n"
 
 
 def make_token() -> str:

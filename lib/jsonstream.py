@@ -16,10 +16,9 @@ of the line, so it costs no more than the incremental scan that then covers that
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 BOM = b"\xef\xbb\xbf"
 _DECODER = json.JSONDecoder()  # stateless: shared
@@ -28,10 +27,9 @@ _STRUCTURAL = re.compile(rb'[{}\[\]"]')
 _IN_STRING = re.compile(rb'["\\]')
 
 
-@dataclasses.dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """What the scanner found: a decoded object, a balanced `{...}` that is not valid JSON,
-    the start of junk, or an oversized object."""
+    the start of junk, or an oversized object. A tuple: one is built per request."""
 
     kind: str            # "object" | "invalid" | "junk" | "too_large"
     value: Any = None    # the decoded object (a dict) for "object"

@@ -123,6 +123,17 @@ def test_invalid_json_then_resync_at_newline():
     assert replies[2]["success"] is True and replies[2]["id"] == "after"
 
 
+def test_lone_surrogates_get_answers_and_the_connection_goes_on():
+    """JSON allows "\\ud800" (no UTF-8 form): a field holding one is refused by name; an
+    answer quoting one (an unknown command) still goes out, as the same JSON escape."""
+    payload = (b'{"command":"contacts","action":"remove","data":{"peer":"a\\ud800"}}\n'
+               b'{"command":"\\udfff"}\n{"command":"status","id":1}\n')
+    replies = exchange(payload, 3)
+    assert replies[0]["error"] == "Field 'peer' is not valid Unicode text (lone surrogate)"
+    assert replies[1]["error"].startswith("Unknown command '\udfff'")
+    assert replies[2]["success"] is True and replies[2]["id"] == 1
+
+
 def test_unknown_command_action_and_bad_fields():
     assert "valid commands: contacts, crypto" in NODE.request("fly")["error"]
     error = NODE.request("contacts", "fly")["error"]
