@@ -1,12 +1,15 @@
 """Requests per second of the control API, against a minimal gevent JSON echo server.
 
-Run by hand: `/tmp/venv/bin/python bench/bench_api.py [--duration 3] [--request JSON]`.
+Run by hand: `/tmp/venv/bin/python bench/bench_api.py [--duration 5] [--request JSON]`.
 It starts a real chatp2pd (temporary data dir, free ports) and, for comparison, the smallest
 gevent server that speaks the same framing (read newline-delimited JSON, json.loads, answer
 {"success","data","timestamp"} + "\\n"). Each case drives one server from a load generator in
 its own process (plain sockets + selectors), so the client does not share the server's
 core (with --pin: pinned to different CPUs). Cases: one connection pipelined (64 in
-flight), one connection ping-pong (1 in flight), 50 connections ping-pong. The target is
+flight), one connection ping-pong (1 in flight), 50 connections ping-pong. One load process
+per case alternates between the two servers in short slices (a shared VM's speed drifts by
+tens of percent within seconds; both servers see the same drift) and compares the totals;
+"slices IQR" is the spread of the ratio over successive slice pairs. The target is
 daemon >= 70% of echo. CPU columns tell who was the bottleneck: a server near 100% is
 saturated; a client near 100% means the figure is a lower bound of the server's capacity.
 """
@@ -32,15 +35,19 @@ TARGET = 0.70
 
 
 # -- the echo server (its own process) -----------------------------------------------------------
-def run_echo_server(pad: int = 0) -> int:
+def run_echo_server(pad: int = 0, nodelay: bool = True) -> int:
     """Serve until killed; prints the port on stdout once listening. `pad` adds that many
     characters to every answer, so both servers serialise and send answers of one size and
-    the ratio shows the dispatcher's own cost."""
+    the ratio shows the dispatcher's own cost. `nodelay`: TCP_NODELAY, as the daemon sets it
+    (it must: the tail segment of an answer larger than one segment would otherwise wait for
+    the client's delayed ACK, 40 ms), so both servers push their bytes the same way."""
     from gevent.server import StreamServer
 
     from chatp2p_core.util import iso_utc
 
     def handle(sock: socket.socket, address: tuple) -> None:
+        if nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         pending = b""
         while True:
             data = sock.recv(65536)
@@ -62,18 +69,52 @@ def run_echo_server(pad: int = 0) -> int:
 
 
 # -- the load generator (its own process) ----------------------------------------------------------
-def run_load(port: int, connections: int, depth: int, duration: float, request: bytes) -> dict:
-    """Keep `depth` requests in flight on each connection; count answers during `duration`."""
-    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(connections)]
-    selector = selectors.DefaultSelector()
+def run_load(targets: list[tuple[int, int]], connections: int, depth: int, duration: float,
+             request: bytes, slice_s: float) -> list[dict]:
+    """Drive the servers `targets` ([(port, pid)]) in turn, `slice_s` seconds each, until each
+    has had `duration` seconds: `depth` requests in flight on each of its `connections`.
+
+    A shared VM's speed drifts by tens of percent within seconds; slices this short give both
+    servers the same drift. A slice ends by draining what is in flight (its time counted), so
+    no answer of one server arrives during the other's slice. Returns, per target: answers,
+    seconds, its CPU seconds (from /proc) and this process's CPU seconds during its slices."""
+    conns = [[socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(connections)]
+             for port, _ in targets]
+    selectors_ = []
+    for socks in conns:
+        selector = selectors.DefaultSelector()
+        for sock in socks:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            selector.register(sock, selectors.EVENT_READ)
+        selectors_.append(selector)
+    totals = [{"requests": 0, "seconds": 0.0, "server_cpu": 0.0, "cpu": 0.0, "slices": []} for _ in targets]
+    for index in range(len(targets)):  # warm-up, not counted
+        _run_slice(conns[index], selectors_[index], depth, WARMUP_S, request)
+    while min(t["seconds"] for t in totals) < duration:
+        for index, (_, pid) in enumerate(targets):
+            server_before, client_before = process_cpu(pid), time.process_time()
+            answered, seconds = _run_slice(conns[index], selectors_[index], depth, slice_s, request)
+            total = totals[index]
+            total["requests"] += answered
+            total["seconds"] += seconds
+            total["server_cpu"] += process_cpu(pid) - server_before
+            total["cpu"] += time.process_time() - client_before
+            total["slices"].append(answered / seconds)
+    for socks in conns:
+        for sock in socks:
+            sock.close()
+    return totals
+
+
+def _run_slice(socks: list[socket.socket], selector: selectors.BaseSelector, depth: int,
+               slice_s: float, request: bytes) -> tuple[int, float]:
+    started = time.perf_counter()
+    stop_at = started + slice_s
     for sock in socks:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        selector.register(sock, selectors.EVENT_READ)
         sock.sendall(request * depth)
-    answered = received_bytes = 0
-    warm_until = time.perf_counter() + WARMUP_S
-    phase = "warm-up"   # then "measure", then "drain" (no new requests; wait for the answers)
-    outstanding = connections * depth
+    outstanding = len(socks) * depth
+    answered = 0
+    sending = True
     while outstanding:
         events = selector.select(timeout=30)
         if not events:
@@ -84,42 +125,30 @@ def run_load(port: int, connections: int, depth: int, duration: float, request: 
                 raise RuntimeError("the server closed a connection")
             count = data.count(b"\n")  # JSON text never holds a raw newline: one per answer
             answered += count
-            received_bytes += len(data)
-            if phase == "drain":
-                outstanding -= count
-            else:
+            outstanding -= count
+            if sending:
                 key.fileobj.sendall(request * count)
-        now = time.perf_counter()
-        if phase == "warm-up" and now >= warm_until:
-            phase, measure_from, measure_until = "measure", now, now + duration
-            start = (answered, received_bytes, time.process_time())
-        elif phase == "measure" and now >= measure_until:
-            phase = "drain"
-            result = {"requests": answered - start[0], "seconds": now - measure_from,
-                      "bytes": received_bytes - start[1], "cpu": time.process_time() - start[2]}
-    for sock in socks:
-        sock.close()
-    return result
+                outstanding += count
+        if sending and time.perf_counter() >= stop_at:
+            sending = False  # drain: the next slice starts with nothing in flight
+    return answered, time.perf_counter() - started
 
 
-def measure(port: int, connections: int, depth: int, duration: float, request: bytes,
-            server_pid: int, load_cpus: set[int] | None) -> dict:
-    """Run one case in a fresh load process; adds the server's CPU use to the result."""
-    command = [sys.executable, __file__, "--role", "load", "--port", str(port), "--connections", str(connections),
-               "--depth", str(depth), "--duration", str(duration), "--request", request.decode()]
+def measure(servers: dict[str, tuple[int, int]], connections: int, depth: int, duration: float,
+            request: bytes, slice_s: float, load_cpus: set[int] | None) -> dict[str, dict]:
+    """Run one case in a fresh load process that alternates between the servers."""
+    names = list(servers)
+    targets = ",".join(f"{servers[n][0]}:{servers[n][1]}" for n in names)
+    command = [sys.executable, __file__, "--role", "load", "--targets", targets,
+               "--connections", str(connections), "--depth", str(depth), "--duration", str(duration),
+               "--slice", str(slice_s), "--request", request.decode()]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     if load_cpus:
         os.sched_setaffinity(proc.pid, load_cpus)
-    cpu_before = process_cpu(server_pid)
-    started = time.perf_counter()
-    out, _ = proc.communicate(timeout=duration + 120)
-    server_cpu = process_cpu(server_pid) - cpu_before
+    out, _ = proc.communicate(timeout=2 * duration * len(names) + 120)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed ({proc.returncode})")
-    result = json.loads(out)
-    # The server also worked during warm-up and drain: spread its CPU over the whole run.
-    result["server_cpu_share"] = server_cpu / (time.perf_counter() - started)
-    return result
+    return dict(zip(names, json.loads(out)))
 
 
 def process_cpu(pid: int) -> float:
@@ -140,7 +169,8 @@ def check_answer(port: int, request: bytes) -> int:
 
 
 # -- the driver --------------------------------------------------------------------------------
-def run_bench(duration: float, request: bytes, pin: bool, same_size: bool) -> int:
+def run_bench(duration: float, request: bytes, pin: bool, same_size: bool, slice_s: float,
+              echo_nagle: bool) -> int:
     sys.path.insert(0, str(ROOT / "tests"))
     from daemon import Daemon  # the tests' helper: starts a real chatp2pd on a temp dir
 
@@ -153,7 +183,8 @@ def run_bench(duration: float, request: bytes, pin: bool, same_size: bool) -> in
     try:
         daemon.start()
         pad = max(0, check_answer(daemon.port, request) - 120) if same_size else 0
-        echo = subprocess.Popen([sys.executable, __file__, "--role", "echo", "--pad", str(pad)],
+        echo = subprocess.Popen([sys.executable, __file__, "--role", "echo", "--pad", str(pad)]
+                                + (["--echo-nagle"] if echo_nagle else []),
                                 stdout=subprocess.PIPE, text=True, env=Daemon.environment(tmp))
         echo_port = int(echo.stdout.readline())
         servers = {"daemon": (daemon.port, daemon.proc.pid), "echo": (echo_port, echo.pid)}
@@ -162,23 +193,26 @@ def run_bench(duration: float, request: bytes, pin: bool, same_size: bool) -> in
                 os.sched_setaffinity(pid, server_cpus)
         sizes = {name: check_answer(port, request) for name, (port, _) in servers.items()}
         print(f"request: {request.decode().strip()}")
-        print(f"answer size: daemon {sizes['daemon']} B, echo {sizes['echo']} B; {duration:g} s per case; "
+        print(f"answer size: daemon {sizes['daemon']} B, echo {sizes['echo']} B; {duration:g} s per case and server "
+              f"in alternating {slice_s:g} s slices; "
               f"servers on CPU {server_cpus or 'any'}, load on CPU {load_cpus or 'any'}")
         print()
-        header = (f"{'case':<24}{'daemon req/s':>14}{'echo req/s':>12}{'ratio':>8}"
-                  f"{'daemon cpu':>12}{'echo cpu':>10}{'client cpu':>12}  ")
+        header = (f"{'case':<24}{'daemon req/s':>14}{'echo req/s':>12}{'ratio':>8}{'slices IQR':>12}"
+                  f"{'daemon cpu':>11}{'echo cpu':>10}{'client cpu':>12}  ")
         print(header)
         print("-" * len(header))
         worst = None
         for label, connections, depth in CASES:
-            results = {name: measure(port, connections, depth, duration, request, pid, load_cpus)
-                       for name, (port, pid) in servers.items()}
+            results = measure(servers, connections, depth, duration, request, slice_s, load_cpus)
             rates = {name: r["requests"] / r["seconds"] for name, r in results.items()}
             ratio = rates["daemon"] / rates["echo"]
+            pairs = sorted(d / e for d, e in zip(results["daemon"]["slices"], results["echo"]["slices"]))
+            quartiles = pairs[len(pairs) // 4], pairs[(3 * len(pairs)) // 4]
             worst = ratio if worst is None else min(worst, ratio)
+            cpu = {name: r["server_cpu"] / r["seconds"] for name, r in results.items()}
             client_cpu = max(r["cpu"] / r["seconds"] for r in results.values())
             print(f"{label:<24}{rates['daemon']:>14,.0f}{rates['echo']:>12,.0f}{ratio:>8.0%}"
-                  f"{results['daemon']['server_cpu_share']:>12.0%}{results['echo']['server_cpu_share']:>10.0%}"
+                  f"{quartiles[0]:>7.0%}-{quartiles[1]:<4.0%}{cpu['daemon']:>11.0%}{cpu['echo']:>10.0%}"
                   f"{client_cpu:>12.0%}  {'ok' if ratio >= TARGET else 'BELOW TARGET'}", flush=True)
         print()
         print(f"worst ratio daemon/echo: {worst:.0%} (target {TARGET:.0%})")
@@ -194,7 +228,10 @@ def run_bench(duration: float, request: bytes, pin: bool, same_size: bool) -> in
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per case (default 3)")
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="seconds measured per case and server (default 5)")
+    parser.add_argument("--slice", type=float, default=0.2,
+                        help="seconds each server is driven before the other's turn (default 0.2)")
     parser.add_argument("--request", default='{"command":"status"}',
                         help="the request to send (default: the status command)")
     parser.add_argument("--pin", action="store_true",
@@ -203,19 +240,22 @@ def main() -> int:
                              "round trip then needs a cross-CPU wake-up)")
     parser.add_argument("--small-echo", action="store_true",
                         help="let the echo server answer tiny objects instead of answers as large as the daemon's")
+    parser.add_argument("--echo-nagle", action="store_true",
+                        help="leave Nagle on in the echo server (the daemon sets TCP_NODELAY)")
     parser.add_argument("--pad", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=("bench", "echo", "load"), default="bench", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--targets", help=argparse.SUPPRESS)
     parser.add_argument("--connections", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--depth", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     request = json.dumps(json.loads(args.request), separators=(",", ":")).encode() + b"\n"
     if args.role == "echo":
-        return run_echo_server(args.pad)
+        return run_echo_server(args.pad, not args.echo_nagle)
     if args.role == "load":
-        print(json.dumps(run_load(args.port, args.connections, args.depth, args.duration, request)))
+        targets = [tuple(int(x) for x in t.split(":")) for t in args.targets.split(",")]
+        print(json.dumps(run_load(targets, args.connections, args.depth, args.duration, request, args.slice)))
         return 0
-    return run_bench(args.duration, request, args.pin, not args.small_echo)
+    return run_bench(args.duration, request, args.pin, not args.small_echo, args.slice, args.echo_nagle)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 import gevent
@@ -32,6 +33,10 @@ MAX_PENDING_PER_CONNECTION = 256
 RECV_SIZE = 65536
 WRITE_TIMEOUT = 5.0  # s a closing connection waits for its last answers to be written
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # stateless: shared
+
+
+class IdleTimeout(Exception):
+    """Thrown into a connection's greenlet by the idle sweeper."""
 
 
 def is_loopback(host: str) -> bool:
@@ -90,19 +95,36 @@ class ApiServer:
         self.check_uid = check_uid
         self.connections = 0
         self.refused = collections.Counter()
+        self._live: set[_Connection] = set()
+        self._sweeper: gevent.Greenlet | None = None
         self._pool = gevent.pool.Pool(max_connections)
         self._server = gevent.server.StreamServer((host, port), self._handle, spawn=self._pool,
                                                   backlog=1024)
 
     def start(self) -> None:
         self._server.start()
+        self._sweeper = gevent.spawn(self._sweep_idle)
 
     @property
     def address(self) -> tuple[str, int]:
         return self._server.address[0], self._server.address[1]
 
     def stop(self, timeout: float = 1.0) -> None:
+        if self._sweeper is not None:
+            self._sweeper.kill()
         self._server.stop(timeout=timeout)
+
+    def _sweep_idle(self) -> None:
+        """Close connections idle for `idle_timeout`: one timer for all of them, instead of a
+        socket timeout, which costs a timer per read and a getsockopt per write."""
+        interval = max(0.05, min(1.0, self.idle_timeout / 4))
+        while True:
+            gevent.sleep(interval)
+            now = time.monotonic()
+            for connection in list(self._live):
+                if connection.idle(now, self.idle_timeout):
+                    log.debug("closing an idle API connection")
+                    connection.greenlet.kill(IdleTimeout, block=False)
 
     def _allowed(self, sock: socket.socket, remote: tuple) -> bool:
         if not self.check_uid or not is_loopback(remote[0]):
@@ -123,7 +145,14 @@ class ApiServer:
             # Answers are written whole: do not let Nagle hold the tail of one back waiting for
             # the client's delayed ACK (40 ms per request on a ping-pong client).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _Connection(self, sock).run()
+            connection = _Connection(self, sock)
+            self._live.add(connection)
+            try:
+                connection.run()
+            finally:
+                self._live.discard(connection)
+        except IdleTimeout:
+            pass
         except OSError as exc:
             log.debug("API connection from %s ended: %s", remote, exc)
         finally:
@@ -152,6 +181,15 @@ class _Connection:
         self.running = 0
         self.requests_seen = 0
         self.closed = False
+        self.greenlet = gevent.getcurrent()
+        self.last_progress = time.monotonic()         # last byte read or written
+
+    def idle(self, now: float, timeout: float) -> bool:
+        """No byte moved for `timeout` while the client waits for no answer (or while an
+        answer waits for a client that does not read)."""
+        if now - self.last_progress < timeout:
+            return False
+        return self.writing or not (self.running or self.in_order)
 
     def run(self) -> None:
         try:
@@ -161,15 +199,9 @@ class _Connection:
                 self.writer.join(WRITE_TIMEOUT)  # the answers of the last requests, then close
 
     def _read(self) -> None:
-        self.sock.settimeout(self.server.idle_timeout)
         while not self.closed:
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except socket.timeout:
-                if self.running or self.in_order:
-                    continue  # the client is waiting for an answer, not idle
-                log.debug("closing an idle API connection")
-                return
+            data = self.sock.recv(RECV_SIZE)
+            self.last_progress = time.monotonic()
             if not data:
                 self._drain()
                 return
@@ -268,10 +300,14 @@ class _Connection:
         self.writing = True
         try:
             while self.out and not self.closed:
-                payload = b"".join(self.out)
+                payload = memoryview(b"".join(self.out))
                 self.out.clear()
                 try:
-                    self.sock.sendall(payload)  # may wait for the client: answers queue meanwhile
+                    # socket.sendall would ask the kernel for SO_SNDBUF on every call
+                    while payload:
+                        sent = self.sock.send(payload)  # may wait for the client: answers queue
+                        payload = payload[sent:]
+                        self.last_progress = time.monotonic()
                 except OSError:
                     self.closed = True
         finally:

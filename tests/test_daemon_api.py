@@ -246,6 +246,55 @@ def test_idle_connections_are_closed():
         node.stop()
 
 
+def test_idle_timeout_spares_busy_clients_and_drops_clients_that_do_not_read():
+    node = Daemon(os.path.join(TMP, "idle-busy"), "--idle-timeout", "1")
+    node.start()
+    black_hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # swallows the handshake
+    black_hole.bind(("127.0.0.1", 0))
+    try:
+        # Talking now and then, for longer than the timeout: never idle.
+        sock, reader = connect(node.port)
+        for _ in range(6):
+            time.sleep(0.4)
+            sock.sendall(b'{"command":"status"}\n')
+            assert read_reply(reader)["success"]
+        # Waiting 3 s for the answer of a slow request: not idle either.
+        assert node.request("contacts", "add", {"peer": "Far", "public_key": NODE.other_id()})["success"]
+        assert node.request("p2p", "connect",
+                            {"peer": "Far", "address": "127.0.0.1:%d" % black_hole.getsockname()[1]})["success"]
+        started = time.monotonic()
+        sock.sendall(b'{"command":"contacts","action":"negotiate_keys","data":{"peer":"Far","timeout":3}}\n')
+        reply = read_reply(reader)
+        assert reply["success"] is False and "Could not reach Far" in reply["error"]
+        assert time.monotonic() - started > 2.5
+        sock.close()
+        # Asking for megabytes of answers and reading none: dropped once nothing moves.
+        greedy = socket.create_connection(("127.0.0.1", node.port))
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        greedy.settimeout(0.5)
+        requests = b'{"command":"status"}\n' * 4000  # 20 MB of answers
+        sent = 0
+        try:
+            while sent < len(requests):
+                sent += greedy.send(requests[sent:])
+        except socket.timeout:
+            pass  # the server stopped reading: it is stuck writing to us
+        time.sleep(2.5)
+        assert node.request("status")["success"]  # others are served meanwhile
+        greedy.settimeout(5)
+        received = 0
+        try:
+            while chunk := greedy.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert received < 4000 * 5000  # closed before all the answers were written
+        greedy.close()
+    finally:
+        black_hole.close()
+        node.stop()
+
+
 def test_files_are_private():
     data = pathlib.Path(NODE.data_dir)
     assert data.stat().st_mode & 0o777 == 0o700
