@@ -2,15 +2,16 @@
 
 Run by hand: `/tmp/venv/bin/python bench/bench_api.py [--duration 5] [--request JSON]`.
 It starts a real chatp2pd (temporary data dir, free ports) and, for comparison, the smallest
-gevent server that speaks the same framing (read newline-delimited JSON, json.loads, answer
-{"success","data","timestamp"} + "\\n"). Each case drives one server from a load generator in
-its own process (plain sockets + selectors), so the client does not share the server's
-core (with --pin: pinned to different CPUs). Cases: one connection pipelined (64 in
-flight), one connection ping-pong (1 in flight), 50 connections ping-pong. One load process
-per case alternates between the two servers in short slices (a shared VM's speed drifts by
-tens of percent within seconds; both servers see the same drift) and compares the totals;
-"slices IQR" is the spread of the ratio over successive slice pairs. The target is
-daemon >= 70% of echo. CPU columns tell who was the bottleneck: a server near 100% is
+gevent server that speaks the same framing: read newline-delimited JSON, json.loads, answer
+{"success","data","timestamp"} + "\\n" padded to the daemon's answer size, encoded with the
+daemon's own JSON settings, TCP_NODELAY set as the daemon sets it. Each case drives the
+servers from a load generator in its own process (plain sockets + selectors), so the client
+does not share the servers' core (with --pin: pinned to different CPUs). Cases: one
+connection pipelined (64 in flight), one connection ping-pong (1 in flight), 50 connections
+ping-pong. One load process per case alternates between the two servers in short slices (a
+shared VM's speed drifts by tens of percent within seconds; both servers see the same drift)
+and compares the totals; "slices IQR" is the spread of the ratio over successive slice
+pairs. The target is daemon >= 70% of echo. CPU columns tell who was the bottleneck: a server near 100% is
 saturated; a client near 100% means the figure is a lower bound of the server's capacity.
 """
 
@@ -43,7 +44,7 @@ def run_echo_server(pad: int = 0, nodelay: bool = True) -> int:
     the client's delayed ACK, 40 ms), so both servers push their bytes the same way."""
     from gevent.server import StreamServer
 
-    from chatp2p_core.util import iso_utc
+    from chatp2p_core.util import encode_json, iso_utc  # the daemon's JSON settings
 
     def handle(sock: socket.socket, address: tuple) -> None:
         if nodelay:
@@ -54,9 +55,8 @@ def run_echo_server(pad: int = 0, nodelay: bool = True) -> int:
             if not data:
                 return
             *lines, pending = (pending + data).split(b"\n")
-            replies = [json.dumps({"success": True, "data": {"request": json.loads(line), "pad": "x" * pad},
-                                   "timestamp": iso_utc(time.time())},
-                                  separators=(",", ":")).encode() + b"\n"
+            replies = [encode_json({"success": True, "data": {"request": json.loads(line), "pad": "x" * pad},
+                                    "timestamp": iso_utc(time.time())}) + b"\n"
                        for line in lines if line.strip()]
             if replies:
                 sock.sendall(b"".join(replies))

@@ -7,7 +7,6 @@ process and sees exactly the same objects.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any, Callable
@@ -18,12 +17,11 @@ from typing import Any, Callable
 # more than the send itself. ZeroMQ's I/O threads are its own (C++), outside gevent.
 import zmq
 
-from .util import iso_utc
+from .util import encode_json, iso_utc
 
 log = logging.getLogger("chatp2p.events")
 
 SEND_HWM = 1_000_000   # bursts of 100k events must not be dropped by a slow subscriber
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # stateless: shared
 
 Subscriber = Callable[[dict], None]
 
@@ -67,12 +65,14 @@ class EventBus:
 
     def publish(self, name: str, data: Any) -> dict:
         event = {"event": name, "data": data, "timestamp": self._timestamp()}
-        payload = _ENCODER.encode(event).encode("utf-8", "backslashreplace")  # lone surrogates: as JSON escapes
         self.published += 1
         try:
+            payload = encode_json(event)
             self._socket.send_multipart([name.encode(), payload], flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.warning("event %s not published: %s", name, exc)
+        except (TypeError, ValueError, RecursionError):
+            log.exception("event %s cannot be encoded to JSON", name)
         for callback in list(self._subscribers):
             try:
                 callback(event)

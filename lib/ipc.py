@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import hmac
 import ipaddress
-import json
 import logging
 import os
 import socket
@@ -26,13 +25,13 @@ import gevent.server
 
 from .api import Call, CommandTable, response
 from .jsonstream import JsonStreamScanner
+from .util import encode_json
 
 log = logging.getLogger("chatp2p.ipc")
 
 MAX_PENDING_PER_CONNECTION = 256
 RECV_SIZE = 65536
 WRITE_TIMEOUT = 5.0  # s a closing connection waits for its last answers to be written
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # stateless: shared
 
 
 class IdleTimeout(Exception):
@@ -315,9 +314,12 @@ class _Connection:
 
 
 def _encode(reply: dict) -> bytes:
-    # A lone surrogate (legal in a JSON request: "\ud800") has no UTF-8 form: it goes out
-    # as the same JSON escape instead of failing the connection.
-    return _ENCODER.encode(reply).encode("utf-8", "backslashreplace") + b"\n"
+    try:
+        return encode_json(reply) + b"\n"
+    except (TypeError, ValueError, RecursionError):  # a handler bug: answer, keep the connection
+        log.exception("cannot encode an answer to JSON")
+        return encode_json(response(False, error="Internal error (see the daemon log)",
+                                    request_id=reply.get("id"))) + b"\n"
 
 
 def make_token() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pathlib
 import time
@@ -19,6 +20,21 @@ def _iso_second(second: int) -> str:
     """Every API answer carries a timestamp: format each second once (strftime costs a few
     microseconds, more than the rest of a small answer's envelope)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+# Stateless, so shared. No circular-reference check: answers and events are fresh trees built
+# by our own code (the check costs ~15% of encoding a status answer); a cycle would raise
+# RecursionError, which callers catch like any unencodable value.
+_WIRE_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
+def encode_json(value: object) -> bytes:
+    """Compact UTF-8 JSON, as the API answers and the events are sent.
+
+    A lone surrogate (legal in JSON text: "\\ud800", so a client can send one) has no UTF-8
+    form: it goes out as the same JSON escape. Raises TypeError, ValueError or RecursionError
+    for what JSON cannot hold."""
+    return _WIRE_ENCODER.encode(value).encode("utf-8", "backslashreplace")
 
 
 def ensure_private_dir(path: pathlib.Path) -> pathlib.Path:

@@ -1,8 +1,9 @@
 """The command table: lookup errors, key matching, string coercion, response shape."""
 
+import json
 import re
 
-from chatp2p_core.api import ApiError, CommandTable, Field, Reply, coerce, validate
+from chatp2p_core.api import ApiError, CommandTable, Field, Reply, coerce, response, validate
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -85,3 +86,15 @@ def test_coerce_rejects_wrong_types():
 
 def test_optional_fields_get_defaults():
     assert validate((Field("a", "int", required=False, default=5),), None) == {"a": 5}
+
+
+def test_an_unencodable_answer_becomes_an_internal_error_with_its_id():
+    """A handler bug (a value JSON cannot hold, a cycle) costs an error answer, not the connection."""
+    from chatp2p_core.ipc import _encode
+    cycle: list = []
+    cycle.append(cycle)
+    for data in (object(), b"bytes", cycle):
+        reply = json.loads(_encode(response(True, data, request_id=3)))
+        assert reply["success"] is False and reply["error"] == "Internal error (see the daemon log)"
+        assert reply["id"] == 3
+    assert json.loads(_encode(response(True, {"text": "a\udfffb"})))["data"]["text"] == "a\udfffb"
