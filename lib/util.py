@@ -11,14 +11,18 @@ import time
 
 def iso_utc(ts: float) -> str:
     """UTC ISO-8601 with milliseconds and 'Z', the seed protocol's timestamp form."""
-    millis = int(ts * 1000)
+    return _iso_millisecond(int(ts * 1000))
+
+
+# Every API answer and event carries a timestamp, and a busy node stamps many per millisecond:
+# format each millisecond once, and the date and time (strftime: microseconds) once a second.
+@functools.lru_cache(maxsize=64)
+def _iso_millisecond(millis: int) -> str:
     return f"{_iso_second(millis // 1000)}.{millis % 1000:03d}Z"
 
 
 @functools.lru_cache(maxsize=8)
 def _iso_second(second: int) -> str:
-    """Every API answer carries a timestamp: format each second once (strftime costs a few
-    microseconds, more than the rest of a small answer's envelope)."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 

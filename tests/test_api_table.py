@@ -98,3 +98,11 @@ def test_an_unencodable_answer_becomes_an_internal_error_with_its_id():
         assert reply["success"] is False and reply["error"] == "Internal error (see the daemon log)"
         assert reply["id"] == 3
     assert json.loads(_encode(response(True, {"text": "a\udfffb"})))["data"]["text"] == "a\udfffb"
+
+
+def test_timestamps_are_utc_milliseconds_across_second_boundaries():
+    from chatp2p_core.util import iso_utc
+    stamps = [iso_utc(1764158399.0 + i / 1000) for i in range(995, 1006)] * 2  # cached the 2nd time
+    assert stamps[0] == "2025-11-26T11:59:59.995Z" and stamps[4] == "2025-11-26T11:59:59.999Z"
+    assert stamps[5] == "2025-11-26T12:00:00.000Z" and stamps[10] == "2025-11-26T12:00:00.005Z"
+    assert stamps[:11] == stamps[11:] and iso_utc(0) == "1970-01-01T00:00:00.000Z"
