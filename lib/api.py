@@ -14,6 +14,8 @@ import logging
 import time
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
+import gevent.event
+
 from .util import iso_utc
 
 log = logging.getLogger("chatp2p.api")
@@ -52,6 +54,16 @@ class Reply:
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+class Deferred(NamedTuple):
+    """A handler's answer that is not ready yet: the handler started work shared with other
+    requests (a group commit) and returns at once; when `pending` is set, `finish(pending)`
+    builds the answer (it may raise ApiError, like a handler). The server waits for
+    `pending` with a callback, so a request in flight costs no greenlet of its own."""
+
+    pending: gevent.event.AsyncResult
+    finish: Callable[[gevent.event.AsyncResult], Any]
+
+
 Handler = Callable[[Any, dict], Any]
 
 
@@ -63,6 +75,7 @@ class Action:
     handler: Handler
     help: str
     blocking: bool = True  # may wait on the network or the disk: run in its own greenlet
+    # (a handler that returns a Deferred does not wait: declare it blocking=False)
     # The field names as declared: data whose keys are all among them needs no normalising.
     exact_names: frozenset[str] = frozenset()
 
@@ -281,22 +294,39 @@ class CommandTable:
         except ApiError as exc:
             return Call(request_id, error=str(exc))
 
-    def run(self, context: Any, call: Call) -> dict:
-        """Run a prepared request; always returns a response dict, never raises."""
+    def run(self, context: Any, call: Call) -> dict | Deferred:
+        """Run a prepared request; returns a response dict (never raises), or the handler's
+        Deferred, to be given to `finish` once its `pending` is set."""
         entry = call.action
         if entry is None:
             return response(False, error=call.error, request_id=call.request_id)
+        return self._answer(call, entry.handler, context, call.data)
+
+    def finish(self, call: Call, deferred: Deferred) -> dict:
+        """The response of a deferred request (its `pending` set, else this waits for it)."""
+        answer = self._answer(call, deferred.finish, deferred.pending)
+        if isinstance(answer, Deferred):
+            return self.finish(call, answer)
+        return answer
+
+    def _answer(self, call: Call, function: Callable, *args: Any) -> dict | Deferred:
         try:
-            result = entry.handler(context, call.data)
+            result = function(*args)
         except ApiError as exc:
             return response(False, error=str(exc), request_id=call.request_id)
         except Exception:  # a bug must not reach the client as a traceback
-            log.exception("handler failed for %s %s", entry.command, entry.action)
+            assert call.action is not None
+            log.exception("handler failed for %s %s", call.action.command, call.action.action)
             return response(False, error="Internal error (see the daemon log)", request_id=call.request_id)
+        if isinstance(result, Deferred):
+            return result
         if isinstance(result, Reply):
             return response(True, result.data, extra=result.extra, request_id=call.request_id)
         return response(True, result, request_id=call.request_id)
 
     def dispatch(self, context: Any, request: Mapping[str, Any]) -> dict:
-        """Validate and run one decoded request (the embedded UI's way in)."""
-        return self.run(context, self.prepare(request))
+        """Validate and run one decoded request, waiting for a deferred answer (the embedded
+        UI's way in)."""
+        call = self.prepare(request)
+        answer = self.run(context, call)
+        return self.finish(call, answer) if isinstance(answer, Deferred) else answer

@@ -14,7 +14,7 @@ from typing import Any
 import gevent
 
 from . import identity as ident, nat, sealed
-from .api import ApiError, CommandTable, Field, Reply
+from .api import ApiError, CommandTable, Deferred, Field, Reply
 from .messaging import MessageError
 from .transfer import TransferError
 from .node import Node
@@ -235,12 +235,21 @@ def p2p_send_message(node: Node, data: dict) -> Any:
     if node.messenger is None:
         raise ApiError("The P2P network is stopped: start it with p2p start")
     try:
-        message, sent = node.messenger.send(contact, data["message"], data["message_id"])
+        pending = node.messenger.submit(contact, data["message"], data["message_id"])
+    except MessageError as exc:
+        raise ApiError(str(exc)) from None
+    # Answered when the group commit that stores it is done (no greenlet waits meanwhile).
+    return Deferred(pending, lambda done: _message_stored(node, contact, data["message_id"], done))
+
+
+def _message_stored(node: Node, contact, message_id: str | None, done) -> Reply:
+    try:
+        message, sent = done.get()
     except MessageError as exc:
         raise ApiError(str(exc)) from None
     except Exception as exc:
         if "already" in str(exc).lower():
-            raise ApiError(f"message_id {data['message_id']!r} was already used for {contact.name}") from None
+            raise ApiError(f"message_id {message_id!r} was already used for {contact.name}") from None
         raise
     if not sent:
         try:
@@ -384,7 +393,8 @@ def build_table() -> CommandTable:
     table.add("p2p", "send_message", p2p_send_message,
               (NAME, Field("message", "str", max_len=MAX_MESSAGE_CHARS),
                Field("message_id", "str", required=False, max_len=128)),
-              help="send (or queue) a chat message")  # waits for the group commit (messaging.py)
+              help="send (or queue) a chat message",
+              blocking=False)  # answered after the group commit (messaging.py), via a Deferred
     table.add("p2p", "history", p2p_history,
               (NAME, Field("limit", "int", required=False, default=50, minimum=1, maximum=1000),
                Field("before", "int", required=False, minimum=1)),

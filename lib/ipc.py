@@ -23,7 +23,7 @@ import gevent.lock
 import gevent.pool
 import gevent.server
 
-from .api import Call, CommandTable, response
+from .api import Call, CommandTable, Deferred, response
 from .jsonstream import JsonStreamScanner
 from .util import encode_json
 
@@ -173,6 +173,8 @@ class _Connection:
         self.out: list[bytes] = []                     # encoded answers not yet written
         self.writing = False                           # a greenlet is in sendall for `out`
         self.writer: gevent.Greenlet | None = None     # writes answers of greenlet requests
+        self.ready: collections.deque[tuple] = collections.deque()  # deferred requests done
+        self.finisher: gevent.Greenlet | None = None   # answers `ready`, once per loop pass
         # Answers held for order: an id-less request still running holds back the answers
         # of the id-less requests after it. A slot is [answer or None].
         self.in_order: collections.deque[list] = collections.deque()
@@ -194,8 +196,9 @@ class _Connection:
         try:
             self._read()
         finally:
-            if self.writer is not None:
-                self.writer.join(WRITE_TIMEOUT)  # the answers of the last requests, then close
+            for writer in (self.finisher, self.writer):
+                if writer is not None:
+                    writer.join(WRITE_TIMEOUT)  # the answers of the last requests, then close
 
     def _read(self) -> None:
         while not self.closed:
@@ -234,38 +237,75 @@ class _Connection:
 
     def _start_request(self, request: dict) -> None:
         call = self.server.table.prepare(request)
-        if not call.blocking:
-            # Handlers that never wait (and bad requests) run right here: no greenlet, and
-            # the answer is ready in order.
-            reply = self._execute(request, call)
-            if call.request_id is None:
-                self._answer(reply)
-            else:
-                self.out.append(_encode(reply))
+        if call.blocking:
+            slot = self._hold_place(call)
+            self.pending.acquire()  # backpressure: stop reading while too many requests run
+            self.running += 1
+            gevent.spawn(self._run_request, request, call, slot)
             return
-        slot = None
-        if call.request_id is None:
-            slot = [None]
-            self.in_order.append(slot)
-        self.pending.acquire()  # backpressure: stop reading while too many requests run
-        self.running += 1
-        gevent.spawn(self._run_request, request, call, slot)
+        # Handlers that never wait (and bad requests) run right here: no greenlet, and the
+        # answer is ready in order; or they return a Deferred, answered when it is set.
+        reply = self._execute(request, call)
+        if isinstance(reply, Deferred):
+            slot = self._hold_place(call)
+            self.pending.acquire()
+            self.running += 1
+            reply.pending.rawlink(lambda _: self._deferred_ready(call, slot, reply))
+        elif call.request_id is None:
+            self._answer(reply)
+        else:
+            self.out.append(_encode(reply))
+
+    def _hold_place(self, call: Call) -> list | None:
+        """An id-less request answered later keeps its place in the answer order."""
+        if call.request_id is not None:
+            return None
+        slot = [None]
+        self.in_order.append(slot)
+        return slot
+
+    def _complete(self, slot: list | None, reply: dict) -> None:
+        """Queue the answer of a request that ran outside the read loop."""
+        if slot is None:
+            self.out.append(_encode(reply))
+        else:
+            slot[0] = reply
+            self._release_in_order()
+        self.running -= 1
+        self.pending.release()
 
     def _run_request(self, request: dict, call: Call, slot: list | None) -> None:
+        reply: dict | Deferred = response(False, error="Internal error (see the daemon log)",
+                                          request_id=call.request_id)
         try:
             reply = self._execute(request, call)
-            if slot is None:
-                self.out.append(_encode(reply))
-            else:
-                slot[0] = reply
-                self._release_in_order()
+            if isinstance(reply, Deferred):
+                reply = self.server.table.finish(call, reply)
+        finally:
+            self._complete(slot, reply)
             if self.out and not self.writing and self.writer is None:
                 self.writer = gevent.spawn(self._write_later)
-        finally:
-            self.running -= 1
-            self.pending.release()
 
-    def _execute(self, request: dict, call: Call) -> dict:
+    def _deferred_ready(self, call: Call, slot: list | None, deferred: Deferred) -> None:
+        """Called by the hub when a deferred request's work is done: must not wait."""
+        self.ready.append((call, slot, deferred))
+        if self.finisher is None:
+            self.finisher = gevent.spawn(self._finish_ready)
+
+    def _finish_ready(self) -> None:
+        """Answer every deferred request done by now, then write: one greenlet and one
+        sendall for a whole group commit of pipelined requests."""
+        try:
+            while self.ready:
+                while self.ready:
+                    call, slot, deferred = self.ready.popleft()
+                    self._complete(slot, self.server.table.finish(call, deferred))
+                if self.out and not self.writing:
+                    self._write_out()
+        finally:
+            self.finisher = None
+
+    def _execute(self, request: dict, call: Call) -> dict | Deferred:
         token = self.server.token
         if token is not None:
             supplied = request.get("token")

@@ -38,7 +38,7 @@ from typing import Callable, Optional
 import gevent
 import gevent.event
 
-from . import identity as ident, wire
+from . import wire
 from .peers import Link, Network
 from .store import Contact, Message, Store, StoreError
 from .util import iso_utc
@@ -222,16 +222,21 @@ class Messenger:
             self._schedule()
 
     # -- sending ----------------------------------------------------------------------------
-    def send(self, contact: Contact, body: str, message_id: Optional[str]) -> tuple[Message, bool]:
+    def submit(self, contact: Contact, body: str, message_id: Optional[str]) -> gevent.event.AsyncResult:
         """Store the message (with the others of this loop pass) and transmit it in this pass
-        if the contact is connected (True). Returns once the message is committed."""
+        if the contact is connected. Returns at once; the result is set to (message, sent)
+        once the message is committed, or to the error."""
         if contact.blocked:
             raise MessageError(f"{contact.name} is blocked: unblock the contact to write to it")
         message_id = check_message(body, message_id)
         waiter = gevent.event.AsyncResult()
         self._to_store.append((contact, message_id, body, time.time(), waiter))
         self._schedule()
-        return waiter.get()
+        return waiter
+
+    def send(self, contact: Contact, body: str, message_id: Optional[str]) -> tuple[Message, bool]:
+        """`submit` and wait for the commit: (message, sent)."""
+        return self.submit(contact, body, message_id).get()
 
     def _store_sends(self, pending: list) -> None:
         links = []

@@ -106,3 +106,38 @@ def test_timestamps_are_utc_milliseconds_across_second_boundaries():
     assert stamps[0] == "2025-11-26T11:59:59.995Z" and stamps[4] == "2025-11-26T11:59:59.999Z"
     assert stamps[5] == "2025-11-26T12:00:00.000Z" and stamps[10] == "2025-11-26T12:00:00.005Z"
     assert stamps[:11] == stamps[11:] and iso_utc(0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_deferred_answers_are_built_when_their_work_is_done():
+    """A handler may return a Deferred (work shared with other requests, e.g. a group
+    commit); `finish` builds the answer, with the handler's error handling."""
+    import gevent
+    import gevent.event
+
+    from chatp2p_core.api import Deferred
+
+    table = CommandTable()
+    results = {}
+
+    def start(_context, data):
+        pending = results[data["key"]] = gevent.event.AsyncResult()
+        return Deferred(pending, lambda done: Reply(done.get() * 2, {"extra": 1}))
+
+    table.add("work", "start", start, (Field("key"),), blocking=False)
+    call = table.prepare({"command": "work", "action": "start", "data": {"key": "a"}, "id": 9})
+    deferred = table.run(None, call)
+    assert isinstance(deferred, Deferred) and not deferred.pending.ready()
+    results["a"].set(21)
+    assert table.finish(call, deferred) == {**table.finish(call, deferred), "success": True, "data": 42,
+                                            "extra": 1, "id": 9}
+    # dispatch (the embedded UI) waits for the work
+    gevent.spawn_later(0.05, lambda: results["b"].set(5))
+    assert table.dispatch(None, {"command": "work", "action": "start", "data": {"key": "b"}})["data"] == 10
+    # errors of the work reach the client like a handler's
+    call = table.prepare({"command": "work", "action": "start", "data": {"key": "c"}})
+    deferred = table.run(None, call)
+    results["c"].set_exception(ApiError("no such thing"))
+    assert table.finish(call, deferred)["error"] == "no such thing"
+    deferred = table.run(None, call)
+    results["c"].set_exception(KeyError("bug"))
+    assert table.finish(call, deferred)["error"] == "Internal error (see the daemon log)"

@@ -108,6 +108,33 @@ def test_pipelining_without_id_keeps_order():
         assert replies[2 * i + 1]["success"] is True
 
 
+def test_pipelined_messages_answered_after_their_commit_keep_order():
+    """send_message is answered once its group commit is done (a deferred answer, no greenlet
+    per request): its answers, errors from the commit included, keep their places."""
+    assert NODE.request("contacts", "add", {"peer": "Later", "public_key": NODE.other_id()})["success"]
+    try:
+        requests = []
+        for i in range(100):
+            requests.append({"command": "p2p", "action": "send_message",
+                             "data": {"peer": "Later", "message": f"m{i}", "message_id": f"order-{i % 60}"}})
+            requests.append({"command": "contacts", "action": "show", "data": {"peer": "Later"}})
+        requests.append({"command": "p2p", "action": "send_message", "id": "with-id",
+                         "data": {"peer": "Later", "message": "x", "message_id": "order-0"}})
+        replies = exchange(b"".join(json.dumps(r).encode() for r in requests), len(requests))
+        for i in range(100):
+            send, show = replies[2 * i], replies[2 * i + 1]
+            if i < 60:
+                assert send["success"] and send["data"] == "Message queued" and send["message_id"] == f"order-{i}"
+            else:
+                assert send["error"] == f"message_id 'order-{i % 60}' was already used for Later"
+            assert show["success"] and show["data"]["name"] == "Later"
+        assert replies[-1]["id"] == "with-id" and "already used" in replies[-1]["error"]
+        history = NODE.request("p2p", "history", {"peer": "Later", "limit": 200})["data"]
+        assert sorted(m["body"] for m in history) == sorted(f"m{i}" for i in range(60))
+    finally:
+        assert NODE.request("contacts", "remove", {"peer": "Later"})["success"]
+
+
 def test_pipelining_with_id():
     requests = [{"command": "contacts", "action": "remove", "data": {"peer": f"n{i}"}, "id": i} for i in range(300)]
     replies = exchange(b"\n".join(json.dumps(r).encode() for r in requests) + b"\n", len(requests))
