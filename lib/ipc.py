@@ -31,6 +31,7 @@ log = logging.getLogger("chatp2p.ipc")
 
 MAX_PENDING_PER_CONNECTION = 256
 RECV_SIZE = 65536
+FLUSH_EVERY = 16  # answers of one read written without waiting for the rest of the read
 WRITE_TIMEOUT = 5.0  # s a closing connection waits for its last answers to be written
 
 
@@ -213,6 +214,8 @@ class _Connection:
                     if kind == "object":
                         self.requests_seen += 1
                         self._start_request(item.value)
+                        if len(self.out) >= FLUSH_EVERY and not self.writing:
+                            self._write_out()  # the client refills its pipeline meanwhile
                     elif kind == "invalid":
                         self.requests_seen += 1  # it began with '{': a client of ours, answer it
                         self._answer(response(False, error=f"Invalid JSON: {item.error}"))
