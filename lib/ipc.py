@@ -31,7 +31,7 @@ log = logging.getLogger("chatp2p.ipc")
 
 MAX_PENDING_PER_CONNECTION = 256
 RECV_SIZE = 65536
-FLUSH_EVERY = 16  # answers of one read written without waiting for the rest of the read
+FLUSH_EVERY = 32  # answers of one read written without waiting for the rest of the read
 WRITE_TIMEOUT = 5.0  # s a closing connection waits for its last answers to be written
 
 
