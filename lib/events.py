@@ -37,8 +37,6 @@ class EventBus:
         self._subscribers: list[Subscriber] = []
         self.endpoints: list[str] = []
         self.published = 0
-        self._stamp_ms = -1          # the timestamp text of the last millisecond, reused
-        self._stamp = ""
         try:
             for endpoint in endpoints:
                 if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
@@ -56,15 +54,8 @@ class EventBus:
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
 
-    def _timestamp(self) -> str:
-        now = time.time()
-        ms = int(now * 1000)
-        if ms != self._stamp_ms:
-            self._stamp_ms, self._stamp = ms, iso_utc(now)
-        return self._stamp
-
     def publish(self, name: str, data: Any) -> dict:
-        event = {"event": name, "data": data, "timestamp": self._timestamp()}
+        event = {"event": name, "data": data, "timestamp": iso_utc(time.time())}
         self.published += 1
         try:
             payload = encode_json(event)
