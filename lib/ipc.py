@@ -25,6 +25,7 @@ import gevent.server
 
 from .api import Call, CommandTable, Deferred, response
 from .jsonstream import JsonStreamScanner
+from .passes import PassRunner
 from .util import encode_json
 
 log = logging.getLogger("chatp2p.ipc")
@@ -173,9 +174,10 @@ class _Connection:
         self.scanner = JsonStreamScanner(server.max_request_bytes)
         self.out: list[bytes] = []                     # encoded answers not yet written
         self.writing = False                           # a greenlet is in sendall for `out`
-        self.writer: gevent.Greenlet | None = None     # writes answers of greenlet requests
         self.ready: collections.deque[tuple] = collections.deque()  # deferred requests done
-        self.finisher: gevent.Greenlet | None = None   # answers `ready`, once per loop pass
+        # Answers the deferred requests done and writes what requests in greenlets queued,
+        # once per loop pass (one send for a whole group commit of pipelined requests).
+        self.answerer = PassRunner(self._answer_pass, "API answers")
         # Answers held for order: an id-less request still running holds back the answers
         # of the id-less requests after it. A slot is [answer or None].
         self.in_order: collections.deque[list] = collections.deque()
@@ -197,9 +199,11 @@ class _Connection:
         try:
             self._read()
         finally:
-            for writer in (self.finisher, self.writer):
-                if writer is not None:
-                    writer.join(WRITE_TIMEOUT)  # the answers of the last requests, then close
+            # the answers of the last requests, then close
+            with gevent.Timeout(WRITE_TIMEOUT, False):
+                while self.answerer.pending or self.writing:
+                    gevent.sleep(0.01)
+            self.answerer.stop()
 
     def _read(self) -> None:
         while not self.closed:
@@ -286,27 +290,19 @@ class _Connection:
                 reply = self.server.table.finish(call, reply)
         finally:
             self._complete(slot, reply)
-            if self.out and not self.writing and self.writer is None:
-                self.writer = gevent.spawn(self._write_later)
+            self.answerer.poke()
 
     def _deferred_ready(self, call: Call, slot: list | None, deferred: Deferred) -> None:
         """Called by the hub when a deferred request's work is done: must not wait."""
         self.ready.append((call, slot, deferred))
-        if self.finisher is None:
-            self.finisher = gevent.spawn(self._finish_ready)
+        self.answerer.poke()
 
-    def _finish_ready(self) -> None:
-        """Answer every deferred request done by now, then write: one greenlet and one
-        sendall for a whole group commit of pipelined requests."""
-        try:
-            while self.ready:
-                while self.ready:
-                    call, slot, deferred = self.ready.popleft()
-                    self._complete(slot, self.server.table.finish(call, deferred))
-                if self.out and not self.writing:
-                    self._write_out()
-        finally:
-            self.finisher = None
+    def _answer_pass(self) -> None:
+        while self.ready:
+            call, slot, deferred = self.ready.popleft()
+            self._complete(slot, self.server.table.finish(call, deferred))
+        if self.out and not self.writing:
+            self._write_out()
 
     def _execute(self, request: dict, call: Call) -> dict | Deferred:
         token = self.server.token
@@ -328,15 +324,6 @@ class _Connection:
         in_order = self.in_order
         while in_order and in_order[0][0] is not None:
             self.out.append(_encode(in_order.popleft()[0]))
-
-    def _write_later(self) -> None:
-        """Write the answers of greenlet requests once the greenlets finishing in this loop
-        pass have all queued theirs (one sendall for a burst of pipelined answers)."""
-        try:
-            if not self.writing:
-                self._write_out()
-        finally:
-            self.writer = None
 
     def _write_out(self) -> None:
         self.writing = True

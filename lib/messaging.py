@@ -39,6 +39,7 @@ import gevent
 import gevent.event
 
 from . import wire
+from .passes import PassRunner
 from .peers import Link, Network
 from .store import Contact, Message, Store, StoreError
 from .util import iso_utc
@@ -184,7 +185,7 @@ class Messenger:
         self._capacity = wire.msg_capacity(network.config.max_datagram)
         self._to_store: list = []                  # (contact, message_id, body, created, waiter)
         self._dirty: dict[bytes, Link] = {}        # links with work for the next pass
-        self._flusher: Optional[gevent.Greenlet] = None
+        self._pass = PassRunner(self._flush, "messaging")
         network.observers.append(self)
 
     def _state(self, link: Link) -> PeerState:
@@ -198,11 +199,12 @@ class Messenger:
         """Have `_flush` run once the current greenlet yields (once per loop pass)."""
         if link is not None:
             self._dirty[link.fingerprint] = link
-        if self._flusher is None:
-            self._flusher = gevent.spawn(self._flush)
+        self._pass.poke()
+
+    def stop(self) -> None:
+        self._pass.stop()
 
     def _flush(self) -> None:
-        self._flusher = None  # whatever becomes due from here on gets another pass
         if self._to_store:
             pending, self._to_store = self._to_store, []
             try:

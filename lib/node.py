@@ -239,6 +239,8 @@ class Node:
         if self.transport is not None and self.transport.running:
             self.transport.stop()
             self.publish("p2p_stopped", {})
+        if self.messenger is not None:
+            self.messenger.stop()
         self.network = None
         self.messenger = None
 
