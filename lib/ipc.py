@@ -165,15 +165,16 @@ class _Connection:
     """One client: reads requests, runs them concurrently, writes responses in the right order.
 
     Requests whose handler never waits run inline in the reading greenlet, and the answers to
-    everything one read brought are written with one sendall; slow requests get a greenlet
-    each and are answered when done (in arrival order if they carry no `id`)."""
+    everything one read brought are written together (every FLUSH_EVERY in a long read);
+    slow requests get a greenlet each, deferred ones a callback, and both are answered by
+    the connection's answer pass when done (in arrival order if they carry no `id`)."""
 
     def __init__(self, server: ApiServer, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
         self.scanner = JsonStreamScanner(server.max_request_bytes)
         self.out: list[bytes] = []                     # encoded answers not yet written
-        self.writing = False                           # a greenlet is in sendall for `out`
+        self.writing = False                           # a greenlet is sending `out`
         self.ready: collections.deque[tuple] = collections.deque()  # deferred requests done
         # Answers the deferred requests done and writes what requests in greenlets queued,
         # once per loop pass (one send for a whole group commit of pipelined requests).
