@@ -174,8 +174,10 @@ class Messenger:
     """Sends and receives chat messages; a LinkObserver of the Network."""
 
     def __init__(self, store: Store, network: Network, publish: Publish,
-                 message_ttl: float = 7 * 86400) -> None:
+                 message_ttl: float = 7 * 86400,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self.clock = clock        # monotonic seconds; tests pass a fake clock
         self.network = network
         self.publish = publish
         self.message_ttl = message_ttl
@@ -332,7 +334,7 @@ class Messenger:
         state = self.states.get(link.fingerprint)
         if state is None:
             return
-        now = time.monotonic()
+        now = self.clock()
         received = self._commit(link, state)
         records: list[Record] = []
         if state.ack_due and link.connected:
@@ -628,7 +630,7 @@ class Messenger:
                 received.append(outgoing)
         if not newly and not received:
             return
-        now = time.monotonic()
+        now = self.clock()
         # Which transmission got through? Unknown for a message sent more than once (ACKs name
         # seqs, not transmissions): count its first one, or a peer merely slow to answer makes
         # the ACK of a probe declare the whole window lost. An original transmission is clear,

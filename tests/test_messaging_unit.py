@@ -14,6 +14,8 @@ from chatp2p_core.peers import Link, LinkState, NetworkConfig
 from chatp2p_core.store import Store
 from chatp2p_core.wire import Ack, Msg
 
+from clock import FakeClock
+
 FP = bytes(range(32))
 
 
@@ -38,7 +40,8 @@ def setup():
         store = Store(pathlib.Path(tmp) / "chatp2p.db")
         contact = store.add_contact("Bob", FP, None)
         network = FakeNetwork()
-        messenger = Messenger(store, network, lambda name, data: network.log.append((name, data)))
+        messenger = Messenger(store, network, lambda name, data: network.log.append((name, data)),
+                              clock=FakeClock())
         link = Link(FP, "Bob", contact.id, state=LinkState.CONNECTED, session=object(), address=("127.0.0.1", 1))
         network.links[FP] = link
         messenger.link_up(link)
@@ -103,18 +106,23 @@ def test_ack_ranges_deliver_segments_only_stop_retransmission(setup):
 
 def test_a_message_sent_before_an_acknowledged_one_is_lost_after_9_8_rtt(setup):
     store, contact, network, messenger, link = setup
+    clock = messenger.clock
     link.rtt.sample(0.010)
     send_all(messenger, contact, ["a"])
     send_all(messenger, contact, ["b"], "n")   # sent after "a", in another pass
     state = messenger.states[FP]
     sent_at = state.outbox[1].last_sent
     network.log.clear()
+    clock.advance(0.010)                       # "b" is acknowledged one RTT later
     messenger.records(link, [Ack((), ((2, 0, state.outbox[2].size),))])
     gevent.sleep(0)
-    if not sent_msgs(network):                 # "a" is younger than 9/8 RTT: the loss timer
-        assert state.loss_time == pytest.approx(sent_at + 9 / 8 * 0.010)
-        messenger.tick(state.loss_time + 0.001)
-        gevent.sleep(0)
+    assert sent_msgs(network) == []            # "a" is younger than 9/8 RTT: a loss timer
+    assert state.loss_time == pytest.approx(sent_at + 9 / 8 * 0.010)
+    messenger.tick(state.loss_time - 0.0005)
+    gevent.sleep(0)
+    assert sent_msgs(network) == []
+    messenger.tick(state.loss_time + 0.001)
+    gevent.sleep(0)
     assert sent_msgs(network) == [(1, 0)]
     assert network.counters["messages_retransmitted"] == 1 and network.counters["messages_lost"] == 1
 
@@ -197,7 +205,7 @@ def test_a_spurious_timeout_resends_one_message_not_the_window(setup):
     assert sent_msgs(network) == [(1, 0)]
     messenger.records(link, [Ack(((1, 10),))])
     gevent.sleep(0)
-    messenger.tick(time_after_losses(state))
+    messenger.tick(time_after_losses(messenger, state))
     gevent.sleep(0)
     assert sent_msgs(network) == [(1, 0)] and network.counters["messages_lost"] == 0
     assert sorted(state.in_flight) == list(range(11, 51))
@@ -212,12 +220,11 @@ def test_a_real_timeout_resends_what_was_sent_before_the_probe(setup):
     _timeout(messenger, state, link)
     messenger.records(link, [Ack(((1, 1),))])
     gevent.sleep(0)
-    messenger.tick(time_after_losses(state))
+    messenger.tick(time_after_losses(messenger, state))
     gevent.sleep(0)
     assert [seq for seq, _ in sent_msgs(network)] == list(range(1, 51))
     assert network.counters["messages_lost"] == 49
 
 
-def time_after_losses(state):
-    import time
-    return max(state.loss_time or 0.0, time.monotonic()) + 0.01
+def time_after_losses(messenger, state):
+    return max(state.loss_time or 0.0, messenger.clock()) + 0.01
