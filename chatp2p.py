@@ -61,8 +61,8 @@ def main_daemon(argv: Sequence[str] | None = None, prog: str = "chatp2pd") -> in
 
 def _refuse_settings(config, prog: str) -> int | None:
     """Settings that make no sense together: the exit code after one clear line, or None."""
-    from chatp2p_core import nat
-    from chatp2p_core.ipc import is_loopback
+    from chatp2p_core.net import nat
+    from chatp2p_core.api.server import is_loopback
 
     try:
         nat.check_settings(nat.NatSettings(tuple(config.stun_urls), tuple(config.rendezvous_servers)))
@@ -116,8 +116,8 @@ def _start_serving(config, prog: str, ready_word: str, locked_message):
 
     Returns (node, server, runtime files, command table), or an exit code after one clear
     line on stderr; `locked_message(exc)` words the data-dir-in-use case for this program."""
-    from chatp2p_core.commands import build_table
-    from chatp2p_core.ipc import ApiServer
+    from chatp2p_core.api.commands import build_table
+    from chatp2p_core.api.server import ApiServer
     from chatp2p_core.lockfile import DataDirLocked
     from chatp2p_core.node import Node
     from chatp2p_core.runtime import RuntimeFiles
@@ -245,7 +245,7 @@ def _run_app_embedded(config, prog: str) -> int:
 
 def _run_app_connected(config, prog: str, host: str, port: int) -> int:
     """The UI attached to a running chatp2pd through its API and event socket."""
-    from chatp2p_core.ctl import ApiClient, DaemonUnreachable, format_address
+    from chatp2p_core.api.ctl import ApiClient, DaemonUnreachable, format_address
     from chatp2p_core.runtime import read_token
     from chatp2p_ui import app as ui_app
     from chatp2p_ui.client import RemoteBackend
@@ -312,8 +312,8 @@ def main_app(argv: Sequence[str] | None = None) -> int:
 
 
 def main_ctl(argv: Sequence[str] | None = None) -> int:
-    """Command-line client of the API (see chatp2p_core.ctl)."""
-    from chatp2p_core.ctl import main
+    """Command-line client of the API (see chatp2p_core.api.ctl)."""
+    from chatp2p_core.api.ctl import main
     return main(sys.argv[1:] if argv is None else list(argv))
 
 

@@ -7,7 +7,8 @@ setup(
     description="Peer-to-peer terminal chat with post-quantum end-to-end encryption",
     python_requires=">=3.11",
     py_modules=["chatp2p"],
-    packages=["chatp2p_core", "chatp2p_ui", "chatp2p_ui.views"],
+    packages=["chatp2p_core", "chatp2p_core.codec", "chatp2p_core.crypto", "chatp2p_core.net",
+              "chatp2p_core.services", "chatp2p_core.api", "chatp2p_ui", "chatp2p_ui.views"],
     package_dir={"chatp2p_core": "lib", "chatp2p_ui": "ui"},
     scripts=["bin/chatp2p", "bin/chatp2pd", "bin/chatp2pctl"],
     install_requires=[
@@ -21,5 +22,5 @@ setup(
         "urwid>=2.6",
         "cryptography>=42",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "import-linter>=2.1"]},
 )

@@ -11,7 +11,7 @@ import argparse
 import time
 from typing import Callable
 
-from chatp2p_core import pqc
+from chatp2p_core.crypto import pqc
 
 
 def rate(op: Callable[[], object], seconds: float) -> float:

@@ -15,9 +15,9 @@ import statistics
 import time
 from typing import Callable, TypeVar
 
-from chatp2p_core import pqc
-from chatp2p_core.handshake import Authenticated, Established, Initiator, Listener
-from chatp2p_core.identity import Identity
+from chatp2p_core.crypto import pqc
+from chatp2p_core.crypto.handshake import Authenticated, Established, Initiator, Listener
+from chatp2p_core.crypto.identity import Identity
 
 T = TypeVar("T")
 ADDRESS = ("198.51.100.7", 40000)

@@ -14,18 +14,19 @@ from typing import Any
 
 import gevent
 
-from . import __version__, identity as ident, pqc
+from . import __version__
+from .crypto import identity as ident, pqc
 from .config import Config
-from .contacts import ContactBook
+from .services.contacts import ContactBook
 from .events import EventBus
-from .lan import LanDiscovery
+from .net.lan import LanDiscovery
 from .lockfile import DataDirLock
-from .nat import NatSettings, NatTraversal, TurnServer
-from .messaging import Messenger
-from .peers import LinkState, Network, NetworkConfig, parse_address
+from .net.nat import NatSettings, NatTraversal, TurnServer
+from .services.messaging import Messenger
+from .net.peers import LinkState, Network, NetworkConfig, parse_address
 from .store import Store
-from .transfer import Transfers
-from .transport import Transport
+from .services.transfer import Transfers
+from .net.transport import Transport
 from .util import ensure_private_dir
 
 log = logging.getLogger("chatp2p.node")

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from chatp2p_core.ctl import ApiClient
+from chatp2p_core.api.ctl import ApiClient
 
 # Safe defaults first: extra arguments come later on the command line and win.
 BASE_ARGS = ("--ipc-port", "0", "--p2p-port", "0", "--p2p-host", "127.0.0.1")

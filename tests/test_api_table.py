@@ -3,7 +3,7 @@
 import json
 import re
 
-from chatp2p_core.api import ApiError, CommandTable, Field, Reply, coerce, response, validate
+from chatp2p_core.api.table import ApiError, CommandTable, Field, Reply, coerce, response, validate
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -90,7 +90,7 @@ def test_optional_fields_get_defaults():
 
 def test_an_unencodable_answer_becomes_an_internal_error_with_its_id():
     """A handler bug (a value JSON cannot hold, a cycle) costs an error answer, not the connection."""
-    from chatp2p_core.ipc import _encode
+    from chatp2p_core.api.server import _encode
     cycle: list = []
     cycle.append(cycle)
     for data in (object(), b"bytes", cycle):
@@ -114,7 +114,7 @@ def test_deferred_answers_are_built_when_their_work_is_done():
     import gevent
     import gevent.event
 
-    from chatp2p_core.api import Deferred
+    from chatp2p_core.api.table import Deferred
 
     table = CommandTable()
     results = {}

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 
-from chatp2p_core import ctl
+from chatp2p_core.api import ctl
 
 from daemon import Daemon
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from chatp2p_core import handshake as hs, pqc, wire
-from chatp2p_core.handshake import (
+from chatp2p_core.crypto import handshake as hs, pqc
+from chatp2p_core.codec import wire
+from chatp2p_core.crypto.handshake import (
     Authenticated,
     CookieJar,
     Established,
@@ -24,9 +25,9 @@ from chatp2p_core.handshake import (
     ListenerConfig,
     ResponderState,
 )
-from chatp2p_core.identity import Identity
-from chatp2p_core.session import Role, Session, Suite
-from chatp2p_core.wire import Msg, PacketType, Ping
+from chatp2p_core.crypto.identity import Identity
+from chatp2p_core.crypto.session import Role, Session, Suite
+from chatp2p_core.codec.wire import Msg, PacketType, Ping
 
 ADDR_I = ("198.51.100.7", 40000)
 ADDR_R = ("203.0.113.9", 50000)

@@ -10,7 +10,7 @@ import struct
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from chatp2p_core import identity as ident, pqc
+from chatp2p_core.crypto import identity as ident, pqc
 
 BACKEND = pqc.PycryptodomeBackend()
 ALICE = ident.Identity.generate(BACKEND)

@@ -23,7 +23,7 @@ def test_a_non_editable_install_has_every_module():
             present = {p.relative_to(installed / package) for p in (installed / package).rglob("*.py")}
             assert wanted <= present, f"{package} lacks {sorted(map(str, wanted - present))}"
         env = dict(os.environ, PYTHONPATH=target)
-        code = "import chatp2p, chatp2p_ui.app, chatp2p_core.node, chatp2p_core.commands; print('ok')"
+        code = "import chatp2p, chatp2p_ui.app, chatp2p_core.node, chatp2p_core.api.commands; print('ok')"
         done = subprocess.run([sys.executable, "-c", code], cwd=target, env=env, capture_output=True, text=True,
                               timeout=60)
         assert done.stdout.strip() == "ok", done.stderr

@@ -5,7 +5,7 @@ import time
 
 from hypothesis import given, settings, strategies as st
 
-from chatp2p_core.jsonstream import BOM, JsonStreamScanner
+from chatp2p_core.codec.jsonstream import BOM, JsonStreamScanner
 
 
 def objects(items):

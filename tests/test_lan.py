@@ -12,7 +12,7 @@ import time
 import pytest
 from hypothesis import given, strategies as st
 
-from chatp2p_core import lan
+from chatp2p_core.net import lan
 from daemon import Daemon
 from netns import lan_segment, netns_available
 

@@ -19,7 +19,7 @@ import threading
 import time
 
 
-from chatp2p_core import identity as ident
+from chatp2p_core.crypto import identity as ident
 from daemon import Daemon
 from events import Events
 from netproxy import ImpairmentProxy

@@ -8,11 +8,11 @@ import tempfile
 import gevent
 import pytest
 
-from chatp2p_core import messaging
-from chatp2p_core.messaging import Messenger
-from chatp2p_core.peers import Link, LinkState, NetworkConfig
+from chatp2p_core.services import messaging
+from chatp2p_core.services.messaging import Messenger
+from chatp2p_core.net.peers import Link, LinkState, NetworkConfig
 from chatp2p_core.store import Store
-from chatp2p_core.wire import Ack, Msg
+from chatp2p_core.codec.wire import Ack, Msg
 
 from clock import FakeClock
 
@@ -186,7 +186,7 @@ def test_ack_records_fit_a_datagram(setup):
     gevent.sleep(0)
     (ack,) = network.log[0][1]
     assert ack.ranges == () and len(ack.segments) == messaging.MAX_ACK_ITEMS
-    from chatp2p_core import wire
+    from chatp2p_core.codec import wire
     assert len(wire.encode_record(ack)) <= wire.payload_capacity(wire.MAX_DATAGRAM)
 
 

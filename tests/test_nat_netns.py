@@ -45,7 +45,7 @@ KEEPALIVE = "5"
 # stdout line (a fresh API connection each time: the server closes idle ones).
 HELPER = r"""
 import json, sys
-from chatp2p_core.ctl import ApiClient
+from chatp2p_core.api.ctl import ApiClient
 run = json.load(open(sys.argv[1]))
 for line in sys.stdin:
     request = json.loads(line)

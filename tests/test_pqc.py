@@ -10,7 +10,7 @@ from Crypto.PublicKey import MLDSA
 from Crypto.Signature import mldsa
 from hypothesis import given, settings, strategies as st
 
-from chatp2p_core import pqc
+from chatp2p_core.crypto import pqc
 
 # X-Wing test vector 1 (draft-connolly-cfrg-xwing-kem-08, Appendix C); the 1216-byte public
 # key and the 1120-byte ciphertext are given by their SHA-256

@@ -66,7 +66,7 @@ def test_restarted_node_reconnects_and_queue_drains():
 def test_higher_node_restarting_right_after_a_handshake_is_not_locked_out():
     """The lower node refuses a peer's handshake while its own is fresh (simultaneous open,
     PROTOCOL §4.5) — but not one the peer began afterwards, as a restarted peer does."""
-    from chatp2p_core.identity import parse_id
+    from chatp2p_core.crypto.identity import parse_id
 
     one = Daemon(os.path.join(TMP, "one")).start()
     two = Daemon(os.path.join(TMP, "two")).start()

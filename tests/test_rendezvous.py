@@ -9,9 +9,10 @@ import dataclasses
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from chatp2p_core import identity as ident, pqc, wire
-from chatp2p_core import rendezvous as rv
-from chatp2p_core.rendezvous import (
+from chatp2p_core.crypto import identity as ident, pqc
+from chatp2p_core.codec import wire
+from chatp2p_core.net import rendezvous as rv
+from chatp2p_core.net.rendezvous import (
     Candidate,
     CandidateType,
     ClientConfig,

@@ -16,10 +16,11 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from chatp2p_core import handshake as hs, identity as ident, pqc, wire
-from chatp2p_core.handshake import Authenticated, Established, FailReason, Failed, Initiator, Listener
-from chatp2p_core.identity import Identity, IdentityError, Rollover, make_rollover, verify_rollover
-from chatp2p_core.wire import PacketType
+from chatp2p_core.crypto import handshake as hs, identity as ident, pqc
+from chatp2p_core.codec import wire
+from chatp2p_core.crypto.handshake import Authenticated, Established, FailReason, Failed, Initiator, Listener
+from chatp2p_core.crypto.identity import Identity, IdentityError, Rollover, make_rollover, verify_rollover
+from chatp2p_core.codec.wire import PacketType
 from daemon import Daemon
 from events import Events
 from test_handshake import run

@@ -6,7 +6,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from chatp2p_core import identity as ident, pqc, sealed
+from chatp2p_core.crypto import identity as ident, pqc, sealed
 
 BACKEND = pqc.PycryptodomeBackend()
 ALICE = ident.Identity.generate(BACKEND)

@@ -5,8 +5,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from chatp2p_core import wire
-from chatp2p_core.session import (
+from chatp2p_core.codec import wire
+from chatp2p_core.crypto.session import (
     DropReason,
     FrameDropped,
     ReplayWindow,
@@ -17,7 +17,7 @@ from chatp2p_core.session import (
     SessionKeys,
     Suite,
 )
-from chatp2p_core.wire import Close, Msg, Padding, Ping, Pong
+from chatp2p_core.codec.wire import Close, Msg, Padding, Ping, Pong
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,9 +10,10 @@ import pytest
 from gevent import socket as gsocket
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from chatp2p_core import natinfo, stun, wire
-from chatp2p_core.stun import Attr, Class, Message, Method, StunError, StunResponseError, StunTimeout
-from chatp2p_core.transport import Transport
+from chatp2p_core.net import natinfo, stun
+from chatp2p_core.codec import wire
+from chatp2p_core.net.stun import Attr, Class, Message, Method, StunError, StunResponseError, StunTimeout
+from chatp2p_core.net.transport import Transport
 from coturn import Coturn, turnserver_path
 from netproxy import ImpairmentProxy
 

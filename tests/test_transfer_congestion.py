@@ -3,7 +3,7 @@ state driven by a fake clock."""
 
 import math
 
-from chatp2p_core.congestion import (
+from chatp2p_core.services.congestion import (
     BETA, MIN_PTO, RTT_FLOOR, Bbr, Recovery, SentPacket,
 )
 

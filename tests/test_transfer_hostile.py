@@ -14,8 +14,8 @@ import sys
 import tempfile
 import time
 
-from chatp2p_core import filecodec as fc
-from chatp2p_core.wire import RawRecord, WireError
+from chatp2p_core.codec import filecodec as fc
+from chatp2p_core.codec.wire import RawRecord, WireError
 from events import Events
 from test_transfer import ok
 from daemon import Daemon
@@ -27,7 +27,8 @@ PEER = r'''
 from gevent import monkey; monkey.patch_all()
 import hashlib, json, sys, time
 import gevent
-from chatp2p_core import config as cfg, filecodec as fc
+from chatp2p_core import config as cfg
+from chatp2p_core.codec import filecodec as fc
 from chatp2p_core.node import Node
 
 data_dir, home = sys.argv[1], sys.argv[2]
@@ -292,7 +293,7 @@ def test_range_sets():
 def test_large_records_arrive_as_views_only_for_file_data():
     """The receiver decodes large DATA without copying it (a view of the decrypted payload);
     any other large record, hostile or not, reaches its decoder as bytes or is refused."""
-    from chatp2p_core import wire
+    from chatp2p_core.codec import wire
 
     tid = fc.transfer_wire_id("x")
     data = fc.Data(tid, 7, 1 << 20, b"z" * 30000)

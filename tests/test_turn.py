@@ -10,10 +10,11 @@ import pytest
 from gevent import socket as gsocket
 from hypothesis import given, settings, strategies as st
 
-from chatp2p_core import stun, turn, wire
-from chatp2p_core.stun import Attr, Class, Method
-from chatp2p_core.transport import Transport
-from chatp2p_core.turn import TurnClient, TurnError, TurnResponseError, TurnState
+from chatp2p_core.net import stun, turn
+from chatp2p_core.codec import wire
+from chatp2p_core.net.stun import Attr, Class, Method
+from chatp2p_core.net.transport import Transport
+from chatp2p_core.net.turn import TurnClient, TurnError, TurnResponseError, TurnState
 from coturn import Coturn, turnserver_path
 
 USER, PASSWORD = "alice", "s3cret"

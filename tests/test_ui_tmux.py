@@ -24,7 +24,7 @@ import uuid
 
 import wcwidth
 
-from chatp2p_core.ctl import ApiClient
+from chatp2p_core.api.ctl import ApiClient
 from chatp2p_core.lockfile import DataDirLock
 from daemon import Daemon
 

@@ -5,8 +5,8 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from chatp2p_core import wire
-from chatp2p_core.wire import (
+from chatp2p_core.codec import wire
+from chatp2p_core.codec.wire import (
     Ack,
     Close,
     CookiePacket,

@@ -132,7 +132,7 @@ class RemoteBackend:
 
     # -- requests ---------------------------------------------------------------------------
     def _take(self):
-        from chatp2p_core.ctl import ApiClient
+        from chatp2p_core.api.ctl import ApiClient
 
         now = time.monotonic()
         while self._idle:
@@ -143,7 +143,7 @@ class RemoteBackend:
         return ApiClient.connect(self.host, self.port, self.token, self.timeout), False
 
     def call(self, command: str, action: Optional[str] = None, data: Any = None) -> Reply:
-        from chatp2p_core.ctl import ApiConnectionError, DaemonUnreachable
+        from chatp2p_core.api.ctl import ApiConnectionError, DaemonUnreachable
 
         for attempt in (1, 2):
             client, reused = self._take()
@@ -174,7 +174,7 @@ class RemoteBackend:
         import zmq.green as zmq
         from zmq.utils.monitor import recv_monitor_message
 
-        from chatp2p_core.ctl import pick_event_endpoint
+        from chatp2p_core.api.ctl import pick_event_endpoint
 
         try:
             reply = self.call("status")

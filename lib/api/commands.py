@@ -13,13 +13,14 @@ from typing import Any
 
 import gevent
 
-from . import identity as ident, nat, sealed
-from .api import ApiError, CommandTable, Deferred, Field, Reply
-from .messaging import MessageError
-from .transfer import TransferError
-from .node import Node
-from .peers import Link, LinkState, parse_address
-from .util import iso_utc
+from ..crypto import identity as ident, sealed
+from ..net import nat
+from .table import ApiError, CommandTable, Deferred, Field, Reply
+from ..services.messaging import MessageError
+from ..services.transfer import TransferError
+from ..node import Node
+from ..net.peers import Link, LinkState, parse_address
+from ..util import iso_utc
 
 NAME = Field("peer", "str", max_len=64)
 NAME_OR_ID = Field("peer", "str", max_len=128)   # an ID is 69 characters with its dashes

@@ -17,8 +17,8 @@ import socket
 import sys
 from typing import Any, Iterable, Sequence, TextIO
 
-from .config import DEFAULT_DATA_DIR
-from .runtime import read_endpoints, read_token
+from ..config import DEFAULT_DATA_DIR
+from ..runtime import read_endpoints, read_token
 
 PROG = "chatp2pctl"
 DEFAULT_HOST = "127.0.0.1"

@@ -23,10 +23,10 @@ import gevent.lock
 import gevent.pool
 import gevent.server
 
-from .api import Call, CommandTable, Deferred, response
-from .jsonstream import JsonStreamScanner
-from .passes import PassRunner
-from .util import encode_json
+from .table import Call, CommandTable, Deferred, response
+from ..codec.jsonstream import JsonStreamScanner
+from ..passes import PassRunner
+from ..util import encode_json
 
 log = logging.getLogger("chatp2p.ipc")
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import gevent.event
 
-from .util import iso_utc
+from ..util import iso_utc
 
 log = logging.getLogger("chatp2p.api")
 

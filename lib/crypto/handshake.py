@@ -41,10 +41,11 @@ from typing import Callable, Optional, Union
 
 from cryptography.exceptions import InvalidTag
 
-from . import pqc, wire
+from . import pqc
+from ..codec import wire
 from .identity import MAX_ROLLOVER_LEN, Bundle, Identity, IdentityError, Rollover, verify_rollover
 from .session import LABEL_I2R, LABEL_R2I, SECRET_LEN, Role, SessionKeys, Suite, hkdf, hkdf_expand, make_aead
-from .wire import (
+from ..codec.wire import (
     AEAD_TAG_LEN,
     CONFIRM_LEN,
     CONN_ID_LEN,

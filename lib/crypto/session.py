@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
-from . import wire
-from .wire import (
+from ..codec import wire
+from ..codec.wire import (
     AEAD_TAG_LEN,
     CONN_ID_LEN,
     DATA_HEADER_LEN,

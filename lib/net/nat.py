@@ -17,11 +17,13 @@ from typing import Callable, Optional
 
 import gevent
 
-from . import identity as ident, natinfo, rendezvous as rv, stun, turn, wire
+from ..crypto import identity as ident
+from . import natinfo, rendezvous as rv, stun, turn
+from ..codec import wire
 from .peers import Address, Link, Network, _fmt
-from .store import Contact, Store
+from ..store import Contact, Store
 from .transport import Transport
-from .wire import RawRecord
+from ..codec.wire import RawRecord
 
 log = logging.getLogger("chatp2p.nat")
 

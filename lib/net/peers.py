@@ -21,13 +21,14 @@ from typing import Callable, Iterable, Optional, Protocol
 import gevent
 import gevent.event
 
-from . import identity as ident, wire
-from .handshake import (Authenticated, Established, Failed, FailReason, Initiator, InitiatorState,
+from ..crypto import identity as ident
+from ..codec import wire
+from ..crypto.handshake import (Authenticated, Established, Failed, FailReason, Initiator, InitiatorState,
                         Listener, ListenerConfig, Output, accept_incoming)
-from .session import FrameDropped, Session, SessionConfig, SessionError
-from .store import Contact, Store, StoreError
+from ..crypto.session import FrameDropped, Session, SessionConfig, SessionError
+from ..store import Contact, Store, StoreError
 from .transport import Transport
-from .wire import Close, PacketType, Ping, Pong, Record, WireError
+from ..codec.wire import Close, PacketType, Ping, Pong, Record, WireError
 
 log = logging.getLogger("chatp2p.peers")
 

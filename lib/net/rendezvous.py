@@ -43,8 +43,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Hashable, NamedTuple, Optional, Sequence, Union
 
-from . import identity as ident, pqc, wire
-from .wire import RawRecord
+from ..crypto import identity as ident, pqc
+from ..codec import wire
+from ..codec.wire import RawRecord
 
 REQUEST_ID_LEN = 16
 NONCE_LEN = 8

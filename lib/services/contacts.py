@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import identity as ident
-from .api import ApiError
-from .store import Contact, DuplicateError, NotFoundError, Store, StoreError
-from .util import iso_utc
+from ..crypto import identity as ident
+from ..api.table import ApiError
+from ..store import Contact, DuplicateError, NotFoundError, Store, StoreError
+from ..util import iso_utc
 
 Publish = Callable[[str, Any], Any]
 

@@ -38,12 +38,12 @@ from typing import Callable, Optional
 import gevent
 import gevent.event
 
-from . import wire
-from .passes import PassRunner
-from .peers import Link, Network
-from .store import Contact, Message, Store, StoreError
-from .util import iso_utc
-from .wire import Ack, Msg, Record
+from ..codec import wire
+from ..passes import PassRunner
+from ..net.peers import Link, Network
+from ..store import Contact, Message, Store, StoreError
+from ..util import iso_utc
+from ..codec.wire import Ack, Msg, Record
 
 log = logging.getLogger("chatp2p.messaging")
 

@@ -42,19 +42,19 @@ from typing import Callable, Optional
 import gevent
 import gevent.event
 
-from . import wire
+from ..codec import wire
 from .congestion import Bbr, Recovery, SentPacket
-from .filecodec import (
+from ..codec.filecodec import (
     DEFAULT_CHUNK, FILE_TYPES, FileRecordType, MAX_ACCEPT_RANGES, MAX_ACK_RANGES, MAX_CHUNK, MAX_FILE_SIZE,
     MAX_TRANSFER_ID_CHARS, MIN_CHUNK, AckRecord, Answer, AnswerRecord, Data, End, Halt, HaltRecord,
     Offer, Probe, ProbeAck, RangeSet, UnsafeName, check_file_name, chunk_ranges, chunks_to_bytes,
     data_capacity, data_record_header, decode_file_record, format_ranges, numbered_name,
     parse_ranges, source_tag, to_raw, transfer_wire_id,
 )
-from .peers import Link, Network
-from .session import SessionError
-from .store import Contact, DuplicateError, Store
-from .wire import RawRecord, WireError
+from ..net.peers import Link, Network
+from ..crypto.session import SessionError
+from ..store import Contact, DuplicateError, Store
+from ..codec.wire import RawRecord, WireError
 
 log = logging.getLogger("chatp2p.transfer")
 

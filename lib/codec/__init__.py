@@ -1,0 +1,1 @@
+"""Pure codecs: bytes <-> objects, no I/O. The lowest layer; imports nothing of the project above it."""

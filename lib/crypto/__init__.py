@@ -1,0 +1,1 @@
+"""Post-quantum identity, handshake, sessions and sealed envelopes. Uses only the codecs below it."""
