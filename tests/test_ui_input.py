@@ -7,7 +7,7 @@ import tempfile
 from chatp2p_core import config as cfg
 from chatp2p_ui import commands as slash
 from chatp2p_ui import keys
-from chatp2p_ui.app import load_ui_config
+from chatp2p_ui.settings import load_ui_config
 from chatp2p_ui.theme import MONO, THEMES, Theme, color_depth
 
 
