@@ -29,6 +29,7 @@ from .theme import Theme
 from .views import chat_dialogs
 from .views.dialogs import Dialog
 from .views.help import help_dialog
+from .views.conversation import ConversationView
 from .views.prompt import Prompt
 
 __all__ = ["App", "UiSettings", "load_ui_config", "run"]
@@ -72,7 +73,7 @@ class App:
         return self.layout.prompt
 
     @property
-    def conversation(self):
+    def conversation(self) -> ConversationView:
         return self.layout.conversation
 
     @property
