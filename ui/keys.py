@@ -176,10 +176,6 @@ class KeyMap:
     def primary(self, action: str) -> str:
         return self.keys[action][0]
 
-    def bound(self, key: str, action: str) -> bool:
-        """Whether `key` triggers `action` (widgets ask this instead of naming keys)."""
-        return key in self.keys[action]
-
     def label(self, action: str) -> str:
         """The first key of `action` as the help writes it ('Ctrl-N'), for texts that name a key."""
         return display_key(self.primary(action))
