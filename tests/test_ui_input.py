@@ -7,7 +7,7 @@ import tempfile
 from chatp2p_core import config as cfg
 from chatp2p_ui import commands as slash
 from chatp2p_ui import keys
-from chatp2p_ui.app import load_ui_config
+from chatp2p_ui.settings import load_ui_config
 from chatp2p_ui.theme import MONO, THEMES, Theme, color_depth
 
 
@@ -130,5 +130,7 @@ def test_shipped_conf_documents_every_key_binding():
     text = (pathlib.Path(__file__).resolve().parent.parent / "conf" / "chatp2p.conf").read_text()
     keys_section = text.split("[keys]", 1)[1].split("\n[", 1)[0]
     for binding in keys.BINDINGS:
-        assert f"# {binding.action} = {', '.join(binding.keys)}" in keys_section, binding.action
+        line = f"{binding.action} = {', '.join(keys.conf_name(k) for k in binding.keys)}"
+        assert "# " + line in keys_section, binding.action
+        assert keys.KeyMap({binding.action: line.split(" = ", 1)[1]}).keys[binding.action] == binding.keys
     assert "[ui]" in text and "# bell = true" in text and "[theme]" in text

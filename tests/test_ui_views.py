@@ -6,6 +6,7 @@ synchronously, so every keypress is followed by its answers before the next line
 
 import datetime
 import os
+import pathlib
 import tempfile
 
 import urwid
@@ -15,6 +16,7 @@ from chatp2p_ui import app as ui_app
 from chatp2p_ui.client import Client
 from chatp2p_ui.keys import KeyMap
 from chatp2p_ui.model import Model
+from chatp2p_ui.settings import load_ui_config
 from chatp2p_ui.views.chrome import SizeGuard
 from chatp2p_ui.views.conversation import ConversationView
 from chatp2p_ui.views.prompt import Prompt
@@ -125,11 +127,11 @@ class FakeBackend:
         pass
 
 
-def make_app(contacts=(), history=None):
+def make_app(contacts=(), history=None, keymap=None):
     backend = FakeBackend(contacts)
     backend.history = history or {}
     client = Client(backend, post=lambda fn: fn(), spawn=lambda fn: fn())
-    app = ui_app.App(client, KeyMap(), later=lambda seconds, fn: None)
+    app = ui_app.App(client, keymap or KeyMap(), later=lambda seconds, fn: None)
     app.start()
     return app, backend
 
@@ -449,3 +451,76 @@ def test_conversation_view_alone_renders_the_model():
     prompt.set_text("a\nb\nc\nd\ne")
     canvas = prompt.render((20,), True)
     assert canvas.rows() == 3 and canvas.cursor == (1, 2)   # the end stays visible
+
+
+def keymap_from_conf(keys_section):
+    """A keymap through the real path: a conf file's [keys] section read by load_ui_config."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp, "chatp2p.conf")
+        path.write_text("[keys]\n" + keys_section)
+        keymap, _theme, _settings, errors = load_ui_config(path, environ={})
+    assert errors == []
+    return keymap
+
+
+def test_remapped_cancel_and_help_keys_replace_esc_and_f1():
+    keymap = keymap_from_conf("cancel = ctrl g\nhelp = F2\n")
+    app, _ = make_app(bob_and_carol(), keymap=keymap)
+    size = (120, 60)
+    assert "F2 help" in screen(app)[-1]
+    app.root.keypress(size, "f1")                          # the old help key does nothing now
+    assert not app.dialogs
+    app.root.keypress(size, "f2")
+    assert app.dialogs
+    text = text_of(app, size)
+    assert "Help — Ctrl-G or F2 closes" in text and "Esc or F1" not in text
+    help_rows = [row for row in text.splitlines() if "Show or close this help" in row or "Close a dialog" in row]
+    assert len(help_rows) == 2 and "F2" in help_rows[0] + help_rows[1] and "Ctrl-G" in help_rows[0] + help_rows[1]
+    assert not any("F1" in row or "Esc" in row for row in help_rows)
+    app.root.keypress(size, "esc")                         # the old cancel key no longer closes it
+    assert app.dialogs
+    app.root.keypress(size, "ctrl g")
+    assert not app.dialogs
+    type_line(app, "/myid")                                # any dismissable dialog, same keys
+    assert app.dialogs
+    app.root.keypress(size, "esc")
+    assert app.dialogs
+    app.root.keypress(size, "ctrl g")
+    assert not app.dialogs
+    for ch in "draft":                                     # cancel also clears the input line
+        app.root.keypress(size, ch)
+    app.root.keypress(size, "esc")
+    assert app.prompt.text == "draft"
+    app.root.keypress(size, "ctrl g")
+    assert app.prompt.text == ""
+    app.set_focus("contacts")                              # '?' was a help key only by default
+    app.root.keypress(size, "?")
+    assert not app.dialogs
+
+
+def test_remapped_open_and_scroll_keys():
+    history = {"Bob": [{"id": i, "message_id": str(i), "direction": "in", "body": f"message {i}",
+                        "state": "received", "created": iso(1e9 + i)} for i in range(1, 200)]}
+    keymap = keymap_from_conf("open = ctrl o\nscroll_up = ctrl u\n")
+    app, _ = make_app(bob_and_carol(), history, keymap=keymap)
+    app.open_chat(CAROL)
+    app.set_focus("contacts")
+    app.layout.contacts.focus_on(BOB)
+    assert app.layout.contacts.focused_fingerprint() == BOB
+    app.root.keypress((120, 40), "enter")                  # no longer opens
+    app.root.keypress((120, 40), " ")
+    assert app.model.open_chat == CAROL
+    app.root.keypress((120, 40), "ctrl o")
+    assert app.model.open_chat == BOB and app.focus_area == "input"
+    app.set_focus("conversation")
+    app.root.keypress((120, 40), "page up")                # urwid's own page key does not scroll either
+    assert "message 199" in "\n".join(conversation_rows(app))
+    app.root.keypress((120, 40), "ctrl u")
+    assert "message 199" not in "\n".join(conversation_rows(app))
+
+
+def test_every_key_action_and_command_has_its_handler():
+    from chatp2p_ui import commands, key_actions, keys
+    assert set(key_actions.KEY_ACTIONS) == set(keys.all_actions())
+    assert all(callable(command.handler) for command in commands.COMMANDS)
+    assert not [name for name in dir(ui_app.App) if name.startswith("cmd_")]

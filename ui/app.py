@@ -1,9 +1,6 @@
-"""The controller: builds the widgets, routes keys and commands, talks to the core, runs urwid.
-
-    header     me, short ID, P2P state, NAT, online count
-    contacts │ conversation (title, days, messages, transfers)
-    input line (grows with Alt-Enter)
-    footer     key hints, or a notice
+"""The controller: owns the model and the client, reacts to the daemon's answers and events, and
+runs urwid. What keys and commands do is in key_actions.py, command_actions.py and
+transfer_actions.py; how the screen is built in layout.py; the widgets in views/.
 
 Everything runs on urwid's loop; network work happens in greenlets started by `Client`, whose
 answers come back through the `Bridge` (see client.py). `App` can be driven without a
@@ -12,133 +9,36 @@ terminal (tests build one with a synchronous client and render `app.root`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import pathlib
 import time
 import uuid
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Optional
 
 import urwid
 
 from . import commands as slash
+from . import key_actions
+from . import transfer_actions
 from .client import Client
-from .keys import KeyMap, is_printable
-from .model import Model, Transfer
+from .keys import KeyMap
+from .layout import Layout
+from .model import Model
+from .settings import UiSettings, load_ui_config
 from .theme import Theme
-from .views import dialogs
-from .views.chrome import Footer, Header, SizeGuard
-from .views.contacts import ContactList
+from .views import chat_dialogs
+from .views.dialogs import Dialog
+from .views.help import help_dialog
 from .views.conversation import ConversationView
 from .views.prompt import Prompt
+
+__all__ = ["App", "UiSettings", "load_ui_config", "run"]
 
 log = logging.getLogger("chatp2p.ui")
 
 HISTORY_PAGE = 200
 REFRESH_SECONDS = 5.0
 NOTICE_SECONDS = 6.0
-FOCUS_ORDER = ("input", "contacts", "conversation")
-# File transfers: the API actions (p2p send_file is the seed protocol's, the others extensions).
-TRANSFER_ACTIONS = {
-    "send": ("p2p", "send_file"),
-    "accept": ("p2p", "accept_file"),
-    "reject": ("p2p", "reject_file"),
-    "cancel": ("p2p", "cancel_transfer"),
-    "pause": ("p2p", "pause_transfer"),
-    "resume": ("p2p", "resume_transfer"),
-    "list": ("p2p", "transfers"),
-}
-
-
-@dataclasses.dataclass
-class UiSettings:
-    """The conf file's `[ui]` section."""
-
-    bell: bool = True
-    errors: list = dataclasses.field(default_factory=list)
-
-    @classmethod
-    def from_section(cls, values: Mapping[str, str]) -> "UiSettings":
-        settings = cls()
-        for key, raw in values.items():
-            if key == "bell":
-                value = raw.strip().lower()
-                if value in ("1", "true", "yes", "on"):
-                    settings.bell = True
-                elif value in ("0", "false", "no", "off"):
-                    settings.bell = False
-                else:
-                    settings.errors.append(f"[ui] bell: {raw!r} is not a boolean (true/false)")
-            else:
-                settings.errors.append(f"[ui] {key}: unknown setting (known: bell)")
-        return settings
-
-
-def load_ui_config(config_path: Optional[pathlib.Path], environ: Optional[Mapping[str, str]] = None
-                   ) -> tuple[KeyMap, Theme, UiSettings, list[str]]:
-    """Key bindings, theme and UI settings from the conf file; errors are reported, not fatal."""
-    from chatp2p_core.config import read_sections
-
-    from . import keys as keys_mod
-    from . import theme as theme_mod
-
-    errors: list[str] = []
-    try:
-        keys_sections = read_sections(config_path, "keys")
-        theme_sections = read_sections(config_path, "theme")
-        ui_sections = read_sections(config_path, "ui")
-    except Exception as exc:   # the core already parsed the file; this is belt and braces
-        errors.append(f"{config_path}: {exc}")
-        keys_sections = theme_sections = ui_sections = {}
-    keymap = KeyMap(keys_mod.parse_overrides(keys_sections))
-    theme = theme_mod.from_sections(theme_sections, environ)
-    settings = UiSettings.from_section(ui_sections.get("ui") or {})
-    errors += keymap.errors + theme.errors + settings.errors
-    return keymap, theme, settings, errors
-
-
-class KeyRouter(urwid.WidgetWrap):
-    """The top widget: global bindings first, then the focused widget."""
-
-    def __init__(self, body: urwid.Widget, app: "App") -> None:
-        self.app = app
-        super().__init__(body)
-
-    def keypress(self, size, key):
-        if self.app.pre_key(key):
-            return None
-        return super().keypress(size, key)
-
-
-class Modal(urwid.WidgetWrap):
-    """The chat with a dialog centred on top; the dialog's width adapts to the screen."""
-
-    def __init__(self, dialog: dialogs.Dialog, bottom: urwid.Widget) -> None:
-        self.dialog = dialog
-        self.bottom = bottom
-        super().__init__(bottom)
-
-    def _overlay(self, size) -> urwid.Overlay:
-        cols, rows = size
-        width = max(10, min(self.dialog.width, cols - 2))
-        height: Any = max(3, rows - 2) if self.dialog.box else "pack"
-        return urwid.Overlay(self.dialog, self.bottom, "center", width, "middle", height)
-
-    def render(self, size, focus=False):
-        return self._overlay(size).render(size, focus)
-
-    def keypress(self, size, key):
-        return self._overlay(size).keypress(size, key)
-
-    def mouse_event(self, size, event, button, col, row, focus):
-        return self._overlay(size).mouse_event(size, event, button, col, row, focus)
-
-    def get_cursor_coords(self, size):
-        return self._overlay(size).get_cursor_coords(size)
-
-    def selectable(self):
-        return True
 
 
 class App:
@@ -154,29 +54,45 @@ class App:
         self.model = Model()
         self.loop: Optional[urwid.MainLoop] = None
         self.events_state = "starting"
-        self.dialogs: list[dialogs.Dialog] = []
         self._marking: set[str] = set()
         self._notice_serial = 0
         self.quitting = False
         self.rings = 0
-
-        self.header = Header()
-        self.contacts = ContactList(self.open_from_list)
-        self.conversation = ConversationView(self.answer_transfer)
-        self.prompt = Prompt()
-        self.footer = Footer(self.keymap.footer_hints())
-        self.columns = urwid.Columns([
-            ("weight", 1, self.contacts),
-            (1, urwid.AttrMap(urwid.SolidFill("│"), "divider")),
-            ("weight", 3, self.conversation),
-        ])
-        self.bottom = urwid.Pile([urwid.AttrMap(urwid.Divider("─"), "divider"), self.prompt, self.footer])
-        self.bottom.focus_position = 1
-        self.frame = urwid.Frame(urwid.AttrMap(self.columns, "body"), header=self.header, footer=self.bottom,
-                                 focus_part="footer")
-        self.guard = SizeGuard(self.frame)
-        self.root = KeyRouter(self.guard, self)
+        self.layout = Layout(self.keymap, on_key=self.on_key, on_open_contact=self.open_from_list,
+                             on_transfer_answer=lambda transfer_id, accept:
+                             transfer_actions.answer(self, transfer_id, accept))
         self.refresh()
+
+    # -- the layout's parts the tests and actions reach -------------------------------------
+    @property
+    def root(self) -> urwid.Widget:
+        return self.layout.root
+
+    @property
+    def prompt(self) -> Prompt:
+        return self.layout.prompt
+
+    @property
+    def conversation(self) -> ConversationView:
+        return self.layout.conversation
+
+    @property
+    def dialogs(self) -> list[Dialog]:
+        return self.layout.dialogs
+
+    @property
+    def focus_area(self) -> str:
+        return self.layout.focus_area
+
+    def set_focus(self, area: str) -> None:
+        self.layout.set_focus(area, self.model.open_chat)
+
+    def cycle_focus(self, step: int) -> None:
+        self.layout.cycle_focus(step, bool(self.model.contacts), self.model.open_chat)
+
+    def follow_conversation(self) -> None:
+        """Keep the conversation scrolled to its end (after sending something)."""
+        self.layout.conversation.listbox.follow = True
 
     # -- plumbing ---------------------------------------------------------------------------
     def later(self, seconds: float, fn: Callable[[], None]) -> None:
@@ -213,14 +129,15 @@ class App:
         self.client.request(command, action, data, on_done=done)
 
     def notice(self, text: str, error: bool = False) -> None:
+        """A one-line message in the footer, cleared after NOTICE_SECONDS unless a newer one came."""
         log.info("notice: %s", text)
         self._notice_serial += 1
         serial = self._notice_serial
-        self.footer.set_notice(text, error)
+        self.layout.footer.set_notice(text, error)
 
         def clear() -> None:
             if self._notice_serial == serial:
-                self.footer.clear_notice()
+                self.layout.footer.clear_notice()
         self.later(NOTICE_SECONDS, clear)
 
     def ring(self) -> None:
@@ -231,6 +148,10 @@ class App:
                 self.loop.screen.flush()
             except Exception:
                 log.debug("bell failed", exc_info=True)
+
+    def redraw(self) -> None:
+        if self.loop is not None:
+            self.loop.screen.clear()
 
     # -- start and stop ---------------------------------------------------------------------
     def start(self) -> None:
@@ -248,25 +169,19 @@ class App:
 
     def resync(self, first: bool = False) -> None:
         """Reload everything from the daemon (start-up, events (re)connected)."""
-        self.request("status", on_ok=self._on_status, quiet=not first)
-        self.request("contacts", "list", on_ok=lambda data: self._on_contacts(data, first), quiet=not first)
+        self.request("status", on_ok=self.on_status, quiet=not first)
+        self.request("contacts", "list", on_ok=lambda data: self.on_contacts(data, first), quiet=not first)
         self.load_transfers()
 
     def load_transfers(self, then: Optional[Callable[[], None]] = None) -> None:
-        def merge(data: Any) -> None:
-            if isinstance(data, list):
-                self.model.merge_transfers(data, self.clock())
-            if then is not None:
-                then()
-
-        command, action = TRANSFER_ACTIONS["list"]
-        self.request(command, action, on_ok=merge, on_error=lambda _e: then() if then else None, quiet=True)
+        transfer_actions.load(self, then)
 
     def periodic(self) -> None:
-        self.request("status", on_ok=self._on_status, quiet=True)
-        self.request("p2p", "peers", on_ok=self._on_peers, quiet=True)
+        """Polling that keeps the screen right when events are late or missing."""
+        self.request("status", on_ok=self.on_status, quiet=True)
+        self.request("p2p", "peers", on_ok=self.on_peers, quiet=True)
         if self.events_state != "live":
-            self.request("contacts", "list", on_ok=lambda data: self._on_contacts(data, False), quiet=True)
+            self.request("contacts", "list", on_ok=lambda data: self.on_contacts(data, False), quiet=True)
         if self.model.open_chat:
             self.load_history(self.model.open_chat, quiet=True)
 
@@ -275,15 +190,16 @@ class App:
         raise urwid.ExitMainLoop()
 
     # -- answers ----------------------------------------------------------------------------
-    def _on_status(self, data: Any) -> None:
+    def on_status(self, data: Any) -> None:
         if isinstance(data, dict):
             self.model.set_status(data)
 
-    def _on_contacts(self, data: Any, first: bool) -> None:
+    def on_contacts(self, data: Any, first: bool) -> None:
+        """The contact list arrived: previews, peers, and at start-up the first conversation to open."""
         if not isinstance(data, list):
             return
         self.model.set_contacts(data)
-        self.request("p2p", "peers", on_ok=self._on_peers, quiet=True)
+        self.request("p2p", "peers", on_ok=self.on_peers, quiet=True)
         for contact in list(self.model.contacts.values()):
             conv = self.model.conversations.get(contact.fingerprint)
             if contact.preview_time is None and (conv is None or not conv.loaded):
@@ -297,7 +213,7 @@ class App:
         elif self.model.open_chat:
             self.load_history(self.model.open_chat, quiet=True)
 
-    def _on_peers(self, data: Any) -> None:
+    def on_peers(self, data: Any) -> None:
         if isinstance(data, list):
             self.model.set_peers(data)
 
@@ -346,138 +262,89 @@ class App:
             elif alert.kind == "mark_read":
                 self.mark_read(alert.data["fingerprint"])
             elif alert.kind == "refresh":
-                self.request("p2p", "peers", on_ok=self._on_peers, quiet=True)
+                self.request("p2p", "peers", on_ok=self.on_peers, quiet=True)
                 if not self.model.by_name((event.get("data") or {}).get("peer")):
-                    self.request("contacts", "list", on_ok=lambda data: self._on_contacts(data, False), quiet=True)
+                    self.request("contacts", "list", on_ok=lambda data: self.on_contacts(data, False), quiet=True)
             elif alert.kind == "key_mismatch":
                 self.show_key_mismatch(alert.data)
             elif alert.kind == "contact_request":
                 self.show_contact_request(alert.data)
         if event.get("event") == "identity_changed":
-            self.request("status", on_ok=self._on_status, quiet=True)
+            self.request("status", on_ok=self.on_status, quiet=True)
         if event.get("event") == "contact_added" and self.model.open_chat is None:
             self.open_chat((event.get("data") or {}).get("fingerprint") or "")
         self.refresh()
 
-    # -- drawing ----------------------------------------------------------------------------
+    # -- drawing and dialogs ----------------------------------------------------------------
     def refresh(self) -> None:
-        self.header.update(self.model, self.client.description)
-        self.contacts.update(self.model)
-        self.conversation.update(self.model)
-        contact = self.model.open_contact
-        self.prompt.set_caption(f"{contact.name} › " if contact else "› ")
+        self.layout.update(self.model, self.client.description)
 
-    def _layout(self) -> None:
-        self.guard.set_body(Modal(self.dialogs[0], self.frame) if self.dialogs else self.frame)
+    def show_dialog(self, dialog: Dialog) -> Dialog:
+        return self.layout.show_dialog(dialog)
 
-    def show_dialog(self, dialog: dialogs.Dialog) -> dialogs.Dialog:
-        self.dialogs.append(dialog)
-        self._layout()
-        return dialog
+    def close_dialog(self, dialog: Dialog) -> None:
+        self.layout.close_dialog(dialog)
 
-    def close_dialog(self, dialog: dialogs.Dialog) -> None:
-        if dialog in self.dialogs:
-            self.dialogs.remove(dialog)
-        self._layout()
+    def dismiss(self, dialog: Dialog) -> None:
+        """The cancel key on a dialog: closes it unless it must be acknowledged."""
+        if dialog.cancel():
+            self.close_dialog(dialog)
+            self.refresh()
 
-    def _closing(self, fn: Optional[Callable[[], None]] = None) -> Callable[[], None]:
+    def closing(self, fn: Optional[Callable[[], None]] = None) -> Callable[[], None]:
         """A dialog callback that closes the dialog on top first."""
         def run() -> None:
-            if self.dialogs:
-                self.close_dialog(self.dialogs[0])
+            top = self.layout.top_dialog
+            if top is not None:
+                self.close_dialog(top)
             if fn is not None:
                 fn()
             self.refresh()
         return run
 
-    # -- focus ------------------------------------------------------------------------------
-    @property
-    def focus_area(self) -> str:
-        if self.frame.focus_position == "footer":
-            return "input"
-        return "contacts" if self.columns.focus_position == 0 else "conversation"
+    def show_help(self) -> None:
+        top = self.layout.top_dialog
+        if top is not None and top.box:
+            return
+        self.show_dialog(help_dialog(self.keymap, self.closing()))
 
-    def set_focus(self, area: str) -> None:
-        if area == "input":
-            self.frame.focus_position = "footer"
-            self.bottom.focus_position = 1
-        else:
-            self.frame.focus_position = "body"
-            self.columns.focus_position = 0 if area == "contacts" else 2
-            if area == "contacts":
-                self.contacts.focus_on(self.model.open_chat)
+    def show_key_mismatch(self, data: dict) -> None:
+        self.show_dialog(chat_dialogs.key_mismatch(data, self.closing()))
+        self.ring()
 
-    def cycle_focus(self, step: int) -> None:
-        order = [a for a in FOCUS_ORDER if a != "contacts" or self.model.contacts]
-        current = self.focus_area if self.focus_area in order else "input"
-        self.set_focus(order[(order.index(current) + step) % len(order)])
+    def show_contact_request(self, data: dict) -> None:
+        fingerprint = data.get("fingerprint") or ""
+        bundle = data.get("bundle") or fingerprint
+
+        def ask_name() -> None:
+            def add(name: str) -> None:
+                top = self.layout.top_dialog
+                if top is not None:
+                    self.close_dialog(top)
+                name = name.strip()
+                if not name:
+                    self.notice("No name given: the request stays ignored", error=True)
+                    return
+                self.model.requests.pop(fingerprint, None)
+                self.request("contacts", "add", {"peer": name, "public_key": bundle},
+                             on_ok=lambda _d: self.notice(f"Added {name}"))
+                self.refresh()
+
+            self.show_dialog(chat_dialogs.name_for(fingerprint, add, self.closing(), self.keymap.keys["send"]))
+
+        def block() -> None:
+            self.model.requests.pop(fingerprint, None)
+            self.request("contacts", "block", {"peer": fingerprint},
+                         on_ok=lambda _d: self.notice("Blocked: it cannot reach you any more"))
+
+        self.show_dialog(chat_dialogs.contact_request(data, self.closing(ask_name), self.closing(block),
+                                                      self.closing()))
+        self.ring()
 
     # -- keys -------------------------------------------------------------------------------
-    def pre_key(self, key: str) -> bool:
-        """Global bindings, before the focused widget sees the key. True: handled."""
-        if not isinstance(key, str):
-            return False
-        actions = self.keymap.actions(key)
-        if self.dialogs:
-            dialog = self.dialogs[0]
-            if "quit" in actions:
-                self.quit()
-            if key == "esc" or ("help" in actions and dialog.box):
-                if dialog.cancel():
-                    self.close_dialog(dialog)
-                    self.refresh()
-                return True
-            return False
-        area = self.focus_area
-        if is_printable(key) and area == "input":
-            return False
-        actions.sort(key=lambda a: a != "complete")   # Tab in a /command completes first
-        for action in actions:
-            if self._action(action, area):
-                return True
-        return False
-
-    def _action(self, action: str, area: str) -> bool:
-        if action == "quit":
-            self.quit()
-        elif action == "help":
-            self.show_help()
-        elif action == "redraw":
-            if self.loop is not None:
-                self.loop.screen.clear()
-        elif action == "complete":
-            if area != "input" or not slash.is_command(self.prompt.text):
-                return False
-            self.complete()
-        elif action in ("focus_next", "focus_prev"):
-            self.cycle_focus(1 if action == "focus_next" else -1)
-        elif action in ("next_contact", "prev_contact"):
-            contact = self.model.step_contact(1 if action == "next_contact" else -1)
-            if contact is not None:
-                self.open_chat(contact.fingerprint)
-        elif action == "next_unread":
-            contact = self.model.next_unread()
-            if contact is None:
-                self.notice("No unread messages")
-            else:
-                self.open_chat(contact.fingerprint)
-        elif action in ("scroll_up", "scroll_down"):
-            self.conversation.scroll("page up" if action == "scroll_up" else "page down")
-        elif action == "send":
-            if area != "input":
-                return False
-            self.submit()
-        elif action == "newline":
-            if area != "input":
-                return False
-            self.prompt.insert("\n")
-        elif action == "cancel":
-            if area != "input" or not self.prompt.text:
-                return False
-            self.prompt.set_text("")
-        else:
-            return False
-        return True
+    def on_key(self, key: Any) -> bool:
+        """The key router's hook: the key table's actions (key_actions.py). True: handled."""
+        return key_actions.dispatch(self, key)
 
     def unhandled_key(self, key: Any) -> bool:
         """Keys no widget wanted (MainLoop's unhandled_input): ignored, never an error."""
@@ -493,8 +360,8 @@ class App:
         if fingerprint not in self.model.contacts:
             return
         self.model.open(fingerprint)
-        self.conversation.listbox.follow = True
-        self.contacts.focus_on(fingerprint)
+        self.follow_conversation()
+        self.layout.contacts.focus_on(fingerprint)
         self.load_history(fingerprint)
         self.mark_read(fingerprint)
         self.refresh()
@@ -510,6 +377,7 @@ class App:
             self.notice("No completion")
 
     def submit(self) -> None:
+        """The input line: a /command runs, anything else goes to the open conversation."""
         text = self.prompt.text
         if not text.strip():
             return
@@ -521,7 +389,8 @@ class App:
             text = text[1:]
         contact = self.model.open_contact
         if contact is None:
-            self.notice("Open a conversation first (Ctrl-N, or click a contact), or /add someone", error=True)
+            self.notice(f"Open a conversation first ({self.keymap.label('next_contact')}, or click a contact), "
+                        "or /add someone", error=True)
             return
         if contact.blocked:
             self.notice(f"{contact.name} is blocked: /unblock {contact.name} first", error=True)
@@ -531,7 +400,7 @@ class App:
         message_id = uuid.uuid4().hex
         self.model.add_outgoing(fingerprint, body, message_id, self.clock())
         self.prompt.set_text("")
-        self.conversation.listbox.follow = True
+        self.follow_conversation()
 
         def done(reply: dict) -> None:
             self.model.outgoing_result(fingerprint, message_id, reply)
@@ -543,301 +412,13 @@ class App:
                                                     "message_id": message_id}, on_done=done)
         self.refresh()
 
-    # -- commands ---------------------------------------------------------------------------
     def run_command(self, text: str) -> None:
+        """Parse a /command and run the handler the command table names; usage errors become hints."""
         try:
             parsed = slash.parse(text)
+            parsed.command.handler(self, parsed.args)
         except slash.UsageError as exc:
             self.notice(str(exc), error=True)
-            return
-        handler = getattr(self, "cmd_" + parsed.name)
-        try:
-            handler(parsed.args)
-        except slash.UsageError as exc:
-            self.notice(str(exc), error=True)
-
-    def _contact(self, name: Optional[str]):
-        contact = self.model.by_name(name)
-        if contact is None:
-            raise slash.UsageError(f"No contact named {name!r} (Tab completes names)")
-        return contact
-
-    def cmd_add(self, args: dict) -> None:
-        name, key = args["NAME"] or "", args["ID|KEY|@FILE"] or ""
-        if key.startswith("@") and not key.startswith("@@"):
-            path = os.path.expanduser(key[1:])
-            try:
-                key = pathlib.Path(path).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise slash.UsageError(f"Cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-        elif key.startswith("@@"):
-            key = key[1:]
-
-        def added(_data: Any) -> None:
-            self.notice(f"Added {name}. Reach them with /connect {name} HOST:PORT if they are not on your LAN")
-
-            def listed(data: Any) -> None:
-                self._on_contacts(data, False)
-                contact = self.model.by_name(name)
-                if contact is not None:
-                    self.open_chat(contact.fingerprint)
-            self.request("contacts", "list", on_ok=listed)
-
-        self.request("contacts", "add", {"peer": name, "public_key": key}, on_ok=added)
-
-    def cmd_remove(self, args: dict) -> None:
-        contact = self._contact(args["NAME"])
-        name = contact.name
-
-        def remove() -> None:
-            self.request("contacts", "remove", {"peer": name},
-                         on_ok=lambda _d: (self.model._forget(contact.fingerprint), self.notice(f"Removed {name}")))
-
-        self.show_dialog(dialogs.confirm(
-            "Remove contact", f"Remove {name} and your whole conversation with them? This cannot be undone.",
-            "Remove", self._closing(remove), self._closing()))
-
-    def cmd_rename(self, args: dict) -> None:
-        contact = self._contact(args["OLD"])
-        new = args["NEW"] or ""
-        self.request("contacts", "rename", {"peer": contact.name, "new_name": new},
-                     on_ok=lambda data: (self.model._upsert_contact(data) if isinstance(data, dict) else None,
-                                         self.notice(f"Renamed {args['OLD']} to {new}")))
-
-    def cmd_block(self, args: dict) -> None:
-        name = args["NAME"] or ""
-        contact = self.model.by_name(name)
-        peer = contact.name if contact else name   # an ID blocks a stranger
-        self.request("contacts", "block", {"peer": peer},
-                     on_ok=lambda data: (self.model._upsert_contact(data) if isinstance(data, dict) else None,
-                                         self.notice(f"Blocked {peer}: /unblock {peer} to undo")))
-
-    def cmd_unblock(self, args: dict) -> None:
-        contact = self._contact(args["NAME"])
-        self.request("contacts", "unblock", {"peer": contact.name},
-                     on_ok=lambda data: (self.model._upsert_contact(data) if isinstance(data, dict) else None,
-                                         self.notice(f"Unblocked {contact.name}")))
-
-    def cmd_connect(self, args: dict) -> None:
-        contact = self._contact(args["NAME"])
-        address = args["HOST:PORT"] or ""
-        if ":" not in address:
-            raise slash.UsageError("Usage: /connect NAME HOST:PORT — the address needs a port, e.g. 192.0.2.7:40000")
-        self.notice(f"Connecting to {contact.name} at {address}…")
-
-        def connected(data: Any) -> None:
-            state = data.get("state") if isinstance(data, dict) else None
-            self.notice(f"{contact.name}: {state or 'connecting'}" + (f" at {data.get('address')}"
-                                                                      if isinstance(data, dict) and data.get("address") else ""))
-            self.request("p2p", "peers", on_ok=self._on_peers, quiet=True)
-
-        self.request("p2p", "connect", {"peer": contact.name, "address": address}, on_ok=connected)
-
-    def cmd_myid(self, args: dict) -> None:
-        me = self.model.me
-        if not me.get("id"):
-            raise slash.UsageError("Still loading: try again in a moment")
-        path = args.get("FILE")
-        if path:
-            target = pathlib.Path(os.path.expanduser(path))
-            try:
-                target.write_text(me["public_key"] + "\n", encoding="utf-8")
-            except OSError as exc:
-                raise slash.UsageError(f"Cannot write {target}: {exc.strerror or exc}") from None
-            self.notice(f"Wrote your public key to {target}: they add you with /add {me.get('name') or 'NAME'} @FILE")
-            return
-        text = [
-            "Your ID (read it out, or send it; any typo is detected):\n\n",
-            ("welcome_id", "  " + me["id"]), "\n\n",
-            f"Short form (for recognising, not for adding): {me.get('short_id')}\n",
-            "Your full public key: /myid FILE writes it to a file.",
-        ]
-        self.show_dialog(dialogs.message("My ID", text, self._closing()))
-
-    def cmd_verify(self, args: dict) -> None:
-        contact = self._contact(args["NAME"])
-        name = contact.name
-        self.notice(f"Running the handshake with {name} to compare keys…")
-
-        def negotiated(data: Any) -> None:
-            if not isinstance(data, dict):
-                return
-            number = data.get("safety_number") or "?"
-            groups = number.split()
-            lines = "  " + " ".join(groups[:6]) + "\n  " + " ".join(groups[6:])
-            text = [f"Safety number with {name}:\n\n", ("welcome_id", lines), "\n\n",
-                    f"Compare it with {name} in person or by voice (not through this chat). ",
-                    "It is the same on both sides only when nobody sits in between.\n\n",
-                    ("title_dim", f"{name}'s ID: {data.get('fingerprint')}\n"
-                                  f"Keys: {data.get('key_exchange')}, {data.get('signatures')}; "
-                                  f"path {data.get('path')}")]
-
-            def verified() -> None:
-                self.request("contacts", "verify", {"peer": name, "verified": True},
-                             on_ok=lambda view: (self.model._upsert_contact(view) if isinstance(view, dict) else None,
-                                                 self.notice(f"{name} is verified ✔")))
-
-            self.show_dialog(dialogs.confirm(f"Verify {name}", text, "They match: mark verified",
-                                             self._closing(verified), self._closing(), no="They differ / later"))
-
-        self.request("contacts", "negotiate_keys", {"peer": name}, on_ok=negotiated)
-
-    def cmd_sendfile(self, args: dict) -> None:
-        contact = self.model.open_contact
-        if contact is None:
-            raise slash.UsageError("Open the conversation to send the file to first (Ctrl-N)")
-        path = os.path.abspath(os.path.expanduser(args["PATH"] or ""))
-        if not os.path.isfile(path):
-            raise slash.UsageError(f"No such file: {path}")
-        transfer_id = uuid.uuid4().hex
-        transfer = self.model.add_transfer(transfer_id, contact.fingerprint, os.path.basename(path),
-                                           os.path.getsize(path), "out", self.clock(), state="waiting")
-        self.conversation.listbox.follow = True
-
-        def refused(error: str) -> None:
-            transfer.state, transfer.error = "failed", error
-            self.notice(f"Not sent: {error}", error=True)
-
-        command, action = TRANSFER_ACTIONS["send"]
-        self.request(command, action, {"peer": contact.name, "file_path": path, "transfer_id": transfer_id},
-                     on_ok=lambda _data: self.notice(f"Offered {transfer.file_name} to {contact.name}"),
-                     on_error=refused)
-
-    def _offer(self, text: Optional[str]) -> Transfer:
-        if text:
-            transfer = self.model.find_transfer(text)
-            if transfer is None:
-                raise slash.UsageError(f"No transfer {text!r} (/transfers lists them)")
-            return transfer
-        offers = self.model.pending_offers(self.model.open_chat) or self.model.pending_offers()
-        if not offers:
-            raise slash.UsageError("No file offer is waiting for an answer")
-        return offers[-1]
-
-    def _running(self, text: Optional[str], states: tuple[str, ...]) -> Transfer:
-        """The transfer named by (a prefix of) its ID, else the latest one in `states` here."""
-        if text:
-            return self._offer(text)
-        candidates = sorted((t for t in self.model.transfers.values() if t.state in states),
-                            key=lambda t: (t.peer == self.model.open_chat, t.order))
-        if not candidates:
-            raise slash.UsageError(f"No transfer is {' or '.join(states)} (/transfers lists them)")
-        return candidates[-1]
-
-    def _transfer_request(self, kind: str, transfer: Transfer, done: str,
-                          on_ok: Optional[Callable[[], None]] = None) -> None:
-        command, action = TRANSFER_ACTIONS[kind]
-
-        def answered(data: Any) -> None:
-            if isinstance(data, dict):
-                self.model.merge_transfers([data], self.clock())
-            if on_ok is not None:
-                on_ok()
-            self.notice(f"{done} {transfer.file_name}")
-
-        self.request(command, action, {"transfer_id": transfer.transfer_id}, on_ok=answered)
-
-    def answer_transfer(self, transfer_id: str, accept: bool) -> None:
-        transfer = self.model.transfers.get(transfer_id)
-        if transfer is None:
-            return
-
-        def moved() -> None:
-            if transfer.state == "offered":
-                transfer.state = "waiting" if accept else "rejected"
-
-        self._transfer_request("accept" if accept else "reject", transfer, "Accepted" if accept else "Rejected",
-                               moved)
-
-    def cmd_accept(self, args: dict) -> None:
-        self.answer_transfer(self._offer(args.get("ID")).transfer_id, True)
-
-    def cmd_reject(self, args: dict) -> None:
-        self.answer_transfer(self._offer(args.get("ID")).transfer_id, False)
-
-    def cmd_cancel(self, args: dict) -> None:
-        self._transfer_request("cancel", self._running(args.get("ID"), ("waiting", "active", "paused", "offered")),
-                               "Cancelled")
-
-    def cmd_pause(self, args: dict) -> None:
-        self._transfer_request("pause", self._running(args.get("ID"), ("waiting", "active")), "Paused")
-
-    def cmd_resume(self, args: dict) -> None:
-        self._transfer_request("resume", self._running(args.get("ID"), ("paused", "failed")), "Resumed")
-
-    def cmd_transfers(self, args: dict) -> None:
-        def show() -> None:
-            rows = []
-            for transfer in sorted(self.model.transfers.values(), key=lambda t: t.order):
-                contact = self.model.contacts.get(transfer.peer)
-                percent = transfer.percent
-                rows.append(f"{transfer.transfer_id[:12]:<12}  {'in ' if transfer.direction == 'in' else 'out'} "
-                            f"{(contact.name if contact else '?')[:12]:<12} {transfer.state:<9} "
-                            f"{'' if percent is None else f'{percent:5.1f}%'}  {transfer.file_name}")
-            text = "\n".join(rows) if rows else "No file transfers."
-            self.show_dialog(dialogs.message("File transfers", text, self._closing()))
-
-        self.load_transfers(then=show)
-
-    def cmd_nick(self, args: dict) -> None:
-        self.notice("Your display name is set at start-up: run chatp2p --name NAME (or [node] name in the "
-                    "conf file). Contacts see the name they gave you anyway.", error=True)
-
-    def cmd_help(self, args: dict) -> None:
-        self.show_help()
-
-    def cmd_quit(self, args: dict) -> None:
-        self.quit()
-
-    # -- dialogs ----------------------------------------------------------------------------
-    def show_help(self) -> None:
-        if self.dialogs and self.dialogs[0].box:
-            return
-        self.show_dialog(dialogs.help_dialog(self.keymap, self._closing()))
-
-    def show_key_mismatch(self, data: dict) -> None:
-        text = [("dialog_warn", f"The node answering for {data.get('peer')} is NOT the one you added.\n\n"),
-                "Expected ID:\n", ("welcome_id", f"  {data.get('expected')}\n"),
-                "It answered as:\n", ("welcome_id", f"  {data.get('got') or 'unknown'}\n"),
-                f"From address: {data.get('address') or '?'}\n\n",
-                "Nothing was sent to it. Someone may be impersonating this contact, or they made a new "
-                "identity: ask them through another channel before adding the new ID."]
-        self.show_dialog(dialogs.message("⚠ Key mismatch", text, self._closing(), warn=True, dismissable=False,
-                                         button="I understand"))
-        self.ring()
-
-    def show_contact_request(self, data: dict) -> None:
-        fingerprint = data.get("fingerprint") or ""
-        bundle = data.get("bundle") or fingerprint
-
-        def ask_name() -> None:
-            def add(name: str) -> None:
-                self.close_dialog(self.dialogs[0]) if self.dialogs else None
-                name = name.strip()
-                if not name:
-                    self.notice("No name given: the request stays ignored", error=True)
-                    return
-                self.model.requests.pop(fingerprint, None)
-                self.request("contacts", "add", {"peer": name, "public_key": bundle},
-                             on_ok=lambda _d: self.notice(f"Added {name}"))
-                self.refresh()
-
-            self.show_dialog(dialogs.question("Add contact", f"A name for {fingerprint}:", "Name: ", add,
-                                              self._closing()))
-
-        def block() -> None:
-            self.model.requests.pop(fingerprint, None)
-            self.request("contacts", "block", {"peer": fingerprint},
-                         on_ok=lambda _d: self.notice("Blocked: it cannot reach you any more"))
-
-        text = ["Someone who is not in your contacts connected to you:\n\n",
-                ("welcome_id", "  " + fingerprint), "\n",
-                f"  from {data.get('address') or '?'}\n\n",
-                "Add them (their messages so far are kept until you decide), block them, or decide later."]
-        self.show_dialog(dialogs.Dialog("Contact request", [urwid.Text(text)],
-                                        [("Add…", self._closing(ask_name)), ("Block", self._closing(block)),
-                                         ("Later", self._closing())], on_cancel=self._closing()))
-        self.ring()
 
 
 def run(backend: Any, config_path: Optional[pathlib.Path]) -> int:

@@ -1,4 +1,8 @@
-"""Slash commands typed in the input line: one table, a parser and Tab completion. Pure code.
+"""Slash commands typed in the input line: one table, a parser and completion.
+
+`COMMANDS` is the single source: name, arguments, help line and the handler that runs it
+(command_actions.py, transfer_actions.py); the controller dispatches through it. The parser and
+completion are pure code.
 
 `parse('/rename Bob "Bob S"')` returns the command and its arguments by name, or raises
 UsageError whose message is the one-line hint shown in the footer. `complete(text, ...)`
@@ -11,7 +15,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-from typing import Callable, Iterable, Optional
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional
+
+from . import command_actions as act
+from . import transfer_actions as files
+from .usage import UsageError
+
+if TYPE_CHECKING:
+    from .app import App
+
+Handler = Callable[["App", Mapping[str, Optional[str]]], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +40,7 @@ class Command:
     name: str
     args: tuple[Arg, ...]
     help: str
+    handler: Handler = dataclasses.field(compare=False, repr=False)
 
     @property
     def usage(self) -> str:
@@ -36,33 +51,38 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("add", (Arg("NAME", "text"), Arg("ID|KEY|@FILE", "key")),
-            "add a contact by ID (read out), full public key, or key file"),
-    Command("remove", (Arg("NAME", "contact"),), "remove a contact and its history (asks first)"),
-    Command("rename", (Arg("OLD", "contact"), Arg("NEW", "text")), "change a contact's local name"),
-    Command("block", (Arg("NAME", "contact"),), "drop and silence a contact"),
-    Command("unblock", (Arg("NAME", "contact"),), "undo /block"),
+            "add a contact by ID (read out), full public key, or key file", act.add_contact),
+    Command("remove", (Arg("NAME", "contact"),), "remove a contact and its history (asks first)",
+            act.remove_contact),
+    Command("rename", (Arg("OLD", "contact"), Arg("NEW", "text")), "change a contact's local name",
+            act.rename_contact),
+    Command("block", (Arg("NAME", "contact"),), "drop and silence a contact", act.block_contact),
+    Command("unblock", (Arg("NAME", "contact"),), "undo /block", act.unblock_contact),
     Command("connect", (Arg("NAME", "contact"), Arg("HOST:PORT", "address")),
-            "reach a contact at an address (UDP)"),
+            "reach a contact at an address (UDP)", act.connect),
     Command("myid", (Arg("FILE", "path", optional=True),),
-            "show my ID; with FILE, write my full public key there"),
-    Command("verify", (Arg("NAME", "contact"),), "compare safety numbers, then mark the contact verified"),
-    Command("sendfile", (Arg("PATH", "path"),), "offer a file to the open conversation"),
-    Command("accept", (Arg("ID", "transfer", optional=True),), "accept a file offer (default: the latest)"),
-    Command("reject", (Arg("ID", "transfer", optional=True),), "refuse a file offer (default: the latest)"),
-    Command("cancel", (Arg("ID", "transfer"),), "cancel a file transfer (the partial file is deleted)"),
-    Command("pause", (Arg("ID", "transfer", optional=True),), "pause a file transfer (default: the latest)"),
-    Command("resume", (Arg("ID", "transfer", optional=True),), "resume a paused or failed transfer"),
-    Command("transfers", (), "list file transfers"),
-    Command("nick", (Arg("NAME", "text"),), "change my display name"),
-    Command("help", (), "keys and commands"),
-    Command("quit", (), "quit"),
+            "show my ID; with FILE, write my full public key there", act.show_my_id),
+    Command("verify", (Arg("NAME", "contact"),), "compare safety numbers, then mark the contact verified",
+            act.verify_contact),
+    Command("sendfile", (Arg("PATH", "path"),), "offer a file to the open conversation", files.send_file),
+    Command("accept", (Arg("ID", "transfer", optional=True),), "accept a file offer (default: the latest)",
+            files.accept),
+    Command("reject", (Arg("ID", "transfer", optional=True),), "refuse a file offer (default: the latest)",
+            files.reject),
+    Command("cancel", (Arg("ID", "transfer"),), "cancel a file transfer (the partial file is deleted)",
+            files.cancel),
+    Command("pause", (Arg("ID", "transfer", optional=True),), "pause a file transfer (default: the latest)",
+            files.pause),
+    Command("resume", (Arg("ID", "transfer", optional=True),), "resume a paused or failed transfer",
+            files.resume),
+    Command("transfers", (), "list file transfers", files.list_transfers),
+    Command("nick", (Arg("NAME", "text"),), "change my display name", act.set_nick),
+    Command("help", (), "keys and commands", act.show_help),
+    Command("quit", (), "quit", act.quit_app),
 )
-COMMANDS_BY_NAME = {c.name: c for c in COMMANDS}
-ALIASES = {"q": "quit", "exit": "quit", "h": "help", "id": "myid", "rm": "remove", "send": "sendfile"}
-
-
-class UsageError(ValueError):
-    """A command typed wrong; the message is a one-line hint."""
+COMMANDS_BY_NAME: Mapping[str, Command] = MappingProxyType({c.name: c for c in COMMANDS})
+ALIASES: Mapping[str, str] = MappingProxyType({"q": "quit", "exit": "quit", "h": "help", "id": "myid",
+                                               "rm": "remove", "send": "sendfile"})
 
 
 @dataclasses.dataclass

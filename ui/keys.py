@@ -45,14 +45,17 @@ BINDINGS: tuple[Binding, ...] = (
     Binding("next_unread", ("meta a",), "Open the next conversation with unread messages", "navigation", "unread"),
     Binding("scroll_up", ("page up",), "Scroll the conversation back (the mouse wheel too)", "navigation"),
     Binding("scroll_down", ("page down",), "Scroll the conversation forward", "navigation"),
-    Binding("send", ("enter",), "Send the message or run the /command; open the selected contact",
-            "compose", "send"),
+    Binding("open", ("enter", " "), "Open the contact selected in the list", "navigation"),
+    Binding("send", ("enter",), "Send the message or run the /command; answer a question", "compose", "send"),
     Binding("newline", ("meta enter",), "New line in the message", "compose", "newline"),
     Binding("complete", ("tab",), "Complete a /command, contact name, file path or transfer ID", "compose"),
     Binding("cancel", ("esc",), "Close a dialog; clear the input line", "compose"),
 )
 
 BINDINGS_BY_ACTION: Mapping[str, Binding] = {b.action: b for b in BINDINGS}
+# Actions that may share a key because they never apply in the same place: Tab completes in a
+# /command and moves on elsewhere; Enter sends in the input line and opens in the contact list.
+SHARED_KEYS: tuple[frozenset[str], ...] = (frozenset({"focus_next", "complete"}), frozenset({"send", "open"}))
 FOOTER_ACTIONS = ("send", "newline", "focus_next", "next_contact", "help", "quit")
 MOUSE_HELP = "Mouse: click a contact to open it; the wheel scrolls the conversation."
 
@@ -129,6 +132,11 @@ def display_key(key: str) -> str:
     return "-".join(mods + [base])
 
 
+def conf_name(key: str) -> str:
+    """How the conf file writes a key: urwid's name, except ' ' which is 'space'."""
+    return "space" if key == " " else key
+
+
 def is_printable(key: str) -> bool:
     return len(key) == 1 and key.isprintable()
 
@@ -158,7 +166,7 @@ class KeyMap:
             for key in self.keys[binding.action]:
                 self._by_key.setdefault(key, []).append(binding.action)
         for key, actions in self._by_key.items():
-            if len(actions) > 1 and set(actions) != {"focus_next", "complete"}:
+            if len(actions) > 1 and not any(set(actions) <= shared for shared in SHARED_KEYS):
                 self.errors.append(f"[keys] {display_key(key)} is bound to {' and '.join(actions)}")
 
     def actions(self, key: str) -> list[str]:
@@ -167,6 +175,10 @@ class KeyMap:
 
     def primary(self, action: str) -> str:
         return self.keys[action][0]
+
+    def label(self, action: str) -> str:
+        """The first key of `action` as the help writes it ('Ctrl-N'), for texts that name a key."""
+        return display_key(self.primary(action))
 
     def footer_hints(self) -> list[tuple[str, str]]:
         """(key, label) pairs for the footer, e.g. ('Enter', 'send')."""

@@ -256,6 +256,14 @@ class Model:
             contact.rtt_ms = peer.get("rtt_ms")
             contact.last_seen = parse_time(peer.get("last_seen"), contact.last_seen)
 
+    def update_contact(self, view: Any) -> Optional[Contact]:
+        """Apply a contact view from an API answer (rename, block, verify) before its event comes."""
+        return self._upsert_contact(view) if isinstance(view, dict) else None
+
+    def forget(self, fingerprint: str) -> None:
+        """Drop a contact the user removed, as soon as the API says so (not waiting for the event)."""
+        self._forget(fingerprint)
+
     def _forget(self, fingerprint: str) -> None:
         self.contacts.pop(fingerprint, None)
         self.conversations.pop(fingerprint, None)

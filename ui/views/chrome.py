@@ -1,8 +1,9 @@
-"""The frame around the chat: header line, footer line (key hints or a notice), the size guard."""
+"""The frame around the chat: header line, footer line (key hints or a notice), the size guard,
+and the key router on top of it all."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import urwid
 
@@ -74,8 +75,10 @@ class Footer(urwid.WidgetWrap):
 class SizeGuard(urwid.WidgetWrap):
     """Draws its body, or a 'terminal too small' notice below MIN_COLS x MIN_ROWS (never crashes)."""
 
-    def __init__(self, body: urwid.Widget, min_cols: int = MIN_COLS, min_rows: int = MIN_ROWS) -> None:
+    def __init__(self, body: urwid.Widget, min_cols: int = MIN_COLS, min_rows: int = MIN_ROWS,
+                 quit_key: str = "Ctrl-Q") -> None:
         self.min_cols, self.min_rows = min_cols, min_rows
+        self.quit_key = quit_key    # as bound in the key table: the notice must name the real key
         self.body = body
         super().__init__(body)
 
@@ -89,7 +92,7 @@ class SizeGuard(urwid.WidgetWrap):
     def _small(self, size: tuple) -> urwid.Widget:
         cols, rows = size
         text = (f"Terminal too small: {cols}x{rows}. ChatP2P needs at least {self.min_cols}x{self.min_rows}."
-                " Enlarge the window, or press Ctrl-Q to quit.")
+                f" Enlarge the window, or press {self.quit_key} to quit.")
         return urwid.Filler(urwid.Text(text, align="center"), "middle")
 
     def render(self, size: tuple, focus: bool = False) -> urwid.Canvas:
@@ -99,7 +102,7 @@ class SizeGuard(urwid.WidgetWrap):
 
     def keypress(self, size: tuple, key: str) -> Optional[str]:
         if self.too_small(size):
-            return key          # unhandled: the controller still sees Ctrl-Q
+            return key          # unhandled: the key router above still sees the quit key
         return self.body.keypress(size, key)
 
     def mouse_event(self, size: tuple, event: str, button: int, col: int, row: int, focus: bool) -> bool:
@@ -111,3 +114,16 @@ class SizeGuard(urwid.WidgetWrap):
         if self.too_small(size):
             return None
         return self.body.get_cursor_coords(size)
+
+
+class KeyRouter(urwid.WidgetWrap):
+    """The top widget: `on_key` (the key table's global actions) first, then the focused widget."""
+
+    def __init__(self, body: urwid.Widget, on_key: Callable[[str], bool]) -> None:
+        self.on_key = on_key
+        super().__init__(body)
+
+    def keypress(self, size: tuple, key: str) -> Optional[str]:
+        if self.on_key(key):
+            return None
+        return super().keypress(size, key)

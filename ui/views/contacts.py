@@ -44,7 +44,7 @@ def contact_markup(contact: Contact) -> tuple[list, list, list]:
 
 
 class ContactItem(urwid.WidgetWrap):
-    """Two lines per contact; Enter or a click opens the conversation."""
+    """Two lines per contact; a click opens the conversation (keys: the table's `open` action)."""
 
     def __init__(self, contact: Contact, is_open: bool, on_open: Callable[[str], None]) -> None:
         self.fingerprint = contact.fingerprint
@@ -59,9 +59,7 @@ class ContactItem(urwid.WidgetWrap):
         return True
 
     def keypress(self, size: tuple, key: str) -> Optional[str]:
-        if key in ("enter", " "):
-            self.on_open(self.fingerprint)
-            return None
+        """No key of its own: the key router runs `open` on the focused item, so it can be remapped."""
         return key
 
     def mouse_event(self, size: tuple, event: str, button: int, col: int, row: int, focus: bool) -> bool:

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import urwid
 
+from ..keys import KeyMap
 from ..model import Contact, Item, Message, Model, Transfer
 from . import fmt
 
@@ -133,7 +134,7 @@ class TransferRow(urwid.WidgetWrap):
 
 
 class ChatListBox(urwid.ListBox):
-    """A ListBox that remembers its size (for PgUp/PgDn from the controller) and follows the end."""
+    """A ListBox that remembers its size (for the table's scroll actions) and follows the end."""
 
     def __init__(self, walker: urwid.ListWalker) -> None:
         super().__init__(walker)
@@ -169,10 +170,15 @@ class ChatListBox(urwid.ListBox):
         super().keypress(size, key)
 
     def keypress(self, size, key):
-        if key in ("page up", "page down", "up", "down"):
+        command = self._command_map[key]
+        if command in (urwid.CURSOR_UP, urwid.CURSOR_DOWN):
             self.last_size = size
-            self.scroll(key)
+            self.scroll("up" if command == urwid.CURSOR_UP else "down")
             return None
+        if command in (urwid.CURSOR_PAGE_UP, urwid.CURSOR_PAGE_DOWN):
+            # Paging is the key table's scroll_up/scroll_down (run by the key router): urwid's own
+            # page keys would keep scrolling after the user remapped them.
+            return key
         return super().keypress(size, key)
 
     def mouse_event(self, size, event, button, col, row, focus):
@@ -185,8 +191,9 @@ class ChatListBox(urwid.ListBox):
 
 
 class ConversationView(urwid.WidgetWrap):
-    def __init__(self, on_transfer_answer: Callable[[str, bool], None]) -> None:
+    def __init__(self, on_transfer_answer: Callable[[str, bool], None], keymap: Optional[KeyMap] = None) -> None:
         self.on_transfer_answer = on_transfer_answer
+        self.keymap = keymap or KeyMap()     # the welcome texts name keys as bound
         self.title = urwid.Text("", wrap="ellipsis")
         self.walker = urwid.SimpleFocusListWalker([])
         self.listbox = ChatListBox(self.walker)
@@ -199,6 +206,10 @@ class ConversationView(urwid.WidgetWrap):
     def scroll(self, key: str) -> None:
         if self.frame.body is self.listbox:
             self.listbox.scroll(key)
+
+    def page(self, step: int) -> None:
+        """A page back (-1) or forward (+1): the key table's scroll actions, whatever their keys."""
+        self.scroll("page up" if step < 0 else "page down")
 
     # -- content ----------------------------------------------------------------------------
     def update(self, model: Model) -> None:
@@ -213,7 +224,8 @@ class ConversationView(urwid.WidgetWrap):
         self.title.set_text(self._title_markup(contact))
         items = model.conversation_items(contact.fingerprint)
         if not items:
-            hint = [("title_dim", f"No messages with {contact.name} yet. Type below and press Enter.")]
+            hint = [("title_dim", f"No messages with {contact.name} yet. "
+                                  f"Type below and press {self.keymap.label('send')}.")]
             if not contact.verified:
                 hint.append(("title_dim", f"\nTo check who you talk to: /verify {contact.name}"))
             self.frame.body = urwid.ListBox(urwid.SimpleListWalker([urwid.Text(hint)]))
@@ -267,8 +279,11 @@ class ConversationView(urwid.WidgetWrap):
         me = model.me
         if model.contacts:
             self.title.set_text(("title", " No conversation open"))
-            lines = [urwid.Text(["\n Pick a contact: Ctrl-N / Ctrl-P, or Tab to the list and Enter, or click it.\n",
-                                 " Alt-A jumps to unread messages. F1 shows every key and command."])]
+            key = self.keymap.label
+            lines = [urwid.Text([f"\n Pick a contact: {key('next_contact')} / {key('prev_contact')}, or "
+                                 f"{key('focus_next')} to the list and {key('open')}, or click it.\n",
+                                 f" {key('next_unread')} jumps to unread messages. "
+                                 f"{key('help')} shows every key and command."])]
         else:
             self.title.set_text(("title", f" Welcome to ChatP2P, {me.get('name') or 'there'}"))
             lines = [
@@ -279,7 +294,8 @@ class ConversationView(urwid.WidgetWrap):
                     "\n Or save your full key to a file:    ", ("help_key", "/myid ~/my-chatp2p.key"),
                     "\n   and they add it with:             ", ("help_key", "/add YOURNAME @FILE"),
                     "\n Then, unless they are on your LAN:  ", ("help_key", "/connect NAME HOST:PORT"),
-                    "\n\n F1 shows every key and command; Ctrl-Q quits.",
+                    f"\n\n {self.keymap.label('help')} shows every key and command; "
+                    f"{self.keymap.label('quit')} quits.",
                 ]),
             ]
         self.frame.body = urwid.ListBox(urwid.SimpleListWalker(lines))

@@ -1,20 +1,19 @@
-"""Modal dialogs drawn over the chat: messages, confirmations, one-line questions, help."""
+"""Modal dialogs drawn over the chat: the dialog widget, messages, confirmations, one-line questions.
+
+The help screen is in help.py; the dialogs of the chat itself (and their text) in chat_dialogs.py.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Collection, Optional, Sequence
 
 import urwid
-
-from .. import commands as slash
-from ..keys import KeyMap
-from .conversation import LEGEND
 
 Callback = Callable[[], None]
 
 
 class Dialog(urwid.WidgetWrap):
-    """A framed box with text and buttons. `dismissable`: Esc closes it (runs `on_cancel`).
+    """A framed box with text and buttons. `dismissable`: the cancel key closes it (runs `on_cancel`).
 
     A dialog that must be acknowledged (key mismatch) is not dismissable: only its button
     closes it.
@@ -56,7 +55,7 @@ class Dialog(urwid.WidgetWrap):
         return run
 
     def cancel(self) -> bool:
-        """Esc: close when allowed; returns whether it closed."""
+        """The cancel key: close when allowed; returns whether it closed."""
         if not self.dismissable or self.closed:
             return False
         self.closed = True
@@ -66,14 +65,15 @@ class Dialog(urwid.WidgetWrap):
 
 
 class QuestionEdit(urwid.Edit):
-    """A one-line answer: Enter submits."""
+    """A one-line answer: a key of the table's `send` action submits (they come from the keymap)."""
 
-    def __init__(self, caption: str, on_enter: Callable[[str], None]) -> None:
+    def __init__(self, caption: str, on_enter: Callable[[str], None], submit_keys: Collection[str]) -> None:
         super().__init__(caption)
         self.on_enter = on_enter
+        self.submit_keys = submit_keys
 
     def keypress(self, size, key):
-        if key == "enter":
+        if key in self.submit_keys:
             self.on_enter(self.edit_text)
             return None
         return super().keypress(size, key)
@@ -90,7 +90,7 @@ def confirm(title: str, text, yes: str, on_yes: Callback, on_no: Callback, no: s
 
 
 def question(title: str, text, caption: str, on_answer: Callable[[str], None], on_cancel: Callback,
-             initial: str = "") -> Dialog:
+             submit_keys: Collection[str], initial: str = "") -> Dialog:
     holder: dict = {}
 
     def submit(value: str) -> None:
@@ -99,34 +99,10 @@ def question(title: str, text, caption: str, on_answer: Callable[[str], None], o
             dialog.closed = True
             on_answer(value)
 
-    edit = QuestionEdit(caption, submit)
+    edit = QuestionEdit(caption, submit, submit_keys)
     edit.set_edit_text(initial)
     edit.set_edit_pos(len(initial))
     dialog = Dialog(title, [urwid.Text(text), urwid.AttrMap(edit, "input")],
                     [("OK", lambda: on_answer(edit.edit_text)), ("Cancel", on_cancel)], on_cancel=on_cancel)
     holder["dialog"] = dialog
     return dialog
-
-
-def help_body(keymap: KeyMap) -> list[urwid.Widget]:
-    """Keys (from the key table) and commands (from the command table)."""
-    rows: list[urwid.Widget] = []
-    current = None
-    for title, keys, text in keymap.help_lines():
-        if title != current:
-            rows.append(urwid.Text(("help_title", ("\n" if current else "") + title)))
-            current = title
-        rows.append(urwid.Columns([(18, urwid.Text(("help_key", "  " + keys))), urwid.Text(text)]))
-    rows.append(urwid.Text(("help_title", "\nCommands")))
-    for usage, text in slash.help_lines():
-        rows.append(urwid.Columns([(26, urwid.Text(("help_key", "  " + usage))), urwid.Text(text)]))
-    rows.append(urwid.Text(["\n  Names with spaces go in \"quotes\". Tab completes. //text sends a line starting with /."]))
-    rows.append(urwid.Text(("help_title", "\nMarks")))
-    rows.append(urwid.Text("  " + LEGEND + "\n  ● online  ○ offline  ✔ verified  ⊘ blocked; the number is unread messages."))
-    rows.append(urwid.Text("\n  " + "Mouse: click a contact to open it; the wheel scrolls the conversation."))
-    return rows
-
-
-def help_dialog(keymap: KeyMap, on_close: Callback) -> Dialog:
-    return Dialog("Help — Esc or F1 closes", help_body(keymap), [("Close", on_close)], on_cancel=on_close,
-                  width=100, box=True)

@@ -1,0 +1,147 @@
+"""What the contact, identity and session commands do (/add, /remove, /verify, /myid, /quit ...).
+
+Each handler is `(app, args by name) -> None` and raises UsageError for a hint in the footer;
+the command table (commands.py) names its handler, nothing here is looked up by name.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+from .model import Contact
+from .usage import UsageError
+from .views import chat_dialogs
+
+if TYPE_CHECKING:
+    from .app import App
+
+Args = Mapping[str, Optional[str]]
+
+
+def _contact(app: "App", name: Optional[str]) -> Contact:
+    contact = app.model.by_name(name)
+    if contact is None:
+        raise UsageError(f"No contact named {name!r} ({app.keymap.label('complete')} completes names)")
+    return contact
+
+
+def add_contact(app: "App", args: Args) -> None:
+    name, key = args["NAME"] or "", args["ID|KEY|@FILE"] or ""
+    if key.startswith("@") and not key.startswith("@@"):
+        path = os.path.expanduser(key[1:])
+        try:
+            key = pathlib.Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"Cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    elif key.startswith("@@"):
+        key = key[1:]
+
+    def added(_data: Any) -> None:
+        app.notice(f"Added {name}. Reach them with /connect {name} HOST:PORT if they are not on your LAN")
+
+        def listed(data: Any) -> None:
+            app.on_contacts(data, False)
+            contact = app.model.by_name(name)
+            if contact is not None:
+                app.open_chat(contact.fingerprint)
+        app.request("contacts", "list", on_ok=listed)
+
+    app.request("contacts", "add", {"peer": name, "public_key": key}, on_ok=added)
+
+
+def remove_contact(app: "App", args: Args) -> None:
+    contact = _contact(app, args["NAME"])
+    name = contact.name
+
+    def remove() -> None:
+        app.request("contacts", "remove", {"peer": name},
+                    on_ok=lambda _d: (app.model.forget(contact.fingerprint), app.notice(f"Removed {name}")))
+
+    app.show_dialog(chat_dialogs.remove_contact(name, app.closing(remove), app.closing()))
+
+
+def rename_contact(app: "App", args: Args) -> None:
+    contact = _contact(app, args["OLD"])
+    new = args["NEW"] or ""
+    app.request("contacts", "rename", {"peer": contact.name, "new_name": new},
+                on_ok=lambda data: (app.model.update_contact(data), app.notice(f"Renamed {args['OLD']} to {new}")))
+
+
+def block_contact(app: "App", args: Args) -> None:
+    name = args["NAME"] or ""
+    contact = app.model.by_name(name)
+    peer = contact.name if contact else name   # an ID blocks a stranger
+    app.request("contacts", "block", {"peer": peer},
+                on_ok=lambda data: (app.model.update_contact(data),
+                                    app.notice(f"Blocked {peer}: /unblock {peer} to undo")))
+
+
+def unblock_contact(app: "App", args: Args) -> None:
+    contact = _contact(app, args["NAME"])
+    app.request("contacts", "unblock", {"peer": contact.name},
+                on_ok=lambda data: (app.model.update_contact(data), app.notice(f"Unblocked {contact.name}")))
+
+
+def connect(app: "App", args: Args) -> None:
+    contact = _contact(app, args["NAME"])
+    address = args["HOST:PORT"] or ""
+    if ":" not in address:
+        raise UsageError("Usage: /connect NAME HOST:PORT — the address needs a port, e.g. 192.0.2.7:40000")
+    app.notice(f"Connecting to {contact.name} at {address}…")
+
+    def connected(data: Any) -> None:
+        state = data.get("state") if isinstance(data, dict) else None
+        where = f" at {data.get('address')}" if isinstance(data, dict) and data.get("address") else ""
+        app.notice(f"{contact.name}: {state or 'connecting'}{where}")
+        app.request("p2p", "peers", on_ok=app.on_peers, quiet=True)
+
+    app.request("p2p", "connect", {"peer": contact.name, "address": address}, on_ok=connected)
+
+
+def show_my_id(app: "App", args: Args) -> None:
+    me = app.model.me
+    if not me.get("id"):
+        raise UsageError("Still loading: try again in a moment")
+    path = args.get("FILE")
+    if path:
+        target = pathlib.Path(os.path.expanduser(path))
+        try:
+            target.write_text(me["public_key"] + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"Cannot write {target}: {exc.strerror or exc}") from None
+        app.notice(f"Wrote your public key to {target}: they add you with /add {me.get('name') or 'NAME'} @FILE")
+        return
+    app.show_dialog(chat_dialogs.my_id(me, app.closing()))
+
+
+def verify_contact(app: "App", args: Args) -> None:
+    contact = _contact(app, args["NAME"])
+    name = contact.name
+    app.notice(f"Running the handshake with {name} to compare keys…")
+
+    def negotiated(data: Any) -> None:
+        if not isinstance(data, dict):
+            return
+
+        def verified() -> None:
+            app.request("contacts", "verify", {"peer": name, "verified": True},
+                        on_ok=lambda view: (app.model.update_contact(view), app.notice(f"{name} is verified ✔")))
+
+        app.show_dialog(chat_dialogs.safety_number(name, data, app.closing(verified), app.closing()))
+
+    app.request("contacts", "negotiate_keys", {"peer": name}, on_ok=negotiated)
+
+
+def set_nick(app: "App", args: Args) -> None:
+    app.notice("Your display name is set at start-up: run chatp2p --name NAME (or [node] name in the "
+               "conf file). Contacts see the name they gave you anyway.", error=True)
+
+
+def show_help(app: "App", args: Args) -> None:
+    app.show_help()
+
+
+def quit_app(app: "App", args: Args) -> None:
+    app.quit()
