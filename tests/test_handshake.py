@@ -583,3 +583,18 @@ def test_handshake_cpu_per_side_is_under_target():
     result = bench.measure(rounds=5)
     print(result)
     assert result["initiator_median_ms"] < 10.0 and result["responder_median_ms"] < 10.0
+
+
+def test_ephemeral_kem_keys_are_not_cached_beyond_their_handshake():
+    """The initiator's ephemeral X-Wing key lives in the handshake only: the backend's key
+    cache, which keeps derived keys for speed, holds nothing but the static identity keys."""
+    backend = pqc.select_backend()
+    alice, bob = Identity.generate(backend), Identity.generate(backend)
+    for _ in range(3):
+        initiator = Initiator(alice, backend, expected_fingerprint=bob.fingerprint)
+        result = run(initiator, Listener(bob, backend))
+        assert established(result.events_i).fingerprint == bob.fingerprint
+        assert established(result.events_r).fingerprint == alice.fingerprint
+        assert initiator._e_key is None
+    cached = set(backend._kem._keys._items)
+    assert cached <= {alice.kem_seed, bob.kem_seed}, "an ephemeral key outlived its handshake"

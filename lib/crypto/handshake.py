@@ -365,7 +365,7 @@ class Initiator:
         self.peer_rollover: Optional[Rollover] = None  # the statement that made a new key acceptable
         self.established_at: Optional[float] = None
         self._transcript = Transcript()
-        self._e_seed: Optional[bytes] = None
+        self._e_key: Optional[pqc.EphemeralKem] = None  # held here only: never cached
         self._confirm_r = b""
         self._parts = Reassembler(
             max_fragments=32,
@@ -395,7 +395,7 @@ class Initiator:
     def _fail_state(self) -> None:
         self.state = InitiatorState.FAILED
         self.pending = []
-        self._e_seed = None
+        self._e_key = None
 
     def _fail(self, reason: FailReason, bundle: Optional[Bundle] = None, detail: str = "") -> Output:
         self._fail_state()
@@ -426,7 +426,7 @@ class Initiator:
             return _dropped(self.stats, "malformed")
         if not hmac.compare_digest(packet.nonce, self.nonce):
             return _dropped(self.stats, "wrong_nonce")
-        self._e_seed, e_public = self.backend.kem_generate()
+        self._e_key, e_public = self.backend.kem_generate_ephemeral()
         m1 = M1.pack(wire.VERSION, self.suite, self.nonce, e_public)
         self._transcript.mix(self.conn_id)
         self._transcript.mix(m1)
@@ -449,11 +449,11 @@ class Initiator:
     def _on_m2(self, body: bytes) -> Output:
         """M2 complete. Undecryptable garbage is dropped (a resend may follow); a message that
         decrypts but does not authenticate the expected responder ends the handshake."""
-        if len(body) < M2_PREFIX_LEN + AEAD_TAG_LEN or self._e_seed is None:
+        if len(body) < M2_PREFIX_LEN + AEAD_TAG_LEN or self._e_key is None:
             return _dropped(self.stats, "malformed")
         conn_id_r, ct_e, sealed = body[:CONN_ID_LEN], body[CONN_ID_LEN:M2_PREFIX_LEN], body[M2_PREFIX_LEN:]
         try:
-            k1 = self.backend.kem_decaps(self._e_seed, ct_e)
+            k1 = self.backend.kem_decaps_ephemeral(self._e_key, ct_e)
         except pqc.CryptoError:
             return _dropped(self.stats, "bad_ciphertext")
         t = self._transcript.copy()
@@ -496,7 +496,7 @@ class Initiator:
         )
         self.pending = wire.fragment_message(PacketType.AUTH, conn_id_r, ct_s + sealed3, self.max_datagram)
         self._transcript = t
-        self._e_seed = None  # forward secrecy: the ephemeral key is not needed any more
+        self._e_key = None  # forward secrecy: the ephemeral key is not needed any more
         self._confirm_r = final.confirm_r
         self.peer_bundle, self.peer_fingerprint, self.peer_rollover = bundle, fingerprint, rollover
         self.keys = SessionKeys(

@@ -102,6 +102,15 @@ class Backend(Protocol):
         """The shared secret in ``ciphertext``."""
         ...
 
+    def kem_generate_ephemeral(self) -> tuple["EphemeralKem", bytes]:
+        """A one-handshake X-Wing key: (private key held only by the caller, public key).
+        Never cached: once the caller drops it, nothing in the process keeps it."""
+        ...
+
+    def kem_decaps_ephemeral(self, key: "EphemeralKem", ciphertext: bytes) -> bytes:
+        """The shared secret in ``ciphertext`` for an ephemeral key."""
+        ...
+
     def sig_generate(self) -> tuple[bytes, bytes]:
         """A new signature key: (ML-DSA seed || Ed25519 seed, ML-DSA pk || Ed25519 pk)."""
         ...
@@ -282,6 +291,19 @@ class _XWingBackend:
         seed = secrets.token_bytes(KEM_SEED_LEN)
         return seed, self.kem_public(seed)
 
+    def kem_generate_ephemeral(self) -> tuple["EphemeralKem", bytes]:
+        try:
+            key = self._kem.derive(secrets.token_bytes(KEM_SEED_LEN))
+        except (RuntimeError, ValueError) as exc:
+            raise _as_crypto_error(exc, "KEM key generation failed") from None
+        return key, key.public
+
+    def kem_decaps_ephemeral(self, key: "EphemeralKem", ciphertext: bytes) -> bytes:
+        try:
+            return self._kem.decaps_with(key, ciphertext)
+        except (RuntimeError, ValueError) as exc:
+            raise _as_crypto_error(exc, "KEM decapsulation failed") from None
+
     def kem_public(self, seed: bytes) -> bytes:
         try:
             return self._kem.public(seed)
@@ -371,10 +393,15 @@ class PycryptodomeMlKem:
 
 
 class _XWingPrivate(NamedTuple):
+    """A derived X-Wing private key (an ephemeral one is held only by its handshake)."""
+
     dk: bytes
     x25519: x25519.X25519PrivateKey
     pk_x25519: bytes
     public: bytes
+
+
+EphemeralKem = _XWingPrivate
 
 
 class XWingKem:
@@ -386,7 +413,8 @@ class XWingKem:
         self._mlkem = mlkem
         self._keys = _KeyCache()
 
-    def _derive(self, seed: bytes) -> _XWingPrivate:
+    def derive(self, seed: bytes) -> _XWingPrivate:
+        """The private key of a seed, not cached (ephemeral keys must not outlive their use)."""
         seed_mlkem, sk_x = xwing_expand(seed)
         ek, dk = self._mlkem.keypair(seed_mlkem)
         key_x = x25519.X25519PrivateKey.from_private_bytes(sk_x)
@@ -394,7 +422,7 @@ class XWingKem:
         return _XWingPrivate(dk, key_x, pk_x, ek + pk_x)
 
     def _private(self, seed: Any) -> _XWingPrivate:
-        return self._keys.get(_sized(seed, KEM_SEED_LEN, "KEM seed"), self._derive)
+        return self._keys.get(_sized(seed, KEM_SEED_LEN, "KEM seed"), self.derive)
 
     def public(self, seed: bytes) -> bytes:
         return self._private(seed).public
@@ -422,7 +450,9 @@ class XWingKem:
         return xwing_combine(ss_m, ss_x, ct_x, pk_x), ct_m + ct_x
 
     def decaps(self, seed: bytes, ciphertext: bytes) -> bytes:
-        key = self._private(seed)
+        return self.decaps_with(self._private(seed), ciphertext)
+
+    def decaps_with(self, key: _XWingPrivate, ciphertext: bytes) -> bytes:
         ct = _sized(ciphertext, KEM_CT_LEN, "KEM ciphertext")
         ct_m, ct_x = ct[:MLKEM_CT_LEN], ct[MLKEM_CT_LEN:]
         try:
