@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 import gevent
 import gevent.event
@@ -34,6 +34,11 @@ MAX_PENDING_PER_CONNECTION = 256
 RECV_SIZE = 65536
 FLUSH_EVERY = 32  # answers of one read written without waiting for the rest of the read
 WRITE_TIMEOUT = 5.0  # s a closing connection waits for its last answers to be written
+
+
+UNKNOWN_USER_ERROR = ("Refused: the daemon cannot tell which local user opened this connection "
+                      "(it reads /proc/net/tcp: the daemon runs on Linux, and clients must "
+                      "connect from the same machine and user)")
 
 
 class IdleTimeout(Exception):
@@ -87,13 +92,15 @@ class ApiServer:
 
     def __init__(self, table: CommandTable, context: Any, host: str, port: int, *,
                  idle_timeout: float, max_request_bytes: int, max_connections: int,
-                 token: str | None = None, check_uid: bool = True) -> None:
+                 token: str | None = None, check_uid: bool = True,
+                 uid_of: Callable[[tuple, tuple], int | None] = peer_uid) -> None:
         self.table = table
         self.context = context
         self.idle_timeout = idle_timeout
         self.max_request_bytes = max_request_bytes
         self.token = token
         self.check_uid = check_uid
+        self.uid_of = uid_of      # who owns a loopback client's socket (tests pass their own)
         self.connections = 0
         self.refused = collections.Counter()
         self._live: set[_Connection] = set()
@@ -128,10 +135,18 @@ class ApiServer:
                     connection.greenlet.kill(IdleTimeout, block=False)
 
     def _allowed(self, sock: socket.socket, remote: tuple) -> bool:
+        """Only this user's processes may use a loopback API. Fails closed: a client whose
+        uid cannot be read (no /proc/net/tcp entry, a system other than Linux) is refused
+        with one line saying why; another user's client is closed without an answer."""
         if not self.check_uid or not is_loopback(remote[0]):
             return True
-        uid = peer_uid(sock.getsockname(), remote)
-        if uid is not None and uid != os.getuid():
+        uid = self.uid_of(sock.getsockname(), remote)
+        if uid is None:
+            self.refused["unknown_user"] += 1
+            log.warning("refused an API connection whose user cannot be determined")
+            _refuse(sock, UNKNOWN_USER_ERROR)
+            return False
+        if uid != os.getuid():
             self.refused["other_user"] += 1
             log.warning("refused an API connection from uid %d (not this user)", uid)
             return False
@@ -309,7 +324,8 @@ class _Connection:
         token = self.server.token
         if token is not None:
             supplied = request.get("token")
-            if not isinstance(supplied, str) or not hmac.compare_digest(supplied, token):
+            if not isinstance(supplied, str) or not hmac.compare_digest(
+                    supplied.encode("utf-8", "surrogatepass"), token.encode("utf-8")):
                 return response(False, error="Missing or wrong token (see ipc.token in the data dir)",
                                 request_id=call.request_id)
         return self.server.table.run(self.server.context, call)
@@ -342,6 +358,19 @@ class _Connection:
                     self.closed = True
         finally:
             self.writing = False
+
+
+def _refuse(sock: socket.socket, error: str) -> None:
+    """Answer one error line and close so that the client reads it: what it already sent is
+    drained (closing with unread data would reset the connection and lose the line)."""
+    try:
+        sock.sendall(_encode(response(False, error=error)))
+        sock.shutdown(socket.SHUT_WR)
+        with gevent.Timeout(1.0, False):
+            while sock.recv(65536):
+                pass
+    except OSError:
+        pass
 
 
 def _encode(reply: dict) -> bytes:
