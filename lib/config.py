@@ -33,6 +33,7 @@ class Setting:
     default: Any
     help: str
     choices: tuple[str, ...] = ()
+    secret: bool = False   # no command-line flag: every local user can read a process's argv
 
     @property
     def env(self) -> str:
@@ -66,7 +67,10 @@ SETTINGS: tuple[Setting, ...] = (
             "rendezvous nodes to register with, comma-separated host:port or host:port#ID (none by default)"),
     Setting("turn_url", "p2p", "turn_url", "str", "", "TURN relay used when no direct path works, turn:host:port"),
     Setting("turn_username", "p2p", "turn_username", "str", "", "TURN long-term credential: user name"),
-    Setting("turn_credential", "p2p", "turn_credential", "str", "", "TURN long-term credential: password"),
+    Setting("turn_credential", "p2p", "turn_credential", "str", "", "TURN long-term credential: password",
+            secret=True),
+    Setting("turn_credential_file", "p2p", "turn_credential_file", "path", "",
+            "file whose first line is the TURN password (used when turn_credential is empty)"),
     Setting("serve_rendezvous", "p2p", "serve_rendezvous", "bool", False,
             "serve introductions to other nodes on the P2P port (needs a fixed p2p port); flag --rendezvous"),
     Setting("lan_discovery", "p2p", "lan_discovery", "bool", False, "find contacts on the local network segment"),
@@ -188,12 +192,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare --config and one flag per setting; values stay raw text until `load`."""
     parser.add_argument("--config", metavar="FILE", help=f"conf file (default {DEFAULT_CONFIG_PATH})")
     for setting in SETTINGS:
-        if setting.kind == "bool":
+        if setting.secret:
+            parser.add_argument(setting.flag, action=_RefusedSecretFlag, help=argparse.SUPPRESS)
+        elif setting.kind == "bool":
             parser.add_argument(setting.flag, dest=setting.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=f"{setting.help} (env {setting.env})")
         else:
             parser.add_argument(setting.flag, dest=setting.name, metavar=setting.kind.upper(), default=None,
                                 help=f"{setting.help} (env {setting.env})")
+
+
+class _RefusedSecretFlag(argparse.Action):
+    """A secret given as a flag would show in `ps` to every local user: say where it goes."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        setting = SETTINGS_BY_NAME[self.dest]
+        hint = f", or {SETTINGS_BY_NAME[setting.name + '_file'].flag} FILE" \
+            if setting.name + "_file" in SETTINGS_BY_NAME else ""
+        parser.error(f"{option_string} is not accepted: other local users could read it in the process "
+                     f"list; set {setting.key} in the conf file, the environment variable {setting.env}{hint}")
+
+
+def _read_secret_file(setting: Setting, path_text: str) -> str:
+    path = pathlib.Path(os.path.expanduser(path_text))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{setting.flag} {path}: cannot read: {exc}") from None
 
 
 def _read_file(path: pathlib.Path) -> dict[str, Any]:
@@ -250,6 +276,9 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
             values[setting.name] = _checked(setting, raw, f"flag {setting.flag}")
     for name, raw in (flag_overrides or {}).items():
         values[name] = _checked(SETTINGS_BY_NAME[name], raw, f"flag {SETTINGS_BY_NAME[name].flag}")
+    if not values["turn_credential"] and values["turn_credential_file"]:
+        values["turn_credential"] = _read_secret_file(SETTINGS_BY_NAME["turn_credential_file"],
+                                                      values["turn_credential_file"])
     return Config(values, config_path)
 
 
@@ -270,7 +299,9 @@ def render_default_conf(extra: Callable[[], str] | None = None) -> str:
             shown = ""
         else:
             shown = str(default)
-        lines.append(f"# {setting.help}; env {setting.env}, flag {setting.flag}")
+        where = f"env {setting.env}, no flag (the process list would show it)" if setting.secret \
+            else f"env {setting.env}, flag {setting.flag}"
+        lines.append(f"# {setting.help}; {where}")
         lines.append(f"# {setting.key} = {shown}".rstrip())
     return "\n".join(lines).lstrip() + "\n" + (extra() if extra else "")
 

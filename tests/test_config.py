@@ -114,3 +114,42 @@ def test_daemon_exits_2_on_bad_nat_settings():
                                   env=env, capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2, proc.stderr
         assert expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_secret_is_refused_as_a_flag_and_read_from_env_conf_or_file():
+    import argparse
+    import contextlib
+    import io
+    parser = argparse.ArgumentParser(prog="chatp2pd")
+    cfg.add_arguments(parser)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            parser.parse_args(["--turn-credential", "hunter2"])
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError("--turn-credential was accepted")
+    assert "process list" in stderr.getvalue() and "CHATP2P_TURN_CREDENTIAL" in stderr.getvalue()
+    assert "hunter2" not in stderr.getvalue()
+    assert "--turn-credential " not in parser.format_help()
+    with tempfile.TemporaryDirectory() as tmp:
+        secret = pathlib.Path(tmp, "turn.password")
+        secret.write_text("s3cret pass\nignored\n")
+        args = parser.parse_args(["--turn-credential-file", str(secret), "--config", str(empty_conf(tmp))])
+        assert cfg.load(args, environ={}).turn_credential == "s3cret pass"
+        # The environment (or the conf file) wins over the file.
+        assert cfg.load(args, environ={"CHATP2P_TURN_CREDENTIAL": "from-env"}).turn_credential == "from-env"
+        args = parser.parse_args(["--turn-credential-file", str(secret) + ".missing", "--config", str(empty_conf(tmp))])
+        try:
+            cfg.load(args, environ={})
+        except cfg.ConfigError as exc:
+            assert "cannot read" in str(exc)
+        else:
+            raise AssertionError("a missing credential file was accepted")
+
+
+def empty_conf(tmp):
+    path = pathlib.Path(tmp, "empty.conf")
+    path.write_text("")
+    return path
