@@ -228,3 +228,83 @@ def test_a_real_timeout_resends_what_was_sent_before_the_probe(setup):
 
 def time_after_losses(messenger, state):
     return max(state.loss_time or 0.0, messenger.clock()) + 0.01
+
+
+# -- bounded receive buffers (a peer cannot pin memory with incomplete messages) --------------
+def segments_of(message_id, body, seq, size):
+    blob = messaging.encode_blob(message_id, body)
+    wid = messaging.wire_id(message_id)
+    return blob, [Msg(wid, seq, 1000, len(blob), offset, blob[offset:offset + size])
+                  for offset in range(0, len(blob), size)]
+
+
+def received(network):
+    return [data["message"] for kind, data in network.log if kind == "p2p_message_received"]
+
+
+def test_overlapping_segments_complete_a_message_only_when_every_byte_arrived(setup):
+    store, contact, network, messenger, link = setup
+    blob, _ = segments_of("over", "x" * 40, 1, 10)
+    wid = messaging.wire_id("over")
+    total = len(blob)
+    # [0, 20) and [10, 30): 30 bytes announced twice over, 10 still missing.
+    messenger.records(link, [Msg(wid, 1, 1000, total, 0, blob[0:20]), Msg(wid, 1, 1000, total, 10, blob[10:30])])
+    gevent.sleep(0)
+    assert received(network) == [] and messenger.states[FP].partial[1].filled == 30
+    messenger.records(link, [Msg(wid, 1, 1000, total, 30, blob[30:])])
+    gevent.sleep(0)
+    assert received(network) == ["x" * 40]
+    assert messenger.buffered == 0 and messenger.states[FP].buffered == 0
+
+
+def test_a_message_split_into_too_many_ranges_is_dropped(setup):
+    store, contact, network, messenger, link = setup
+    blob, _ = segments_of("frag", "y" * 2000, 1, 1)
+    wid = messaging.wire_id("frag")
+    every_other_byte = [Msg(wid, 1, 1000, len(blob), offset, blob[offset:offset + 1])
+                        for offset in range(0, 2 * (messaging.MAX_PARTIAL_RANGES + 1), 2)]
+    messenger.records(link, every_other_byte)
+    gevent.sleep(0)
+    assert network.counters["dropped_msg_fragmented"] == 1
+    assert 1 not in messenger.states[FP].partial and messenger.buffered == 0
+    # The honest resend of the whole message still gets through.
+    messenger.records(link, segments_of("frag", "y" * 2000, 1, 1000)[1])
+    gevent.sleep(0)
+    assert received(network) == ["y" * 2000]
+
+
+def test_incomplete_messages_expire_and_free_their_bytes(setup):
+    store, contact, network, messenger, link = setup
+    _, segments = segments_of("slow", "z" * 5000, 1, 1000)
+    messenger.records(link, segments[:2])
+    gevent.sleep(0)
+    assert messenger.buffered > 5000
+    clock = messenger.clock
+    messenger.tick(clock.advance(messaging.PARTIAL_TTL - 1))
+    assert 1 in messenger.states[FP].partial
+    messenger.tick(clock.advance(2))
+    assert messenger.states[FP].partial == {} and messenger.buffered == 0
+    assert network.counters["dropped_msg_expired"] == 1
+
+
+def test_a_strangers_incomplete_messages_are_capped_by_bytes(setup):
+    store, contact, network, messenger, link = setup
+    stranger = Link(bytes(range(1, 33)), "stranger", None, state=LinkState.CONNECTED, session=object(),
+                    address=("127.0.0.1", 2))
+    network.links[stranger.fingerprint] = stranger
+    messenger.link_up(stranger)
+    gevent.sleep(0)
+    big = "s" * (messaging.MAX_MESSAGE_BYTES - 300)
+    for seq in range(1, messaging.MAX_PARTIAL + 1):     # first segment only: never completes
+        messenger.records(stranger, [segments_of(f"s{seq}", big, seq, 1000)[1][0]])
+    state = messenger.states[stranger.fingerprint]
+    assert state.buffered <= messaging.STRANGER_BUFFER_BYTES
+    assert len(state.partial) == messaging.STRANGER_BUFFER_BYTES // (len(big) + 5)
+    assert network.counters["dropped_msg_buffer_full"] == messaging.MAX_PARTIAL - len(state.partial)
+    # A contact may buffer more than a stranger, and the link going down frees everything.
+    for seq in range(1, 9):
+        messenger.records(link, [segments_of(f"c{seq}", big, seq, 1000)[1][0]])
+    assert len(messenger.states[FP].partial) == 8
+    messenger.link_down(stranger)
+    messenger.link_down(link)
+    assert messenger.buffered == 0

@@ -317,9 +317,9 @@ def test_capacities():
 
 @st.composite
 def msgs(draw):
-    total = draw(st.integers(0, 70000))
-    offset = draw(st.integers(0, total))
-    data = draw(st.binary(max_size=min(300, total - offset)))
+    total = draw(st.integers(1, 70000))
+    offset = draw(st.integers(0, total - 1))
+    data = draw(st.binary(min_size=1, max_size=min(300, total - offset)))
     return Msg(draw(st.binary(min_size=16, max_size=16)), draw(u64), draw(u64), total, offset, data)
 
 
@@ -412,6 +412,8 @@ def test_record_constructors_check_fields():
         Msg(b"m" * 15, 0, 0, 1, 0, b"")
     with pytest.raises(WireError):
         Msg(b"m" * 16, 0, 0, 2, 1, b"xy")
+    with pytest.raises(WireError):                 # an empty segment fills nothing, ever
+        Msg(b"m" * 16, 0, 0, 2, 1, b"")
     with pytest.raises(WireError):
         Ack(((3, 2),))
     with pytest.raises(WireError):

@@ -572,6 +572,8 @@ class Msg:
         _check_int(self.total, _U32, "message length")
         _check_int(self.offset, _U32, "segment offset")
         _as_bytes(self.data, "segment data")
+        if not self.data:
+            raise WireError("empty message segment")  # it would fill nothing and never complete
         if self.offset + len(self.data) > self.total:
             raise WireError("segment extends past the message length")
 

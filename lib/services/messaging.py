@@ -26,6 +26,7 @@ peer that is merely slow to answer costs one spare message, not a window of them
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import hashlib
@@ -53,6 +54,11 @@ BLOB_VERSION = 1
 WINDOW_BYTES = 512 * 1024             # unacknowledged message bytes in flight per peer
 MAX_BACKOFF = 8.0                     # seconds between retransmissions at most
 MAX_PARTIAL = 64                      # incomplete incoming messages buffered per peer
+MAX_PARTIAL_RANGES = 128              # disjoint byte ranges of one incomplete message (~60 segments at most)
+PARTIAL_TTL = 60.0                    # s: an incomplete message not completed by then is dropped
+CONTACT_BUFFER_BYTES = 8 << 20        # incoming bytes buffered per contact (incomplete + out of order)
+STRANGER_BUFFER_BYTES = 256 << 10     # ... per stranger
+TOTAL_BUFFER_BYTES = 64 << 20         # ... for all peers together
 MAX_EARLY = 1024                      # complete messages waiting for an earlier one, per peer
 MAX_IN_FLIGHT = MAX_EARLY             # unacknowledged messages per peer (the receiver's buffer)
 LOSS_TIME_FACTOR = 9 / 8              # lost: sent before an acknowledged one, and this many RTTs ago
@@ -118,11 +124,34 @@ class Outgoing:
 
 @dataclasses.dataclass
 class Partial:
+    """An incomplete incoming message: its buffer and the disjoint byte ranges received."""
+
     wire_id: bytes
     created_ms: int
     buffer: bytearray
-    have: set = dataclasses.field(default_factory=set)   # offsets received
+    started: float = 0.0
+    ranges: list = dataclasses.field(default_factory=list)  # sorted disjoint [start, end)
     filled: int = 0
+
+    def add(self, offset: int, data: bytes) -> bool:
+        """Copy a segment in; False when it would split the message into too many ranges.
+        Overlaps count once, so a message completes only when every byte has arrived."""
+        end = offset + len(data)
+        ranges = self.ranges
+        index = bisect.bisect_left(ranges, [offset, offset])
+        if index and ranges[index - 1][1] >= offset:
+            index -= 1
+        low, high, covered, last = offset, end, 0, index
+        while last < len(ranges) and ranges[last][0] <= end:
+            low, high = min(low, ranges[last][0]), max(high, ranges[last][1])
+            covered += ranges[last][1] - ranges[last][0]
+            last += 1
+        if last == index and len(ranges) >= MAX_PARTIAL_RANGES:
+            return False
+        ranges[index:last] = [[low, high]]
+        self.buffer[offset:end] = data
+        self.filled += (high - low) - covered
+        return True
 
 
 @dataclasses.dataclass
@@ -156,6 +185,7 @@ class PeerState:
     ack_due: bool = False
     stranger_acks: list = dataclasses.field(default_factory=list)
     stranger_seq: int = 0
+    buffered: int = 0                                # bytes in `partial` buffers and `early`
 
     def reset_sender(self) -> None:
         self.outbox = collections.OrderedDict()
@@ -184,6 +214,7 @@ class Messenger:
         self.states: dict[bytes, PeerState] = {}
         self.counters = network.counters
         self._next_expiry = 0.0
+        self.buffered = 0                          # incoming bytes buffered, all peers
         self._capacity = wire.msg_capacity(network.config.max_datagram)
         self._to_store: list = []                  # (contact, message_id, body, created, waiter)
         self._dirty: dict[bytes, Link] = {}        # links with work for the next pass
@@ -374,8 +405,8 @@ class Messenger:
         state = self._state(link)
         state.reset_sender()    # a new session: everything not delivered goes again
         self._flush_link(link)  # what the previous session left: commit, acknowledge, mark, publish
-        state.partial.clear()
-        state.early.clear()
+        self._release_partials(state)
+        self._release_early(state)
         if link.contact_id is None:
             return
         state.in_seq = state.committed_seq = self.store.in_seq(link.contact_id)
@@ -391,9 +422,13 @@ class Messenger:
         if state is not None:
             self._flush_link(link)  # commit and publish what arrived; nothing can be sent
             state.reset_sender()    # resend from scratch on the next session
+            self._release_partials(state)  # the sender resends what is not acknowledged
+            self._release_early(state)
 
     def tick(self, now: float) -> None:
         for fingerprint, state in self.states.items():
+            if state.partial:
+                self._expire_partials(state, now)
             if state.flight_count:
                 link = self.network.links.get(fingerprint)
                 if link is not None and link.connected:
@@ -455,7 +490,10 @@ class Messenger:
                                             "reason": "expired: the contact was not reachable in time"})
 
     def contact_removed(self, fingerprint: bytes) -> None:
-        self.states.pop(fingerprint, None)
+        state = self.states.pop(fingerprint, None)
+        if state is not None:
+            self._release_partials(state)
+            self._release_early(state)
         self._dirty.pop(fingerprint, None)
 
     # -- receiving --------------------------------------------------------------------------
@@ -470,7 +508,8 @@ class Messenger:
     def _on_segment(self, link: Link, state: PeerState, segment: Msg) -> None:
         """Add a segment; a message it completes (or a copy) is staged and acknowledged in the pass."""
         seq = segment.seq
-        if segment.total > MAX_MESSAGE_BYTES + 2 + 255 or segment.offset + len(segment.data) > segment.total:
+        if segment.total > MAX_MESSAGE_BYTES + 2 + 255 or segment.offset + len(segment.data) > segment.total \
+                or not segment.data:
             self.counters["dropped_bad_msg"] += 1
             return
         partial = state.partial.get(seq)
@@ -479,18 +518,21 @@ class Messenger:
         else:
             if partial is None or partial.wire_id != segment.message_id or len(partial.buffer) != segment.total:
                 # New, or the sender's numbering restarted with another message at this seq.
-                if partial is None and len(state.partial) >= MAX_PARTIAL:
+                if partial is not None:
+                    self._drop_partial(state, seq)
+                if len(state.partial) >= MAX_PARTIAL or not self._reserve(link, state, segment.total):
                     self.counters["dropped_msg_buffer_full"] += 1
                     return
-                partial = Partial(segment.message_id, segment.created, bytearray(segment.total))
+                partial = Partial(segment.message_id, segment.created, bytearray(segment.total),
+                                  started=self.clock())
                 state.partial[seq] = partial
-            if segment.offset not in partial.have:
-                partial.have.add(segment.offset)
-                partial.buffer[segment.offset:segment.offset + len(segment.data)] = segment.data
-                partial.filled += len(segment.data)
+            if not partial.add(segment.offset, segment.data):
+                self.counters["dropped_msg_fragmented"] += 1
+                self._drop_partial(state, seq)
+                return
             if partial.filled < segment.total:
                 return
-            del state.partial[seq]
+            self._drop_partial(state, seq)
         try:
             message_id, body = decode_blob(bytes(partial.buffer))
         except (ValueError, UnicodeDecodeError):
@@ -521,16 +563,50 @@ class Messenger:
             log.info("%s restarted its message numbering at %d", link.name, seq)
             self._flush_link(link)  # commit what is staged under the old numbering first
             state.in_seq = state.committed_seq = seq - 1
-            state.early.clear()
+            self._release_early(state)
         if seq > state.in_seq + 1:
-            if len(state.early) < MAX_EARLY:
+            if seq not in state.early and len(state.early) < MAX_EARLY and self._reserve(link, state, size):
                 state.early[seq] = (message_id, body, created_ms, size)
+            elif seq not in state.early:
+                self.counters["dropped_msg_buffer_full"] += 1
             return
         self._stage(state, seq, message_id, body, created_ms)
         while state.in_seq + 1 in state.early:
             next_seq = state.in_seq + 1
-            message_id, body, created_ms, _ = state.early.pop(next_seq)
+            message_id, body, created_ms, size = state.early.pop(next_seq)
+            self._release(state, size)
             self._stage(state, next_seq, message_id, body, created_ms)
+
+    # -- receive buffers: bounded per peer (a stranger much less) and in total -----------------
+    def _reserve(self, link: Link, state: PeerState, size: int) -> bool:
+        cap = CONTACT_BUFFER_BYTES if link.contact_id is not None else STRANGER_BUFFER_BYTES
+        if state.buffered + size > cap or self.buffered + size > TOTAL_BUFFER_BYTES:
+            return False
+        state.buffered += size
+        self.buffered += size
+        return True
+
+    def _release(self, state: PeerState, size: int) -> None:
+        state.buffered -= size
+        self.buffered -= size
+
+    def _drop_partial(self, state: PeerState, seq: int) -> None:
+        partial = state.partial.pop(seq)
+        if isinstance(partial.buffer, bytearray):   # a whole single-segment message reserved nothing
+            self._release(state, len(partial.buffer))
+
+    def _release_partials(self, state: PeerState) -> None:
+        for seq in list(state.partial):
+            self._drop_partial(state, seq)
+
+    def _release_early(self, state: PeerState) -> None:
+        self._release(state, sum(item[3] for item in state.early.values()))
+        state.early.clear()
+
+    def _expire_partials(self, state: PeerState, now: float) -> None:
+        for seq in [seq for seq, partial in state.partial.items() if now - partial.started > PARTIAL_TTL]:
+            self.counters["dropped_msg_expired"] += 1
+            self._drop_partial(state, seq)
 
     @staticmethod
     def _stage(state: PeerState, seq: int, message_id: str, body: str, created_ms: int) -> None:
@@ -556,7 +632,7 @@ class Messenger:
             # Not acknowledged: the sender sends them again.
             log.warning("cannot store messages from %s: %s", link.name, exc)
             state.in_seq = state.committed_seq
-            state.early.clear()
+            self._release_early(state)
             return []
         state.committed_seq = staged[-1][0]
         received = [item for item, is_new in zip(staged, new) if is_new]
