@@ -242,16 +242,30 @@ def test_reassembler_limits_are_checked_before_storing():
 def test_reassembler_inconsistent_fragments():
     r = Reassembler()
     r.add("p", "k", Fragment(0, 3, 30, b"a" * 10), 0.0)
-    with pytest.raises(ReassemblyError):
-        r.add("p", "k", Fragment(1, 4, 30, b"b" * 10), 0.0)
-    with pytest.raises(ReassemblyError):
-        r.add("p", "k", Fragment(1, 3, 31, b"b" * 10), 0.0)
-    with pytest.raises(ReassemblyError):
-        r.add("p", "k", Fragment(1, 3, 30, b"b" * 21), 0.0)  # more than the declared length
-    assert r.add("p", "k", Fragment(0, 3, 30, b"z" * 10), 0.0) is None  # duplicate: first copy wins
     r.add("p", "k", Fragment(1, 3, 30, b"b" * 10), 0.0)
+    with pytest.raises(ReassemblyError):                     # two agreeing fragments hold
+        r.add("p", "k", Fragment(2, 4, 30, b"c" * 10), 0.0)
+    with pytest.raises(ReassemblyError):
+        r.add("p", "k", Fragment(2, 3, 31, b"c" * 10), 0.0)
+    with pytest.raises(ReassemblyError):
+        r.add("p", "k", Fragment(2, 3, 30, b"c" * 11), 0.0)  # more than the declared length
+    assert r.add("p", "k", Fragment(0, 3, 30, b"z" * 10), 0.0) is None  # duplicate: first copy wins
     with pytest.raises(ReassemblyError):
         r.add("p", "k", Fragment(2, 3, 30, b"c" * 5), 0.0)  # complete but short: dropped
+    assert len(r) == 0 and r.buffered_bytes() == 0
+
+
+def test_a_forged_first_fragment_cannot_block_the_real_message():
+    """Anyone on the path can send a first fragment with another count or length; it must not
+    hold the key until the timeout: the real fragments replace a lone disagreeing one."""
+    r = Reassembler(max_peer_messages=1)
+    message = bytes(range(30))
+    assert r.add("p", "k", Fragment(0, 5, 9000, b"forged"), 0.0) is None
+    assert r.add("p", "k", Fragment(0, 3, 30, message[:10]), 0.0) is None
+    assert r.add("p", "k", Fragment(1, 3, 30, message[10:20]), 0.0) is None
+    with pytest.raises(ReassemblyError):                     # ... and cannot evict them
+        r.add("p", "k", Fragment(3, 5, 9000, b"forged"), 0.0)
+    assert r.add("p", "k", Fragment(2, 3, 30, message[20:]), 0.0) == message
     assert len(r) == 0 and r.buffered_bytes() == 0
 
 

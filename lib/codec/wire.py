@@ -349,6 +349,8 @@ class Reassembler:
     bytes and messages per peer, messages overall. Memory is accounted by each message's declared
     total, reserved on its first fragment. Buffers older than ``timeout`` (on the caller's clock)
     are dropped. Duplicate fragments are ignored (the first copy wins), so replays are idempotent.
+    A fragment that disagrees on count or length with a lone earlier fragment replaces it; one
+    that disagrees with two or more agreeing fragments is refused.
     """
 
     def __init__(
@@ -394,7 +396,13 @@ class Reassembler:
         if partial is None:
             partial = self._allocate(peer, ident, fragment, now)
         elif fragment.count != partial.count or fragment.total != partial.total:
-            raise ReassemblyError("fragment disagrees with earlier fragments on count or length")
+            if len(partial.parts) > 1:
+                # Two or more fragments agree: a reassembly in progress is never evicted.
+                raise ReassemblyError("fragment disagrees with earlier fragments on count or length")
+            # A lone fragment proves nothing (anyone on the path can inject one first): the
+            # newcomer replaces it, so a forged first fragment cannot block the real message.
+            self._remove(ident)
+            partial = self._allocate(peer, ident, fragment, now)
         if fragment.index in partial.parts:
             return None  # duplicate
         if partial.received + len(fragment.data) > partial.total:
