@@ -222,22 +222,65 @@ def test_unregistered_and_refusing_target_look_the_same():
     assert timeouts == 8
 
 
-def test_target_over_its_cap_looks_unregistered_too():
-    config = dataclasses.replace(ServerConfig(), target_intros_per_minute=2)
+def test_requester_over_its_cap_looks_like_an_unregistered_target():
+    config = dataclasses.replace(ServerConfig(), requester_intros_per_minute=2)
     net = net_ab(server_config=config)
-    net.add(CAROL, ADDR_C)
     net.register(BOB)
     intros = 0
-    for requester in (ALICE, CAROL, ALICE, CAROL):
-        _, records = request(net, requester, BOB)
-        results = net.deliver(net.to_server(requester, records))
+    for _ in range(4):
+        _, records = request(net, ALICE, BOB)
+        results = net.deliver(net.to_server(ALICE, records))
         intros += len(events_of(results, BOB))
-        assert events_of(results, requester) == [] and sends_of(results, requester) == []
+        assert events_of(results, ALICE) == [] and sends_of(results, ALICE) == []
     assert intros == 2
-    assert net.server.counters["dropped_intro_target_capped"] == 2
-    assert all(not r for r in (net.received[ALICE.fingerprint], net.received[CAROL.fingerprint]))
-    # The bucket refills: 2 per minute.
+    assert net.server.counters["dropped_intro_requester_capped"] == 2
+    assert not net.received[ALICE.fingerprint]
+    # The allowance refills: 2 per minute.
     net.now += 60
+    _, records = request(net, ALICE, BOB)
+    assert len(events_of(net.deliver(net.to_server(ALICE, records)), BOB)) == 1
+
+
+def test_a_flooding_requester_cannot_starve_real_introductions_to_a_target():
+    """Introductions are charged to the requester and its IP address, never to the target:
+    throwaway identities spend their own allowance, and Carol still reaches Bob."""
+    net = net_ab()
+    net.add(CAROL, ADDR_C)
+    net.register(BOB)
+    throwaways = [ident.Identity.generate(BACKEND) for _ in range(3)]
+    flood = 0
+    for number, throwaway in enumerate(throwaways):
+        net.add(throwaway, (ADDR_A[0], 40001 + number))     # one host, several identities
+        for _ in range(8):                                 # its 8 pending slots, again and again
+            _, records = request(net, throwaway, BOB)
+            flood += len(events_of(net.deliver(net.to_server(throwaway, records)), BOB))
+        net.now += 11                                      # the requests time out: slots free
+        for _ in range(8):
+            _, records = request(net, throwaway, BOB)
+            flood += len(events_of(net.deliver(net.to_server(throwaway, records)), BOB))
+        net.now += 11
+    # More introductions than a target-wide cap (20 a minute) would have let through before
+    # Carol's, and fewer than the host's own allowance with what refilled meanwhile.
+    assert 24 <= flood <= ServerConfig().source_intros_per_minute + net.now - T0
+    _, records = request(net, CAROL, BOB)
+    assert len(events_of(net.deliver(net.to_server(CAROL, records)), BOB)) == 1
+
+
+def test_identities_on_one_host_share_its_introduction_allowance():
+    config = dataclasses.replace(ServerConfig(), source_intros_per_minute=3)
+    net = net_ab(server_config=config)
+    net.register(BOB)
+    intros = 0
+    for number in range(3):
+        throwaway = ident.Identity.generate(BACKEND)
+        net.add(throwaway, (ADDR_A[0], 40001 + number))
+        for _ in range(2):
+            _, records = request(net, throwaway, BOB)
+            intros += len(events_of(net.deliver(net.to_server(throwaway, records)), BOB))
+    assert intros == 3 and net.server.counters["dropped_intro_requester_capped"] == 3
+    _, records = request(net, ALICE, BOB)                  # same host: refused as well
+    assert events_of(net.deliver(net.to_server(ALICE, records)), BOB) == []
+    net.add(CAROL, ADDR_C)                                 # another host: through
     _, records = request(net, CAROL, BOB)
     assert len(events_of(net.deliver(net.to_server(CAROL, records)), BOB)) == 1
 

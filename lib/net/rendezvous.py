@@ -586,7 +586,10 @@ class ServerConfig:
     max_pending_per_requester: int = 8
     request_timeout: float = 10.0  # a request id lives this long, answered or not
     max_forwards: int = 3  # INTRO copies per request (the requester retransmits)
-    target_intros_per_minute: float = 20.0  # also the burst: at most this many at once
+    # Introductions are charged to who asks for them, never to the target (a throwaway
+    # identity spending a target's allowance would starve every real introduction to it).
+    requester_intros_per_minute: float = 20.0  # per requesting identity; also the burst
+    source_intros_per_minute: float = 60.0  # per requesting IP address (throwaway identities)
     source_rate: float = 10.0  # rendezvous records per second from one source IP
     source_burst: float = 40.0
     max_sources: int = 4096  # rate-limit buckets kept (least recently used dropped)
@@ -596,7 +599,6 @@ class ServerConfig:
 @dataclass
 class _Registration:
     expires: float
-    intros: TokenBucket  # introductions forwarded to this target
 
 
 @dataclass
@@ -623,6 +625,9 @@ class RendezvousServer:
         self._pending: collections.OrderedDict[bytes, _Pending] = collections.OrderedDict()  # oldest first
         self._per_requester: collections.Counter[bytes] = collections.Counter()
         self._sources: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()  # LRU first
+        # Introduction allowances, by requester fingerprint and by requester IP (LRU first).
+        self._requester_intros: collections.OrderedDict[bytes, TokenBucket] = collections.OrderedDict()
+        self._source_intros: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
         self._parts = _parts_buffer(max_messages=1024, max_peer_messages=8, timeout=config.request_timeout)
 
     # -- queries
@@ -684,11 +689,12 @@ class RendezvousServer:
             del self._registrations[fp]
         self._expire_pending(now)
         self._parts.expire(now)
-        while self._sources:
-            source, bucket = next(iter(self._sources.items()))
-            if not bucket.idle_full(now):
-                break
-            del self._sources[source]
+        for table in (self._sources, self._requester_intros, self._source_intros):
+            while table:
+                key, bucket = next(iter(table.items()))
+                if not bucket.idle_full(now):
+                    break
+                del table[key]
 
     # -- internals
     def _drop(self, reason: str) -> list[Delivery]:
@@ -700,15 +706,33 @@ class RendezvousServer:
         return [Delivery(peer, IntroFailedMsg(request_id, code).record())]
 
     def _source_bucket(self, source: str, now: float) -> TokenBucket:
-        bucket = self._sources.get(source)
+        return self._bucket(self._sources, source, self.config.source_rate, self.config.source_burst, now)
+
+    def _bucket(self, table: collections.OrderedDict, key: Hashable, rate: float, burst: float,
+                now: float) -> TokenBucket:
+        """The bucket of `key` in an LRU table of at most `max_sources` buckets."""
+        bucket = table.get(key)
         if bucket is None:
-            if len(self._sources) >= self.config.max_sources:
-                self._sources.popitem(last=False)
-            bucket = TokenBucket.full(self.config.source_rate, self.config.source_burst, now)
-            self._sources[source] = bucket
+            if len(table) >= self.config.max_sources:
+                table.popitem(last=False)
+            bucket = TokenBucket.full(rate, burst, now)
+            table[key] = bucket
         else:
-            self._sources.move_to_end(source)
+            table.move_to_end(key)
         return bucket
+
+    def _charge_intro(self, requester: bytes, source: str, now: float) -> bool:
+        """Spend one introduction of the requester's allowance and of its IP's (both or neither)."""
+        per_requester = self.config.requester_intros_per_minute
+        per_source = self.config.source_intros_per_minute
+        mine = self._bucket(self._requester_intros, requester, per_requester / 60.0, per_requester, now)
+        ip = self._bucket(self._source_intros, source, per_source / 60.0, per_source, now)
+        if not mine.take(now):
+            return False
+        if not ip.take(now):
+            mine.tokens += 1.0  # refunded: neither allowance is spent
+            return False
+        return True
 
     def _register(self, peer: bytes, observed: Address, msg: RegisterMsg, now: float) -> list[Delivery]:
         if msg.ttl == 0:
@@ -723,8 +747,7 @@ class RendezvousServer:
             if len(self._registrations) >= self.config.max_registrations:
                 self.counters["register_refused_full"] += 1
                 return [Delivery(peer, RegisteredMsg(msg.nonce, 0, observed).record())]
-            per_minute = self.config.target_intros_per_minute
-            reg = _Registration(now, TokenBucket.full(per_minute / 60.0, per_minute, now))
+            reg = _Registration(now)
             self._registrations[peer] = reg
         reg.expires = now + ttl
         self.counters["registered"] += 1
@@ -781,8 +804,8 @@ class RendezvousServer:
         reg = self._live_registration(entry.target, now)
         if reg is None:
             return self._drop("intro_unknown_target")
-        if not reg.intros.take(now):
-            return self._drop("intro_target_capped")
+        if entry.forwards == 0 and not self._charge_intro(entry.requester, observed[0], now):
+            return self._drop("intro_requester_capped")
         entry.forwards += 1
         self.counters["intros_forwarded"] += 1
         intro = IntroMsg(entry.request_id, entry.requester, observed, blob)
