@@ -415,7 +415,7 @@ def bench_handshakes(pair: Pair, rounds: int, warmup: int) -> dict:
         # `restart_probe`). After a stop, start binds a new free port (the daemons run with
         # --p2p-port 0), which also matters for B: its listener keeps every responder, finished
         # or not, for handshake_timeout (30 s) and drops a 9th INIT from the same host:port in
-        # that time (max_responders_per_address = 8), and a 257th from anyone (max_responders).
+        # that time (max_responders_per_known_host = 32 per host), and a 257th from anyone (max_responders).
         # A initiates, so B simply learns A's new address from the handshake.
         ok(client.request("p2p", "stop"), "p2p stop")
         ok(client.request("p2p", "start"), "p2p start")

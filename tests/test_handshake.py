@@ -400,13 +400,13 @@ def test_hostile_datagrams_never_raise(data):
         listener.receive(mutated, ADDR_R, 0.5)
 
 
-def test_listener_limits_per_address():
-    listener = Listener(BOB, BACKEND, ListenerConfig(max_responders_per_address=2))
+def test_listener_limits_per_host():
+    listener = Listener(BOB, BACKEND, ListenerConfig(max_responders_per_host=2))
     results = []
     for _ in range(3):
         _, initiator, flight = init_fragments(listener=listener)
         results.append([listener.receive(d, ADDR_I, 0.0) for d in flight][-1])
-    assert [len(r.send) for r in results] == [7, 7, 0] and results[2].dropped == "busy_address"
+    assert [len(r.send) for r in results] == [7, 7, 0] and results[2].dropped == "busy_host"
     assert len(listener) == 2 and listener.buffered_bytes() == 0
     _, _, flight = init_fragments(listener=listener, address=ADDR_R)  # another address still served
     assert len([listener.receive(d, ADDR_R, 0.0) for d in flight][-1].send) == 7
@@ -415,7 +415,7 @@ def test_listener_limits_per_address():
 def test_established_responders_do_not_count_toward_the_limits():
     # A peer reconnecting often (restarts, `p2p start`) from one address: each finished
     # handshake used to hold a slot for handshake_timeout, and the 9th in 30 s was dropped.
-    listener = Listener(BOB, BACKEND, ListenerConfig(max_responders=3, max_responders_per_address=2))
+    listener = Listener(BOB, BACKEND, ListenerConfig(max_responders=3, max_responders_per_host=2, reserved_responders=0))
     for _ in range(6):
         check_pair(run(Initiator(ALICE, BACKEND), listener))
     assert len(listener) == 1          # the newest established one per peer, for a lost DONE
@@ -427,17 +427,17 @@ def test_established_responders_do_not_count_toward_the_limits():
     for _ in range(3):
         _, _, flight = init_fragments(listener=listener)
         outs.append([listener.receive(d, ADDR_I, 0.0) for d in flight][-1])
-    assert [len(o.send) for o in outs] == [7, 7, 0] and outs[2].dropped == "busy_address"
+    assert [len(o.send) for o in outs] == [7, 7, 0] and outs[2].dropped == "busy_host"
     # ...and three in all (max_responders), the established ones not included.
     _, _, flight = init_fragments(listener=listener, address=ADDR_R)
     assert len([listener.receive(d, ADDR_R, 0.0) for d in flight][-1].send) == 7
     _, _, flight = init_fragments(listener=listener, address=("192.0.2.1", 1))
     assert [listener.receive(d, ("192.0.2.1", 1), 0.0) for d in flight][-1].dropped == "busy"
     # A rejected handshake keeps counting until it expires.
-    listener = Listener(BOB, BACKEND, ListenerConfig(max_responders_per_address=1))
+    listener = Listener(BOB, BACKEND, ListenerConfig(max_responders_per_host=1))
     run(Initiator(ALICE, BACKEND), listener, decide=lambda event: False, until=1.0)
     _, _, flight = init_fragments(listener=listener)
-    assert [listener.receive(d, ADDR_I, 1.0) for d in flight][-1].dropped == "busy_address"
+    assert [listener.receive(d, ADDR_I, 1.0) for d in flight][-1].dropped == "busy_host"
     listener.expire(100.0)
     assert len(listener) == 0
 
@@ -450,7 +450,7 @@ def test_established_responders_are_bounded():
 
 
 def test_init_buffers_are_bounded():
-    listener = Listener(BOB, BACKEND, ListenerConfig(max_init_buffers=3))
+    listener = Listener(BOB, BACKEND, ListenerConfig(max_init_buffers=3, reserved_init_buffers=0))
     outs = []
     for port in range(5):
         address = ("198.51.100.1", 1000 + port)
@@ -567,9 +567,70 @@ def test_replayed_init_gets_a_bounded_number_of_resends():
     listener, _, flight = init_fragments(listener=Listener(BOB, BACKEND, ListenerConfig(max_resends=3)))
     first = [d for f in flight for d in listener.receive(f, ADDR_I, 0.0).send]
     assert len(first) == 7
-    resent = [len(listener.receive(flight[0], ADDR_I, 1.0 + 0.05 * i).send) for i in range(20)]
+    # One fragment (its cookie is visible on the path: anyone there can replay it) buys nothing.
+    alone = [len(listener.receive(flight[0], ADDR_I, 1.0 + 0.05 * i).send) for i in range(20)]
+    assert sum(alone) == 0
+    # An INIT whose fragments are not the ones M2 answered buys nothing either.
+    forged = flight[1][:-1] + bytes([flight[1][-1] ^ 1])
+    assert listener.receive(flight[0], ADDR_I, 2.0).send == []
+    assert listener.receive(forged, ADDR_I, 2.0).dropped == "duplicate_mismatch"
+    # The whole INIT again (the initiator lost M2): M2 again, at most max_resends times.
+    resent = [sum(len(listener.receive(d, ADDR_I, 3.0 + 0.2 * i).send) for d in flight) for i in range(20)]
     assert resent.count(7) == 3 and sum(resent) == 21
     assert listener.stats["dropped_resend_limit"] > 0 and listener.stats["responses"] == 1
+
+
+def test_one_host_on_many_ports_cannot_shut_contacts_out():
+    """Limits count hosts, not (host, port): one host with 64 cookies, each on its own port,
+    sending only the first INIT fragment of each, and then whole INITs from 32 ports, leaves
+    room for a stranger on another host and for a contact's known host."""
+    contact_host = "203.0.113.50"
+    listener = Listener(BOB, BACKEND, is_known_host=lambda host: host == contact_host)
+    attacker = "198.51.100.66"
+    for port in range(64):                                  # half-open INITs: buffers
+        address = (attacker, 20000 + port)
+        _, _, flight = init_fragments(listener=listener, address=address)
+        listener.receive(flight[0], address, 0.0)
+    for port in range(32):                                  # whole INITs: responders
+        address = (attacker, 30000 + port)
+        _, _, flight = init_fragments(listener=listener, address=address)
+        for data in flight:
+            listener.receive(data, address, 0.0)
+    assert listener.buffered_bytes() <= 2 * ListenerConfig().max_responders_per_host * hs.M1_LEN
+    assert len(listener) <= ListenerConfig().max_responders_per_host
+    stranger = run(Initiator(CAROL, BACKEND), listener)       # ADDR_I: another host
+    assert established(stranger.events_r).fingerprint == CAROL.fingerprint
+    # A flood from many unknown hosts fills the shared part; the contact's host still gets in.
+    for number in range(300):
+        address = (f"192.0.2.{number % 250}", 40000 + number)
+        _, _, flight = init_fragments(listener=listener, address=address)
+        for data in flight:
+            listener.receive(data, address, 0.0)
+    assert listener.stats["dropped_busy"] > 0
+    contact = Initiator(ALICE, BACKEND, expected_fingerprint=BOB.fingerprint)
+    result = run_from(contact, listener, (contact_host, 41000))
+    assert established(result.events_r).fingerprint == ALICE.fingerprint
+
+
+def run_from(initiator, listener, address, now=0.0):
+    """A handshake without loss from `address`, accepting the initiator."""
+    out_i = initiator.start(now)
+    events_r = []
+    for _ in range(20):
+        to_i = []
+        for data in out_i:
+            out = listener.receive(data, address, now)
+            to_i += out.send
+            if out.event is not None:
+                events_r.append(out.event)
+                if isinstance(out.event, Authenticated):
+                    accepted = out.event.responder.accept(now)
+                    to_i += accepted.send
+                    events_r.append(accepted.event)
+        out_i = [d for data in to_i for d in initiator.receive(data, now).send]
+        if not out_i:
+            break
+    return Run(events_r=events_r)
 
 
 def test_handshake_cpu_per_side_is_under_target():

@@ -34,6 +34,7 @@ import collections
 import enum
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import struct
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from ..codec.wire import (
     Address,
     CookiePacket,
     Done,
+    Fragment,
     Hello,
     HandshakeFragment,
     PacketType,
@@ -566,13 +568,32 @@ class ListenerConfig:
     max_datagram: int = MAX_DATAGRAM
     suites: tuple[Suite, ...] = (Suite.AES_256_GCM, Suite.CHACHA20_POLY1305)
     handshake_timeout: float = 30.0  # lifetime of a Responder and of its reassembly buffers
+    # Limits are per host (an IPv4 address, an IPv6 /64), not per (address, port): one host
+    # has 65535 ports. A share is reserved for known hosts (where a contact's session was in
+    # the last 30 days), so contacts still connect while unknown hosts use all the rest.
     max_responders: int = 256  # handshakes in progress (an established one no longer counts)...
-    max_responders_per_address: int = 8  # ...and from one address
+    max_responders_per_host: int = 8  # ...from one unknown host
+    max_responders_per_known_host: int = 32  # ...from a known one (contacts behind one CGNAT address)
+    reserved_responders: int = 64  # of max_responders, only for known hosts
     max_established: int = 256  # established responders kept to answer a lost DONE (one per peer)
-    max_init_buffers: int = 64  # M1 reassemblies in progress, all cookie-verified
+    max_init_buffers: int = 64  # M1 reassemblies in progress, all cookie-verified...
+    reserved_init_buffers: int = 16  # ...of which these only for known hosts
     resend_interval: float = 0.1  # a duplicate flight is answered at most this often
     max_resends: int = 8  # and at most this many times per responder (bounds amplification)
     cookie_rotation: float = 120.0
+
+
+def host_key(address: Address) -> str:
+    """What per-host limits count by: the IPv4 address, or the /64 of an IPv6 address (one
+    subscriber gets a whole /64)."""
+    host = address[0]
+    text = host.decode() if isinstance(host, bytes) else str(host)
+    if ":" not in text:
+        return text
+    try:
+        return str(ipaddress.IPv6Network((text.split("%", 1)[0], 64), strict=False).network_address) + "/64"
+    except ValueError:
+        return text
 
 
 class Responder:
@@ -601,11 +622,16 @@ class Responder:
         self.keys: Optional[SessionKeys] = None
         self.established_at: Optional[float] = None
         self.counted = True  # in the listener's limits (until established)
+        self.host = host_key(address)  # what the limits count by
+        self.known_host = False        # a contact's session was at this host lately
         self._transcript = Transcript()
         self._k1 = b""
         self._confirm_r = b""
         self._last_sent = now
         self._resends = 0
+        self._m1_digest = b""                       # the INIT this M2 answers...
+        self._m1_count = 0                           # ...and its number of fragments
+        self._repeat: dict[int, bytes] = {}          # fragments of a repeated INIT, by index
 
     @property
     def pending(self) -> list[bytes]:
@@ -631,11 +657,27 @@ class Responder:
             ZERO_NONCE, _encode_sealed(bundle_bytes, sig_r, rollover=listener.rollover), h2
         )
         self._k1 = k1
+        self._m1_digest = hashlib.sha256(m1).digest()
         body = self.conn_id + ct_e + sealed
         self.flight = wire.fragment_message(
             PacketType.RESP, self.initiator_conn_id, body, listener.config.max_datagram
         )
         return list(self.flight)
+
+    def _on_repeated_init(self, fragment: Fragment, now: float) -> Output:
+        """A fragment of an INIT that already got its M2. M2 goes again only when the whole INIT
+        came again, byte for byte: a 31-byte fragment (its cookie is visible on the path, so
+        anyone there can replay it) must not buy a 7-14 KB flight."""
+        if fragment.total != M1_LEN or fragment.count != self._m1_count:
+            return _dropped(self._listener.stats, "duplicate_mismatch")
+        self._repeat.setdefault(fragment.index, bytes(fragment.data))
+        if len(self._repeat) < fragment.count:
+            return _dropped(self._listener.stats, "duplicate_partial")
+        parts, self._repeat = self._repeat, {}
+        if set(parts) != set(range(fragment.count)) or \
+                hashlib.sha256(b"".join(parts[i] for i in range(fragment.count))).digest() != self._m1_digest:
+            return _dropped(self._listener.stats, "duplicate_mismatch")
+        return self._resend(now)
 
     def _resend(self, now: float) -> Output:
         """Answer a duplicate INIT or AUTH with the last flight: at most once per resend_interval
@@ -754,6 +796,7 @@ class Listener:
         config: ListenerConfig = ListenerConfig(),
         random_bytes: RandomBytes = secrets.token_bytes,
         rollover: Optional[bytes] = None,
+        is_known_host: Callable[[str], bool] = lambda host: False,
     ) -> None:
         self.identity = identity
         self.backend = backend
@@ -763,19 +806,17 @@ class Listener:
         self.stats: collections.Counter[str] = collections.Counter()
         self._random = random_bytes
         self._cookies = CookieJar(random_bytes, config.cookie_rotation)
-        self._init_parts = Reassembler(
-            max_fragments=wire.MAX_FRAGMENTS,
-            max_message_bytes=M1_LEN,
-            max_peer_bytes=M1_LEN * config.max_responders_per_address,
-            max_peer_messages=config.max_responders_per_address,
-            max_messages=config.max_init_buffers,
-            timeout=config.handshake_timeout,
-        )
+        self._is_known_host = is_known_host
+        # INIT reassembly: unknown hosts share what known hosts do not have reserved.
+        self._init_parts = self._init_reassembler(config.max_init_buffers - config.reserved_init_buffers,
+                                                  config.max_responders_per_host)
+        self._init_parts_known = self._init_reassembler(config.reserved_init_buffers,
+                                                        config.max_responders_per_known_host)
         self._auth_parts = Reassembler(
             max_fragments=32,
             max_message_bytes=MAX_HANDSHAKE_MESSAGE,
-            max_peer_bytes=MAX_HANDSHAKE_MESSAGE * config.max_responders_per_address,
-            max_peer_messages=config.max_responders_per_address,
+            max_peer_bytes=MAX_HANDSHAKE_MESSAGE * config.max_responders_per_known_host,
+            max_peer_messages=config.max_responders_per_known_host,
             max_messages=config.max_responders,
             timeout=config.handshake_timeout,
         )
@@ -786,7 +827,8 @@ class Listener:
         # DONE was lost): it must not stop the same peer from handshaking again, so it leaves
         # the counts; the newest one per peer is kept, and at most max_established in all.
         self._in_progress = 0
-        self._per_address: collections.Counter[Address] = collections.Counter()
+        self._in_progress_unknown = 0
+        self._per_host: collections.Counter[str] = collections.Counter()
         self._by_peer: "collections.OrderedDict[bytes, Responder]" = collections.OrderedDict()
 
     def __len__(self) -> int:
@@ -797,7 +839,18 @@ class Listener:
 
     def buffered_bytes(self) -> int:
         """Bytes reserved by reassembly buffers (INIT and AUTH)."""
-        return self._init_parts.buffered_bytes() + self._auth_parts.buffered_bytes()
+        return self._init_parts.buffered_bytes() + self._init_parts_known.buffered_bytes() \
+            + self._auth_parts.buffered_bytes()
+
+    def _init_reassembler(self, max_messages: int, per_host: int) -> Reassembler:
+        return Reassembler(
+            max_fragments=wire.MAX_FRAGMENTS,
+            max_message_bytes=M1_LEN,
+            max_peer_bytes=M1_LEN * per_host,
+            max_peer_messages=per_host,
+            max_messages=max(0, max_messages),
+            timeout=self.config.handshake_timeout,
+        )
 
     def expire(self, now: float) -> int:
         """Forget responders older than handshake_timeout (whatever their state) and stale buffers."""
@@ -809,6 +862,7 @@ class Listener:
         for responder in old:
             self._forget(responder)
         self._init_parts.expire(now)
+        self._init_parts_known.expire(now)
         self._auth_parts.expire(now)
         return len(old)
 
@@ -816,9 +870,12 @@ class Listener:
         if responder.counted:
             responder.counted = False
             self._in_progress -= 1
-            self._per_address[responder.address] -= 1
-            if self._per_address[responder.address] <= 0:
-                del self._per_address[responder.address]
+            if not responder.known_host:
+                self._in_progress_unknown -= 1
+            host = responder.host
+            self._per_host[host] -= 1
+            if self._per_host[host] <= 0:
+                del self._per_host[host]
 
     def _forget(self, responder: Responder) -> None:
         del self._by_conn[responder.conn_id]
@@ -826,7 +883,7 @@ class Listener:
         self._uncount(responder)
         if responder.peer_fingerprint is not None and self._by_peer.get(responder.peer_fingerprint) is responder:
             del self._by_peer[responder.peer_fingerprint]
-        self._auth_parts.discard(responder.address, responder.conn_id)
+        self._auth_parts.discard(responder.host, responder.conn_id)
 
     def _established(self, responder: Responder) -> None:
         """`responder` was accepted: out of the limits; it replaces this peer's previous one."""
@@ -874,15 +931,25 @@ class Listener:
         if existing is not None:
             if existing.state != ResponderState.WAIT_AUTH:
                 return _dropped(self.stats, "duplicate")
-            return existing._resend(now)
+            return existing._on_repeated_init(frag.fragment, now)
         if frag.fragment.total != M1_LEN:
             return _dropped(self.stats, "malformed")
-        if self._in_progress >= self.config.max_responders:
+        host = host_key(address)
+        known = self._is_known_host(host)
+        config = self.config
+        if self._in_progress >= config.max_responders or \
+                (not known and self._in_progress_unknown >= config.max_responders - config.reserved_responders):
             return _dropped(self.stats, "busy")
-        if self._per_address[address] >= self.config.max_responders_per_address:
-            return _dropped(self.stats, "busy_address")
+        if self._per_host[host] >= (config.max_responders_per_known_host if known else config.max_responders_per_host):
+            return _dropped(self.stats, "busy_host")
+        # A known host uses the reserve while it has room, then the shared buffers.
+        key = (address, frag.conn_id)
+        in_reserve = (host, key) in self._init_parts_known
+        if known and not in_reserve and (host, key) not in self._init_parts \
+                and len(self._init_parts_known) < config.reserved_init_buffers:
+            in_reserve = True
         try:
-            m1 = self._init_parts.add(address, frag.conn_id, frag.fragment, now)
+            m1 = (self._init_parts_known if in_reserve else self._init_parts).add(host, key, frag.fragment, now)
         except WireError:
             return _dropped(self.stats, "busy_or_inconsistent")
         if m1 is None:
@@ -894,14 +961,18 @@ class Listener:
         while conn_id in self._by_conn:
             conn_id = self._random(CONN_ID_LEN)
         responder = Responder(self, address, frag.conn_id, conn_id, Suite(suite), now)
+        responder.host, responder.known_host = host, known
+        responder._m1_count = frag.fragment.count
         try:
             flight = responder._respond(m1, e_public)
         except pqc.CryptoError:
             return _dropped(self.stats, "bad_key")
         self._by_conn[conn_id] = responder
         self._by_init[(address, frag.conn_id)] = responder
-        self._per_address[address] += 1
+        self._per_host[host] += 1
         self._in_progress += 1
+        if not known:
+            self._in_progress_unknown += 1
         self.stats["responses"] += 1
         return Output(send=flight)
 
@@ -920,7 +991,7 @@ class Listener:
         if responder.state != ResponderState.WAIT_AUTH:
             return _dropped(self.stats, "duplicate")
         try:
-            m3 = self._auth_parts.add(address, responder.conn_id, frag.fragment, now)
+            m3 = self._auth_parts.add(responder.host, responder.conn_id, frag.fragment, now)
         except WireError:
             return _dropped(self.stats, "busy_or_inconsistent")
         if m3 is None:

@@ -24,7 +24,7 @@ import gevent.event
 from ..crypto import identity as ident
 from ..codec import wire
 from ..crypto.handshake import (Authenticated, Established, Failed, FailReason, Initiator, InitiatorState,
-                        Listener, ListenerConfig, Output, accept_incoming)
+                                Listener, ListenerConfig, Output, accept_incoming, host_key)
 from ..crypto.session import FrameDropped, Session, SessionConfig, SessionError
 from ..store import Contact, Store, StoreError
 from .transport import Transport
@@ -44,6 +44,7 @@ MAX_SERVICE_CLIENTS = 10000   # rendezvous mode: sessions with nodes using this 
 RELAY_DELAY = 2.0             # punching: relay candidates join the probes after this long
 UPGRADE_PROBE_INTERVAL = 5.0  # relayed sessions look for a direct path this often
 DIRECT_HOLD = 10.0            # a direct path heard from this recently is not given up for the relay
+KNOWN_HOST_SECONDS = 30 * 86400  # a contact's host keeps its reserved handshake capacity this long
 
 
 class LinkState(str, enum.Enum):
@@ -171,8 +172,9 @@ class Network:
         self.accept_services = False                     # rendezvous mode: accept any identity as a client
         self.relay = None                                # a TurnClient when a relay is allocated
         self.relay_peers: set = set()                    # addresses reached through the relay
-        self.listener = Listener(identity, backend, ListenerConfig(max_datagram=config.max_datagram),
-                                 rollover=rollover)
+        # Hosts where a contact's session was lately: the handshake limits keep room for them.
+        self._known_hosts: dict[str, float] = self._load_known_hosts()
+        self.listener = self._make_listener(identity, rollover)
         self.observers: list[LinkObserver] = []
         self.counters = transport.counters
         self._ticker: Optional[gevent.Greenlet] = None
@@ -199,8 +201,28 @@ class Network:
                 self._send(link, [Close(0, "identity changed")])
             self._set_down(link)
         self.identity, self.rollover = identity, rollover
-        self.listener = Listener(identity, self.backend, ListenerConfig(max_datagram=self.config.max_datagram),
-                                 rollover=rollover)
+        self.listener = self._make_listener(identity, rollover)
+
+    def _make_listener(self, identity: ident.Identity, rollover: Optional[bytes]) -> Listener:
+        return Listener(identity, self.backend, ListenerConfig(max_datagram=self.config.max_datagram),
+                        rollover=rollover, is_known_host=self.is_known_host)
+
+    def _load_known_hosts(self) -> dict[str, float]:
+        hosts: dict[str, float] = {}
+        for contact in self.store.list_contacts():
+            if contact.blocked or not contact.last_seen:
+                continue
+            for text in contact.addresses:
+                address = parse_address(text)
+                if address is not None:
+                    key = host_key(address)
+                    hosts[key] = max(hosts.get(key, 0.0), contact.last_seen)
+        return hosts
+
+    def is_known_host(self, host: str) -> bool:
+        """A contact's session was at this host (IPv4 address, IPv6 /64) in the last 30 days."""
+        seen = self._known_hosts.get(host)
+        return seen is not None and time.time() - seen < KNOWN_HOST_SECONDS
 
     # -- queries ----------------------------------------------------------------------------
     def link_for_contact(self, contact: Contact) -> Link:
@@ -613,7 +635,9 @@ class Network:
 
     def _remember_address(self, link: Link, address: Address) -> None:
         if link.contact_id is not None:
-            self.store.touch_contact(link.contact_id, time.time(), _fmt(address))
+            now = time.time()
+            self.store.touch_contact(link.contact_id, now, _fmt(address))
+            self._known_hosts[host_key(address)] = now
 
     def _set_down(self, link: Link, notify: bool = True) -> None:
         was_connected = link.connected
