@@ -514,8 +514,7 @@ class Network:
             return event.responder.accept(now)
         link = self.links.get(event.fingerprint)
         if contact is None:
-            strangers = sum(1 for l in self.links.values() if l.is_stranger)
-            if link is None and strangers >= MAX_STRANGERS:
+            if link is None and not self._room_for_stranger():
                 event.responder.reject()
                 self.counters["refused_strangers_cap"] += 1
                 return Output()
@@ -633,6 +632,20 @@ class Network:
         for observer in self._observers_for(link):
             observer.link_up(link)
 
+    def _room_for_stranger(self) -> bool:
+        """Stranger links are live sessions only (a stranger's link goes when its session
+        ends), at most MAX_STRANGERS; at the cap, the one heard from least recently gives way
+        to the newcomer: 32 throwaway identities cannot shut every real newcomer out."""
+        strangers = [l for l in self.links.values() if l.is_stranger]
+        if len(strangers) < MAX_STRANGERS:
+            return True
+        victim = min(strangers, key=lambda l: (l.connected, l.last_rx))
+        self.counters["strangers_evicted"] += 1
+        if victim.connected:
+            self._send(victim, [Close(0, "busy")])
+        self._set_down(victim)
+        return True
+
     def _remember_address(self, link: Link, address: Address) -> None:
         if link.contact_id is not None:
             now = time.time()
@@ -657,6 +670,8 @@ class Network:
                                                    "fingerprint": link.id_text})
             for observer in self._observers_for(link):
                 observer.link_down(link)
+        if link.is_stranger and self.links.get(link.fingerprint) is link:
+            del self.links[link.fingerprint]  # a stranger's link lives as long as its session
 
     # -- timers -----------------------------------------------------------------------------
     def _ping(self, link: Link, now: float) -> None:
