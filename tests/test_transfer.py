@@ -68,6 +68,12 @@ def start_pair(root, name, args_a=(), args_b=()):
     return a, b, ev_a, ev_b
 
 
+def part_files(downloads):
+    """The receiver's part files (in their own directory of the downloads dir)."""
+    directory = os.path.join(downloads, ".chatp2p-partial")
+    return [p for p in os.listdir(directory) if p.endswith(".part")] if os.path.isdir(directory) else []
+
+
 def transfers(daemon):
     return {t["transfer_id"]: t for t in ok(daemon.request("p2p", "transfers"))["data"]}
 
@@ -107,7 +113,7 @@ def test_64_mib_on_loopback_arrives_with_the_same_sha256():
     assert sha256_of(received["path"]) == expected
     assert pathlib.Path(received["path"]).parent == pathlib.Path(TMP, "main-b", "dl")
     assert pathlib.Path(received["path"]).name == "big.bin"
-    assert not [p for p in os.listdir(os.path.join(TMP, "main-b", "dl")) if p.endswith(".part")]
+    assert not part_files(os.path.join(TMP, "main-b", "dl"))
     progress = EV_B.all("file_transfer_progress", transfer_id=tid)
     assert all(set(p) >= {"bytes", "total", "rate", "eta"} for p in progress)
     view_a, view_b = transfers(A)[tid], transfers(B)[tid]

@@ -26,7 +26,7 @@ import pytest
 
 from daemon import Daemon
 from events import Events
-from test_transfer import make_file, ok, sha256_of, start_pair, transfers
+from test_transfer import make_file, ok, part_files, sha256_of, start_pair, transfers
 
 MIB = 1 << 20
 NOBODY = 65534
@@ -121,8 +121,7 @@ def test_disk_full_refuses_big_offers_fails_mid_transfer_keeps_the_part_and_resu
             assert failed["reason"].startswith("cannot write") and failed["reason"].endswith("disk full"), failed
             view = transfers(b)[tid]
             assert view["state"] == "failed" and view["error"].endswith("disk full"), view
-            parts = [p for p in os.listdir(dl) if p.endswith(".part")]
-            assert len(parts) == 1, os.listdir(dl)  # kept, to resume from
+            assert len(part_files(dl)) == 1, os.listdir(dl)  # kept, to resume from
             # The sender learns it from the receiver's answers and stops.
             sender_failed = ev_a.wait_data("file_transfer_failed", 10, transfer_id=tid)[0]
             assert "disk full" in sender_failed["reason"], sender_failed
@@ -133,7 +132,7 @@ def test_disk_full_refuses_big_offers_fails_mid_transfer_keeps_the_part_and_resu
             received = ev_b.wait_data("file_received", 30, transfer_id=tid)[0]
             assert received["sha256"] == expected == sha256_of(received["path"])
             ev_a.wait_data("file_transfer_completed", 10, transfer_id=tid)
-            assert not [p for p in os.listdir(dl) if p.endswith(".part")]
+            assert not part_files(dl)
             _close((ev_a, ev_b), (a, b))
             a = b = ev_a = ev_b = None
     finally:
@@ -226,13 +225,13 @@ def test_permission_denied_on_the_source_the_downloads_dir_and_the_final_name():
         os.chown(dl_b, NOBODY, NOBODY)
         os.chmod(dl_b, 0o700)
         ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
-        _wait_for(lambda: [p for p in os.listdir(dl_b) if p.endswith(".part")], 10, "the .part")
+        _wait_for(lambda: part_files(dl_b), 10, "the .part")
         os.chmod(dl_b, 0o500)  # the .part can still be written, but no name can be added
         failed = ev_b.wait_data("file_transfer_failed", 30, transfer_id=tid)[0]
         assert failed["reason"].startswith("cannot save shared.bin") and failed["reason"].endswith(
             "permission denied"), failed
         assert transfers(b)[tid]["state"] == "failed"
-        assert [p for p in os.listdir(dl_b) if p.endswith(".part")], os.listdir(dl_b)
+        assert part_files(dl_b), os.listdir(dl_b)
         os.chmod(dl_b, 0o700)
         ok(b.request("p2p", "resume_transfer", {"transfer_id": tid}))
         received = ev_b.wait_data("file_received", 30, transfer_id=tid)[0]

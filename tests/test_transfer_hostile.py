@@ -213,6 +213,7 @@ def test_data_beyond_the_end_and_a_wrong_hash_fail_the_transfer():
         peer.close()
     downloads = os.listdir(os.path.join(TMP, "b", "dl"))
     assert not [name for name in downloads if name in ("beyond.bin", "hash.bin") or name.endswith(".part")], downloads
+    assert not os.listdir(os.path.join(TMP, "b", "dl", ".chatp2p-partial"))
     assert _files_outside_downloads() == []
 
 

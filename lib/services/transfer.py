@@ -11,7 +11,7 @@ them, a `LinkObserver` of `peers.Network`:
   (`Channel`), paced by that link's congestion controller; ACK ranges free the blocks, losses
   queue exactly the missing bytes again. END carries the SHA-256 once everything is delivered.
 * Receiver: an `Incoming` per transfer. Received bytes are queued for a writer greenlet that
-  writes them to `DOWNLOADS/.chatp2p-<id>.part` in the thread pool (pwritev, batches of a
+  writes them to `DOWNLOADS/.chatp2p-partial/<id>.part` in the thread pool (pwritev, batches of a
   few MiB) and hashes what is contiguous in the same hand-off; every 64 MiB it fdatasyncs the .part and only then records the chunks held in
   the store, so after a crash the store never claims bytes the disk lost. When the bytes are
   all there and the hash matches END's, the file is fsynced and linked to its final name in
@@ -67,6 +67,7 @@ WRITE_BATCH = 2 << 20             # receiver: bytes gathered before one hand-off
 WRITE_WAIT = 0.01                 # ...or at most this long after the first one (s)
 SEND_CACHE = 16 << 20             # bytes a sender keeps read: in flight + read ahead, per transfer
 MAX_PENDING_WRITES = 8 << 20      # bytes received but not yet written, per node (else dropped, unacked)
+PART_DIR = ".chatp2p-partial"      # part files' own directory in the downloads dir
 SYNC_BYTES = 32 << 20             # fdatasync the .part (in the background) and record the chunk map
                                   # this often: writeback keeps up, so the final fsync is short...
 SYNC_INTERVAL = 1.0               # ...or after this many seconds with unsynced data
@@ -178,10 +179,28 @@ def _hash_file(fd: int, start: int, end: int, hasher) -> int:
     return position
 
 
-def _open_part(directory: str, part_path: str) -> tuple[int, int]:
-    """(fd, current size) of the .part file, creating the downloads dir (0700) if needed."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd = os.open(part_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+def part_path_for(downloads_dir: str, tid: bytes) -> str:
+    """Where an incoming transfer's bytes wait: a directory of its own in the downloads dir,
+    out of reach of offered names (which are bare names), so that no file received earlier
+    can stand in for a part file."""
+    return os.path.join(downloads_dir, PART_DIR, f"{tid.hex()}.part")
+
+
+def _open_part(part_path: str, new: bool) -> tuple[int, int]:
+    """(fd, current size) of a part file, creating its directories (0700) if needed. A new one
+    is created exclusively (a stale file of that name, left by a crash, is replaced first), so
+    no earlier content survives into it; a resumed one is reopened and its size checked."""
+    os.makedirs(os.path.dirname(os.path.dirname(part_path)), mode=0o700, exist_ok=True)
+    os.makedirs(os.path.dirname(part_path), mode=0o700, exist_ok=True)
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    if new:
+        try:
+            fd = os.open(part_path, flags | os.O_EXCL, 0o600)
+        except FileExistsError:
+            os.unlink(part_path)
+            fd = os.open(part_path, flags | os.O_EXCL, 0o600)
+    else:
+        fd = os.open(part_path, flags, 0o600)
     return fd, os.fstat(fd).st_size
 
 
@@ -629,9 +648,9 @@ class Transfers:
         if free < transfer.size:
             raise TransferError(f"Not enough space in {self.downloads_dir}: the file needs {transfer.size} bytes, "
                                 f"{free} are free")
-        transfer.part_path = os.path.join(self.downloads_dir, f".chatp2p-{transfer.tid.hex()}.part")
+        transfer.part_path = part_path_for(self.downloads_dir, transfer.tid)
         try:
-            transfer.fd, _ = self.pool.apply(_open_part, (self.downloads_dir, transfer.part_path))
+            transfer.fd, _ = self.pool.apply(_open_part, (transfer.part_path, True))
         except OSError as exc:
             raise TransferError(f"Cannot write in {self.downloads_dir}: {_reason(exc)}") from None
         self._set_state(transfer, ACTIVE, file_name=transfer.name, part_path=transfer.part_path)
@@ -1085,11 +1104,13 @@ class Transfers:
         """After a restart: open the .part and trust only what it really holds."""
         assert transfer.part_path is not None
         try:
-            transfer.fd, size = self.pool.apply(_open_part, (os.path.dirname(transfer.part_path), transfer.part_path))
+            transfer.fd, size = self.pool.apply(_open_part, (transfer.part_path, False))
         except OSError as exc:
             log.warning("cannot reopen %s: %s", transfer.part_path, exc)
             transfer.have, transfer.written = RangeSet(), RangeSet()
             return
+        if size > transfer.size:  # never more than the file: what lies beyond is not ours
+            self.pool.apply(os.ftruncate, (transfer.fd, transfer.size))
         if size < transfer.size:
             transfer.have.remove(size, transfer.size)
             transfer.written.remove(size, transfer.size)
@@ -1298,6 +1319,14 @@ class Transfers:
             syncer.join()
 
     def _finish_incoming(self, transfer: Incoming) -> None:
+        # The part file holds exactly the declared size before the hash decides: bytes beyond
+        # it, whatever put them there, must not reach the verified file.
+        assert transfer.fd is not None
+        try:
+            self.pool.apply(os.ftruncate, (transfer.fd, transfer.size))
+        except OSError as exc:
+            self._fail(transfer, f"cannot write {transfer.part_path}: {_reason(exc)}", LOCAL)
+            return
         digest = transfer.hasher.digest()
         if digest != transfer.expected:
             self._fail(transfer, "SHA-256 mismatch: the bytes received are not the file sent", LOCAL,
