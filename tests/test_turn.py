@@ -374,3 +374,26 @@ def test_send_before_allocate_is_refused():
     with pytest.raises(TurnError, match="cannot send: TURN allocation at 127.0.0.1:3478 is idle"):
         client.send_to(("127.0.0.1", 9), b"x")
     assert client.handle(turn.encode_channel_data(0x4000, b"x"), ("127.0.0.1", 3478)) is None
+
+
+@needs_coturn
+def test_only_permitted_peers_count_and_idle_permissions_expire(node, peer):
+    """A Data indication naming a peer the relay does not permit is forged (coturn relays only
+    from permitted peers): dropped and counted, never routed to. A permission that carried
+    nothing for IDLE_EXPIRY is not refreshed: the permitted set does not only grow."""
+    node.client.allocate()
+    node.client.permit(peer.address)
+    assert node.client.permits(peer.address) and not node.client.permits(("192.0.2.99", 5))
+    forged = stun.encode(stun.Message(Method.DATA, Class.INDICATION, attributes={
+        Attr.XOR_PEER_ADDRESS: ("192.0.2.99", 5), Attr.DATA: b"\xc1 route me"}))
+    assert node.client.handle(forged, server.address()) is None
+    assert node.client.counters["no_permission"] == 1
+    genuine = stun.encode(stun.Message(Method.DATA, Class.INDICATION, attributes={
+        Attr.XOR_PEER_ADDRESS: peer.address, Attr.DATA: b"hi"}))
+    assert node.client.handle(genuine, server.address()) == (peer.address, b"hi")
+    ip = peer.address[0]
+    now = node.client._clock()
+    assert not node.client._prune_idle("permission", ip, now + turn.IDLE_EXPIRY - 1)
+    assert node.client._prune_idle("permission", ip, now + turn.IDLE_EXPIRY + 1)
+    assert not node.client.permits(peer.address) and node.client.counters["expired_permission"] == 1
+

@@ -44,6 +44,7 @@ MAX_SERVICE_CLIENTS = 10000   # rendezvous mode: sessions with nodes using this 
 RELAY_DELAY = 2.0             # punching: relay candidates join the probes after this long
 UPGRADE_PROBE_INTERVAL = 5.0  # relayed sessions look for a direct path this often
 DIRECT_HOLD = 10.0            # a direct path heard from this recently is not given up for the relay
+MAX_RELAY_PEERS = 1024        # addresses routed through our relay (each needs a TURN permission)
 KNOWN_HOST_SECONDS = 30 * 86400  # a contact's host keeps its reserved handshake capacity this long
 
 
@@ -171,7 +172,8 @@ class Network:
         self.clients: dict[bytes, Link] = {}             # rendezvous mode: nodes using us, by fingerprint
         self.accept_services = False                     # rendezvous mode: accept any identity as a client
         self.relay = None                                # a TurnClient when a relay is allocated
-        self.relay_peers: set = set()                    # addresses reached through the relay
+        self.relay_peers: set = set()                    # addresses that reached us through the relay,
+                                                         # only while the relay permits them
         # Hosts where a contact's session was lately: the handshake limits keep room for them.
         self._known_hosts: dict[str, float] = self._load_known_hosts()
         self.listener = self._make_listener(identity, rollover)
@@ -335,6 +337,9 @@ class Network:
         to us directly, so a session keeps its own route (`Link.via_relay`)."""
         if relayed is None:
             relayed = address in self.relay_peers
+            if relayed and (self.relay is None or not self.relay.permits(address)):
+                self.relay_peers.discard(address)  # the permission expired (or the relay went)
+                relayed = False
         if self.relay is not None and relayed:
             try:
                 self.relay.send_to(address, data)
@@ -345,8 +350,12 @@ class Network:
         self.transport.send(data, address)
 
     def on_relayed(self, payload: bytes, peer: Address) -> None:
-        """A datagram the TURN server relayed to us from `peer`."""
-        self.relay_peers.add(peer)
+        """A datagram the TURN server relayed to us from `peer` (one it permits: the client
+        drops the others)."""
+        if len(self.relay_peers) >= MAX_RELAY_PEERS:
+            self.relay_peers = {a for a in self.relay_peers if self.relay is not None and self.relay.permits(a)}
+        if len(self.relay_peers) < MAX_RELAY_PEERS:
+            self.relay_peers.add(peer)
         if wire.classify(payload) == wire.Kind.CHATP2P:
             self._on_datagram(payload, peer, relayed=True)
 

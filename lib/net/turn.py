@@ -54,6 +54,7 @@ DEFAULT_LIFETIME = 600  # seconds asked for in Allocate and Refresh
 PERMISSION_REFRESH = 240  # permissions last 300 s
 CHANNEL_REFRESH = 540  # channel bindings last 600 s
 RETRY_AFTER = 10.0  # a failed refresh is tried again this much later (while time remains)
+IDLE_EXPIRY = 300.0  # a permission or channel unused this long is not refreshed: it expires
 DEFAULT_TIMEOUT = 3.0  # per request, retransmissions included
 AUTH_ATTEMPTS = 3  # requests per operation: unauthenticated, authenticated, stale-nonce retry
 
@@ -161,8 +162,10 @@ class TurnClient:
                  permission_refresh: float = PERMISSION_REFRESH,
                  channel_refresh: float = CHANNEL_REFRESH,
                  initial_rto: float = stun.INITIAL_RTO, max_rto: float = stun.MAX_RTO,
-                 on_lost: Optional[Callable[[str], None]] = None) -> None:
+                 on_lost: Optional[Callable[[str], None]] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._send = send
+        self._clock = clock
         self.server = tuple(server)  # replaced by the resolved address in allocate()
         self.username = username
         self._credential = credential
@@ -187,6 +190,7 @@ class TurnClient:
         self._key: Optional[bytes] = None
         self._transactions: dict[bytes, _Transaction] = {}
         self._permissions: dict[str, float] = {}  # peer IP -> when to refresh
+        self._used: dict[str, float] = {}  # peer IP -> last data sent or relayed (or permitted)
         self._channels: dict[Address, int] = {}  # peer -> channel number
         self._peers: dict[int, Address] = {}  # channel number -> peer
         self._channel_due: dict[Address, float] = {}  # peer -> when to refresh its binding
@@ -229,6 +233,7 @@ class TurnClient:
             if peer is None:
                 self.counters["unknown_channel"] += 1
                 return None
+            self._used[peer[0]] = self._clock()
             return peer, payload
         try:
             message = stun.decode(datagram)
@@ -249,6 +254,12 @@ class TurnClient:
                 and self.state is TurnState.ALLOCATED):
             peer, payload = message.get(Attr.XOR_PEER_ADDRESS), message.get(Attr.DATA)
             if peer is not None and payload is not None:
+                if not self.permits(peer):
+                    # The server relays only from permitted peers: this one is forged (a
+                    # spoofed source claiming to be the server).
+                    self.counters["no_permission"] += 1
+                    return None
+                self._used[peer[0]] = self._clock()
                 return peer, payload
         self.counters["ignored"] += 1
         return None
@@ -345,7 +356,7 @@ class TurnClient:
         return relayed
 
     def _granted(self, lifetime: int) -> None:
-        now = time.monotonic()
+        now = self._clock()
         self.lifetime = lifetime
         self.expires_at = now + lifetime
         self._allocation_due = now + max(lifetime - 60, lifetime / 2)
@@ -369,8 +380,15 @@ class TurnClient:
         self._require(TurnState.ALLOCATED, "create a permission")
         self._request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: tuple(peer)},
                       f"CreatePermission for {stun.format_address(peer)}")
-        self._permissions[peer[0]] = time.monotonic() + self.permission_refresh
+        now = self._clock()
+        self._permissions[peer[0]] = now + self.permission_refresh
+        self._used.setdefault(peer[0], now)
         self._wake.set()
+
+    def permits(self, peer: Address) -> bool:
+        """The relay has a permission (or a channel) for `peer`: its data may come through the
+        relay and ours may go. The set shrinks as unused permissions expire."""
+        return peer[0] in self._permissions or tuple(peer) in self._channels
 
     def bind_channel(self, peer: Address) -> int:
         """Bind a channel to `peer` (which also permits its IP); the channel number."""
@@ -391,9 +409,10 @@ class TurnClient:
     def _channel_bind(self, peer: Address, channel: int) -> None:
         self._request(Method.CHANNEL_BIND, {Attr.CHANNEL_NUMBER: channel, Attr.XOR_PEER_ADDRESS: peer},
                       f"ChannelBind {channel:#06x} to {stun.format_address(peer)}")
-        now = time.monotonic()
+        now = self._clock()
         self._channel_due[peer] = now + self.channel_refresh
         self._permissions[peer[0]] = now + self.permission_refresh
+        self._used.setdefault(peer[0], now)
         self._wake.set()
 
     def send_to(self, peer: Address, data: bytes) -> None:
@@ -403,10 +422,12 @@ class TurnClient:
         peer = tuple(peer)
         channel = self._channels.get(peer)
         if channel is not None:
+            self._used[peer[0]] = self._clock()
             self._send(encode_channel_data(channel, data), self.server)
             return
         if peer[0] not in self._permissions:
             raise TurnError(f"no TURN permission for {stun.format_address(peer)}: call permit() first")
+        self._used[peer[0]] = self._clock()
         indication = Message(Method.SEND, Class.INDICATION,
                              attributes={Attr.XOR_PEER_ADDRESS: peer, Attr.DATA: bytes(data)})
         self._send(stun.encode(indication), self.server)
@@ -435,6 +456,7 @@ class TurnClient:
 
     def _forget(self) -> None:
         self._permissions.clear()
+        self._used.clear()
         self._channels.clear()
         self._peers.clear()
         self._channel_due.clear()
@@ -451,6 +473,25 @@ class TurnClient:
         if self.on_lost is not None:
             self.on_lost(reason)
 
+    def _prune_idle(self, what: str, which: object, now: float) -> bool:
+        """A permission or channel due for refresh that carried nothing for IDLE_EXPIRY is let
+        go instead (the server forgets it): the set of permitted peers does not only grow."""
+        ip = which if what == "permission" else which[0]  # type: ignore[index]
+        if now - self._used.get(ip, now) < IDLE_EXPIRY:
+            return False
+        if what == "permission":
+            if any(peer[0] == ip for peer in self._channels):
+                self._permissions[ip] = now + self.permission_refresh  # its channel refreshes it
+                return True
+            del self._permissions[ip]
+            self._used.pop(ip, None)
+        else:
+            channel = self._channels.pop(which)  # type: ignore[arg-type]
+            self._peers.pop(channel, None)
+            self._channel_due.pop(which, None)  # type: ignore[arg-type]
+        self.counters[f"expired_{what}"] += 1
+        return True
+
     def _earliest(self) -> tuple[float, str, object]:
         """(when, what, which) of the next refresh due."""
         jobs: list[tuple[float, str, object]] = [(self._allocation_due, "allocation", None)]
@@ -462,7 +503,7 @@ class TurnClient:
         """Refresh the allocation, permissions and channels before they expire."""
         while self.state is TurnState.ALLOCATED:
             self._wake.clear()
-            now = time.monotonic()
+            now = self._clock()
             if now >= self.expires_at:
                 self._lose(f"TURN allocation at {self._where} expired: {self.last_error or 'not refreshed'}")
                 return
@@ -470,13 +511,15 @@ class TurnClient:
             if due > now:
                 self._wake.wait(min(due, self.expires_at) - now)
                 continue
+            if what != "allocation" and self._prune_idle(what, which, now):
+                continue
             try:
                 if what == "allocation":
                     self.refresh()
                 elif what == "permission":
                     self._request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: (which, 0)},
                                   f"CreatePermission for {which}")
-                    self._permissions[which] = time.monotonic() + self.permission_refresh
+                    self._permissions[which] = self._clock() + self.permission_refresh
                 else:
                     self._channel_bind(which, self._channels[which])
                 self.counters[f"refreshed_{what}"] += 1
@@ -484,7 +527,7 @@ class TurnClient:
                 self.last_error = str(exc)
                 self.counters[f"refresh_failed_{what}"] += 1
                 log.warning("TURN refresh failed: %s", exc)
-                retry = time.monotonic() + RETRY_AFTER
+                retry = self._clock() + RETRY_AFTER
                 if what == "allocation":
                     self._allocation_due = retry
                 elif what == "permission" and which in self._permissions:
