@@ -187,13 +187,13 @@ class Node:
 
     def _lan_contacts(self) -> list[bytes]:
         assert self.store is not None
-        return [c.fingerprint for c in self.store.list_contacts() if not c.blocked]
+        return [c.fingerprint for c in self.store.contacts.all() if not c.blocked]
 
     def _lan_found(self, fingerprint: bytes, address: tuple) -> None:
         """A contact announced itself on the LAN: connect unless a session is already up."""
         if self.store is None or self.network is None:
             return
-        contact = self.store.find_contact_by_fingerprint(fingerprint)
+        contact = self.store.contacts.find_by_fingerprint(fingerprint)
         if contact is None or contact.blocked:
             return
         link = self.network.link_for_contact(contact)
@@ -211,7 +211,7 @@ class Node:
         gevent.sleep(0.2)
         while self.network is not None and self.store is not None:
             network, store = self.network, self.store
-            for contact in store.list_contacts():
+            for contact in store.contacts.all():
                 link = network.links.get(contact.fingerprint)
                 if contact.blocked or (link is not None and link.state != LinkState.OFFLINE):
                     continue
@@ -296,7 +296,7 @@ class Node:
             },
             "ipc": static["ipc"],
             "events": static["events"],
-            "contacts": self.store.count_contacts(),
+            "contacts": self.store.contacts.count(),
             "peers": self.network.connected_count() if self.network else 0,
             "crypto": static["crypto"],
             "data_dir": static["data_dir"],

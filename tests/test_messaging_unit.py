@@ -38,7 +38,7 @@ class FakeNetwork:
 def setup():
     with tempfile.TemporaryDirectory(prefix="chatp2p-msgunit-") as tmp:
         store = Store(pathlib.Path(tmp) / "chatp2p.db")
-        contact = store.add_contact("Bob", FP, None)
+        contact = store.contacts.add("Bob", FP, None)
         network = FakeNetwork()
         messenger = Messenger(store, network, lambda name, data: network.log.append((name, data)),
                               clock=FakeClock())
@@ -75,7 +75,7 @@ def test_sends_of_one_pass_share_a_commit_and_datagrams(setup):
     assert [(m.seq, m.state, sent) for m, sent in results] == [(i + 1, "sent", True) for i in range(20)]
     sends = [records for kind, records in network.log if kind == "send"]
     assert len(sends) == 1 and [r.seq for r in sends[0]] == list(range(1, 21))  # one seal, in order
-    assert {m.state for m in store.history(contact.id)} == {"sent"}
+    assert {m.state for m in store.messages.history(contact.id)} == {"sent"}
 
 
 def test_ack_ranges_deliver_segments_only_stop_retransmission(setup):
@@ -88,7 +88,7 @@ def test_ack_ranges_deliver_segments_only_stop_retransmission(setup):
     messenger.records(link, [Ack(((1, 1),), ((3, 0, size),))])
     gevent.sleep(0)
     assert events(network, "message_delivered") == ["m0"]
-    states = {m.message_id: m.state for m in store.history(contact.id)}
+    states = {m.message_id: m.state for m in store.messages.history(contact.id)}
     assert states == {"m0": "delivered", "m1": "sent", "m2": "sent", "m3": "sent"}
     assert sorted(state.outbox) == [2, 3, 4] and state.outbox[3].sacked
     # A receiver crash forgets 3: a new session sends 2, 3 and 4 again.
@@ -100,7 +100,7 @@ def test_ack_ranges_deliver_segments_only_stop_retransmission(setup):
     messenger.records(link, [Ack(((1, 4),))])
     gevent.sleep(0)
     assert events(network, "message_delivered") == ["m1", "m2", "m3"]
-    assert {m.state for m in store.history(contact.id)} == {"delivered"}
+    assert {m.state for m in store.messages.history(contact.id)} == {"delivered"}
     assert not state.outbox and state.flight_count == 0 and state.flight_bytes == 0
 
 
@@ -159,9 +159,9 @@ def test_receiver_commits_a_burst_then_acks_then_publishes(setup):
         blob = messaging.encode_blob(f"in{seq}", f"body {seq}")
         records.append(Msg(messaging.wire_id(f"in{seq}"), seq, 1000, len(blob), 0, blob))
     messenger.records(link, records)
-    assert store.in_seq(contact.id) == 0        # nothing committed before the pass
+    assert store.messages.in_seq(contact.id) == 0        # nothing committed before the pass
     gevent.sleep(0)
-    assert store.in_seq(contact.id) == 3
+    assert store.messages.in_seq(contact.id) == 3
     kinds = [kind for kind, _ in network.log]
     assert kinds == ["send", "p2p_message_received", "p2p_message_received", "p2p_message_received"]
     (ack,) = network.log[0][1]

@@ -36,7 +36,7 @@ class Node:
         self.network.start()
 
     def call(self, other: "Node") -> peers.Link:
-        contact = self.store.add_contact("peer", other.identity.fingerprint, other.identity.bundle.to_base64())
+        contact = self.store.contacts.add("peer", other.identity.fingerprint, other.identity.bundle.to_base64())
         return self.network.connect(contact, [("127.0.0.1", other.transport.port)])
 
     def close(self) -> None:

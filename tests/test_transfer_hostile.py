@@ -53,7 +53,7 @@ node.network.observers.append(Recorder())
 print(json.dumps({"public_key": node.identity.bundle.to_base64()}), flush=True)
 target = json.loads(sys.stdin.readline())
 node.contacts.add("Target", target["public_key"])
-contact = node.store.get_contact("Target")
+contact = node.store.contacts.get("Target")
 link = node.network.connect(contact, [("127.0.0.1", target["port"])])
 deadline = time.monotonic() + 10
 while not link.connected and time.monotonic() < deadline:

@@ -75,7 +75,7 @@ def contacts_block(node: Node, data: dict) -> Any:
     """Block a contact by name, or a stranger by its ID (it becomes a blocked contact)."""
     name = data["peer"]
     try:
-        contact = node.store.get_contact(name)
+        contact = node.store.contacts.get(name)
     except Exception:
         if not ident.looks_like_id(name):
             raise ApiError(f"Peer not found: {name}") from None
@@ -83,12 +83,12 @@ def contacts_block(node: Node, data: dict) -> Any:
             fingerprint = ident.parse_id(name)
         except ident.IdentityError as exc:
             raise ApiError(str(exc)) from None
-        contact = node.store.find_contact_by_fingerprint(fingerprint)
+        contact = node.store.contacts.find_by_fingerprint(fingerprint)
         if contact is None:
             node.contacts.add("blocked-" + ident.short_id(fingerprint), name)
-            contact = node.store.find_contact_by_fingerprint(fingerprint)
+            contact = node.store.contacts.find_by_fingerprint(fingerprint)
     view = node.contacts.set_blocked(contact.name, True)
-    node.store.drop_held(contact.fingerprint)
+    node.store.held.drop(contact.fingerprint)
     _disconnect(node, contact.fingerprint)
     return view
 
@@ -124,7 +124,7 @@ def contacts_negotiate_keys(node: Node, data: dict) -> Any:
         if reason == "key_mismatch":
             raise ApiError(f"Key mismatch: the node answering for {contact.name} is not its ID (see key_mismatch)")
         raise ApiError(f"Could not reach {contact.name}: {reason}")
-    contact = node.store.get_contact_by_id(contact.id)
+    contact = node.store.contacts.get_by_id(contact.id)
     session = link.session
     return {
         "peer": contact.name,
@@ -209,7 +209,7 @@ def p2p_stop(node: Node, data: dict) -> Any:
 
 def p2p_peers(node: Node, data: dict) -> list:
     peers = []
-    for contact in node.store.list_contacts():
+    for contact in node.store.contacts.all():
         link = node.network.links.get(contact.fingerprint) if node.network else None
         view = node.network.view(link) if link else {
             "name": contact.name, "fingerprint": ident.format_id(contact.fingerprint), "state": "offline",
@@ -262,14 +262,14 @@ def _message_stored(node: Node, contact, message_id: str | None, done) -> Reply:
 
 def p2p_history(node: Node, data: dict) -> Any:
     contact = node.contacts.get(data["peer"])
-    messages = node.store.history(contact.id, data["limit"], data["before"])
+    messages = node.store.messages.history(contact.id, data["limit"], data["before"])
     return [dict(m.to_dict(), peer=contact.name) for m in messages]
 
 
 def p2p_mark_read(node: Node, data: dict) -> Any:
     contact = node.contacts.get(data["peer"])
-    count = node.store.mark_read(contact.id)
-    node.publish("contact_updated", node.contacts.view(node.store.get_contact_by_id(contact.id)))
+    count = node.store.messages.mark_read(contact.id)
+    node.publish("contact_updated", node.contacts.view(node.store.contacts.get_by_id(contact.id)))
     return {"peer": contact.name, "marked": count}
 
 

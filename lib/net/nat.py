@@ -348,7 +348,7 @@ class NatTraversal:
         while service.waiting and self._slot_free(service, now):
             fingerprint = next(iter(service.waiting))
             del service.waiting[fingerprint]
-            contact = self.store.find_contact_by_fingerprint(fingerprint)
+            contact = self.store.contacts.find_by_fingerprint(fingerprint)
             link = self.network.links.get(fingerprint)
             if contact is None or contact.blocked or (link is not None and link.connected):
                 continue
@@ -409,7 +409,7 @@ class NatTraversal:
 
     def _on_intro(self, service: _Service, event: rv.IntroReceived) -> None:
         """Someone asks for us: answer only a contact, with our candidates, and punch at once."""
-        contact = self.store.find_contact_by_fingerprint(event.requester)
+        contact = self.store.contacts.find_by_fingerprint(event.requester)
         if contact is None or contact.blocked:
             self.counters["intro_ignored"] += 1
             return  # silence: the requester cannot tell this from our absence
@@ -425,7 +425,7 @@ class NatTraversal:
         self.network.punch(contact, targets)
 
     def _on_answer(self, event: rv.IntroAnswered) -> None:
-        contact = self.store.find_contact_by_fingerprint(event.target)
+        contact = self.store.contacts.find_by_fingerprint(event.target)
         if contact is None or contact.blocked:
             return
         targets = self._punch_list(event.target_observed, event.candidates)

@@ -211,7 +211,7 @@ class Network:
 
     def _load_known_hosts(self) -> dict[str, float]:
         hosts: dict[str, float] = {}
-        for contact in self.store.list_contacts():
+        for contact in self.store.contacts.all():
             if contact.blocked or not contact.last_seen:
                 continue
             for text in contact.addresses:
@@ -503,7 +503,7 @@ class Network:
 
     def _decide(self, event: Authenticated, address: Address, now: float) -> Output:
         """An initiator proved its identity: accept a contact, hold a stranger, refuse the blocked."""
-        contact = self.store.find_contact_by_fingerprint(event.fingerprint)
+        contact = self.store.contacts.find_by_fingerprint(event.fingerprint)
         if contact is None and event.rollover is not None:
             contact = self._rollover_contact(event.rollover)
         if contact is not None and contact.blocked:
@@ -559,7 +559,7 @@ class Network:
         """The contact whose key an initiator's statement hands over from, if the statement is
         signed by the bundle stored for it; followed to the new key unless blocked (a blocked
         contact is returned as it is, and refused: the block follows the person)."""
-        old = self.store.find_contact_by_fingerprint(statement.old_fingerprint)
+        old = self.store.contacts.find_by_fingerprint(statement.old_fingerprint)
         if old is None or old.bundle is None:
             return None
         try:
@@ -580,9 +580,9 @@ class Network:
         assert link.contact_id is not None
         old, new = statement.old_fingerprint, statement.new_fingerprint
         if link.fingerprint == new:  # followed already (e.g. by the other handshake of a simultaneous open)
-            return self.store.get_contact_by_id(link.contact_id)
+            return self.store.contacts.get_by_id(link.contact_id)
         try:
-            contact = self.store.replace_key(link.contact_id, new, statement.new_bundle.to_base64())
+            contact = self.store.contacts.replace_key(link.contact_id, new, statement.new_bundle.to_base64())
         except StoreError as exc:
             log.warning("%s rolled over to %s, not followed: %s", link.name, ident.format_id(new), exc)
             return None
@@ -624,9 +624,9 @@ class Network:
                 observer.link_up(link)
             return
         if link.contact_id is not None:
-            contact = self.store.get_contact_by_id(link.contact_id)
+            contact = self.store.contacts.get_by_id(link.contact_id)
             if contact.bundle is None:
-                self.store.set_bundle(contact.id, event.bundle.to_base64())
+                self.store.contacts.set_bundle(contact.id, event.bundle.to_base64())
         self._remember_address(link, address)
         self._ping(link, now)
         log.info("session with %s at %s", link.name, _fmt(address))
@@ -658,7 +658,7 @@ class Network:
     def _remember_address(self, link: Link, address: Address) -> None:
         if link.contact_id is not None:
             now = time.time()
-            self.store.touch_contact(link.contact_id, now, _fmt(address))
+            self.store.contacts.touch(link.contact_id, now, _fmt(address))
             self._known_hosts[host_key(address)] = now
 
     def _set_down(self, link: Link, notify: bool = True) -> None:
@@ -761,7 +761,7 @@ class Network:
         if link.contact_id is None:
             return  # strangers call again; service sessions are renewed by their owner
         try:
-            contact = self.store.get_contact_by_id(link.contact_id)
+            contact = self.store.contacts.get_by_id(link.contact_id)
         except Exception:
             return
         addresses = [link.address] + [parse_address(a) for a in contact.addresses]

@@ -46,7 +46,7 @@ class ContactBook:
     def view(self, contact: Contact, unread: int | None = None) -> dict:
         """The JSON form of a contact used by `contacts list` and the contact events."""
         if unread is None:
-            unread = self.store.unread_counts().get(contact.id, 0)
+            unread = self.store.messages.unread_counts().get(contact.id, 0)
         return {
             "name": contact.name,
             "fingerprint": ident.format_id(contact.fingerprint),
@@ -59,12 +59,12 @@ class ContactBook:
         }
 
     def list(self) -> list[dict]:
-        unread = self.store.unread_counts()
-        return [self.view(c, unread.get(c.id, 0)) for c in self.store.list_contacts()]
+        unread = self.store.messages.unread_counts()
+        return [self.view(c, unread.get(c.id, 0)) for c in self.store.contacts.all()]
 
     def get(self, name: str) -> Contact:
         try:
-            return self.store.get_contact(name)
+            return self.store.contacts.get(name)
         except NotFoundError as exc:
             raise ApiError(str(exc)) from None
 
@@ -73,7 +73,7 @@ class ContactBook:
         if fingerprint == self.own_fingerprint:
             raise ApiError("That key is your own identity")
         try:
-            contact = self.store.add_contact(name, fingerprint, bundle)
+            contact = self.store.contacts.add(name, fingerprint, bundle)
         except (DuplicateError, StoreError) as exc:
             raise ApiError(str(exc)) from None
         view = self.view(contact, 0)
@@ -82,7 +82,7 @@ class ContactBook:
 
     def remove(self, name: str) -> dict:
         try:
-            contact = self.store.remove_contact(name)
+            contact = self.store.contacts.remove(name)
         except (NotFoundError, StoreError) as exc:
             raise ApiError(str(exc)) from None
         view = self.view(contact, 0)
@@ -103,10 +103,10 @@ class ContactBook:
 
     def rename(self, name: str, new_name: str) -> dict:
         old = self.get(name)
-        return self._update(lambda: self.store.rename_contact(name, new_name), previous_name=old.name)
+        return self._update(lambda: self.store.contacts.rename(name, new_name), previous_name=old.name)
 
     def set_blocked(self, name: str, blocked: bool) -> dict:
-        return self._update(lambda: self.store.set_blocked(name, blocked))
+        return self._update(lambda: self.store.contacts.set_blocked(name, blocked))
 
     def set_verified(self, name: str, verified: bool) -> dict:
-        return self._update(lambda: self.store.set_verified(name, verified))
+        return self._update(lambda: self.store.contacts.set_verified(name, verified))

@@ -282,7 +282,7 @@ class Messenger:
             links.append(link if up else None)
             items.append((contact.id, message_id, body, created, "sent" if up else "queued"))
         try:
-            results = self.store.add_outgoing_many(items)
+            results = self.store.messages.add_outgoing_many(items)
         except BaseException as exc:
             for *_, waiter in pending:
                 waiter.set_exception(exc if isinstance(exc, Exception) else StoreError(str(exc)))
@@ -375,7 +375,7 @@ class Messenger:
         if state.acked and link.contact_id is not None:
             acked, state.acked = state.acked, []
             try:
-                delivered = self.store.mark_delivered_ranges(link.contact_id, _ranges(sorted(acked)))
+                delivered = self.store.messages.mark_delivered_ranges(link.contact_id, _ranges(sorted(acked)))
             except StoreError as exc:
                 log.warning("cannot mark messages to %s delivered: %s", link.name, exc)
         sent: list = []
@@ -390,7 +390,7 @@ class Messenger:
         if state.queued_sent and link.contact_id is not None:
             queued, state.queued_sent = state.queued_sent, []
             try:
-                self.store.mark_sent_ranges(link.contact_id, _ranges(sorted(queued)))
+                self.store.messages.mark_sent_ranges(link.contact_id, _ranges(sorted(queued)))
             except StoreError as exc:
                 log.warning("cannot mark messages to %s sent: %s", link.name, exc)
         for seq, message_id, body, created_ms in received:
@@ -409,8 +409,8 @@ class Messenger:
         self._release_early(state)
         if link.contact_id is None:
             return
-        state.in_seq = state.committed_seq = self.store.in_seq(link.contact_id)
-        for message in self.store.pending_outgoing(link.contact_id):
+        state.in_seq = state.committed_seq = self.store.messages.in_seq(link.contact_id)
+        for message in self.store.messages.pending_outgoing(link.contact_id):
             outgoing = self._outgoing(message)
             state.outbox[outgoing.seq] = outgoing
             state.unsent.append(outgoing)
@@ -481,9 +481,9 @@ class Messenger:
             self._schedule(link)
 
     def expire(self) -> None:
-        for message in self.store.expire_queued(time.time() - self.message_ttl):
+        for message in self.store.messages.expire_queued(time.time() - self.message_ttl):
             try:
-                contact = self.store.get_contact_by_id(message.contact_id)
+                contact = self.store.contacts.get_by_id(message.contact_id)
             except Exception:
                 continue
             self.publish("message_failed", {"peer": contact.name, "message_id": message.message_id,
@@ -557,7 +557,7 @@ class Messenger:
                   created_ms: int, size: int) -> None:
         assert link.contact_id is not None
         if seq <= state.in_seq:
-            if message_id in state.staged_ids or self.store.has_incoming(link.contact_id, message_id):
+            if message_id in state.staged_ids or self.store.messages.has_incoming(link.contact_id, message_id):
                 self.counters["messages_duplicate"] += 1
                 return
             log.info("%s restarted its message numbering at %d", link.name, seq)
@@ -625,7 +625,7 @@ class Messenger:
         if link.contact_id is None:
             return []
         try:
-            new = self.store.deliver_incoming_many(
+            new = self.store.messages.deliver_incoming_many(
                 link.contact_id, [(seq, mid, body, created_ms / 1000) for seq, mid, body, created_ms in staged],
                 time.time())
         except StoreError as exc:
@@ -642,7 +642,7 @@ class Messenger:
 
     def _hold(self, link: Link, state: PeerState, seq: int, message_id: str, body: str, created_ms: int) -> bool:
         bundle = link.bundle.to_base64() if link.bundle else ""
-        kept = self.store.hold_message(link.fingerprint, bundle, message_id, body, created_ms / 1000,
+        kept = self.store.held.hold(link.fingerprint, bundle, message_id, body, created_ms / 1000,
                                        HELD_MAX_COUNT, HELD_MAX_BYTES, seq=seq)
         if not kept:
             self.counters["held_dropped_cap"] += 1
@@ -743,9 +743,9 @@ class Messenger:
         The receive position becomes the highest held seq (held messages were acknowledged);
         a message below it that was never held (over the cap) arrives later as a resend and
         is recognised as new by its message_id (see §7 of PROTOCOL.md)."""
-        held = self.store.take_held(contact.fingerprint)
+        held = self.store.held.take(contact.fingerprint)
         for item in held:
-            message, new = self.store.add_incoming(contact.id, item.message_id, item.body, item.created, time.time())
+            message, new = self.store.messages.add_incoming(contact.id, item.message_id, item.body, item.created, time.time())
             if new:
                 self.publish("p2p_message_received", {"peer": contact.name, "message": item.body,
                                                       "timestamp": iso_utc(item.created),
@@ -753,7 +753,7 @@ class Messenger:
         state = self.states.get(contact.fingerprint)
         position = max([item.seq for item in held] + [state.stranger_seq if state else 0])
         if position:
-            self.store.deliver_position(contact.id, position)
+            self.store.messages.set_in_seq(contact.id, position)
             if state is not None:
                 state.in_seq = state.committed_seq = position
         link = self.network.links.get(contact.fingerprint)

@@ -506,9 +506,9 @@ class Transfers:
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Load unfinished transfers and start the pump."""
-        for row in reversed(self.store.list_transfers((QUEUED, OFFERED, ACTIVE, PAUSED, FAILED), limit=100000)):
+        for row in reversed(self.store.transfers.recent((QUEUED, OFFERED, ACTIVE, PAUSED, FAILED), limit=100000)):
             try:
-                contact = self.store.get_contact_by_id(row["contact_id"])
+                contact = self.store.contacts.get_by_id(row["contact_id"])
             except Exception:
                 continue
             transfer: Transfer
@@ -555,7 +555,7 @@ class Transfers:
 
     def _save(self, transfer: Transfer, **fields) -> None:
         try:
-            self.store.update_transfer(transfer.transfer_id, **fields)
+            self.store.transfers.update(transfer.transfer_id, **fields)
         except Exception as exc:  # the transfer goes on; the log says why its state may lag
             log.warning("cannot record transfer %s: %s", transfer.transfer_id, exc)
 
@@ -594,7 +594,7 @@ class Transfers:
             os.close(fd)
             raise TransferError(f"{file_path} is too large ({size} bytes, at most {MAX_FILE_SIZE})")
         try:
-            row = self.store.add_transfer(transfer_id=transfer_id, contact_id=contact.id, direction="out",
+            row = self.store.transfers.add(transfer_id=transfer_id, contact_id=contact.id, direction="out",
                                           file_name=name, path=path, size=size, chunk_size=chunk_size,
                                           tag=tag, state=QUEUED)
         except DuplicateError as exc:
@@ -614,14 +614,14 @@ class Transfers:
             return uuid.uuid4().hex
         if len(transfer_id) > MAX_TRANSFER_ID_CHARS or any(ord(ch) < 32 or ord(ch) == 127 for ch in transfer_id):
             raise TransferError(f"transfer_id must be 1-{MAX_TRANSFER_ID_CHARS} printable characters")
-        if transfer_id in self.transfers or self.store.get_transfer(transfer_id) is not None:
+        if transfer_id in self.transfers or self.store.transfers.get(transfer_id) is not None:
             raise TransferError(f"transfer_id {transfer_id!r} is already used")
         return transfer_id
 
     def get(self, transfer_id: str) -> Transfer:
         transfer = self.transfers.get(transfer_id)
         if transfer is None:
-            row = self.store.get_transfer(transfer_id)
+            row = self.store.transfers.get(transfer_id)
             if row is None:
                 raise TransferError(f"Transfer not found: {transfer_id}")
             raise TransferError(f"Transfer {transfer_id} is {row['state']}")
@@ -720,10 +720,10 @@ class Transfers:
         now = time.monotonic()
         views = [t.view(now) for t in self.transfers.values()]
         seen = set(self.transfers)
-        for row in self.store.list_transfers(limit=200):
+        for row in self.store.transfers.recent(limit=200):
             if row["transfer_id"] not in seen:
                 try:
-                    peer = self.store.get_contact_by_id(row["contact_id"]).name
+                    peer = self.store.contacts.get_by_id(row["contact_id"]).name
                 except Exception:
                     peer = None
                 views.append({"transfer_id": row["transfer_id"], "direction": row["direction"], "peer": peer,
@@ -972,7 +972,7 @@ class Transfers:
             return
         try:
             name = check_file_name(offer.name)
-            row = self.store.add_transfer(transfer_id=offer.transfer_id, contact_id=link.contact_id,
+            row = self.store.transfers.add(transfer_id=offer.transfer_id, contact_id=link.contact_id,
                                           direction="in", file_name=name, size=offer.size,
                                           chunk_size=offer.chunk_size, tag=offer.tag, state=OFFERED)
         except (UnsafeName, DuplicateError) as exc:
@@ -984,7 +984,7 @@ class Transfers:
         self.publish("file_offer", {"transfer_id": transfer.transfer_id, "peer": link.name,
                                     "file_name": transfer.name, "size": transfer.size,
                                     "chunk_size": transfer.chunk_size})
-        contact = self.store.get_contact_by_id(link.contact_id) if link.contact_id is not None else None
+        contact = self.store.contacts.get_by_id(link.contact_id) if link.contact_id is not None else None
         if self.auto_accept and contact is not None and contact.verified:
             try:
                 self.accept(transfer.transfer_id, None)
@@ -1007,7 +1007,7 @@ class Transfers:
     def _known_incoming(self, link: Link, offer: Offer) -> Optional[dict]:
         if not offer.transfer_id or transfer_wire_id(offer.transfer_id) != offer.tid:
             return None
-        row = self.store.get_transfer(offer.transfer_id)
+        row = self.store.transfers.get(offer.transfer_id)
         if row is None or row["direction"] != "in" or row["contact_id"] != link.contact_id:
             return None
         return row
@@ -1039,7 +1039,7 @@ class Transfers:
             check_file_name(offer.name)
         except UnsafeName as exc:
             return str(exc)
-        if offer.transfer_id in self.transfers or self.store.get_transfer(offer.transfer_id) is not None:
+        if offer.transfer_id in self.transfers or self.store.transfers.get(offer.transfer_id) is not None:
             return "transfer id already in use"
         waiting = [t for t in self.transfers.values() if isinstance(t, Incoming) and t.state == OFFERED]
         if sum(1 for t in waiting if t.fingerprint == link.fingerprint) >= MAX_OFFERS_PER_PEER:

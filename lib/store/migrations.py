@@ -1,0 +1,124 @@
+"""The schema: migrations applied in order, counted by `PRAGMA user_version`.
+
+Why a list and not a schema to compare: an existing chatp2p.db must open and keep its data, so
+every change is a step from the previous version. Add a table or column by appending a
+migration; never edit one that has shipped.
+"""
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+
+from .errors import StoreError
+
+Migration = tuple[str, ...]
+
+# Each migration is a tuple of SQL statements run in one transaction, after which
+# user_version is set to its 1-based position. foreign_keys is ON while they run: a
+# migration that rebuilds a table must take care of that itself.
+MIGRATIONS: tuple[Migration, ...] = (
+    # 1: contacts, their messages, messages held from strangers.
+    (
+        """
+        CREATE TABLE contacts (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            fingerprint BLOB NOT NULL UNIQUE CHECK (length(fingerprint) = 32),
+            bundle TEXT,
+            verified INTEGER NOT NULL DEFAULT 0 CHECK (verified IN (0, 1)),
+            blocked INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)),
+            created REAL NOT NULL,
+            last_seen REAL,
+            addresses TEXT NOT NULL DEFAULT '[]',
+            notes TEXT
+        )
+        """,
+        """
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            contact_id INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+            message_id TEXT NOT NULL,
+            direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+            body TEXT NOT NULL,
+            created REAL NOT NULL,
+            received REAL,
+            state TEXT NOT NULL
+                CHECK (state IN ('queued', 'sent', 'delivered', 'failed', 'received')),
+            seq INTEGER,
+            read INTEGER NOT NULL DEFAULT 0 CHECK (read IN (0, 1)),
+            failure TEXT,
+            UNIQUE (contact_id, direction, message_id)
+        )
+        """,
+        "CREATE INDEX messages_contact ON messages (contact_id, id)",
+        """
+        CREATE TABLE held_messages (
+            id INTEGER PRIMARY KEY,
+            fingerprint BLOB NOT NULL CHECK (length(fingerprint) = 32),
+            bundle TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created REAL NOT NULL,
+            UNIQUE (fingerprint, message_id)
+        )
+        """,
+    ),
+    # 2: per-contact receive position, for in-order exactly-once delivery across restarts.
+    (
+        "ALTER TABLE contacts ADD COLUMN in_seq INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX messages_out_state ON messages (contact_id, direction, state, seq)",
+    ),
+    # 3: file transfers, both directions; `have` = chunk ranges durable in the .part file.
+    (
+        """
+        CREATE TABLE transfers (
+            id INTEGER PRIMARY KEY,
+            transfer_id TEXT NOT NULL UNIQUE,
+            contact_id INTEGER NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+            direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+            file_name TEXT NOT NULL,
+            path TEXT,
+            part_path TEXT,
+            size INTEGER NOT NULL CHECK (size >= 0),
+            chunk_size INTEGER NOT NULL CHECK (chunk_size > 0),
+            tag BLOB NOT NULL,
+            state TEXT NOT NULL,
+            stopped_by TEXT,
+            have TEXT NOT NULL DEFAULT '',
+            sha256 TEXT,
+            error TEXT,
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX transfers_state ON transfers (state)",
+    ),
+    # 4: a held message's sequence number, so release keeps the sender's order.
+    ("ALTER TABLE held_messages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",),
+    # 5: a contact's messages by direction and seq: the next outgoing seq (max) and the
+    # delivered ranges are index lookups instead of scans of every outgoing row.
+    ("CREATE INDEX messages_seq ON messages (contact_id, direction, seq)",),
+)
+
+
+def migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...], path: pathlib.Path) -> None:
+    """Apply the migrations the file lacks, each in its own transaction; refuse a file from a
+    newer version (its data would be misread)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    known = len(migrations)
+    if version > known:
+        raise StoreError(
+            f"Database {path} has schema version {version}, but this version of "
+            f"ChatP2P only knows up to {known}: upgrade ChatP2P to open it"
+        )
+    for number in range(version + 1, known + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in migrations[number - 1]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
