@@ -48,7 +48,7 @@ import zmq
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from daemon import Daemon  # noqa: E402  (tests/daemon.py: real daemon subprocess)
+from daemon import Daemon, ok  # noqa: E402  (tests/daemon.py: real daemon subprocess, API replies)
 
 TARGET_RT_P50_MS = 2.0
 TARGET_RATE = 5000.0
@@ -80,12 +80,6 @@ def send_request(peer: str, body: str, message_id: str, request_id: Any = None) 
     if request_id is not None:
         request["id"] = request_id
     return json.dumps(request, separators=(",", ":")).encode() + b"\n"
-
-
-def ok(reply: dict, what: str) -> dict:
-    if not reply.get("success"):
-        raise RuntimeError(f"{what} failed: {reply}")
-    return reply
 
 
 class RawApi:

@@ -34,7 +34,6 @@ this client share its CPUs (see the load printed before and after).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -49,8 +48,9 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from daemon import Daemon  # noqa: E402
-from test_transfer import Events, make_file, ok, sha256_of, start_pair  # noqa: E402
+from daemon import ok  # noqa: E402
+from events import Events  # noqa: E402
+from test_transfer import make_file, sha256_of, start_pair  # noqa: E402
 
 MIB = 1 << 20
 TARGET_MIBS = 150.0
@@ -92,13 +92,13 @@ def load() -> str:
 # -- 1, 2: loopback -----------------------------------------------------------------------------
 def one_transfer(a, b, ev_a, ev_b, source: str, digest: str, size: int) -> dict:
     tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-    ev_b.wait("file_offer", 10, transfer_id=tid)
+    ev_b.wait_data("file_offer", 10, transfer_id=tid)
     cpu_a, cpu_b = a.cpu_seconds(), b.cpu_seconds()
     started = time.monotonic()
     ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
-    received = ev_b.wait("file_received", 600, transfer_id=tid)[0]
+    received = ev_b.wait_data("file_received", 600, transfer_id=tid)[0]
     elapsed = time.monotonic() - started
-    done = ev_a.wait("file_transfer_completed", 30, transfer_id=tid)[0]
+    done = ev_a.wait_data("file_transfer_completed", 30, transfer_id=tid)[0]
     assert received["sha256"] == digest, "SHA-256 mismatch"
     os.unlink(received["path"])
     return {"mibs": size / MIB / elapsed, "seconds": elapsed, "cpu_a": a.cpu_seconds() - cpu_a,
@@ -107,7 +107,7 @@ def one_transfer(a, b, ev_a, ev_b, source: str, digest: str, size: int) -> dict:
 
 def chat_during_transfer(a, b, ev_b, source: str, size: int) -> list[float]:
     tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-    ev_b.wait("file_offer", 10, transfer_id=tid)
+    ev_b.wait_data("file_offer", 10, transfer_id=tid)
     ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
     latencies = []
     n = 0
@@ -117,10 +117,10 @@ def chat_during_transfer(a, b, ev_b, source: str, size: int) -> list[float]:
             message_id = f"bench-chat-{time.time_ns()}-{n}"
             sent = time.monotonic()
             ok(client.request("p2p", "send_message", {"peer": "Bob", "message": "ping", "message_id": message_id}))
-            if ev_b.wait("p2p_message_received", 10, raise_=False, message_id=message_id):
+            if ev_b.wait_data("p2p_message_received", 10, raise_=False, message_id=message_id):
                 latencies.append(time.monotonic() - sent)
             time.sleep(0.05)
-    received = ev_b.wait("file_received", 600, transfer_id=tid)[0]
+    received = ev_b.wait_data("file_received", 600, transfer_id=tid)[0]
     os.unlink(received["path"])
     return latencies
 
@@ -151,25 +151,6 @@ def loopback(work: str, source: str, digest: str, size: int, runs: int) -> dict:
 
 
 # -- 3: a namespace pair, clean and at 1 % loss -------------------------------------------------
-class NsDaemon(Daemon):
-    """A chatp2pd inside a network namespace. Its API (loopback of that namespace) is reached
-    through chatp2pctl run there; its ipc:// event socket is a file, reachable from here."""
-
-    def __init__(self, ns, tmpdir, *extra_args):
-        super().__init__(tmpdir, *extra_args)
-        self.ns = ns
-
-    def command(self, data_dir, *extra_args):  # type: ignore[override]
-        return ["ip", "netns", "exec", self.ns.name, *Daemon.command(data_dir, *extra_args)]
-
-    def request(self, command, action=None, data=None):
-        body = json.dumps({"command": command, "action": action, "data": data})
-        done = self.ns.run([sys.executable, "-c", "import chatp2p, sys; sys.exit(chatp2p.main_ctl())",
-                            "--data-dir", self.data_dir, "--json", "raw", body], check=False, timeout=60)
-        assert done.stdout, f"chatp2pctl failed: {done.stderr}"
-        return json.loads(done.stdout)
-
-
 def namespaces_reason() -> str | None:
     from netns import netns_available
 
@@ -178,7 +159,7 @@ def namespaces_reason() -> str | None:
 
 
 def netns_runs(work: str, source: str, digest: str, size: int, runs: int, mtu: int) -> dict:
-    from netns import Namespace, _building, _wire
+    from netns import Namespace, NsDaemon, _building, _wire
 
     results: dict[str, list[dict]] = {"clean": [], "1% loss": []}
     with _building() as built:
@@ -209,12 +190,12 @@ def netns_runs(work: str, source: str, digest: str, size: int, runs: int, mtu: i
                                     "--probability", "0.01", "-j", "DROP")
                 for run in range(runs):
                     tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-                    ev_b.wait("file_offer", 30, transfer_id=tid)
+                    ev_b.wait_data("file_offer", 30, transfer_id=tid)
                     cpu_a, cpu_b = a.cpu_seconds(), b.cpu_seconds()
                     ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
-                    received = ev_b.wait("file_received", 600, transfer_id=tid)[0]
-                    seconds = ev_b.wait("file_transfer_completed", 30, transfer_id=tid)[0]["seconds"]
-                    sent = ev_a.wait("file_transfer_completed", 30, transfer_id=tid)[0]
+                    received = ev_b.wait_data("file_received", 600, transfer_id=tid)[0]
+                    seconds = ev_b.wait_data("file_transfer_completed", 30, transfer_id=tid)[0]["seconds"]
+                    sent = ev_a.wait_data("file_transfer_completed", 30, transfer_id=tid)[0]
                     assert received["sha256"] == digest, "SHA-256 mismatch"
                     os.unlink(received["path"])
                     result = {"mibs": size / MIB / seconds, "seconds": seconds, "cpu_a": a.cpu_seconds() - cpu_a,

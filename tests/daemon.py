@@ -3,7 +3,7 @@
 Every daemon gets its own directory (data dir, HOME, stderr log), asks the system for free
 ports, and binds loopback only, so tests never touch the user's files or the network.
 Usage: `node = Daemon(tmpdir, "--idle-timeout", "1"); node.start(); node.request("status");
-node.stop()`.
+node.stop()`. `ok(reply)` asserts that an API reply succeeded and returns it.
 """
 
 from __future__ import annotations
@@ -144,6 +144,13 @@ class Daemon:
         with open(f"/proc/{self.proc.pid}/stat") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ok(reply: dict, what: str = "") -> dict:
+    """Assert that an API reply succeeded; return the whole reply (its data is reply["data"],
+    a send_file's id reply["transfer_id"])."""
+    assert reply.get("success") is True, f"{what}: {reply}" if what else reply
+    return reply
 
 
 def _read_json(path: pathlib.Path) -> dict | None:

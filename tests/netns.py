@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import dataclasses
 import itertools
+import json
 import os
 import secrets
 import shutil
@@ -420,3 +421,27 @@ def nat_topology(left_nat: str = "cone", right_nat: str = "cone") -> Iterator[Na
             right_host=sides["right"][1], right_host_ip=RIGHT_HOST_IP,
             left_nat=left_nat, right_nat=right_nat, switch=switch,
         )
+
+
+# -- a daemon inside a namespace ----------------------------------------------------------------
+from daemon import Daemon  # noqa: E402  (tests/daemon.py)
+
+
+class NsDaemon(Daemon):
+    """A chatp2pd (tests/daemon.py Daemon) inside a network namespace. Its API listens on that
+    namespace's loopback, so `request` runs chatp2pctl there; its ipc:// event socket is a
+    file, reachable from here (tests/events.py Events works as for any Daemon)."""
+
+    def __init__(self, ns: Namespace, tmpdir: str, *extra_args: str) -> None:
+        super().__init__(tmpdir, *extra_args)
+        self.ns = ns
+
+    def command(self, data_dir, *extra_args):  # type: ignore[override]
+        return ["ip", "netns", "exec", self.ns.name, *super().command(data_dir, *extra_args)]
+
+    def request(self, command: str, action: str | None = None, data: Any = None) -> dict:
+        body = json.dumps({"command": command, "action": action, "data": data})
+        done = self.ns.run([sys.executable, "-c", "import chatp2p, sys; sys.exit(chatp2p.main_ctl())",
+                            "--data-dir", self.data_dir, "--json", "raw", body], check=False, timeout=60)
+        assert done.stdout, f"chatp2pctl failed: {done.stderr}"
+        return json.loads(done.stdout)

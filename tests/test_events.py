@@ -31,15 +31,21 @@ def _subscriber(endpoint, topic=b""):
     return sub
 
 
-def _wait_joined(bus, sub):
-    """PUB drops messages until the subscription arrives: probe until one gets through."""
+def _wait_joined(bus, sub, topic="probe"):
+    """PUB drops messages until the subscription arrives: publish numbered `topic` probes until
+    one gets through, then read up to the last one published (nothing else is published
+    meanwhile, so the socket is then empty)."""
     deadline = time.monotonic() + 10
+    n = 0
     while time.monotonic() < deadline:
-        bus.publish("probe", None)
+        n += 1
+        bus.publish(topic, {"n": n})
         if sub.poll(50):
-            while sub.poll(50):
-                sub.recv_multipart()
-            return
+            while True:
+                assert sub.poll(5000), "the last probe never arrived"
+                name, payload = sub.recv_multipart()
+                if name == topic.encode() and json.loads(payload)["data"] == {"n": n}:
+                    return
     raise AssertionError("subscriber never joined")
 
 
@@ -50,9 +56,8 @@ def test_two_frames_and_in_process_subscribers():
     try:
         assert bus.endpoints[1].startswith("tcp://127.0.0.1:") and not bus.endpoints[1].endswith(":0")
         sub = _subscriber(bus.endpoints[1], b"contact_")
-        _wait_joined(bus, _subscriber(bus.endpoints[1]))
-        time.sleep(0.2)
-        bus.publish("probe", None)
+        _wait_joined(bus, sub, "contact_probe")     # this very subscriber (it only takes contact_*)
+        bus.publish("probe", None)                  # filtered out by its topic
         bus.publish("contact_added", {"name": "Bob"})
         name, payload = sub.recv_multipart()
         event = json.loads(payload)

@@ -1,9 +1,10 @@
 """Secure P2P sessions and messaging, end to end against real chatp2pd daemons on loopback.
 
-Nodes (one subprocess each, module-wide): A "Alice", B "Bob", C "Carol" talk directly;
-D and E talk only through an ImpairmentProxy pair (loss, duplication, reordering, capture).
-The tests run in file order and build on each other's contacts, as a user session would.
-Events are read with a plain (non-green) pyzmq SUB socket on each daemon's ipc:// endpoint.
+Every test starts its own daemons (one subprocess each, through the `net` fixture) and makes
+its own contacts, so the tests do not depend on each other or on their order: A "Alice",
+B "Bob", C "Carol" talk directly; D and E talk only through an ImpairmentProxy pair (loss,
+duplication, reordering, capture). Events are read with a plain (non-green) pyzmq SUB socket
+on each daemon's ipc:// endpoint (tests/events.py).
 """
 
 import base64
@@ -18,16 +19,15 @@ import tempfile
 import threading
 import time
 
+import pytest
 
 from chatp2p_core.crypto import identity as ident
 from daemon import Daemon
 from events import Events
 from netproxy import ImpairmentProxy
+from poll import wait_for
 
 KEEPALIVE = "1"          # seconds: a dead peer is noticed after three silent intervals
-TMP = None
-A = B = C = D = E = None
-PROXY = None
 D_NAME_FOR_E = "PeerNameEvelynQuux"      # long, distinctive: must never appear on the wire
 E_NAME_FOR_D = "PeerNameDorotheaZorp"
 SECRET = "s3cr3t-plaintext-marker"        # in every proxied message body
@@ -37,9 +37,9 @@ SECRET = "s3cr3t-plaintext-marker"        # in every proxied message body
 class Node:
     """A daemon, its identity and its event log (renewed on every restart)."""
 
-    def __init__(self, label):
+    def __init__(self, root, label):
         self.label = label
-        self.daemon = Daemon(os.path.join(TMP, label), "--keepalive-interval", KEEPALIVE)
+        self.daemon = Daemon(os.path.join(root, label), "--keepalive-interval", KEEPALIVE)
         self.events = None
         self.logs = []
 
@@ -172,23 +172,14 @@ def check_delivery(sender, name_of_receiver, receiver, name_of_sender, ids, pref
     assert all(m["direction"] == "in" and m["state"] == "received" for m in stored)
     sent = [m for m in sender.history(name_of_receiver) if m["message_id"].startswith(prefix)]
     assert [m["message_id"] for m in sent] == ids and {m["state"] for m in sent} == {"delivered"}
-    # no later duplicate either
-    time.sleep(0.1)
+    # no later duplicate either: a marker sent afterwards on the same session arrives after
+    # anything still on its way (delivery is in order)
+    marker = f"marker-after-{prefix}{len(ids)}"
+    sender.call("p2p", "send_message", {"peer": name_of_receiver, "message": "marker", "message_id": marker})
+    receiver.events.wait_data("p2p_message_received", timeout, peer=name_of_sender, message_id=marker)
     again = [d for d in receiver.events.all("p2p_message_received", peer=name_of_sender)
              if d["message_id"].startswith(prefix)]
     assert len(again) == len(ids)
-
-
-def eventually(check, timeout, what):
-    """Poll `check()` until it returns something true; return it (or fail after `timeout` s)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {what}")
-        time.sleep(0.05)
 
 
 def held_count(node, fingerprint_id):
@@ -226,33 +217,74 @@ def proxy_socket(proxy, address):
     raise AssertionError(f"no proxy socket at {address}")
 
 
-# -- module set-up ----------------------------------------------------------------------------
-def setup_module():
-    global TMP, A, B, C, D, E
-    TMP = tempfile.mkdtemp(prefix="chatp2p-msg-")
-    A, B, C, D, E = (Node(label) for label in "abcde")
-    run_both(*(n.start for n in (A, B, C, D, E)))
-    befriend(A, "Bob", B, "Alice")
-    befriend(B, "Carol", C, "Bob")
-    befriend(A, "Carol", C, "Alice", by_id=False)
-    befriend(D, D_NAME_FOR_E, E, E_NAME_FOR_D)
+# -- daemons of one test -----------------------------------------------------------------------
+class Net:
+    """The daemons (and proxies) of one test, in a fresh temporary directory."""
 
+    def __init__(self):
+        self.tmp = tempfile.mkdtemp(prefix="chatp2p-msg-")
+        self.nodes = []
+        self.proxies = []
 
-def teardown_module():
-    if PROXY is not None:
-        PROXY.stop()
-    for node in (A, B, C, D, E):
-        if node is not None and node.daemon.proc is not None:
-            if node.daemon.proc.poll() is None:
+    def start(self, *labels):
+        nodes = [Node(self.tmp, label) for label in labels]
+        self.nodes += nodes
+        run_both(*(n.start for n in nodes))
+        return nodes if len(nodes) > 1 else nodes[0]
+
+    def proxy(self, x, y, **impairments):
+        """An ImpairmentProxy pair between x and y; x and y reach each other only through it."""
+        proxy = ImpairmentProxy.pair(x.port, y.port, **impairments).start()
+        self.proxies.append(proxy)
+        return proxy
+
+    def close(self):
+        for proxy in self.proxies:
+            proxy.stop()
+        for node in self.nodes:
+            if node.daemon.proc is not None and node.daemon.proc.poll() is None:
                 node.daemon.stop()
             if node.events is not None and not node.events.stopping:
                 node.events.close()
-    shutil.rmtree(TMP, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def net():
+    world = Net()
+    try:
+        yield world
+    finally:
+        world.close()
+
+
+def alice_bob(net, connect=True):
+    """A "Alice" and B "Bob", contacts of each other by ID; connected (A called B) on request."""
+    a, b = net.start("a", "b")
+    befriend(a, "Bob", b, "Alice")
+    if connect:
+        a.call("p2p", "connect", {"peer": "Bob", "address": b.address})
+        negotiate(a, "Bob")
+        b.events.wait_data("peer_connected", 10, peer="Alice")
+    return a, b
+
+
+def dora_evelyn(net, **impairments):
+    """D and E, contacts under long names, connected only through a capturing proxy."""
+    d, e = net.start("d", "e")
+    befriend(d, D_NAME_FOR_E, e, E_NAME_FOR_D)
+    proxy = net.proxy(d, e, capture=True, seed=7, **impairments)
+    d.call("p2p", "connect", {"peer": D_NAME_FOR_E, "address": "%s:%d" % proxy.reach_b})
+    e.call("p2p", "connect", {"peer": E_NAME_FOR_D, "address": "%s:%d" % proxy.reach_a})
+    assert negotiate(d, D_NAME_FOR_E, timeout=20)["address"] == "%s:%d" % proxy.reach_b
+    assert negotiate(e, E_NAME_FOR_D, timeout=20)["address"] == "%s:%d" % proxy.reach_a
+    return d, e, proxy
 
 
 # -- 1. keys --------------------------------------------------------------------------------
-def test_negotiate_keys_safety_number_stable_across_restarts():
+def test_negotiate_keys_safety_number_stable_across_restarts(net):
     # The lower fingerprint initiates first; then each side restarts and reconnects by itself.
+    A, B = alice_bob(net, connect=False)
     low, high = sorted((A, B), key=lambda n: n.fp)
     name = {A: "Bob", B: "Alice"}                      # how each of A, B calls the other
     connected = low.call("p2p", "connect", {"peer": name[low], "address": high.address})
@@ -288,23 +320,18 @@ def test_negotiate_keys_safety_number_stable_across_restarts():
 
 
 # -- 2. 1,000 messages each way -------------------------------------------------------------
-def test_thousand_messages_each_way_pipelined():
+def test_thousand_messages_each_way_pipelined(net):
+    A, B = alice_bob(net)
     exchange_burst(A, "Bob", B, "Alice", 1000, "burst", timeout=40)
     assert B.counters().get("messages_received", 0) >= 1000
 
 
 # -- 3. the same through loss, duplication, reordering ----------------------------------------
-def test_thousand_messages_each_way_through_lossy_proxy():
-    global PROXY
-    PROXY = ImpairmentProxy.pair(D.port, E.port, loss=0.10, duplicate=0.05, reorder=0.05,
-                                 capture=True, seed=7).start()
-    D.call("p2p", "connect", {"peer": D_NAME_FOR_E, "address": "%s:%d" % PROXY.reach_b})
-    E.call("p2p", "connect", {"peer": E_NAME_FOR_D, "address": "%s:%d" % PROXY.reach_a})
-    assert negotiate(D, D_NAME_FOR_E, timeout=20)["address"] == "%s:%d" % PROXY.reach_b
-    assert negotiate(E, E_NAME_FOR_D, timeout=20)["address"] == "%s:%d" % PROXY.reach_a
+def test_thousand_messages_each_way_through_lossy_proxy(net):
+    D, E, proxy = dora_evelyn(net, loss=0.10, duplicate=0.05, reorder=0.05)
     exchange_burst(D, D_NAME_FOR_E, E, E_NAME_FOR_D, 1000, "lossy", timeout=60)
 
-    stats = PROXY.stats()
+    stats = proxy.stats()
     for direction in ("up", "down"):
         counted = stats[direction]
         assert counted["dropped"] > 0 and counted["duplicated"] > 0 and counted["reordered"] > 0, stats
@@ -312,9 +339,9 @@ def test_thousand_messages_each_way_through_lossy_proxy():
     assert D.counters().get("messages_retransmitted", 0) > 0
     assert E.counters().get("messages_duplicate", 0) + E.counters().get("dropped_replay", 0) > 0
 
-    captured = PROXY.captured()
+    captured = proxy.captured()
     # 2,000 messages of ~110 bytes on the wire each, coalesced into full datagrams
-    assert not PROXY.capture_truncated and sum(len(p) for p in captured) > 200_000
+    assert not proxy.capture_truncated and sum(len(p) for p in captured) > 200_000
     assert max(len(p) for p in captured) <= 1200
     needles = [SECRET.encode(), "number 17".encode(), D_NAME_FOR_E.encode(), E_NAME_FOR_D.encode(),
                "é".encode() * 4]
@@ -325,13 +352,17 @@ def test_thousand_messages_each_way_through_lossy_proxy():
         needles += [raw[i:i + 16] for i in range(0, len(raw) - 16, 61)]
         needles += [bundle.kem_public[:16], bundle.kem_public[-16:], bundle.sig_public[:16],
                     bundle.sig_public[-16:], node.fp, node.id.encode()]
-    leaks = [n for n in needles if PROXY.contains(n)]
+    leaks = [n for n in needles if proxy.contains(n)]
     assert not leaks, f"{len(leaks)} secrets visible on the wire, e.g. {leaks[:3]}"
 
 
 # -- 4. three nodes ---------------------------------------------------------------------------
-def test_three_nodes_pairwise():
-    for x, name_of_y, y in ((A, "Carol", C), (B, "Carol", C)):
+def test_three_nodes_pairwise(net):
+    A, B, C = net.start("a", "b", "c")
+    befriend(A, "Bob", B, "Alice")
+    befriend(B, "Carol", C, "Bob")
+    befriend(A, "Carol", C, "Alice", by_id=False)
+    for x, name_of_y, y in ((A, "Bob", B), (A, "Carol", C), (B, "Carol", C)):
         x.call("p2p", "connect", {"peer": name_of_y, "address": y.address})
     pairs = [(A, "Bob", B, "Alice"), (B, "Carol", C, "Bob"), (A, "Carol", C, "Alice")]
     jobs = [lambda p=p: exchange_burst(*p, 30, f"trio{i}", timeout=20) for i, p in enumerate(pairs)]
@@ -341,25 +372,36 @@ def test_three_nodes_pairwise():
 
 
 # -- 5. offline queue, restart, kill -9 --------------------------------------------------------
-def test_offline_queue_delivered_after_restart():
+def test_offline_queue_delivered_after_restart(net):
     # The sender has the lower fingerprint: its own retries to the dead address must not make
     # it refuse the receiver's new handshake (simultaneous-open rule).
+    A, B = alice_bob(net)
     sender, receiver = sorted((A, B), key=lambda n: n.fp)
     name = {A: "Bob", B: "Alice"}
+    old_port = receiver.port
     receiver.stop()
     sender.events.wait(lambda e: e["event"] == "peer_disconnected", 5)
+    knocked = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # the receiver's old port
+    knocked.bind(("127.0.0.1", old_port))
     ids = [f"offline-{i:03d}" for i in range(20)]
     replies = pipeline(sender, send_requests(name[sender], ids, lambda i: f"queued message {i}"))
     assert [r["data"] for r in replies] == ["Message queued"] * 20, replies[:2]
     queued = [m for m in sender.history(name[sender]) if m["message_id"].startswith("offline-")]
     assert [m["state"] for m in queued] == ["queued"] * 20
-    time.sleep(1.0)                                 # the sender keeps knocking on the old port
-    receiver.start()                                # same data dir, new port
+    # The sender keeps knocking on the old port (with a handshake in flight) ...
+    try:
+        knocked.settimeout(10)
+        _, source = knocked.recvfrom(2048)
+        assert source[1] == sender.port, source
+    finally:
+        knocked.close()
+    receiver.start()                                # ... when the receiver comes back: same data dir, new port
     receiver.call("p2p", "connect", {"peer": name[receiver], "address": sender.address})
     check_delivery(sender, name[sender], receiver, name[receiver], ids, "offline-", timeout=20)
 
 
-def test_kill_receiver_mid_burst():
+def test_kill_receiver_mid_burst(net):
+    A, B = alice_bob(net)
     sender, receiver = sorted((A, B), key=lambda n: n.fp)
     name = {A: "Bob", B: "Alice"}
     ids = [f"kill-{i:04d}" for i in range(1000)]
@@ -382,7 +424,7 @@ def test_kill_receiver_mid_burst():
         return [m["message_id"] for m in receiver.history(name[receiver]) if m["message_id"].startswith("kill-")]
     # Messages committed just before the kill (the burst whose events were being published) may
     # have lost their events, never their rows: wait for the rows, then for events still on the way.
-    eventually(lambda: len(stored()) >= len(ids), 30, "every message stored after the restart")
+    wait_for(lambda: len(stored()) >= len(ids), 30, "every message stored after the restart")
     after = receiver.events.wait_count("p2p_message_received", len(rest), 2,
                                        key=lambda d: d["message_id"].startswith("kill-"))
     seen = before_crash + [d["message_id"] for d in after]
@@ -394,10 +436,9 @@ def test_kill_receiver_mid_burst():
 
 
 # -- 6. hostile traffic -------------------------------------------------------------------------
-def test_hostile_traffic_is_counted_and_harmless():
-    PROXY.set(loss=0, duplicate=0, reorder=0)
-    time.sleep(0.05)
-    mark = len(PROXY.captured())                  # from here on, every frame reached its node
+def test_hostile_traffic_is_counted_and_harmless(net):
+    D, E, proxy = dora_evelyn(net)                  # no impairment: every frame reaches its node
+    mark = len(proxy.captured())                  # from here on, every frame reached its node
     target = ("127.0.0.1", E.port)
     before = E.counters()
     ids = [f"pre-hostile-{i}" for i in range(20)]
@@ -406,18 +447,21 @@ def test_hostile_traffic_is_counted_and_harmless():
     check_delivery(D, D_NAME_FOR_E, E, E_NAME_FOR_D, ids, "pre-hostile-", timeout=10)
 
     # recorded DATA datagrams sent to E (conn id = E's) replayed from the proxy's own address
-    captured = PROXY.captured()
+    captured = proxy.captured()
     recent = [p for p in captured[mark:] if len(p) > 35 and p[0] == 0xC1 and p[1] == 0x10]
-    relay = proxy_socket(PROXY, PROXY.reach_a)
+    relay = proxy_socket(proxy, proxy.reach_a)
     by_conn = {}
     for payload in recent:
         by_conn.setdefault(payload[2:10], []).append(payload)
     assert len(by_conn) == 2, by_conn.keys()       # one conn id per direction of the one session
     for frames in by_conn.values():               # which one is E's? the one it calls a replay
-        replays = E.counters().get("dropped_replay", 0)
+        seen = E.counters()
         relay.sendto(frames[-1], target)
-        time.sleep(0.2)
-        if E.counters().get("dropped_replay", 0) > replays:
+        # E counts the frame one way or the other: a replay (its own conn id) or an unknown session
+        counted = wait_for(lambda: (lambda now: now if any(
+            now.get(k, 0) > seen.get(k, 0) for k in ("dropped_replay", "dropped_unknown_session")) else None)(
+            E.counters()), 5, "E to count the replayed frame")
+        if counted.get("dropped_replay", 0) > seen.get("dropped_replay", 0):
             data = frames
             break
     else:
@@ -460,23 +504,23 @@ def test_hostile_traffic_is_counted_and_harmless():
                     struct.pack(">H", 1234) + os.urandom(600)
                 attacker.sendto(fragment, target)
             if i % 500 == 0:
-                time.sleep(0.01)
+                time.sleep(0.01)                  # pacing, so that the socket buffers keep up
                 sent_bytes, answered_bytes = drain(attacker, sent_bytes, answered_bytes)
             sent_bytes += 64 if i % 2 else 632
-        time.sleep(0.3)
+
+        def growth():
+            after = E.counters()
+            return {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+        # E has handled the whole flood once every cookie-less INIT is counted; its answers
+        # (sent as it went) are then in our socket
+        grown = wait_for(lambda: (lambda g: g if g.get("dropped_handshake_bad_cookie", 0) >= 2500 else None)(
+            growth()), 10, "E to count the 2,500 cookie-less INITs")
         sent_bytes, answered_bytes = drain(attacker, sent_bytes, answered_bytes)
         # only HELLOs are answered (a COOKIE), never with more bytes than they carried
         assert 0 < answered_bytes <= 42 * 2500, answered_bytes
     finally:
         attacker.close()
 
-    deadline = time.monotonic() + 10
-    while True:
-        after = E.counters()
-        grown = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
-        if grown.get("dropped_handshake_bad_cookie", 0) >= 2500 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
     assert E.daemon.proc.poll() is None, E.daemon.stderr_text()[-3000:]
     for counter in ("dropped_replay", "dropped_auth", "dropped_malformed", "dropped_unknown",
                     "dropped_handshake_malformed", "dropped_unknown_session"):
@@ -496,19 +540,27 @@ def test_hostile_traffic_is_counted_and_harmless():
 
 
 # -- 7. trust on first use: the wrong node answers ----------------------------------------------
-def test_key_mismatch_wrong_node_answers():
-    D.call("contacts", "add", {"peer": "BobById", "public_key": B.id})
+def test_key_mismatch_wrong_node_answers(net):
+    D, C = net.start("d", "c")
+    bob_id = D.daemon.other_id()                  # Bob's ID: a key pair of no running node
+    D.call("contacts", "add", {"peer": "BobById", "public_key": bob_id})
     received_before = len(C.events.all("p2p_message_received"))
     D.call("p2p", "connect", {"peer": "BobById", "address": C.address})   # C answers, not B
     mismatch = D.events.wait(lambda e: e["event"] == "key_mismatch", 10, what="key_mismatch")[0]["data"]
-    assert mismatch["peer"] == "BobById" and mismatch["expected"] == B.id
+    assert mismatch["peer"] == "BobById" and mismatch["expected"] == bob_id
     assert mismatch["got"] == C.id and mismatch["address"] == C.address
     reply = D.daemon.request("contacts", "negotiate_keys", {"peer": "BobById", "timeout": 5})
     assert reply["success"] is False and "Key mismatch" in reply["error"] and "BobById" in reply["error"], reply
     sent = D.daemon.request("p2p", "send_message", {"peer": "BobById", "message": "for Bob only"})
     assert sent["success"] and sent["data"] == "Message queued", sent
-    time.sleep(1.0)
-    assert len(C.events.all("p2p_message_received")) == received_before
+    assert not C.events.all("contact_request")
+    # A marker: D and C become real contacts and D sends C a message on a session to the same
+    # address. Once it arrives, D has had every chance to send the queued one there too.
+    befriend(D, "Carol", C, "Dora")
+    D.call("p2p", "connect", {"peer": "Carol", "address": C.address})
+    D.call("p2p", "send_message", {"peer": "Carol", "message": "marker", "message_id": "marker-mismatch"})
+    C.events.wait_data("p2p_message_received", 10, message_id="marker-mismatch")
+    assert [d["message_id"] for d in C.events.all("p2p_message_received")][received_before:] == ["marker-mismatch"]
     assert not C.events.all("contact_request")
     states = [m["state"] for m in D.call("p2p", "history", {"peer": "BobById"})]
     assert states == ["queued"]
@@ -517,7 +569,8 @@ def test_key_mismatch_wrong_node_answers():
 
 
 # -- 8. strangers ------------------------------------------------------------------------------
-def test_stranger_messages_held_capped_then_released_in_order():
+def test_stranger_messages_held_capped_then_released_in_order(net):
+    D, B = net.start("d", "b")
     D.call("contacts", "add", {"peer": "BobStranger", "public_key": B.id})
     D.call("p2p", "connect", {"peer": "BobStranger", "address": B.address})
     negotiate(D, "BobStranger")
@@ -526,10 +579,7 @@ def test_stranger_messages_held_capped_then_released_in_order():
     ids = [f"stranger-{i:03d}" for i in range(130)]          # the cap is 100
     replies = pipeline(D, send_requests("BobStranger", ids, lambda i: f"hello from a stranger {i}"))
     assert all(r["success"] for r in replies)
-    deadline = time.monotonic() + 15
-    while B.counters().get("held_dropped_cap", 0) < 30 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert B.counters().get("held_dropped_cap", 0) >= 30
+    wait_for(lambda: B.counters().get("held_dropped_cap", 0) >= 30, 15, "30 messages past the cap dropped")
     assert not [d for d in B.events.all("p2p_message_received") if d["message_id"].startswith("stranger-")]
     assert "Dora" not in [c["name"] for c in B.call("contacts", "list")]
 
@@ -537,7 +587,7 @@ def test_stranger_messages_held_capped_then_released_in_order():
     def states():
         found = {m["message_id"]: m["state"] for m in D.history("BobStranger")}
         return [found[mid] for mid in ids]
-    eventually(lambda: states()[:100] == ["delivered"] * 100, 5, "the held messages acknowledged")
+    wait_for(lambda: states()[:100] == ["delivered"] * 100, 5, "the held messages acknowledged")
     assert states()[100:] == ["sent"] * 30
     assert held_count(B, D.id) == 100
 
@@ -548,14 +598,15 @@ def test_stranger_messages_held_capped_then_released_in_order():
     check_delivery(D, "BobStranger", B, "Dora", ids, "stranger-", timeout=20)
 
 
-def test_blocked_stranger_is_dropped_and_refused():
+def test_blocked_stranger_is_dropped_and_refused(net):
+    E, B = net.start("e", "b")
     E.call("contacts", "add", {"peer": "BobFromEve", "public_key": B.id})
     E.call("p2p", "connect", {"peer": "BobFromEve", "address": B.address})
     negotiate(E, "BobFromEve")
     B.events.wait(lambda e: e["event"] == "contact_request" and e["data"]["fingerprint"] == E.id, 10)
     for i in range(5):
         E.call("p2p", "send_message", {"peer": "BobFromEve", "message": f"spam {i}", "message_id": f"spam-{i}"})
-    eventually(lambda: held_count(B, E.id) == 5, 5, "E's messages held by B")
+    wait_for(lambda: held_count(B, E.id) == 5, 5, "E's messages held by B")
     blocked = B.call("contacts", "block", {"peer": E.id})
     assert held_count(B, E.id) == 0
     assert blocked["blocked"] is True and blocked["fingerprint"] == E.id
@@ -573,7 +624,8 @@ def test_blocked_stranger_is_dropped_and_refused():
 
 
 # -- 9. sizes and names -------------------------------------------------------------------------
-def test_message_size_limit_and_unknown_peer():
+def test_message_size_limit_and_unknown_peer(net):
+    A, B = alice_bob(net)
     big = "€" * 21845 + "é"                    # 65535 + 2 = 65537 bytes of UTF-8: one too many
     assert len(big.encode()) == 64 * 1024 + 1
     reply = A.daemon.request("p2p", "send_message", {"peer": "Bob", "message": big})
@@ -595,7 +647,8 @@ def test_message_size_limit_and_unknown_peer():
 
 
 # -- 10. restarting the P2P network ------------------------------------------------------------
-def test_p2p_start_twice_keeps_the_port_and_sessions_resume():
+def test_p2p_start_twice_keeps_the_port_and_sessions_resume(net):
+    A, B = alice_bob(net, connect=False)
     A.call("p2p", "connect", {"peer": "Bob", "address": B.address})
     negotiate(A, "Bob")
     port = A.call("status")["p2p"]["port"]

@@ -25,7 +25,7 @@ from chatp2p_core.net.stun import Attr, Class, Message, Method
 from coturn import Coturn, turnserver_path
 from daemon import Daemon
 from events import Events
-from test_messaging import eventually
+from poll import wait_for
 
 TURN_USER, TURN_PASSWORD, TURN_REALM = "nat-test", "p4ss-w0rd", "chatp2p.test"
 
@@ -164,7 +164,7 @@ def test_stun_discovery_gives_public_address_mapping_and_nat_type():
     def settled():
         p2p = node.p2p()
         return p2p if p2p["nat_type"] != "unknown" else None
-    p2p = eventually(settled, 15, "a NAT type in status")
+    p2p = wait_for(settled, 15, "a NAT type in status")
     assert p2p["public_address"] == node.address
     assert p2p["mapping"] == "endpoint-independent"   # two server IPs saw the same address
     assert p2p["nat_type"] == "Open Internet", p2p
@@ -198,7 +198,7 @@ def test_failing_stun_servers_leave_the_node_working_with_a_clear_status():
         def done():
             p2p = x.p2p()
             return p2p if p2p["detail"] != "discovering" else None
-        p2p = eventually(done, 10, "STUN discovery to give up")
+        p2p = wait_for(done, 10, "STUN discovery to give up")
         assert p2p["public_address"] is None and p2p["nat_type"] == "unknown" and p2p["mapping"] == "unknown"
         detail = p2p["detail"]
         assert detail.startswith("no STUN server answered"), detail
@@ -213,13 +213,13 @@ def test_failing_stun_servers_leave_the_node_working_with_a_clear_status():
         x.call("contacts", "add", {"peer": "Y", "public_key": y.id})
         y.call("contacts", "add", {"peer": "X", "public_key": x.id})
         x.call("p2p", "connect", {"peer": "Y", "address": y.address})
-        eventually(lambda: x.peer("Y")["state"] == "connected", 10, "X connected to Y")
+        wait_for(lambda: x.peer("Y")["state"] == "connected", 10, "X connected to Y")
         assert x.peer("Y")["path"] == "direct"
         x.call("p2p", "send_message", {"peer": "Y", "message": "despite STUN", "message_id": "stun-1"})
         y.events.wait(lambda e: e["event"] == "p2p_message_received" and e["data"]["message_id"] == "stun-1",
                       10, what="the message at Y")
         y.call("p2p", "send_message", {"peer": "X", "message": "back", "message_id": "stun-2"})
-        eventually(lambda: [m for m in x.call("p2p", "history", {"peer": "Y"}) if m["message_id"] == "stun-2"],
+        wait_for(lambda: [m for m in x.call("p2p", "history", {"peer": "Y"}) if m["message_id"] == "stun-2"],
                    10, "the answer at X")
         counters = x.p2p()["counters"]
         assert counters.get("stun_errors", 0) == 0 and counters.get("chatp2p_errors", 0) == 0, counters
@@ -297,7 +297,7 @@ def test_rendezvous_introduces_contacts_known_by_id_only():
     stranger = Node("rv-s", "--rendezvous-servers", server).start(events=True)
 
     for node in (a, b, stranger):
-        entry = eventually(lambda: _registered(node), 10, f"{node.label} registered")[0]
+        entry = wait_for(lambda: _registered(node), 10, f"{node.label} registered")[0]
         assert entry == {"server": f"127.0.0.1:{port}", "connected": True, "registered": True,
                          "observed": node.address, "error": None}
         assert node.p2p()["public_address"] == node.address   # the rendezvous doubles as STUN
@@ -305,7 +305,7 @@ def test_rendezvous_introduces_contacts_known_by_id_only():
     assert serving["registrations"] == 3
 
     # A server that is not the pinned identity: never registered, and the status says why.
-    entry = eventually(lambda: (wrong.p2p()["rendezvous"][0]["error"] or None) and wrong.p2p()["rendezvous"][0],
+    entry = wait_for(lambda: (wrong.p2p()["rendezvous"][0]["error"] or None) and wrong.p2p()["rendezvous"][0],
                        10, "the wrong-ID node's error")
     assert not entry["connected"] and not entry["registered"] and entry["observed"] is None
     assert "key mismatch" in entry["error"] and "#" in entry["error"], entry
@@ -337,13 +337,13 @@ def test_rendezvous_introduces_contacts_known_by_id_only():
     served_before = r.p2p()["serving_rendezvous"]["counters"]
     reply = stranger.call("p2p", "connect", {"peer": "A"})
     assert reply["address"] is None
-    eventually(lambda: a.p2p()["counters"].get("intro_ignored", 0) > ignored_before, 10,
+    wait_for(lambda: a.p2p()["counters"].get("intro_ignored", 0) > ignored_before, 10,
                "A ignoring the stranger's introduction")
     served = r.p2p()["serving_rendezvous"]["counters"]
     assert served["intros_forwarded"] > served_before["intros_forwarded"]       # R did ask A
     assert served.get("intros_answered", 0) == served_before.get("intros_answered", 0)   # A never answered
     # S's request ends in the same silence as for an absent target (10 s), then it is counted.
-    eventually(lambda: stranger.p2p()["counters"].get("intro_unanswered", 0) >= 1, 15,
+    wait_for(lambda: stranger.p2p()["counters"].get("intro_unanswered", 0) >= 1, 15,
                "S's introduction to time out")
     a_address = a.address
     peer = stranger.peer("A")
@@ -371,33 +371,42 @@ def test_introduction_requests_stay_within_the_rendezvous_limits():
     port = free_udp_port()
     r = Node("once-r", "--rendezvous", "--p2p-port", str(port)).start()
     c = Node("once-c", "--rendezvous-servers", f"127.0.0.1:{port}#{r.id}").start()
-    eventually(lambda: _registered(c), 10, "C registered")
+    wait_for(lambda: _registered(c), 10, "C registered")
     c.call("contacts", "add", {"peer": "Dora", "public_key": c.daemon.other_id()})   # never online
     before = r.p2p()["serving_rendezvous"]["counters"].get("intro_requests", 0)
     for i in range(12):
         reply = c.daemon.request("p2p", "send_message", {"peer": "Dora", "message": f"queued {i}"})
         assert reply["success"] and reply["data"] == "Message queued", reply
     c.call("p2p", "connect", {"peer": "Dora"})
-    time.sleep(0.5)
-    served = r.p2p()["serving_rendezvous"]["counters"]
-    assert served.get("intro_requests", 0) - before == 1, served
+    # Each API call above ran the node's reach() to the end; the request for the first of the
+    # offline contacts below is sent after them all. Loopback keeps C's datagrams in order and R
+    # handles them one by one: once that later request is counted, any second request for Dora
+    # would have been counted too.
+    ids = set()
+    while len(ids) < 11:
+        ids.add(r.call("crypto", "generate_keypair")["fingerprint"])
+    offline = sorted(ids)
+    c.call("contacts", "add", {"peer": "Offline0", "public_key": offline[0]})
+    c.call("p2p", "connect", {"peer": "Offline0"})
+    served = wait_for(lambda: (lambda s: s if s.get("intro_requests", 0) - before >= 2 else None)(
+        r.p2p()["serving_rendezvous"]["counters"]), 10, "the requests for Dora and Offline0")
+    assert served["intro_requests"] - before == 2, served     # Dora's burst asked once
     assert not served.get("failed_rate_limited") and not c.p2p()["counters"].get("intro_failed_rate_limited"), \
         (served, c.p2p()["counters"])
     assert c.peer("Dora")["state"] == "connecting"
 
     # More offline contacts than the server's 8 slots per requester: the node spreads its
     # requests over time instead of being refused, and every contact gets its turn.
-    ids = set()
-    while len(ids) < 11:
-        ids.add(r.call("crypto", "generate_keypair")["fingerprint"])
-    for i, contact_id in enumerate(sorted(ids)):
+    for i, contact_id in enumerate(offline[1:], 1):
         c.call("contacts", "add", {"peer": f"Offline{i}", "public_key": contact_id})
         c.call("p2p", "connect", {"peer": f"Offline{i}"})
-    time.sleep(0.5)
-    served = r.p2p()["serving_rendezvous"]["counters"]
-    assert served["intro_requests"] - before == 8, served      # Dora's and 7 others: the slots are full
+    served = wait_for(lambda: (lambda s: s if s["intro_requests"] - before >= 8 else None)(
+        r.p2p()["serving_rendezvous"]["counters"]), 10, "the slots filled")
+    # Dora's, Offline0's and 6 others: the slots are full. A 9th sent now would be refused with
+    # RATE_LIMITED (counted below, and in the total of 12 at the end).
+    assert served["intro_requests"] - before == 8, served
     assert not served.get("failed_rate_limited"), served
-    served = eventually(lambda: (lambda s: s if s["intro_requests"] - before >= 12 else None)(
+    served = wait_for(lambda: (lambda s: s if s["intro_requests"] - before >= 12 else None)(
         r.p2p()["serving_rendezvous"]["counters"]), 15, "the waiting contacts' turn")
     assert served["intro_requests"] - before == 12 and not served.get("failed_rate_limited"), served
     assert not c.p2p()["counters"].get("intro_failed_rate_limited"), c.p2p()["counters"]
@@ -417,7 +426,7 @@ def test_turn_allocation_and_a_wrong_password():
     def allocated():
         turn = node.p2p()["turn"]
         return turn if turn and turn["relayed_address"] else None
-    turn = eventually(allocated, 10, "a TURN allocation")
+    turn = wait_for(allocated, 10, "a TURN allocation")
     assert turn["state"] == "allocated" and turn["error"] is None and turn["server"] == f"{host}:{port}"
     relay_host, _, relay_port = turn["relayed_address"].rpartition(":")
     assert relay_host == host and relay_port.isdigit() and int(relay_port) != port
@@ -429,7 +438,7 @@ def test_turn_allocation_and_a_wrong_password():
     def failed():
         turn = node.p2p()["turn"]
         return turn if turn and turn["error"] else None
-    turn = eventually(failed, 10, "the TURN error")
+    turn = wait_for(failed, 10, "the TURN error")
     assert turn["relayed_address"] is None, turn
     assert f"TURN authentication failed for user {TURN_USER}" in turn["error"], turn
     status = json.dumps(node.call("status"))
@@ -440,7 +449,7 @@ def test_turn_allocation_and_a_wrong_password():
     # so the server takes a new one from this address (no lasting 437 "allocation mismatch").
     started = time.monotonic()
     node.call("p2p", "start", {"turn_servers": [{"url": url, "username": TURN_USER, "credential": TURN_PASSWORD}]})
-    turn = eventually(allocated, 10, "a new TURN allocation after the restarts")
+    turn = wait_for(allocated, 10, "a new TURN allocation after the restarts")
     assert turn["state"] == "allocated" and turn["error"] is None
     assert time.monotonic() - started < 5.0
     node.stop()

@@ -33,7 +33,7 @@ from coturn import Coturn, turnserver_path
 from daemon import Daemon
 from netns import list_namespaces, nat_topology, netns_available
 from events import Events
-from test_messaging import eventually
+from poll import wait_for
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 STUN_PORT = 3478
@@ -294,7 +294,7 @@ def wait_registered(node, turn=True, timeout=15):
         if turn:
             ok = ok and p2p["turn"] and p2p["turn"]["relayed_address"]
         return p2p if ok else None
-    return eventually(ready, timeout, f"{node.label} registered with the rendezvous (and TURN allocated)")
+    return wait_for(ready, timeout, f"{node.label} registered with the rendezvous (and TURN allocated)")
 
 
 def connect_and_check(w, x, name_of_y, y, name_of_x, path, timeout, tag):
@@ -334,7 +334,7 @@ def check_nat_view(node, kind):
     def settled():
         p2p = node.p2p()
         return p2p if p2p["nat_type"] != "unknown" or "pystun3" in p2p["detail"] else None
-    p2p = eventually(settled, 15, f"{node.label}'s NAT type")
+    p2p = wait_for(settled, 15, f"{node.label}'s NAT type")
     if kind == "cone":
         assert p2p["mapping"] == "endpoint-independent", p2p
         assert p2p["nat_type"] in ("Port Restricted Cone", "Restricted Cone", "Full Cone"), p2p

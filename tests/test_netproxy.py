@@ -6,11 +6,11 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable
 
 import pytest
 
 from netproxy import Counters, ImpairmentProxy
+from poll import wait_for
 
 BUFFER = 4 * 1024 * 1024
 
@@ -65,15 +65,6 @@ def receive_all(sock: socket.socket, quiet: float = 0.3, limit: float = 10.0) ->
         except socket.timeout:
             break
     return got
-
-
-def wait_until(condition: Callable[[], bool], limit: float = 5.0) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def numbered(n: int) -> bytes:
@@ -186,7 +177,7 @@ def test_set_changes_impairments_live_per_direction() -> None:
         client = udp()
         try:
             client.sendto(b"one", proxy.address)
-            assert wait_until(lambda: proxy.counters("down").dropped == 1)
+            wait_for(lambda: proxy.counters("down").dropped == 1, 5, "down dropped == 1", interval=0.01)
             assert echo.received == 1 and proxy.counters("up").forwarded == 1
             proxy.set(loss_down=0.0)
             client.sendto(b"two", proxy.address)
@@ -234,7 +225,7 @@ def test_replies_from_strangers_are_rejected() -> None:
             upstream = proxy.upstream_address(client.getsockname())
             assert upstream is not None
             stranger.sendto(b"spoof", upstream)
-            assert wait_until(lambda: proxy.counters("down").rejected == 1)
+            wait_for(lambda: proxy.counters("down").rejected == 1, 5, "down rejected == 1", interval=0.01)
             client.settimeout(0.1)
             with pytest.raises(socket.timeout):
                 client.recv(100)
@@ -259,7 +250,7 @@ def test_pair_lets_either_side_start() -> None:
             payload, source = b.recvfrom(100)
             assert (payload, source) == (b"from a", proxy.reach_a)
             stranger.sendto(b"intruder", proxy.reach_b)
-            assert wait_until(lambda: proxy.counters("up").rejected == 1)
+            wait_for(lambda: proxy.counters("up").rejected == 1, 5, "up rejected == 1", interval=0.01)
             assert proxy.counters("up").forwarded == 1
             assert proxy.counters("down").forwarded == 1
     finally:
@@ -275,7 +266,7 @@ def test_pair_applies_impairments_per_direction() -> None:
             b.sendto(b"kept", proxy.reach_a)
             a.settimeout(2.0)
             assert a.recv(100) == b"kept"
-            assert wait_until(lambda: proxy.counters("up").dropped == 1)
+            wait_for(lambda: proxy.counters("up").dropped == 1, 5, "up dropped == 1", interval=0.01)
     finally:
         a.close()
         b.close()
@@ -309,7 +300,7 @@ def test_stop_is_prompt_even_with_datagrams_in_flight() -> None:
         try:
             for n in range(50):
                 client.sendto(numbered(n), proxy.address)
-            assert wait_until(lambda: proxy.counters("up").received == 50)
+            wait_for(lambda: proxy.counters("up").received == 50, 5, "up received == 50", interval=0.01)
             started = time.monotonic()
             proxy.stop()
             elapsed = time.monotonic() - started

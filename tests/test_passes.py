@@ -3,6 +3,7 @@
 import gevent
 
 from chatp2p_core.passes import PassRunner
+from poll import wait_for
 
 
 def test_pokes_coalesce_into_one_pass_in_one_greenlet():
@@ -32,7 +33,8 @@ def test_a_poke_during_a_pass_gets_another_pass_and_work_may_wait():
 
     runner = PassRunner(work, "test")
     runner.poke()
-    gevent.sleep(0.05)
+    wait_for(lambda: len(runs) >= 2, 5, "the second pass", sleep=gevent.sleep)
+    gevent.sleep(0)  # a third pass, were one pending, would run here
     assert runs == [0, 1] and not runner.pending
     runner.stop()
 

@@ -5,7 +5,8 @@ import shutil
 import tempfile
 import time
 
-from daemon import Daemon
+from daemon import Daemon, ok
+from poll import wait_for
 
 TMP = None
 
@@ -19,44 +20,31 @@ def teardown_module():
     shutil.rmtree(TMP, ignore_errors=True)
 
 
-def ok(reply):
-    assert reply["success"], reply
-    return reply["data"]
-
-
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
 
 def test_restarted_node_reconnects_and_queue_drains():
     alice = Daemon(os.path.join(TMP, "alice")).start()
     bob = Daemon(os.path.join(TMP, "bob")).start()
     try:
-        a, b = ok(alice.request("status")), ok(bob.request("status"))
+        a, b = ok(alice.request("status"))["data"], ok(bob.request("status"))["data"]
         ok(alice.request("contacts", "add", {"peer": "Bob", "public_key": b["identity"]["fingerprint"]}))
         ok(bob.request("contacts", "add", {"peer": "Alice", "public_key": a["identity"]["fingerprint"]}))
         ok(bob.request("p2p", "connect", {"peer": "Alice", "address": f"127.0.0.1:{a['p2p']['port']}"}))
         ok(bob.request("contacts", "negotiate_keys", {"peer": "Alice"}))
         assert bob.stop() == 0
         for i in range(5):
-            assert ok(alice.request("p2p", "send_message", {"peer": "Bob", "message": f"while away {i}"})) \
+            assert ok(alice.request("p2p", "send_message", {"peer": "Bob", "message": f"while away {i}"}))["data"] \
                 == "Message queued"
         bob.start()  # a new UDP port: only Bob knows where Alice is, and nobody tells him to call
         def received():
-            messages = ok(bob.request("p2p", "history", {"peer": "Alice"}))
+            messages = ok(bob.request("p2p", "history", {"peer": "Alice"}))["data"]
             return messages if len(messages) >= 5 else None
 
-        history = wait_for(received)
+        history = wait_for(received, 20, "the five queued messages at Bob")
         assert [(m["direction"], m["body"]) for m in history] == [("in", f"while away {i}") for i in range(5)]
         wait_for(lambda: all(m["state"] == "delivered"
-                             for m in ok(alice.request("p2p", "history", {"peer": "Bob"}))))
-        peers = ok(alice.request("p2p", "peers"))
+                             for m in ok(alice.request("p2p", "history", {"peer": "Bob"}))["data"]),
+                 20, "Alice's messages delivered")
+        peers = ok(alice.request("p2p", "peers"))["data"]
         assert peers[0]["state"] == "connected"
     finally:
         alice.stop()
@@ -71,7 +59,7 @@ def test_higher_node_restarting_right_after_a_handshake_is_not_locked_out():
     one = Daemon(os.path.join(TMP, "one")).start()
     two = Daemon(os.path.join(TMP, "two")).start()
     try:
-        s1, s2 = ok(one.request("status")), ok(two.request("status"))
+        s1, s2 = ok(one.request("status"))["data"], ok(two.request("status"))["data"]
         ok(one.request("contacts", "add", {"peer": "Two", "public_key": s2["identity"]["fingerprint"]}))
         ok(two.request("contacts", "add", {"peer": "One", "public_key": s1["identity"]["fingerprint"]}))
         lower_is_one = parse_id(s1["identity"]["fingerprint"]) < parse_id(s2["identity"]["fingerprint"])
@@ -85,8 +73,8 @@ def test_higher_node_restarting_right_after_a_handshake_is_not_locked_out():
         started = time.monotonic()
         ok(higher.request("p2p", "send_message", {"peer": lower_name, "message": "back already"}))
         wait_for(lambda: any(m["body"] == "back already" for m in ok(lower.request("p2p", "history",
-                                                                                   {"peer": higher_name}))),
-                 timeout=15)
+                                                                                   {"peer": higher_name}))["data"]),
+                 15, "the restarted node's message at the lower node")
         assert time.monotonic() - started < 10   # not the 30 s of the simultaneous-open window
     finally:
         one.stop()

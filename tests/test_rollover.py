@@ -11,7 +11,6 @@ import shutil
 import stat
 import struct
 import tempfile
-import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -23,6 +22,7 @@ from chatp2p_core.crypto.identity import Identity, IdentityError, Rollover, make
 from chatp2p_core.codec.wire import PacketType
 from daemon import Daemon
 from events import Events
+from poll import wait_for
 from test_handshake import run
 
 BACKEND = None
@@ -265,13 +265,6 @@ def p2p_port(daemon):
     return call(daemon, "status")["p2p"]["port"]
 
 
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def bob_state(alice, name="Bob"):
     return next(p for p in call(alice, "p2p", "peers") if p["name"] == name)["state"]
 
@@ -284,8 +277,8 @@ def talk(alice, bob, tag):
     """One message each way; both delivered."""
     call(alice, "p2p", "send_message", {"peer": "Bob", "message": f"a->b {tag}"})
     call(bob, "p2p", "send_message", {"peer": "Alice", "message": f"b->a {tag}"})
-    wait_until(lambda: ("in", f"a->b {tag}") in bodies(bob, "Alice"), what=f"a->b {tag}")
-    wait_until(lambda: ("in", f"b->a {tag}") in bodies(alice, "Bob"), what=f"b->a {tag}")
+    wait_for(lambda: ("in", f"a->b {tag}") in bodies(bob, "Alice"), message=f"a->b {tag}")
+    wait_for(lambda: ("in", f"b->a {tag}") in bodies(alice, "Bob"), message=f"b->a {tag}")
 
 
 @pytest.fixture
@@ -324,7 +317,7 @@ def test_contact_follows_rollover_as_initiator_and_impostor_is_refused(tmp):
                                                                    "previous_fingerprint": old_b})
         for name in ("identity.key", "identity.previous.key", "rollover.stmt"):
             assert stat.S_IMODE(os.stat(os.path.join(bob.data_dir, name)).st_mode) == 0o600
-        wait_until(lambda: bob_state(alice) != "connected", what="Bob's session to close")
+        wait_for(lambda: bob_state(alice) != "connected", message="Bob's session to close")
 
         reply = call(alice, "contacts", "negotiate_keys", {"peer": "Bob"})   # Alice reconnects: follows
         assert reply["fingerprint"] == new_b
@@ -342,7 +335,7 @@ def test_contact_follows_rollover_as_initiator_and_impostor_is_refused(tmp):
         bob.stop()
         carol = Daemon(os.path.join(tmp, "c"), "--p2p-port", str(port_b)).start()
         id_c = identity_of(carol)["fingerprint"]
-        wait_until(lambda: bob_state(alice) != "connected", timeout=15, what="Alice to notice Bob left")
+        wait_for(lambda: bob_state(alice) != "connected", timeout=15, message="Alice to notice Bob left")
         reply = alice.request("contacts", "negotiate_keys", {"peer": "Bob", "timeout": 5})
         assert not reply["success"] and "Key mismatch" in reply["error"], reply
         assert events.wait_data("key_mismatch", where=lambda d: d["got"] == id_c and d["expected"] == new_b)
@@ -373,10 +366,10 @@ def test_contact_follows_rollover_as_responder_after_restart(tmp):
         bob.stop()
         bob.start()  # the new identity and its statement survive a restart
         assert identity_of(bob)["fingerprint"] == new_b
-        wait_until(lambda: bob_state(alice) != "connected", timeout=15, what="Alice to notice Bob left")
+        wait_for(lambda: bob_state(alice) != "connected", timeout=15, message="Alice to notice Bob left")
         # Bob writes first: his handshake reaches Alice's listener with the statement in M3
         call(bob, "p2p", "send_message", {"peer": "Alice", "message": "new key, same Bob"})
-        wait_until(lambda: ("in", "new key, same Bob") in bodies(alice, "Bob"), timeout=15, what="delivery")
+        wait_for(lambda: ("in", "new key, same Bob") in bodies(alice, "Bob"), timeout=15, message="delivery")
         (update,) = events.wait_data("contact_updated", where=lambda d: d.get("reason") == "key_rollover")
         assert update["previous_fingerprint"] == old_b and update["fingerprint"] == new_b
         assert not events.wait_data("contact_request", 0.1, raise_=False)   # not taken for a stranger
@@ -386,7 +379,7 @@ def test_contact_follows_rollover_as_responder_after_restart(tmp):
         assert session["role"] == "responder" and session["fingerprint"] == new_b
         assert call(alice, "status")["p2p"]["counters"]["rollover_followed"] == 1
         call(alice, "p2p", "send_message", {"peer": "Bob", "message": "welcome back"})
-        wait_until(lambda: ("in", "welcome back") in bodies(bob, "Alice"), what="reply")
+        wait_for(lambda: ("in", "welcome back") in bodies(bob, "Alice"), message="reply")
         assert [p["name"] for p in call(alice, "p2p", "peers")] == ["Bob"]
     finally:
         events.close()

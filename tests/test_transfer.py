@@ -9,12 +9,14 @@ import hashlib
 import os
 import pathlib
 import shutil
+import sqlite3
 import tempfile
 import time
 
-
-from daemon import Daemon
+from chatp2p_core.codec.filecodec import chunks_to_bytes, parse_ranges
+from daemon import Daemon, ok
 from events import Events
+from poll import wait_for
 
 TMP = None
 A = B = None
@@ -23,11 +25,6 @@ MIB = 1 << 20
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def ok(reply, what=""):
-    assert reply.get("success"), f"{what}: {reply}"
-    return reply
-
-
 def make_file(path, size, seed=0):
     """A file of `size` pseudo-random bytes; returns its SHA-256 (hex)."""
     digest = hashlib.sha256()
@@ -72,6 +69,17 @@ def part_files(downloads):
     """The receiver's part files (in their own directory of the downloads dir)."""
     directory = os.path.join(downloads, ".chatp2p-partial")
     return [p for p in os.listdir(directory) if p.endswith(".part")] if os.path.isdir(directory) else []
+
+
+def durable_bytes(daemon, tid):
+    """Bytes of transfer `tid` the receiver has recorded as durable (fdatasync'ed, then stored),
+    read from its database (WAL: readable while it runs)."""
+    db = sqlite3.connect(f"file:{os.path.join(daemon.data_dir, 'chatp2p.db')}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT have, chunk_size, size FROM transfers WHERE transfer_id = ?", (tid,)).fetchone()
+    finally:
+        db.close()
+    return chunks_to_bytes(parse_ranges(row[0]), row[1], row[2]).total if row else 0
 
 
 def transfers(daemon):
@@ -123,13 +131,9 @@ def test_64_mib_on_loopback_arrives_with_the_same_sha256():
 
 
 def _progress_at_least(events, tid, fraction, total, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = [p["bytes"] for p in events.all("file_transfer_progress", transfer_id=tid)]
-        if done and max(done) >= fraction * total:
-            return max(done)
-        time.sleep(0.05)
-    raise AssertionError(f"progress never reached {fraction:.0%}: {events.all('file_transfer_progress')[-3:]}")
+    """Wait for a file_transfer_progress event of `tid` with at least `fraction` of `total` bytes."""
+    return events.wait_data("file_transfer_progress", timeout, transfer_id=tid,
+                            where=lambda p: p["bytes"] >= fraction * total)[0]["bytes"]
 
 
 def _kill_and_restart(daemon, events):
@@ -152,7 +156,8 @@ def test_receiver_killed_mid_transfer_resumes_without_resending_what_it_had():
         ev_b.wait_data("file_offer", 10, transfer_id=tid)
         ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
         _progress_at_least(ev_b, tid, 0.5, size, 30)
-        time.sleep(1.2)  # let the receiver record (fdatasync + store) what it holds
+        # Kill once the receiver has recorded (fdatasync + store) half the file as durable.
+        wait_for(lambda: durable_bytes(b, tid) >= size // 2, 30, "half the file durable at the receiver")
         ev_b = _kill_and_restart(b, ev_b)
         row = transfers(b)[tid]
         assert row["state"] == "active" and row["bytes"] >= size // 4, row
@@ -204,7 +209,10 @@ def test_changed_source_restarts_cleanly_and_pause_resume_work():
     ok(A.request("p2p", "pause_transfer", {"transfer_id": tid}))
     assert transfers(A)[tid]["state"] == "paused"
     ok(B.request("p2p", "accept_file", {"transfer_id": tid, "save_as": "changed.bin"}))
-    time.sleep(0.3)
+    # The acceptance reaches the (paused) sender before the source changes: a chat message
+    # B sends afterwards on the same session arrives after it.
+    ok(B.request("p2p", "send_message", {"peer": "Alice", "message": "accepted", "message_id": "after-accept-1"}))
+    EV_A.wait_data("p2p_message_received", 10, message_id="after-accept-1")
     expected = make_file(source, size + 12345, seed=5)  # another version, another size
     ok(A.request("p2p", "resume_transfer", {"transfer_id": tid}))
     received = EV_B.wait_data("file_received", 60, transfer_id=tid)[0]

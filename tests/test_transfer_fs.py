@@ -20,13 +20,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
 
-from daemon import Daemon
+from daemon import Daemon, ok
 from events import Events
-from test_transfer import make_file, ok, part_files, sha256_of, start_pair, transfers
+from poll import wait_for
+from test_transfer import make_file, part_files, sha256_of, start_pair, transfers
 
 MIB = 1 << 20
 NOBODY = 65534
@@ -68,14 +68,10 @@ def fill(directory, name="filler.bin"):
     return path
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+def marker(a, ev_b, message_id):
+    """Alice sends Bob a chat message and waits for it: what she sent before has been handled."""
+    ok(a.request("p2p", "send_message", {"peer": "Bob", "message": "marker", "message_id": message_id}))
+    ev_b.wait_data("p2p_message_received", 10, message_id=message_id)
 
 
 def _close(events, daemons):
@@ -114,7 +110,7 @@ def test_disk_full_refuses_big_offers_fails_mid_transfer_keeps_the_part_and_resu
             tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
             ev_b.wait_data("file_offer", 10, transfer_id=tid)
             ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
-            _wait_for(lambda: max([p["bytes"] for p in ev_b.all("file_transfer_progress", transfer_id=tid)]
+            wait_for(lambda: max([p["bytes"] for p in ev_b.all("file_transfer_progress", transfer_id=tid)]
                                   or [0]) >= MIB, 20, "1 MiB received")
             filler = fill(dl)  # someone else fills the disk
             failed = ev_b.wait_data("file_transfer_failed", 20, transfer_id=tid)[0]
@@ -225,7 +221,7 @@ def test_permission_denied_on_the_source_the_downloads_dir_and_the_final_name():
         os.chown(dl_b, NOBODY, NOBODY)
         os.chmod(dl_b, 0o700)
         ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
-        _wait_for(lambda: part_files(dl_b), 10, "the .part")
+        wait_for(lambda: part_files(dl_b), 10, "the .part")
         os.chmod(dl_b, 0o500)  # the .part can still be written, but no name can be added
         failed = ev_b.wait_data("file_transfer_failed", 30, transfer_id=tid)[0]
         assert failed["reason"].startswith("cannot save shared.bin") and failed["reason"].endswith(
@@ -257,7 +253,9 @@ def test_auto_accept_takes_offers_from_verified_contacts_only():
         assert not [c for c in ok(b.request("contacts", "list"))["data"] if c["name"] == "Alice"][0]["verified"]
         waiting = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
         ev_b.wait_data("file_offer", 10, transfer_id=waiting)
-        time.sleep(1.0)
+        # Bob decides when the offer arrives; a chat message Alice sends afterwards on the same
+        # session arrives after that decision.
+        marker(a, ev_b, "after-offer-1")
         assert transfers(b)[waiting]["state"] == "offered"
         assert not ev_b.all("file_transfer_started", transfer_id=waiting)
         # Verified: the next offer is accepted at once; the event tells the user all the same.
@@ -274,8 +272,9 @@ def test_auto_accept_takes_offers_from_verified_contacts_only():
         ok(b.request("contacts", "verify", {"peer": "Alice", "verified": False}))
         again = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
         ev_b.wait_data("file_offer", 10, transfer_id=again)
-        time.sleep(0.5)
+        marker(a, ev_b, "after-offer-2")
         assert transfers(b)[again]["state"] == "offered"
+        assert not ev_b.all("file_transfer_started", transfer_id=again)
     finally:
         _close((ev_a, ev_b), (a, b))
         shutil.rmtree(tmp, ignore_errors=True)

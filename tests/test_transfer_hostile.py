@@ -16,9 +16,9 @@ import time
 
 from chatp2p_core.codec import filecodec as fc
 from chatp2p_core.codec.wire import RawRecord, WireError
+from daemon import Daemon, ok
 from events import Events
-from test_transfer import ok
-from daemon import Daemon
+from poll import wait_for
 
 TMP = None
 B = EV_B = None
@@ -168,9 +168,7 @@ def test_hostile_offers_are_refused_with_clear_events():
             peer.do(do="offer", id=transfer_id, name=name, size=10)
         peer.do(do="offer", id="huge-1", name="huge.bin", size=1 << 50)
         peer.do(do="offer", id="chunk-1", name="chunk.bin", size=10, chunk=1)
-        deadline = time.monotonic() + 10
-        while len(EV_B.all("file_transfer_failed")) < 9 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: len(EV_B.all("file_transfer_failed")) >= 9, 10, "nine refused offers")
         failed = {e["transfer_id"]: e["reason"] for e in EV_B.all("file_transfer_failed")}
         for transfer_id in list(bad) + ["huge-1", "chunk-1"]:
             assert failed.get(transfer_id, "").startswith("offer refused:"), (transfer_id, failed)
@@ -223,7 +221,13 @@ def test_offer_floods_are_capped_and_strangers_refused():
         before = len(EV_B.all("file_transfer_failed"))
         for n in range(40):
             peer.do(do="offer", id=f"flood-{n}", name=f"flood-{n}.bin", size=10)
-        time.sleep(0.5)
+        # B handles offers in order: once it has answered the last one, it has published every
+        # event about the others; an event it publishes after that (a contact added) arrives
+        # after them on the same socket.
+        wait_for(lambda: peer.do(do="answers", id="flood-39"), 10, "B's answer to the last offer")
+        ok(B.request("contacts", "add", {"peer": "zz-marker", "public_key": B.other_id()}))
+        EV_B.wait_data("contact_added", 10, name="zz-marker")
+        ok(B.request("contacts", "remove", {"peer": "zz-marker"}))
         offers = [e for e in EV_B.all("file_offer") if e["transfer_id"].startswith("flood-")]
         assert len(offers) == 16, len(offers)
         refusals = EV_B.all("file_transfer_failed")[before:]

@@ -8,7 +8,8 @@ import shutil
 import tempfile
 
 from chatp2p_core.codec.filecodec import transfer_wire_id
-from test_transfer import make_file, ok, sha256_of, start_pair
+from daemon import ok
+from test_transfer import make_file, sha256_of, start_pair
 
 KIB = 1024
 

@@ -10,19 +10,17 @@
   transfer completes with the right SHA-256.
 """
 
-import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
-import time
 
 import pytest
 
-from daemon import Daemon
+from daemon import ok
 from events import Events
-from test_transfer import make_file, ok, sha256_of, start_pair
+from poll import wait_for
+from test_transfer import make_file, sha256_of, start_pair
 
 MIB = 1 << 20
 
@@ -31,15 +29,9 @@ def _counters(daemon):
     return daemon.request("status")["data"]["p2p"]["counters"]
 
 
-def _progress(events, tid):
-    return max([p["bytes"] for p in events.all("file_transfer_progress", transfer_id=tid)] or [0])
-
-
 def _wait_progress(events, tid, at_least, timeout):
-    deadline = time.monotonic() + timeout
-    while _progress(events, tid) < at_least:
-        assert time.monotonic() < deadline, f"progress stuck at {_progress(events, tid)}"
-        time.sleep(0.05)
+    """Wait for a file_transfer_progress event of `tid` with at least `at_least` bytes."""
+    events.wait_data("file_transfer_progress", timeout, transfer_id=tid, where=lambda p: p["bytes"] >= at_least)
 
 
 def test_a_stalled_receiver_does_not_make_the_sender_drop_to_small_datagrams():
@@ -55,8 +47,10 @@ def test_a_stalled_receiver_does_not_make_the_sender_drop_to_small_datagrams():
         ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
         _wait_progress(ev_b, tid, 8 * MIB, 30)
         before = _counters(a)
-        b.proc.send_signal(signal.SIGSTOP)  # nothing is acknowledged for 1.5 s: probe timeouts
-        time.sleep(1.5)
+        b.proc.send_signal(signal.SIGSTOP)  # nothing is acknowledged: probe timeouts
+        # Stopped until the sender has timed out probes three times (about 1.5 s).
+        wait_for(lambda: _counters(a).get("file_probe_timeouts", 0) - before.get("file_probe_timeouts", 0) >= 3,
+                 20, "three probe timeouts at the sender while the receiver is stopped")
         b.proc.send_signal(signal.SIGCONT)
         received = ev_b.wait_data("file_received", 60, transfer_id=tid)[0]
         assert received["sha256"] == expected == sha256_of(received["path"])
@@ -107,27 +101,8 @@ def test_transfers_both_ways_at_once_both_progress():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-class NsDaemon(Daemon):
-    """A chatp2pd inside a network namespace; its API is reached through chatp2pctl run there
-    (the API listens on that namespace's loopback), its ipc:// events from here."""
-
-    def __init__(self, ns, tmpdir, *extra_args):
-        super().__init__(tmpdir, *extra_args)
-        self.ns = ns
-
-    def command(self, data_dir, *extra_args):  # type: ignore[override]
-        return ["ip", "netns", "exec", self.ns.name, *Daemon.command(data_dir, *extra_args)]
-
-    def request(self, command, action=None, data=None):
-        body = json.dumps({"command": command, "action": action, "data": data})
-        done = self.ns.run([sys.executable, "-c", "import chatp2p, sys; sys.exit(chatp2p.main_ctl())",
-                            "--data-dir", self.data_dir, "--json", "raw", body], check=False, timeout=60)
-        assert done.stdout, f"chatp2pctl failed: {done.stderr}"
-        return json.loads(done.stdout)
-
-
 def test_a_path_whose_mtu_shrinks_mid_transfer_falls_back_to_small_datagrams():
-    from netns import Namespace, _building, _wire, netns_available
+    from netns import Namespace, NsDaemon, _building, _wire, netns_available
 
     usable, why = netns_available()
     if not usable:

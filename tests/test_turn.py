@@ -16,6 +16,7 @@ from chatp2p_core.net.stun import Attr, Class, Method
 from chatp2p_core.net.transport import Transport
 from chatp2p_core.net.turn import TurnClient, TurnError, TurnResponseError, TurnState
 from coturn import Coturn, turnserver_path
+from poll import wait_for
 
 USER, PASSWORD = "alice", "s3cret"
 # Short server-side lifetimes, so that refreshes are exercised within seconds: permissions and
@@ -239,18 +240,28 @@ def test_refreshes_keep_permissions_channels_and_nonce_alive(peer):
         fresh_relayed, lazy_relayed = fresh.client.allocate(), lazy.client.allocate()
         fresh.client.bind_channel(peer.address)
         lazy.client.bind_channel(lazy_peer.address)
-        gevent.sleep(3.6)
-        assert fresh.client.counters["refreshed_channel"] >= 2
-        assert fresh.client.counters["refreshed_permission"] >= 2
+        lazy_bound = time.monotonic()
+        counters = fresh.client.counters
+        wait_for(lambda: counters["refreshed_channel"] >= 2 and counters["refreshed_permission"] >= 2
+                 and 438 in fresh.errors, 10, "two refreshes of each kind and a stale nonce", sleep=gevent.sleep)
         assert not any(key.startswith("refresh_failed") for key in fresh.client.counters)
         assert fresh.client.last_error is None
         assert 438 in fresh.errors  # a stale nonce was met and retried transparently
+        # The lazy client's channel and permission (3 s at this server) must have run out: the
+        # server's own lifetime is the condition here, there is nothing to observe before.
+        wait_for(lambda: time.monotonic() - lazy_bound >= 3.6, 10, "3.6 s since the lazy client bound",
+                 sleep=gevent.sleep)
         peer.sock.sendto(b"still there?", fresh_relayed)
         assert fresh.received.get(timeout=2) == (peer.address, b"still there?")
         fresh.client.send_to(peer.address, b"yes")
         assert peer.receive() == (b"yes", fresh_relayed)
         lazy_peer.sock.sendto(b"still there?", lazy_relayed)
-        gevent.sleep(0.3)
+        # A marker through the same server after it: the lazy peer (same IP, so within the
+        # fresh client's permission) writes to the fresh relay. Once that arrives, the server
+        # has had its chance to relay the datagram before it.
+        lazy_peer.sock.sendto(b"marker", fresh_relayed)
+        assert fresh.received.get(timeout=2) == (lazy_peer.address, b"marker")
+        gevent.sleep(0)  # let the lazy node's receiving greenlet run, were anything there
         assert lazy.received.empty()  # its channel and permission expired at the server
         assert fresh.client.refresh() == turn.DEFAULT_LIFETIME
         assert fresh.client.refresh(lifetime=1200) == 1200
