@@ -13,7 +13,6 @@ callbacks of `LinkObserver`.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import time
 from typing import Callable, Iterable, Optional, Protocol
@@ -21,6 +20,7 @@ from typing import Callable, Iterable, Optional, Protocol
 import gevent
 import gevent.event
 
+from ..contract import LinkState
 from ..crypto import identity as ident
 from ..codec import wire
 from ..crypto.handshake import (Authenticated, Established, Failed, FailReason, Initiator, InitiatorState,
@@ -44,12 +44,6 @@ MAX_SERVICE_CLIENTS = 10000   # rendezvous mode: sessions with nodes using this 
 RELAY_DELAY = 2.0             # punching: relay candidates join the probes after this long
 UPGRADE_PROBE_INTERVAL = 5.0  # relayed sessions look for a direct path this often
 DIRECT_HOLD = 10.0            # a direct path heard from this recently is not given up for the relay
-
-
-class LinkState(str, enum.Enum):
-    OFFLINE = "offline"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
 
 
 class RttEstimator:
