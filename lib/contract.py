@@ -7,8 +7,6 @@ TypedDicts are plain dicts at run time (no cost on the hot paths); the enums are
 so they encode as the same JSON strings as before.
 """
 
-from __future__ import annotations
-
 import enum
 from typing import Any, Literal, NotRequired, Optional, TypedDict
 
