@@ -23,5 +23,5 @@ setup(
         "urwid>=2.6",
         "cryptography>=42",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6", "import-linter>=2.1"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "import-linter>=2.1", "jsonschema>=4.18"]},
 )

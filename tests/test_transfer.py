@@ -123,7 +123,7 @@ def test_64_mib_on_loopback_arrives_with_the_same_sha256():
     assert pathlib.Path(received["path"]).name == "big.bin"
     assert not part_files(os.path.join(TMP, "main-b", "dl"))
     progress = EV_B.all("file_transfer_progress", transfer_id=tid)
-    assert all(set(p) >= {"bytes", "total", "rate", "eta"} for p in progress)
+    assert all(set(p) >= {"file_name", "size", "bytes", "rate", "eta"} for p in progress)
     view_a, view_b = transfers(A)[tid], transfers(B)[tid]
     assert view_a["state"] == view_b["state"] == "completed"
     assert view_a["direction"] == "out" and view_b["direction"] == "in"
@@ -218,7 +218,7 @@ def test_changed_source_restarts_cleanly_and_pause_resume_work():
     received = EV_B.wait_data("file_received", 60, transfer_id=tid)[0]
     assert received["sha256"] == expected == sha256_of(received["path"])
     assert os.path.basename(received["path"]) == "changed.bin"
-    assert transfers(B)[tid]["total"] == size + 12345
+    assert transfers(B)[tid]["size"] == size + 12345
 
 
 def test_64_mib_through_loss_duplication_and_reordering():

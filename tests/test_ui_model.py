@@ -168,7 +168,7 @@ def test_transfers_from_events_offer_progress_rate_eta_and_outcome():
     assert transfer.state == "active" and transfer.percent == 30.0
     assert transfer.rate == 200.0 and transfer.eta == 3.5
     model.apply_event({"event": "file_transfer_progress",
-                       "data": {"transfer_id": "t1", "transferred": 500, "rate": 50.0}}, now=13.0)
+                       "data": {"transfer_id": "t1", "bytes": 500, "rate": 50.0}}, now=13.0)
     assert transfer.rate == 50.0 and transfer.eta == 10.0
     model.apply_event({"event": "file_received", "data": {"transfer_id": "t1", "path": "/tmp/report.pdf"}})
     assert transfer.state == "done" and transfer.path == "/tmp/report.pdf" and transfer.percent == 100.0
@@ -187,8 +187,8 @@ def test_transfers_from_events_offer_progress_rate_eta_and_outcome():
                                                                  "direction": "out", "file_name": "y",
                                                                  "size": 10, "by": "peer"}})
     assert model.transfers["t4"].state == "paused" and model.transfers["t4"].paused_by == "peer"
-    model.merge_transfers([{"transfer_id": "t4", "direction": "out", "peer": "Bob", "file": "y", "state": "active",
-                            "bytes": 5, "total": 10, "rate": 2}, {"transfer_id": "t5", "peer": "Nobody"}], now=20.0)
+    model.merge_transfers([{"transfer_id": "t4", "direction": "out", "peer": "Bob", "file_name": "y",
+                            "state": "active", "bytes": 5, "size": 10, "rate": 2}, {"transfer_id": "t5", "peer": "Nobody"}], now=20.0)
     assert model.transfers["t4"].state == "active" and model.transfers["t4"].percent == 50.0
     assert model.transfers["t4"].eta == 2.5 and "t5" not in model.transfers
 

@@ -104,8 +104,8 @@ class FakeBackend:
         return "File transfer started"
 
     def _view(self, transfer_id, state):
-        return {"transfer_id": transfer_id, "direction": "in", "peer": "Bob", "file": "photo.jpg", "path": None,
-                "state": state, "bytes": 0, "total": 4 * 1024 * 1024, "rate": 0, "eta": None, "error": None}
+        return {"transfer_id": transfer_id, "direction": "in", "peer": "Bob", "file_name": "photo.jpg", "path": None,
+                "state": state, "bytes": 0, "size": 4 * 1024 * 1024, "rate": 0, "eta": None, "error": None}
 
     def _p2p_accept_file(self, data):
         return self._view(data["transfer_id"], "active")
@@ -394,10 +394,10 @@ def test_transfer_offer_progress_and_outcome_in_the_conversation():
                                                                  "direction": "in", "file_name": "photo.jpg"}})
     backend.on_event({"event": "file_transfer_progress",
                       "data": {"transfer_id": "t1234567890", "peer": "Bob", "direction": "in", "bytes": 0,
-                               "total": 4 * 1024 * 1024, "rate": 0, "eta": None}})
+                               "size": 4 * 1024 * 1024, "rate": 0, "eta": None}})
     backend.on_event({"event": "file_transfer_progress",
                       "data": {"transfer_id": "t1234567890", "peer": "Bob", "direction": "in",
-                               "bytes": 1024 * 1024, "total": 4 * 1024 * 1024, "rate": 1024 * 1024, "eta": 3.0}})
+                               "bytes": 1024 * 1024, "size": 4 * 1024 * 1024, "rate": 1024 * 1024, "eta": 3.0}})
     text = text_of(app)
     assert "25 %" in text and "1.0 MiB/s" in text and "ETA 0:03" in text
     type_line(app, "/pause")

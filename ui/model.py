@@ -527,16 +527,10 @@ class Model:
             message.failure = None
         return []
 
-    def _on_message_sent(self, data: dict, now: float) -> list[Alert]:
-        message = self._out_message(data)
-        if message is not None:
-            self._advance(message, "sent")
-        return []
-
     def _on_message_failed(self, data: dict, now: float) -> list[Alert]:
         message = self._out_message(data)
         if message is not None:
-            self._advance(message, "failed", data.get("reason") or data.get("error") or "failed")
+            self._advance(message, "failed", data.get("reason") or "failed")
         return []
 
     def _on_contact_request(self, data: dict, now: float) -> list[Alert]:
@@ -549,7 +543,7 @@ class Model:
     def _on_key_mismatch(self, data: dict, now: float) -> list[Alert]:
         return [Alert("key_mismatch", dict(data))]
 
-    # -- file transfer events (lib/transfer.py) ---------------------------------------------
+    # -- file transfer events (contract.TransferRef and the shapes built on it) -------------
     def _transfer_for(self, data: dict, now: float, state: str = "active") -> Optional[Transfer]:
         """The transfer an event names; one started elsewhere (chatp2pctl) is added on the fly."""
         transfer_id = str(data.get("transfer_id") or "")
@@ -558,9 +552,8 @@ class Model:
             contact = self.by_name(data.get("peer"))
             if contact is None:
                 return None
-            transfer = self.add_transfer(transfer_id, contact.fingerprint,
-                                         data.get("file_name") or data.get("file") or "?",
-                                         _first_int(data, "size", "total"), data.get("direction") or "in", now, state)
+            transfer = self.add_transfer(transfer_id, contact.fingerprint, data.get("file_name") or "?",
+                                         _int_or_none(data.get("size")), data.get("direction") or "in", now, state)
         return transfer
 
     def _on_file_offer(self, data: dict, now: float) -> list[Alert]:
@@ -595,8 +588,8 @@ class Model:
         transfer = self._transfer_for(data, now)
         if transfer is None or transfer.state in TRANSFER_DONE:
             return []
-        done = _first_int(data, "bytes", "transferred", "done") or 0
-        size = _first_int(data, "total", "size")
+        done = _int_or_none(data.get("bytes")) or 0
+        size = _int_or_none(data.get("size"))
         rate = data.get("rate") if isinstance(data.get("rate"), (int, float)) and data.get("rate") else None
         transfer.progress(done, size, now, rate)
         return []
@@ -616,7 +609,7 @@ class Model:
     def _on_file_transfer_failed(self, data: dict, now: float) -> list[Alert]:
         transfer = self._transfer_for(data, now, "failed")
         if transfer is not None:
-            reason = str(data.get("reason") or data.get("error") or "failed")
+            reason = str(data.get("reason") or "failed")
             lowered = reason.lower()
             transfer.state = ("rejected" if lowered.startswith(("rejected", "offer refused")) else
                               "cancelled" if lowered.startswith("cancelled") else "failed")
@@ -633,8 +626,8 @@ class Model:
             transfer.state = CORE_STATES.get(str(view.get("state")), transfer.state)
             if transfer.direction == "out" and transfer.state == "offered":
                 transfer.state = "waiting"
-            transfer.size = _first_int(view, "total", "size") or transfer.size
-            transfer.done_bytes = max(transfer.done_bytes, _first_int(view, "bytes") or 0)
+            transfer.size = _int_or_none(view.get("size")) or transfer.size
+            transfer.done_bytes = max(transfer.done_bytes, _int_or_none(view.get("bytes")) or 0)
             if isinstance(view.get("rate"), (int, float)) and transfer.state == "active":
                 transfer.rate = float(view["rate"]) or None
             transfer.path = view.get("path") or transfer.path
@@ -650,10 +643,3 @@ def _int_or_none(value: Any) -> Optional[int]:
         return int(value)
     return None
 
-
-def _first_int(data: dict, *names: str) -> Optional[int]:
-    for name in names:
-        value = _int_or_none(data.get(name))
-        if value is not None:
-            return value
-    return None

@@ -15,10 +15,13 @@ import os
 import pathlib
 import socket
 import sys
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from ..config import DEFAULT_DATA_DIR
 from ..runtime import read_endpoints, read_token
+from . import schema
+from .commands import build_table
+from .table import Action, Field
 
 PROG = "chatp2pctl"
 DEFAULT_HOST = "127.0.0.1"
@@ -342,37 +345,49 @@ def _show_status(data: Any) -> str:
     return format_status(data) if isinstance(data, dict) else format_data(data)
 
 
+# How the command table's rows appear on the command line, where that differs from the rule
+# (required fields are positional arguments in their declared order, optional ones --options;
+# an action `a_b` is also `a-b`). Declared here once; the rows, their fields and help are the
+# table's (lib/api/commands.py).
+PASS_THROUGH_COMMANDS = ("p2p",)       # ACTION KEY=VALUE...: any action, data as pairs
+OPTION_NAMES = {
+    ("crypto", "encrypt", "public_key"): "--key",                    # a required field given as an option
+    ("contacts", "negotiate_keys", "timeout"): "--handshake-timeout",  # --timeout is the client's own
+}
+LONG_VALUES = {"public_key": True, "private_key": True, "encrypted_data": True, "message": False}
+# field -> strip: read with `read_value` (`-` stdin, `@FILE`); a message keeps its last newline
+PRINTERS: dict[tuple[str, Any], Callable[[Any], str]] = {
+    ("status", None): _show_status,
+    ("contacts", "list"): _show_contacts,
+    ("crypto", "encrypt"): _single("encrypted_data"),
+    ("crypto", "decrypt"): _single("message"),
+}
+
+
+def _dest(field: Field) -> str:
+    return "field_" + field.name
+
+
 def build_request(args: argparse.Namespace) -> tuple[dict, Any]:
     """The request object for a parsed command line, and the function that prints its data."""
     cmd = args.cmd
-    if cmd == "status":
-        return {"command": "status"}, _show_status
     if cmd == "id":
         return {"command": "status"}, _show_id
-    if cmd == "contacts":
-        action = args.action
-        if action == "list":
-            return {"command": "contacts", "action": "list"}, _show_contacts
-        if action == "add":
-            data = {"peer": args.name, "public_key": read_value(args.key)}
-        elif action == "rename":
-            data = {"peer": args.name, "new_name": args.new_name}
-        else:
-            data = {"peer": args.name}
-        return {"command": "contacts", "action": action, "data": data}, format_data
-    if cmd == "crypto":
-        if args.action == "generate-keypair":
-            return {"command": "crypto", "action": "generate_keypair"}, format_data
-        if args.action == "encrypt":
-            data = {"message": read_value(args.message, strip=False), "public_key": read_value(args.key)}
-            if args.aead:
-                data["aead"] = args.aead
-            return {"command": "crypto", "action": "encrypt", "data": data}, _single("encrypted_data")
-        data = {"encrypted_data": read_value(args.data)}
-        if args.private_key:
-            data["private_key"] = read_value(args.private_key)
-        return {"command": "crypto", "action": "decrypt", "data": data}, _single("message")
-    if cmd == "p2p":
+    row: Action | None = getattr(args, "row", None)
+    if row is not None:
+        request: dict[str, Any] = {"command": row.command}
+        if row.action is not None:
+            request["action"] = row.action
+        data = {}
+        for field in row.fields:
+            value = getattr(args, _dest(field), None)
+            if value is not None:
+                strip = LONG_VALUES.get(field.name)
+                data[field.name] = value if strip is None else read_value(value, strip=strip)
+        if data:
+            request["data"] = data
+        return request, PRINTERS.get((row.command, row.action), format_data)
+    if cmd in PASS_THROUGH_COMMANDS:
         request = {"command": "p2p", "action": args.action}
         data = parse_pairs(args.pairs)
         if data:
@@ -547,56 +562,80 @@ def build_parser() -> argparse.ArgumentParser:
         _global_options(p, suppress=True)
         return p
 
-    command("status", "show the daemon's state")
     command("id", "print my ID, then my public key bundle (give both to contacts)")
 
-    contacts = command("contacts", "manage contacts")
-    actions = contacts.add_subparsers(dest="action", metavar="ACTION", required=True)
-
-    def contact_action(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = actions.add_parser(name, help=help_text, description=help_text)
-        _global_options(p, suppress=True)
-        return p
-
-    contact_action("list", "list contacts")
-    add = contact_action("add", "add a contact by ID or public key bundle")
-    add.add_argument("name", help="local name for the contact")
-    add.add_argument("key", metavar="KEY_OR_ID", help=f"the contact's ID or bundle {LONG_VALUE}")
-    for name, help_text in (("remove", "remove a contact and its history"), ("block", "block a contact"),
-                            ("unblock", "unblock a contact"), ("show", "show one contact")):
-        contact_action(name, help_text).add_argument("name")
-    rename = contact_action("rename", "change a contact's local name")
-    rename.add_argument("name", metavar="OLD")
-    rename.add_argument("new_name", metavar="NEW")
-
-    crypto = command("crypto", "stand-alone encryption tools (never use the node's identity key)")
-    crypto_actions = crypto.add_subparsers(dest="action", metavar="ACTION", required=True)
-
-    def crypto_action(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = crypto_actions.add_parser(name, help=help_text, description=help_text)
-        _global_options(p, suppress=True)
-        return p
-
-    crypto_action("generate-keypair", "make a fresh key pair")
-    encrypt = crypto_action("encrypt", "encrypt a message to a public key bundle")
-    encrypt.add_argument("--key", required=True, help=f"recipient's public key bundle {LONG_VALUE}")
-    encrypt.add_argument("--aead", help="chacha20poly1305 (default) or aes256gcm")
-    encrypt.add_argument("message", help=f"the message {LONG_VALUE}")
-    decrypt = crypto_action("decrypt", "decrypt data (with my identity key unless --private-key)")
-    decrypt.add_argument("--private-key", help=f"private key {LONG_VALUE}")
-    decrypt.add_argument("data", help=f"the encrypted data {LONG_VALUE}")
-
-    p2p = command("p2p", "any p2p action, e.g.: p2p send_message peer=Bob message=hi")
-    p2p.add_argument("action", help="start, stop, peers, send_message, ...")
-    p2p.add_argument("pairs", nargs="*", metavar="KEY=VALUE",
-                     help="data fields; KEY:=JSON for a non-string value")
+    rows: dict[str, list[Action]] = {}
+    for row in build_table().actions():
+        rows.setdefault(row.command, []).append(row)
+    for name, command_rows in rows.items():
+        if name in PASS_THROUGH_COMMANDS:
+            _pass_through_command(sub, name, command_rows)
+        elif len(command_rows) == 1 and command_rows[0].action is None:
+            _action_arguments(command(name, command_rows[0].help), command_rows[0])
+        else:
+            parent = command(name, f"{name} actions: " + ", ".join(str(r.action) for r in command_rows))
+            actions = parent.add_subparsers(dest="action", metavar="ACTION", required=True)
+            for row in command_rows:
+                assert row.action is not None
+                aliases = [row.action.replace("_", "-")] if "_" in row.action else []
+                p = actions.add_parser(row.action, aliases=aliases, help=row.help, description=row.help)
+                _global_options(p, suppress=True)
+                _action_arguments(p, row)
 
     raw = command("raw", "send a JSON request object as it is and print the whole response")
     raw.add_argument("json_text", metavar="JSON", help=f"the request, e.g. '{{\"command\":\"status\"}}' {LONG_VALUE}")
 
     events = command("events", "print the daemon's events as JSON lines until Ctrl-C")
     events.add_argument("names", nargs="*", metavar="NAME", help="only these events (NAME* for a prefix)")
+
+    command("schema", "print the JSON Schema (draft 2020-12) of every action's data and answer and of "
+                      "every event (no daemon needed)")
     return parser
+
+
+def _field_help(field: Field) -> str:
+    """What the table says of a field: its type, default and limits (and how to pass a long one)."""
+    parts = [field.kind]
+    if field.default is not None:
+        parts.append(f"default {field.default}")
+    if field.max_len is not None:
+        parts.append(f"at most {field.max_len} {'characters' if field.kind == 'str' else 'items'}")
+    if field.minimum is not None:
+        parts.append(f"at least {field.minimum}")
+    if field.maximum is not None:
+        parts.append(f"at most {field.maximum}")
+    text = ", ".join(parts)
+    return f"{text} {LONG_VALUE}" if field.name in LONG_VALUES else text
+
+
+def _action_arguments(parser: argparse.ArgumentParser, row: Action) -> None:
+    """The row's fields as arguments: required ones positional, the others --options."""
+    parser.set_defaults(row=row)
+    for field in row.fields:
+        option = OPTION_NAMES.get((row.command, row.action, field.name))
+        if option is None and not field.required:
+            option = "--" + field.name.replace("_", "-")
+        if option is None:
+            parser.add_argument(_dest(field), metavar=field.name.upper(), help=_field_help(field))
+        else:
+            parser.add_argument(option, dest=_dest(field), metavar=field.name.upper(),
+                                required=field.required, help=_field_help(field))
+
+
+def _pass_through_command(sub: Any, name: str, rows: list[Action]) -> None:
+    """`p2p ACTION KEY=VALUE...`: any action goes to the daemon as it is; the help lists the
+    table's actions with their fields."""
+    lines = []
+    for row in rows:
+        fields = " ".join(f"{f.name}=" if f.required else f"[{f.name}=]" for f in row.fields)
+        lines.append(f"  {row.action} {fields}".rstrip() + f"\n      {row.help}")
+    p = sub.add_parser(name, help=f"any {name} action, e.g.: {name} send_message peer=Bob message=hi",
+                       description=f"any {name} action, with its data as KEY=VALUE pairs",
+                       epilog="actions:\n" + "\n".join(lines),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _global_options(p, suppress=True)
+    p.add_argument("action", help=", ".join(str(r.action) for r in rows))
+    p.add_argument("pairs", nargs="*", metavar="KEY=VALUE", help="data fields; KEY:=JSON for a non-string value")
 
 
 def main(argv: list[str]) -> int:
@@ -606,6 +645,9 @@ def main(argv: list[str]) -> int:
     data_dir = pathlib.Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     host, port, token = resolve_target(data_dir, args.host, args.port, args.token)
     try:
+        if args.cmd == "schema":
+            _print(json.dumps(schema.document(build_table().actions()), indent=2, ensure_ascii=False), sys.stdout)
+            return EXIT_OK
         if args.cmd == "events":
             return run_events(args, host, port, token)
         return run_request(args, host, port, token)

@@ -76,6 +76,7 @@ class Action:
     help: str
     blocking: bool = True  # may wait on the network or the disk: run in its own greenlet
     # (a handler that returns a Deferred does not wait: declare it blocking=False)
+    answer: Any = None
     # The field names as declared: data whose keys are all among them needs no normalising.
     exact_names: frozenset[str] = frozenset()
 
@@ -250,14 +251,15 @@ class CommandTable:
         self._actions: dict[str, dict[str | None, Action]] = {}
 
     def add(self, command: str, action: str | None, handler: Handler,
-            fields: Iterable[Field] = (), help: str = "", blocking: bool = True) -> None:
+            fields: Iterable[Field] = (), help: str = "", blocking: bool = True,
+            answer: Any = None) -> None:
         """`blocking=False` declares a handler that never waits on I/O: the server runs it
         inline, without a greenlet of its own (most of the API: reads and writes of the store)."""
         actions = self._actions.setdefault(command, {})
         if action in actions:
             raise ValueError(f"duplicate action {command} {action}")
         fields = tuple(fields)
-        actions[action] = Action(command, action, fields, handler, help, blocking,
+        actions[action] = Action(command, action, fields, handler, help, blocking, answer,
                                  frozenset(f.name for f in fields))
 
     def actions(self) -> list[Action]:

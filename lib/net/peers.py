@@ -13,7 +13,6 @@ callbacks of `LinkObserver`.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import time
 from typing import Callable, Iterable, Optional, Protocol
@@ -21,6 +20,7 @@ from typing import Callable, Iterable, Optional, Protocol
 import gevent
 import gevent.event
 
+from ..contract import LinkState
 from ..crypto import identity as ident
 from ..codec import wire
 from ..crypto.handshake import (Authenticated, Established, Failed, FailReason, Initiator, InitiatorState,
@@ -46,12 +46,6 @@ UPGRADE_PROBE_INTERVAL = 5.0  # relayed sessions look for a direct path this oft
 DIRECT_HOLD = 10.0            # a direct path heard from this recently is not given up for the relay
 MAX_RELAY_PEERS = 1024        # addresses routed through our relay (each needs a TURN permission)
 KNOWN_HOST_SECONDS = 30 * 86400  # a contact's host keeps its reserved handshake capacity this long
-
-
-class LinkState(str, enum.Enum):
-    OFFLINE = "offline"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
 
 
 class RttEstimator:

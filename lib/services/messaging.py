@@ -40,6 +40,7 @@ import gevent
 import gevent.event
 
 from ..codec import wire
+from ..contract import MessageState
 from ..passes import PassRunner
 from ..net.peers import Link, Network
 from ..store import Contact, Message, Store, StoreError
@@ -280,7 +281,7 @@ class Messenger:
             link = self.network.links.get(contact.fingerprint)
             up = link is not None and link.connected and link.contact_id == contact.id
             links.append(link if up else None)
-            items.append((contact.id, message_id, body, created, "sent" if up else "queued"))
+            items.append((contact.id, message_id, body, created, MessageState.SENT if up else MessageState.QUEUED))
         try:
             results = self.store.messages.add_outgoing_many(items)
         except BaseException as exc:
@@ -350,9 +351,9 @@ class Messenger:
             outgoing.last_sent = now
             outgoing.sends += 1
             if first:
-                if outgoing.message.state == "queued":
+                if outgoing.message.state == MessageState.QUEUED:
                     state.queued_sent.append(outgoing.seq)
-                    outgoing.message = dataclasses.replace(outgoing.message, state="sent")
+                    outgoing.message = dataclasses.replace(outgoing.message, state=MessageState.SENT)
             else:
                 self.counters["messages_retransmitted"] += 1
             if not outgoing.sacked:

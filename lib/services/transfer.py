@@ -51,6 +51,7 @@ from ..codec.filecodec import (
     data_capacity, data_record_header, decode_file_record, format_ranges, numbered_name,
     parse_ranges, source_tag, to_raw, transfer_wire_id,
 )
+from ..contract import Direction, FileTransferProgress, Side, TransferRef, TransferState, TransferView
 from ..net.peers import Link, Network
 from ..crypto.session import SessionError
 from ..store import Contact, DuplicateError, Store
@@ -91,12 +92,12 @@ MAX_REFUSED_REMEMBERED = 1024
 
 Publish = Callable[[str, object], None]
 
-# States. Outgoing: queued -> offered -> active -> completed; incoming: offered -> active ->
-# completed. Both may be paused (by either side), and end failed / rejected / cancelled.
-QUEUED, OFFERED, ACTIVE, PAUSED = "queued", "offered", "active", "paused"
-COMPLETED, FAILED, REJECTED, CANCELLED = "completed", "failed", "rejected", "cancelled"
+# States (contract.TransferState says how they follow each other), by their short names here.
+QUEUED, OFFERED, ACTIVE, PAUSED = TransferState.QUEUED, TransferState.OFFERED, TransferState.ACTIVE, TransferState.PAUSED
+COMPLETED, FAILED = TransferState.COMPLETED, TransferState.FAILED
+REJECTED, CANCELLED = TransferState.REJECTED, TransferState.CANCELLED
 TERMINAL = (COMPLETED, REJECTED, CANCELLED)
-LOCAL, PEER = "local", "peer"
+LOCAL, PEER = Side.LOCAL, Side.PEER
 
 
 class TransferError(Exception):
@@ -282,8 +283,8 @@ class Transfer:
         self.size: int = row["size"]
         self.chunk_size: int = row["chunk_size"]
         self.tag = bytes(row["tag"])
-        self.state: str = row["state"]
-        self.stopped_by: Optional[str] = row["stopped_by"]
+        self.state = TransferState(row["state"])
+        self.stopped_by = Side(row["stopped_by"]) if row["stopped_by"] else None
         self.sha256: Optional[str] = row["sha256"]
         self.error: Optional[str] = row["error"]
         self.fd: Optional[int] = None
@@ -298,18 +299,18 @@ class Transfer:
     def done_bytes(self) -> int:
         raise NotImplementedError
 
-    def view(self, now: float) -> dict:
+    def view(self, now: float) -> TransferView:
         done = self.done_bytes()
         rate = self.meter.rate(now) if self.state == ACTIVE else 0.0
         eta = round((self.size - done) / rate, 1) if rate > 0 else None
-        return {"transfer_id": self.transfer_id, "direction": self.direction, "peer": self.peer,
-                "file": self.name, "path": self.path, "state": self.state, "bytes": done,
-                "total": self.size, "rate": round(rate), "eta": eta, "sha256": self.sha256,
+        return {"transfer_id": self.transfer_id, "peer": self.peer, "direction": self.direction,
+                "file_name": self.name, "size": self.size, "path": self.path, "state": self.state,
+                "bytes": done, "rate": round(rate), "eta": eta, "sha256": self.sha256,
                 "error": self.error, "stopped_by": self.stopped_by, "wire_bytes": self.wire_bytes}
 
 
 class Outgoing(Transfer):
-    direction = "out"
+    direction = Direction.OUT
 
     def __init__(self, row: dict, fingerprint: bytes, peer: str) -> None:
         super().__init__(row, fingerprint, peer)
@@ -408,7 +409,7 @@ class Outgoing(Transfer):
 
 
 class Incoming(Transfer):
-    direction = "in"
+    direction = Direction.IN
 
     def __init__(self, row: dict, fingerprint: bytes, peer: str) -> None:
         super().__init__(row, fingerprint, peer)
@@ -588,7 +589,8 @@ class Transfers:
         except OSError as exc:
             reason = f"Cannot read {file_path}: {_reason(exc)}"
             self.publish("file_transfer_failed", {"transfer_id": transfer_id, "peer": contact.name,
-                                                  "direction": "out", "file_name": name, "reason": reason})
+                                                  "direction": Direction.OUT, "file_name": name, "size": None,
+                                                  "reason": reason})
             raise TransferError(reason) from None
         if size > MAX_FILE_SIZE:
             os.close(fd)
@@ -716,7 +718,7 @@ class Transfers:
         self.publish("file_transfer_resumed", self._event(transfer))
         return transfer
 
-    def list(self) -> list[dict]:
+    def list(self) -> list[TransferView]:
         now = time.monotonic()
         views = [t.view(now) for t in self.transfers.values()]
         seen = set(self.transfers)
@@ -726,11 +728,13 @@ class Transfers:
                     peer = self.store.contacts.get_by_id(row["contact_id"]).name
                 except Exception:
                     peer = None
-                views.append({"transfer_id": row["transfer_id"], "direction": row["direction"], "peer": peer,
-                              "file": row["file_name"], "path": row["path"], "state": row["state"],
-                              "bytes": row["size"] if row["state"] == COMPLETED else 0, "total": row["size"],
+                views.append({"transfer_id": row["transfer_id"], "peer": peer, "direction": Direction(row["direction"]),
+                              "file_name": row["file_name"], "size": row["size"], "path": row["path"],
+                              "state": TransferState(row["state"]),
+                              "bytes": row["size"] if row["state"] == COMPLETED else 0,
                               "rate": 0, "eta": None, "sha256": row["sha256"], "error": row["error"],
-                              "stopped_by": row["stopped_by"], "wire_bytes": 0})
+                              "stopped_by": Side(row["stopped_by"]) if row["stopped_by"] else None,
+                              "wire_bytes": 0})
         return views
 
     def contact_removed(self, fingerprint: bytes) -> None:
@@ -751,10 +755,11 @@ class Transfers:
             self._finished.popitem(last=False)
         self._release_fd(transfer)
 
-    def _event(self, transfer: Transfer, **extra) -> dict:
-        data = {"transfer_id": transfer.transfer_id, "peer": transfer.peer, "direction": transfer.direction,
-                "file_name": transfer.name, "size": transfer.size}
-        data.update(extra)
+    def _event(self, transfer: Transfer, **extra) -> TransferRef:
+        """The fields every file event shares (contract.TransferRef), plus the event's own."""
+        data: TransferRef = {"transfer_id": transfer.transfer_id, "peer": transfer.peer,
+                             "direction": transfer.direction, "file_name": transfer.name, "size": transfer.size}
+        data.update(extra)  # type: ignore[typeddict-item]
         return data
 
     # -- LinkObserver -----------------------------------------------------------------------
@@ -796,10 +801,10 @@ class Transfers:
                 if done != transfer.meter.published_bytes:
                     transfer.meter.published_at, transfer.meter.published_bytes = now, done
                     rate = transfer.meter.rate(now)
-                    self.publish("file_transfer_progress", {
-                        "transfer_id": transfer.transfer_id, "peer": transfer.peer,
-                        "direction": transfer.direction, "bytes": done, "total": transfer.size,
-                        "rate": round(rate), "eta": round((transfer.size - done) / rate, 1) if rate > 0 else None})
+                    progress: FileTransferProgress = self._event(  # type: ignore[assignment]
+                        transfer, bytes=done, rate=round(rate),
+                        eta=round((transfer.size - done) / rate, 1) if rate > 0 else None)
+                    self.publish("file_transfer_progress", progress)
         for channel in self.channels.values():
             if channel.senders and channel.link.connected:
                 self._probe(channel, now)
@@ -981,9 +986,7 @@ class Transfers:
         transfer = Incoming(row, link.fingerprint, link.name)
         self._register(transfer)
         self.counters["file_offers"] += 1
-        self.publish("file_offer", {"transfer_id": transfer.transfer_id, "peer": link.name,
-                                    "file_name": transfer.name, "size": transfer.size,
-                                    "chunk_size": transfer.chunk_size})
+        self.publish("file_offer", self._event(transfer, chunk_size=transfer.chunk_size))
         contact = self.store.contacts.get_by_id(link.contact_id) if link.contact_id is not None else None
         if self.auto_accept and contact is not None and contact.verified:
             try:
@@ -1066,7 +1069,7 @@ class Transfers:
         recent.append(now)
         log.warning("refused a file offer from %s: %s", link.name, reason)
         self.publish("file_transfer_failed", {
-            "transfer_id": offer.transfer_id[:MAX_TRANSFER_ID_CHARS], "peer": link.name, "direction": "in",
+            "transfer_id": offer.transfer_id[:MAX_TRANSFER_ID_CHARS], "peer": link.name, "direction": Direction.IN,
             "file_name": offer.name[:255], "size": offer.size, "reason": f"offer refused: {reason}"})
 
     def _source_changed(self, transfer: Incoming, offer: Offer) -> None:
@@ -1347,8 +1350,7 @@ class Transfers:
         self._answer(transfer, Answer.COMPLETE)
         elapsed = time.monotonic() - (transfer.started_at or time.monotonic())
         self.counters["files_received"] += 1
-        self.publish("file_received", {"transfer_id": transfer.transfer_id, "peer": transfer.peer, "path": path,
-                                       "sha256": transfer.sha256, "size": transfer.size})
+        self.publish("file_received", self._event(transfer, path=path, sha256=transfer.sha256))
         self.publish("file_transfer_completed", self._event(transfer, path=path, sha256=transfer.sha256,
                                                              seconds=round(elapsed, 3), wire_bytes=transfer.wire_bytes))
         self._forget(transfer)

@@ -9,12 +9,12 @@ every received one in one (`deliver_incoming_many`).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import sqlite3
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..util import iso_utc
+from ..contract import MessageState
 from .errors import DuplicateError, NotFoundError, StoreError
 from .fields import iso_or_none
 
@@ -22,16 +22,6 @@ if TYPE_CHECKING:
     from .database import Store
 
 Direction = Literal["in", "out"]
-
-
-class MessageState(enum.StrEnum):
-    """The `messages.state` column. A str, so it equals (and encodes to JSON as) its value."""
-
-    QUEUED = "queued"          # outgoing, waiting for a session
-    SENT = "sent"              # outgoing, on the wire, not yet acknowledged
-    DELIVERED = "delivered"    # outgoing, acknowledged by the contact
-    FAILED = "failed"          # outgoing, given up (see `failure`)
-    RECEIVED = "received"      # incoming
 
 
 OUTGOING_STATES = (MessageState.QUEUED, MessageState.SENT, MessageState.DELIVERED,

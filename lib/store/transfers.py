@@ -7,29 +7,16 @@ state, and `have` (chunk ranges durable in the .part file). Rows are plain dicts
 """
 from __future__ import annotations
 
-import enum
 import sqlite3
 import time
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, TypedDict
 
+from ..contract import TransferState
 from .errors import DuplicateError, StoreError
 
 if TYPE_CHECKING:
     from .database import Store
-
-
-class TransferState(enum.StrEnum):
-    """The `transfers.state` column. A str, so it equals (and encodes to JSON as) its value."""
-
-    QUEUED = "queued"
-    OFFERED = "offered"
-    ACTIVE = "active"
-    PAUSED = "paused"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    REJECTED = "rejected"
-    CANCELLED = "cancelled"
 
 
 _STATE = MappingProxyType({state.value: state for state in TransferState})

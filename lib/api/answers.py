@@ -1,0 +1,143 @@
+"""The shape of each action's answer, attached to its row in the command table (`answer=`).
+
+Why here: answers are the API's own; the views they share with events (contacts, transfers)
+live in `contract`. `docs.py` and `schema.py` read these declarations; handlers return plain
+dicts of these shapes (TypedDicts cost nothing at run time).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple, Optional, TypedDict
+
+from ..contract import LinkState, NatView, Path
+
+
+class TopLevel(NamedTuple):
+    """An answer whose response carries keys beside `data` (e.g. `message_id`)."""
+
+    data: Any
+    extra: Any          # a TypedDict of the extra top-level keys
+
+
+# -- status -----------------------------------------------------------------------------------
+class IdentityInfo(TypedDict):
+    name: str
+    fingerprint: str
+    short_id: str
+    public_key: str
+
+
+class RendezvousInfo(TypedDict):
+    server: str
+    connected: bool
+    registered: bool
+    observed: Optional[str]
+    error: Optional[str]
+
+
+class TurnInfo(TypedDict):
+    server: Optional[str]
+    relayed_address: Optional[str]
+    state: Optional[str]        # idle | allocating | allocated | failed | closed
+    error: Optional[str]
+
+
+class P2pInfo(NatView, total=False):
+    """The P2P part of status; the NAT fields appear once NAT traversal runs."""
+
+    running: bool
+    port: Optional[int]
+    counters: dict[str, int]
+    lan_discovery: Optional[dict[str, int]]
+    rendezvous: list[RendezvousInfo]
+    turn: Optional[TurnInfo]
+    serving_rendezvous: dict[str, Any]
+
+
+class IpcInfo(TypedDict):
+    host: str
+    port: int
+
+
+class EventsInfo(TypedDict):
+    endpoint: str
+    endpoints: list[str]
+
+
+class CryptoInfo(TypedDict):
+    backend: str
+    available: list[str]
+
+
+class Status(TypedDict):
+    version: str
+    uptime_s: float
+    identity: IdentityInfo
+    p2p: P2pInfo
+    ipc: Optional[IpcInfo]
+    events: EventsInfo
+    contacts: int
+    peers: int
+    crypto: CryptoInfo
+    data_dir: str
+
+
+# -- contacts ---------------------------------------------------------------------------------
+class KeyNegotiation(TypedDict):
+    peer: str
+    fingerprint: str
+    safety_number: str
+    verified: bool
+    suite: Optional[str]
+    key_exchange: str
+    signatures: str
+    role: Optional[str]
+    address: Optional[str]
+    path: Optional[Path]
+    rtt_ms: Optional[float]
+
+
+# -- p2p --------------------------------------------------------------------------------------
+class ConnectStarted(TypedDict):
+    peer: str
+    state: LinkState
+    address: Optional[str]
+
+
+class MarkedRead(TypedDict):
+    peer: str
+    marked: int
+
+
+class MessageIdKey(TypedDict):
+    message_id: str
+
+
+class TransferIdKey(TypedDict):
+    transfer_id: str
+
+
+# -- crypto -----------------------------------------------------------------------------------
+class KeyPair(TypedDict):
+    public_key: str
+    private_key: str
+    algorithm: str
+    fingerprint: str
+
+
+class Encrypted(TypedDict):
+    encrypted_data: str
+
+
+class Decrypted(TypedDict):
+    message: str
+
+
+class IdentityRotated(TypedDict):
+    fingerprint: str
+    previous_fingerprint: str
+    public_key: str
+
+
+MESSAGE_SENT = TopLevel(Literal["Message sent", "Message queued"], MessageIdKey)
+FILE_SENT = TopLevel(Literal["File transfer started", "File transfer queued"], TransferIdKey)
