@@ -30,6 +30,7 @@ import unicodedata
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from .errors import Internal, Invalid, NotFound, Refused
 from .util import iso_utc
 
 FINGERPRINT_SIZE = 32
@@ -131,16 +132,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
-class StoreError(Exception):
+class StoreError(Internal):
     """Base of the store's errors; its message is meant for the user."""
 
 
-class DuplicateError(StoreError):
+class DuplicateError(Refused, StoreError):
     """A name, key or message id that must be unique is already taken."""
 
 
-class NotFoundError(StoreError):
+class NotFoundError(NotFound, StoreError):
     """The contact or message asked for does not exist."""
+
+
+class InvalidValueError(Invalid, StoreError):
+    """A value the store refuses to hold (a contact name, a fingerprint, a limit)."""
 
 
 def _iso_or_none(ts: float | None) -> str | None:
@@ -148,15 +153,15 @@ def _iso_or_none(ts: float | None) -> str | None:
 
 
 def validate_name(name: str) -> str:
-    """Return the name stripped, or raise StoreError saying why it cannot be a contact name."""
+    """Return the name stripped, or raise InvalidValueError saying why it cannot be a contact name."""
     stripped = name.strip()
     if not stripped:
-        raise StoreError("A contact name cannot be empty")
+        raise InvalidValueError("A contact name cannot be empty")
     if len(stripped) > MAX_NAME_LENGTH:
-        raise StoreError(f"A contact name is at most {MAX_NAME_LENGTH} characters")
+        raise InvalidValueError(f"A contact name is at most {MAX_NAME_LENGTH} characters")
     for ch in stripped:
         if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS:
-            raise StoreError("A contact name cannot contain control characters")
+            raise InvalidValueError("A contact name cannot contain control characters")
     return stripped
 
 
@@ -164,7 +169,7 @@ def _fingerprint(fp: bytes) -> bytes:
     """Check a fingerprint's size so a truncated key never matches or gets stored."""
     fp = bytes(fp)
     if len(fp) != FINGERPRINT_SIZE:
-        raise StoreError(f"A key fingerprint is {FINGERPRINT_SIZE} bytes, not {len(fp)}")
+        raise InvalidValueError(f"A key fingerprint is {FINGERPRINT_SIZE} bytes, not {len(fp)}")
     return fp
 
 
@@ -902,7 +907,7 @@ class Store:
     ) -> list[Message]:
         """The newest `limit` messages (older than row id `before` if given), oldest first."""
         if limit < 1:
-            raise StoreError("The history limit must be at least 1")
+            raise InvalidValueError("The history limit must be at least 1")
         if before is None:
             rows = self._query(
                 "SELECT * FROM messages WHERE contact_id = ? ORDER BY id DESC LIMIT ?",

@@ -23,6 +23,7 @@ import gevent.lock
 import gevent.pool
 import gevent.server
 
+from ..errors import Busy
 from .table import Call, CommandTable, Deferred, response
 from ..codec.jsonstream import JsonStreamScanner
 from ..passes import PassRunner
@@ -36,7 +37,7 @@ FLUSH_EVERY = 32  # answers of one read written without waiting for the rest of 
 WRITE_TIMEOUT = 5.0  # s a closing connection waits for its last answers to be written
 
 
-class IdleTimeout(Exception):
+class IdleTimeout(Busy):
     """Thrown into a connection's greenlet by the idle sweeper."""
 
 

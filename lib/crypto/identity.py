@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Optional
 
+from ..errors import Invalid
 from . import pqc
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ _PRIVATE_CHECK_LEN = 4
 PRIVATE_KEY_LEN = _PRIVATE_LAYOUT.size + _PRIVATE_CHECK_LEN  # 4+1+8+32+64+4 = 113
 
 
-class IdentityError(ValueError):
+class IdentityError(Invalid):
     """A bundle, ID, private key or key file that cannot be used; the message says why."""
 
 

@@ -20,6 +20,7 @@ import hashlib
 import struct
 from typing import Union
 
+from ..errors import Invalid
 from . import identity, pqc
 
 ENVELOPE_MAGIC = b"CP2E"
@@ -32,7 +33,7 @@ MAX_ENVELOPE_TEXT = 8 << 20
 _HEADER = struct.Struct(">4sBHH")
 
 
-class SealedError(ValueError):
+class SealedError(Invalid):
     """An envelope or key that cannot be used; the message is meant for the API's user."""
 
 
