@@ -232,6 +232,14 @@ def short_id(fp: bytes) -> str:
     return _group(_fp_chars(_check_fingerprint(fp))[:SHORT_ID_CHARS])
 
 
+def safety_number(own: bytes, other: bytes) -> str:
+    """60 digits both users compare to check their keys; depends only on the two
+    fingerprints, in either order, so both sides see the same number."""
+    low, high = sorted((own, other))
+    digest = hashlib.sha512(b"chatp2p v1 safety number" + low + high).digest()
+    return " ".join(f"{int.from_bytes(digest[i:i + 5], 'big') % 100000:05d}" for i in range(0, 60, 5))
+
+
 def _normalize_id(text: str) -> str:
     """Lowercase, without separators, with look-alike digits mapped to their letters."""
     out = []

@@ -124,3 +124,11 @@ def open_sealed(encrypted_b64: str, kem_seed: bytes) -> bytes:
         return pqc.hpke_open(seed, enc, ciphertext, _info(header, pqc.xwing_public(seed)), aead)
     except pqc.CryptoError:
         raise SealedError("Decryption failed: wrong key or tampered data") from None
+
+
+def open_sealed_text(encrypted_b64: str, kem_seed: bytes) -> str:
+    """``open_sealed()`` for a text message (what `crypto encrypt` seals): UTF-8 or SealedError."""
+    try:
+        return open_sealed(encrypted_b64, kem_seed).decode("utf-8")
+    except UnicodeDecodeError:
+        raise SealedError("Decrypted data is not UTF-8 text") from None
