@@ -13,6 +13,8 @@ import os
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
+from .errors import Invalid
+
 DEFAULT_CONFIG_PATH = "~/.config/chatp2p/chatp2p.conf"
 DEFAULT_DATA_DIR = "~/.local/share/chatp2p"
 ENV_PREFIX = "CHATP2P_"
@@ -20,7 +22,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 CRYPTO_BACKENDS = ("auto", "pycryptodome", "liboqs")
 
 
-class ConfigError(ValueError):
+class ConfigError(Invalid):
     """A setting has a bad value; the message names where it came from and what was expected."""
 
 

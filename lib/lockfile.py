@@ -6,8 +6,10 @@ import fcntl
 import os
 import pathlib
 
+from .errors import Busy
 
-class DataDirLocked(RuntimeError):
+
+class DataDirLocked(Busy, RuntimeError):
     """Another live process holds the data dir."""
 
 

@@ -36,8 +36,8 @@ config = cfg.load(None, {"HOME": home}, flag_overrides={
     "data_dir": data_dir, "p2p_host": "127.0.0.1", "p2p_port": "0", "ipc_port": "0"})
 node = Node(config)
 node.start()
-node.network.observers.remove(node.transfers)  # this peer speaks the file protocol by hand
-node.transfers.stop()
+node.p2p.network.observers.remove(node.p2p.transfers)  # this peer speaks the file protocol by hand
+node.p2p.transfers.stop()
 answers = []
 
 class Recorder:
@@ -49,19 +49,19 @@ class Recorder:
             if getattr(raw, "rtype", None) in fc.FILE_TYPES:
                 answers.append(fc.decode_file_record(raw))
 
-node.network.observers.append(Recorder())
+node.p2p.network.observers.append(Recorder())
 print(json.dumps({"public_key": node.identity.bundle.to_base64()}), flush=True)
 target = json.loads(sys.stdin.readline())
 node.contacts.add("Target", target["public_key"])
 contact = node.store.contacts.get("Target")
-link = node.network.connect(contact, [("127.0.0.1", target["port"])])
+link = node.p2p.network.connect(contact, [("127.0.0.1", target["port"])])
 deadline = time.monotonic() + 10
 while not link.connected and time.monotonic() < deadline:
     gevent.sleep(0.02)
 assert link.connected, "no session"
 
 def send(*records):
-    node.network.send_records(link, [fc.to_raw(r) for r in records])
+    node.p2p.network.send_records(link, [fc.to_raw(r) for r in records])
 
 def offer(transfer_id, name, size, chunk=65536):
     rec = fc.Offer(fc.transfer_wire_id(transfer_id), size, chunk, b"t" * 16, transfer_id, name)

@@ -1,28 +1,23 @@
 """Every API action, declared in one table: command, action, data schema, handler.
 
-Handlers are thin: they translate between the API's JSON and the node's objects. The seed
-protocol's actions keep their names and shapes; extensions are marked as such in help.
+Handlers only translate: request data -> a use case of the node (services/) -> the answer's
+JSON. They raise no errors of their own: the command table answers every
+`errors.ChatP2PError` a use case raises with its text. The seed protocol's actions keep their
+names and shapes; extensions are marked as such in help.
 """
 
 from __future__ import annotations
 
-import hashlib
-import socket
 import time
 from typing import Any, Literal
 
-import gevent
-
 from ..crypto import identity as ident, sealed
-from ..net import nat
-from . import answers
-from .table import ApiError, CommandTable, Deferred, Field, Reply
-from ..contract import ContactView, MessageView, PeerView, TransferView
-from ..services.messaging import MessageError
-from ..services.transfer import TransferError
 from ..node import Node
-from ..net.peers import Link, LinkState, parse_address
+from ..store import Contact, Message
 from ..util import iso_utc
+from . import answers
+from .table import CommandTable, Deferred, Field, Reply
+from ..contract import ContactView, MessageView, PeerView, TransferView
 
 NAME = Field("peer", "str", max_len=64)
 NAME_OR_ID = Field("peer", "str", max_len=128)   # an ID is 69 characters with its dashes
@@ -41,62 +36,24 @@ def contacts_list(node: Node, data: dict) -> list:
 
 def contacts_add(node: Node, data: dict) -> Any:
     node.contacts.add(data["peer"], data["public_key"])
-    contact = node.contacts.get(data["peer"])
-    if node.messenger is not None:
-        node.messenger.release_held(contact)  # a stranger we talked with: its messages now count
     return "Contact added"
 
 
-def _disconnect(node: Node, fingerprint: bytes) -> None:
-    if node.network is not None:
-        node.network.forget(fingerprint)
-    if node.messenger is not None:
-        node.messenger.contact_removed(fingerprint)
-    if node.transfers is not None:
-        node.transfers.contact_removed(fingerprint)
-
-
 def contacts_remove(node: Node, data: dict) -> Any:
-    contact = node.contacts.get(data["peer"])
     node.contacts.remove(data["peer"])
-    _disconnect(node, contact.fingerprint)
     return "Contact removed"
 
 
 def contacts_rename(node: Node, data: dict) -> Any:
-    view = node.contacts.rename(data["peer"], data["new_name"])
-    if node.network is not None:
-        contact = node.contacts.get(data["new_name"])
-        link = node.network.links.get(contact.fingerprint)
-        if link is not None:
-            link.name = contact.name
-    return view
+    return node.contacts.rename(data["peer"], data["new_name"])
 
 
 def contacts_block(node: Node, data: dict) -> Any:
-    """Block a contact by name, or a stranger by its ID (it becomes a blocked contact)."""
-    name = data["peer"]
-    try:
-        contact = node.store.contacts.get(name)
-    except Exception:
-        if not ident.looks_like_id(name):
-            raise ApiError(f"Peer not found: {name}") from None
-        try:
-            fingerprint = ident.parse_id(name)
-        except ident.IdentityError as exc:
-            raise ApiError(str(exc)) from None
-        contact = node.store.contacts.find_by_fingerprint(fingerprint)
-        if contact is None:
-            node.contacts.add("blocked-" + ident.short_id(fingerprint), name)
-            contact = node.store.contacts.find_by_fingerprint(fingerprint)
-    view = node.contacts.set_blocked(contact.name, True)
-    node.store.held.drop(contact.fingerprint)
-    _disconnect(node, contact.fingerprint)
-    return view
+    return node.contacts.block(data["peer"])
 
 
 def contacts_unblock(node: Node, data: dict) -> Any:
-    return node.contacts.set_blocked(data["peer"], False)
+    return node.contacts.unblock(data["peer"])
 
 
 def contacts_show(node: Node, data: dict) -> Any:
@@ -107,100 +64,32 @@ def contacts_verify(node: Node, data: dict) -> Any:
     return node.contacts.set_verified(data["peer"], data["verified"])
 
 
-def safety_number(own: bytes, other: bytes) -> str:
-    """60 digits both users can compare; depends only on the two identities (order-free)."""
-    low, high = sorted((own, other))
-    digest = hashlib.sha512(b"chatp2p v1 safety number" + low + high).digest()
-    return " ".join(f"{int.from_bytes(digest[i:i + 5], 'big') % 100000:05d}" for i in range(0, 60, 5))
-
-
 def contacts_negotiate_keys(node: Node, data: dict) -> Any:
     contact = node.contacts.get(data["peer"])
-    link = _connect(node, contact, None)
-    if not link.connected:
-        with gevent.Timeout(data["timeout"], False):
-            while not link.connected and (link.state.value == "connecting"):
-                link.established.wait()
-    if not link.connected:
-        reason = link.failure or "no answer"
-        if reason == "key_mismatch":
-            raise ApiError(f"Key mismatch: the node answering for {contact.name} is not its ID (see key_mismatch)")
-        raise ApiError(f"Could not reach {contact.name}: {reason}")
+    p2p = node.p2p
+    link = p2p.connector.negotiate(contact, data["timeout"])
     contact = node.store.contacts.get_by_id(contact.id)
     session = link.session
+    view = p2p.network.view(link)
     return {
         "peer": contact.name,
         "fingerprint": ident.format_id(contact.fingerprint),
-        "safety_number": safety_number(node.identity.fingerprint, contact.fingerprint),
+        "safety_number": ident.safety_number(node.identity.fingerprint, contact.fingerprint),
         "verified": contact.verified,
         "suite": session.keys.suite.name.lower() if session else None,
         "key_exchange": "X-Wing (ML-KEM-768+X25519), ephemeral + static",
         "signatures": "ML-DSA-65+Ed25519",
         "role": session.keys.role.value if session else None,
-        "address": node.network.view(link)["address"],
+        "address": view["address"],
         "path": link.path,
-        "rtt_ms": node.network.view(link)["rtt_ms"],
+        "rtt_ms": view["rtt_ms"],
     }
 
 
 # -- p2p ------------------------------------------------------------------------------------
-def _require_p2p(node: Node) -> None:
-    if not node.p2p_running:
-        raise ApiError("The P2P network is stopped: start it with p2p start")
-
-
-def _resolve(text: str) -> tuple[str, int]:
-    address = parse_address(text)
-    if address is None:
-        raise ApiError(f"Field 'address' must be host:port, got {text!r}")
-    try:
-        infos = socket.getaddrinfo(address[0], address[1], socket.AF_INET, socket.SOCK_DGRAM)
-    except (OSError, UnicodeError) as exc:
-        raise ApiError(f"Cannot resolve {address[0]}: {exc}") from None
-    return infos[0][4][0], infos[0][4][1]
-
-
-def _connect(node: Node, contact, address: str | None) -> Link:
-    _require_p2p(node)
-    if contact.blocked:
-        raise ApiError(f"{contact.name} is blocked")
-    candidates = [_resolve(address)] if address else []
-    candidates += [a for a in (parse_address(t) for t in contact.addresses) if a]
-    link = node.network.link_for_contact(contact)
-    candidates += [a for a in link.candidates if a not in candidates]
-    if link.connected:
-        return link
-    # In parallel: the known addresses, and introductions through the rendezvous servers
-    # (the LAN announces itself; the relay is one of the candidates an introduction brings).
-    asked = node.nat.reach(contact) if node.nat is not None and not address else 0
-    if not candidates and not asked:
-        raise ApiError(f"No known address for {contact.name}, and no rendezvous server to ask: "
-                       "use p2p connect with an address")
-    if not candidates:
-        if link.state == LinkState.OFFLINE:
-            link.state = LinkState.CONNECTING  # until the introductions answer or time out
-        return link
-    return node.network.connect(contact, candidates)
-
-
 def p2p_start(node: Node, data: dict) -> Any:
-    changes = {}
-    if data["stun_urls"] is not None:
-        changes["stun_urls"] = data["stun_urls"]
-    if data["rendezvous"] is not None:
-        changes["rendezvous_servers"] = data["rendezvous"]
-    try:
-        turn_servers = nat.turn_servers_from(data["turn_servers"]) if data["turn_servers"] is not None else None
-        nat.check_settings(nat.NatSettings(tuple(changes.get("stun_urls", node.config.stun_urls)),
-                                           tuple(changes.get("rendezvous_servers", node.config.rendezvous_servers))))
-    except nat.NatConfigError as exc:
-        raise ApiError(str(exc)) from None
-    if turn_servers is not None:
-        node.turn_override = turn_servers
-    try:
-        node.restart_p2p(**changes)
-    except OSError as exc:
-        raise ApiError(f"Cannot start the P2P network: {exc.strerror or exc}") from None
+    node.restart_p2p(stun_urls=data["stun_urls"], rendezvous_servers=data["rendezvous"],
+                     turn_servers=data["turn_servers"])
     return "P2P network started"
 
 
@@ -210,10 +99,11 @@ def p2p_stop(node: Node, data: dict) -> Any:
 
 
 def p2p_peers(node: Node, data: dict) -> list:
+    p2p = node.running_p2p
     peers = []
     for contact in node.store.contacts.all():
-        link = node.network.links.get(contact.fingerprint) if node.network else None
-        view = node.network.view(link) if link else {
+        link = p2p.network.links.get(contact.fingerprint) if p2p is not None else None
+        view = p2p.network.view(link) if p2p is not None and link is not None else {
             "name": contact.name, "fingerprint": ident.format_id(contact.fingerprint), "state": "offline",
             "path": None, "address": None, "rtt_ms": None}
         view["name"] = contact.name
@@ -228,37 +118,21 @@ def p2p_peers(node: Node, data: dict) -> list:
 
 def p2p_connect(node: Node, data: dict) -> Any:
     contact = node.contacts.get(data["peer"])
-    link = _connect(node, contact, data["address"])
-    return {"peer": contact.name, "state": link.state.value,
-            "address": node.network.view(link)["address"]}
+    p2p = node.p2p
+    link = p2p.connector.connect(contact, data["address"])
+    return {"peer": contact.name, "state": link.state.value, "address": p2p.network.view(link)["address"]}
 
 
 def p2p_send_message(node: Node, data: dict) -> Any:
     contact = node.contacts.get(data["peer"])
-    if node.messenger is None:
-        raise ApiError("The P2P network is stopped: start it with p2p start")
-    try:
-        pending = node.messenger.submit(contact, data["message"], data["message_id"])
-    except MessageError as exc:
-        raise ApiError(str(exc)) from None
+    p2p = node.p2p
+    message_id = data["message_id"]
+    pending = p2p.send_message(contact, data["message"], message_id)
     # Answered when the group commit that stores it is done (no greenlet waits meanwhile).
-    return Deferred(pending, lambda done: _message_stored(node, contact, data["message_id"], done))
+    return Deferred(pending, lambda done: _message_reply(*p2p.message_stored(contact, message_id, done)))
 
 
-def _message_stored(node: Node, contact, message_id: str | None, done) -> Reply:
-    try:
-        message, sent = done.get()
-    except MessageError as exc:
-        raise ApiError(str(exc)) from None
-    except Exception as exc:
-        if "already" in str(exc).lower():
-            raise ApiError(f"message_id {message_id!r} was already used for {contact.name}") from None
-        raise
-    if not sent:
-        try:
-            _connect(node, contact, None)
-        except ApiError:
-            pass  # no address yet: it stays queued until the contact shows up
+def _message_reply(message: Message, sent: bool) -> Reply:
     return Reply("Message sent" if sent else "Message queued", {"message_id": message.message_id})
 
 
@@ -269,9 +143,7 @@ def p2p_history(node: Node, data: dict) -> Any:
 
 
 def p2p_mark_read(node: Node, data: dict) -> Any:
-    contact = node.contacts.get(data["peer"])
-    count = node.store.messages.mark_read(contact.id)
-    node.publish("contact_updated", node.contacts.view(node.store.contacts.get_by_id(contact.id)))
+    contact, count = node.contacts.mark_read(data["peer"])
     return {"peer": contact.name, "marked": count}
 
 
@@ -279,45 +151,27 @@ def p2p_mark_read(node: Node, data: dict) -> Any:
 TRANSFER_ID = Field("transfer_id", "str", max_len=128)
 
 
-def _transfers(node: Node):
-    if node.transfers is None:
-        raise ApiError("The P2P network is stopped: start it with p2p start")
-    return node.transfers
-
-
 def p2p_send_file(node: Node, data: dict) -> Any:
-    contact = node.contacts.get(data["peer"])
-    try:
-        transfer, offered = _transfers(node).send_file(contact, data["file_path"], data["chunk_size"],
-                                                       data["transfer_id"])
-    except TransferError as exc:
-        raise ApiError(str(exc)) from None
-    if not offered:
-        try:
-            _connect(node, contact, None)
-        except ApiError:
-            pass  # no address yet: the offer waits until the contact shows up
+    contact: Contact = node.contacts.get(data["peer"])
+    transfer, offered = node.p2p.send_file(contact, data["file_path"], data["chunk_size"], data["transfer_id"])
     return Reply("File transfer started" if offered else "File transfer queued",
                  {"transfer_id": transfer.transfer_id})
 
 
 def _transfer_action(name: str):
     def handler(node: Node, data: dict) -> Any:
-        transfers = _transfers(node)
-        try:
-            if name == "accept":
-                transfer = transfers.accept(data["transfer_id"], data["save_as"])
-            else:
-                transfer = getattr(transfers, name)(data["transfer_id"])
-        except TransferError as exc:
-            raise ApiError(str(exc)) from None
+        transfers = node.p2p.transfers
+        if name == "accept":
+            transfer = transfers.accept(data["transfer_id"], data["save_as"])
+        else:
+            transfer = getattr(transfers, name)(data["transfer_id"])
         return transfer.view(time.monotonic())
     handler.__name__ = f"p2p_{name}_transfer"
     return handler
 
 
 def p2p_transfers(node: Node, data: dict) -> Any:
-    return _transfers(node).list()
+    return node.p2p.transfers.list()
 
 
 # -- crypto ---------------------------------------------------------------------------------
@@ -326,34 +180,20 @@ def crypto_generate_keypair(node: Node, data: dict) -> dict:
 
 
 def crypto_encrypt(node: Node, data: dict) -> dict:
-    try:
-        envelope = sealed.seal(data["public_key"], data["message"].encode("utf-8"), aead=data["aead"])
-    except (sealed.SealedError, ident.IdentityError) as exc:
-        raise ApiError(str(exc)) from None
-    return {"encrypted_data": envelope}
+    return {"encrypted_data": sealed.seal(data["public_key"], data["message"].encode("utf-8"), aead=data["aead"])}
 
 
 def crypto_decrypt(node: Node, data: dict) -> dict:
-    try:
-        if data["private_key"]:
-            seed = ident.private_key_from_base64(data["private_key"]).kem_seed
-        else:
-            seed = node.identity.kem_seed
-        plaintext = sealed.open_sealed(data["encrypted_data"], seed)
-    except (sealed.SealedError, ident.IdentityError) as exc:
-        raise ApiError(str(exc)) from None
-    try:
-        return {"message": plaintext.decode("utf-8")}
-    except UnicodeDecodeError:
-        raise ApiError("Decrypted data is not UTF-8 text") from None
+    if data["private_key"]:
+        seed = ident.private_key_from_base64(data["private_key"]).kem_seed
+    else:
+        seed = node.identity.kem_seed
+    return {"message": sealed.open_sealed_text(data["encrypted_data"], seed)}
 
 
 def crypto_rotate_identity(node: Node, data: dict) -> dict:
     """New identity keys; contacts follow because the change is signed by the old key."""
-    try:
-        old, new = node.rotate_identity()
-    except ident.IdentityError as exc:
-        raise ApiError(str(exc)) from None
+    old, new = node.rotate_identity()
     return {"fingerprint": new.id, "previous_fingerprint": old.id, "public_key": new.bundle.to_base64()}
 
 

@@ -17,6 +17,7 @@ import socket
 import sys
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
+from ..errors import Busy, Invalid, Refused
 from ..config import DEFAULT_DATA_DIR
 from ..runtime import read_endpoints, read_token
 from . import schema
@@ -37,7 +38,7 @@ EXIT_UNREACHABLE = 3
 
 
 # -- client ---------------------------------------------------------------------------------
-class ApiConnectionError(Exception):
+class ApiConnectionError(Busy):
     """The conversation with the daemon broke: it closed, timed out, or answered garbage."""
 
 
@@ -45,7 +46,7 @@ class DaemonUnreachable(ApiConnectionError):
     """No connection could be opened to the daemon's API port."""
 
 
-class RequestFailed(Exception):
+class RequestFailed(Refused):
     """The daemon answered `success: false` (raised by `ApiClient.call` only)."""
 
     def __init__(self, response: dict) -> None:
@@ -181,7 +182,7 @@ def resolve_target(data_dir: pathlib.Path, host: str | None, port: int | None,
 
 
 # -- values given on the command line -----------------------------------------------------------
-class UsageError(Exception):
+class UsageError(Invalid):
     """A bad argument found after parsing (exit 2, like argparse's own errors)."""
 
 

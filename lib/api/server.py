@@ -23,6 +23,7 @@ import gevent.lock
 import gevent.pool
 import gevent.server
 
+from ..errors import Busy
 from .table import Call, CommandTable, Deferred, response
 from ..codec.jsonstream import JsonStreamScanner
 from ..passes import PassRunner
@@ -41,7 +42,7 @@ UNKNOWN_USER_ERROR = ("Refused: the daemon cannot tell which local user opened t
                       "connect from the same machine and user)")
 
 
-class IdleTimeout(Exception):
+class IdleTimeout(Busy):
     """Thrown into a connection's greenlet by the idle sweeper."""
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import gevent.event
 
+from ..errors import ChatP2PError, Invalid
 from ..util import iso_utc
 
 log = logging.getLogger("chatp2p.api")
@@ -24,8 +25,11 @@ _BOOL_TEXT = {"true": True, "1": True, "yes": True, "on": True,
               "false": False, "0": False, "no": False, "off": False}
 
 
-class ApiError(Exception):
-    """A request failed for a reason the client should read (becomes `error`)."""
+class ApiError(Invalid):
+    """A request the command table cannot accept (unknown action, bad or missing field).
+
+    Handlers raise no error of their own kind: every `errors.ChatP2PError` a use case raises
+    is answered by `CommandTable` the same way, with its text as `error`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +61,7 @@ class Reply:
 class Deferred(NamedTuple):
     """A handler's answer that is not ready yet: the handler started work shared with other
     requests (a group commit) and returns at once; when `pending` is set, `finish(pending)`
-    builds the answer (it may raise ApiError, like a handler). The server waits for
+    builds the answer (it may raise any ChatP2PError, like a handler). The server waits for
     `pending` with a callback, so a request in flight costs no greenlet of its own."""
 
     pending: gevent.event.AsyncResult
@@ -314,7 +318,10 @@ class CommandTable:
     def _answer(self, call: Call, function: Callable, *args: Any) -> dict | Deferred:
         try:
             result = function(*args)
-        except ApiError as exc:
+        except ChatP2PError as exc:  # every kind: its text is written for the user
+            if exc.kind == "internal":
+                assert call.action is not None
+                log.error("%s %s failed: %s", call.action.command, call.action.action, exc)
             return response(False, error=str(exc), request_id=call.request_id)
         except Exception:  # a bug must not reach the client as a traceback
             assert call.action is not None

@@ -16,6 +16,7 @@ import struct
 import unicodedata
 from typing import Iterable, Iterator, Optional, Union
 
+from ..errors import Invalid
 from . import wire
 from .wire import RawRecord, WireError
 
@@ -581,7 +582,7 @@ _WINDOWS_RESERVED = frozenset(
 _WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
 
 
-class UnsafeName(ValueError):
+class UnsafeName(Invalid):
     """A file name that must be refused (traversal, control characters...); says why."""
 
 

@@ -17,6 +17,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Hashable, Optional, Sequence, Union
 
+from ..errors import Invalid
+
 VERSION = 1
 VERSION_BYTE = 0xC0 | VERSION  # 0xC1
 MAGIC_MASK = 0xF0  # 0xC0-0xCF: reserved for ChatP2P, low nibble = version
@@ -49,7 +51,7 @@ KEY_PHASES = 256  # the key phase byte is the key generation mod 256
 MAX_COUNTER = (1 << 64) - 1
 
 
-class WireError(ValueError):
+class WireError(Invalid):
     """Bytes that are not a well-formed ChatP2P datagram or record; the message says why."""
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Optional
 
+from ..errors import Invalid
 from . import pqc
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ _PRIVATE_CHECK_LEN = 4
 PRIVATE_KEY_LEN = _PRIVATE_LAYOUT.size + _PRIVATE_CHECK_LEN  # 4+1+8+32+64+4 = 113
 
 
-class IdentityError(ValueError):
+class IdentityError(Invalid):
     """A bundle, ID, private key or key file that cannot be used; the message says why."""
 
 
@@ -229,6 +230,14 @@ def format_id(fp: bytes) -> str:
 def short_id(fp: bytes) -> str:
     """The first 10 characters of the ID (50 bits), for headers and lists: 'abcde-fghij'."""
     return _group(_fp_chars(_check_fingerprint(fp))[:SHORT_ID_CHARS])
+
+
+def safety_number(own: bytes, other: bytes) -> str:
+    """60 digits both users compare to check their keys; depends only on the two
+    fingerprints, in either order, so both sides see the same number."""
+    low, high = sorted((own, other))
+    digest = hashlib.sha512(b"chatp2p v1 safety number" + low + high).digest()
+    return " ".join(f"{int.from_bytes(digest[i:i + 5], 'big') % 100000:05d}" for i in range(0, 60, 5))
 
 
 def _normalize_id(text: str) -> str:

@@ -32,6 +32,8 @@ from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol
 
+from ..errors import Invalid
+
 from Crypto.Protocol import HPKE
 from Crypto.PublicKey import MLDSA, MLKEM, Hybrid
 from Crypto.PublicKey.Hybrid import HybridKey
@@ -77,7 +79,7 @@ _OQS_KEM = "ML-KEM-768"
 _OQS_SIG = "ML-DSA-65"
 
 
-class CryptoError(ValueError):
+class CryptoError(Invalid):
     """Any failure of this module: wrong size, invalid key or point, failed authentication."""
 
 

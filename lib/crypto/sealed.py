@@ -20,6 +20,7 @@ import hashlib
 import struct
 from typing import Union
 
+from ..errors import Invalid
 from . import identity, pqc
 
 ENVELOPE_MAGIC = b"CP2E"
@@ -32,7 +33,7 @@ MAX_ENVELOPE_TEXT = 8 << 20
 _HEADER = struct.Struct(">4sBHH")
 
 
-class SealedError(ValueError):
+class SealedError(Invalid):
     """An envelope or key that cannot be used; the message is meant for the API's user."""
 
 
@@ -123,3 +124,11 @@ def open_sealed(encrypted_b64: str, kem_seed: bytes) -> bytes:
         return pqc.hpke_open(seed, enc, ciphertext, _info(header, pqc.xwing_public(seed)), aead)
     except pqc.CryptoError:
         raise SealedError("Decryption failed: wrong key or tampered data") from None
+
+
+def open_sealed_text(encrypted_b64: str, kem_seed: bytes) -> str:
+    """``open_sealed()`` for a text message (what `crypto encrypt` seals): UTF-8 or SealedError."""
+    try:
+        return open_sealed(encrypted_b64, kem_seed).decode("utf-8")
+    except UnicodeDecodeError:
+        raise SealedError("Decrypted data is not UTF-8 text") from None

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
+from ..errors import Internal, Refused
 from ..codec import wire
 from ..codec.wire import (
     AEAD_TAG_LEN,
@@ -87,7 +88,7 @@ def next_secret(secret: bytes) -> bytes:
     return hkdf_expand(secret, LABEL_REKEY, SECRET_LEN)
 
 
-class SessionError(Exception):
+class SessionError(Internal):
     """A session cannot do what was asked (counter exhausted, records too large for a datagram)."""
 
 
@@ -104,7 +105,7 @@ class DropReason(str, enum.Enum):
     BAD_RECORDS = "bad_records"  # authentic frame whose plaintext is not valid records
 
 
-class FrameDropped(SessionError):
+class FrameDropped(Refused, SessionError):
     """A received frame was rejected and counted; ``reason`` says why."""
 
     def __init__(self, reason: DropReason, detail: str = "") -> None:

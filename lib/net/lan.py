@@ -19,6 +19,8 @@ import struct
 import time
 from typing import Callable, Iterable, Optional
 
+from ..errors import Invalid
+
 import gevent
 from gevent import socket as gsocket
 
@@ -33,8 +35,8 @@ DEFAULT_GROUP = "239.255.48.89"          # administratively scoped, never routed
 KEY_LABEL = b"chatp2p v1 lan key"
 
 
-class AnnouncementError(ValueError):
-    pass
+class AnnouncementError(Invalid):
+    """A LAN datagram that is not a well-formed announcement."""
 
 
 def lan_key(fingerprint: bytes) -> bytes:

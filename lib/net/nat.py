@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import gevent
 
+from ..errors import Invalid
 from ..crypto import identity as ident
 from . import natinfo, rendezvous as rv, stun, turn
 from ..codec import wire
@@ -41,7 +42,7 @@ RV_TYPES = range(0x10, 0x18)
 Publish = Callable[[str, object], None]
 
 
-class NatConfigError(ValueError):
+class NatConfigError(Invalid):
     """A STUN/TURN/rendezvous setting is malformed (message names it)."""
 
 

@@ -231,6 +231,29 @@ class Network:
         link.name, link.contact_id = contact.name, contact.id
         return link
 
+    def rename_link(self, fingerprint: bytes, name: str) -> None:
+        """A contact was renamed: its link (if any) shows the new name from now on."""
+        link = self.links.get(fingerprint)
+        if link is not None:
+            link.name = name
+
+    def mark_connecting(self, link: Link) -> None:
+        """Introductions were asked for an offline link: it counts as connecting until they
+        answer or time out."""
+        if link.state == LinkState.OFFLINE:
+            link.state = LinkState.CONNECTING
+
+    def found_on_lan(self, contact: Contact, address: Address) -> None:
+        """A contact announced itself on the LAN: connect there unless a session is up (a
+        session it opened to us from that address now counts as a LAN path)."""
+        link = self.link_for_contact(contact)
+        link.candidate_paths[address] = "lan"
+        if link.connected:
+            if link.address == address and link.path != "lan":
+                link.path = "lan"
+            return
+        self.connect(contact, [address], path="lan")
+
     def is_online(self, contact_id: int) -> bool:
         return any(l.connected for l in self.links.values() if l.contact_id == contact_id)
 

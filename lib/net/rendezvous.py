@@ -43,6 +43,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Hashable, NamedTuple, Optional, Sequence, Union
 
+from ..errors import Refused
 from ..crypto import identity as ident, pqc
 from ..codec import wire
 from ..codec.wire import RawRecord
@@ -523,7 +524,7 @@ def _parts_buffer(max_messages: int, max_peer_messages: int, timeout: float) -> 
                             max_messages=max_messages, timeout=timeout)
 
 
-class PartRefused(RendezvousError):
+class PartRefused(Refused, RendezvousError):
     """A part the reassembly buffers refuse: over a limit, or contradicting earlier parts."""
 
 

@@ -29,6 +29,8 @@ import struct
 import time
 from typing import Callable, Iterator, Optional, Union
 
+from ..errors import Busy, Invalid, Refused
+
 import gevent
 import gevent.event
 from gevent import socket as gsocket
@@ -68,15 +70,15 @@ MAPPING_PORT_DEPENDENT = "address-and-port-dependent"
 MAPPING_UNKNOWN = "unknown"
 
 
-class StunError(ValueError):
+class StunError(Invalid):
     """Malformed STUN bytes, a bad server URL, or a Binding that failed; the message says why."""
 
 
-class StunTimeout(StunError):
+class StunTimeout(Busy, StunError):
     """No usable answer from a STUN server before the deadline."""
 
 
-class StunResponseError(StunError):
+class StunResponseError(Refused, StunError):
     """A server answered with an error response (ERROR-CODE)."""
 
     def __init__(self, message: str, code: int, reason: str) -> None:

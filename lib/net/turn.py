@@ -38,6 +38,7 @@ from typing import Callable, Optional
 import gevent
 import gevent.event
 
+from ..errors import Busy, Refused
 from . import stun
 from .stun import Address, Attr, Class, Message, Method, SendFunction, StunError
 
@@ -59,11 +60,11 @@ DEFAULT_TIMEOUT = 3.0  # per request, retransmissions included
 AUTH_ATTEMPTS = 3  # requests per operation: unauthenticated, authenticated, stale-nonce retry
 
 
-class TurnError(Exception):
+class TurnError(Busy):
     """A TURN operation failed; the message says which, where and why."""
 
 
-class TurnResponseError(TurnError):
+class TurnResponseError(Refused, TurnError):
     """The server refused a request with an error response."""
 
     def __init__(self, message: str, code: int, reason: str) -> None:

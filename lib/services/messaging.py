@@ -39,6 +39,7 @@ from typing import Callable, Optional
 import gevent
 import gevent.event
 
+from ..errors import Invalid, Refused
 from ..codec import wire
 from ..contract import MessageState
 from ..passes import PassRunner
@@ -72,8 +73,12 @@ EXPIRY_CHECK = 60.0
 Publish = Callable[[str, object], None]
 
 
-class MessageError(ValueError):
+class MessageError(Invalid):
     """A message cannot be sent (too long, bad id, blocked contact)."""
+
+
+class MessageRefused(Refused, MessageError):
+    """The contact may not be written to (blocked)."""
 
 
 # -- codec (pure) ---------------------------------------------------------------------------
@@ -263,7 +268,7 @@ class Messenger:
         if the contact is connected. Returns at once; the result is set to (message, sent)
         once the message is committed, or to the error."""
         if contact.blocked:
-            raise MessageError(f"{contact.name} is blocked: unblock the contact to write to it")
+            raise MessageRefused(f"{contact.name} is blocked: unblock the contact to write to it")
         message_id = check_message(body, message_id)
         waiter = gevent.event.AsyncResult()
         self._to_store.append((contact, message_id, body, time.time(), waiter))

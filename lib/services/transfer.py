@@ -42,6 +42,7 @@ from typing import Callable, Optional
 import gevent
 import gevent.event
 
+from ..errors import Invalid, NotFound, Refused
 from ..codec import wire
 from .congestion import Bbr, Recovery, SentPacket
 from ..codec.filecodec import (
@@ -100,8 +101,16 @@ TERMINAL = (COMPLETED, REJECTED, CANCELLED)
 LOCAL, PEER = Side.LOCAL, Side.PEER
 
 
-class TransferError(Exception):
+class TransferError(Refused):
     """An API request about transfers cannot be done; the message is for the user."""
+
+
+class InvalidTransferRequest(Invalid, TransferError):
+    """A transfer request with a malformed argument (path, chunk size, id, file name)."""
+
+
+class TransferNotFound(NotFound, TransferError):
+    """No transfer has that id."""
 
 
 def _reason(exc: OSError) -> str:
@@ -576,14 +585,14 @@ class Transfers:
         transfer_id = self._check_new_id(transfer_id)
         chunk_size = DEFAULT_CHUNK if chunk_size is None else chunk_size
         if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
-            raise TransferError(f"chunk_size must be between {MIN_CHUNK} and {MAX_CHUNK} bytes")
+            raise InvalidTransferRequest(f"chunk_size must be between {MIN_CHUNK} and {MAX_CHUNK} bytes")
         path = os.path.expanduser(file_path)
         if not os.path.isabs(path):
-            raise TransferError(f"file_path must be an absolute path, got {file_path!r}")
+            raise InvalidTransferRequest(f"file_path must be an absolute path, got {file_path!r}")
         try:
             name = check_file_name(os.path.basename(path))
         except UnsafeName as exc:
-            raise TransferError(f"Cannot send {file_path}: {exc}") from None
+            raise InvalidTransferRequest(f"Cannot send {file_path}: {exc}") from None
         try:
             fd, size, _, tag = self.pool.apply(_open_source, (path, chunk_size))
         except OSError as exc:
@@ -615,7 +624,7 @@ class Transfers:
         if transfer_id is None or transfer_id == "":
             return uuid.uuid4().hex
         if len(transfer_id) > MAX_TRANSFER_ID_CHARS or any(ord(ch) < 32 or ord(ch) == 127 for ch in transfer_id):
-            raise TransferError(f"transfer_id must be 1-{MAX_TRANSFER_ID_CHARS} printable characters")
+            raise InvalidTransferRequest(f"transfer_id must be 1-{MAX_TRANSFER_ID_CHARS} printable characters")
         if transfer_id in self.transfers or self.store.transfers.get(transfer_id) is not None:
             raise TransferError(f"transfer_id {transfer_id!r} is already used")
         return transfer_id
@@ -625,7 +634,7 @@ class Transfers:
         if transfer is None:
             row = self.store.transfers.get(transfer_id)
             if row is None:
-                raise TransferError(f"Transfer not found: {transfer_id}")
+                raise TransferNotFound(f"Transfer not found: {transfer_id}")
             raise TransferError(f"Transfer {transfer_id} is {row['state']}")
         return transfer
 
@@ -638,9 +647,9 @@ class Transfers:
             try:
                 name = check_file_name(save_as)
             except UnsafeName as exc:
-                raise TransferError(f"save_as must be a bare file name: {exc}") from None
+                raise InvalidTransferRequest(f"save_as must be a bare file name: {exc}") from None
             if name != save_as:
-                raise TransferError(f"save_as must be a bare file name that is valid everywhere, "
+                raise InvalidTransferRequest(f"save_as must be a bare file name that is valid everywhere, "
                                     f"for example {name!r}")
             transfer.name = name
         try:

@@ -11,7 +11,7 @@ The row types, states and errors are re-exported here so callers import from one
 """
 from .contacts import MAX_NAME_LENGTH, Contact, ContactRepository, validate_name
 from .database import Store
-from .errors import DuplicateError, NotFoundError, StoreError
+from .errors import DuplicateError, InvalidValueError, NotFoundError, StoreError
 from .fields import FINGERPRINT_SIZE
 from .held import HeldMessage, HeldMessageRepository
 from .messages import OUTGOING_STATES, Message, MessageRepository, MessageState
@@ -20,7 +20,7 @@ from .transfers import TransferRepository, TransferRow, TransferState
 
 __all__ = [
     "FINGERPRINT_SIZE", "MAX_NAME_LENGTH", "MIGRATIONS", "OUTGOING_STATES",
-    "Contact", "ContactRepository", "DuplicateError", "HeldMessage", "HeldMessageRepository",
+    "Contact", "ContactRepository", "DuplicateError", "HeldMessage", "HeldMessageRepository", "InvalidValueError",
     "Message", "MessageRepository", "MessageState", "NotFoundError", "Store", "StoreError",
     "TransferRepository", "TransferRow", "TransferState", "validate_name",
 ]

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..util import iso_utc
-from .errors import DuplicateError, NotFoundError, StoreError
+from .errors import DuplicateError, InvalidValueError, NotFoundError
 from .fields import check_fingerprint, iso_or_none
 
 if TYPE_CHECKING:
@@ -38,12 +38,12 @@ def validate_name(name: str) -> str:
     """Return the name stripped, or raise StoreError saying why it cannot be a contact name."""
     stripped = name.strip()
     if not stripped:
-        raise StoreError("A contact name cannot be empty")
+        raise InvalidValueError("A contact name cannot be empty")
     if len(stripped) > MAX_NAME_LENGTH:
-        raise StoreError(f"A contact name is at most {MAX_NAME_LENGTH} characters")
+        raise InvalidValueError(f"A contact name is at most {MAX_NAME_LENGTH} characters")
     for ch in stripped:
         if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS:
-            raise StoreError("A contact name cannot contain control characters")
+            raise InvalidValueError("A contact name cannot contain control characters")
     return stripped
 
 

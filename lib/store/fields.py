@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..util import iso_utc
-from .errors import StoreError
+from .errors import InvalidValueError
 
 FINGERPRINT_SIZE = 32
 
@@ -11,7 +11,7 @@ def check_fingerprint(fp: bytes) -> bytes:
     """Check a fingerprint's size so a truncated key never matches or gets stored."""
     fp = bytes(fp)
     if len(fp) != FINGERPRINT_SIZE:
-        raise StoreError(f"A key fingerprint is {FINGERPRINT_SIZE} bytes, not {len(fp)}")
+        raise InvalidValueError(f"A key fingerprint is {FINGERPRINT_SIZE} bytes, not {len(fp)}")
     return fp
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..util import iso_utc
 from ..contract import MessageState
-from .errors import DuplicateError, NotFoundError, StoreError
+from .errors import DuplicateError, InvalidValueError, NotFoundError, StoreError
 from .fields import iso_or_none
 
 if TYPE_CHECKING:
@@ -326,7 +326,7 @@ class MessageRepository:
     ) -> list[Message]:
         """The newest `limit` messages (older than row id `before` if given), oldest first."""
         if limit < 1:
-            raise StoreError("The history limit must be at least 1")
+            raise InvalidValueError("The history limit must be at least 1")
         if before is None:
             rows = self._store.query(
                 "SELECT * FROM messages WHERE contact_id = ? ORDER BY id DESC LIMIT ?",
