@@ -30,7 +30,7 @@ import unicodedata
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from .util import iso_utc
+from .util import BIDI_CONTROLS, iso_utc
 
 FINGERPRINT_SIZE = 32
 MAX_NAME_LENGTH = 64
@@ -39,9 +39,6 @@ BUSY_TIMEOUT_MS = 5000
 
 OUTGOING_STATES = ("queued", "sent", "delivered", "failed")
 MESSAGE_STATES = OUTGOING_STATES + ("received",)
-
-# Bidirectional overrides and isolates: they can make a name display as another one.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 # Each migration is a tuple of SQL statements run in one transaction, after which
 # user_version is set to its 1-based position. foreign_keys is ON while they run: a
@@ -155,7 +152,7 @@ def validate_name(name: str) -> str:
     if len(stripped) > MAX_NAME_LENGTH:
         raise StoreError(f"A contact name is at most {MAX_NAME_LENGTH} characters")
     for ch in stripped:
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in BIDI_CONTROLS:
             raise StoreError("A contact name cannot contain control characters")
     return stripped
 

@@ -16,13 +16,9 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import gevent.event
 
-from ..util import iso_utc
+from ..util import iso_utc, parse_bool
 
 log = logging.getLogger("chatp2p.api")
-
-_BOOL_TEXT = {"true": True, "1": True, "yes": True, "on": True,
-              "false": False, "0": False, "no": False, "off": False}
-
 
 class ApiError(Exception):
     """A request failed for a reason the client should read (becomes `error`)."""
@@ -169,9 +165,10 @@ def coerce(field: Field, value: Any, label: str | None = None) -> Any:
             return value
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
-            return _BOOL_TEXT[value.strip().lower()]
-        raise bad
+        flag = parse_bool(value) if isinstance(value, str) else None
+        if flag is None:
+            raise bad
+        return flag
     if kind in ("list", "dict"):
         if isinstance(value, str):
             try:

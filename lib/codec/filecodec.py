@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Optional, Union
 
 from . import wire
 from .wire import RawRecord, WireError
+from ..util import BIDI_CONTROLS
 
 TID_LEN = 16                       # wire id of a transfer: SHA-256(transfer_id text)[0:16]
 TAG_LEN = 16                       # source tag: identifies one version of the source file
@@ -572,8 +573,6 @@ def parse_ranges(text: str) -> RangeSet:
 
 # ---------------------------------------------------------------- file names
 
-# Bidirectional overrides, embeddings and isolates: they make a name display as another one.
-_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 _JOINERS = frozenset("\u200c\u200d")  # format characters emoji and some scripts need
 _WINDOWS_RESERVED = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
@@ -605,7 +604,7 @@ def check_file_name(name: str) -> str:
     if name in (".", "..") or name.strip(" .") == "":
         raise UnsafeName("the file name is a relative path")
     for ch in name:
-        if ch in _BIDI:
+        if ch in BIDI_CONTROLS:
             raise UnsafeName("the file name contains a bidirectional override character")
         if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") and ch not in _JOINERS:
             raise UnsafeName("the file name contains a control character")
