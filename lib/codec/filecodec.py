@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Optional, Union
 
 from . import wire
 from .wire import RawRecord, WireError
+from .fields import check_bytes
 from ..util import BIDI_CONTROLS
 
 TID_LEN = 16                       # wire id of a transfer: SHA-256(transfer_id text)[0:16]
@@ -86,12 +87,6 @@ def _u(value: object, bits: int, what: str) -> int:
     return value
 
 
-def _fixed(value: object, size: int, what: str) -> bytes:
-    if not isinstance(value, (bytes, bytearray)) or len(value) != size:
-        raise WireError(f"{what} must be {size} bytes")
-    return bytes(value)
-
-
 def _text(value: str, limit: int, what: str) -> bytes:
     raw = value.encode("utf-8")
     if len(raw) > limit:
@@ -152,8 +147,8 @@ class Offer:
     def encode(self) -> bytes:
         tid_text = _text(self.transfer_id, 255, "transfer id")
         name = _text(self.name, 0xFFFF, "file name")
-        return (_OFFER.pack(_fixed(self.tid, TID_LEN, "tid"), _u(self.size, 64, "size"),
-                            _u(self.chunk_size, 32, "chunk size"), _fixed(self.tag, TAG_LEN, "tag"),
+        return (_OFFER.pack(check_bytes(self.tid, "tid", WireError, TID_LEN), _u(self.size, 64, "size"),
+                            _u(self.chunk_size, 32, "chunk size"), check_bytes(self.tag, "tag", WireError, TAG_LEN),
                             len(tid_text))
                 + tid_text + struct.pack(">H", len(name)) + name)
 
@@ -179,7 +174,7 @@ class AnswerRecord:
     reason: str = ""
 
     def encode(self) -> bytes:
-        head = _ANSWER.pack(_fixed(self.tid, TID_LEN, "tid"), int(self.code))
+        head = _ANSWER.pack(check_bytes(self.tid, "tid", WireError, TID_LEN), int(self.code))
         if self.code == Answer.ACCEPT:
             if len(self.have) > MAX_ACCEPT_RANGES:
                 raise WireError(f"an ANSWER holds at most {MAX_ACCEPT_RANGES} ranges")
@@ -289,8 +284,8 @@ class End:
     sha256: bytes
 
     def encode(self) -> bytes:
-        return _END.pack(_fixed(self.tid, TID_LEN, "tid"), _u(self.size, 64, "size"),
-                         _fixed(self.sha256, SHA256_LEN, "sha256"))
+        return _END.pack(check_bytes(self.tid, "tid", WireError, TID_LEN), _u(self.size, 64, "size"),
+                         check_bytes(self.sha256, "sha256", WireError, SHA256_LEN))
 
     @staticmethod
     def decode(body: bytes) -> "End":
@@ -307,7 +302,7 @@ class HaltRecord:
 
     def encode(self) -> bytes:
         reason = _text(self.reason, MAX_REASON_BYTES, "reason")
-        return _HALT.pack(_fixed(self.tid, TID_LEN, "tid"), int(self.code)) + bytes([len(reason)]) + reason
+        return _HALT.pack(check_bytes(self.tid, "tid", WireError, TID_LEN), int(self.code)) + bytes([len(reason)]) + reason
 
     @staticmethod
     def decode(body: bytes) -> "HaltRecord":

@@ -34,6 +34,7 @@ from functools import cached_property
 from typing import Any, Optional
 
 from . import pqc
+from ..codec.fields import encode_prefixed, read_prefixed
 from ..util import write_private_file
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,6 @@ class IdentityError(ValueError):
 # ---------------------------------------------------------------- bundle
 
 
-def _prefixed(data: bytes) -> bytes:
-    return struct.pack(">H", len(data)) + data
-
-
 @dataclass(frozen=True)
 class Bundle:
     """The public half of an identity: what a contact stores and verifies against the ID."""
@@ -108,7 +105,7 @@ class Bundle:
         return f"Bundle(id={format_id(self.fingerprint())!r}, version={self.version})"
 
     def _key_material(self) -> bytes:
-        return _prefixed(self.kem_public) + _prefixed(self.sig_public)
+        return encode_prefixed(self.kem_public) + encode_prefixed(self.sig_public)
 
     def encode(self) -> bytes:
         """magic, version byte, KEM public key and signature public key (u16 length each)."""
@@ -142,20 +139,12 @@ class Bundle:
         version = data[4]
         if version != BUNDLE_VERSION:
             raise IdentityError(f"Unsupported bundle version {version} (this program reads {BUNDLE_VERSION})")
-        fields = []
-        pos = 5
-        for _ in range(2):
-            if pos + 2 > len(data):
-                raise IdentityError("Invalid public key bundle: truncated")
-            (size,) = struct.unpack_from(">H", data, pos)
-            pos += 2
-            if pos + size > len(data):
-                raise IdentityError("Invalid public key bundle: truncated")
-            fields.append(data[pos : pos + size])
-            pos += size
+        truncated = "Invalid public key bundle: truncated"
+        kem_public, pos = read_prefixed(data, 5, IdentityError, truncated)
+        sig_public, pos = read_prefixed(data, pos, IdentityError, truncated)
         if pos != len(data):
             raise IdentityError(f"Invalid public key bundle: {len(data) - pos} unexpected trailing bytes")
-        bundle = Bundle(kem_public=fields[0], sig_public=fields[1], version=version)
+        bundle = Bundle(kem_public=kem_public, sig_public=sig_public, version=version)
         bundle.check_keys()
         return bundle
 
@@ -412,10 +401,10 @@ class Rollover:
     def signed_part(self) -> bytes:
         """What the old key signs (after ROLLOVER_LABEL): every field but the signature."""
         return (_ROLLOVER_HEAD.pack(ROLLOVER_MAGIC, self.version, self.old_fingerprint)
-                + _prefixed(self.new_bundle.encode()) + struct.pack(">Q", self.created_ms))
+                + encode_prefixed(self.new_bundle.encode()) + struct.pack(">Q", self.created_ms))
 
     def encode(self) -> bytes:
-        return self.signed_part() + _prefixed(self.signature)
+        return self.signed_part() + encode_prefixed(self.signature)
 
     @staticmethod
     def decode(data: bytes) -> "Rollover":

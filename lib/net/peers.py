@@ -29,10 +29,9 @@ from ..crypto.session import FrameDropped, Session, SessionConfig, SessionError
 from ..store import Contact, Store, StoreError
 from .transport import Transport
 from ..codec.wire import Close, PacketType, Ping, Pong, Record, WireError
+from ..util import Address
 
 log = logging.getLogger("chatp2p.peers")
-
-Address = tuple  # (host, port)
 
 TICK = 0.02                   # seconds between timer passes
 INITIAL_RTO = 0.25            # handshake/message retransmission before any RTT sample
