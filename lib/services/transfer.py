@@ -787,7 +787,7 @@ class Transfers:
                     bbr, rec = channel.bbr, channel.recovery
                     log.debug("to %s: %s bw %.1f MiB/s min_rtt %.2f ms srtt %.2f ms cwnd %d KiB in flight %d KiB "
                               "pacing %.1f MiB/s mtu %d hi %s pto %d", channel.link.name, bbr.mode,
-                              bbr.btl_bw / 2**20, (bbr.min_rtt or 0) * 1e3, (rec.srtt or 0) * 1e3, bbr.cwnd >> 10,
+                              bbr.btl_bw / 2**20, (bbr.min_rtt or 0) * 1e3, (rec.rtt.srtt or 0) * 1e3, bbr.cwnd >> 10,
                               rec.bytes_in_flight >> 10, bbr.pacing_rate / 2**20, channel.max_datagram,
                               bbr.inflight_hi, channel.ptos)
 
