@@ -14,6 +14,7 @@ import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import Invalid
+from .util import parse_bool
 
 DEFAULT_CONFIG_PATH = "~/.config/chatp2p/chatp2p.conf"
 DEFAULT_DATA_DIR = "~/.local/share/chatp2p"
@@ -92,8 +93,6 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 def _parse_int(text: str, low: int | None = None, high: int | None = None) -> int:
@@ -132,12 +131,10 @@ def _convert(setting: Setting, raw: Any) -> Any:
     if kind == "bool":
         if isinstance(raw, bool):
             return raw
-        value = str(raw).strip().lower()
-        if value in _TRUE:
-            return True
-        if value in _FALSE:
-            return False
-        raise ValueError(raw)
+        flag = parse_bool(str(raw))
+        if flag is None:
+            raise ValueError(raw)
+        return flag
     if kind == "list":
         if isinstance(raw, (list, tuple)):
             return [str(item).strip() for item in raw if str(item).strip()]

@@ -26,7 +26,7 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
-from chatp2p_core.net import stun
+from chatp2p_core.codec import stun
 
 START_TIMEOUT = 10.0
 STOP_GRACE = 3.0

@@ -345,19 +345,11 @@ def test_data_dir_that_is_a_file(tmp_path):
         ident.load_or_create(target, BACKEND)
 
 
-def test_write_new_never_replaces(tmp_path):
-    path = tmp_path / "identity.key"
-    assert ident._write_new(path, b"first")
-    assert not ident._write_new(path, b"second")
-    assert path.read_bytes() == b"first"
-    assert [p.name for p in tmp_path.iterdir()] == ["identity.key"]
-
-
 def test_unwritable_data_dir_gives_identity_error(tmp_path, monkeypatch):
-    def refuse(path, data):
+    def refuse(path, data, replace=True):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(ident, "_write_new", refuse)
+    monkeypatch.setattr(ident, "write_private_file", refuse)
     with pytest.raises(ident.IdentityError, match="Cannot write .*Permission denied"):
         ident.load_or_create(tmp_path, BACKEND)
 

@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from chatp2p_core.net import stun
-from chatp2p_core.net.stun import Attr, Class, Message, Method
+from chatp2p_core.codec import stun
+from chatp2p_core.codec.stun import Attr, Class, Message, Method
 from coturn import Coturn, turnserver_path
 from daemon import Daemon
 from events import Events

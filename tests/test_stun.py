@@ -10,9 +10,10 @@ import pytest
 from gevent import socket as gsocket
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from chatp2p_core.net import natinfo, stun
-from chatp2p_core.codec import wire
-from chatp2p_core.net.stun import Attr, Class, Message, Method, StunError, StunResponseError, StunTimeout
+from chatp2p_core.net import natinfo, stun as stun_client
+from chatp2p_core.codec import stun, wire
+from chatp2p_core.codec.stun import Attr, Class, Message, Method, StunError
+from chatp2p_core.net.stun import StunResponseError, StunTimeout
 from chatp2p_core.net.transport import Transport
 from coturn import Coturn, turnserver_path
 from netproxy import ImpairmentProxy
@@ -208,7 +209,7 @@ def test_malformed_messages_are_refused_with_reasons():
         "ERROR-CODE with class": _header_then(struct.pack(">HHHBB", 0x0009, 4, 0, 7, 0)),
         "FINGERPRINT is not the last": _header_then(struct.pack(">HHI", 0x8028, 4, 0)
                                                      + struct.pack(">HHI", 0x000D, 4, 1)),
-        "expected bytes": "not bytes",
+        "must be bytes": "not bytes",
     }
     for reason, data in cases.items():
         with pytest.raises(StunError, match=reason):
@@ -268,13 +269,13 @@ def test_parse_server_urls():
 def test_infer_mapping():
     me, other = ("198.51.100.7", 40000), ("198.51.100.7", 40001)
     a, a2, b = ("192.0.2.1", 3478), ("192.0.2.1", 3479), ("203.0.113.9", 3478)
-    assert stun.infer_mapping([]) == stun.MAPPING_UNKNOWN
-    assert stun.infer_mapping([(a, me)]) == stun.MAPPING_UNKNOWN
-    assert stun.infer_mapping([(a, me), (b, me)]) == stun.MAPPING_INDEPENDENT
-    assert stun.infer_mapping([(a, me), (b, other)]) == stun.MAPPING_DEPENDENT
-    assert stun.infer_mapping([(a, me), (a2, other)]) == stun.MAPPING_PORT_DEPENDENT
-    assert stun.infer_mapping([(a, me), (a2, me)]) == stun.MAPPING_UNKNOWN  # address-dependent agrees too
-    assert stun.infer_mapping([(a, me), (a2, me), (b, other)]) == stun.MAPPING_DEPENDENT
+    assert stun_client.infer_mapping([]) == stun_client.MAPPING_UNKNOWN
+    assert stun_client.infer_mapping([(a, me)]) == stun_client.MAPPING_UNKNOWN
+    assert stun_client.infer_mapping([(a, me), (b, me)]) == stun_client.MAPPING_INDEPENDENT
+    assert stun_client.infer_mapping([(a, me), (b, other)]) == stun_client.MAPPING_DEPENDENT
+    assert stun_client.infer_mapping([(a, me), (a2, other)]) == stun_client.MAPPING_PORT_DEPENDENT
+    assert stun_client.infer_mapping([(a, me), (a2, me)]) == stun_client.MAPPING_UNKNOWN  # address-dependent agrees too
+    assert stun_client.infer_mapping([(a, me), (a2, me), (b, other)]) == stun_client.MAPPING_DEPENDENT
 
 
 # ---------------------------------------------------------------- Binding client on a real Transport
@@ -285,7 +286,7 @@ class Node:
 
     def __init__(self):
         self.transport = Transport("127.0.0.1", 0)
-        self.client = stun.StunClient(self.transport.send)
+        self.client = stun_client.StunClient(self.transport.send)
         self.transport.register("stun", lambda d: wire.classify(d) is wire.Kind.STUN, self.client.handle)
         self.transport.start()
 
@@ -371,12 +372,12 @@ def test_discover_two_server_addresses_is_endpoint_independent(node, coturn2):
     started = time.monotonic()
     result = node.client.discover([coturn2.url("127.0.0.1"), coturn2.url("127.0.0.2")])
     assert time.monotonic() - started < 1.0  # parallel, and coturn answers at once
-    assert result.mapping == stun.MAPPING_INDEPENDENT
+    assert result.mapping == stun_client.MAPPING_INDEPENDENT
     assert result.mapped == ("127.0.0.1", node.transport.port)
     assert result.errors == {}
     # Two ports of one IP agreeing do not tell endpoint-independent from address-dependent.
     same_ip = node.client.discover([coturn2.url(), "stun:127.0.0.1:%d" % (coturn2.port + 1)])
-    assert len(same_ip.answers) == 2 and same_ip.mapping == stun.MAPPING_UNKNOWN
+    assert len(same_ip.answers) == 2 and same_ip.mapping == stun_client.MAPPING_UNKNOWN
 
 
 @needs_coturn
@@ -386,10 +387,10 @@ def test_discover_sees_a_nat_like_proxy_as_dependent_mapping(node, coturn2):
             ImpairmentProxy(coturn2.address(), listen=("127.0.0.1", 0)) as same_ip:
         direct = coturn2.url()
         result = node.client.discover([direct, "stun:%s:%d" % other_ip.address])
-        assert result.mapping == stun.MAPPING_DEPENDENT
+        assert result.mapping == stun_client.MAPPING_DEPENDENT
         assert result.answers[direct] == ("127.0.0.1", node.transport.port)
         result = node.client.discover([direct, "stun:%s:%d" % same_ip.address])
-        assert result.mapping == stun.MAPPING_PORT_DEPENDENT
+        assert result.mapping == stun_client.MAPPING_PORT_DEPENDENT
 
 
 def test_silent_server_times_out_with_bounded_retransmissions(node, fake):
@@ -465,7 +466,7 @@ def test_discover_reports_each_failure_and_rejects_bad_urls(node, fake):
     assert time.monotonic() - started < 1.3
     assert result.answers == {urls[0]: ("127.0.0.1", node.transport.port)}
     assert "error 500" in result.errors[urls[1]] and "no STUN answer" in result.errors[urls[2]]
-    assert result.mapping == stun.MAPPING_UNKNOWN and result.mapped == ("127.0.0.1", node.transport.port)
+    assert result.mapping == stun_client.MAPPING_UNKNOWN and result.mapped == ("127.0.0.1", node.transport.port)
     sent_before = node.transport.counters["sent"]
     with pytest.raises(StunError, match="bad port"):
         node.client.discover([urls[0], "stun:127.0.0.1:http"])

@@ -10,9 +10,9 @@ import pytest
 from gevent import socket as gsocket
 from hypothesis import given, settings, strategies as st
 
-from chatp2p_core.net import stun, turn
-from chatp2p_core.codec import wire
-from chatp2p_core.net.stun import Attr, Class, Method
+from chatp2p_core.net import turn
+from chatp2p_core.codec import stun, wire
+from chatp2p_core.codec.stun import Attr, Class, Method
 from chatp2p_core.net.transport import Transport
 from chatp2p_core.net.turn import TurnClient, TurnError, TurnResponseError, TurnState
 from coturn import Coturn, turnserver_path

@@ -17,13 +17,9 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple
 import gevent.event
 
 from ..errors import ChatP2PError, Invalid
-from ..util import iso_utc
+from ..util import iso_utc, parse_bool
 
 log = logging.getLogger("chatp2p.api")
-
-_BOOL_TEXT = {"true": True, "1": True, "yes": True, "on": True,
-              "false": False, "0": False, "no": False, "off": False}
-
 
 class ApiError(Invalid):
     """A request the command table cannot accept (unknown action, bad or missing field).
@@ -174,9 +170,10 @@ def coerce(field: Field, value: Any, label: str | None = None) -> Any:
             return value
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _BOOL_TEXT:
-            return _BOOL_TEXT[value.strip().lower()]
-        raise bad
+        flag = parse_bool(value) if isinstance(value, str) else None
+        if flag is None:
+            raise bad
+        return flag
     if kind in ("list", "dict"):
         if isinstance(value, str):
             try:

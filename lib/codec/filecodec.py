@@ -19,6 +19,8 @@ from typing import Iterable, Iterator, Optional, Union
 from ..errors import Invalid
 from . import wire
 from .wire import RawRecord, WireError
+from .fields import check_bytes
+from ..util import BIDI_CONTROLS
 
 TID_LEN = 16                       # wire id of a transfer: SHA-256(transfer_id text)[0:16]
 TAG_LEN = 16                       # source tag: identifies one version of the source file
@@ -86,12 +88,6 @@ def _u(value: object, bits: int, what: str) -> int:
     return value
 
 
-def _fixed(value: object, size: int, what: str) -> bytes:
-    if not isinstance(value, (bytes, bytearray)) or len(value) != size:
-        raise WireError(f"{what} must be {size} bytes")
-    return bytes(value)
-
-
 def _text(value: str, limit: int, what: str) -> bytes:
     raw = value.encode("utf-8")
     if len(raw) > limit:
@@ -152,8 +148,8 @@ class Offer:
     def encode(self) -> bytes:
         tid_text = _text(self.transfer_id, 255, "transfer id")
         name = _text(self.name, 0xFFFF, "file name")
-        return (_OFFER.pack(_fixed(self.tid, TID_LEN, "tid"), _u(self.size, 64, "size"),
-                            _u(self.chunk_size, 32, "chunk size"), _fixed(self.tag, TAG_LEN, "tag"),
+        return (_OFFER.pack(check_bytes(self.tid, "tid", WireError, TID_LEN), _u(self.size, 64, "size"),
+                            _u(self.chunk_size, 32, "chunk size"), check_bytes(self.tag, "tag", WireError, TAG_LEN),
                             len(tid_text))
                 + tid_text + struct.pack(">H", len(name)) + name)
 
@@ -179,7 +175,7 @@ class AnswerRecord:
     reason: str = ""
 
     def encode(self) -> bytes:
-        head = _ANSWER.pack(_fixed(self.tid, TID_LEN, "tid"), int(self.code))
+        head = _ANSWER.pack(check_bytes(self.tid, "tid", WireError, TID_LEN), int(self.code))
         if self.code == Answer.ACCEPT:
             if len(self.have) > MAX_ACCEPT_RANGES:
                 raise WireError(f"an ANSWER holds at most {MAX_ACCEPT_RANGES} ranges")
@@ -289,8 +285,8 @@ class End:
     sha256: bytes
 
     def encode(self) -> bytes:
-        return _END.pack(_fixed(self.tid, TID_LEN, "tid"), _u(self.size, 64, "size"),
-                         _fixed(self.sha256, SHA256_LEN, "sha256"))
+        return _END.pack(check_bytes(self.tid, "tid", WireError, TID_LEN), _u(self.size, 64, "size"),
+                         check_bytes(self.sha256, "sha256", WireError, SHA256_LEN))
 
     @staticmethod
     def decode(body: bytes) -> "End":
@@ -307,7 +303,7 @@ class HaltRecord:
 
     def encode(self) -> bytes:
         reason = _text(self.reason, MAX_REASON_BYTES, "reason")
-        return _HALT.pack(_fixed(self.tid, TID_LEN, "tid"), int(self.code)) + bytes([len(reason)]) + reason
+        return _HALT.pack(check_bytes(self.tid, "tid", WireError, TID_LEN), int(self.code)) + bytes([len(reason)]) + reason
 
     @staticmethod
     def decode(body: bytes) -> "HaltRecord":
@@ -573,8 +569,6 @@ def parse_ranges(text: str) -> RangeSet:
 
 # ---------------------------------------------------------------- file names
 
-# Bidirectional overrides, embeddings and isolates: they make a name display as another one.
-_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 _JOINERS = frozenset("\u200c\u200d")  # format characters emoji and some scripts need
 _WINDOWS_RESERVED = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
@@ -606,7 +600,7 @@ def check_file_name(name: str) -> str:
     if name in (".", "..") or name.strip(" .") == "":
         raise UnsafeName("the file name is a relative path")
     for ch in name:
-        if ch in _BIDI:
+        if ch in BIDI_CONTROLS:
             raise UnsafeName("the file name contains a bidirectional override character")
         if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") and ch not in _JOINERS:
             raise UnsafeName("the file name contains a control character")

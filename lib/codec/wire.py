@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Hashable, Optional, Sequence, Union
 
 from ..errors import Invalid
+from .fields import check_bytes
+from ..util import Address
 
 VERSION = 1
 VERSION_BYTE = 0xC0 | VERSION  # 0xC1
@@ -82,22 +84,6 @@ class PacketType(enum.IntEnum):
 
 HANDSHAKE_FRAGMENT_TYPES = frozenset({PacketType.INIT, PacketType.RESP, PacketType.AUTH})
 
-Address = tuple[Union[str, bytes], int]
-
-
-def _as_bytes(data: object, what: str) -> bytes:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise WireError(f"{what} must be bytes, not {type(data).__name__}")
-    return bytes(data)
-
-
-def _check_len(value: object, size: int, what: str) -> bytes:
-    data = _as_bytes(value, what)
-    if len(data) != size:
-        raise WireError(f"{what} must be {size} bytes, got {len(data)}")
-    return data
-
-
 def check_max_datagram(max_datagram: int) -> int:
     """``max_datagram`` if usable (MIN_DATAGRAM..MAX_UDP_PAYLOAD), else ValueError: a caller bug."""
     if not isinstance(max_datagram, int) or not MIN_DATAGRAM <= max_datagram <= MAX_UDP_PAYLOAD:
@@ -105,13 +91,14 @@ def check_max_datagram(max_datagram: int) -> int:
     return max_datagram
 
 
-def address_bytes(address: Address) -> bytes:
-    """A canonical byte form of ``(host, port)`` for MACs: u8 host length, host, u16 port."""
+def address_bytes(address: Union[Address, tuple[bytes, int]]) -> bytes:
+    """A canonical byte form of ``(host, port)`` for MACs: u8 host length, host, u16 port.
+    The host may also be given packed (bytes)."""
     try:
         host, port = address
     except (TypeError, ValueError):
         raise WireError("an address is a (host, port) pair") from None
-    host_b = host.encode("utf-8") if isinstance(host, str) else _as_bytes(host, "host")
+    host_b = host.encode("utf-8") if isinstance(host, str) else check_bytes(host, "host", WireError)
     if len(host_b) > 255 or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise WireError(f"invalid address {address!r}")
     return bytes([len(host_b)]) + host_b + port.to_bytes(2, "big")
@@ -139,7 +126,7 @@ def parse_prefix(datagram: bytes) -> tuple[PacketType, bytes]:
 
     The connection id is the initiator's for HELLO, COOKIE, INIT, RESP and DONE, the responder's
     for AUTH and the receiver's for DATA: in every case the key of the table that must handle it."""
-    data = _as_bytes(datagram, "datagram")
+    data = check_bytes(datagram, "datagram", WireError)
     if len(data) < PREFIX_LEN:
         raise WireError(f"datagram too short ({len(data)} bytes)")
     version_byte, ptype, conn_id = PREFIX.unpack_from(data)
@@ -154,7 +141,7 @@ def parse_prefix(datagram: bytes) -> tuple[PacketType, bytes]:
 
 
 def _expect(datagram: bytes, ptype: PacketType) -> tuple[bytes, bytes]:
-    data = _as_bytes(datagram, "datagram")
+    data = check_bytes(datagram, "datagram", WireError)
     got, conn_id = parse_prefix(data)
     if got != ptype:
         raise WireError(f"expected a {ptype.name} packet, got {got.name}")
@@ -172,8 +159,8 @@ class Hello:
     nonce: bytes
 
     def __post_init__(self) -> None:
-        _check_len(self.conn_id, CONN_ID_LEN, "connection id")
-        _check_len(self.nonce, NONCE_LEN, "nonce")
+        check_bytes(self.conn_id, "connection id", WireError, CONN_ID_LEN)
+        check_bytes(self.nonce, "nonce", WireError, NONCE_LEN)
 
     def encode(self, size: int = HELLO_LEN) -> bytes:
         if not HELLO_LEN <= size <= MAX_UDP_PAYLOAD:
@@ -199,9 +186,9 @@ class CookiePacket:
     cookie: bytes
 
     def __post_init__(self) -> None:
-        _check_len(self.conn_id, CONN_ID_LEN, "connection id")
-        _check_len(self.nonce, NONCE_LEN, "nonce")
-        _check_len(self.cookie, COOKIE_LEN, "cookie")
+        check_bytes(self.conn_id, "connection id", WireError, CONN_ID_LEN)
+        check_bytes(self.nonce, "nonce", WireError, NONCE_LEN)
+        check_bytes(self.cookie, "cookie", WireError, COOKIE_LEN)
 
     def encode(self) -> bytes:
         return PREFIX.pack(VERSION_BYTE, PacketType.COOKIE, self.conn_id) + self.nonce + self.cookie
@@ -223,8 +210,8 @@ class Done:
     confirm: bytes
 
     def __post_init__(self) -> None:
-        _check_len(self.conn_id, CONN_ID_LEN, "connection id")
-        _check_len(self.confirm, CONFIRM_LEN, "confirmation")
+        check_bytes(self.conn_id, "connection id", WireError, CONN_ID_LEN)
+        check_bytes(self.confirm, "confirmation", WireError, CONFIRM_LEN)
 
     def encode(self) -> bytes:
         return PREFIX.pack(VERSION_BYTE, PacketType.DONE, self.conn_id) + self.confirm
@@ -272,8 +259,8 @@ class HandshakeFragment:
     def __post_init__(self) -> None:
         if self.ptype not in HANDSHAKE_FRAGMENT_TYPES:
             raise WireError(f"{self.ptype!r} is not a fragmented handshake message")
-        _check_len(self.conn_id, CONN_ID_LEN, "connection id")
-        _check_len(self.cookie, COOKIE_LEN if self.ptype == PacketType.INIT else 0, "cookie")
+        check_bytes(self.conn_id, "connection id", WireError, CONN_ID_LEN)
+        check_bytes(self.cookie, "cookie", WireError, COOKIE_LEN if self.ptype == PacketType.INIT else 0)
 
     def encode(self) -> bytes:
         frag = self.fragment
@@ -286,7 +273,7 @@ class HandshakeFragment:
 
     @staticmethod
     def decode(datagram: bytes) -> "HandshakeFragment":
-        data = _as_bytes(datagram, "datagram")
+        data = check_bytes(datagram, "datagram", WireError)
         ptype, conn_id = parse_prefix(data)
         if ptype not in HANDSHAKE_FRAGMENT_TYPES:
             raise WireError(f"{ptype.name} is not a fragmented handshake message")
@@ -314,7 +301,7 @@ def fragment_message(
     """Split ``message`` into as few datagrams of at most ``max_datagram`` bytes as possible,
     of near-equal sizes (so no tiny trailing datagram stands out)."""
     check_max_datagram(max_datagram)
-    message = _as_bytes(message, "message")
+    message = check_bytes(message, "message", WireError)
     room = max_datagram - fragment_overhead(ptype)
     count = max(1, -(-len(message) // room))
     if count > MAX_FRAGMENTS or not 1 <= len(message) <= 0xFFFF:
@@ -473,7 +460,7 @@ class DataHeader:
     counter: int  # 0..2^64-1, never reused by a sender
 
     def __post_init__(self) -> None:
-        _check_len(self.conn_id, CONN_ID_LEN, "connection id")
+        check_bytes(self.conn_id, "connection id", WireError, CONN_ID_LEN)
         if not isinstance(self.key_phase, int) or not 0 <= self.key_phase < KEY_PHASES:
             raise WireError(f"key phase must be 0..{KEY_PHASES - 1}, got {self.key_phase!r}")
         if not isinstance(self.counter, int) or not 0 <= self.counter <= MAX_COUNTER:
@@ -576,12 +563,12 @@ class Msg:
     data: bytes
 
     def __post_init__(self) -> None:
-        _check_len(self.message_id, MESSAGE_ID_LEN, "message id")
+        check_bytes(self.message_id, "message id", WireError, MESSAGE_ID_LEN)
         _check_int(self.seq, _U64, "message seq")
         _check_int(self.created, _U64, "message timestamp")
         _check_int(self.total, _U32, "message length")
         _check_int(self.offset, _U32, "segment offset")
-        _as_bytes(self.data, "segment data")
+        check_bytes(self.data, "segment data", WireError)
         if not self.data:
             raise WireError("empty message segment")  # it would fill nothing and never complete
         if self.offset + len(self.data) > self.total:
@@ -732,7 +719,7 @@ def _decode_ack(body: bytes) -> Ack:
 
 def decode_records(payload: bytes) -> list[Record]:
     """Every record of a DATA frame's plaintext, in order (runs of zero bytes become Padding)."""
-    data = _as_bytes(payload, "payload")
+    data = check_bytes(payload, "payload", WireError)
     records: list[Record] = []
     pos = 0
     while pos < len(data):

@@ -44,6 +44,7 @@ from cryptography.exceptions import InvalidTag
 
 from . import pqc
 from ..codec import wire
+from ..codec.fields import encode_prefixed, read_prefixed
 from .identity import MAX_ROLLOVER_LEN, Bundle, Identity, IdentityError, Rollover, verify_rollover
 from .session import LABEL_I2R, LABEL_R2I, SECRET_LEN, Role, SessionKeys, Suite, hkdf, hkdf_expand, make_aead
 from ..codec.wire import (
@@ -125,25 +126,16 @@ def _encode_sealed(bundle: bytes, signature: bytes, confirm: bytes = b"", rollov
     """Plaintext of M2 (confirm empty) and M3: u16 length + bundle, u16 length + signature,
     [u16 length + rollover statement], confirm. Without a statement the field is left out, so
     the message is byte for byte what nodes without rollover support send and expect."""
-    out = struct.pack(">H", len(bundle)) + bundle + struct.pack(">H", len(signature)) + signature
+    out = encode_prefixed(bundle) + encode_prefixed(signature)
     if rollover:
-        out += struct.pack(">H", len(rollover)) + rollover
+        out += encode_prefixed(rollover)
     return out + confirm
 
 
 def _decode_sealed(data: bytes, confirm_len: int) -> tuple[bytes, bytes, bytes, bytes]:
     """(bundle, signature, rollover statement or b"" when absent or empty, confirm)."""
-    pos = 0
-    fields = []
-    for _ in range(2):
-        if pos + 2 > len(data):
-            raise WireError("sealed identity truncated")
-        (size,) = struct.unpack_from(">H", data, pos)
-        pos += 2
-        if pos + size > len(data):
-            raise WireError("sealed identity truncated")
-        fields.append(data[pos : pos + size])
-        pos += size
+    bundle, pos = read_prefixed(data, 0, WireError, "sealed identity truncated")
+    signature, pos = read_prefixed(data, pos, WireError, "sealed identity truncated")
     rest = len(data) - pos - confirm_len
     rollover = b""
     if rest != 0:
@@ -154,7 +146,7 @@ def _decode_sealed(data: bytes, confirm_len: int) -> tuple[bytes, bytes, bytes, 
             raise WireError("sealed identity has a wrong length")
         rollover = data[pos + 2 : pos + 2 + size]
         pos += 2 + size
-    return fields[0], fields[1], rollover, data[pos:]
+    return bundle, signature, rollover, data[pos:]
 
 
 def _check_rollover_arg(rollover: Optional[bytes]) -> Optional[bytes]:

@@ -28,7 +28,6 @@ import os
 import pathlib
 import stat
 import struct
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,6 +35,8 @@ from typing import Any, Optional
 
 from ..errors import Invalid
 from . import pqc
+from ..codec.fields import encode_prefixed, read_prefixed
+from ..util import write_private_file
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,6 @@ class IdentityError(Invalid):
 # ---------------------------------------------------------------- bundle
 
 
-def _prefixed(data: bytes) -> bytes:
-    return struct.pack(">H", len(data)) + data
-
-
 @dataclass(frozen=True)
 class Bundle:
     """The public half of an identity: what a contact stores and verifies against the ID."""
@@ -109,7 +106,7 @@ class Bundle:
         return f"Bundle(id={format_id(self.fingerprint())!r}, version={self.version})"
 
     def _key_material(self) -> bytes:
-        return _prefixed(self.kem_public) + _prefixed(self.sig_public)
+        return encode_prefixed(self.kem_public) + encode_prefixed(self.sig_public)
 
     def encode(self) -> bytes:
         """magic, version byte, KEM public key and signature public key (u16 length each)."""
@@ -143,20 +140,12 @@ class Bundle:
         version = data[4]
         if version != BUNDLE_VERSION:
             raise IdentityError(f"Unsupported bundle version {version} (this program reads {BUNDLE_VERSION})")
-        fields = []
-        pos = 5
-        for _ in range(2):
-            if pos + 2 > len(data):
-                raise IdentityError("Invalid public key bundle: truncated")
-            (size,) = struct.unpack_from(">H", data, pos)
-            pos += 2
-            if pos + size > len(data):
-                raise IdentityError("Invalid public key bundle: truncated")
-            fields.append(data[pos : pos + size])
-            pos += size
+        truncated = "Invalid public key bundle: truncated"
+        kem_public, pos = read_prefixed(data, 5, IdentityError, truncated)
+        sig_public, pos = read_prefixed(data, pos, IdentityError, truncated)
         if pos != len(data):
             raise IdentityError(f"Invalid public key bundle: {len(data) - pos} unexpected trailing bytes")
-        bundle = Bundle(kem_public=fields[0], sig_public=fields[1], version=version)
+        bundle = Bundle(kem_public=kem_public, sig_public=sig_public, version=version)
         bundle.check_keys()
         return bundle
 
@@ -421,10 +410,10 @@ class Rollover:
     def signed_part(self) -> bytes:
         """What the old key signs (after ROLLOVER_LABEL): every field but the signature."""
         return (_ROLLOVER_HEAD.pack(ROLLOVER_MAGIC, self.version, self.old_fingerprint)
-                + _prefixed(self.new_bundle.encode()) + struct.pack(">Q", self.created_ms))
+                + encode_prefixed(self.new_bundle.encode()) + struct.pack(">Q", self.created_ms))
 
     def encode(self) -> bytes:
-        return self.signed_part() + _prefixed(self.signature)
+        return self.signed_part() + encode_prefixed(self.signature)
 
     @staticmethod
     def decode(data: bytes) -> "Rollover":
@@ -494,47 +483,6 @@ def _ensure_private_dir(path: pathlib.Path) -> None:
     os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
 
 
-def _fsync_dir(path: pathlib.Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_new(path: pathlib.Path, data: bytes) -> bool:
-    """Write ``path`` atomically, mode 0600 from the start; False if it already exists.
-
-    The temporary file is linked into place rather than renamed so that an identity another
-    process wrote meanwhile is never replaced (rename is the fallback where links fail)."""
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)  # 0600
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError:
-            if path.exists():
-                return False
-            os.replace(tmp, path)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-    _fsync_dir(path.parent)
-    return True
-
-
 def load(path: pathlib.Path, backend: pqc.Backend) -> Identity:
     """Read a key file. One readable by group or others is put back to 0600 with a warning:
     refusing to start would not undo the exposure, and the owner gets told either way."""
@@ -576,31 +524,13 @@ def load_or_create(data_dir: pathlib.Path, backend: pqc.Backend) -> Identity:
         pass
     identity = Identity.generate(backend)
     try:
-        created = _write_new(path, encode_private(identity))
+        created = write_private_file(path, encode_private(identity), replace=False)
     except OSError as exc:
         raise IdentityError(f"Cannot write {path}: {exc.strerror or exc}") from None
     if created:
         log.info("Created identity %s in %s", identity.id, path)
         return identity
     return load(path, backend)  # another process created it first
-
-
-def _write_replace(path: pathlib.Path, data: bytes) -> None:
-    """Write ``path`` atomically (mode 0600 from the start), replacing any existing file."""
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)  # 0600
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 def rotate(data_dir: pathlib.Path, old_identity: Identity, backend: pqc.Backend, now: float) -> tuple[Identity, Rollover]:
@@ -616,9 +546,9 @@ def rotate(data_dir: pathlib.Path, old_identity: Identity, backend: pqc.Backend,
     new_identity = Identity.generate(backend)
     statement = make_rollover(old_identity, new_identity, backend, now)
     try:
-        _write_replace(data_dir / ROLLOVER_FILE, statement.encode())
-        _write_replace(data_dir / PREVIOUS_KEY_FILE, encode_private(old_identity))
-        _write_replace(data_dir / KEY_FILE, encode_private(new_identity))
+        write_private_file(data_dir / ROLLOVER_FILE, statement.encode())
+        write_private_file(data_dir / PREVIOUS_KEY_FILE, encode_private(old_identity))
+        write_private_file(data_dir / KEY_FILE, encode_private(new_identity))
     except OSError as exc:
         raise IdentityError(f"Cannot write the new identity in {data_dir}: {exc.strerror or exc}") from None
     log.info("Rotated identity %s -> %s", old_identity.id, new_identity.id)

@@ -41,6 +41,8 @@ from Crypto.Signature import eddsa, mldsa
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
+from ..codec.fields import check_bytes
+
 log = logging.getLogger(__name__)
 
 # Component sizes (FIPS 203, FIPS 204, RFC 7748, RFC 8032)
@@ -133,23 +135,9 @@ class Backend(Protocol):
 # ---------------------------------------------------------------- small pure helpers
 
 
-def _as_bytes(value: Any, what: str) -> bytes:
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise CryptoError(f"{what} must be bytes, not {type(value).__name__}")
-    return bytes(value)
-
-
-def _sized(value: Any, size: int, what: str) -> bytes:
-    """``value`` as bytes, checked to be exactly ``size`` bytes long."""
-    data = _as_bytes(value, what)
-    if len(data) != size:
-        raise CryptoError(f"{what} must be {size} bytes, got {len(data)}")
-    return data
-
-
 def xwing_expand(seed: bytes) -> tuple[bytes, bytes]:
     """X-Wing key derivation: (64-byte ML-KEM-768 seed d||z, 32-byte X25519 private key)."""
-    expanded = hashlib.shake_256(_sized(seed, KEM_SEED_LEN, "KEM seed")).digest(MLKEM_SEED_LEN + X25519_LEN)
+    expanded = hashlib.shake_256(check_bytes(seed, "KEM seed", CryptoError, KEM_SEED_LEN)).digest(MLKEM_SEED_LEN + X25519_LEN)
     return expanded[:MLKEM_SEED_LEN], expanded[MLKEM_SEED_LEN:]
 
 
@@ -202,12 +190,12 @@ class _KeyCache:
 
 
 def _xwing_private_key(seed: bytes) -> HybridKey:
-    return Hybrid._construct(param_set=Hybrid.MLKEM768_X25519, seed=_sized(seed, KEM_SEED_LEN, "KEM seed"))
+    return Hybrid._construct(param_set=Hybrid.MLKEM768_X25519, seed=check_bytes(seed, "KEM seed", CryptoError, KEM_SEED_LEN))
 
 
 def _xwing_public_key(public: Any) -> HybridKey:
     """Parse and check an X-Wing public key (ML-KEM modulus check, X25519 not of low order)."""
-    data = _sized(public, KEM_PUBLIC_LEN, "KEM public key")
+    data = check_bytes(public, "KEM public key", CryptoError, KEM_PUBLIC_LEN)
     try:
         MLKEM.construct(param_set=MLKEM.ML_KEM_768, ek=data[:MLKEM_EK_LEN])
     except ValueError:
@@ -233,7 +221,7 @@ def check_sig_public(public: Any) -> None:
 
     Every ML-DSA public key of the right size decodes; the Ed25519 half must be a curve point
     (pyca accepts any 32 bytes and only fails at verification, so pycryptodome checks it)."""
-    data = _sized(public, SIG_PUBLIC_LEN, "signature public key")
+    data = check_bytes(public, "signature public key", CryptoError, SIG_PUBLIC_LEN)
     try:
         eddsa.import_public_key(data[MLDSA_PK_LEN:])
     except ValueError:
@@ -287,7 +275,7 @@ class _XWingBackend:
         self._sig_keys = _KeyCache()
 
     def _sig_key(self, private: Any) -> _SigKeys:
-        return self._sig_keys.get(_sized(private, SIG_SEED_LEN, "private signature key"), _derive_sig_keys)
+        return self._sig_keys.get(check_bytes(private, "private signature key", CryptoError, SIG_SEED_LEN), _derive_sig_keys)
 
     def kem_generate(self) -> tuple[bytes, bytes]:
         seed = secrets.token_bytes(KEM_SEED_LEN)
@@ -347,7 +335,7 @@ class PycryptodomeBackend(_XWingBackend):
 
     def sign(self, private: bytes, message: bytes) -> bytes:
         keys = self._sig_key(private)
-        msg = _as_bytes(message, "message")
+        msg = check_bytes(message, "message", CryptoError)
         return mldsa.new(keys.mldsa).sign(msg) + keys.ed25519.sign(msg)
 
     def verify(self, public: bytes, message: bytes, signature: bytes) -> bool:
@@ -424,14 +412,14 @@ class XWingKem:
         return _XWingPrivate(dk, key_x, pk_x, ek + pk_x)
 
     def _private(self, seed: Any) -> _XWingPrivate:
-        return self._keys.get(_sized(seed, KEM_SEED_LEN, "KEM seed"), self.derive)
+        return self._keys.get(check_bytes(seed, "KEM seed", CryptoError, KEM_SEED_LEN), self.derive)
 
     def public(self, seed: bytes) -> bytes:
         return self._private(seed).public
 
     def encaps(self, public: bytes, randomness: Optional[bytes] = None) -> tuple[bytes, bytes]:
         """(shared secret, ciphertext); ``randomness`` (64 bytes) only for known-answer tests."""
-        pk = _sized(public, KEM_PUBLIC_LEN, "KEM public key")
+        pk = check_bytes(public, "KEM public key", CryptoError, KEM_PUBLIC_LEN)
         ek, pk_x = pk[:MLKEM_EK_LEN], pk[MLKEM_EK_LEN:]
         # FIPS 203 modulus check on the encapsulation key, whatever the ML-KEM implementation
         try:
@@ -441,7 +429,7 @@ class XWingKem:
         if randomness is None:
             coins, eph = None, x25519.X25519PrivateKey.generate()
         else:
-            rnd = _sized(randomness, 64, "encapsulation randomness")
+            rnd = check_bytes(randomness, "encapsulation randomness", CryptoError, 64)
             coins, eph = rnd[:32], x25519.X25519PrivateKey.from_private_bytes(rnd[32:])
         ct_x = eph.public_key().public_bytes_raw()
         try:
@@ -455,7 +443,7 @@ class XWingKem:
         return self.decaps_with(self._private(seed), ciphertext)
 
     def decaps_with(self, key: _XWingPrivate, ciphertext: bytes) -> bytes:
-        ct = _sized(ciphertext, KEM_CT_LEN, "KEM ciphertext")
+        ct = check_bytes(ciphertext, "KEM ciphertext", CryptoError, KEM_CT_LEN)
         ct_m, ct_x = ct[:MLKEM_CT_LEN], ct[MLKEM_CT_LEN:]
         try:
             ss_x = key.x25519.exchange(x25519.X25519PublicKey.from_public_bytes(ct_x))
@@ -505,7 +493,7 @@ class LiboqsBackend(_XWingBackend):
 
     def sign(self, private: bytes, message: bytes) -> bytes:
         keys = self._sig_key(private)
-        msg = _as_bytes(message, "message")
+        msg = check_bytes(message, "message", CryptoError)
         try:
             # OQS_SIG_sign of ML-DSA is pure ML-DSA with an empty context (liboqs >= 0.12)
             with self._oqs.Signature(_OQS_SIG, secret_key=keys.mldsa.sk) as signer:
@@ -607,18 +595,18 @@ def hpke_seal(public: bytes, plaintext: bytes, info: bytes, aead: str = "chacha2
     aead_id = AEAD_IDS[normalize_aead(aead)]
     key = _xwing_public_key(public)
     context = HPKE.new(
-        receiver_key=key, aead_id=HPKE.AEAD(aead_id), info=_as_bytes(info, "HPKE info")
+        receiver_key=key, aead_id=HPKE.AEAD(aead_id), info=check_bytes(info, "HPKE info", CryptoError)
     )
-    return context.enc, context.seal(_as_bytes(plaintext, "plaintext"))
+    return context.enc, context.seal(check_bytes(plaintext, "plaintext", CryptoError))
 
 
 def hpke_open(seed: bytes, enc: bytes, ciphertext: bytes, info: bytes, aead: str = "chacha20poly1305") -> bytes:
     """Open what hpke_seal made for the public key of ``seed``; CryptoError if anything is off."""
     aead_id = AEAD_IDS[normalize_aead(aead)]
     key = _xwing_private_key(seed)
-    enc_b = _sized(enc, KEM_CT_LEN, "HPKE encapsulated key")
-    ct = _as_bytes(ciphertext, "ciphertext")
-    info_b = _as_bytes(info, "HPKE info")
+    enc_b = check_bytes(enc, "HPKE encapsulated key", CryptoError, KEM_CT_LEN)
+    ct = check_bytes(ciphertext, "ciphertext", CryptoError)
+    info_b = check_bytes(info, "HPKE info", CryptoError)
     try:
         context = HPKE.new(receiver_key=key, aead_id=HPKE.AEAD(aead_id), enc=enc_b, info=info_b)
         return context.unseal(ct)

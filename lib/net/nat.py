@@ -20,11 +20,13 @@ import gevent
 from ..errors import Invalid
 from ..crypto import identity as ident
 from . import natinfo, rendezvous as rv, stun, turn
+from ..codec.stun import StunError, parse_server_url
 from ..codec import wire
-from .peers import Address, Link, Network, _fmt
+from .peers import Link, Network, _fmt
 from ..store import Contact, Store
 from .transport import Transport
 from ..codec.wire import RawRecord
+from ..util import Address
 
 log = logging.getLogger("chatp2p.nat")
 
@@ -85,8 +87,8 @@ def check_settings(settings: NatSettings) -> None:
     """Refuse malformed URLs before anything is sent (the API turns this into an error)."""
     for url in settings.stun_urls:
         try:
-            stun.parse_server_url(url)
-        except stun.StunError as exc:
+            parse_server_url(url)
+        except StunError as exc:
             raise NatConfigError(f"stun_urls: {exc}") from None
     for spec in settings.rendezvous:
         try:
@@ -199,7 +201,7 @@ class NatTraversal:
     def _discover_once(self) -> bool:
         try:
             found = self.stun.discover(list(self.settings.stun_urls))
-        except stun.StunError as exc:
+        except StunError as exc:
             self.nat_detail = f"STUN failed: {exc}"
             log.warning("STUN discovery failed: %s", exc)
             self.publish("nat_detected", self._nat_view())
@@ -210,7 +212,7 @@ class NatTraversal:
         if found.errors and not found.answers:
             self.nat_detail = "no STUN server answered: " + "; ".join(f"{k}: {v}" for k, v in found.errors.items())
         else:
-            first = stun.parse_server_url(next(iter(found.answers))) if found.answers else None
+            first = parse_server_url(next(iter(found.answers))) if found.answers else None
             info = natinfo.classify_nat(first, timeout=NAT_TYPE_TIMEOUT) if first else None
             if info is not None:
                 self.nat_type, self.nat_detail = info.nat_type, info.detail
@@ -228,7 +230,7 @@ class NatTraversal:
                                              on_lost=self._relay_lost)
                     self.turn = client  # before allocate(): its answers arrive through _on_relay_data
                     client.allocate()
-                except (turn.TurnError, stun.StunError, OSError) as exc:
+                except (turn.TurnError, StunError, OSError) as exc:
                     self.turn = None
                     error = str(exc)
                     # 437: our previous allocation from this address and port (a restart on the
@@ -259,7 +261,7 @@ class NatTraversal:
         for ip in {a[0] for a in addresses}:
             try:
                 relay.permit((ip, 0))
-            except (turn.TurnError, stun.StunError) as exc:
+            except (turn.TurnError, StunError) as exc:
                 log.debug("TURN permission for %s failed: %s", ip, exc)
 
     # -- candidates -------------------------------------------------------------------------
@@ -452,7 +454,7 @@ class NatTraversal:
             if service.address is None:
                 try:
                     service.address = stun.resolve((service.spec.host, service.spec.port))
-                except (stun.StunError, OSError) as exc:
+                except (StunError, OSError) as exc:
                     service.error = str(exc)
                     return
             if service.client is None:

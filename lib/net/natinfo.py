@@ -36,7 +36,8 @@ import gevent
 from gevent import socket as gsocket
 
 from . import stun
-from .stun import Address, Attr, Class, Method, StunError
+from ..codec.stun import Attr, Class, Message, Method, StunError, decode, format_address
+from ..util import Address
 
 log = logging.getLogger("chatp2p.natinfo")
 
@@ -110,19 +111,19 @@ class _GuardedSocket:
             data, address = self._sock.recvfrom(size)  # socket.timeout: pystun3 counts a try
             address = tuple(address[:2])
             if address not in self.destinations and address not in self.changed_sources:
-                self._ignore(f"datagram from {stun.format_address(address)}, which was not asked")
+                self._ignore(f"datagram from {format_address(address)}, which was not asked")
                 continue
             try:
-                message = stun.decode(data, rfc3489=True)
+                message = decode(data, rfc3489=True)
             except StunError as exc:
-                self._ignore(f"malformed answer from {stun.format_address(address)}: {exc}")
+                self._ignore(f"malformed answer from {format_address(address)}: {exc}")
                 continue
             if message.method != Method.BINDING or message.cls not in (Class.SUCCESS, Class.ERROR):
-                self._ignore(f"unexpected {message!r} from {stun.format_address(address)}")
+                self._ignore(f"unexpected {message!r} from {format_address(address)}")
                 continue
             if message.cls is Class.ERROR:
                 code, reason = message.error or (0, "no ERROR-CODE")
-                raise _Abort(f"{stun.format_address(address)} answered error {code} ({reason})")
+                raise _Abort(f"{format_address(address)} answered error {code} ({reason})")
             if self.mapped is None:
                 self._first_answer(message, address)
             return data, address
@@ -131,13 +132,13 @@ class _GuardedSocket:
         self.ignored += 1
         self.last_ignored = why
 
-    def _first_answer(self, message: stun.Message, address: Address) -> None:
+    def _first_answer(self, message: Message, address: Address) -> None:
         self.mapped = message.get(Attr.MAPPED_ADDRESS) or message.get(Attr.XOR_MAPPED_ADDRESS)
         other = message.get(Attr.CHANGED_ADDRESS) or message.get(Attr.OTHER_ADDRESS)
         if other is None:
-            raise _Abort(f"{stun.format_address(address)} gives no CHANGED-ADDRESS: it cannot answer change requests")
+            raise _Abort(f"{format_address(address)} gives no CHANGED-ADDRESS: it cannot answer change requests")
         if other[0] == address[0]:
-            raise _Abort(f"{stun.format_address(address)} names its own IP as CHANGED-ADDRESS: "
+            raise _Abort(f"{format_address(address)} names its own IP as CHANGED-ADDRESS: "
                          "it has one address and cannot answer change requests")
         self.changed_sources = {(ip, port) for ip in (address[0], other[0]) for port in (address[1], other[1])}
 
@@ -174,19 +175,19 @@ def classify_nat(server: Address, timeout: float = DEFAULT_TIMEOUT, per_try: flo
             verdict, _ = pystun.get_nat_type(guard, local_ip, local_port,
                                              stun_host=target[0], stun_port=target[1])
     except _Abort as exc:
-        return NatInfo(UNKNOWN, guard.mapped, f"{stun.format_address(target)}: {exc}")
+        return NatInfo(UNKNOWN, guard.mapped, f"{format_address(target)}: {exc}")
     except Exception as exc:  # pystun3 fails in many ways on odd answers: never guess
         log.debug("pystun3 failed", exc_info=True)
-        return NatInfo(UNKNOWN, guard.mapped, f"{stun.format_address(target)}: pystun3 failed: {exc!r}")
+        return NatInfo(UNKNOWN, guard.mapped, f"{format_address(target)}: pystun3 failed: {exc!r}")
     finally:
         sock.close()
     nat_type = _PYSTUN_VERDICTS.get(verdict, UNKNOWN)
     if nat_type == BLOCKED and guard.ignored:
-        return NatInfo(UNKNOWN, None, f"{stun.format_address(target)} sent {guard.ignored} unusable answers "
+        return NatInfo(UNKNOWN, None, f"{format_address(target)} sent {guard.ignored} unusable answers "
                                       f"(last: {guard.last_ignored})")
     elapsed = time.monotonic() - started
-    where = stun.format_address(target)
+    where = format_address(target)
     detail = f"pystun3 said {verdict!r} after {guard.sends} requests to {where} in {elapsed:.1f} s"
     if nat_type == BLOCKED:
-        detail = f"no answer from {stun.format_address(target)} (UDP blocked, or server down); " + detail
+        detail = f"no answer from {format_address(target)} (UDP blocked, or server down); " + detail
     return NatInfo(nat_type, guard.mapped, detail)

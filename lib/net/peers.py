@@ -27,12 +27,12 @@ from ..crypto.handshake import (Authenticated, Established, Failed, FailReason, 
                                 Listener, ListenerConfig, Output, accept_incoming, host_key)
 from ..crypto.session import FrameDropped, Session, SessionConfig, SessionError
 from ..store import Contact, Store, StoreError
+from .rtt import RttEstimator
 from .transport import Transport
 from ..codec.wire import Close, PacketType, Ping, Pong, Record, WireError
+from ..util import Address
 
 log = logging.getLogger("chatp2p.peers")
-
-Address = tuple  # (host, port)
 
 TICK = 0.02                   # seconds between timer passes
 INITIAL_RTO = 0.25            # handshake/message retransmission before any RTT sample
@@ -46,30 +46,6 @@ UPGRADE_PROBE_INTERVAL = 5.0  # relayed sessions look for a direct path this oft
 DIRECT_HOLD = 10.0            # a direct path heard from this recently is not given up for the relay
 MAX_RELAY_PEERS = 1024        # addresses routed through our relay (each needs a TURN permission)
 KNOWN_HOST_SECONDS = 30 * 86400  # a contact's host keeps its reserved handshake capacity this long
-
-
-class RttEstimator:
-    """RFC 6298 smoothed RTT and retransmission timeout."""
-
-    def __init__(self) -> None:
-        self.srtt: Optional[float] = None
-        self.rttvar = 0.0
-        self.latest: Optional[float] = None
-
-    def sample(self, rtt: float) -> None:
-        rtt = max(rtt, 0.0)
-        self.latest = rtt
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-
-    @property
-    def rto(self) -> float:
-        if self.srtt is None:
-            return INITIAL_RTO
-        return min(MAX_RTO, max(MIN_RTO, self.srtt + 4 * self.rttvar))
 
 
 @dataclasses.dataclass
@@ -90,7 +66,7 @@ class Link:
     flight_tries: int = 0
     candidates: list = dataclasses.field(default_factory=list)
     candidate_paths: dict = dataclasses.field(default_factory=dict)   # address -> "lan" | "direct"
-    rtt: RttEstimator = dataclasses.field(default_factory=RttEstimator)
+    rtt: RttEstimator = dataclasses.field(default_factory=lambda: RttEstimator(INITIAL_RTO, MIN_RTO, MAX_RTO))
     last_rx: float = 0.0
     last_tx: float = 0.0
     last_ping: float = 0.0

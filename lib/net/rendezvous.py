@@ -46,7 +46,9 @@ from typing import Callable, ClassVar, Hashable, NamedTuple, Optional, Sequence,
 from ..errors import Refused
 from ..crypto import identity as ident, pqc
 from ..codec import wire
+from ..codec.fields import check_bytes
 from ..codec.wire import RawRecord
+from ..util import Address, TokenBucket
 
 REQUEST_ID_LEN = 16
 NONCE_LEN = 8
@@ -76,7 +78,6 @@ MAX_CONTENT = MIN_CONTENT + MAX_CANDIDATES * CANDIDATE_LEN  # 131
 MAX_BLOB = 1 + _ENC_LEN + MAX_CONTENT + _TAG_LEN  # 1268
 MAX_PAYLOAD = FP_LEN + ADDRESS_LEN + MAX_BLOB  # INTRO, the largest: 1306
 
-Address = tuple[str, int]
 
 
 class RendezvousError(wire.WireError):
@@ -184,12 +185,6 @@ def _check_candidates(candidates: Sequence[Candidate]) -> tuple[Candidate, ...]:
     return out
 
 
-def _check_bytes(value: object, size: int, what: str) -> bytes:
-    if not isinstance(value, (bytes, bytearray)) or len(value) != size:
-        raise RendezvousError(f"{what} must be {size} bytes")
-    return bytes(value)
-
-
 # ---------------------------------------------------------------- blob: candidates, sealed or clear
 
 
@@ -209,8 +204,8 @@ class BlobContent:
             object.__setattr__(self, "role", Role(self.role))
         except ValueError:
             raise RendezvousError(f"unknown blob role {self.role!r}") from None
-        _check_bytes(self.requester, FP_LEN, "requester fingerprint")
-        _check_bytes(self.target, FP_LEN, "target fingerprint")
+        check_bytes(self.requester, "requester fingerprint", RendezvousError, FP_LEN)
+        check_bytes(self.target, "target fingerprint", RendezvousError, FP_LEN)
         if not isinstance(self.timestamp_ms, int) or not 0 <= self.timestamp_ms < 1 << 64:
             raise RendezvousError(f"timestamp out of range: {self.timestamp_ms!r}")
         object.__setattr__(self, "candidates", _check_candidates(self.candidates))
@@ -240,7 +235,7 @@ def blob_info(role: Role, request_id: bytes, requester: bytes, target: bytes) ->
 
 def seal_blob(content: BlobContent, request_id: bytes, recipient: Optional[ident.Bundle]) -> bytes:
     """``content`` sealed to ``recipient``'s X-Wing key, or in clear when its bundle is unknown."""
-    _check_bytes(request_id, REQUEST_ID_LEN, "request id")
+    check_bytes(request_id, "request id", RendezvousError, REQUEST_ID_LEN)
     if recipient is None:
         return bytes([CLEAR]) + content.encode()
     info = blob_info(content.role, request_id, content.requester, content.target)
@@ -299,7 +294,7 @@ class RegisterMsg:
     def __post_init__(self) -> None:
         if not isinstance(self.ttl, int) or not 0 <= self.ttl <= 0xFFFF:
             raise RendezvousError(f"ttl out of range: {self.ttl!r}")
-        _check_bytes(self.nonce, NONCE_LEN, "nonce")
+        check_bytes(self.nonce, "nonce", RendezvousError, NONCE_LEN)
 
     def record(self) -> RawRecord:
         return RawRecord(RecordType.REGISTER, _REGISTER.pack(self.ttl, self.nonce))
@@ -321,7 +316,7 @@ class RegisteredMsg:
     observed: Address
 
     def __post_init__(self) -> None:
-        _check_bytes(self.nonce, NONCE_LEN, "nonce")
+        check_bytes(self.nonce, "nonce", RendezvousError, NONCE_LEN)
         if not isinstance(self.ttl, int) or not 0 <= self.ttl <= 0xFFFF:
             raise RendezvousError(f"ttl out of range: {self.ttl!r}")
         encode_address(self.observed)
@@ -345,7 +340,7 @@ class IntroFailedMsg:
     code: FailCode
 
     def __post_init__(self) -> None:
-        _check_bytes(self.request_id, REQUEST_ID_LEN, "request id")
+        check_bytes(self.request_id, "request id", RendezvousError, REQUEST_ID_LEN)
         try:
             object.__setattr__(self, "code", FailCode(self.code))
         except ValueError:
@@ -385,8 +380,8 @@ class IntroRequestMsg(_PartedMessage):
     blob: bytes
 
     def __post_init__(self) -> None:
-        _check_bytes(self.request_id, REQUEST_ID_LEN, "request id")
-        _check_bytes(self.target, FP_LEN, "target fingerprint")
+        check_bytes(self.request_id, "request id", RendezvousError, REQUEST_ID_LEN)
+        check_bytes(self.target, "target fingerprint", RendezvousError, FP_LEN)
         check_blob(self.blob)
 
     def payload(self) -> bytes:
@@ -410,8 +405,8 @@ class IntroMsg(_PartedMessage):
     blob: bytes
 
     def __post_init__(self) -> None:
-        _check_bytes(self.request_id, REQUEST_ID_LEN, "request id")
-        _check_bytes(self.requester, FP_LEN, "requester fingerprint")
+        check_bytes(self.request_id, "request id", RendezvousError, REQUEST_ID_LEN)
+        check_bytes(self.requester, "requester fingerprint", RendezvousError, FP_LEN)
         encode_address(self.requester_observed)
         check_blob(self.blob)
 
@@ -435,7 +430,7 @@ class IntroAcceptMsg(_PartedMessage):
     blob: bytes
 
     def __post_init__(self) -> None:
-        _check_bytes(self.request_id, REQUEST_ID_LEN, "request id")
+        check_bytes(self.request_id, "request id", RendezvousError, REQUEST_ID_LEN)
         check_blob(self.blob)
 
     def payload(self) -> bytes:
@@ -456,7 +451,7 @@ class IntroReplyMsg(_PartedMessage):
     blob: bytes
 
     def __post_init__(self) -> None:
-        _check_bytes(self.request_id, REQUEST_ID_LEN, "request id")
+        check_bytes(self.request_id, "request id", RendezvousError, REQUEST_ID_LEN)
         encode_address(self.target_observed)
         check_blob(self.blob)
 
@@ -482,7 +477,7 @@ def split_parts(rtype: int, request_id: bytes, payload: bytes,
                 max_datagram: int = wire.MAX_DATAGRAM) -> list[RawRecord]:
     """``payload`` as near-equal parts, each record small enough for one DATA frame of
     ``max_datagram`` bytes by itself."""
-    _check_bytes(request_id, REQUEST_ID_LEN, "request id")
+    check_bytes(request_id, "request id", RendezvousError, REQUEST_ID_LEN)
     room = wire.payload_capacity(max_datagram) - wire.RECORD_HEADER_LEN - _PART_HEADER.size
     count = max(1, -(-len(payload) // room))
     if not 1 <= len(payload) <= MAX_PAYLOAD or count > MAX_PARTS:
@@ -536,36 +531,6 @@ def _take(body: bytes, parts: wire.Reassembler, peer: Hashable, rtype: int, now:
     except wire.ReassemblyError as exc:
         raise PartRefused(f"part refused: {exc}") from None
     return None if payload is None else decode_message(rtype, request_id, payload)
-
-
-# ---------------------------------------------------------------- rate limits
-
-
-@dataclass
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up; starts full."""
-
-    rate: float
-    burst: float
-    tokens: float
-    updated: float
-
-    @classmethod
-    def full(cls, rate: float, burst: float, now: float) -> "TokenBucket":
-        return cls(rate, burst, burst, now)
-
-    def take(self, now: float, cost: float = 1.0) -> bool:
-        """Spend ``cost`` tokens if there are enough (refilled up to ``now``)."""
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.updated) * self.rate)
-        self.updated = max(self.updated, now)
-        if self.tokens < cost:
-            return False
-        self.tokens -= cost
-        return True
-
-    def idle_full(self, now: float) -> bool:
-        """Would be full by ``now``: forgetting it changes nothing."""
-        return self.tokens + (now - self.updated) * self.rate >= self.burst
 
 
 # ---------------------------------------------------------------- server
@@ -716,7 +681,7 @@ class RendezvousServer:
         if bucket is None:
             if len(table) >= self.config.max_sources:
                 table.popitem(last=False)
-            bucket = TokenBucket.full(rate, burst, now)
+            bucket = TokenBucket(rate, burst, now)
             table[key] = bucket
         else:
             table.move_to_end(key)
@@ -988,7 +953,7 @@ class RendezvousClient:
                       candidates: Sequence[Candidate], now: float) -> tuple[bytes, list[RawRecord]]:
         """Ask the server to introduce us to ``target``: (request id, records to send). Our
         candidates are sealed to ``target_bundle`` if given, else sent in clear."""
-        target = _check_bytes(target, FP_LEN, "target fingerprint")
+        target = check_bytes(target, "target fingerprint", RendezvousError, FP_LEN)
         if target == self.identity.fingerprint:
             raise RendezvousError("cannot request an introduction to oneself")
         if target_bundle is not None and target_bundle.fingerprint() != target:

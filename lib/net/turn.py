@@ -28,7 +28,6 @@ whose first byte (0x40-0x4F) the transport classifies as TURN ChannelData.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import enum
 import logging
 import struct
@@ -40,13 +39,16 @@ import gevent.event
 
 from ..errors import Busy, Refused
 from . import stun
-from .stun import Address, Attr, Class, Message, Method, SendFunction, StunError
+from ..codec import stun as stun_codec
+from ..codec.stun import Attr, Class, Message, Method, StunError, format_address
+from ..util import Address
+from .stun_transaction import Retransmission, SendFunction, Transaction
 
 log = logging.getLogger("chatp2p.turn")
 
 CHANNEL_HEADER = struct.Struct(">HH")  # channel number, payload length
 CHANNEL_OVERHEAD = CHANNEL_HEADER.size  # 4
-SEND_OVERHEAD = stun.HEADER_LEN + 12 + 4  # header, XOR-PEER-ADDRESS (IPv4), DATA header: 36
+SEND_OVERHEAD = stun_codec.HEADER_LEN + 12 + 4  # header, XOR-PEER-ADDRESS (IPv4), DATA header: 36
 CHANNEL_MIN = 0x4000
 CHANNEL_MAX = 0x4FFF
 PROTOCOL_UDP = 17
@@ -58,6 +60,7 @@ RETRY_AFTER = 10.0  # a failed refresh is tried again this much later (while tim
 IDLE_EXPIRY = 300.0  # a permission or channel unused this long is not refreshed: it expires
 DEFAULT_TIMEOUT = 3.0  # per request, retransmissions included
 AUTH_ATTEMPTS = 3  # requests per operation: unauthenticated, authenticated, stale-nonce retry
+REQUESTS = stun.DEFAULT_RETRIES + 1  # per transaction, as the Binding client (the timeout usually ends it first)
 
 
 class TurnError(Busy):
@@ -137,18 +140,12 @@ def parse_turn_url(url: str) -> Address:
     if isinstance(text, str) and text.lower().startswith("turns:"):
         raise TurnError(f"TURN over TLS (turns:) is not supported: {url!r}")
     try:
-        return stun.parse_server_url(text, scheme="turn")
+        return stun_codec.parse_server_url(text, scheme="turn")
     except StunError as exc:
         raise TurnError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- client
-
-
-@dataclasses.dataclass
-class _Transaction:
-    result: gevent.event.AsyncResult
-    key: Optional[bytes]  # integrity key the request was sent with: success must carry it
 
 
 class TurnClient:
@@ -189,7 +186,7 @@ class TurnClient:
         self._realm: Optional[str] = None
         self._nonce: Optional[bytes] = None
         self._key: Optional[bytes] = None
-        self._transactions: dict[bytes, _Transaction] = {}
+        self._transactions: dict[bytes, Transaction] = {}
         self._permissions: dict[str, float] = {}  # peer IP -> when to refresh
         self._used: dict[str, float] = {}  # peer IP -> last data sent or relayed (or permitted)
         self._channels: dict[Address, int] = {}  # peer -> channel number
@@ -213,7 +210,7 @@ class TurnClient:
 
     @property
     def _where(self) -> str:
-        return stun.format_address(self.server)
+        return format_address(self.server)
 
     # -- receiving --------------------------------------------------------------------------
     def handle(self, datagram: bytes, address: Address) -> Optional[tuple[Address, bytes]]:
@@ -237,7 +234,7 @@ class TurnClient:
             self._used[peer[0]] = self._clock()
             return peer, payload
         try:
-            message = stun.decode(datagram)
+            message = stun_codec.decode(datagram)
         except StunError:
             self.counters["malformed"] += 1
             return None
@@ -246,10 +243,10 @@ class TurnClient:
             if transaction is None:
                 self.counters["stray_response"] += 1
             elif (message.cls is Class.SUCCESS and transaction.key is not None
-                  and not stun.check_integrity(datagram, transaction.key)):
+                  and not stun_codec.check_integrity(datagram, transaction.key)):
                 self.counters["bad_integrity"] += 1
-            elif not transaction.result.ready():
-                transaction.result.set(message)
+            else:
+                transaction.answer(message)
             return None
         if (message.cls is Class.INDICATION and message.method == Method.DATA
                 and self.state is TurnState.ALLOCATED):
@@ -268,23 +265,16 @@ class TurnClient:
     # -- requests ---------------------------------------------------------------------------
     def _transact(self, message: Message, key: Optional[bytes], what: str) -> Message:
         """Send one request with retransmissions; its response, or TurnError on timeout."""
-        data = stun.encode(message, key, add_fingerprint=True)
-        transaction = _Transaction(gevent.event.AsyncResult(), key)
+        timing = Retransmission(self.initial_rto, requests=REQUESTS, max_rto=self.max_rto)
+        transaction = Transaction(stun_codec.encode(message, key, add_fingerprint=True), self.server, timing, key=key)
         self._transactions[message.transaction_id] = transaction
-        deadline = time.monotonic() + self.timeout
-        rto = self.initial_rto
         try:
-            while True:
-                self._send(data, self.server)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or transaction.result.wait(min(rto, remaining)) is not None:
-                    break
-                rto = min(rto * 2, self.max_rto)
+            response = transaction.run(self._send, self.timeout)
         finally:
             del self._transactions[message.transaction_id]
-        if not transaction.result.ready():
+        if response is None:
             raise TurnError(f"no answer from TURN server {self._where} to {what} within {self.timeout:g} s")
-        return transaction.result.get()
+        return response
 
     def _request(self, method: Method, attributes: dict, what: str) -> Message:
         """One authenticated request: learns realm and nonce from a 401, retries a 438."""
@@ -327,7 +317,7 @@ class TurnClient:
         if realm is None or nonce is None:
             raise TurnError(f"TURN server {self._where} asked for authentication without REALM and NONCE")
         self._realm, self._nonce = realm, nonce
-        self._key = stun.long_term_key(self.username, realm, self._credential)
+        self._key = stun_codec.long_term_key(self.username, realm, self._credential)
 
     # -- operations -------------------------------------------------------------------------
     def allocate(self) -> Address:
@@ -380,7 +370,7 @@ class TurnClient:
         """Allow `peer`'s IP address to send to us through the relay (refreshed every 4 min)."""
         self._require(TurnState.ALLOCATED, "create a permission")
         self._request(Method.CREATE_PERMISSION, {Attr.XOR_PEER_ADDRESS: tuple(peer)},
-                      f"CreatePermission for {stun.format_address(peer)}")
+                      f"CreatePermission for {format_address(peer)}")
         now = self._clock()
         self._permissions[peer[0]] = now + self.permission_refresh
         self._used.setdefault(peer[0], now)
@@ -409,7 +399,7 @@ class TurnClient:
 
     def _channel_bind(self, peer: Address, channel: int) -> None:
         self._request(Method.CHANNEL_BIND, {Attr.CHANNEL_NUMBER: channel, Attr.XOR_PEER_ADDRESS: peer},
-                      f"ChannelBind {channel:#06x} to {stun.format_address(peer)}")
+                      f"ChannelBind {channel:#06x} to {format_address(peer)}")
         now = self._clock()
         self._channel_due[peer] = now + self.channel_refresh
         self._permissions[peer[0]] = now + self.permission_refresh
@@ -427,11 +417,11 @@ class TurnClient:
             self._send(encode_channel_data(channel, data), self.server)
             return
         if peer[0] not in self._permissions:
-            raise TurnError(f"no TURN permission for {stun.format_address(peer)}: call permit() first")
+            raise TurnError(f"no TURN permission for {format_address(peer)}: call permit() first")
         self._used[peer[0]] = self._clock()
         indication = Message(Method.SEND, Class.INDICATION,
                              attributes={Attr.XOR_PEER_ADDRESS: peer, Attr.DATA: bytes(data)})
-        self._send(stun.encode(indication), self.server)
+        self._send(stun_codec.encode(indication), self.server)
 
     def close(self) -> None:
         """Delete the allocation (Refresh with LIFETIME 0) and stop refreshing. Never raises on

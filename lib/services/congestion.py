@@ -24,6 +24,8 @@ import collections
 import math
 from typing import Any, Iterable, Optional
 
+from ..net.rtt import RttEstimator
+
 # -- loss detection (RFC 9002) -----------------------------------------------------------------
 PACKET_THRESHOLD = 3
 TIME_THRESHOLD = 9 / 8
@@ -58,10 +60,7 @@ class Recovery:
         self.bytes_in_flight = 0
         self.largest_acked = -1
         self.max_ack_delay = max_ack_delay
-        self.srtt: Optional[float] = None
-        self.rttvar = 0.0
-        self.min_rtt: Optional[float] = None
-        self.latest_rtt = 0.0
+        self.rtt = RttEstimator()
         self.pto_count = 0
         self.last_sent = 0.0
         self.loss_time: Optional[float] = None
@@ -70,17 +69,6 @@ class Recovery:
         self.sent[packet.pn] = packet
         self.bytes_in_flight += packet.size
         self.last_sent = packet.sent
-
-    def _rtt_sample(self, rtt: float, ack_delay: float) -> None:
-        self.latest_rtt = rtt
-        self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
-        if rtt - min(ack_delay, self.max_ack_delay) >= self.min_rtt:
-            rtt -= min(ack_delay, self.max_ack_delay)
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
 
     def on_ack(self, ranges: Iterable[tuple[int, int]], ack_delay: float,
                now: float) -> tuple[list[SentPacket], list[SentPacket]]:
@@ -110,12 +98,13 @@ class Recovery:
         newest = acked[-1]
         if newest.pn > self.largest_acked:
             self.largest_acked = newest.pn
-            self._rtt_sample(max(now - newest.sent, 1e-6), ack_delay)
+            self.rtt.sample(max(now - newest.sent, 1e-6), min(ack_delay, self.max_ack_delay))
         self.pto_count = 0
         return acked, self.detect_lost(now)
 
     def _loss_delay(self) -> float:
-        base = max(self.latest_rtt, self.srtt if self.srtt is not None else INITIAL_RTT)
+        rtt = self.rtt
+        base = max(rtt.latest or 0.0, rtt.srtt if rtt.srtt is not None else INITIAL_RTT)
         return max(TIME_THRESHOLD * base, GRANULARITY)
 
     def detect_lost(self, now: float) -> list[SentPacket]:
@@ -138,8 +127,9 @@ class Recovery:
         return lost
 
     def pto(self) -> float:
-        srtt = self.srtt if self.srtt is not None else INITIAL_RTT
-        base = srtt + max(4 * self.rttvar, GRANULARITY) + self.max_ack_delay
+        rtt = self.rtt
+        srtt = rtt.srtt if rtt.srtt is not None else INITIAL_RTT
+        base = srtt + max(4 * rtt.rttvar, GRANULARITY) + self.max_ack_delay
         return min(MAX_PTO, max(base, MIN_PTO) * (2 ** self.pto_count))
 
     def deadline(self) -> Optional[float]:

@@ -56,6 +56,7 @@ from ..contract import Direction, FileTransferProgress, Side, TransferRef, Trans
 from ..net.peers import Link, Network
 from ..crypto.session import SessionError
 from ..store import Contact, DuplicateError, Store
+from ..util import TokenBucket
 from ..codec.wire import RawRecord, WireError
 
 log = logging.getLogger("chatp2p.transfer")
@@ -458,8 +459,7 @@ class Channel:
         self.bbr = Bbr(wire.MAX_DATAGRAM, now)
         self.next_pn = 0
         self.max_datagram = wire.MAX_DATAGRAM
-        self.tokens = 0.0
-        self.token_time = now
+        self.pacing = TokenBucket(rate=0.0, burst=0.0, now=now, tokens=0.0)  # rate, burst follow BBR
         self.idle = True
         self.senders: list[Outgoing] = []
         self.rr = 0
@@ -503,8 +503,7 @@ class Transfers:
         self.by_tid: dict[tuple[bytes, bytes, str], Transfer] = {}   # (peer fp, tid, direction)
         self.channels: dict[bytes, Channel] = {}
         self.pending_bytes = 0
-        self._limit_tokens = 0.0
-        self._limit_time = time.monotonic()
+        self._upload_bucket = TokenBucket(rate=self.upload_limit, burst=0.0, now=time.monotonic(), tokens=0.0)
         self._refused: collections.OrderedDict[tuple[bytes, bytes], str] = collections.OrderedDict()
         self._refusal_events: dict[bytes, collections.deque] = {}
         self._finished: collections.OrderedDict[tuple[bytes, bytes, str], str] = collections.OrderedDict()
@@ -821,7 +820,7 @@ class Transfers:
                     bbr, rec = channel.bbr, channel.recovery
                     log.debug("to %s: %s bw %.1f MiB/s min_rtt %.2f ms srtt %.2f ms cwnd %d KiB in flight %d KiB "
                               "pacing %.1f MiB/s mtu %d hi %s pto %d", channel.link.name, bbr.mode,
-                              bbr.btl_bw / 2**20, (bbr.min_rtt or 0) * 1e3, (rec.srtt or 0) * 1e3, bbr.cwnd >> 10,
+                              bbr.btl_bw / 2**20, (bbr.min_rtt or 0) * 1e3, (rec.rtt.srtt or 0) * 1e3, bbr.cwnd >> 10,
                               rec.bytes_in_flight >> 10, bbr.pacing_rate / 2**20, channel.max_datagram,
                               bbr.inflight_hi, channel.ptos)
 
@@ -1669,13 +1668,13 @@ class Transfers:
         size = channel.max_datagram
         capacity = data_capacity(size)
         rate = bbr.pacing_rate
-        burst_cap = max(4.0 * size, rate * 0.004)  # timers fire late: allow up to 4 ms of catching up
-        channel.tokens = min(channel.tokens + (now - channel.token_time) * rate, burst_cap)
-        channel.token_time = now
+        pacing, upload = channel.pacing, self._upload_bucket
+        pacing.rate = rate
+        pacing.burst = max(4.0 * size, rate * 0.004)  # timers fire late: allow up to 4 ms of catching up
+        pacing.refill(now)
         if self.upload_limit:
-            self._limit_tokens = min(self._limit_tokens + (now - self._limit_time) * self.upload_limit,
-                                     max(4.0 * size, self.upload_limit * 0.01))
-            self._limit_time = now
+            upload.burst = max(4.0 * size, self.upload_limit * 0.01)
+            upload.refill(now)
         for _ in range(max(1, min(BURST, BURST_BYTES // size))):
             if recovery.bytes_in_flight + size > bbr.cwnd:
                 self.counters["file_wait_cwnd"] += 1
@@ -1683,11 +1682,11 @@ class Transfers:
             if recovery.bytes_in_flight + size > max(channel.peer_window, 2 * size):
                 self.counters["file_wait_receiver"] += 1
                 return None  # the receiver's disk is behind: an ACK will open the window
-            if channel.tokens < size:
+            if pacing.tokens < size:
                 self.counters["file_wait_pacing"] += 1
-                return (size - channel.tokens) / rate
-            if self.upload_limit and self._limit_tokens < size:
-                return (size - self._limit_tokens) / self.upload_limit
+                return pacing.wait_for(size)
+            if self.upload_limit and upload.tokens < size:
+                return upload.wait_for(size)
             piece = self._next_piece(channel, capacity)
             if piece is None:
                 self.counters["file_wait_disk"] += 1
@@ -1705,9 +1704,9 @@ class Transfers:
             if not self._send_data(link, transfer.tid, pn, offset, view, size):
                 return None
             transfer.wire_bytes += length
-            channel.tokens -= payload_size
+            pacing.tokens -= payload_size
             if self.upload_limit:
-                self._limit_tokens -= payload_size
+                upload.tokens -= payload_size
         return 0.0
 
     def _send_data(self, link: Link, tid: bytes, pn: int, offset: int, view: memoryview, max_datagram: int) -> bool:

@@ -17,7 +17,7 @@ import unicodedata
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ..util import iso_utc
+from ..util import BIDI_CONTROLS, iso_utc
 from .errors import DuplicateError, InvalidValueError, NotFoundError
 from .fields import check_fingerprint, iso_or_none
 
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 
 MAX_NAME_LENGTH = 64
 MAX_ADDRESSES = 5
-
-# Bidirectional overrides and isolates: they can make a name display as another one.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 # SQLite's NOCASE collation (the `name` column's) folds ASCII A-Z only: "É" and "é" differ.
 _NOCASE = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -42,7 +39,7 @@ def validate_name(name: str) -> str:
     if len(stripped) > MAX_NAME_LENGTH:
         raise InvalidValueError(f"A contact name is at most {MAX_NAME_LENGTH} characters")
     for ch in stripped:
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in BIDI_CONTROLS:
             raise InvalidValueError("A contact name cannot contain control characters")
     return stripped
 
