@@ -134,3 +134,26 @@ def test_shipped_conf_documents_every_key_binding():
         assert "# " + line in keys_section, binding.action
         assert keys.KeyMap({binding.action: line.split(" = ", 1)[1]}).keys[binding.action] == binding.keys
     assert "[ui]" in text and "# bell = true" in text and "[theme]" in text
+
+
+def test_slash_commands_are_checked_by_the_api_tables_own_fields():
+    from chatp2p_core.api.actions import build_table
+    from chatp2p_ui import commands as slash
+    table = build_table()
+    for command in slash.COMMANDS:
+        if command.api is None:
+            continue
+        fields = {f.name for f in table.lookup(command.api.command, command.api.action).fields}
+        assert set(command.api.fields.values()) <= fields, command.name
+        assert set(command.api.fields) <= {a.name for a in command.args}, command.name
+    # The daemon's limits and words, before anything is sent.
+    for text, error in (("/rename Bob " + "x" * 65, "NEW: Field 'new_name' is too long (at most 64 characters)"),
+                        ("/add " + "n" * 65 + " key", "NAME: Field 'peer' is too long (at most 64 characters)"),
+                        ("/cancel " + "t" * 129, "ID: Field 'transfer_id' is too long (at most 128 characters)")):
+        try:
+            slash.parse(text)
+        except slash.UsageError as exc:
+            assert str(exc) == error
+        else:
+            raise AssertionError(f"{text[:20]}... was accepted")
+    assert slash.parse("/rename Bob " + "x" * 64).args["NEW"] == "x" * 64

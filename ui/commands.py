@@ -18,6 +18,9 @@ import os
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional
 
+from chatp2p_core.api.actions import build_table
+from chatp2p_core.api.table import ApiError, CommandTable, coerce
+
 from . import command_actions as act
 from . import transfer_actions as files
 from .usage import UsageError
@@ -36,11 +39,23 @@ class Arg:
 
 
 @dataclasses.dataclass(frozen=True)
+class ApiRow:
+    """The API action a slash command ends in, and which of its fields each argument fills:
+    the arguments are checked against those fields (the same limits and error texts as the
+    API's) before anything is sent."""
+
+    command: str
+    action: str
+    fields: Mapping[str, str]   # argument name -> the action's field name
+
+
+@dataclasses.dataclass(frozen=True)
 class Command:
     name: str
     args: tuple[Arg, ...]
     help: str
     handler: Handler = dataclasses.field(compare=False, repr=False)
+    api: Optional[ApiRow] = None
 
     @property
     def usage(self) -> str:
@@ -51,30 +66,35 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("add", (Arg("NAME", "text"), Arg("ID|KEY|@FILE", "key")),
-            "add a contact by ID (read out), full public key, or key file", act.add_contact),
+            "add a contact by ID (read out), full public key, or key file", act.add_contact,
+            ApiRow("contacts", "add", {"NAME": "peer"})),
     Command("remove", (Arg("NAME", "contact"),), "remove a contact and its history (asks first)",
-            act.remove_contact),
+            act.remove_contact, ApiRow("contacts", "remove", {"NAME": "peer"})),
     Command("rename", (Arg("OLD", "contact"), Arg("NEW", "text")), "change a contact's local name",
-            act.rename_contact),
-    Command("block", (Arg("NAME", "contact"),), "drop and silence a contact", act.block_contact),
-    Command("unblock", (Arg("NAME", "contact"),), "undo /block", act.unblock_contact),
+            act.rename_contact, ApiRow("contacts", "rename", {"OLD": "peer", "NEW": "new_name"})),
+    Command("block", (Arg("NAME", "contact"),), "drop and silence a contact", act.block_contact,
+            ApiRow("contacts", "block", {"NAME": "peer"})),
+    Command("unblock", (Arg("NAME", "contact"),), "undo /block", act.unblock_contact,
+            ApiRow("contacts", "unblock", {"NAME": "peer"})),
     Command("connect", (Arg("NAME", "contact"), Arg("HOST:PORT", "address")),
-            "reach a contact at an address (UDP)", act.connect),
+            "reach a contact at an address (UDP)", act.connect,
+            ApiRow("p2p", "connect", {"NAME": "peer", "HOST:PORT": "address"})),
     Command("myid", (Arg("FILE", "path", optional=True),),
             "show my ID; with FILE, write my full public key there", act.show_my_id),
     Command("verify", (Arg("NAME", "contact"),), "compare safety numbers, then mark the contact verified",
             act.verify_contact),
-    Command("sendfile", (Arg("PATH", "path"),), "offer a file to the open conversation", files.send_file),
+    Command("sendfile", (Arg("PATH", "path"),), "offer a file to the open conversation", files.send_file,
+            ApiRow("p2p", "send_file", {"PATH": "file_path"})),
     Command("accept", (Arg("ID", "transfer", optional=True),), "accept a file offer (default: the latest)",
-            files.accept),
+            files.accept, ApiRow("p2p", "accept_file", {"ID": "transfer_id"})),
     Command("reject", (Arg("ID", "transfer", optional=True),), "refuse a file offer (default: the latest)",
-            files.reject),
+            files.reject, ApiRow("p2p", "reject_file", {"ID": "transfer_id"})),
     Command("cancel", (Arg("ID", "transfer"),), "cancel a file transfer (the partial file is deleted)",
-            files.cancel),
+            files.cancel, ApiRow("p2p", "cancel_transfer", {"ID": "transfer_id"})),
     Command("pause", (Arg("ID", "transfer", optional=True),), "pause a file transfer (default: the latest)",
-            files.pause),
+            files.pause, ApiRow("p2p", "pause_transfer", {"ID": "transfer_id"})),
     Command("resume", (Arg("ID", "transfer", optional=True),), "resume a paused or failed transfer",
-            files.resume),
+            files.resume, ApiRow("p2p", "resume_transfer", {"ID": "transfer_id"})),
     Command("transfers", (), "list file transfers", files.list_transfers),
     Command("nick", (Arg("NAME", "text"),), "change my display name", act.set_nick),
     Command("help", (), "keys and commands", act.show_help),
@@ -137,6 +157,27 @@ def lookup(name: str) -> Optional[Command]:
     return COMMANDS_BY_NAME.get(ALIASES.get(name, name))
 
 
+_DECLARED = build_table()   # the API's rows, bound to no handler: their fields and limits
+
+
+def check_api_fields(command: Command, args: Mapping[str, Optional[str]],
+                     table: CommandTable = _DECLARED) -> None:
+    """Check the given arguments against the fields of the API action they fill: the command
+    table's own validation, so the UI refuses what the daemon would, with the same words."""
+    if command.api is None:
+        return
+    row = table.lookup(command.api.command, command.api.action)
+    fields = {field.name: field for field in row.fields}
+    for arg_name, field_name in command.api.fields.items():
+        value = args.get(arg_name)
+        if value is None:
+            continue
+        try:
+            coerce(fields[field_name], value)
+        except ApiError as exc:
+            raise UsageError(f"{arg_name}: {exc}") from None
+
+
 def parse(text: str) -> Parsed:
     tokens = tokenize(text.strip()[1:])
     if any(not t.closed for t in tokens):
@@ -158,6 +199,7 @@ def parse(text: str) -> Parsed:
         if not value.strip():
             raise UsageError(f"Usage: {command.usage} — {arg.name} is empty")
         args[arg.name] = value
+    check_api_fields(command, args)
     return Parsed(command, args)
 
 

@@ -6,6 +6,8 @@ import dataclasses
 import pathlib
 from typing import Mapping, Optional
 
+from chatp2p_core.util import parse_bool
+
 from .keys import KeyMap
 from .theme import Theme
 
@@ -22,13 +24,11 @@ class UiSettings:
         settings = cls()
         for key, raw in values.items():
             if key == "bell":
-                value = raw.strip().lower()
-                if value in ("1", "true", "yes", "on"):
-                    settings.bell = True
-                elif value in ("0", "false", "no", "off"):
-                    settings.bell = False
-                else:
+                flag = parse_bool(raw)
+                if flag is None:
                     settings.errors.append(f"[ui] bell: {raw!r} is not a boolean (true/false)")
+                else:
+                    settings.bell = flag
             else:
                 settings.errors.append(f"[ui] {key}: unknown setting (known: bell)")
         return settings

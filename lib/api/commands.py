@@ -9,19 +9,16 @@ names and shapes; extensions are marked as such in help.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
 
 from ..crypto import identity as ident, sealed
 from ..node import Node
 from ..store import Contact, Message
 from ..util import iso_utc
-from . import answers
-from .table import CommandTable, Deferred, Field, Reply
-from ..contract import ContactView, MessageView, PeerView, TransferView
+from . import actions
+from .table import CommandTable, Deferred, Handler, Reply
 
-NAME = Field("peer", "str", max_len=64)
-NAME_OR_ID = Field("peer", "str", max_len=128)   # an ID is 69 characters with its dashes
-MAX_MESSAGE_CHARS = 64 * 1024
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -148,7 +145,6 @@ def p2p_mark_read(node: Node, data: dict) -> Any:
 
 
 # -- files ----------------------------------------------------------------------------------
-TRANSFER_ID = Field("transfer_id", "str", max_len=128)
 
 
 def p2p_send_file(node: Node, data: dict) -> Any:
@@ -197,107 +193,38 @@ def crypto_rotate_identity(node: Node, data: dict) -> dict:
     return {"fingerprint": new.id, "previous_fingerprint": old.id, "public_key": new.bundle.to_base64()}
 
 
+HANDLERS: Mapping[tuple[str, Optional[str]], Handler] = MappingProxyType({
+    ("status", None): status,
+    ("contacts", "list"): contacts_list,
+    ("contacts", "add"): contacts_add,
+    ("contacts", "remove"): contacts_remove,
+    ("contacts", "rename"): contacts_rename,
+    ("contacts", "block"): contacts_block,
+    ("contacts", "unblock"): contacts_unblock,
+    ("contacts", "show"): contacts_show,
+    ("contacts", "negotiate_keys"): contacts_negotiate_keys,
+    ("contacts", "verify"): contacts_verify,
+    ("p2p", "start"): p2p_start,
+    ("p2p", "stop"): p2p_stop,
+    ("p2p", "peers"): p2p_peers,
+    ("p2p", "connect"): p2p_connect,
+    ("p2p", "send_message"): p2p_send_message,
+    ("p2p", "history"): p2p_history,
+    ("p2p", "mark_read"): p2p_mark_read,
+    ("p2p", "send_file"): p2p_send_file,
+    ("p2p", "accept_file"): _transfer_action("accept"),
+    ("p2p", "reject_file"): _transfer_action("reject"),
+    ("p2p", "transfers"): p2p_transfers,
+    ("p2p", "cancel_transfer"): _transfer_action("cancel"),
+    ("p2p", "pause_transfer"): _transfer_action("pause"),
+    ("p2p", "resume_transfer"): _transfer_action("resume"),
+    ("crypto", "generate_keypair"): crypto_generate_keypair,
+    ("crypto", "encrypt"): crypto_encrypt,
+    ("crypto", "decrypt"): crypto_decrypt,
+    ("crypto", "rotate_identity"): crypto_rotate_identity,
+})
+
+
 def build_table() -> CommandTable:
-    """The whole API. Add a row here to add an action; the server needs no change.
-
-    `blocking=False` marks handlers that never wait on the network or the disk (the server
-    runs them inline); every other one runs in a greenlet of its own, concurrently."""
-    table = CommandTable()
-    table.add("status", None, status, help="server state (any action, null or none)", blocking=False,
-              answer=answers.Status)
-
-    table.add("contacts", "list", contacts_list, help="all contacts with their state", blocking=False,
-              answer=list[ContactView])
-    table.add("contacts", "add", contacts_add,
-              (NAME, Field("public_key", "str", max_len=16384)),
-              help="add a contact by ID or public key bundle", blocking=False,
-              answer=Literal["Contact added"])
-    table.add("contacts", "remove", contacts_remove, (NAME,), help="remove a contact and its history", blocking=False,
-              answer=Literal["Contact removed"])
-    table.add("contacts", "rename", contacts_rename, (NAME, Field("new_name", "str", max_len=64)),
-              help="extension: change a contact's local name", blocking=False,
-              answer=ContactView)
-    table.add("contacts", "block", contacts_block, (NAME_OR_ID,),
-              help="extension: drop and silence a contact, or a stranger given by its ID", blocking=False,
-              answer=ContactView)
-    table.add("contacts", "unblock", contacts_unblock, (NAME,), help="extension: undo block", blocking=False,
-              answer=ContactView)
-    table.add("contacts", "show", contacts_show, (NAME,), help="extension: one contact", blocking=False,
-              answer=ContactView)
-
-    table.add("contacts", "negotiate_keys", contacts_negotiate_keys,
-              (NAME, Field("timeout", "int", required=False, default=10, minimum=1, maximum=120)),
-              help="run the handshake now (connecting if needed); session details and safety number",
-              answer=answers.KeyNegotiation)
-    table.add("contacts", "verify", contacts_verify,
-              (NAME, Field("verified", "bool", required=False, default=True)),
-              help="extension: mark a contact verified (after comparing safety numbers)", blocking=False,
-              answer=ContactView)
-
-    table.add("p2p", "start", p2p_start, (Field("stun_urls", "list", required=False, item_kind="str", max_len=16),
-                                          Field("rendezvous", "list", required=False, item_kind="str", max_len=16),
-                                          Field("turn_servers", "list", required=False, max_len=8)),
-              help="start (or restart) the P2P network",
-              answer=Literal["P2P network started"])
-    table.add("p2p", "stop", p2p_stop, help="stop the P2P network",
-              answer=Literal["P2P network stopped"])
-    table.add("p2p", "peers", p2p_peers, help="every contact with its connection state", blocking=False,
-              answer=list[PeerView])
-    table.add("p2p", "connect", p2p_connect,
-              (NAME, Field("address", "str", required=False, max_len=300)),
-              help="extension: reach a contact (at host:port, or its known addresses)",
-              answer=answers.ConnectStarted)
-    table.add("p2p", "send_message", p2p_send_message,
-              (NAME, Field("message", "str", max_len=MAX_MESSAGE_CHARS),
-               Field("message_id", "str", required=False, max_len=128)),
-              help="send (or queue) a chat message",
-              blocking=False,
-              answer=answers.MESSAGE_SENT)  # answered after the group commit (messaging.py), via a Deferred
-    table.add("p2p", "history", p2p_history,
-              (NAME, Field("limit", "int", required=False, default=50, minimum=1, maximum=1000),
-               Field("before", "int", required=False, minimum=1)),
-              help="extension: stored messages, newest page, oldest first", blocking=False,
-              answer=list[MessageView])
-    table.add("p2p", "mark_read", p2p_mark_read, (NAME,), help="extension: mark a conversation read", blocking=False,
-              answer=answers.MarkedRead)
-    table.add("p2p", "send_file", p2p_send_file,
-              (NAME, Field("file_path", "str", max_len=4096),
-               Field("chunk_size", "int", required=False, minimum=1, maximum=1 << 31),
-               Field("transfer_id", "str", required=False, max_len=128)),
-              help="offer a file to a contact (queued while it is offline)",
-              answer=answers.FILE_SENT)
-    table.add("p2p", "accept_file", _transfer_action("accept"),
-              (TRANSFER_ID, Field("save_as", "str", required=False, max_len=255)),
-              help="extension: accept a file offer (save_as: a bare file name in the downloads dir)",
-              answer=TransferView)
-    table.add("p2p", "reject_file", _transfer_action("reject"), (TRANSFER_ID,),
-              help="extension: refuse a file offer",
-              answer=TransferView)
-    table.add("p2p", "transfers", p2p_transfers, help="extension: file transfers with state, bytes, rate, eta", blocking=False,
-              answer=list[TransferView])
-    table.add("p2p", "cancel_transfer", _transfer_action("cancel"), (TRANSFER_ID,),
-              help="extension: stop a transfer for good (the partial file is deleted)",
-              answer=TransferView)
-    table.add("p2p", "pause_transfer", _transfer_action("pause"), (TRANSFER_ID,),
-              help="extension: pause a transfer (either side)",
-              answer=TransferView)
-    table.add("p2p", "resume_transfer", _transfer_action("resume"), (TRANSFER_ID,),
-              help="extension: resume a paused (or failed) transfer from what was received",
-              answer=TransferView)
-
-    table.add("crypto", "generate_keypair", crypto_generate_keypair,
-              help="a fresh key pair (never the node's identity)", blocking=False,
-              answer=answers.KeyPair)
-    table.add("crypto", "encrypt", crypto_encrypt,
-              (Field("message", "str", max_len=MAX_MESSAGE_CHARS * 4), Field("public_key", "str", max_len=16384),
-               Field("aead", "str", required=False, default="chacha20poly1305")),
-              help="HPKE (X-Wing) encryption to a public key bundle", blocking=False,
-              answer=answers.Encrypted)
-    table.add("crypto", "decrypt", crypto_decrypt,
-              (Field("encrypted_data", "str", max_len=1 << 20), Field("private_key", "str", required=False)),
-              help="decrypt with the given private key, or the node's own identity", blocking=False,
-              answer=answers.Decrypted)
-    table.add("crypto", "rotate_identity", crypto_rotate_identity,
-              help="extension: replace the node's identity keys; contacts follow (signed by the old key)",
-              answer=answers.IdentityRotated)
-    return table
+    """The whole API, every row bound to its handler (the daemon's table)."""
+    return actions.build_table(HANDLERS)

@@ -21,7 +21,7 @@ from ..errors import Busy, Invalid, Refused
 from ..config import DEFAULT_DATA_DIR
 from ..runtime import read_endpoints, read_token
 from . import schema
-from .commands import build_table
+from .actions import build_table
 from .table import Action, Field
 
 PROG = "chatp2pctl"
@@ -349,7 +349,7 @@ def _show_status(data: Any) -> str:
 # How the command table's rows appear on the command line, where that differs from the rule
 # (required fields are positional arguments in their declared order, optional ones --options;
 # an action `a_b` is also `a-b`). Declared here once; the rows, their fields and help are the
-# table's (lib/api/commands.py).
+# table's (lib/api/actions.py).
 PASS_THROUGH_COMMANDS = ("p2p",)       # ACTION KEY=VALUE...: any action, data as pairs
 OPTION_NAMES = {
     ("crypto", "encrypt", "public_key"): "--key",                    # a required field given as an option

@@ -17,7 +17,7 @@ import dataclasses
 import ipaddress
 import socket
 import time
-from typing import Union
+from typing import Optional, Union
 
 from ..errors import Busy, Refused
 
