@@ -157,7 +157,7 @@ def test_records_fit_a_data_frame_and_round_trip_through_wire():
         for record in records:
             assert wire.record_size(record) <= wire.payload_capacity(max_datagram)
             assert wire.decode_records(wire.encode_record(record)) == [record]
-            assert record.rtype in wire.CONTROL_RESERVED
+            assert record.rtype in wire.RENDEZVOUS_RECORD_TYPES
     # The largest message, INTRO (server -> target), fits the server's configured datagrams too.
     _, records = request(net, ALICE, BOB, candidates=eight)
     for _, record in net.to_server(ALICE, records):
@@ -167,7 +167,7 @@ def test_records_fit_a_data_frame_and_round_trip_through_wire():
 
 def test_record_types_are_in_the_control_range():
     assert {int(t) for t in RecordType} == set(range(0x10, 0x17))
-    assert all(t in wire.CONTROL_RESERVED for t in RecordType)
+    assert all(t in wire.RENDEZVOUS_RECORD_TYPES for t in RecordType)
     assert rv.SERVER_BOUND | rv.CLIENT_BOUND == set(RecordType)
     assert not rv.SERVER_BOUND & rv.CLIENT_BOUND
 

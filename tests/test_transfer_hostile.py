@@ -44,6 +44,7 @@ class Recorder:
     def link_up(self, link): pass
     def link_down(self, link): pass
     def tick(self, now): pass
+    def path_changed(self, link): pass
     def records(self, link, records):
         for raw in records:
             if getattr(raw, "rtype", None) in fc.FILE_TYPES:

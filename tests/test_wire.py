@@ -347,7 +347,9 @@ records = st.one_of(
         st.lists(st.tuples(u64, u32, u32), max_size=5).map(tuple),
     ),
     st.builds(Close, st.integers(0, 0xFFFF), st.text(max_size=40)),
-    st.builds(RawRecord, st.integers(0x06, 0xFF), st.binary(max_size=100)),
+    st.builds(wire.PathChallenge, st.binary(min_size=8, max_size=8)),
+    st.builds(wire.PathResponse, st.binary(min_size=8, max_size=8)),
+    st.builds(RawRecord, st.integers(0x08, 0xFF), st.binary(max_size=100)),
     st.builds(Padding, st.integers(1, 50)),
 )
 

@@ -496,11 +496,15 @@ class RecordType(enum.IntEnum):
     MSG = 0x03
     ACK = 0x04
     CLOSE = 0x05
+    PATH_CHALLENGE = 0x06
+    PATH_RESPONSE = 0x07
 
 
-# 0x06-0x1F: reserved for messaging and control; 0x20-0x3F: reserved for the file protocol;
-# 0x40-0xFF: reserved. A receiver returns these as RawRecord and ignores what it does not know.
-CONTROL_RESERVED = range(0x06, 0x20)
+# The rest of the type space (PROTOCOL §6), without overlaps: 0x08-0x0F and 0x18-0x1F for
+# messaging and control, 0x10-0x17 for the rendezvous (net/rendezvous.py), 0x20-0x3F for the
+# file protocol (codec/filecodec.py), 0x40-0xFF reserved. A receiver returns these as RawRecord
+# and ignores what it does not know.
+RENDEZVOUS_RECORD_TYPES = range(0x10, 0x18)
 FILE_RECORD_TYPES = range(0x20, 0x40)
 _RECORD_TYPE_VALUES = frozenset(int(t) for t in RecordType)  # built once: RawRecord is on the file hot path
 
@@ -510,6 +514,7 @@ MESSAGE_ID_LEN = 16
 MSG_HEADER = struct.Struct(">16sQQII")  # message id, seq, created (ms), total, offset
 MAX_ACK_ITEMS = 255
 MAX_CLOSE_REASON = 255
+PATH_TOKEN_LEN = 8
 _U32 = 0xFFFFFFFF
 _U64 = MAX_COUNTER
 
@@ -627,7 +632,27 @@ class RawRecord:
             raise WireError("record body too long")
 
 
-Record = Union[Padding, Ping, Pong, Msg, Ack, Close, RawRecord]
+@dataclass(frozen=True)
+class PathChallenge:
+    """Does the peer receive at the address this comes from? 8 random bytes to echo."""
+
+    data: bytes
+
+    def __post_init__(self) -> None:
+        check_bytes(self.data, "path challenge", WireError, PATH_TOKEN_LEN)
+
+
+@dataclass(frozen=True)
+class PathResponse:
+    """The echo of a PATH_CHALLENGE, sent to the address the challenge came from."""
+
+    data: bytes
+
+    def __post_init__(self) -> None:
+        check_bytes(self.data, "path response", WireError, PATH_TOKEN_LEN)
+
+
+Record = Union[Padding, Ping, Pong, Msg, Ack, Close, PathChallenge, PathResponse, RawRecord]
 
 
 def _body(record: Record) -> tuple[int, bytes]:
@@ -648,6 +673,10 @@ def _body(record: Record) -> tuple[int, bytes]:
     if isinstance(record, Close):
         reason = record.reason.encode("utf-8")
         return RecordType.CLOSE, struct.pack(">HB", record.code, len(reason)) + reason
+    if isinstance(record, PathChallenge):
+        return RecordType.PATH_CHALLENGE, bytes(record.data)
+    if isinstance(record, PathResponse):
+        return RecordType.PATH_RESPONSE, bytes(record.data)
     if isinstance(record, RawRecord):
         return record.rtype, bytes(record.body)
     raise WireError(f"not a record: {type(record).__name__}")
@@ -696,6 +725,10 @@ def _decode_body(rtype: int, body: bytes) -> Record:
         except UnicodeDecodeError:
             raise WireError("CLOSE reason is not UTF-8") from None
         return Close(code, reason)
+    if rtype == RecordType.PATH_CHALLENGE or rtype == RecordType.PATH_RESPONSE:
+        if len(body) != PATH_TOKEN_LEN:
+            raise WireError(f"{RecordType(rtype).name} body must be {PATH_TOKEN_LEN} bytes, got {len(body)}")
+        return PathChallenge(bytes(body)) if rtype == RecordType.PATH_CHALLENGE else PathResponse(bytes(body))
     return RawRecord(rtype, body)
 
 

@@ -1,6 +1,6 @@
 """Post-quantum primitives of ChatP2P, behind one small interface with two backends.
 
-The suite (see docs): a KEM key is X-Wing (ML-KEM-768 + X25519, draft-connolly-cfrg-xwing-kem,
+The suite (see docs): a KEM key is X-Wing (ML-KEM-768 + X25519, draft-connolly-cfrg-xwing-kem-06 (PROTOCOL §11.3),
 the same as MLKEM768-X25519 of draft-irtf-cfrg-concrete-hybrid-kems); a signature key is
 ML-DSA-65 + Ed25519, and a signature is valid only when both halves verify, so it holds as long
 as either algorithm does.

@@ -369,6 +369,9 @@ class NatTraversal:
             self.server.forget(link.fingerprint)
             self.network.clients.pop(link.fingerprint, None)
 
+    def path_changed(self, link: Link) -> None:
+        pass  # a service session keeps its registration wherever it goes
+
     def records(self, link: Link, records: list) -> None:
         for record in records:
             if not isinstance(record, RawRecord) or record.rtype not in RV_TYPES:

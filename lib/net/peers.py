@@ -13,7 +13,9 @@ callbacks of `LinkObserver`.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
+import secrets
 import time
 from typing import Callable, Iterable, Optional, Protocol
 
@@ -29,7 +31,7 @@ from ..crypto.session import FrameDropped, Session, SessionConfig, SessionError
 from ..store import Contact, Store, StoreError
 from .rtt import RttEstimator
 from .transport import Transport
-from ..codec.wire import Close, PacketType, Ping, Pong, Record, WireError
+from ..codec.wire import Close, PacketType, PathChallenge, PathResponse, Ping, Pong, Record, WireError
 from ..util import Address
 
 log = logging.getLogger("chatp2p.peers")
@@ -45,7 +47,25 @@ RELAY_DELAY = 2.0             # punching: relay candidates join the probes after
 UPGRADE_PROBE_INTERVAL = 5.0  # relayed sessions look for a direct path this often
 DIRECT_HOLD = 10.0            # a direct path heard from this recently is not given up for the relay
 MAX_RELAY_PEERS = 1024        # addresses routed through our relay (each needs a TURN permission)
+MAX_PENDING_PATHS = 4         # new addresses being validated per session at once
+PATH_CHALLENGE_TRIES = 4      # challenges per pending path
+PATH_CHALLENGE_INTERVAL = 0.2  # s between challenges (each needs a new frame from the path)
+PATH_VALIDATION_TIMEOUT = 10.0  # s: an unanswered pending path starts over
 KNOWN_HOST_SECONDS = 30 * 86400  # a contact's host keeps its reserved handshake capacity this long
+
+
+@dataclasses.dataclass
+class PendingPath:
+    """A new address (or route) an authentic frame came from, not yet proven to reach the peer:
+    the session moves there only when it echoes our challenge. Until then it is sent no more
+    bytes than it sent (the amplification rule of PROTOCOL §1)."""
+
+    token: bytes
+    started: float
+    received: int = 0          # bytes of authentic frames from it
+    sent: int = 0              # bytes of challenges sent to it
+    tries: int = 0
+    challenged_at: float = -1e9
 
 
 @dataclasses.dataclass
@@ -81,6 +101,7 @@ class Link:
     relay_probes: list = dataclasses.field(default_factory=list)  # relay candidates, after RELAY_DELAY
     punch_started: float = 0.0
     last_upgrade_probe: float = 0.0
+    pending_paths: dict = dataclasses.field(default_factory=dict)  # (address, relayed) -> PendingPath
 
     _id_text: tuple = dataclasses.field(default=(b"", ""), repr=False, compare=False)
 
@@ -109,6 +130,11 @@ class LinkObserver(Protocol):
     def link_down(self, link: Link) -> None: ...
     def records(self, link: Link, records: list[Record]) -> None: ...
     def tick(self, now: float) -> None: ...
+
+    def path_changed(self, link: Link) -> None:
+        """The session moved to a new, validated address: what was learnt about the old path
+        (its datagram size above all) no longer holds."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,17 +444,17 @@ class Network:
             moving = False  # a straggler on the relay while the direct path works: stay direct
         if moving:
             # An authenticated frame from a new address or route: the peer's NAT rebound, it
-            # moved, or a direct path opened under a relayed session.
-            log.info("%s moved from %s to %s%s", link.name, link.address, address, " (relayed)" if relayed else "")
-            link.address, link.via_relay = address, relayed
-            self._remember_address(link, address)
-            if path != link.path and not link.service:
-                link.path = path
-                self.publish("path_changed", {"peer": link.name, "fingerprint": link.id_text,
-                                              "path": path, "address": _fmt(address)})
+            # moved, a direct path opened under a relayed session -- or someone on the path
+            # replayed a frame from a spoofed source. Challenge the address before moving.
+            self._challenge_path(link, address, relayed, len(data), now)
         upper: list[Record] = []
         for record in records:
-            if isinstance(record, Ping):
+            if isinstance(record, PathChallenge):
+                # Echo to where it came from (the same size: no amplification).
+                self._send_on_path(link, [PathResponse(record.data)], address, relayed, now)
+            elif isinstance(record, PathResponse):
+                self._path_answered(link, record.data, address, relayed)
+            elif isinstance(record, Ping):
                 self._send(link, [Pong(record.timestamp)])
             elif isinstance(record, Pong):
                 sent = record.echo / 1e6
@@ -443,6 +469,61 @@ class Network:
         if upper:
             for observer in self._observers_for(link):
                 observer.records(link, upper)
+
+    # -- path validation (PROTOCOL §5) -----------------------------------------------------
+    def _challenge_path(self, link: Link, address: Address, relayed: bool, size: int, now: float) -> None:
+        key = (address, relayed)
+        pending = link.pending_paths.get(key)
+        if pending is not None and now - pending.started > PATH_VALIDATION_TIMEOUT:
+            pending = None
+        if pending is None:
+            if len(link.pending_paths) >= MAX_PENDING_PATHS:
+                oldest = min(link.pending_paths, key=lambda k: link.pending_paths[k].started)
+                del link.pending_paths[oldest]
+            pending = link.pending_paths[key] = PendingPath(secrets.token_bytes(wire.PATH_TOKEN_LEN), now)
+            self.counters["path_challenges_started"] += 1
+        pending.received += size
+        if pending.tries >= PATH_CHALLENGE_TRIES or now - pending.challenged_at < PATH_CHALLENGE_INTERVAL:
+            return
+        assert link.session is not None
+        datagrams = link.session.seal([PathChallenge(pending.token)], now, self.config.max_datagram)
+        cost = sum(len(d) for d in datagrams)
+        if pending.sent + cost > pending.received:
+            return  # not more than it sent us: wait for more frames from it
+        pending.sent += cost
+        pending.tries += 1
+        pending.challenged_at = now
+        for datagram in datagrams:
+            self.send_to(datagram, address, relayed)
+
+    def _send_on_path(self, link: Link, records: list[Record], address: Address, relayed: bool,
+                      now: float) -> None:
+        if link.session is None:
+            return
+        for datagram in link.session.seal(records, now, self.config.max_datagram):
+            self.send_to(datagram, address, relayed)
+
+    def _path_answered(self, link: Link, token: bytes, address: Address, relayed: bool) -> None:
+        pending = link.pending_paths.get((address, relayed))
+        if pending is None or not hmac.compare_digest(token, pending.token):
+            self.counters["dropped_path_response"] += 1
+            return
+        link.pending_paths.clear()
+        self._move(link, address, relayed)
+
+    def _move(self, link: Link, address: Address, relayed: bool) -> None:
+        """The peer proved it receives at `address`: the session goes there from now on."""
+        log.info("%s moved from %s to %s%s", link.name, link.address, address, " (relayed)" if relayed else "")
+        self.counters["paths_validated"] += 1
+        path = self._path_of(link, address, relayed)
+        link.address, link.via_relay = address, relayed
+        self._remember_address(link, address)
+        if path != link.path and not link.service:
+            link.path = path
+            self.publish("path_changed", {"peer": link.name, "fingerprint": link.id_text,
+                                          "path": path, "address": _fmt(address)})
+        for observer in self._observers_for(link):
+            observer.path_changed(link)
 
     def _observers_for(self, link: Link) -> list:
         """Chat layers hear about chat peers, the rendezvous layer about service sessions."""
@@ -662,6 +743,7 @@ class Network:
             self._initiators.pop(link.initiator.conn_id, None)
             link.initiator.abandon()
         link.session = None
+        link.pending_paths.clear()
         link.state = LinkState.OFFLINE
         link.established.set()
         link.established = gevent.event.Event()

@@ -431,6 +431,9 @@ class Messenger:
             self._release_partials(state)  # the sender resends what is not acknowledged
             self._release_early(state)
 
+    def path_changed(self, link: Link) -> None:
+        pass  # messages fit the smallest datagram: nothing to relearn on a new path
+
     def tick(self, now: float) -> None:
         for fingerprint, state in self.states.items():
             if state.partial:

@@ -787,6 +787,21 @@ class Transfers:
                 transfer.accept_pending = True
                 transfer.control_sent, transfer.control_tries = now, 1
 
+    def path_changed(self, link: Link) -> None:
+        """The session moved to a validated new address: the datagram size probed on the old
+        path does not hold there, nor does its bandwidth. Back to 1200-byte datagrams and a
+        fresh congestion controller; the probe searches the new path again."""
+        channel = self.channels.get(link.fingerprint)
+        if channel is None:
+            return
+        now = time.monotonic()
+        channel.max_datagram = wire.MAX_DATAGRAM
+        channel.bbr = Bbr(wire.MAX_DATAGRAM, now)
+        channel.probe_id = channel.probe_size = channel.probe_tries = channel.ptos = channel.check_id = 0
+        channel.probe_done = False
+        channel.probe_after = now
+        self.counters["transfer_path_changes"] += 1
+
     def link_down(self, link: Link) -> None:
         channel = self.channels.pop(link.fingerprint, None)
         if channel is not None and channel.ack_timer is not None:
