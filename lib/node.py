@@ -17,6 +17,7 @@ from .config import Config
 from .crypto import identity as ident, pqc
 from .errors import Busy
 from .events import EventBus
+from .runtime import RuntimeFiles
 from .lockfile import DataDirLock
 from .net import nat
 from .net.lan import LanDiscovery
@@ -78,7 +79,9 @@ class Node:
             self.rollover = ident.load_rollover(self.data_dir, self.identity, self.backend)
             self.store = Store(self.data_dir / "chatp2p.db")
             self._closers.append(self.store.close)
-            self.events = EventBus(self._event_endpoints())
+            # A tcp:// events endpoint is open to every local user: it asks for the API token.
+            tcp_token = RuntimeFiles(self.data_dir).ensure_token() if self.config.events_port is not None else None
+            self.events = EventBus(self._event_endpoints(), tcp_token=tcp_token)
             self._closers.append(self._close_events)
             self._publishing = True
             self.contacts = ContactBook(self.store, self.identity.fingerprint, self.events.publish,

@@ -22,10 +22,12 @@ def teardown_module():
     shutil.rmtree(TMP, ignore_errors=True)
 
 
-def _subscriber(endpoint, topic=b""):
+def _subscriber(endpoint, topic=b"", password=None):
     context = zmq.Context.instance()
     sub = context.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 0)
+    if password is not None:
+        sub.plain_username, sub.plain_password = b"chatp2p", password
     sub.setsockopt(zmq.SUBSCRIBE, topic)
     sub.connect(endpoint)
     return sub
@@ -50,12 +52,12 @@ def _wait_joined(bus, sub, topic="probe"):
 
 
 def test_two_frames_and_in_process_subscribers():
-    bus = EventBus([f"ipc://{os.path.join(TMP, 'a.sock')}", "tcp://127.0.0.1:0"])
+    bus = EventBus([f"ipc://{os.path.join(TMP, 'a.sock')}", "tcp://127.0.0.1:0"], tcp_token="t0ken")
     seen = []
     bus.subscribe(seen.append)
     try:
         assert bus.endpoints[1].startswith("tcp://127.0.0.1:") and not bus.endpoints[1].endswith(":0")
-        sub = _subscriber(bus.endpoints[1], b"contact_")
+        sub = _subscriber(bus.endpoints[1], b"contact_", password=b"t0ken")
         _wait_joined(bus, sub, "contact_probe")     # this very subscriber (it only takes contact_*)
         bus.publish("probe", None)                  # filtered out by its topic
         bus.publish("contact_added", {"name": "Bob"})

@@ -174,7 +174,7 @@ class RemoteBackend:
         import zmq.green as zmq
         from zmq.utils.monitor import recv_monitor_message
 
-        from chatp2p_core.api.ctl import pick_event_endpoint
+        from chatp2p_core.api.ctl import authenticate_subscriber, pick_event_endpoint
 
         try:
             reply = self.call("status")
@@ -190,6 +190,7 @@ class RemoteBackend:
         context = zmq.Context()
         sub = context.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
+        authenticate_subscriber(sub, endpoint, self.token)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self._zmq = [context, sub, monitor]

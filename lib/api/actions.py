@@ -120,6 +120,12 @@ def build_table(handlers: Optional[Mapping[tuple[str, Optional[str]], Handler]] 
               help="extension: resume a paused (or failed) transfer from what was received",
               answer=TransferView)
 
+    table.add("events", "subscribe", bind("events", "subscribe"),
+              (Field("events", "list", required=False, item_kind="str", max_len=64),),
+              help="extension: stream events on this connection, one JSON line each after this answer "
+                   "(only the named ones when `events` is given); for clients without ZeroMQ",
+              blocking=False, answer=answers.EventsSubscribed)
+
     table.add("crypto", "generate_keypair", bind("crypto", "generate_keypair"),
               help="a fresh key pair (never the node's identity)", blocking=False,
               answer=answers.KeyPair)

@@ -129,6 +129,12 @@ class Encrypted(TypedDict):
     encrypted_data: str
 
 
+class EventsSubscribed(TypedDict):
+    """The events this connection now streams (empty: all of them), one JSON line each."""
+
+    events: list[str]
+
+
 class Decrypted(TypedDict):
     message: str
 

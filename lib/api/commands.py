@@ -17,7 +17,8 @@ from ..node import Node
 from ..store import Contact, Message
 from ..util import iso_utc
 from . import actions
-from .table import CommandTable, Deferred, Handler, Reply
+from .table import ApiError, CommandTable, Deferred, Handler, Reply, Subscription
+from ..contract import EVENTS
 
 
 
@@ -170,6 +171,15 @@ def p2p_transfers(node: Node, data: dict) -> Any:
     return node.p2p.transfers.list()
 
 
+# -- events ---------------------------------------------------------------------------------
+def events_subscribe(node: Node, data: dict) -> Subscription:
+    names = frozenset(data["events"] or ())
+    unknown = sorted(names - set(EVENTS))
+    if unknown:
+        raise ApiError(f"Unknown event {unknown[0]!r} (events: {', '.join(sorted(EVENTS))})")
+    return Subscription(node.events.subscribe, names)
+
+
 # -- crypto ---------------------------------------------------------------------------------
 def crypto_generate_keypair(node: Node, data: dict) -> dict:
     return ident.generate_keypair_export(node.backend)
@@ -218,6 +228,7 @@ HANDLERS: Mapping[tuple[str, Optional[str]], Handler] = MappingProxyType({
     ("p2p", "cancel_transfer"): _transfer_action("cancel"),
     ("p2p", "pause_transfer"): _transfer_action("pause"),
     ("p2p", "resume_transfer"): _transfer_action("resume"),
+    ("events", "subscribe"): events_subscribe,
     ("crypto", "generate_keypair"): crypto_generate_keypair,
     ("crypto", "encrypt"): crypto_encrypt,
     ("crypto", "decrypt"): crypto_decrypt,

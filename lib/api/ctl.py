@@ -350,6 +350,8 @@ def _show_status(data: Any) -> str:
 # (required fields are positional arguments in their declared order, optional ones --options;
 # an action `a_b` is also `a-b`). Declared here once; the rows, their fields and help are the
 # table's (lib/api/actions.py).
+OWN_VERBS = ("events",)              # `chatp2pctl events` prints events itself (the table's
+                                     # `events subscribe` is for clients that keep a connection)
 PASS_THROUGH_COMMANDS = ("p2p",)       # ACTION KEY=VALUE...: any action, data as pairs
 OPTION_NAMES = {
     ("crypto", "encrypt", "public_key"): "--key",                    # a required field given as an option
@@ -439,6 +441,15 @@ def pick_event_endpoint(endpoints: Sequence[str]) -> str | None:
     return endpoints[0] if endpoints else None
 
 
+def authenticate_subscriber(sub: Any, endpoint: str, token: str | None) -> None:
+    """A tcp:// events endpoint asks for the API token (ZeroMQ PLAIN, events.TCP_USER);
+    the ipc:// one, in the owner's 0700 data dir, asks for nothing."""
+    if endpoint.startswith("tcp://") and token:
+        from ..events import TCP_USER
+        sub.plain_username = TCP_USER
+        sub.plain_password = token.encode()
+
+
 def _event_matches(name: str, filters: Sequence[str]) -> bool:
     if not filters:
         return True
@@ -458,12 +469,12 @@ def run_events(args: argparse.Namespace, host: str, port: int, token: str | None
         _print(f"{PROG}: the daemon publishes no event endpoint", sys.stderr)
         return EXIT_FAILED
     try:
-        return _print_events(endpoint, list(args.names))
+        return _print_events(endpoint, list(args.names), token)
     except KeyboardInterrupt:
         return EXIT_OK
 
 
-def _print_events(endpoint: str, filters: list[str]) -> int:
+def _print_events(endpoint: str, filters: list[str], token: str | None) -> int:
     """Subscribe and print; a socket monitor tells when the subscription is live or lost."""
     import zmq  # the plain, blocking pyzmq: this process runs no gevent loop
     from zmq.utils.monitor import recv_monitor_message
@@ -471,6 +482,7 @@ def _print_events(endpoint: str, filters: list[str]) -> int:
     context = zmq.Context()
     sub = context.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
+    authenticate_subscriber(sub, endpoint, token)
     # ZeroMQ filters on a prefix of the first frame (the event name); exact names are checked
     # again below so that `contact_added` does not also match `contact_added_twice`.
     for name in filters or [""]:
@@ -569,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     for row in build_table().actions():
         rows.setdefault(row.command, []).append(row)
     for name, command_rows in rows.items():
+        if name in OWN_VERBS:
+            continue
         if name in PASS_THROUGH_COMMANDS:
             _pass_through_command(sub, name, command_rows)
         elif len(command_rows) == 1 and command_rows[0].action is None:

@@ -24,7 +24,7 @@ import gevent.pool
 import gevent.server
 
 from ..errors import Busy
-from .table import Call, CommandTable, Deferred, response
+from .table import Call, CommandTable, Deferred, Subscription, response
 from ..codec.jsonstream import JsonStreamScanner
 from ..passes import PassRunner
 from ..util import encode_json
@@ -35,6 +35,7 @@ MAX_PENDING_PER_CONNECTION = 256
 RECV_SIZE = 65536
 FLUSH_EVERY = 32  # answers of one read written without waiting for the rest of the read
 WRITE_TIMEOUT = 5.0  # s a closing connection waits for its last answers to be written
+EVENT_BACKLOG = 100_000  # lines waiting for a subscribed client that does not read: cut it off
 
 
 UNKNOWN_USER_ERROR = ("Refused: the daemon cannot tell which local user opened this connection "
@@ -204,6 +205,7 @@ class _Connection:
         self.closed = False
         self.greenlet = gevent.getcurrent()
         self.last_progress = time.monotonic()         # last byte read or written
+        self.unsubscribe: Callable[[], None] | None = None  # set while events stream here
 
     def idle(self, now: float, timeout: float) -> bool:
         """No byte moved for `timeout` while the client waits for no answer (or while an
@@ -216,6 +218,8 @@ class _Connection:
         try:
             self._read()
         finally:
+            if self.unsubscribe is not None:
+                self.unsubscribe()
             # the answers of the last requests, then close
             with gevent.Timeout(WRITE_TIMEOUT, False):
                 while self.answerer.pending or self.writing:
@@ -329,7 +333,32 @@ class _Connection:
                     supplied.encode("utf-8", "surrogatepass"), token.encode("utf-8")):
                 return response(False, error="Missing or wrong token (see ipc.token in the data dir)",
                                 request_id=call.request_id)
-        return self.server.table.run(self.server.context, call)
+        reply = self.server.table.run(self.server.context, call)
+        if isinstance(reply, Subscription):
+            return self._subscribe(reply, call)
+        return reply
+
+    def _subscribe(self, subscription: Subscription, call: Call) -> dict:
+        """Stream events on this connection from now on (a second subscribe replaces the
+        first's filter). This connection passed the same-user check (and the token, if any)."""
+        if self.unsubscribe is not None:
+            self.unsubscribe()
+        names = subscription.names
+
+        def on_event(event: dict) -> None:
+            if self.closed or (names and event["event"] not in names):
+                return
+            if len(self.out) >= EVENT_BACKLOG:  # the client does not read: stop feeding it
+                log.warning("an API client subscribed to events does not read them: disconnected")
+                self.closed = True
+                self.greenlet.kill(IdleTimeout, block=False)
+                return
+            self.out.append(_encode(event))
+            if not self.writing:
+                self.answerer.poke()
+
+        self.unsubscribe = subscription.subscribe(on_event)
+        return response(True, {"events": sorted(names)}, request_id=call.request_id)
 
     def _answer(self, reply: dict) -> None:
         """Queue an answer that keeps request order (no id, or an error before any id)."""

@@ -64,6 +64,15 @@ class Deferred(NamedTuple):
     finish: Callable[[gevent.event.AsyncResult], Any]
 
 
+class Subscription(NamedTuple):
+    """A handler's answer that also turns its API connection into an event stream: the server
+    calls `subscribe(callback)` (the event bus's; it returns the unsubscribe function) and
+    writes each event, `names` only when not empty, as one JSON line after the answer."""
+
+    subscribe: Callable[[Callable[[dict], None]], Callable[[], None]]
+    names: frozenset
+
+
 Handler = Callable[[Any, dict], Any]
 
 
@@ -324,7 +333,7 @@ class CommandTable:
             assert call.action is not None
             log.exception("handler failed for %s %s", call.action.command, call.action.action)
             return response(False, error="Internal error (see the daemon log)", request_id=call.request_id)
-        if isinstance(result, Deferred):
+        if isinstance(result, (Deferred, Subscription)):
             return result
         if isinstance(result, Reply):
             return response(True, result.data, extra=result.extra, request_id=call.request_id)
@@ -335,4 +344,7 @@ class CommandTable:
         UI's way in)."""
         call = self.prepare(request)
         answer = self.run(context, call)
+        if isinstance(answer, Subscription):
+            return response(False, error="events subscribe streams on an API connection only",
+                            request_id=call.request_id)
         return self.finish(call, answer) if isinstance(answer, Deferred) else answer
