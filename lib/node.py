@@ -185,9 +185,10 @@ class Node:
         else:
             self.start_p2p()
 
-    def _lan_contacts(self) -> list[bytes]:
+    def _lan_contacts(self) -> list[tuple[bytes, bytes | None]]:
+        """(ID, LAN pair secret or None) of every unblocked contact (lan.LanContact)."""
         assert self.store is not None
-        return [c.fingerprint for c in self.store.contacts.all() if not c.blocked]
+        return [(c.fingerprint, c.lan_secret) for c in self.store.contacts.all() if not c.blocked]
 
     def _lan_found(self, fingerprint: bytes, address: tuple) -> None:
         """A contact announced itself on the LAN: connect unless a session is already up."""
@@ -197,11 +198,13 @@ class Node:
         if contact is None or contact.blocked:
             return
         link = self.network.link_for_contact(contact)
-        link.candidate_paths[address] = "lan"
         if link.connected:
             if link.address == address and link.path != "lan":
+                link.candidates.set_path(address, "lan", time.monotonic())
                 link.path = "lan"  # the session it opened to us runs on this segment
             return
+        if not link.candidates.add(address, "lan", time.monotonic()):
+            return  # dropped after repeated identity failures (net/candidates.py)
         self.network.connect(contact, [address], path="lan")
 
     def _reconnect_loop(self) -> None:
