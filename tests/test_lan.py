@@ -181,3 +181,157 @@ def test_two_nodes_on_a_segment_find_each_other():
             if node.proc is not None and node.proc.poll() is None:
                 node.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+RECORDER = r"""
+import socket, struct, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("", int(sys.argv[1])))
+sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                struct.pack("4s4s", socket.inet_aton(sys.argv[2]), socket.inet_aton("0.0.0.0")))
+print("ready", flush=True)
+while True:
+    data, (host, port) = sock.recvfrom(4096)
+    print(host, data.hex(), flush=True)
+"""
+
+FORGER = r"""
+import socket, sys, time
+from chatp2p_core.crypto.identity import parse_id
+from chatp2p_core.net import lan
+port, lan_port, targets = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+print("ready", flush=True)
+while True:
+    epoch = lan.epoch_of(time.time())
+    for target in targets:
+        host, victim_id = target.split("=", 1)
+        data = lan.encode_announcement(port, epoch, [lan.id_tag(parse_id(victim_id), epoch)])
+        sock.sendto(data, (host, lan_port))   # unicast, straight to the victim's LAN port
+    time.sleep(0.2)
+"""
+
+
+class Recorder:
+    """Every announcement heard by a listener in the attacker's namespace, as (host, bytes)."""
+
+    def __init__(self, ns):
+        import threading
+        self.proc = ns.python(RECORDER, str(lan.DEFAULT_PORT), lan.DEFAULT_GROUP)
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.items, self.lock = [], threading.Lock()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        for line in self.proc.stdout:
+            host, _, data = line.strip().partition(" ")
+            with self.lock:
+                self.items.append((host, bytes.fromhex(data)))
+
+    def from_host(self, host):
+        with self.lock:
+            return [data for h, data in self.items if h == host]
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(5)
+
+
+def _carries_id_tag(data, fingerprint):
+    epoch, _, tags = lan.decode_announcement(data)
+    return any(lan.id_tag(fingerprint, e) in tags for e in (epoch - 1, epoch, epoch + 1))
+
+
+def _key_mismatches_once_per_address_and_key(events):
+    reports = [(d["address"], d["got"]) for d in events.all("key_mismatch")]
+    assert len(reports) == len(set(reports)), reports
+    return reports
+
+
+def test_contacts_find_each_other_privately_despite_a_forger_on_the_segment():
+    """Three hosts on a segment: Alice and Bob (contacts; Alice adds Bob by ID alone, Bob adds
+    Alice with her bundle) and Mallory, who knows both IDs, runs a ChatP2P node of her own,
+    listens to the announcements and sends forged ones (unicast, with the victim's contact's
+    ID tag, pointing at her own node). (a) Alice and Bob still connect over the LAN;
+    (c) each raises at most one key_mismatch per (address, key); (b) once they had their
+    first session, Alice's announcements carry no tag that someone knowing her ID recognises,
+    while Bob still recognises them."""
+    from chatp2p_core.crypto.identity import parse_id
+    from events import Events
+    ok, reason = netns_available()
+    if not ok:
+        pytest.skip(reason)
+    tmp = tempfile.mkdtemp(prefix="chatp2p-lan-")
+    nodes, watchers, procs = [], [], []
+    try:
+        with lan_segment(3) as (ns_a, ns_b, ns_m):
+            args = ("--lan-discovery", "--p2p-host", "0.0.0.0")
+            a = NsDaemon(ns_a, os.path.join(tmp, "a"), *args)
+            b = NsDaemon(ns_b, os.path.join(tmp, "b"), *args)
+            m = NsDaemon(ns_m, os.path.join(tmp, "m"), "--p2p-host", "0.0.0.0")   # Mallory's own node
+            nodes = [a, b, m]
+            for node in nodes:
+                node.start()
+            status = {n: n.request("status")["data"] for n in nodes}
+            id_a, id_b = (status[n]["identity"]["fingerprint"] for n in (a, b))
+            fp_a, fp_b = parse_id(id_a), parse_id(id_b)
+            events_a, events_b = Events(a), Events(b)
+            watchers = [events_a, events_b]
+            recorder = Recorder(ns_m)
+            procs.append(recorder)
+            forger = ns_m.python(FORGER, str(status[m]["p2p"]["port"]), str(lan.DEFAULT_PORT),
+                                 f"{ns_a.address}={id_b}", f"{ns_b.address}={id_a}")
+            assert forger.stdout.readline().strip() == "ready"
+
+            # Alice adds Bob by ID alone; Bob, with no contact yet, announces only filler, so
+            # the forged sightings are all Alice hears of "Bob".
+            assert a.request("contacts", "add", {"peer": "Bob", "public_key": id_b})["success"]
+            mismatch = events_a.wait_data("key_mismatch", 20)[0]
+            assert mismatch["address"].startswith(ns_m.address + ":") and mismatch["expected"] == id_b
+            matched = a.request("status")["data"]["p2p"]["lan_discovery"]["matched"]
+            wait_for(lambda: a.request("status")["data"]["p2p"]["lan_discovery"]["matched"] >= matched + 10,
+                     20, "ten more forged sightings at Alice", interval=0.3)
+            assert b.request("contacts", "add", {"peer": "Alice", "public_key": a.request("status")["data"][
+                "identity"]["public_key"]})["success"]
+
+            # (a) and (c)
+            peer = wait_for(lambda: (lambda p: p if p["state"] == "connected" and p["path"] == "lan" else None)(
+                a.request("p2p", "peers")["data"][0]), 30, "a LAN session to Bob", interval=0.3)
+            assert peer["address"].startswith(ns_b.address + ":")
+            assert a.request("p2p", "send_message", {"peer": "Bob", "message": "over the LAN"})["data"] == "Message sent"
+            history = wait_for(lambda: b.request("p2p", "history", {"peer": "Alice"})["data"], 10,
+                               "the message at Bob", interval=0.2)
+            assert [msg["body"] for msg in history] == ["over the LAN"]
+            forger.kill()
+            forger.wait(5)
+            assert len(_key_mismatches_once_per_address_and_key(events_a)) >= 1
+            _key_mismatches_once_per_address_and_key(events_b)
+
+            # (b) Before the session Alice sent her ID tag (Bob had no pair secret with her) ...
+            assert any(_carries_id_tag(d, fp_a) for d in recorder.from_host(ns_a.address))
+            # ... after it, none: wait for one without, then the next ones must not carry it.
+            first = wait_for(lambda: next((i for i, d in enumerate(recorder.from_host(ns_a.address))
+                                           if i > 0 and not _carries_id_tag(d, fp_a)), None),
+                             20, "an announcement of Alice without her ID tag", interval=0.3)
+            heard_b = b.request("status")["data"]["p2p"]["lan_discovery"]["matched"]
+            later = wait_for(lambda: recorder.from_host(ns_a.address)[first:first + 3]
+                             if len(recorder.from_host(ns_a.address)) >= first + 3 else None,
+                             30, "three more announcements of Alice", interval=0.5)
+            for data in later:
+                assert not _carries_id_tag(data, fp_a)
+                epoch, _, tags = lan.decode_announcement(data)
+                assert lan.match([(fp_a, None), (fp_b, None)], epoch, tags, epoch * lan.TAG_PERIOD + 1,
+                                 own=parse_id(status[m]["identity"]["fingerprint"])) == []
+            # Bob, the contact, still recognises them (the forger is gone: these are Alice's).
+            wait_for(lambda: b.request("status")["data"]["p2p"]["lan_discovery"]["matched"] > heard_b,
+                     20, "Bob matching Alice's pair tag", interval=0.5)
+    finally:
+        for proc in procs:
+            proc.stop()
+        for watcher in watchers:
+            watcher.close()
+        for node in nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
