@@ -204,8 +204,9 @@ class Node:
         except OSError as exc:
             raise P2PStartFailed(f"Cannot start the P2P network: {exc.strerror or exc}") from None
 
-    def _lan_contacts(self) -> list[bytes]:
-        return [c.fingerprint for c in self.store.contacts.all() if not c.blocked]
+    def _lan_contacts(self) -> list[tuple[bytes, bytes | None]]:
+        """(ID, LAN pair secret or None) of every unblocked contact (lan.LanContact)."""
+        return [(c.fingerprint, c.lan_secret) for c in self.store.contacts.all() if not c.blocked]
 
     def stop_p2p(self) -> None:
         """Stop LAN discovery and the P2P network (`node.p2p` raises from now on)."""

@@ -239,3 +239,16 @@ def test_keys_are_checked_and_hidden_from_repr():
         SessionKeys(Role.INITIATOR, Suite.AES_256_GCM, b"x" * 7, b"y" * 8, bytes(32), bytes(32))
     keys = SessionKeys(Role.INITIATOR, Suite.AES_256_GCM, b"x" * 8, b"y" * 8, b"\x07" * 32, b"\x08" * 32)
     assert "\\x07" not in repr(keys) and "send_secret" not in repr(keys)
+
+
+def test_exported_secret_is_the_same_at_both_ends_and_reveals_no_traffic_key():
+    from chatp2p_core.crypto.session import Role, SessionKeys, Suite
+    i2r, r2i, h5 = bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 34))
+    initiator = SessionKeys(Role.INITIATOR, Suite.AES_256_GCM, b"a" * 8, b"b" * 8, i2r, r2i, transcript_hash=h5)
+    responder = SessionKeys(Role.RESPONDER, Suite.AES_256_GCM, b"b" * 8, b"a" * 8, r2i, i2r, transcript_hash=h5)
+    label = b"chatp2p v1 lan pair secret"
+    secret = initiator.export(label)
+    assert secret == responder.export(label) and len(secret) == 32
+    assert secret not in (i2r, r2i) and initiator.export(b"another label") != secret
+    other = SessionKeys(Role.INITIATOR, Suite.AES_256_GCM, b"a" * 8, b"b" * 8, i2r, r2i, transcript_hash=bytes(32))
+    assert other.export(label) != secret

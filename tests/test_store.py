@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from chatp2p_core.store.migrations import migrate
 from chatp2p_core.store import (
     MIGRATIONS,
     Contact,
@@ -419,6 +420,7 @@ CONTACT_WRITES: dict[str, Callable[[Store, Contact], object]] = {
     "set_blocked": lambda store, bob: store.contacts.set_blocked("Bob", True),
     "set_verified": lambda store, bob: store.contacts.set_verified("Bob", True),
     "set_bundle": lambda store, bob: store.contacts.set_bundle(bob.id, "BUNDLE64"),
+    "set_lan_secret": lambda store, bob: store.contacts.set_lan_secret(bob.id, bytes(32)),
     "replace_key": lambda store, bob: store.contacts.replace_key(bob.id, FP_C, "NEW64"),
     "touch": lambda store, bob: store.contacts.touch(bob.id, 7.0),
     "touch (with address)": lambda store, bob: store.contacts.touch(bob.id, 7.0, "192.0.2.1:4000"),
@@ -973,3 +975,26 @@ def test_sqlite_error_in_a_write_rolls_back_as_store_error():
                              "VALUES ('Eve', x'00', 1.0)")  # CHECK: 32-byte key
         assert store.contacts.count() == 0  # Bob rolled back too
         assert store.contacts.add("Bob", FP_A, None).name == "Bob"  # not stuck in a transaction
+
+
+def test_a_version_5_database_opens_and_keeps_a_lan_pair_secret():
+    """Migration 6 adds contacts.lan_secret (PROTOCOL §8) to databases made before it."""
+    with tmp_dir() as d:
+        db = d / "chatp2p.db"
+        raw = sqlite3.connect(db)
+        migrate(raw, MIGRATIONS[:5], db)
+        raw.execute("INSERT INTO contacts (name, fingerprint, created) VALUES ('Bob', ?, 1.0)", (FP_A,))
+        raw.commit()
+        raw.close()
+        with Store(db) as store:
+            bob = store.contacts.get("Bob")
+            assert bob.lan_secret is None
+            secret = bytes(range(32))
+            store.contacts.set_lan_secret(bob.id, secret)
+            assert store.contacts.get("Bob").lan_secret == secret
+            assert secret.hex() not in repr(store.contacts.get("Bob"))
+            assert "lan_secret" not in store.contacts.get("Bob").to_dict(lambda fp: fp.hex())
+            with pytest.raises(StoreError):
+                store.contacts.set_lan_secret(bob.id, b"short")
+        with Store(db) as again:
+            assert again.contacts.get("Bob").lan_secret == secret

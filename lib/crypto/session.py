@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import collections
 import enum
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -135,6 +137,17 @@ class SessionKeys:
         ):
             if not isinstance(value, bytes) or len(value) != size:
                 raise ValueError(f"{what} must be {size} bytes")
+
+    def export(self, label: bytes, length: int = 32) -> bytes:
+        """A secret both ends of this session compute alike, for use outside the session
+        (an exporter): HKDF-Expand(HKDF-Extract(salt = transcript hash, IKM = i2r || r2i),
+        label, length). Independent of the traffic keys: knowing it reveals none of them."""
+        if self.role == Role.INITIATOR:
+            i2r, r2i = self.send_secret, self.recv_secret
+        else:
+            i2r, r2i = self.recv_secret, self.send_secret
+        prk = hmac.new(self.transcript_hash, i2r + r2i, hashlib.sha256).digest()
+        return hkdf_expand(prk, label, length)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from ..crypto.handshake import (Authenticated, Established, Failed, FailReason, 
 from ..crypto.session import FrameDropped, Session, SessionConfig, SessionError
 from ..store import Contact, Store, StoreError
 from .rtt import RttEstimator
+from . import lan
+from .candidates import CandidateList
 from .transport import Transport
 from ..codec.wire import Close, PacketType, PathChallenge, PathResponse, Ping, Pong, Record, WireError
 from ..util import Address
@@ -52,6 +54,7 @@ PATH_CHALLENGE_TRIES = 4      # challenges per pending path
 PATH_CHALLENGE_INTERVAL = 0.2  # s between challenges (each needs a new frame from the path)
 PATH_VALIDATION_TIMEOUT = 10.0  # s: an unanswered pending path starts over
 KNOWN_HOST_SECONDS = 30 * 86400  # a contact's host keeps its reserved handshake capacity this long
+MAX_MISMATCH_REPORTS = 256    # (address, key) pairs whose key_mismatch was published: each once
 
 
 @dataclasses.dataclass
@@ -84,8 +87,7 @@ class Link:
     initiator_address: Optional[Address] = None
     flight_sent: float = 0.0
     flight_tries: int = 0
-    candidates: list = dataclasses.field(default_factory=list)
-    candidate_paths: dict = dataclasses.field(default_factory=dict)   # address -> "lan" | "direct"
+    candidates: CandidateList = dataclasses.field(default_factory=CandidateList)  # bounded, ordered
     rtt: RttEstimator = dataclasses.field(default_factory=lambda: RttEstimator(INITIAL_RTO, MIN_RTO, MAX_RTO))
     last_rx: float = 0.0
     last_tx: float = 0.0
@@ -102,6 +104,7 @@ class Link:
     punch_started: float = 0.0
     last_upgrade_probe: float = 0.0
     pending_paths: dict = dataclasses.field(default_factory=dict)  # (address, relayed) -> PendingPath
+    lan_secret: Optional[bytes] = None   # this session's LAN pair secret, stored once the peer is heard
 
     _id_text: tuple = dataclasses.field(default=(b"", ""), repr=False, compare=False)
 
@@ -113,6 +116,11 @@ class Link:
             text = ident.format_id(self.fingerprint)
             self._id_text = (self.fingerprint, text)
         return text
+
+    @property
+    def candidate_paths(self) -> dict:
+        """address -> "lan" | "direct" | "relayed" (read only: change through `candidates`)."""
+        return self.candidates.paths
 
     @property
     def is_stranger(self) -> bool:
@@ -170,6 +178,7 @@ class Network:
         self.relay = None                                # a TurnClient when a relay is allocated
         self.relay_peers: set = set()                    # addresses that reached us through the relay,
                                                          # only while the relay permits them
+        self._mismatches_reported: dict[tuple, None] = {}  # (address, key) -> published once
         # Hosts where a contact's session was lately: the handshake limits keep room for them.
         self._known_hosts: dict[str, float] = self._load_known_hosts()
         self.listener = self._make_listener(identity, rollover)
@@ -249,11 +258,14 @@ class Network:
         """A contact announced itself on the LAN: connect there unless a session is up (a
         session it opened to us from that address now counts as a LAN path)."""
         link = self.link_for_contact(contact)
-        link.candidate_paths[address] = "lan"
+        now = time.monotonic()
         if link.connected:
             if link.address == address and link.path != "lan":
+                link.candidates.set_path(address, "lan", now)
                 link.path = "lan"
             return
+        if not link.candidates.add(address, "lan", now):
+            return  # dropped after repeated identity failures (net/candidates.py)
         self.connect(contact, [address], path="lan")
 
     def is_online(self, contact_id: int) -> bool:
@@ -276,16 +288,15 @@ class Network:
         link = self.link_for_contact(contact)
         if contact.blocked:
             return link
-        candidates = [a for a in addresses if a]
-        for address in candidates:
-            link.candidate_paths.setdefault(address, path)
-            if address not in link.candidates:
-                position = 0 if path == "lan" else len(link.candidates)  # a LAN sighting is the best lead
-                link.candidates.insert(position, address)
+        now = time.monotonic()
+        for address in addresses:
+            if address:  # a LAN sighting goes after the addresses proven by a session (candidates.py)
+                link.candidates.add(address, path, now)
         if link.connected or (link.initiator is not None and not link.initiator.done):
             return link
-        if link.candidates:
-            self._start_handshake(link, link.candidates[0])
+        head = link.candidates.head()
+        if head is not None:
+            self._start_handshake(link, head)
         return link
 
     def punch(self, contact: Contact, candidates: list[tuple[Address, str]]) -> Link:
@@ -296,10 +307,9 @@ class Network:
             return link
         direct = [a for a, path in candidates if path != "relayed"]
         relayed = [a for a, path in candidates if path == "relayed"]
+        now = time.monotonic()
         for address, path in candidates:
-            link.candidate_paths[address] = path
-            if address not in link.candidates:
-                link.candidates.append(address)
+            link.candidates.add(address, path, now, overwrite_path=True)
         if link.initiator is not None and not link.initiator.done:
             if link.initiator.state == InitiatorState.WAIT_COOKIE:
                 link.probes.extend(a for a in direct if a not in link.probes)
@@ -436,6 +446,8 @@ class Network:
             self.counters[f"dropped_{exc.reason.value}"] += 1
             return
         link.last_rx = now
+        if link.lan_secret is not None:
+            self._store_lan_secret(link)
         path = self._path_of(link, address, relayed)
         if path != "relayed":
             link.last_direct_rx = now
@@ -524,6 +536,16 @@ class Network:
                                           "path": path, "address": _fmt(address)})
         for observer in self._observers_for(link):
             observer.path_changed(link)
+    def _store_lan_secret(self, link: Link) -> None:
+        """The session's first authenticated frame from the peer: it holds the session keys,
+        so both ends now store the same LAN pair secret (§8) and announce a pair tag."""
+        secret, link.lan_secret = link.lan_secret, None
+        if link.contact_id is None or link.service:
+            return
+        try:
+            self.store.contacts.set_lan_secret(link.contact_id, secret)
+        except StoreError as exc:  # the contact was removed meanwhile
+            log.debug("LAN secret for %s not stored: %s", link.name, exc)
 
     def _observers_for(self, link: Link) -> list:
         """Chat layers hear about chat peers, the rendezvous layer about service sessions."""
@@ -551,15 +573,31 @@ class Network:
             self._initiators.pop(link.initiator.conn_id, None) if link.initiator else None
             if event.reason == FailReason.KEY_MISMATCH:
                 got = ident.format_id(event.bundle.fingerprint()) if event.bundle else None
-                log.warning("key mismatch for %s at %s: got %s", link.name, address, got)
-                self.publish("key_mismatch", {"peer": link.name,
-                                              "expected": link.id_text,
-                                              "got": got, "address": _fmt(address)})
+                self._report_mismatch(link, address, got)
+                link.candidates.mismatch(address, now)  # to the back; dropped after repeated ones
+                head = link.candidates.head()
+                if not link.connected and head is not None and head != address:
+                    self._start_handshake(link, head)  # the next candidate, as after a timeout
+                    return
             link.failure = event.reason.value
             if not link.connected:
                 link.state = LinkState.OFFLINE
             link.established.set()  # wake waiters: they look at link.connected
             link.established = gevent.event.Event()  # a set one would make the next waiter spin
+
+    def _report_mismatch(self, link: Link, address: Address, got: Optional[str]) -> None:
+        """Publish key_mismatch once per (address, key): a forged LAN sighting retried would
+        raise the same dialog again and again."""
+        key = (tuple(address), got)
+        if key in self._mismatches_reported:
+            self.counters["key_mismatch_repeated"] += 1
+            return
+        if len(self._mismatches_reported) >= MAX_MISMATCH_REPORTS:
+            del self._mismatches_reported[next(iter(self._mismatches_reported))]
+        self._mismatches_reported[key] = None
+        log.warning("key mismatch for %s at %s: got %s", link.name, address, got)
+        self.publish("key_mismatch", {"peer": link.name, "expected": link.id_text,
+                                      "got": got, "address": _fmt(address)})
 
     def _on_listener(self, out: Output, address: Address, now: float, relayed: bool = False) -> None:
         event = out.event
@@ -701,6 +739,8 @@ class Network:
             contact = self.store.contacts.get_by_id(link.contact_id)
             if contact.bundle is None:
                 self.store.contacts.set_bundle(contact.id, event.bundle.to_base64())
+            link.candidates.proven(address, link.path)
+            link.lan_secret = lan.pair_secret(event.keys)  # stored when the peer's first frame shows it has it too
         self._remember_address(link, address)
         self._ping(link, now)
         log.info("session with %s at %s", link.name, _fmt(address))
@@ -823,8 +863,7 @@ class Network:
         link.failure = "timeout"
         others = [a for a in link.candidates if a != tried]
         if tried in link.candidates and others:
-            link.candidates.remove(tried)
-            link.candidates.append(tried)
+            link.candidates.timed_out(tried)
             self._start_handshake(link, link.candidates[0])
             return
         if not link.connected:

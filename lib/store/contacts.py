@@ -69,6 +69,7 @@ class Contact:
     last_seen: float | None
     addresses: tuple[str, ...]
     notes: str | None = None
+    lan_secret: bytes | None = dataclasses.field(default=None, repr=False)  # never in views or logs
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Contact:
@@ -83,6 +84,7 @@ class Contact:
             last_seen=row["last_seen"],
             addresses=tuple(json.loads(row["addresses"])),
             notes=row["notes"],
+            lan_secret=_blob_or_none(row, "lan_secret"),
         )
 
     def to_dict(self, format_fp: Callable[[bytes], str]) -> dict[str, Any]:
@@ -99,6 +101,15 @@ class Contact:
             "addresses": list(self.addresses),
             "notes": self.notes,
         }
+
+
+def _blob_or_none(row: sqlite3.Row, column: str) -> bytes | None:
+    """A BLOB column that a schema before its migration lacks (a store opened with fewer
+    migrations, as the tests do) reads as None."""
+    if column not in row.keys():
+        return None
+    value = row[column]
+    return bytes(value) if value is not None else None
 
 
 class _ContactIndex:
@@ -259,6 +270,15 @@ class ContactRepository:
         with self._write() as conn:
             _row_by_id(conn, contact_id)
             conn.execute("UPDATE contacts SET bundle = ? WHERE id = ?", (bundle, contact_id))
+
+    def set_lan_secret(self, contact_id: int, secret: bytes | None) -> None:
+        """Store the LAN pair secret shared with a contact (32 bytes), or forget it (None)."""
+        if secret is not None and len(secret) != 32:
+            raise InvalidValueError("A LAN pair secret is 32 bytes")
+        with self._write() as conn:
+            row = _row_by_id(conn, contact_id)
+            if row["lan_secret"] != secret:
+                conn.execute("UPDATE contacts SET lan_secret = ? WHERE id = ?", (secret, contact_id))
 
     def replace_key(self, contact_id: int, new_fingerprint: bytes, new_bundle: str) -> Contact:
         """Move a contact to its new identity key (a rollover signed by its old key).

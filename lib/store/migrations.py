@@ -98,6 +98,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     # 5: a contact's messages by direction and seq: the next outgoing seq (max) and the
     # delivered ranges are index lookups instead of scans of every outgoing row.
     ("CREATE INDEX messages_seq ON messages (contact_id, direction, seq)",),
+    # 6: the LAN pair secret shared with a contact since a session (PROTOCOL §8); NULL until then.
+    ("ALTER TABLE contacts ADD COLUMN lan_secret BLOB CHECK (lan_secret IS NULL OR length(lan_secret) = 32)",),
 )
 
 
