@@ -64,7 +64,7 @@ def main_daemon(argv: Sequence[str] | None = None, prog: str = "chatp2pd") -> in
 def _refuse_settings(config, prog: str) -> int | None:
     """Settings that make no sense together: the exit code after one clear line, or None."""
     from chatp2p_core.net import nat
-    from chatp2p_core.api.server import is_loopback
+    from chatp2p_core.util import is_loopback
 
     try:
         nat.check_settings(nat.NatSettings(tuple(config.stun_urls), tuple(config.rendezvous_servers)))
@@ -136,9 +136,15 @@ def _start_serving(config, prog: str, ready_word: str, locked_message):
     runtime = RuntimeFiles(node.data_dir)
     table = build_table()
     token = runtime.ensure_token() if config.allow_remote_ipc else None
+    ssl_context = None
+    if config.allow_remote_ipc:  # a token must not cross a network in clear: TLS, pinned
+        from chatp2p_core.api import tls
+        cert, key = tls.ensure_certificate(node.data_dir)
+        ssl_context = tls.server_context(cert, key)
+        node.ipc_tls_fingerprint = tls.certificate_fingerprint(cert)
     server = ApiServer(table, node, config.ipc_host, config.ipc_port,
                        idle_timeout=config.idle_timeout, max_request_bytes=config.max_request_bytes,
-                       max_connections=config.max_connections, token=token)
+                       max_connections=config.max_connections, token=token, ssl_context=ssl_context)
     try:
         server.start()
     except OSError as exc:
@@ -154,8 +160,9 @@ def _start_serving(config, prog: str, ready_word: str, locked_message):
     # every request and message in flight would wait for).
     gc.freeze()
     logging.getLogger("chatp2p").info(
-        "%s ipc=%s:%d events=%s p2p_port=%s id=%s", ready_word, server.address[0], server.address[1],
-        " ".join(status["events"]["endpoints"]), status["p2p"]["port"], status["identity"]["fingerprint"])
+        "%s ipc=%s:%d events=%s p2p_port=%s id=%s%s", ready_word, server.address[0], server.address[1],
+        " ".join(status["events"]["endpoints"]), status["p2p"]["port"], status["identity"]["fingerprint"],
+        f" tls_pin={node.ipc_tls_fingerprint}" if node.ipc_tls_fingerprint else "")
     return node, server, runtime, table
 
 
@@ -247,14 +254,14 @@ def _run_app_embedded(config, prog: str) -> int:
 
 def _run_app_connected(config, prog: str, host: str, port: int) -> int:
     """The UI attached to a running chatp2pd through its API and event socket."""
-    from chatp2p_core.api.ctl import ApiClient, DaemonUnreachable, format_address
-    from chatp2p_core.runtime import read_token
+    from chatp2p_core.api.ctl import ApiClient, DaemonUnreachable, format_address, resolve_target
     from chatp2p_ui import app as ui_app
     from chatp2p_ui.client import RemoteBackend
 
-    token = read_token(config.data_path)
+    # The data dir's token only for the daemon its run.json names (and, remote, its TLS pin).
+    _, _, token, pin = resolve_target(config.data_path, host, port, None)
     try:
-        with ApiClient.connect(host, port, token, timeout=10) as probe:
+        with ApiClient.connect(host, port, token, timeout=10, pin=pin) as probe:
             reply = probe.request("status")
     except DaemonUnreachable as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
@@ -267,7 +274,7 @@ def _run_app_connected(config, prog: str, host: str, port: int) -> int:
         return EXIT_RUNTIME
     logging.getLogger("chatp2p").info("attached to %s", format_address(host, port))
     with _StderrToLog(_app_log_path(config)):
-        return ui_app.run(RemoteBackend(host, port, token), config.config_path)
+        return ui_app.run(RemoteBackend(host, port, token, pin=pin), config.config_path)
 
 
 def main_app(argv: Sequence[str] | None = None) -> int:

@@ -56,6 +56,7 @@ class Node:
         self.name: str = config.name or _login_name()
         self.started_at = time.time()
         self.ipc_address: tuple[str, int] | None = None
+        self.ipc_tls_fingerprint: str | None = None   # the API's certificate pin, when it serves TLS
         self.available_backends: list[str] = []
         self.rollover: ident.Rollover | None = None  # how our previous key handed over to this one
         self.turn_override: tuple | None = None   # TURN servers given to `p2p start`
@@ -274,7 +275,8 @@ class Node:
             cached = self._status_cache = {
                 "ipc_address": address,
                 "identity": self.identity_view(),
-                "ipc": {"host": address[0], "port": address[1]} if address else None,
+                "ipc": {"host": address[0], "port": address[1],
+                        "tls_fingerprint": self.ipc_tls_fingerprint} if address else None,
                 "events": {"endpoint": self.events.endpoints[0], "endpoints": list(self.events.endpoints)},
                 "crypto": {"backend": self.backend.name, "available": list(self.available_backends)},
                 "data_dir": str(self.data_dir),

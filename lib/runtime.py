@@ -38,11 +38,44 @@ class RuntimeFiles:
             "ipc_port": status["ipc"]["port"],
             "events": status["events"]["endpoints"],
             "p2p_port": status["p2p"]["port"],
+            "tls_fingerprint": status["ipc"].get("tls_fingerprint"),
         }
         write_private_file(self.data_dir / ENDPOINTS_FILE, json.dumps(info).encode())
 
     def remove_endpoints(self) -> None:
         (self.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+
+
+def daemon_owns_port(pid: object, port: int) -> bool:
+    """True when process `pid` holds a listening TCP socket on `port` (Linux /proc): the
+    run.json naming it is not stale, and no other program took the port since. Clients send
+    the data dir's token only then."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as handle:
+                next(handle, None)
+                for line in handle:
+                    parts = line.split()
+                    if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{parts[9]}]")
+        except (OSError, ValueError):
+            continue
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def read_token(data_dir: pathlib.Path) -> str | None:

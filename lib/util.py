@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import ipaddress
 import pathlib
 import tempfile
 import time
@@ -166,3 +167,11 @@ class TokenBucket:
     def idle_full(self, now: float) -> bool:
         """Would be full by `now`: forgetting it changes nothing."""
         return self.tokens + (now - self.updated) * self.rate >= self.burst
+
+
+def is_loopback(host: str) -> bool:
+    """An address of this machine only (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -219,18 +219,65 @@ def test_unreachable_daemon_exits_3():
     assert "Traceback" not in proc.stderr
 
 
-def test_token_is_read_from_the_data_dir():
+def test_a_remote_api_is_reached_over_pinned_tls_only():
     node = Daemon(os.path.join(TMP, "token"), "--allow-remote-ipc")
     node.start()
     try:
+        # The data dir's run.json gives the pin (and the token goes to that daemon only).
         assert json.loads(run_ok("--data-dir", node.data_dir, "--json", "status"))["success"] is True
-        without = run("--port", str(node.port), "--data-dir", os.path.join(TMP, "nothing-here"), "status")
-        assert without.returncode == 1 and "token" in without.stderr
+        elsewhere = os.path.join(TMP, "nothing-here")
         token = open(os.path.join(node.data_dir, "ipc.token")).read().strip()
-        assert run("--port", str(node.port), "--token", token, "--data-dir", os.path.join(TMP, "nothing-here"),
+        pin = json.load(open(os.path.join(node.data_dir, "run.json")))["tls_fingerprint"]
+        # Without the pin, no TLS: the daemon answers nothing in clear.
+        plain = run("--port", str(node.port), "--token", token, "--data-dir", elsewhere, "status")
+        assert plain.returncode == 3, plain
+        wrong = run("--port", str(node.port), "--token", token, "--pin", "ab" * 32, "--data-dir", elsewhere, "status")
+        assert wrong.returncode == 3 and "not the pinned" in wrong.stderr and "nothing was sent" in wrong.stderr
+        pinned = ":".join(pin[i:i + 2] for i in range(0, 64, 2)).upper()   # as people paste it
+        assert run("--port", str(node.port), "--token", token, "--pin", pinned, "--data-dir", elsewhere,
                    "status").returncode == 0
+        bad_pin = run("--pin", "nope", "status")
+        assert bad_pin.returncode == 2 and "64 hexadecimal digits" in bad_pin.stderr
+        far = run("--host", "192.0.2.1", "--port", "9", "status")
+        assert far.returncode == 2 and "--pin" in far.stderr
     finally:
         node.stop()
+
+
+def test_the_token_goes_only_to_the_daemon_run_json_names():
+    """A program squatting on the API port gets no token: run.json must name the port's owner."""
+    import socket
+    import subprocess as sp
+    data_dir = pathlib.Path(TMP, "squat")
+    data_dir.mkdir(exist_ok=True)
+    (data_dir / "ipc.token").write_text("s3cret-token\n")
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    other = sp.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid, expect_token in ((other.pid, False), (os.getpid(), True), (None, False)):
+            if pid is None:
+                (data_dir / "run.json").unlink()
+            else:
+                (data_dir / "run.json").write_text(json.dumps({"pid": pid, "ipc_host": "127.0.0.1", "ipc_port": port,
+                                                               "events": [], "p2p_port": 1}))
+            client = sp.Popen([sys.executable, "-c", "import chatp2p, sys; sys.exit(chatp2p.main_ctl())",
+                               "--data-dir", str(data_dir), "--port", str(port), "--timeout", "5", "status"],
+                              stdout=sp.PIPE, stderr=sp.PIPE, env=Daemon.environment(TMP))
+            conn, _ = squatter.accept()
+            conn.settimeout(10)
+            request = b""
+            while not request.endswith(b"\n"):
+                request += conn.recv(65536)
+            conn.sendall(b'{"success":true,"data":{},"timestamp":"x"}\n')
+            conn.close()
+            client.communicate(timeout=20)
+            assert ("s3cret-token" in request.decode()) == expect_token, (pid, request)
+    finally:
+        other.kill()
+        squatter.close()
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -300,8 +347,8 @@ def test_format_helpers():
 def test_resolve_target_prefers_explicit_options():
     data_dir = NODE.data_dir
     assert ctl.resolve_target(pathlib.Path(data_dir), None, None, None)[:2] == ("127.0.0.1", NODE.port)
-    assert ctl.resolve_target(pathlib.Path(data_dir), "::1", 1234, "t") == ("::1", 1234, "t")
-    assert ctl.resolve_target(pathlib.Path(TMP, "nothing-here"), None, None, None) == ("127.0.0.1", 8889, None)
+    assert ctl.resolve_target(pathlib.Path(data_dir), "::1", 1234, "t") == ("::1", 1234, "t", None)
+    assert ctl.resolve_target(pathlib.Path(TMP, "nothing-here"), None, None, None) == ("127.0.0.1", 8889, None, None)
 
 
 def test_api_client_call_and_request():

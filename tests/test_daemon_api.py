@@ -55,6 +55,19 @@ def exchange(payload, count, port=None):
         sock.close()
 
 
+def tls_exchange(payload, port, pin):
+    """One request over the daemon's TLS API, after checking its certificate's pin."""
+    from chatp2p_core.api import tls
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock = tls.client_context().wrap_socket(raw)
+    try:
+        assert tls.fingerprint_of(sock.getpeercert(binary_form=True)) == pin
+        sock.sendall(payload)
+        return read_reply(sock.makefile("rb"))
+    finally:
+        sock.close()
+
+
 def is_closed(sock, wait=5.0):
     sock.settimeout(wait)
     try:
@@ -72,7 +85,7 @@ def test_status_fields():
     data = status["data"]
     for key in ("version", "uptime_s", "identity", "p2p", "ipc", "events", "contacts", "peers", "crypto"):
         assert key in data, key
-    assert data["ipc"] == {"host": "127.0.0.1", "port": NODE.port}
+    assert data["ipc"] == {"host": "127.0.0.1", "port": NODE.port, "tls_fingerprint": None}
     assert data["p2p"]["running"] is True and data["p2p"]["port"] > 0
     assert data["events"]["endpoint"].startswith("ipc://")
     assert data["crypto"]["backend"] in ("pycryptodome", "liboqs")
@@ -377,12 +390,25 @@ def test_non_loopback_api_needs_flag_and_then_a_token():
         token_file = pathlib.Path(node.data_dir, "ipc.token")
         assert token_file.stat().st_mode & 0o777 == 0o600
         token = token_file.read_text().strip()
-        no_token = exchange(b'{"command":"status"}\n', 1, node.port)[0]
+        # The token must not cross a network in clear: the API speaks only TLS now.
+        for name in ("ipc.crt", "ipc.key"):
+            assert pathlib.Path(node.data_dir, name).stat().st_mode & 0o777 == 0o600
+        pin = json.loads(pathlib.Path(node.data_dir, "run.json").read_text())["tls_fingerprint"]
+        assert len(pin) == 64 and pin in node.stderr_text()         # logged at start: tls_pin=...
+        plain, reader = connect(node.port)
+        plain.sendall(json.dumps({"command": "status", "token": token}).encode() + b"\n")
+        try:
+            answer = reader.readline()
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b""                                          # no answer in clear
+        plain.close()
+        no_token = tls_exchange(b'{"command":"status"}\n', node.port, pin)
         assert no_token["success"] is False and "token" in no_token["error"]
-        wrong = exchange(b'{"command":"status","token":"00"}\n', 1, node.port)[0]
+        wrong = tls_exchange(b'{"command":"status","token":"00"}\n', node.port, pin)
         assert wrong["success"] is False
-        good = exchange(json.dumps({"command": "status", "token": token}).encode() + b"\n", 1, node.port)[0]
-        assert good["success"] is True
+        good = tls_exchange(json.dumps({"command": "status", "token": token}).encode() + b"\n", node.port, pin)
+        assert good["success"] is True and good["data"]["ipc"]["tls_fingerprint"] == pin
     finally:
         node.stop()
 

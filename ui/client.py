@@ -122,8 +122,10 @@ class LocalBackend:
 class RemoteBackend:
     """`--connect`: the API over TCP and the ZeroMQ event socket of a running chatp2pd."""
 
-    def __init__(self, host: str, port: int, token: Optional[str] = None, timeout: float = 30.0) -> None:
+    def __init__(self, host: str, port: int, token: Optional[str] = None, timeout: float = 30.0,
+                 pin: Optional[str] = None) -> None:
         self.host, self.port, self.token, self.timeout = host, port, token, timeout
+        self.pin = pin  # a remote API's TLS certificate fingerprint
         self.description = f"connected to {host}:{port}"
         self._idle: list[tuple[Any, float]] = []
         self._greenlets: list = []
@@ -140,7 +142,7 @@ class RemoteBackend:
             if now - since < POOL_IDLE_SECONDS:
                 return client, True
             client.close()
-        return ApiClient.connect(self.host, self.port, self.token, self.timeout), False
+        return ApiClient.connect(self.host, self.port, self.token, self.timeout, self.pin), False
 
     def call(self, command: str, action: Optional[str] = None, data: Any = None) -> Reply:
         from chatp2p_core.api.ctl import ApiConnectionError, DaemonUnreachable

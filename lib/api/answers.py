@@ -57,6 +57,7 @@ class P2pInfo(NatView, total=False):
 class IpcInfo(TypedDict):
     host: str
     port: int
+    tls_fingerprint: Optional[str]  # SHA-256 of the API's TLS certificate (remote API only)
 
 
 class EventsInfo(TypedDict):

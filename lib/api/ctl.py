@@ -15,11 +15,13 @@ import os
 import pathlib
 import socket
 import sys
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, NamedTuple, Sequence, TextIO
 
 from ..errors import Busy, Invalid, Refused
 from ..config import DEFAULT_DATA_DIR
-from ..runtime import read_endpoints, read_token
+from ..runtime import daemon_owns_port, read_endpoints, read_token
+from ..util import is_loopback
+from .tls import normalize_pin
 from . import schema
 from .actions import build_table
 from .table import Action, Field
@@ -84,8 +86,10 @@ class ApiClient:
 
     @classmethod
     def connect(cls, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
-                timeout: float | None = DEFAULT_TIMEOUT) -> "ApiClient":
-        """Open a connection; `timeout` also bounds every later wait for an answer."""
+                timeout: float | None = DEFAULT_TIMEOUT, pin: str | None = None) -> "ApiClient":
+        """Open a connection; `timeout` also bounds every later wait for an answer. With `pin`
+        (a remote API), TLS, and the daemon's certificate must be the pinned one before
+        anything (the token above all) is sent."""
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
@@ -93,6 +97,8 @@ class ApiClient:
                 f"cannot reach the chatp2p daemon at {format_address(host, port)}: "
                 f"{_reason(exc)} — is chatp2pd running?") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if pin is not None:
+            sock = _pinned_tls(sock, host, port, pin)
         return cls(sock, token, (host, port))
 
     def request(self, command: str, action: str | None = None, data: Any = None) -> dict:
@@ -158,17 +164,46 @@ class ApiClient:
         self.close()
 
 
+def _pinned_tls(sock: socket.socket, host: str, port: int, pin: str) -> socket.socket:
+    from . import tls
+
+    try:
+        wrapped = tls.client_context().wrap_socket(sock)
+        der = wrapped.getpeercert(binary_form=True) or b""
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise ApiConnectionError(f"no TLS API at {format_address(host, port)}: {_reason(exc) if isinstance(exc, OSError) else exc}") from None
+    found = tls.fingerprint_of(der)
+    if found != pin:
+        wrapped.close()
+        raise ApiConnectionError(f"the daemon at {format_address(host, port)} presents certificate {found}, "
+                                 f"not the pinned {pin}: nothing was sent")
+    return wrapped
+
+
 # -- where the daemon is ----------------------------------------------------------------------
 def default_data_dir() -> pathlib.Path:
     """The data dir the daemon uses when given none: $CHATP2P_DATA_DIR, else the built-in one."""
     return pathlib.Path(os.environ.get("CHATP2P_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
 
 
+class Target(NamedTuple):
+    """Where the daemon is and what to show it: the token, and the TLS pin of a remote API."""
+
+    host: str
+    port: int
+    token: str | None
+    pin: str | None
+
+
 def resolve_target(data_dir: pathlib.Path, host: str | None, port: int | None,
-                   token: str | None) -> tuple[str, int, str | None]:
-    """Host, port and token to use: explicit options win, then DATA_DIR/run.json, then defaults.
+                   token: str | None, pin: str | None = None) -> Target:
+    """Host, port, token and pin: explicit options win, then DATA_DIR/run.json, then defaults.
 
     run.json matters because a daemon started with `--ipc-port 0` picks its port at random.
+    The data dir's token goes only to the daemon run.json names: through TLS with the pin
+    run.json gives, or on this machine once its pid is seen holding the port (whoever else
+    listens on 8889 gets no token). An explicit --token is the user's choice.
     """
     endpoints = read_endpoints(data_dir) or {}
     if host is None:
@@ -176,9 +211,12 @@ def resolve_target(data_dir: pathlib.Path, host: str | None, port: int | None,
     if port is None:
         found = endpoints.get("ipc_port")
         port = found if isinstance(found, int) and 0 < found < 65536 else DEFAULT_PORT
-    if token is None:
+    named = bool(endpoints) and (str(endpoints.get("ipc_host")), endpoints.get("ipc_port")) == (host, port)
+    if pin is None and named and isinstance(endpoints.get("tls_fingerprint"), str):
+        pin = endpoints["tls_fingerprint"]
+    if token is None and named and (pin is not None or daemon_owns_port(endpoints.get("pid"), port)):
         token = read_token(data_dir)
-    return host, port, token
+    return Target(host, port, token, pin)
 
 
 # -- values given on the command line -----------------------------------------------------------
@@ -414,9 +452,9 @@ def _print(text: str, stream: TextIO) -> None:
         stream.flush()
 
 
-def run_request(args: argparse.Namespace, host: str, port: int, token: str | None) -> int:
+def run_request(args: argparse.Namespace, target: Target) -> int:
     request, show = build_request(args)
-    with ApiClient.connect(host, port, token, args.timeout) as client:
+    with ApiClient.connect(target.host, target.port, target.token, args.timeout, target.pin) as client:
         reply = client.send(request)
     if args.json:
         _print(json.dumps(reply, ensure_ascii=False, separators=(",", ":")), sys.stdout)
@@ -456,9 +494,9 @@ def _event_matches(name: str, filters: Sequence[str]) -> bool:
     return any(name.startswith(f[:-1]) if f.endswith("*") else name == f for f in filters)
 
 
-def run_events(args: argparse.Namespace, host: str, port: int, token: str | None) -> int:
+def run_events(args: argparse.Namespace, target: Target) -> int:
     """Print every event as one JSON line until Ctrl-C (exit 0) or the daemon goes away (3)."""
-    with ApiClient.connect(host, port, token, args.timeout) as client:
+    with ApiClient.connect(target.host, target.port, target.token, args.timeout, target.pin) as client:
         reply = client.request("status")
     if not reply.get("success"):
         _print(f"{PROG}: {reply.get('error')}", sys.stderr)
@@ -469,7 +507,7 @@ def run_events(args: argparse.Namespace, host: str, port: int, token: str | None
         _print(f"{PROG}: the daemon publishes no event endpoint", sys.stderr)
         return EXIT_FAILED
     try:
-        return _print_events(endpoint, list(args.names), token)
+        return _print_events(endpoint, list(args.names), target.token)
     except KeyboardInterrupt:
         return EXIT_OK
 
@@ -532,7 +570,9 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument("--data-dir", default=default(None),
                        help=f"the daemon's data dir (default: $CHATP2P_DATA_DIR, else {DEFAULT_DATA_DIR})")
     group.add_argument("--token", default=default(None),
-                       help="API token (default: DATA_DIR/ipc.token if present)")
+                       help="API token (default: DATA_DIR/ipc.token, sent only to the daemon DATA_DIR/run.json names)")
+    group.add_argument("--pin", default=default(None), metavar="FINGERPRINT",
+                       help="a remote API's TLS certificate fingerprint (SHA-256; the daemon logs it as tls_pin=...)")
     group.add_argument("--timeout", type=_seconds, default=default(DEFAULT_TIMEOUT),
                        help=f"seconds to wait for the daemon (default: {DEFAULT_TIMEOUT:g})")
     group.add_argument("--json", action="store_true", default=default(False),
@@ -658,14 +698,21 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     data_dir = pathlib.Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
-    host, port, token = resolve_target(data_dir, args.host, args.port, args.token)
+    try:
+        pin = normalize_pin(args.pin) if args.pin else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    target = resolve_target(data_dir, args.host, args.port, args.token, pin)
     try:
         if args.cmd == "schema":
             _print(json.dumps(schema.document(build_table().actions()), indent=2, ensure_ascii=False), sys.stdout)
             return EXIT_OK
         if args.cmd == "events":
-            return run_events(args, host, port, token)
-        return run_request(args, host, port, token)
+            return run_events(args, target)
+        if not is_loopback(target.host) and target.pin is None:
+            raise UsageError(f"{format_address(target.host, target.port)} is not this machine: a remote API "
+                             "serves TLS, give --pin FINGERPRINT (the daemon logs it at start as tls_pin=...)")
+        return run_request(args, target)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         _print(f"{PROG}: error: {exc}", sys.stderr)

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import time
 from typing import Any, Callable
 
@@ -27,7 +28,7 @@ from ..errors import Busy
 from .table import Call, CommandTable, Deferred, Subscription, response
 from ..codec.jsonstream import JsonStreamScanner
 from ..passes import PassRunner
-from ..util import encode_json
+from ..util import encode_json, is_loopback
 
 log = logging.getLogger("chatp2p.ipc")
 
@@ -45,13 +46,6 @@ UNKNOWN_USER_ERROR = ("Refused: the daemon cannot tell which local user opened t
 
 class IdleTimeout(Busy):
     """Thrown into a connection's greenlet by the idle sweeper."""
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _proc_net_address(host: str, port: int) -> str | None:
@@ -95,7 +89,8 @@ class ApiServer:
     def __init__(self, table: CommandTable, context: Any, host: str, port: int, *,
                  idle_timeout: float, max_request_bytes: int, max_connections: int,
                  token: str | None = None, check_uid: bool = True,
-                 uid_of: Callable[[tuple, tuple], int | None] = peer_uid) -> None:
+                 uid_of: Callable[[tuple, tuple], int | None] = peer_uid,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.table = table
         self.context = context
         self.idle_timeout = idle_timeout
@@ -108,8 +103,10 @@ class ApiServer:
         self._live: set[_Connection] = set()
         self._sweeper: gevent.Greenlet | None = None
         self._pool = gevent.pool.Pool(max_connections)
+        # TLS (a remote API): every connection is wrapped; its handshake runs on the first read.
+        tls = {"ssl_context": ssl_context} if ssl_context is not None else {}
         self._server = gevent.server.StreamServer((host, port), self._handle, spawn=self._pool,
-                                                  backlog=1024)
+                                                  backlog=1024, **tls)
 
     def start(self) -> None:
         self._server.start()
