@@ -12,7 +12,7 @@ import os
 import pathlib
 import secrets
 
-from .util import write_private_file
+from .util import proc_tcp_rows, write_private_file
 
 ENDPOINTS_FILE = "run.json"
 TOKEN_FILE = "ipc.token"
@@ -52,17 +52,8 @@ def daemon_owns_port(pid: object, port: int) -> bool:
     the data dir's token only then."""
     if not isinstance(pid, int) or pid <= 0:
         return False
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table, encoding="ascii") as handle:
-                next(handle, None)
-                for line in handle:
-                    parts = line.split()
-                    if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(f"socket:[{parts[9]}]")
-        except (OSError, ValueError):
-            continue
+    inodes = {f"socket:[{parts[9]}]" for parts in proc_tcp_rows()
+              if len(parts) > 9 and parts[3] == "0A" and parts[1].rsplit(":", 1)[-1] == f"{port:04X}"}
     if not inodes:
         return False
     try:

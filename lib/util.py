@@ -13,7 +13,7 @@ import tempfile
 import time
 from json.encoder import c_make_encoder as _c_make_encoder  # None without the C accelerator
 from json.encoder import encode_basestring as _c_encode_basestring
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 # A UDP endpoint as the socket module gives it: (host, port).
 Address = tuple[str, int]
@@ -175,3 +175,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def proc_tcp_rows() -> Iterator[list[str]]:
+    """The rows of /proc/net/tcp and tcp6 (Linux), split into columns: local and remote
+    address (hex ip:port), state (0A: listening), ..., uid (column 7), inode (column 9)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as handle:
+                next(handle, None)
+                for line in handle:
+                    yield line.split()
+        except OSError:
+            continue

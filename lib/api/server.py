@@ -28,7 +28,7 @@ from ..errors import Busy
 from .table import Call, CommandTable, Deferred, Subscription, response
 from ..codec.jsonstream import JsonStreamScanner
 from ..passes import PassRunner
-from ..util import encode_json, is_loopback
+from ..util import encode_json, is_loopback, proc_tcp_rows
 
 log = logging.getLogger("chatp2p.ipc")
 
@@ -70,16 +70,9 @@ def peer_uid(local: tuple, remote: tuple) -> int | None:
         want_remote = _proc_net_address(local[0], local[1])
     except ValueError:
         return None
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table, encoding="ascii") as handle:
-                next(handle, None)
-                for line in handle:
-                    parts = line.split()
-                    if len(parts) > 7 and parts[1] == want_local and parts[2] == want_remote:
-                        return int(parts[7])
-        except OSError:
-            continue
+    for parts in proc_tcp_rows():
+        if len(parts) > 7 and parts[1] == want_local and parts[2] == want_remote:
+            return int(parts[7])
     return None
 
 
