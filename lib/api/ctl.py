@@ -532,7 +532,9 @@ def _print_events(endpoint: str, filters: list[str], token: str | None) -> int:
     try:
         sub.connect(endpoint)
         while True:
-            ready = dict(poller.poll())
+            # A bounded wait: a Ctrl-C that lands just before poll() blocks is otherwise only
+            # noticed at the next event (the signal interrupts no system call then).
+            ready = dict(poller.poll(200))
             if monitor in ready:
                 event = recv_monitor_message(monitor)["event"]
                 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
@@ -547,10 +549,13 @@ def _print_events(endpoint: str, filters: list[str], token: str | None) -> int:
                 if len(frames) == 2 and _event_matches(name, filters):
                     _print(frames[1].decode("utf-8", "replace"), sys.stdout)
     finally:
-        sub.disable_monitor()
-        monitor.close(linger=0)
-        sub.close(linger=0)
-        context.term()
+        # destroy() closes every socket of the context and then ends it: Ctrl-C arriving at
+        # any point cannot leave a socket open for term() to wait on forever.
+        try:
+            sub.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        context.destroy(linger=0)
 
 
 # -- command line ------------------------------------------------------------------------------
