@@ -318,6 +318,26 @@ def test_events_prints_json_lines_until_ctrl_c():
             proc.wait()
 
 
+def _inherit_sigint_ignored_and_blocked():
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_events_stops_on_ctrl_c_even_when_its_parent_ignored_and_blocked_it():
+    """A background job inherits SIGINT ignored (and a parent may block it): Python then never
+    raises KeyboardInterrupt, and `events` would wait forever."""
+    proc = subprocess.Popen(CTL + list(on_node("events")), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=Daemon.environment(TMP), preexec_fn=_inherit_sigint_ignored_and_blocked)
+    try:
+        assert "listening for events on ipc://" in proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # -- pure helpers -------------------------------------------------------------------------------
 def test_parse_pairs():
     assert ctl.parse_pairs(["peer=Bob", "message=a=b", "chunk_size:=8192", "urls:=[\"stun:x\"]", "empty="]) == \

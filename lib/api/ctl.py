@@ -506,10 +506,26 @@ def run_events(args: argparse.Namespace, target: Target) -> int:
     if not endpoint:
         _print(f"{PROG}: the daemon publishes no event endpoint", sys.stderr)
         return EXIT_FAILED
+    _stop_on_signals()
     try:
         return _print_events(endpoint, list(args.names), target.token)
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM end `events` whatever this process inherited: a parent may have left
+    SIGINT ignored (a background job) or blocked in the signal mask, and Python then never
+    raises KeyboardInterrupt."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupted)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _print_events(endpoint: str, filters: list[str], token: str | None) -> int:
