@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from daemon import ok  # noqa: E402
 from events import Events  # noqa: E402
-from test_transfer import make_file, sha256_of, start_pair  # noqa: E402
+from test_transfer import close_pair, make_file, sha256_of, start_pair  # noqa: E402
 
 MIB = 1 << 20
 TARGET_MIBS = 150.0
@@ -142,12 +142,7 @@ def loopback(work: str, source: str, digest: str, size: int, runs: int) -> dict:
                 "cpu_bound": statistics.median(size / MIB / max(r["cpu_a"], r["cpu_b"]) for r in results),
                 "rss_a": peak_rss_mb(a.proc.pid), "rss_b": peak_rss_mb(b.proc.pid)}
     finally:
-        for events in (ev_a, ev_b):
-            if events is not None:
-                events.close()
-        for daemon in (a, b):
-            if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
-                daemon.stop()
+        close_pair((ev_a, ev_b), (a, b))
 
 
 # -- 3: a namespace pair, clean and at 1 % loss -------------------------------------------------
@@ -206,12 +201,7 @@ def netns_runs(work: str, source: str, digest: str, size: int, runs: int, mtu: i
                           f"CPU A {result['cpu_a']:.2f} s B {result['cpu_b']:.2f} s, resent {result['resent']:.1%}"
                           f"{f', {dropped} datagrams dropped so far' if label != 'clean' else ''}", flush=True)
         finally:
-            for events in (ev_a, ev_b):
-                if events is not None:
-                    events.close()
-            for daemon in (a, b):
-                if daemon.proc is not None and daemon.proc.poll() is None:
-                    daemon.stop()
+            close_pair((ev_a, ev_b), (a, b))
     return {label: statistics.median(r["mibs"] for r in rs) for label, rs in results.items() if rs}
 
 

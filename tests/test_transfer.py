@@ -92,13 +92,18 @@ def setup_module():
     A, B, EV_A, EV_B = start_pair(TMP, "main")
 
 
-def teardown_module():
-    for events in (EV_A, EV_B):
-        if events is not None:
-            events.close()
-    for daemon in (A, B):
+def close_pair(events, daemons):
+    """Close event collectors and stop daemons, any of which may be None (a failed start)."""
+    for collector in events:
+        if collector is not None:
+            collector.close()
+    for daemon in daemons:
         if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
             daemon.stop()
+
+
+def teardown_module():
+    close_pair((EV_A, EV_B), (A, B))
     if not os.environ.get("CHATP2P_KEEP_TEST_DIR"):
         shutil.rmtree(TMP, ignore_errors=True)
 
@@ -167,10 +172,7 @@ def test_receiver_killed_mid_transfer_resumes_without_resending_what_it_had():
         # The sender sent the file once, plus what the receiver had not made durable.
         assert done["wire_bytes"] < 1.6 * size, done
     finally:
-        for events in (ev_a, ev_b):
-            events.close()
-        a.stop()
-        b.stop()
+        close_pair((ev_a, ev_b), (a, b))
 
 
 def test_sender_killed_mid_transfer_resumes_without_resending_what_was_received():
@@ -191,10 +193,7 @@ def test_sender_killed_mid_transfer_resumes_without_resending_what_was_received(
         assert received["sha256"] == expected == sha256_of(received["path"])
         assert done["wire_bytes"] < 0.6 * size, done  # the restarted sender sent only the rest
     finally:
-        for events in (ev_a, ev_b):
-            events.close()
-        a.stop()
-        b.stop()
+        close_pair((ev_a, ev_b), (a, b))
 
 
 def test_changed_source_restarts_cleanly_and_pause_resume_work():

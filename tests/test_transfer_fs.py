@@ -26,7 +26,7 @@ import pytest
 from daemon import Daemon, ok
 from events import Events
 from poll import wait_for
-from test_transfer import make_file, part_files, sha256_of, start_pair, transfers
+from test_transfer import close_pair, make_file, part_files, sha256_of, start_pair, transfers
 
 MIB = 1 << 20
 NOBODY = 65534
@@ -72,15 +72,6 @@ def marker(a, ev_b, message_id):
     """Alice sends Bob a chat message and waits for it: what she sent before has been handled."""
     ok(a.request("p2p", "send_message", {"peer": "Bob", "message": "marker", "message_id": message_id}))
     ev_b.wait_data("p2p_message_received", 10, message_id=message_id)
-
-
-def _close(events, daemons):
-    for ev in events:
-        if ev is not None:
-            ev.close()
-    for daemon in daemons:
-        if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.stop()
 
 
 # -- disk full ------------------------------------------------------------------------------------
@@ -129,10 +120,10 @@ def test_disk_full_refuses_big_offers_fails_mid_transfer_keeps_the_part_and_resu
             assert received["sha256"] == expected == sha256_of(received["path"])
             ev_a.wait_data("file_transfer_completed", 10, transfer_id=tid)
             assert not part_files(dl)
-            _close((ev_a, ev_b), (a, b))
+            close_pair((ev_a, ev_b), (a, b))
             a = b = ev_a = ev_b = None
     finally:
-        _close((ev_a, ev_b), (a, b))
+        close_pair((ev_a, ev_b), (a, b))
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -236,7 +227,7 @@ def test_permission_denied_on_the_source_the_downloads_dir_and_the_final_name():
         done = ev_a.wait_data("file_transfer_completed", 10, transfer_id=tid)[0]
         assert done["wire_bytes"] < 1.5 * size, done  # resuming did not send the file again
     finally:
-        _close((ev_a, ev_b), (a, b))
+        close_pair((ev_a, ev_b), (a, b))
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -276,5 +267,5 @@ def test_auto_accept_takes_offers_from_verified_contacts_only():
         assert transfers(b)[again]["state"] == "offered"
         assert not ev_b.all("file_transfer_started", transfer_id=again)
     finally:
-        _close((ev_a, ev_b), (a, b))
+        close_pair((ev_a, ev_b), (a, b))
         shutil.rmtree(tmp, ignore_errors=True)

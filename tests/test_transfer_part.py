@@ -9,7 +9,7 @@ import tempfile
 
 from chatp2p_core.codec.filecodec import transfer_wire_id
 from daemon import ok
-from test_transfer import make_file, sha256_of, start_pair
+from test_transfer import close_pair, make_file, sha256_of, start_pair
 
 KIB = 1024
 
@@ -47,10 +47,5 @@ def test_an_earlier_file_named_like_a_part_file_does_not_leak_into_a_new_transfe
         assert not os.listdir(part_dir)                       # the part file became the file
         assert oct(os.stat(part_dir).st_mode & 0o777) == "0o700"
     finally:
-        for events in (ev_a, ev_b):
-            if events is not None:
-                events.close()
-        for daemon in (a, b):
-            if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
-                daemon.stop()
+        close_pair((ev_a, ev_b), (a, b))
         shutil.rmtree(root, ignore_errors=True)

@@ -20,7 +20,7 @@ import pytest
 from daemon import ok
 from events import Events
 from poll import wait_for
-from test_transfer import make_file, sha256_of, start_pair
+from test_transfer import close_pair, make_file, sha256_of, start_pair
 
 MIB = 1 << 20
 
@@ -60,12 +60,7 @@ def test_a_stalled_receiver_does_not_make_the_sender_drop_to_small_datagrams():
     finally:
         if b is not None and b.proc is not None and b.proc.poll() is None:
             b.proc.send_signal(signal.SIGCONT)
-        for events in (ev_a, ev_b):
-            if events is not None:
-                events.close()
-        for daemon in (a, b):
-            if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
-                daemon.stop()
+        close_pair((ev_a, ev_b), (a, b))
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -92,12 +87,7 @@ def test_transfers_both_ways_at_once_both_progress():
         print(f"both ways: {seconds} s")
         assert max(seconds) < 3 * min(seconds) + 1, seconds  # neither direction starved
     finally:
-        for events in (ev_a, ev_b):
-            if events is not None:
-                events.close()
-        for daemon in (a, b):
-            if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
-                daemon.stop()
+        close_pair((ev_a, ev_b), (a, b))
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -149,10 +139,5 @@ def test_a_path_whose_mtu_shrinks_mid_transfer_falls_back_to_small_datagrams():
             for daemon in (a, b):
                 daemon.stop()
     finally:
-        for events in (ev_a, ev_b):
-            if events is not None:
-                events.close()
-        for daemon in (a, b):
-            if daemon is not None and daemon.proc is not None and daemon.proc.poll() is None:
-                daemon.stop()
+        close_pair((ev_a, ev_b), (a, b))
         shutil.rmtree(tmp, ignore_errors=True)
