@@ -160,6 +160,16 @@ class ContactRemoved(TypedDict):
 class P2pStarted(TypedDict):
     port: int
     lan_discovery: bool
+    online: bool
+
+
+class ContactFound(TypedDict):
+    """A contact's record was found (online mode): its candidates are being punched."""
+
+    peer: str
+    fingerprint: str
+    via: Literal["dht"]
+    candidates: int
 
 
 class P2pStopped(TypedDict):
@@ -273,6 +283,7 @@ EVENTS: dict[str, Any] = {
     "p2p_started": P2pStarted,
     "p2p_stopped": P2pStopped,
     "nat_detected": NatView,
+    "contact_found": ContactFound,
     "peer_connected": PeerConnected,
     "peer_disconnected": PeerDisconnected,
     "path_changed": PathChanged,

@@ -426,15 +426,17 @@ class NatTraversal:
             log.debug("cannot accept an introduction: %s", exc)
             return
         self.network.send_records(service.link, records)
-        targets = self._punch_list(event.requester_observed, event.candidates)
-        gevent.spawn(self._permit, [a for a, _ in targets])
-        self.network.punch(contact, targets)
+        self.punch(contact, self._punch_list(event.requester_observed, event.candidates))
 
     def _on_answer(self, event: rv.IntroAnswered) -> None:
         contact = self.store.contacts.find_by_fingerprint(event.target)
         if contact is None or contact.blocked:
             return
-        targets = self._punch_list(event.target_observed, event.candidates)
+        self.punch(contact, self._punch_list(event.target_observed, event.candidates))
+
+    def punch(self, contact: Contact, targets: list[tuple[Address, str]]) -> None:
+        """Punch towards `targets` ((address, path) pairs from an introduction or a DHT
+        record), asking our TURN server to let them in too (a relayed session needs that)."""
         gevent.spawn(self._permit, [a for a, _ in targets])
         self.network.punch(contact, targets)
 

@@ -17,6 +17,7 @@ from ..net.nat import NatTraversal
 from ..net.peers import Address, Link, LinkState, Network, parse_address
 from ..store import Contact, Store
 from .messaging import Messenger
+from .online import OnlineDiscovery
 from .transfer import Transfers
 
 RECONNECT_INTERVAL = 30.0   # seconds between attempts to reach contacts that are offline
@@ -54,9 +55,10 @@ class Connector:
     """Reaches contacts over the running network; `stop()` ends its retries."""
 
     def __init__(self, network: Network, nat: NatTraversal, messenger: Messenger, transfers: Transfers,
-                 store: Store) -> None:
+                 store: Store, online: OnlineDiscovery | None = None) -> None:
         self.network = network
         self.nat = nat
+        self.online = online
         self.messenger = messenger
         self.transfers = transfers
         self.store = store
@@ -75,8 +77,9 @@ class Connector:
 
     def connect(self, contact: Contact, address: str | None = None) -> Link:
         """Start reaching `contact`: at `address` if given, else at every address it was seen
-        at and, in parallel, through introductions by the rendezvous servers (the LAN
-        announces itself; a relay is one of the candidates an introduction brings)."""
+        at and, in parallel, through introductions by the rendezvous servers and, in online
+        mode, its DHT record (the LAN announces itself; a relay is one of the candidates an
+        introduction or a record brings)."""
         if contact.blocked:
             raise ContactBlocked(f"{contact.name} is blocked")
         candidates = [resolve(address)] if address else []
@@ -85,10 +88,12 @@ class Connector:
         candidates += [a for a in link.candidates if a not in candidates]
         if link.connected:
             return link
-        asked = self.nat.reach(contact) if not address else 0
+        asked = 0
+        if not address:
+            asked = self.nat.reach(contact) + (self.online.reach(contact) if self.online is not None else 0)
         if not candidates and not asked:
-            raise NoKnownAddress(f"No known address for {contact.name}, and no rendezvous server to ask: "
-                                 "use p2p connect with an address")
+            raise NoKnownAddress(f"No known address for {contact.name}, no rendezvous server to ask and "
+                                 "online mode is off: use p2p connect with an address")
         if not candidates:
             self.network.mark_connecting(link)  # until the introductions answer or time out
             return link
