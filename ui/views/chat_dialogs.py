@@ -18,6 +18,25 @@ def remove_contact(name: str, on_yes: Callback, on_no: Callback) -> Dialog:
                            "Remove", on_yes, on_no)
 
 
+ONLINE_CHOICE_TEXT = [
+    "How should ChatP2P reach your contacts?\n\n",
+    ("welcome_id", "Online"), ": contacts are found by ID alone, anywhere, through the public BitTorrent "
+    "DHT and public STUN servers. What it costs:\n",
+    "  • STUN servers and DHT nodes see your IP address.\n",
+    "  • Anyone who has your ID can follow your IP address while you publish under it.\n",
+    "  • DHT nodes near your record see the IP addresses that look you up.\n\n",
+    ("welcome_id", "Private"), ": nothing is contacted that you did not configure: contacts on your LAN "
+    "(if enabled), addresses you give, your own rendezvous and TURN servers.\n\n",
+    "Messages are end-to-end encrypted either way. Change it later with /online on or /online off.",
+]
+
+
+def online_choice(on_online: Callback, on_private: Callback) -> Dialog:
+    """The one-time choice of the first start (saved as `online = …` in the conf file)."""
+    return dialogs.Dialog("Online or private?", [urwid.Text(ONLINE_CHOICE_TEXT)],
+                          [("Online", on_online), ("Private", on_private)], dismissable=False)
+
+
 def my_id(me: Mapping[str, Any], on_close: Callback) -> Dialog:
     text = [
         "Your ID (read it out, or send it; any typo is detected):\n\n",
