@@ -239,7 +239,7 @@ def test_cone_nats_knowing_only_ids_connect_direct_through_the_dht():
             return publish if publish and publish["slots"] == 1 and \
                 node.call("status")["dht"]["counters"].get("dht_publishes", 0) >= 2 else None
         for node in (w.left, w.right):
-            wait_for(lambda: pairwise_only(node), 30, f"{node.label} publishes its pairwise slot only")
+            wait_for(lambda: pairwise_only(node), 90, f"{node.label} publishes its pairwise slot only")
         for host in (w.net.left_host, w.net.right_host):
             assert egress_packets(host) == 0, host.iptables("-L", EGRESS_CHAIN, "-n", "-v", "-x")
 
@@ -308,3 +308,34 @@ def test_forged_expired_and_replayed_records_are_ignored_and_counted():
         write_and_count("fresh", "dht_found")
         write_and_count("older", "dht_record_replayed")
         assert w.left.call("p2p", "peers")[0]["state"] != "connected"   # forged candidates fail the handshake
+
+
+def test_a_dead_or_flooded_dht_leaves_chat_on_known_paths_working():
+    """Online mode whose DHT answers nothing (its only bootstrap node is a dead local port):
+    status says so, and two daemons still chat at a known address while both the DHT port
+    and the P2P port take a flood of garbage datagrams."""
+    import socket
+    from test_transfer import close_pair, start_pair
+    root = tempfile.mkdtemp(prefix="chatp2p-deaddht-")
+    dead = ("--online", "--dht-private-swarm", "--dht-bootstrap", "127.0.0.1:9", "--public-stun-urls",
+            "stun:127.0.0.1:9", "--no-port-mapping", "--no-lan-discovery")
+    a = b = ev_a = ev_b = None
+    try:
+        a, b, ev_a, ev_b = start_pair(root, "dead", dead, dead)
+        status = a.request("status")["data"]["dht"]
+        assert status["mode"] == "online" and status["running"] and status["nodes"] == 0, status
+        targets = [("127.0.0.1", status["port"]), ("127.0.0.1", a.request("status")["data"]["p2p"]["port"])]
+        flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(20):
+            for target in targets:
+                for _ in range(100):
+                    flood.sendto(os.urandom(1 + (i * 37) % 1400), target)
+            message_id = f"during-flood-{i}"
+            a.request("p2p", "send_message", {"peer": "Bob", "message": "still here", "message_id": message_id})
+            ev_b.wait(lambda e: e["event"] == "p2p_message_received" and e["data"]["message_id"] == message_id,
+                      10, what=message_id)
+        flood.close()
+        assert a.proc.poll() is None and a.request("status")["data"]["dht"]["running"]
+    finally:
+        close_pair((ev_a, ev_b), (a, b))
+        shutil.rmtree(root, ignore_errors=True)

@@ -74,6 +74,7 @@ class DhtInfo(TypedDict, total=False):
 
     mode: str                   # online | private
     running: bool
+    port: Optional[int]         # the DHT's own UDP port (not the P2P port)
     nodes: int                  # nodes in the routing table
     lookups_in_flight: int
     puts_in_flight: int

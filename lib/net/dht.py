@@ -292,7 +292,8 @@ class Dht:
 
     # -- views ------------------------------------------------------------------------------
     def status(self) -> dict:
-        return {"running": self.running, "nodes": self.nodes, "lookups_in_flight": len(self._gets),
+        port = self.session.listen_port() if self.session is not None else None
+        return {"running": self.running, "port": port, "nodes": self.nodes, "lookups_in_flight": len(self._gets),
                 "puts_in_flight": len(self._puts), "traffic": dict(self.traffic), "settings": dict(self.applied),
                 "error": self.error}
 
