@@ -184,7 +184,7 @@ class StunClient:
     def _binding(self, server: Address, timeout: float, retries: int) -> tuple[Address, Address]:
         """(resolved server address, mapped address)."""
         started = time.monotonic()  # the deadline counts name resolution too
-        target = resolve(server)
+        target = resolve(server, (socket.AF_INET, socket.AF_INET6))  # a literal of either family
         name = format_address(target)
         request = Message(Method.BINDING, Class.REQUEST)
         timing = Retransmission(self.initial_rto, requests=retries + 1, max_rto=self.max_rto)
