@@ -99,3 +99,25 @@ def test_this_machines_list_parses():
     for entry in hostaddrs.interface_ipv6_addresses():
         assert entry.scope in a.SCOPES
     assert all(address_scope(ip) == a.GLOBAL for ip in hostaddrs.global_ipv6_addresses())
+
+
+def test_a_typed_address_resolves_in_the_families_the_socket_can_reach():
+    """`p2p connect` addresses: `[v6]:port` and `v4:port`, refused when the socket cannot
+    send to that family, and an IPv4-mapped literal spelled as the IPv4 address."""
+    import socket
+
+    from chatp2p_core.errors import Invalid, NotFound
+    from chatp2p_core.services.connect import resolve
+
+    both = (socket.AF_INET, socket.AF_INET6)
+    assert resolve("[2001:db8::1]:4000", both) == ("2001:db8::1", 4000)
+    assert resolve("192.0.2.1:4000", both) == ("192.0.2.1", 4000)
+    assert resolve("[::ffff:192.0.2.1]:4000", both) == ("192.0.2.1", 4000)
+    assert resolve("[2001:db8::1]:4000", (socket.AF_INET6,)) == ("2001:db8::1", 4000)
+    with pytest.raises(NotFound):
+        resolve("[2001:db8::1]:4000", (socket.AF_INET,))
+    with pytest.raises(NotFound):
+        resolve("192.0.2.1:4000", (socket.AF_INET6,))
+    for bad in ("2001:db8::1", "[2001:db8::1]", "[2001:db8::1:4000", "[::1]:0", "[::1]:99999", ""):
+        with pytest.raises(Invalid):
+            resolve(bad, both)
