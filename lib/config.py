@@ -68,7 +68,7 @@ SETTINGS: tuple[Setting, ...] = (
             "allow a non-loopback API address; every request must then carry the token from DATA_DIR/ipc.token"),
     Setting("events_port", "events", "port", "optport", None,
             "also publish events on tcp://127.0.0.1:PORT (empty = only ipc:// in the data dir; 0 = any free port)"),
-    Setting("p2p_host", "p2p", "host", "str", "0.0.0.0", "local address of the P2P UDP socket"),
+    Setting("p2p_host", "p2p", "host", "str", "0.0.0.0", "local address of the P2P UDP socket (0.0.0.0 or ::: IPv4 and IPv6 on one port)"),
     Setting("p2p_port", "p2p", "port", "port", 0, "UDP port for all peer-to-peer traffic (0 = any free port)"),
     Setting("autostart", "p2p", "autostart", "bool", True, "start the P2P network at launch"),
     Setting("online", "p2p", "online", "optbool", None,

@@ -135,9 +135,10 @@ class MessageView(TypedDict):
 
 
 class NatView(TypedDict):
-    """What STUN found out about this node's NAT."""
+    """What STUN found out about this node's NAT (and its public IPv6 address, if any)."""
 
     public_address: Optional[str]
+    public_address6: NotRequired[Optional[str]]
     mapping: str
     nat_type: str
     detail: Optional[str]
