@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from ..codec.addresses import is_ipv6, scope_or_none
 from ..errors import Invalid
 from .session import hkdf
 
@@ -139,29 +140,14 @@ def expanded_secret(seed: bytes) -> bytes:
 
 # -- candidates -----------------------------------------------------------------------------
 def usable(host: str, lan_ok: bool) -> bool:
-    """May this address be published (and be probed by a reader)? Never loopback, multicast,
-    unspecified, link-local or reserved; private (RFC 1918, CGNAT, ULA) only where LAN
-    addresses are allowed (pairwise slots). Documentation prefixes pass: tests stand for the
-    internet with them."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    """May this address be published (and be probed by a reader)? Only global addresses, and
+    private ones (RFC 1918, CGNAT, ULA) where LAN addresses are allowed (pairwise slots); never
+    loopback, link-local, multicast, unspecified, reserved or IPv4-mapped (codec.addresses;
+    documentation prefixes count as global: tests stand for the internet with them)."""
+    if is_ipv6(host) and "." in host:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return False
-    if ip.is_loopback or ip.is_multicast or ip.is_unspecified or ip.is_link_local:
-        return False
-    if isinstance(ip, ipaddress.IPv4Address) and (ip.is_reserved or ip == ipaddress.IPv4Address("255.255.255.255")):
-        return False
-    return lan_ok or not _is_lan(ip)
-
-
-_LAN_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fec0::/10"))
-
-
-def _is_lan(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return any(ip.version == net.version and ip in net for net in _LAN_NETWORKS)
+    scope = scope_or_none(host)
+    return scope == "global" or (lan_ok and scope == "private")
 
 
 def keep_usable(candidates: list[Candidate], lan_ok: bool) -> tuple[Candidate, ...]:
