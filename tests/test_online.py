@@ -82,25 +82,35 @@ class OnlineWorld(World):
     """coturn and the DHT swarm in the internet namespace; the two NATed nodes in online mode
     (or private, per side), added to each other by ID only; no rendezvous server."""
 
-    def start(self, turn=True, left_online=True, right_online=True):  # type: ignore[override]
+    def start(self, turn=True, left_online=True, right_online=True, nodes=True):  # type: ignore[override]
         net = self.net
         for host in (net.left_host, net.right_host):
             count_egress(host)
         self.start_coturn()
         self.start_swarm()
+        self.turn = turn
+        if nodes:
+            self.left = self.start_node(net.left_host, "left", left_online)
+            self.right = self.start_node(net.right_host, "right", right_online)
+        return self
+
+    def node_args(self, online=True):
+        net = self.net
         stun = f"stun:{net.public_ip}:{STUN_PORT},stun:{net.public_ip2}:{STUN_PORT}"
         # The test's STUN servers stand for the public ones: online mode uses them, private does not.
-        common = ["--public-stun-urls", stun, "--no-port-mapping"]
-        if turn:
-            common += ["--turn-url", f"turn:{net.public_ip}:{STUN_PORT}", "--turn-username", TURN_USER,
-                       "--turn-credential-file", self.turn_password_file()]
-        online = ["--online", "--dht-private-swarm", "--dht-bootstrap", ",".join(f"{ip}:{SWARM_PORT}" for ip in SWARM)]
-        self.left = self.daemon(net.left_host, "left", *common, *(online if left_online else ["--private"]))
-        self.right = self.daemon(net.right_host, "right", *common, *(online if right_online else ["--private"]))
-        for node in (self.left, self.right):
-            node.wait_ready()
-            node.subscribe()
-        return self
+        args = ["--public-stun-urls", stun, "--no-port-mapping"]
+        if self.turn:
+            args += ["--turn-url", f"turn:{net.public_ip}:{STUN_PORT}", "--turn-username", TURN_USER,
+                     "--turn-credential-file", self.turn_password_file()]
+        if online:
+            return args + ["--online", "--dht-private-swarm", "--dht-bootstrap",
+                           ",".join(f"{ip}:{SWARM_PORT}" for ip in SWARM)]
+        return args + ["--private"]
+
+    def start_node(self, ns, label, online=True):
+        node = self.daemon(ns, label, *self.node_args(online)).wait_ready()
+        node.subscribe()
+        return node
 
     def start_swarm(self):
         public = self.net.public
