@@ -309,7 +309,10 @@ def test_forged_expired_and_replayed_records_are_ignored_and_counted():
             def counted():
                 w.left.request("p2p", "connect", {"peer": "Righty"})   # hurries a lookup
                 return dht_status(w.left)["counters"].get(counter, 0) > before
-            wait_for(counted, 60, f"left counts {counter}", interval=1.0)
+            try:
+                wait_for(counted, 60, f"left counts {counter}", interval=1.0)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{dht_status(w.left)}\n{w.logs()}") from None
 
         write_and_count("garbage", "dht_record_malformed")
         write_and_count("noise", "dht_record_undecryptable")

@@ -46,7 +46,7 @@ BACKOFF = 1.5
 LOOKUP_SLOW = 300.0              # the longest interval for a contact seen in the last week
 LOOKUP_GONE = 1800.0             # ... and for a contact not seen for longer
 GONE_AFTER = 7 * 86400.0
-LOOKUP_TIMEOUT = 45.0
+LOOKUP_TIMEOUT = 30.0
 PUBLISH_TIMEOUT = 60.0
 LAN_PROBE_TARGET = ("192.0.2.1", 9)   # any address: the route's source address is our LAN address
 
