@@ -66,14 +66,21 @@ for line in sys.stdin:
         value = dr.seal(slot, dr.new_record(candidate, now, False), os.urandom(12))
     elif kind == "older":
         value = dr.seal(slot, dr.new_record(candidate, now - 600, False), os.urandom(12))
-    session.dht_put_mutable_item(slot.secret, slot.public_key, value, slot.salt)
     stored = None
-    deadline = time.time() + 60   # a put waits out unanswering nodes (15 s each)
-    while stored is None and time.time() < deadline:
-        for alert in session.pop_alerts():
-            if isinstance(alert, lt.dht_put_alert):
-                stored = alert.num_success
-        time.sleep(0.05)
+    for attempt in range(5):   # a put before the routing table filled stores nothing: again
+        session.dht_put_mutable_item(slot.secret, slot.public_key, value, slot.salt)
+        stored = None
+        deadline = time.time() + 60   # a put waits out unanswering nodes (15 s each)
+        while stored is None and time.time() < deadline:
+            for alert in session.pop_alerts():
+                if isinstance(alert, lt.dht_put_alert):
+                    stored = alert.num_success
+            time.sleep(0.05)
+        if stored:
+            break
+        for node in swarm:
+            session.add_dht_node((node.rpartition(":")[0], int(node.rpartition(":")[2])))
+        time.sleep(1)
     print("ok", stored, flush=True)
 """
 
