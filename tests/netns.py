@@ -482,8 +482,7 @@ system_uptime=yes
 min_lifetime=120
 max_lifetime=86400
 uuid=3c8a2d5e-6b1f-4f6a-9a3e-0c2b5d7e8f90
-allow 1024-65535 {lan} 1024-65535
-deny 0-65535 0.0.0.0/0 0-65535
+{allow}deny 0-65535 0.0.0.0/0 0-65535
 """
 _MINIUPNPD_READY = "Listening for NAT-PMP/PCP traffic"
 _MINIUPNPD_DISABLED = "Port forwarding is now disabled"
@@ -520,12 +519,12 @@ def stun_server(ns: Namespace, addresses: Sequence[str], directory: str, port: i
             _stop(proc)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen, grace: float = 3.0) -> None:
     """Terminate a process, kill it after a grace period."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=3.0)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=3.0)
@@ -565,10 +564,12 @@ def _lan_cidr(router: Namespace) -> str:
 
 @contextlib.contextmanager
 def natpmp_router(router: Namespace, stun: tuple[str, str, int], directory: str,
-                  upnp: bool = False, timeout: float = 15.0) -> Iterator[PortMappingRouter]:
+                  upnp: bool = False, refuse: bool = False,
+                  timeout: float = 15.0) -> Iterator[PortMappingRouter]:
     """Run miniupnpd on a nat_topology router (`left_router`/`right_router`) so that hosts on
     its LAN can map ports by NAT-PMP. `stun` is (address, second address, port) of a coturn
     in the internet namespace (`stun_server` on `public` with both public addresses).
+    `refuse`: the router answers every mapping request with "not authorized".
 
     The router also lets the STUN server's answers in (miniupnpd's change-request test) and
     forwards what its DNAT rules send to the LAN (the FORWARD chain drops the rest from `wan`).
@@ -581,7 +582,8 @@ def natpmp_router(router: Namespace, stun: tuple[str, str, int], directory: str,
     with open(conf, "w") as handle:
         handle.write(_MINIUPNPD_CONF.format(upnp="yes" if upnp else "no", stun_host=stun_a,
                                             stun_port=stun_port, table=MINIUPNPD_TABLE,
-                                            lan=_lan_cidr(router)))
+                                            allow="" if refuse else
+                                            f"allow 1024-65535 {_lan_cidr(router)} 1024-65535\n"))
     with open(nft, "w") as handle:
         handle.write(_MINIUPNPD_NFT.format(table=MINIUPNPD_TABLE))
     rules = [("INPUT", "-i", "wan", "-p", "udp", "-s", f"{stun_a},{stun_b}",
@@ -610,8 +612,8 @@ def natpmp_router(router: Namespace, stun: tuple[str, str, int], directory: str,
         wait_for(ready, timeout, "miniupnpd to listen for NAT-PMP")
         yield mapper
     finally:
-        if proc is not None:
-            _stop(proc)
+        if proc is not None:  # its rules go with the table below: no need to wait for it
+            _stop(proc, grace=0.5)
         for chain, *rule in added:
             with contextlib.suppress(NetnsError):
                 router.iptables("-D", chain, *rule)

@@ -9,6 +9,7 @@ in namespaces with documentation-prefix addresses that route nowhere else.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import subprocess
@@ -148,12 +149,19 @@ def input_drops(router) -> int:
                if "DROP" in line and "wan" in line and "NEW" in line)
 
 
-def test_a_natpmp_router_maps_the_port_and_the_internet_reaches_it(tmp_path):
-    require()
+@contextlib.contextmanager
+def mapping_world(tmp_path, **router_options):
+    """nat_topology, coturn on both public addresses, miniupnpd on the left router."""
     with nat_topology("cone", "cone") as net, \
             stun_server(net.public, (net.public_ip, net.public_ip2), str(tmp_path)) as stun, \
             natpmp_router(net.left_router, (net.public_ip, net.public_ip2, stun.port),
-                          str(tmp_path)) as router:
+                          str(tmp_path), **router_options) as router:
+        yield net, router
+
+
+def test_a_natpmp_router_maps_the_port_and_the_internet_reaches_it(tmp_path):
+    require()
+    with mapping_world(tmp_path) as (net, router):
         mapper = Mapper(net.left_host, net.left_host_ip, deadline=15)
         try:
             check_private_settings(mapper.wait("settings"), net.left_host_ip)
@@ -191,10 +199,26 @@ def test_a_router_without_natpmp_leaves_the_mapper_unavailable_and_running(tmp_p
             check_private_settings(mapper.wait("settings"), net.left_host_ip)
             status = mapper.wait("status", lambda s: s["state"] == "unavailable", what="unavailable")
             assert status["protocol"] is None and status["external"] is None
-            assert "did not answer" in status["error"]
+            assert "no mapping from the router within 2 s" in status["error"]
             assert mapper.seen("change") == []
             mapper.send("stop")
             mapper.wait("status", lambda s: s["state"] == "off", what="off")
         finally:
             mapper.close()
         assert net.left_router.run(["nft", "list", "tables"]).stdout.count(MINIUPNPD_TABLE) == 0
+
+
+def test_a_router_that_refuses_leaves_the_mapper_unavailable_with_its_reason(tmp_path):
+    require()
+    with mapping_world(tmp_path, refuse=True) as (net, router):
+        mapper = Mapper(net.left_host, net.left_host_ip, deadline=3)
+        try:
+            mapper.wait("port")
+            status = mapper.wait("status", lambda s: s["state"] == "unavailable", what="unavailable")
+            assert status["protocol"] is None and status["external"] is None
+            # libtorrent takes miniupnpd's PCP refusal for silence: the deadline decides
+            assert "no mapping from the router within 3 s" in status["error"]
+            assert mapper.seen("change") == [] and router.mappings() == []
+            assert "port mapping rejected" in router.log()
+        finally:
+            mapper.close()

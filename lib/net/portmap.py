@@ -14,7 +14,8 @@ result as an alert; this module turns those into one state:
 
 A router that refuses or does not answer is not an error: the state is "unavailable" with a
 plain reason. libtorrent never gives up on a silent router by itself (NAT-PMP retries each
-mapping for about 11 s, UPnP searches for minutes), hence the deadline.
+mapping for about 11 s, one mapping after the other, UPnP searches for minutes), and it takes
+miniupnpd's PCP refusal for silence too (it resends), hence the deadline.
 """
 
 from __future__ import annotations
@@ -162,10 +163,10 @@ class PortMapper:
         external = f"{self._mapped[0]}:{self._mapped[1]}" if self._mapped else None
         if self._state == "unavailable":
             error = self._reason
-        elif self._state == "off":
-            error = None
+        elif self._state == "trying":
+            error = self._error_text()  # one protocol failed, another may still answer
         else:
-            error = self._error_text()
+            error = None
         return {"state": self._state, "protocol": protocol, "external": external, "error": error}
 
     # -- the state machine ---------------------------------------------------------------------
@@ -205,8 +206,9 @@ class PortMapper:
                     self._unavailable(f"the router mapped port {port} but did not say a "
                                       "usable external address")
                 else:
-                    self._unavailable(self._error_text() or "the router did not answer NAT-PMP "
-                                      f"or UPnP-IGD within {self._deadline_after:g} s")
+                    self._unavailable(self._error_text() or "no mapping from the router within "
+                                      f"{self._deadline_after:g} s (no NAT-PMP/PCP or UPnP-IGD, "
+                                      "or it refused)")
         mapped = None
         if self._state == "mapped":
             port = self._ports.get("natpmp") or self._ports.get("upnp")
