@@ -549,9 +549,11 @@ class PortMappingRouter:
                                "prerouting_miniupnpd"]).stdout
         found = []
         for line in out.splitlines():
-            match = re.search(r"0x(06|11) th dport (\d+) dnat ip to ([\d.]+):(\d+)", line)
+            # e.g. iif "wan" @nh,72,8 0x11 th dport 40000 dnat ip to 203.0.113.10:40000
+            match = re.search(r"@nh,72,8 (0x[0-9a-f]+) th dport (\d+) dnat ip to ([\d.]+):(\d+)",
+                              line)
             if match:
-                proto = "tcp" if match.group(1) == "06" else "udp"
+                proto = {6: "tcp", 17: "udp"}.get(int(match.group(1), 16), match.group(1))
                 found.append((proto, int(match.group(2)), match.group(3), int(match.group(4))))
         return found
 

@@ -1,9 +1,10 @@
 """Port mapping through a real NAT router (lib/net/portmap.py, tests/netns.py natpmp_router).
 
-Topology: tests/netns.py `nat_topology`; the left router runs miniupnpd (NAT-PMP), whose STUN
-check asks a coturn on both public addresses. A process in the left host owns a libtorrent
-session and a PortMapper for its own UDP socket; datagrams sent from the public namespace to the
-mapped address must reach that socket, and stop reaching it once the mapping is deleted.
+Topology: tests/netns.py `nat_topology`; the left router runs miniupnpd (NAT-PMP, and UPnP-IGD
+for the UPnP case), whose STUN check asks a coturn on both public addresses. A process in the
+left host owns a libtorrent session and a PortMapper for its own UDP socket; datagrams sent from
+the public namespace to the mapped address must reach that socket, and stop reaching it once the
+mapping is deleted. Routers that refuse or offer nothing leave the mapper "unavailable".
 The libtorrent session names no public host: DHT, LSD off, no bootstrap nodes; all of it runs
 in namespaces with documentation-prefix addresses that route nowhere else.
 """
@@ -36,7 +37,7 @@ import json, select, socket, sys
 import libtorrent as lt
 from chatp2p_core.net.portmap import PortMapper
 
-host, deadline = sys.argv[1], float(sys.argv[2])
+host, deadline, protocols = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(",")
 
 def emit(**item):
     sys.stdout.write(json.dumps(item) + "\n")
@@ -45,7 +46,7 @@ def emit(**item):
 category = lt.alert.category_t
 session = lt.session({
     "enable_dht": False, "enable_lsd": False, "dht_bootstrap_nodes": "",
-    "enable_upnp": True, "enable_natpmp": True,
+    "enable_upnp": "upnp" in protocols, "enable_natpmp": "natpmp" in protocols,
     "listen_interfaces": f"{host}:0",
     "alert_mask": category.port_mapping_notification | category.port_mapping_log_notification
                   | category.status_notification | category.error_notification,
@@ -96,8 +97,8 @@ def require(miniupnpd: bool = True) -> None:
 class Mapper:
     """The MAPPER process in a namespace; its JSON lines collected by a thread."""
 
-    def __init__(self, ns, host_ip: str, deadline: float) -> None:
-        self.proc = ns.python(MAPPER, host_ip, str(deadline), stderr=subprocess.PIPE)
+    def __init__(self, ns, host_ip: str, deadline: float, protocols: str = "natpmp,upnp") -> None:
+        self.proc = ns.python(MAPPER, host_ip, str(deadline), protocols, stderr=subprocess.PIPE)
         self.items: list[dict] = []
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._run, daemon=True).start()
@@ -159,15 +160,21 @@ def mapping_world(tmp_path, **router_options):
         yield net, router
 
 
-def test_a_natpmp_router_maps_the_port_and_the_internet_reaches_it(tmp_path):
+# (the protocol that must map, the router offers UPnP-IGD too, what the session tries)
+PROTOCOLS = [("natpmp", False, "natpmp,upnp"), ("upnp", True, "upnp")]
+
+
+@pytest.mark.parametrize("protocol, router_upnp, session_protocols", PROTOCOLS, ids=["natpmp", "upnp"])
+def test_the_router_maps_the_port_and_the_internet_reaches_it(tmp_path, protocol, router_upnp,
+                                                              session_protocols):
     require()
-    with mapping_world(tmp_path) as (net, router):
-        mapper = Mapper(net.left_host, net.left_host_ip, deadline=15)
+    with mapping_world(tmp_path, upnp=router_upnp) as (net, router):
+        mapper = Mapper(net.left_host, net.left_host_ip, deadline=15, protocols=session_protocols)
         try:
             check_private_settings(mapper.wait("settings"), net.left_host_ip)
             port = mapper.wait("port")
             status = mapper.wait("status", lambda s: s["state"] == "mapped", what="mapped")
-            assert status == {"state": "mapped", "protocol": "natpmp", "error": None,
+            assert status == {"state": "mapped", "protocol": protocol, "error": None,
                               "external": f"{net.left_wan_ip}:{port}"}
             assert mapper.seen("change") == [[net.left_wan_ip, port]]
             assert ("udp", port, net.left_host_ip, port) in router.mappings()
