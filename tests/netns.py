@@ -16,6 +16,14 @@ never clash and a stale namespace can be told from a live run's by its creator's
     with nat_topology("cone", "cone") as net:
         echo = net.public.python(ECHO_SCRIPT, "40000")
         net.left_host.run([sys.executable, "-c", CLIENT, net.public_ip])
+
+A router that maps ports (miniupnpd; `miniupnpd_available()` says whether it can run here):
+
+    with nat_topology() as net, \
+            stun_server(net.public, (net.public_ip, net.public_ip2), tmpdir) as stun, \
+            natpmp_router(net.left_router, (net.public_ip, net.public_ip2, stun.port),
+                          tmpdir, upnp=False) as router:
+        ...  # a host on the left maps a port by NAT-PMP; router.mappings() lists them
 """
 
 from __future__ import annotations
