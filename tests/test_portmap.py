@@ -23,8 +23,9 @@ PORT = 40000
 class Session:
     """Records the port-mapping calls PortMapper makes on a libtorrent session."""
 
-    def __init__(self, handles: list[int]) -> None:
+    def __init__(self, handles: list[int], natpmp: bool = True, upnp: bool = True) -> None:
         self.handles = handles
+        self.settings = {"enable_natpmp": natpmp, "enable_upnp": upnp, "enable_dht": False}
         self.added: list[tuple[Any, int, int]] = []
         self.deleted: list[int] = []
 
@@ -35,6 +36,9 @@ class Session:
     def delete_port_mapping(self, handle):
         self.deleted.append(handle)
 
+    def get_settings(self):
+        return dict(self.settings)
+
 
 @dataclasses.dataclass
 class Error:
@@ -44,15 +48,27 @@ class Error:
         return self.text
 
 
-@dataclasses.dataclass
+# The attributes libtorrent 2.1's bindings give each alert (portmap_error_alert has no
+# map_protocol, no alert has the local address).
+FIELDS = {
+    "portmap": ("mapping", "map_protocol", "map_transport", "external_port"),
+    "portmap_error": ("mapping", "map_transport", "error"),
+    "portmap_log": ("map_transport",),
+    "external_ip": ("external_address",),
+    "dht_put": (),
+}
+DEFAULTS = {"mapping": 2, "map_protocol": UDP, "map_transport": NATPMP, "external_port": PORT,
+            "error": Error("refused"), "external_address": "198.51.100.11"}
+
+
 class Alert:
-    kind: str
-    mapping: int = 2
-    map_protocol: Any = UDP
-    map_transport: Any = NATPMP
-    external_port: int = PORT
-    error: Error = dataclasses.field(default_factory=lambda: Error("refused"))
-    external_address: str = "198.51.100.11"
+    """A stand-in for one libtorrent alert of `kind`, with only that kind's attributes."""
+
+    def __init__(self, kind: str, **values: Any) -> None:
+        assert set(values) <= set(FIELDS[kind]), f"{kind} alerts have no {set(values) - set(FIELDS[kind])}"
+        self.kind = kind
+        for name in FIELDS[kind]:
+            setattr(self, name, values.get(name, DEFAULTS[name]))
 
     def what(self) -> str:
         return self.kind
@@ -61,8 +77,8 @@ class Alert:
         return f"{self.kind} alert"
 
 
-def started(handles=(2, 2), deadline=60.0):
-    session, clock, changes = Session(list(handles)), FakeClock(), []
+def started(handles=(2, 2), deadline=60.0, **protocols):
+    session, clock, changes = Session(list(handles), **protocols), FakeClock(), []
     mapper = PortMapper(session, PORT, on_change=changes.append, deadline=deadline, clock=clock)
     mapper.start()
     return mapper, session, clock, changes
@@ -146,6 +162,13 @@ def test_refused_by_both_protocols_is_unavailable_at_once_with_the_reasons():
     mapper.on_alert(Alert("portmap_error", map_transport=UPNP, error=Error("")))
     assert mapper.status() == {"state": "unavailable", "protocol": None, "external": None,
                                "error": "natpmp: not authorized; upnp: refused"}
+
+
+def test_refused_by_the_only_protocol_on_is_unavailable_at_once():
+    mapper, _, _, _ = started(natpmp=False)
+    mapper.on_alert(Alert("portmap_error", map_transport=UPNP, error=Error("unknown UPnP error (606)")))
+    assert mapper.status() == {"state": "unavailable", "protocol": None, "external": None,
+                               "error": "upnp: unknown UPnP error (606)"}
 
 
 def test_a_port_without_an_external_address_is_unavailable_at_the_deadline():

@@ -215,16 +215,26 @@ def test_a_router_without_natpmp_leaves_the_mapper_unavailable_and_running(tmp_p
         assert net.left_router.run(["nft", "list", "tables"]).stdout.count(MINIUPNPD_TABLE) == 0
 
 
-def test_a_router_that_refuses_leaves_the_mapper_unavailable_with_its_reason(tmp_path):
+# (the protocol refused, the router offers UPnP-IGD too, what the session tries, its deadline)
+REFUSALS = [("natpmp", False, "natpmp,upnp", 3), ("upnp", True, "upnp", 60)]
+
+
+@pytest.mark.parametrize("protocol, router_upnp, session_protocols, deadline", REFUSALS,
+                         ids=["natpmp", "upnp"])
+def test_a_router_that_refuses_leaves_the_mapper_unavailable_with_its_reason(
+        tmp_path, protocol, router_upnp, session_protocols, deadline):
     require()
-    with mapping_world(tmp_path, refuse=True) as (net, router):
-        mapper = Mapper(net.left_host, net.left_host_ip, deadline=3)
+    with mapping_world(tmp_path, upnp=router_upnp, refuse=True) as (net, router):
+        mapper = Mapper(net.left_host, net.left_host_ip, deadline=deadline,
+                        protocols=session_protocols)
         try:
             mapper.wait("port")
             status = mapper.wait("status", lambda s: s["state"] == "unavailable", what="unavailable")
             assert status["protocol"] is None and status["external"] is None
-            # libtorrent takes miniupnpd's PCP refusal for silence: the deadline decides
-            assert "no mapping from the router within 3 s" in status["error"]
+            if protocol == "natpmp":  # libtorrent takes miniupnpd's PCP refusal for silence
+                assert "no mapping from the router within 3 s" in status["error"]
+            else:  # the UPnP error answer decides, long before the deadline
+                assert status["error"].startswith("upnp: ") and "606" in status["error"], status
             assert mapper.seen("change") == [] and router.mappings() == []
             assert "port mapping rejected" in router.log()
         finally:

@@ -81,6 +81,7 @@ class PortMapper:
         self._handles: set[int] = set()  # libtorrent's mapping indices for our port
         self._ports: dict[Protocol, int] = {}  # external port per protocol that mapped it
         self._errors: dict[Protocol, str] = {}  # last failure per protocol
+        self._tried: set[str] = set()  # the protocols the session has on
         self._external_ip: Optional[str] = None
         self._deadline = 0.0
         self._reason: Optional[str] = None  # why "unavailable"
@@ -96,6 +97,8 @@ class PortMapper:
         handles = self._session.add_port_mapping(lt.portmap_protocol.udp, self.local_port,
                                                  self.local_port)
         self._handles = {int(handle) for handle in handles}
+        settings = self._session.get_settings()
+        self._tried = {p for p in ("natpmp", "upnp") if settings.get(f"enable_{p}")}
         self._ports.clear()
         self._errors.clear()
         self._reason = None
@@ -172,8 +175,11 @@ class PortMapper:
     # -- the state machine ---------------------------------------------------------------------
 
     def _ours(self, alert: Any) -> bool:
+        """The alert is about our mapping. Each mapper numbers its mappings (libtorrent's own
+        listen ports come first), so the index tells; portmap_error_alert has no protocol."""
+        udp = lt.portmap_protocol.udp
         return (self._state != "off" and int(alert.mapping) in self._handles
-                and alert.map_protocol == lt.portmap_protocol.udp)
+                and getattr(alert, "map_protocol", udp) == udp)
 
     def _protocol_in_use(self) -> Optional[Protocol]:
         if self._mapped is None:
@@ -225,6 +231,6 @@ class PortMapper:
                     log.exception("port mapping: on_change failed")
 
     def _all_failed(self) -> bool:
-        """Every protocol the session tries has failed: the caller knows which ones exist only
-        through errors, so this holds once both NAT-PMP and UPnP failed."""
-        return len(self._errors) == 2 and not self._ports
+        """Every protocol the session has on has failed (a silent one never does: the deadline
+        decides then)."""
+        return bool(self._tried) and not self._ports and self._tried <= set(self._errors)
