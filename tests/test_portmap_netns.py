@@ -152,8 +152,9 @@ def input_drops(router) -> int:
 
 @contextlib.contextmanager
 def mapping_world(tmp_path, **router_options):
-    """nat_topology, coturn on both public addresses, miniupnpd on the left router."""
-    with nat_topology("cone", "cone") as net, \
+    """nat_topology (the right host behind a random NAT), coturn on both public addresses,
+    miniupnpd on the left router."""
+    with nat_topology("cone", "random") as net, \
             stun_server(net.public, (net.public_ip, net.public_ip2), str(tmp_path)) as stun, \
             natpmp_router(net.left_router, (net.public_ip, net.public_ip2, stun.port),
                           str(tmp_path), **router_options) as router:
@@ -179,10 +180,12 @@ def test_the_router_maps_the_port_and_the_internet_reaches_it(tmp_path, protocol
             assert mapper.seen("change") == [[net.left_wan_ip, port]]
             assert ("udp", port, net.left_host_ip, port) in router.mappings()
 
-            def arrives(text):
-                net.public.run([sys.executable, "-c", SEND, net.left_wan_ip, str(port), text])
+            def arrives(sender, text):
+                sender.run([sys.executable, "-c", SEND, net.left_wan_ip, str(port), text])
                 return text in mapper.seen("got")
-            wait_for(lambda: arrives("through the mapping"), 10, "a datagram through the NAT")
+            wait_for(lambda: arrives(net.public, "from the internet"), 10, "a datagram through the NAT")
+            # a peer behind a random NAT (no hole punching possible) reaches it too
+            wait_for(lambda: arrives(net.right_host, "from behind a NAT"), 10, "a datagram via two NATs")
 
             mapper.send("stop")
             mapper.wait("status", lambda s: s["state"] == "off", what="off")
