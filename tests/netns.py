@@ -528,14 +528,16 @@ def stun_server(ns: Namespace, addresses: Sequence[str], directory: str, port: i
 
 
 def _stop(proc: subprocess.Popen, grace: float = 3.0) -> None:
-    """Terminate a process, kill it after a grace period."""
+    """Terminate a process, kill it after a grace period. A killed process may still take a
+    while to go: on a machine busy with namespaces its exit can wait in the kernel for seconds
+    (seen: state D in synchronize_rcu_expedited)."""
     if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(timeout=3.0)
+            proc.wait(timeout=60.0)
 
 
 @dataclasses.dataclass
