@@ -249,3 +249,21 @@ def test_log_alerts_go_to_debug(caplog):
 def test_a_local_port_out_of_range_is_refused(port):
     with pytest.raises(ValueError):
         PortMapper(Session([2]), port)
+
+
+def test_remap_deletes_and_asks_again_and_reports_both_changes():
+    mapper, session, _, changes = started(handles=(2,))
+    mapper.on_alert(Alert("external_ip"))
+    mapper.on_alert(Alert("portmap"))
+    session.handles = [2, 3]
+    mapper.remap()
+    assert session.deleted == [2] and len(session.added) == 2
+    assert mapper.status()["state"] == "trying" and changes == [("198.51.100.11", PORT), None]
+    mapper.on_alert(Alert("portmap", mapping=3))
+    assert changes[-1] == ("198.51.100.11", PORT) and mapper.status()["state"] == "mapped"
+
+
+def test_remap_when_off_does_nothing():
+    session = Session([2])
+    PortMapper(session, PORT, clock=FakeClock()).remap()
+    assert session.added == [] and session.deleted == []

@@ -32,7 +32,8 @@ from poll import wait_for
 # A libtorrent session and a PortMapper for a UDP socket of this namespace. Prints one JSON
 # line per event: {"port"}, {"settings"}, {"status"} on every change, {"change"} from
 # on_change, {"got"} per datagram, {"bye"} once the session is deleted at the end of stdin;
-# reads "stop" (delete the mapping) from stdin.
+# reads "stop" (delete the mapping), "listen ADDRESS:PORT" (new listen_interfaces) and "remap"
+# from stdin.
 MAPPER = r"""
 import json, select, socket, sys
 import libtorrent as lt
@@ -75,8 +76,13 @@ while True:
         line = sys.stdin.readline()
         if not line:
             break
-        if line.strip() == "stop":
+        command, _, argument = line.strip().partition(" ")
+        if command == "stop":
             mapper.stop()
+        elif command == "listen":  # the session replaces its listen socket
+            session.apply_settings({"listen_interfaces": argument})
+        elif command == "remap":
+            mapper.remap()
 
 del mapper, session
 emit(bye=True)
@@ -225,6 +231,35 @@ def test_a_router_without_natpmp_leaves_the_mapper_unavailable_and_running(tmp_p
         finally:
             mapper.close()
         assert net.left_router.run(["nft", "list", "tables"]).stdout.count(MINIUPNPD_TABLE) == 0
+
+
+def test_remap_maps_again_after_the_session_replaced_its_listen_socket(tmp_path):
+    require()
+    with mapping_world(tmp_path) as (net, router):
+        mapper = Mapper(net.left_host, net.left_host_ip, deadline=15, protocols="natpmp")
+        try:
+            port = mapper.wait("port")
+            mapper.wait("status", lambda s: s["state"] == "mapped", what="mapped")
+            ours = ("udp", port, net.left_host_ip, port)
+            assert ours in router.mappings()
+            mapper.send(f"listen {net.left_host_ip}:6881")
+            # libtorrent drops the mapping with the old socket, and says nothing
+            wait_for(lambda: ("udp", 6881, net.left_host_ip, 6881) in router.mappings(), 10,
+                     "libtorrent to map its new listen port")
+            wait_for(lambda: ours not in router.mappings(), 10, "our mapping to go with the old socket")
+            changes = len(mapper.seen("change"))
+            mapper.send("remap")
+            wait_for(lambda: ours in router.mappings(), 10, "the mapping again")
+            mapper.wait("status", lambda s: s["state"] == "mapped", what="mapped again")
+            wait_for(lambda: len(mapper.seen("change")) >= changes + 2, 10, "two changes")
+            assert mapper.seen("change")[changes:] == [None, [net.left_wan_ip, port]]
+
+            def arrives():
+                net.public.run([sys.executable, "-c", SEND, net.left_wan_ip, str(port), "again"])
+                return "again" in mapper.seen("got")
+            wait_for(arrives, 10, "a datagram through the new mapping")
+        finally:
+            mapper.close()
 
 
 # (the protocol refused, the router offers UPnP-IGD too, what the session tries, its deadline)

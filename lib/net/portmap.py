@@ -7,10 +7,11 @@ its alert loop: it forwards every alert to `on_alert` and calls `tick` now and t
 maps the port once per listen interface and per protocol (NAT-PMP, UPnP) and reports each
 result as an alert; this module turns those into one state:
 
-    off --start--> trying --router maps it, external IP known--> mapped
-                     |   <--mapping lost------------------------/   |
-                     '--every protocol failed, or deadline--> unavailable --late success--> mapped
-    any --stop--> off
+    off --start--> trying --the router maps it, external IP known--> mapped
+                     |                                                  |   ^
+                     |                           mapping lost (an error) v   | a late success
+                     '--every protocol failed, or the deadline-----> unavailable
+    any --stop--> off;   remap() = stop() + start(), after the session replaced a listen socket
 
 A router that refuses or does not answer is not an error: the state is "unavailable" with a
 plain reason. libtorrent never gives up on a silent router by itself (NAT-PMP retries each
@@ -121,6 +122,14 @@ class PortMapper:
         self._state = "off"
         self._update()
         log.info("port mapping: removed UDP port %d", self.local_port)
+
+    def remap(self) -> None:
+        """Map again on the session's current listen sockets. libtorrent forgets the mappings
+        added here, without an alert, when it replaces a listen socket (a `listen_interfaces`
+        change, an interface that went away): call this after such a change."""
+        if self._state != "off":
+            self.stop()
+            self.start()
 
     def on_alert(self, alert: Any) -> bool:
         """Take one session alert; True when it was a port-mapping or external-IP alert (read
