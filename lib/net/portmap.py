@@ -82,7 +82,7 @@ class PortMapper:
         self._handles: set[int] = set()  # libtorrent's mapping indices for our port
         self._ports: dict[Protocol, int] = {}  # external port per protocol that mapped it
         self._errors: dict[Protocol, str] = {}  # last failure per protocol
-        self._tried: set[str] = set()  # the protocols the session has on
+        self._tried: set[Protocol] = set()  # the protocols the session has on
         self._external_ip: Optional[str] = None
         self._deadline = 0.0
         self._reason: Optional[str] = None  # why "unavailable"
@@ -99,7 +99,8 @@ class PortMapper:
                                                  self.local_port)
         self._handles = {int(handle) for handle in handles}
         settings = self._session.get_settings()
-        self._tried = {p for p in ("natpmp", "upnp") if settings.get(f"enable_{p}")}
+        protocols: tuple[Protocol, ...] = ("natpmp", "upnp")
+        self._tried = {p for p in protocols if settings.get(f"enable_{p}")}
         self._ports.clear()
         self._errors.clear()
         self._reason = None
