@@ -22,6 +22,8 @@ setup(
         "pystun3>=2.0",
         "urwid>=2.6",
         "cryptography>=42",
+        # Mainline DHT and the router port mapper (NAT-PMP/PCP, UPnP-IGD) of online mode.
+        "libtorrent>=2.1",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6", "import-linter>=2.1", "jsonschema>=4.18"]},
 )
