@@ -21,6 +21,7 @@ from .runtime import RuntimeFiles
 from .lockfile import DataDirLock
 from .net import nat
 from .net.dht import DhtSettings
+from .net.hostaddrs import outward_addresses
 from .net.lan import LanDiscovery
 from .services.contacts import ContactBook
 from .services.p2p import P2P, P2PStopped
@@ -176,7 +177,12 @@ class Node:
         if not config.online_mode:
             return None
         port = config.dht_port
-        return DhtSettings(listen=(f"0.0.0.0:{port}", f"[::]:{port}"), bootstrap=tuple(config.dht_bootstrap),
+        # The outward addresses, not the unspecified ones: libtorrent runs one DHT node per
+        # address it listens on, and nodes on loopback or link-local addresses answer nothing
+        # but make every lookup wait out their timeouts (15 s).
+        listen = tuple(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in outward_addresses()) \
+            or (f"0.0.0.0:{port}", f"[::]:{port}")
+        return DhtSettings(listen=listen, bootstrap=tuple(config.dht_bootstrap),
                            port_mapping=config.port_mapping, private_swarm=config.dht_private_swarm)
 
     def _nat_settings(self) -> nat.NatSettings:

@@ -234,6 +234,8 @@ def test_cone_nats_knowing_only_ids_connect_direct_through_the_dht():
         assert settings["dht_bootstrap_nodes"] == "" and settings["enable_lsd"] is False
         assert settings["enable_upnp"] is False and settings["enable_natpmp"] is False
         assert status["mode"] == "online" and status["running"] is True
+        # The DHT listens on the host's outward address only (not loopback or link-local).
+        assert settings["listen_interfaces"] == f"{w.net.left_host_ip}:0", settings
         befriend(w.left, "Righty", w.right, "Lefty")       # IDs only: no address, no bundle
         left, right = wait_found_and_connected(w, 90)
         assert left["path"] == right["path"] == "direct", (left, right)

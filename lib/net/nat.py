@@ -20,10 +20,10 @@ import gevent
 from ..errors import Invalid
 from ..crypto import identity as ident
 from . import natinfo, rendezvous as rv, stun, turn
-from ..codec.addresses import GLOBAL, is_ipv6, plain_address, scope_or_none
+from ..codec.addresses import GLOBAL, is_ipv6, scope_or_none
 from ..codec.stun import StunError, parse_server_url
 from ..codec import wire
-from .hostaddrs import global_ipv6_addresses
+from .hostaddrs import global_ipv6_addresses, local_ip_towards
 from .peers import Link, Network, _fmt
 from ..store import Contact, Store
 from .transport import UNSPECIFIED_HOSTS, Transport
@@ -98,21 +98,6 @@ def check_settings(settings: NatSettings) -> None:
             rv.parse_server(spec)
         except (rv.RendezvousError, ValueError) as exc:
             raise NatConfigError(f"rendezvous: {exc}") from None
-
-
-def _local_ip_towards(address: Address) -> Optional[str]:
-    """Our interface address used to reach `address` (a UDP connect sends nothing)."""
-    try:
-        probe = socket.socket(socket.AF_INET6 if is_ipv6(address[0]) else socket.AF_INET, socket.SOCK_DGRAM)
-    except OSError:
-        return None
-    try:
-        probe.connect((address[0], address[1] or 9))
-        return plain_address(probe.getsockname())[0]
-    except OSError:
-        return None
-    finally:
-        probe.close()
 
 
 @dataclasses.dataclass
@@ -310,10 +295,10 @@ class NatTraversal:
         if host not in UNSPECIFIED_HOSTS:
             return [host] if not is_ipv6(host) or scope_or_none(host) == GLOBAL else []
         if towards is not None and socket.AF_INET in families and not is_ipv6(towards[0]):
-            ips += [ip for ip in [_local_ip_towards(towards)] if ip]
+            ips += [ip for ip in [local_ip_towards(towards)] if ip]
         if socket.AF_INET6 in families:
             v6 = global_ipv6_addresses()
-            preferred = _local_ip_towards(towards) if towards is not None and is_ipv6(towards[0]) else None
+            preferred = local_ip_towards(towards) if towards is not None and is_ipv6(towards[0]) else None
             if preferred in v6:
                 v6.remove(preferred)
                 v6.insert(0, preferred)
