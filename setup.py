@@ -22,6 +22,7 @@ setup(
         "pystun3>=2.0",
         "urwid>=2.6",
         "cryptography>=42",
+        "segno>=1.5",        # QR codes of IDs in the terminal (chatp2pctl id --qr, /myid --qr)
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6", "import-linter>=2.1", "jsonschema>=4.18"]},
 )
