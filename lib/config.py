@@ -187,18 +187,66 @@ def _checked(setting: Setting, raw: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: {raw!r} is not valid, expected {_expected(setting)}") from None
 
 
+# What a flag's value looks like in --help, by kind (a choice lists its choices).
+METAVARS = {"str": "TEXT", "int": "N", "port": "PORT", "optport": "PORT", "float": "NUMBER", "list": "A,B,...",
+            "path": "PATH"}
+SECTION_TITLES = {"node": "identity and data", "ipc": "control API", "events": "events",
+                  "p2p": "peer-to-peer network", "files": "file transfers", "log": "logging"}
+
+
+def _shown_default(setting: Setting) -> str:
+    default = setting.default
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, list):
+        return ", ".join(default) or "none"
+    return "none" if default in (None, "") else str(default)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare --config and one flag per setting; values stay raw text until `load`."""
+    """Declare --config and one flag per setting, grouped by conf section, each help line with
+    its default and environment variable; values stay raw text until `load`."""
     parser.add_argument("--config", metavar="FILE", help=f"conf file (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--print-config", action=_PrintConfig,
+                        help="print the commented default conf file and exit "
+                             f"(e.g. chatp2p --print-config > {DEFAULT_CONFIG_PATH})")
+    groups: dict[str, Any] = {}
     for setting in SETTINGS:
+        group = groups.get(setting.section)
+        if group is None:
+            title = SECTION_TITLES.get(setting.section, setting.section)
+            group = groups[setting.section] = parser.add_argument_group(f"{title} ([{setting.section}] in the conf file)")
+        text = f"{setting.help} (default: {_shown_default(setting)}; env {setting.env})"
         if setting.secret:
-            parser.add_argument(setting.flag, action=_RefusedSecretFlag, help=argparse.SUPPRESS)
+            group.add_argument(setting.flag, action=_RefusedSecretFlag, help=argparse.SUPPRESS)
         elif setting.kind == "bool":
-            parser.add_argument(setting.flag, dest=setting.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=f"{setting.help} (env {setting.env})")
+            group.add_argument(setting.flag, dest=setting.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=text)
+        elif setting.kind == "choice":
+            group.add_argument(setting.flag, dest=setting.name, choices=setting.choices, default=None,
+                               type=str.lower, help=text)
         else:
-            parser.add_argument(setting.flag, dest=setting.name, metavar=setting.kind.upper(), default=None,
-                                help=f"{setting.help} (env {setting.env})")
+            group.add_argument(setting.flag, dest=setting.name, metavar=METAVARS.get(setting.kind, "VALUE"),
+                               default=None, help=text)
+
+
+def default_conf_text() -> str:
+    """The commented conf file the package carries (chatp2p_core/chatp2p.conf, the source
+    tree's conf/chatp2p.conf)."""
+    import importlib.resources
+
+    return importlib.resources.files(__package__).joinpath("chatp2p.conf").read_text(encoding="utf-8")
+
+
+class _PrintConfig(argparse.Action):
+    def __init__(self, option_strings, dest, help=None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        import sys
+
+        sys.stdout.write(default_conf_text())
+        parser.exit(0)
 
 
 class _RefusedSecretFlag(argparse.Action):
@@ -308,8 +356,19 @@ def render_default_conf(extra: Callable[[], str] | None = None) -> str:
 def parse_flags(argv: Sequence[str], prog: str, description: str,
                 extend: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """Build the daemon/app argument parser (settings flags plus `extend`) and parse argv."""
+    parser = build_parser(prog, description, extend)
+    return parser.parse_args(list(argv))
+
+
+def build_parser(prog: str, description: str,
+                 extend: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+    """The daemon/app argument parser: settings flags grouped by section, `extend`'s own, and
+    --print-completion bash|zsh (shtab, generated from this very parser)."""
+    import shtab
+
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_arguments(parser)
     if extend is not None:
         extend(parser)
-    return parser.parse_args(list(argv))
+    add_arguments(parser)
+    shtab.add_argument_to(parser, ["--print-completion"], help="print a bash or zsh completion script and exit")
+    return parser

@@ -664,6 +664,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Command-line client of the chatp2p daemon's control API.",
         epilog="Exit status: 0 success, 1 the daemon reported an error, 2 usage error, "
                "3 the daemon cannot be reached.")
+    import shtab
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    shtab.add_argument_to(parser, ["--print-completion"], help="print a bash or zsh completion script and exit")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
 
