@@ -679,8 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     id_parser = command("id", "print my ID, then my public key bundle (give both to contacts)")
     id_parser.add_argument("--qr", action="store_true", help="draw my ID as a QR code instead (for a phone camera)")
-    from . import verbs
+    from . import identity_cli, verbs
     verbs.add_verbs(command)
+    identity_cli.add_identity_command(command)
 
     rows: dict[str, list[Action]] = {}
     for row in build_table().actions():
@@ -784,6 +785,9 @@ def main(argv: list[str]) -> int:
         if not is_loopback(target.host) and target.pin is None:
             raise UsageError(f"{format_address(target.host, target.port)} is not this machine: a remote API "
                              "serves TLS, give --pin FINGERPRINT (the daemon logs it at start as tls_pin=...)")
+        if args.cmd == "identity":
+            from .identity_cli import run_identity
+            return run_identity(args, data_dir)
         if args.cmd in verbs.VERBS:
             return verbs.run_verb(args, target)
         return run_request(args, target)
