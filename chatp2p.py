@@ -191,13 +191,15 @@ def _parse_host_port(text: str) -> tuple[str, int] | None:
 
 
 def _app_log_path(config) -> str:
-    """The app logs to a file, never to the screen: --log-file, else DATA_DIR/chatp2p.log."""
+    """The app logs to a file, never to the screen: --log-file, else
+    $XDG_STATE_HOME/chatp2p/chatp2p.log, else DATA_DIR/chatp2p.log."""
     from chatp2p_core.util import ensure_private_dir
 
     if config.log_file:
         return os.path.expanduser(config.log_file)
-    ensure_private_dir(config.data_path)
-    return str(config.data_path / "chatp2p.log")
+    folder = config.state_dir or config.data_path   # XDG_STATE_HOME/chatp2p when it is set
+    ensure_private_dir(folder)
+    return str(folder / "chatp2p.log")
 
 
 class _StderrToLog:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import configparser
 import dataclasses
+import hashlib
 import os
 import pathlib
+import typing
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import Invalid
@@ -161,6 +163,9 @@ class Config:
 
     values: dict[str, Any]
     config_path: pathlib.Path | None
+    # XDG_STATE_HOME/chatp2p (the app's log) and XDG_RUNTIME_DIR (the event socket), when set
+    state_dir: pathlib.Path | None = None
+    runtime_dir: pathlib.Path | None = None
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -172,12 +177,21 @@ class Config:
     def data_path(self) -> pathlib.Path:
         return pathlib.Path(os.path.expanduser(self.values["data_dir"]))
 
+    @property
+    def runtime_path(self) -> pathlib.Path:
+        """Where the event socket goes: a directory of this data dir's own under
+        XDG_RUNTIME_DIR (tmpfs, private, short paths), else the data dir itself."""
+        if self.runtime_dir is None:
+            return self.data_path
+        tag = hashlib.sha256(str(self.data_path.resolve()).encode()).hexdigest()[:12]
+        return self.runtime_dir / f"{APP_DIR}-{tag}"
+
     def replace(self, **changes: Any) -> "Config":
         values = dict(self.values)
         for name, raw in changes.items():
             setting = SETTINGS_BY_NAME[name]
             values[name] = _checked(setting, raw, f"setting {name}")
-        return Config(values, self.config_path)
+        return Config(values, self.config_path, self.state_dir, self.runtime_dir)
 
 
 def _checked(setting: Setting, raw: Any, origin: str) -> Any:
@@ -303,10 +317,12 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     """Resolve every setting through the four layers. Raises ConfigError naming the culprit."""
     environ = os.environ if environ is None else environ
     values = {s.name: s.default for s in SETTINGS}
+    xdg = xdg_defaults(environ)
+    values.update(xdg.settings)
 
     explicit = getattr(args, "config", None) if args is not None else None
     explicit = explicit or environ.get(ENV_PREFIX + "CONFIG")
-    path = pathlib.Path(os.path.expanduser(explicit or DEFAULT_CONFIG_PATH))
+    path = pathlib.Path(os.path.expanduser(explicit)) if explicit else xdg.config_path
     if explicit and not path.is_file():
         raise ConfigError(f"{path}: conf file not found")
     config_path = path if path.is_file() else None
@@ -326,7 +342,67 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     if not values["turn_credential"] and values["turn_credential_file"]:
         values["turn_credential"] = _read_secret_file(SETTINGS_BY_NAME["turn_credential_file"],
                                                       values["turn_credential_file"])
-    return Config(values, config_path)
+    return Config(values, config_path, xdg.state_dir, xdg.runtime_dir)
+
+
+# -- XDG base directories ----------------------------------------------------------------------
+# Where the defaults go when XDG_CONFIG_HOME, XDG_DATA_HOME, XDG_STATE_HOME, XDG_RUNTIME_DIR are
+# set (and the downloads folder of ~/.config/user-dirs.dirs, as `xdg-user-dir DOWNLOAD` reads it).
+# Unset, every path stays what it was; an identity already at the old data dir keeps being used,
+# so setting XDG_DATA_HOME never makes a second identity.
+APP_DIR = "chatp2p"
+
+
+class XdgDefaults(typing.NamedTuple):
+    config_path: pathlib.Path
+    settings: dict[str, str]            # data_dir, downloads_dir when the environment moves them
+    state_dir: pathlib.Path | None
+    runtime_dir: pathlib.Path | None
+
+
+def _home(environ: Mapping[str, str]) -> pathlib.Path:
+    return pathlib.Path(environ.get("HOME") or os.path.expanduser("~"))
+
+
+def _xdg(environ: Mapping[str, str], var: str) -> pathlib.Path | None:
+    """An XDG variable's directory; the spec says to ignore one that is not absolute."""
+    value = environ.get(var, "")
+    return pathlib.Path(value) if value and os.path.isabs(value) else None
+
+
+def user_download_dir(environ: Mapping[str, str]) -> pathlib.Path | None:
+    """XDG_DOWNLOAD_DIR from $XDG_CONFIG_HOME/user-dirs.dirs (`xdg-user-dir DOWNLOAD`), if set
+    to something other than the home directory itself."""
+    config_home = _xdg(environ, "XDG_CONFIG_HOME") or _home(environ) / ".config"
+    try:
+        text = (config_home / "user-dirs.dirs").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key == "XDG_DOWNLOAD_DIR":
+            value = value.strip().strip('"').replace("$HOME", str(_home(environ)))
+            path = pathlib.Path(value)
+            return path if path.is_absolute() and path != _home(environ) else None
+    return None
+
+
+def xdg_defaults(environ: Mapping[str, str]) -> XdgDefaults:
+    config_home = _xdg(environ, "XDG_CONFIG_HOME")
+    config_path = (config_home or _home(environ) / ".config") / APP_DIR / "chatp2p.conf"
+    settings: dict[str, str] = {}
+    data_home = _xdg(environ, "XDG_DATA_HOME")
+    if data_home is not None:
+        legacy = _home(environ) / ".local" / "share" / APP_DIR
+        wanted = data_home / APP_DIR
+        keep_legacy = (legacy / "identity.key").exists() and not (wanted / "identity.key").exists()
+        settings["data_dir"] = str(legacy if keep_legacy else wanted)
+    downloads = user_download_dir(environ)
+    if downloads is not None:
+        settings["downloads_dir"] = str(downloads / APP_DIR)
+    state_home = _xdg(environ, "XDG_STATE_HOME")
+    return XdgDefaults(config_path, settings, state_home / APP_DIR if state_home else None,
+                       _xdg(environ, "XDG_RUNTIME_DIR"))
 
 
 def render_default_conf(extra: Callable[[], str] | None = None) -> str:
