@@ -38,6 +38,8 @@ setup(
     # commented default conf that `chatp2p --print-config` writes out.
     package_data={"chatp2p_core": ["chatp2p.conf"]},
     scripts=["bin/chatp2p", "bin/chatp2pd", "bin/chatp2pctl"],
+    data_files=[("share/chatp2p/systemd", ["conf/systemd/chatp2pd.service",
+                                           "conf/systemd/chatp2p-rendezvous.service"])],
     install_requires=[
         "gevent>=24.2",
         "pyzmq>=25",
