@@ -4,11 +4,14 @@ The app attaches (--connect) to Alice's daemon of a connected real daemon pair, 
 test can make Bob write to Alice and read Alice's store through the API.
 """
 
+import json
 import pathlib
 import shutil
+import sys
 import tempfile
 
 from daemon import ok
+from poll import wait_for
 from test_transfer import close_pair, start_pair
 from test_ui_tmux import APP, Tmux, conversation
 
@@ -66,3 +69,73 @@ def test_search_delete_and_qr_in_the_ui():
         assert my_id in screen and ("▀▄" in screen or "▄▀" in screen), screen
     finally:
         tmux.kill()
+
+
+def test_notifications_reach_the_hook_and_the_terminal_but_not_for_the_open_conversation():
+    workdir = pathlib.Path(TMP, "notify")
+    workdir.mkdir()
+    hook_out = workdir / "hook.jsonl"
+    osc_out = workdir / "pane.out"
+    hook = workdir / "hook.py"
+    hook.write_text(f"import sys\nwith open({str(hook_out)!r}, 'a') as f:\n    f.write(sys.stdin.read())\n")
+    conf = workdir / "ui.conf"
+    conf.write_text(f"[ui]\nbell = false\nnotify_osc = 777\non_message = {sys.executable} {hook}\n")
+    ok(A.request("contacts", "add", {"peer": "Zed", "public_key": B.other_id()}))
+    tmux = Tmux(workdir / "tmux")
+    try:
+        tmux.start("app", [*APP, "--config", str(conf), "--data-dir", A.data_dir, "--connect", f"127.0.0.1:{A.port}"])
+        tmux.tmux("pipe-pane", "-O", "-t", "app", f"cat >> {osc_out}")
+        tmux.wait("app", "Zed", what="the contact list")
+
+        def say(text):
+            message_id = ok(B.request("p2p", "send_message", {"peer": "Alice", "message": text}))["message_id"]
+            EV_A.wait_data("p2p_message_received", 10, message=text)
+            return message_id
+
+        def hook_events():
+            return [json.loads(line) for line in hook_out.read_text().splitlines()] if hook_out.exists() else []
+
+        open_zed(tmux)
+        first = say("secret plans for tonight")
+        wait_for(lambda: len(hook_events()) == 1, 20, "the hook's first event")
+        event = hook_events()[0]
+        assert event["event"] == "p2p_message_received" and event["data"]["peer"] == "Bob"
+        assert event["data"]["message_id"] == first and "message" not in event["data"]   # no text unless asked
+        wait_for(lambda: osc_out.exists() and b"\x1b]777;notify;ChatP2P: Bob;sent you a message\x1b\\"
+                 in osc_out.read_bytes(), 20, "the OSC 777 sequence in the pane's output")
+        assert b"secret plans" not in osc_out.read_bytes().split(b"\x1b]777")[1][:200]
+
+        open_bob(tmux)
+        second = say("now you are looking")
+        tmux.wait("app", lambda t: "Bob: now you are looking" in conversation(t), what="the open conversation")
+        open_zed(tmux)
+        third = say("and now you are not")
+        wait_for(lambda: len(hook_events()) >= 2, 20, "the hook's second event")
+        assert [e["data"]["message_id"] for e in hook_events()] == [first, third]   # not `second`
+        assert second not in osc_out.read_text(errors="replace")
+    finally:
+        tmux.kill()
+
+
+def _header_of_conversation(screen: str) -> str:
+    lines = screen.splitlines()
+    return lines[1].split("│", 1)[1] if len(lines) > 1 and "│" in lines[1] else ""
+
+
+def _open(tmux, name: str) -> None:
+    """Ctrl-N until `name`'s conversation is the open one."""
+    for _ in range(6):
+        header = _header_of_conversation(tmux.screen("app"))
+        if header.strip().startswith(name):
+            return
+        tmux.keys("app", "C-n")
+        tmux.wait("app", lambda t: _header_of_conversation(t) != header, what="the next conversation")
+    raise AssertionError(f"{name}'s conversation never opened")
+
+
+def open_zed(tmux) -> None:
+    _open(tmux, "Zed")
+
+
+def open_bob(tmux) -> None:
+    _open(tmux, "Bob")

@@ -24,6 +24,7 @@ from .client import Client
 from .keys import KeyMap
 from .layout import Layout
 from .model import Model
+from .notify import Notifier
 from .settings import UiSettings, load_ui_config
 from .theme import Theme
 from .views import chat_dialogs
@@ -49,6 +50,7 @@ class App:
         self.keymap = keymap or KeyMap()
         self.theme = theme or Theme()
         self.settings = settings or UiSettings()
+        self.notifier = Notifier(self.settings.notify, self._write_terminal, _spawn)
         self.clock = clock
         self._later = later
         self.model = Model()
@@ -139,6 +141,15 @@ class App:
             if self._notice_serial == serial:
                 self.layout.footer.clear_notice()
         self.later(NOTICE_SECONDS, clear)
+
+    def _write_terminal(self, text: str) -> None:
+        """Escape sequences that draw nothing (OSC notifications), between two redraws."""
+        if self.loop is not None and text:
+            try:
+                self.loop.screen.write(text)
+                self.loop.screen.flush()
+            except Exception:
+                log.debug("terminal write failed", exc_info=True)
 
     def ring(self) -> None:
         self.rings += 1
@@ -257,8 +268,9 @@ class App:
 
     def on_event(self, event: dict) -> None:
         for alert in self.model.apply_event(event, self.clock()):
-            if alert.kind == "bell":
+            if alert.kind == "bell":   # a message outside the open conversation
                 self.ring()
+                self.notifier.message(event)
             elif alert.kind == "mark_read":
                 self.mark_read(alert.data["fingerprint"])
             elif alert.kind == "refresh":
@@ -419,6 +431,12 @@ class App:
             parsed.command.handler(self, parsed.args)
         except slash.UsageError as exc:
             self.notice(str(exc), error=True)
+
+
+def _spawn(fn: Callable[[], None]) -> None:
+    import gevent
+
+    gevent.spawn(fn)
 
 
 def run(backend: Any, config_path: Optional[pathlib.Path]) -> int:
