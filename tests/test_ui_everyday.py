@@ -4,6 +4,7 @@ The app attaches (--connect) to Alice's daemon of a connected real daemon pair, 
 test can make Bob write to Alice and read Alice's store through the API.
 """
 
+import base64
 import json
 import pathlib
 import shutil
@@ -139,3 +140,45 @@ def open_zed(tmux) -> None:
 
 def open_bob(tmux) -> None:
     _open(tmux, "Bob")
+
+
+def test_bracketed_paste_makes_one_draft_editor_composes_and_myid_copies():
+    workdir = pathlib.Path(TMP, "paste")
+    workdir.mkdir()
+    editor = workdir / "editor.py"
+    editor.write_text("import sys\nwith open(sys.argv[1], 'a') as f:\n    f.write('written in the editor\\nline 2\\n')\n")
+    pane = workdir / "pane.out"
+    tmux = Tmux(workdir / "tmux")
+    tmux.env["EDITOR"] = f"{sys.executable} {editor}"
+    tmux.env.pop("VISUAL", None)
+    try:
+        tmux.start("app", [*APP, "--data-dir", A.data_dir, "--connect", f"127.0.0.1:{A.port}"])
+        tmux.tmux("pipe-pane", "-O", "-t", "app", f"cat >> {pane}")
+        tmux.wait("app", "Bob", what="the contact list")
+        open_bob(tmux)
+
+        # a paragraph pasted with bracketed paste: one draft, nothing sent yet
+        tmux.tmux("set-buffer", "-b", "para", "pasted one\nsent as one\nmessage")
+        tmux.tmux("paste-buffer", "-p", "-b", "para", "-t", "app")
+        tmux.wait("app", lambda t: "› pasted one" in t and "message" in t.split("› pasted one", 1)[1],
+                  what="the pasted draft in the input line")
+        tmux.keys("app", "Enter")
+        received = EV_B.wait_data("p2p_message_received", 10, peer="Alice",
+                                  where=lambda d: d["message"].startswith("pasted one"))
+        assert [d["message"] for d in received] == ["pasted one\nsent as one\nmessage"]
+        assert not EV_B.all("p2p_message_received", message="pasted one")
+
+        # /editor: the editor's text becomes the draft; Enter sends it
+        tmux.type("app", "/editor")
+        tmux.wait("app", lambda t: "› written in the editor" in t, what="the editor's draft")
+        tmux.keys("app", "Enter")
+        EV_B.wait_data("p2p_message_received", 10, peer="Alice", message="written in the editor\nline 2")
+
+        # /myid: OSC 52 puts the ID on the clipboard
+        my_id = A.request("status")["data"]["identity"]["fingerprint"]
+        tmux.type("app", "/myid")
+        tmux.wait("app", "My ID")
+        expected = b"\x1b]52;c;" + base64.b64encode(my_id.encode()) + b"\x07"
+        wait_for(lambda: pane.exists() and expected in pane.read_bytes(), 10, "the OSC 52 sequence")
+    finally:
+        tmux.kill()

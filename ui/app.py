@@ -60,6 +60,7 @@ class App:
         self._notice_serial = 0
         self.quitting = False
         self.rings = 0
+        self.pasting = False    # between the terminal's "begin paste" and "end paste"
         self.layout = Layout(self.keymap, on_key=self.on_key, on_open_contact=self.open_from_list,
                              on_transfer_answer=lambda transfer_id, accept:
                              transfer_actions.answer(self, transfer_id, accept))
@@ -150,6 +151,49 @@ class App:
                 self.loop.screen.flush()
             except Exception:
                 log.debug("terminal write failed", exc_info=True)
+
+    def copy_to_clipboard(self, text: str) -> None:
+        """OSC 52: the terminal (or tmux with set-clipboard) puts `text` on the clipboard."""
+        import base64
+
+        self._write_terminal("\x1b]52;c;" + base64.b64encode(text.encode()).decode() + "\x07")
+
+    def edit_externally(self, text: str) -> Optional[str]:
+        """`text` edited in $VISUAL or $EDITOR (else vi) on the whole terminal; None if the
+        editor failed. The file is private (0600) and deleted afterwards."""
+        import os
+        import shlex
+        import subprocess
+        import tempfile
+
+        editor = shlex.split(os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
+        fd, path = tempfile.mkstemp(prefix="chatp2p-draft-", suffix=".txt",
+                                    dir=os.environ.get("XDG_RUNTIME_DIR") or None)
+        screen = self.loop.screen if self.loop is not None else None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            if screen is not None:
+                screen.stop()
+            try:
+                code = subprocess.call([*editor, path])
+            finally:
+                if screen is not None:
+                    screen.start()
+                    screen.clear()
+            if code != 0:
+                return None
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                edited = handle.read()
+            return edited[:-1] if edited.endswith("\n") else edited
+        except OSError as exc:
+            self.notice(f"Cannot run {editor[0]}: {exc.strerror or exc}", error=True)
+            return None
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     def ring(self) -> None:
         self.rings += 1
@@ -451,7 +495,10 @@ def run(backend: Any, config_path: Optional[pathlib.Path]) -> int:
     bridge = Bridge()
     client = Client(backend, bridge.post)
     app = App(client, keymap, theme, settings)
-    screen = urwid.display.raw.Screen()
+    try:   # bracketed paste: a pasted paragraph arrives between "begin paste" and "end paste"
+        screen = urwid.display.raw.Screen(bracketed_paste_mode=True)
+    except TypeError:   # an urwid without it: pasted lines are sent one by one, as before
+        screen = urwid.display.raw.Screen()
     screen.set_terminal_properties(colors=theme.colors)
     loop = urwid.MainLoop(app.root, palette=theme.palette(), screen=screen, handle_mouse=True,
                           unhandled_input=app.unhandled_key)

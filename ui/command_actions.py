@@ -105,19 +105,28 @@ def show_my_id(app: "App", args: Args) -> None:
     if not me.get("id"):
         raise UsageError("Still loading: try again in a moment")
     path = args.get("FILE|--qr")
-    if path == "--qr":
+    if path == "--qr" or not path:
         from chatp2p_core.qr import qr_text
-        app.show_dialog(chat_dialogs.my_id(me, app.closing(), qr_text(me["id"])))
+        app.copy_to_clipboard(me["id"])   # OSC 52, where the terminal allows it
+        app.show_dialog(chat_dialogs.my_id(me, app.closing(), qr_text(me["id"]) if path else ""))
         return
-    if path:
-        target = pathlib.Path(os.path.expanduser(path))
-        try:
-            target.write_text(me["public_key"] + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"Cannot write {target}: {exc.strerror or exc}") from None
-        app.notice(f"Wrote your public key to {target}: they add you with /add {me.get('name') or 'NAME'} @FILE")
+    target = pathlib.Path(os.path.expanduser(path))
+    try:
+        target.write_text(me["public_key"] + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"Cannot write {target}: {exc.strerror or exc}") from None
+    app.notice(f"Wrote your public key to {target}: they add you with /add {me.get('name') or 'NAME'} @FILE")
+
+
+def compose_in_editor(app: "App", args: Args) -> None:
+    """The draft goes to $EDITOR and comes back as the draft: nothing is sent until Enter."""
+    draft = app.prompt.text
+    edited = app.edit_externally("" if draft.startswith("/") else draft)
+    if edited is None:
+        app.notice("The editor failed: the draft is unchanged", error=True)
         return
-    app.show_dialog(chat_dialogs.my_id(me, app.closing()))
+    app.prompt.set_text(edited)
+    app.set_focus("input")
 
 
 def verify_contact(app: "App", args: Args) -> None:

@@ -86,6 +86,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("delete", (Arg("N|all", "text", optional=True),),
             "delete the newest message of the open conversation (or the Nth newest, or all of it) "
             "on this device (asks first)", act.delete_messages),
+    Command("editor", (), "write the message in $EDITOR (saved and closed: it becomes the draft)", act.compose_in_editor),
     Command("verify", (Arg("NAME", "contact"),), "compare safety numbers, then mark the contact verified",
             act.verify_contact),
     Command("sendfile", (Arg("PATH", "path"),), "offer a file to the open conversation", files.send_file,

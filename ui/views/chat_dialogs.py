@@ -47,7 +47,8 @@ def my_id(me: Mapping[str, Any], on_close: Callback, qr: str = "") -> Dialog:
         ("welcome_id", "  " + me["id"]), "\n\n",
         *([("qr", qr), "\n"] if qr else []),
         f"Short form (for recognising, not for adding): {me.get('short_id')}\n",
-        "Your full public key: /myid FILE writes it to a file.",
+        "Copied to the clipboard (in terminals that allow OSC 52). /myid --qr draws it as a QR code;\n",
+        "your full public key: /myid FILE writes it to a file.",
     ]
     return dialogs.message("My ID", text, on_close)
 
