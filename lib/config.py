@@ -323,9 +323,15 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     explicit = getattr(args, "config", None) if args is not None else None
     explicit = explicit or environ.get(ENV_PREFIX + "CONFIG")
     path = pathlib.Path(os.path.expanduser(explicit)) if explicit else xdg.config_path
-    if explicit and not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as exc:   # a home directory we may not enter (another user's HOME)
+        if explicit:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        found = False
+    if explicit and not found:
         raise ConfigError(f"{path}: conf file not found")
-    config_path = path if path.is_file() else None
+    config_path = path if found else None
     if config_path is not None:
         values.update(_read_file(config_path))
 

@@ -48,7 +48,7 @@ class DaemonUnreachable(ApiConnectionError):
     """No connection could be opened to the daemon's API port."""
 
 
-class _NothingYet(Exception):
+class _NothingYet(Busy):
     """`receive` waited its time and no line came (not an error: the caller decides)."""
 
 
