@@ -257,3 +257,21 @@ def test_ctl_reads_the_conf_file_and_chatp2p_variables():
     proc = subprocess.run(CTL + ["id"], capture_output=True, text=True, timeout=60,
                           env={**env, "CHATP2P_CONFIG": str(other)})
     assert proc.returncode == 2 and "configuration error" in proc.stderr and "[ipc] port" in proc.stderr
+
+
+# -- the Windows client's requests, on a real socket ----------------------------------------------
+def test_windows_client_requests_on_a_real_socket():
+    """Bare objects back to back (no newline), PascalCase action names, a bare string for a list,
+    and an error answer without `data`, as the seed shows it."""
+    import socket as socket_mod
+
+    with socket_mod.create_connection((A.host, A.port), timeout=30) as sock:
+        sock.sendall(b'{"Command":"P2P","Action":"SendMessage","Data":{"Peer":"Bob","Message":"from WPF"}}'
+                     b'{"Command":"contacts","Action":"NegotiateKeys","Data":{"Peer":"Nobody"}}'
+                     b'{"Command":"p2p","Action":"Fly"}')
+        reader = sock.makefile("rb")
+        answers = [json.loads(reader.readline()) for _ in range(3)]
+    assert answers[0]["success"] is True and answers[0]["data"] == "Message sent"
+    assert answers[1] == {"success": False, "error": "Peer not found: Nobody", "timestamp": answers[1]["timestamp"]}
+    assert answers[2]["success"] is False and "data" not in answers[2] and "send_message" in answers[2]["error"]
+    EV_B.wait_data("p2p_message_received", 10, peer="Alice", message="from WPF")

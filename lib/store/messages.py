@@ -367,7 +367,7 @@ class MessageRepository:
         args: tuple[Any, ...] = (query, contact_id, limit) if contact_id is not None else (query, limit)
         rows = self._store.query(
             "SELECT m.* FROM messages_fts JOIN messages AS m ON m.id = messages_fts.rowid "
-            f"WHERE messages_fts MATCH ?{where} ORDER BY m.id DESC LIMIT ?",
+            f"WHERE messages_fts MATCH ?{where} ORDER BY messages_fts.rowid DESC LIMIT ?",
             args,
         )
         return [Message.from_row(row) for row in rows]
