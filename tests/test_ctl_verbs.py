@@ -275,3 +275,19 @@ def test_windows_client_requests_on_a_real_socket():
     assert answers[1] == {"success": False, "error": "Peer not found: Nobody", "timestamp": answers[1]["timestamp"]}
     assert answers[2]["success"] is False and "data" not in answers[2] and "send_message" in answers[2]["error"]
     EV_B.wait_data("p2p_message_received", 10, peer="Alice", message="from WPF")
+
+
+def test_send_wait_when_the_daemon_goes_away_exits_3():
+    node = Daemon(pathlib.Path(TMP, "vanishing"))
+    node.start()
+    try:
+        ok(node.request("contacts", "add", {"peer": "Far", "public_key": _new_id(node)}))
+        proc = subprocess.Popen(CTL + ["--data-dir", node.data_dir, "send", "Far", "hello?", "--wait",
+                                       "--wait-timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=Daemon.environment(TMP))
+        assert proc.stdout.readline() == "queued\n"     # subscribed and sent: now it waits
+        node.kill()
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 3 and ("closed the connection" in err or "lost the connection" in err), (out, err)
+    finally:
+        node.kill()
