@@ -11,6 +11,7 @@ import argparse
 import gc
 import logging
 import os
+import pathlib
 import sys
 from typing import Sequence
 
@@ -250,10 +251,18 @@ def _run_app_embedded(config, prog: str) -> int:
     node, server, runtime, table = served
     try:
         with _StderrToLog(_app_log_path(config)):
-            code = ui_app.run(LocalBackend(node, table), config.config_path)
+            code = ui_app.run(LocalBackend(node, table), config.config_path, *_online_choice(config))
     finally:
         _stop_serving(node, server, runtime)
     return code
+
+
+def _online_choice(config) -> tuple:
+    """(the conf file /online and the first start's choice write to, whether to ask): asked
+    while no layer (file, environment, flag) says online or private."""
+    from chatp2p_core.config import DEFAULT_CONFIG_PATH
+    path = config.config_path or pathlib.Path(os.path.expanduser(os.environ.get("CHATP2P_CONFIG") or DEFAULT_CONFIG_PATH))
+    return path, config.online is None
 
 
 def _run_app_connected(config, prog: str, host: str, port: int) -> int:
@@ -278,7 +287,7 @@ def _run_app_connected(config, prog: str, host: str, port: int) -> int:
         return EXIT_RUNTIME
     logging.getLogger("chatp2p").info("attached to %s", format_address(host, port))
     with _StderrToLog(_app_log_path(config)):
-        return ui_app.run(RemoteBackend(host, port, token, pin=pin), config.config_path)
+        return ui_app.run(RemoteBackend(host, port, token, pin=pin), config.config_path, *_online_choice(config))
 
 
 def main_app(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,15 @@ Reports per combination how often the path was direct, relayed or failed (10 s),
 the connection time; targets: direct (cone/cone) p50 < 300 ms, relayed (random/random) p50
 < 2.5 s. Relay candidates join the punching only after 2 s without a direct answer (PROTOCOL
 §9.3), so a relayed connection costs that delay plus a few round trips through coturn.
+
+The DHT scenario (`--scenario dht`, online mode, PROTOCOL §12) uses the world of
+tests/test_online.py instead: coturn and a private DHT swarm of 8 libtorrent sessions in the
+internet namespace, no rendezvous. Each run starts two fresh nodes (new identities, empty data
+dirs) behind cone NATs, adds them to each other by ID at once, and times from the first node's
+start to the later of the two `peer_connected` events (no `p2p connect`: the DHT lookups do it).
+Target: p50 < 20 s, p95 < 60 s. Then it measures the DHT traffic of one node per hour: bytes in
+and out of its libtorrent session over `--traffic-seconds`, once with its contact connected and
+once with the contact offline (lookups backing off), scaled to an hour.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from netns import netns_available  # noqa: E402
 from test_nat_netns import wait_registered, world  # noqa: E402  (the namespace world of the tests)
+from test_online import online_world  # noqa: E402
 
 COMBINATIONS = (("cone", "cone"), ("cone", "random"), ("random", "random"))
 TARGET_DIRECT_P50 = 0.300
@@ -119,6 +129,72 @@ def bench(combination: tuple[str, str], runs: int) -> list[tuple[str, float | No
     return results
 
 
+DHT_TARGET_P50, DHT_TARGET_P95 = 20.0, 60.0
+DHT_TIMEOUT = 120.0
+
+
+def dht_run(w, index: int) -> float | None:
+    """Seconds from the first node's start to both sides' peer_connected, None on timeout."""
+    net = w.net
+    started = time.time()
+    left = w.start_node(net.left_host, f"left{index}")
+    right = w.start_node(net.right_host, f"right{index}")
+    left.call("contacts", "add", {"peer": "Righty", "public_key": right.id})
+    right.call("contacts", "add", {"peer": "Lefty", "public_key": left.id})
+    try:
+        stamps = []
+        for node, name in ((left, "Righty"), (right, "Lefty")):
+            event = node.events.wait(lambda e: e["event"] == "peer_connected" and e["data"]["peer"] == name,
+                                     DHT_TIMEOUT - (time.time() - started), what=f"{node.label} connected")[0]
+            stamps.append(_timestamp(event["timestamp"]))
+        return max(stamps) - started
+    except AssertionError:
+        return None
+    finally:
+        if index >= 0:
+            for node in (left, right):
+                node.stop()
+                w.nodes.remove(node)
+
+
+def dht_traffic(w, seconds: float) -> tuple[dict, dict]:
+    """A node's DHT bytes per hour (in, out): with its contact connected, then offline."""
+    elapsed = dht_run(w, -1)
+    left, right = w.nodes[-2], w.nodes[-1]
+    print(f"  traffic pair connected after {elapsed and round(elapsed, 1)} s; measuring {seconds:.0f} s each")
+
+    def rate(node) -> dict:
+        before = node.call("status")["dht"]["traffic"]
+        time.sleep(seconds)
+        after = node.call("status")["dht"]["traffic"]
+        return {k: (after[k] - before[k]) * 3600 / seconds for k in ("bytes_in", "bytes_out")}
+    connected = rate(left)
+    right.stop()
+    offline = rate(left)
+    return connected, offline
+
+
+def bench_dht(runs: int, traffic_seconds: float) -> None:
+    print(f"DHT, cone/cone, IDs only: {runs} runs")
+    times: list[float | None] = []
+    with online_world("cone", "cone", turn=False, nodes=False) as w:
+        for index in range(runs):
+            elapsed = dht_run(w, index)
+            times.append(elapsed)
+            print(f"  run {index + 1}: {'failed' if elapsed is None else f'{elapsed:.1f} s'}")
+        connected, offline = dht_traffic(w, traffic_seconds)
+    done = [t for t in times if t is not None]
+    p50, p95, longest = percentile(done, 50), percentile(done, 95), max(done) if done else None
+    print()
+    print(f"DHT cone/cone: {len(done)}/{len(times)} connected; p50 {p50 and round(p50, 1)} s, "
+          f"p95 {p95 and round(p95, 1)} s, max {longest and round(longest, 1)} s; "
+          f"targets p50 < {DHT_TARGET_P50:.0f} s, p95 < {DHT_TARGET_P95:.0f} s: "
+          f"{'PASS' if p50 is not None and p95 is not None and p50 < DHT_TARGET_P50 and p95 < DHT_TARGET_P95 else 'FAIL'}")
+    for label, rates in (("contact connected", connected), ("contact offline", offline)):
+        print(f"DHT traffic per node, {label}: {rates['bytes_in'] / 1e6:.2f} MB/h in, "
+              f"{rates['bytes_out'] / 1e6:.2f} MB/h out (measured over {traffic_seconds:.0f} s, private swarm of 8)")
+
+
 def _ms(value: float | None) -> str:
     return f"{value * 1000:.0f}" if value is not None else "-"
 
@@ -129,12 +205,20 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 runs per combination, for a smoke test")
     parser.add_argument("--only", choices=["/".join(c) for c in COMBINATIONS], action="append",
                         help="run only this combination (repeatable)")
+    parser.add_argument("--scenario", choices=("rendezvous", "dht", "all"), default="all",
+                        help="introductions through a rendezvous, online mode through a DHT, or both")
+    parser.add_argument("--traffic-seconds", type=float, default=300.0,
+                        help="how long the DHT traffic of an idle node is measured, each way (default 300)")
     args = parser.parse_args()
     ok, reason = netns_available(iptables=True)
     if not ok:
         print(f"bench_nat: {reason}", file=sys.stderr)
         return 2
     runs = 3 if args.quick else args.runs
+    if args.scenario in ("dht", "all"):
+        bench_dht(runs, 20.0 if args.quick else args.traffic_seconds)
+        if args.scenario == "dht":
+            return 0
     combinations = [c for c in COMBINATIONS if not args.only or "/".join(c) in args.only]
     print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{runs} runs per combination")

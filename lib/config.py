@@ -16,13 +16,18 @@ import typing
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import Invalid
-from .util import parse_bool
+from .util import parse_bool, write_private_file
 
 DEFAULT_CONFIG_PATH = "~/.config/chatp2p/chatp2p.conf"
 DEFAULT_DATA_DIR = "~/.local/share/chatp2p"
 ENV_PREFIX = "CHATP2P_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CRYPTO_BACKENDS = ("auto", "pycryptodome", "liboqs")
+# Online mode's public infrastructure (it sees the user's IP address: the choice says so).
+PUBLIC_DHT_BOOTSTRAP = ["router.bittorrent.com:6881", "dht.transmissionbt.com:6881",
+                        "router.utorrent.com:6881", "dht.libtorrent.org:25401"]
+PUBLIC_STUN_URLS = ["stun:stun.cloudflare.com:3478", "stun:stun.l.google.com:19302",
+                    "stun:stun.nextcloud.com:3478"]
 
 
 class ConfigError(Invalid):
@@ -34,11 +39,12 @@ class Setting:
     name: str          # attribute name, also CHATP2P_<NAME> and --<name-with-dashes>
     section: str       # conf file section
     key: str           # conf file key
-    kind: str          # str | int | port | optport | float | bool | list | path | choice
+    kind: str          # str | int | port | optport | float | bool | optbool | list | path | choice
     default: Any
     help: str
     choices: tuple[str, ...] = ()
     secret: bool = False   # no command-line flag: every local user can read a process's argv
+    false_flag: str = ""   # a bool's "off" flag when --no-<name> would read badly (--private)
 
     @property
     def env(self) -> str:
@@ -64,10 +70,24 @@ SETTINGS: tuple[Setting, ...] = (
             "allow a non-loopback API address; every request must then carry the token from DATA_DIR/ipc.token"),
     Setting("events_port", "events", "port", "optport", None,
             "also publish events on tcp://127.0.0.1:PORT (empty = only ipc:// in the data dir; 0 = any free port)"),
-    Setting("p2p_host", "p2p", "host", "str", "0.0.0.0", "local address of the P2P UDP socket"),
+    Setting("p2p_host", "p2p", "host", "str", "0.0.0.0", "local address of the P2P UDP socket (0.0.0.0 or ::: IPv4 and IPv6 on one port)"),
     Setting("p2p_port", "p2p", "port", "port", 0, "UDP port for all peer-to-peer traffic (0 = any free port)"),
     Setting("autostart", "p2p", "autostart", "bool", True, "start the P2P network at launch"),
+    Setting("online", "p2p", "online", "optbool", None,
+            "online mode: find contacts by ID alone through the public Mainline DHT and public STUN "
+            "servers, which see your IP address (unset: chatp2p asks on first start, chatp2pd stays "
+            "private); flags --online / --private", false_flag="--private"),
     Setting("stun_urls", "p2p", "stun_urls", "list", [], "STUN servers, comma-separated stun:host:port (none by default)"),
+    Setting("public_stun_urls", "p2p", "public_stun_urls", "list", PUBLIC_STUN_URLS,
+            "STUN servers online mode uses when stun_urls is empty"),
+    Setting("dht_bootstrap", "p2p", "dht_bootstrap", "list", PUBLIC_DHT_BOOTSTRAP,
+            "online mode: DHT nodes to join the Mainline DHT through, comma-separated host:port"),
+    Setting("dht_private_swarm", "p2p", "dht_private_swarm", "bool", False,
+            "the dht_bootstrap nodes are a private DHT swarm of your own (a closed network or tests), "
+            "not public routers"),
+    Setting("dht_port", "p2p", "dht_port", "port", 0, "online mode: UDP port of the DHT (0 = any free port)"),
+    Setting("port_mapping", "p2p", "port_mapping", "bool", True,
+            "online mode: ask the router (UPnP-IGD, NAT-PMP) to forward the P2P port"),
     Setting("rendezvous_servers", "p2p", "rendezvous", "list", [],
             "rendezvous nodes to register with, comma-separated host:port or host:port#ID (none by default)"),
     Setting("turn_url", "p2p", "turn_url", "str", "", "TURN relay used when no direct path works, turn:host:port"),
@@ -78,7 +98,8 @@ SETTINGS: tuple[Setting, ...] = (
             "file whose first line is the TURN password (used when turn_credential is empty)"),
     Setting("serve_rendezvous", "p2p", "serve_rendezvous", "bool", False,
             "serve introductions to other nodes on the P2P port (needs a fixed p2p port); flag --rendezvous"),
-    Setting("lan_discovery", "p2p", "lan_discovery", "bool", False, "find contacts on the local network segment"),
+    Setting("lan_discovery", "p2p", "lan_discovery", "optbool", None,
+            "find contacts on the local network segment (unset: on in online mode, off in private mode)"),
     Setting("lan_port", "p2p", "lan_port", "port", 48889, "well-known UDP port of LAN discovery announcements"),
     Setting("keepalive_interval", "p2p", "keepalive_interval", "float", 15.0,
             "seconds between keepalives; three silent intervals mean the peer is gone"),
@@ -112,6 +133,7 @@ def _expected(setting: Setting) -> str:
         "optport": "a port number 0-65535, or empty",
         "float": "a non-negative number",
         "bool": "a boolean (true/false, yes/no, on/off, 1/0)",
+        "optbool": "a boolean (true/false, yes/no, on/off, 1/0), or empty",
         "list": "a comma-separated list",
         "path": "a file system path",
         "choice": "one of " + ", ".join(setting.choices),
@@ -130,7 +152,9 @@ def _convert(setting: Setting, raw: Any) -> Any:
         if value not in setting.choices:
             raise ValueError(raw)
         return value
-    if kind == "bool":
+    if kind == "optbool" and (raw is None or str(raw).strip() == ""):
+        return None
+    if kind in ("bool", "optbool"):
         if isinstance(raw, bool):
             return raw
         flag = parse_bool(str(raw))
@@ -174,6 +198,21 @@ class Config:
             raise AttributeError(name) from None
 
     @property
+    def online_mode(self) -> bool:
+        """Online (public DHT and STUN) only when chosen; unset is private."""
+        return bool(self.values["online"])
+
+    @property
+    def lan_discovery_on(self) -> bool:
+        chosen = self.values["lan_discovery"]
+        return self.online_mode if chosen is None else bool(chosen)
+
+    @property
+    def effective_stun_urls(self) -> list[str]:
+        """The configured STUN servers; in online mode with none configured, the public ones."""
+        return list(self.values["stun_urls"]) or (list(self.values["public_stun_urls"]) if self.online_mode else [])
+
+    @property
     def data_path(self) -> pathlib.Path:
         return pathlib.Path(os.path.expanduser(self.values["data_dir"]))
 
@@ -214,6 +253,8 @@ def _shown_default(setting: Setting) -> str:
         return "on" if default else "off"
     if isinstance(default, list):
         return ", ".join(default) or "none"
+    if default is None and setting.kind == "optbool":
+        return "unset"
     return "none" if default in (None, "") else str(default)
 
 
@@ -233,7 +274,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         text = f"{setting.help} (default: {_shown_default(setting)}; env {setting.env})"
         if setting.secret:
             group.add_argument(setting.flag, action=_RefusedSecretFlag, help=argparse.SUPPRESS)
-        elif setting.kind == "bool":
+        elif setting.false_flag:
+            group.add_argument(setting.flag, dest=setting.name, action="store_const", const=True, default=None,
+                               help=text)
+            group.add_argument(setting.false_flag, dest=setting.name, action="store_const", const=False,
+                               default=None, help=argparse.SUPPRESS)
+        elif setting.kind in ("bool", "optbool"):
             group.add_argument(setting.flag, dest=setting.name, action=argparse.BooleanOptionalAction,
                                default=None, help=text)
         elif setting.kind == "choice":
@@ -454,3 +500,36 @@ def build_parser(prog: str, description: str,
     add_arguments(parser)
     shtab.add_argument_to(parser, ["--print-completion"], help="print a bash or zsh completion script and exit")
     return parser
+
+def save_setting(path: pathlib.Path, name: str, value: Any) -> None:
+    """Write `name = value` into the conf file at `path` (created 0600 if missing), keeping
+    every other line and comment: a choice made in the app (online mode) then holds for every
+    program that reads the file, a daemon started by a service unit included."""
+    setting = SETTINGS_BY_NAME[name]
+    checked = _checked(setting, value, f"setting {name}")
+    text = "true" if checked is True else "false" if checked is False else \
+        ", ".join(checked) if isinstance(checked, list) else "" if checked is None else str(checked)
+    line = f"{setting.key} = {text}"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        lines = []
+    section, start = None, None
+    for index, raw in enumerate(lines):
+        stripped = raw.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1].strip()
+            if section == setting.section and start is None:
+                start = index
+            continue
+        key = stripped.split("=", 1)[0].strip() if "=" in stripped and not stripped.startswith(("#", ";")) else None
+        if section == setting.section and key == setting.key:
+            lines[index] = line
+            break
+    else:
+        if start is None:
+            lines += ([""] if lines else []) + [f"[{setting.section}]", line]
+        else:
+            lines.insert(start + 1, line)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private_file(path, ("\n".join(lines) + "\n").encode("utf-8"))

@@ -135,9 +135,10 @@ class MessageView(TypedDict):
 
 
 class NatView(TypedDict):
-    """What STUN found out about this node's NAT."""
+    """What STUN found out about this node's NAT (and its public IPv6 address, if any)."""
 
     public_address: Optional[str]
+    public_address6: NotRequired[Optional[str]]
     mapping: str
     nat_type: str
     detail: Optional[str]
@@ -160,6 +161,16 @@ class ContactRemoved(TypedDict):
 class P2pStarted(TypedDict):
     port: int
     lan_discovery: bool
+    online: bool
+
+
+class ContactFound(TypedDict):
+    """A contact's record was found (online mode): its candidates are being punched."""
+
+    peer: str
+    fingerprint: str
+    via: Literal["dht"]
+    candidates: int
 
 
 class P2pStopped(TypedDict):
@@ -281,6 +292,7 @@ EVENTS: dict[str, Any] = {
     "p2p_started": P2pStarted,
     "p2p_stopped": P2pStopped,
     "nat_detected": NatView,
+    "contact_found": ContactFound,
     "peer_connected": PeerConnected,
     "peer_disconnected": PeerDisconnected,
     "path_changed": PathChanged,

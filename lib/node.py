@@ -20,6 +20,7 @@ from .events import EventBus
 from .runtime import RuntimeFiles
 from .lockfile import DataDirLock
 from .net import nat
+from .net.dht import DhtSettings
 from .net.lan import LanDiscovery
 from .services.contacts import ContactBook
 from .services.p2p import P2P, P2PStopped
@@ -158,8 +159,9 @@ class Node:
         if self._p2p is not None:
             return
         p2p = self._p2p = P2P.start(self.config, self.identity, self.backend, self.store, self.publish,
-                                    self._nat_settings(), self._rollover_bytes(), self._contact_view)
-        if self.config.lan_discovery:
+                                    self._nat_settings(), self._rollover_bytes(), self._contact_view,
+                                    self._dht_settings())
+        if self.config.lan_discovery_on:
             lan = LanDiscovery(self.identity.fingerprint, p2p.port, self._lan_contacts,
                                p2p.connector.found_on_lan, port=self.config.lan_port)
             try:
@@ -167,18 +169,28 @@ class Node:
                 self._lan = lan
             except OSError as exc:
                 log.warning("LAN discovery unavailable on port %d: %s", self.config.lan_port, exc)
-        self.publish("p2p_started", {"port": p2p.port, "lan_discovery": self._lan is not None})
+        self.publish("p2p_started", {"port": p2p.port, "lan_discovery": self._lan is not None,
+                                     "online": p2p.online is not None})
+
+    def _dht_settings(self) -> DhtSettings | None:
+        """Online mode's DHT session, or None in private mode."""
+        config = self.config
+        if not config.online_mode:
+            return None
+        port = config.dht_port
+        return DhtSettings(listen=(f"0.0.0.0:{port}", f"[::]:{port}"), bootstrap=tuple(config.dht_bootstrap),
+                           port_mapping=config.port_mapping, private_swarm=config.dht_private_swarm)
 
     def _nat_settings(self) -> nat.NatSettings:
         config = self.config
         turn = (nat.TurnServer(config.turn_url, config.turn_username, config.turn_credential),) \
             if config.turn_url else ()
-        return nat.NatSettings(tuple(config.stun_urls), tuple(config.rendezvous_servers),
+        return nat.NatSettings(tuple(config.effective_stun_urls), tuple(config.rendezvous_servers),
                                self.turn_override if self.turn_override is not None else turn,
                                config.serve_rendezvous)
 
     def restart_p2p(self, stun_urls: list[str] | None = None, rendezvous_servers: list[str] | None = None,
-                    turn_servers: list | None = None) -> None:
+                    turn_servers: list | None = None, online: bool | None = None) -> None:
         """`p2p start`: check and apply new settings (None keeps a setting), then (re)start,
         keeping the bound port when it was 0."""
         changes: dict[str, Any] = {}
@@ -186,6 +198,8 @@ class Node:
             changes["stun_urls"] = stun_urls
         if rendezvous_servers is not None:
             changes["rendezvous_servers"] = rendezvous_servers
+        if online is not None:
+            changes["online"] = online
         turn = nat.turn_servers_from(turn_servers) if turn_servers is not None else None
         nat.check_settings(nat.NatSettings(tuple(changes.get("stun_urls", self.config.stun_urls)),
                                            tuple(changes.get("rendezvous_servers", self.config.rendezvous_servers))))
@@ -260,6 +274,8 @@ class Node:
                 **(p2p.nat.status() if p2p is not None else {"public_address": None, "mapping": "unknown",
                                                              "nat_type": "unknown"}),
             },
+            "dht": p2p.online.status() if p2p is not None and p2p.online is not None else
+            {"mode": "online" if self.config.online_mode else "private", "running": False},
             "ipc": static["ipc"],
             "events": static["events"],
             "contacts": self.store.contacts.count(),

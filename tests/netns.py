@@ -45,6 +45,14 @@ PUBLIC_IP, PUBLIC_IP2 = f"{WAN_NET}.1", f"{WAN_NET}.2"
 LEFT_WAN_IP, RIGHT_WAN_IP = f"{WAN_NET}.11", f"{WAN_NET}.12"
 LEFT_ROUTER_LAN_IP, LEFT_HOST_IP = "203.0.113.1", "203.0.113.10"  # 203.0.113.0/25
 RIGHT_ROUTER_LAN_IP, RIGHT_HOST_IP = "203.0.113.129", "203.0.113.138"  # 203.0.113.128/25
+# ipv6_topology: 2001:db8::/32 only (documentation prefix). The "internet" is one /64, each
+# home gets its own /64 (a real ISP delegates a /56 or /48; one /64 is what a LAN uses).
+V6_WAN_NET = "2001:db8:100::"
+V6_PUBLIC_IP = "2001:db8:100::1"
+V6_LEFT_WAN_IP, V6_RIGHT_WAN_IP = "2001:db8:100::11", "2001:db8:100::12"
+V6_LEFT_NET, V6_RIGHT_NET = "2001:db8:1::/64", "2001:db8:2::/64"
+V6_LEFT_ROUTER_LAN_IP, V6_LEFT_HOST_IP = "2001:db8:1::1", "2001:db8:1::10"
+V6_RIGHT_ROUTER_LAN_IP, V6_RIGHT_HOST_IP = "2001:db8:2::1", "2001:db8:2::10"
 
 _RUN = f"{os.getpid()}-{secrets.token_hex(2)}"
 _live: dict[str, "Namespace"] = {}  # every namespace this process created and not yet deleted
@@ -113,6 +121,7 @@ class Namespace:
         self.role = role
         self.name = f"{PREFIX}{_RUN}-{role}-{next(_serial)}"
         self.addresses: list[str] = []  # IPv4 addresses given to its interfaces, first = main
+        self.addresses6: list[str] = []  # IPv6 ones (add_address6)
         self._procs: list[subprocess.Popen] = []
         _check(["ip", "netns", "add", self.name])
         _live[self.name] = self  # registered at once, so even a half-built topology is cleaned
@@ -134,6 +143,10 @@ class Namespace:
         """`iptables ...` inside the namespace, checked (`-w` in case of the legacy lock)."""
         return _check(["ip", "netns", "exec", self.name, "iptables", "-w", "5", *args])
 
+    def ip6tables(self, *args: str) -> str:
+        """`ip6tables ...` inside the namespace, checked."""
+        return _check(["ip", "netns", "exec", self.name, "ip6tables", "-w", "5", *args])
+
     def sysctl(self, setting: str) -> None:
         """`sysctl -w key=value` inside the namespace: per-namespace keys stay in it."""
         _check(["ip", "netns", "exec", self.name, "sysctl", "-q", "-w", setting])
@@ -142,6 +155,12 @@ class Namespace:
         args = ["addr", "add", cidr, "dev", dev] + (["brd", "+"] if broadcast else [])
         self.ip(*args)
         self.addresses.append(cidr.split("/")[0])
+
+    def add_address6(self, dev: str, cidr: str) -> None:
+        """An IPv6 address usable at once: `nodad` skips duplicate address detection (which
+        keeps a new address tentative, unusable as a source, for about a second)."""
+        self.ip("-6", "addr", "add", cidr, "dev", dev, "nodad")
+        self.addresses6.append(cidr.split("/")[0])
 
     def run(self, cmd: Sequence[str], **kw: Any) -> subprocess.CompletedProcess:
         """subprocess.run inside the namespace; defaults: check, text, capture, 15 s timeout."""
@@ -420,6 +439,99 @@ def nat_topology(left_nat: str = "cone", right_nat: str = "cone") -> Iterator[Na
             right_router=sides["right"][0], right_wan_ip=RIGHT_WAN_IP,
             right_host=sides["right"][1], right_host_ip=RIGHT_HOST_IP,
             left_nat=left_nat, right_nat=right_nat, switch=switch,
+        )
+
+
+# ---- one host with nothing but loopback -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def isolated_host() -> Iterator[Namespace]:
+    """One namespace with only `lo` (127.0.0.1 and ::1): a daemon bound to every address
+    ("::") there is reachable from nowhere else."""
+    with _building() as built:
+        ns = Namespace("solo")
+        built.append(ns)
+        ns.sysctl("net.ipv6.conf.lo.disable_ipv6=0")
+        yield ns
+
+
+# ---- two IPv6 homes behind stateful firewalls, and a public host --------------------------------
+
+
+@dataclasses.dataclass
+class Ipv6Topology:
+    """Like NatTopology in IPv6, as in a home with IPv6: no NAT, every host has a global
+    address, and each home's router forwards inbound only what belongs to a flow its host
+    started (conntrack ESTABLISHED,RELATED). The public host is on the "internet" /64."""
+
+    public: Namespace
+    public_ip: str
+    left_router: Namespace
+    left_host: Namespace
+    left_host_ip: str
+    right_router: Namespace
+    right_host: Namespace
+    right_host_ip: str
+    switch: Namespace
+
+    def namespaces(self) -> list[Namespace]:
+        return [self.switch, self.public, self.left_router, self.left_host, self.right_router, self.right_host]
+
+
+def _make_ipv6_firewall(router: Namespace) -> None:
+    """IPv6 forwarding on (this namespace only); out of the home anything goes, into it only
+    replies (and the ICMPv6 errors that belong to a flow): what simultaneous sends must open."""
+    router.sysctl("net.ipv6.conf.all.forwarding=1")
+    router.ip6tables("-A", "FORWARD", "-i", "wan", "-o", "lan", "-m", "conntrack",
+                     "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+    router.ip6tables("-A", "FORWARD", "-i", "wan", "-j", "DROP")
+
+
+@contextlib.contextmanager
+def ipv6_topology() -> Iterator[Ipv6Topology]:
+    """Build the IPv6 topology (addresses in 2001:db8::/32, see the V6_* constants)."""
+    with _building() as built:
+
+        def make(role: str) -> Namespace:
+            ns = Namespace(role)
+            built.append(ns)
+            for conf in ("all", "default"):  # link-local addresses usable at once too (NDP)
+                ns.sysctl(f"net.ipv6.conf.{conf}.accept_dad=0")
+            return ns
+
+        switch = make("wan6sw")
+        _bridge(switch)
+        public = make("public6")
+        _plug(switch, "ppub", public, "eth0")
+        public.add_address6("eth0", f"{V6_PUBLIC_IP}/64")
+        sides = {}
+        for side, wan_ip, net, router_lan, host_ip in (
+            ("left", V6_LEFT_WAN_IP, V6_LEFT_NET, V6_LEFT_ROUTER_LAN_IP, V6_LEFT_HOST_IP),
+            ("right", V6_RIGHT_WAN_IP, V6_RIGHT_NET, V6_RIGHT_ROUTER_LAN_IP, V6_RIGHT_HOST_IP),
+        ):
+            router = make(f"{side[0]}rtr6")
+            _plug(switch, f"p{side}", router, "wan")
+            router.add_address6("wan", f"{wan_ip}/64")
+            host = make(f"{side[0]}host6")
+            _wire(router, "lan", host, "eth0")
+            router.add_address6("lan", f"{router_lan}/64")
+            host.add_address6("eth0", f"{host_ip}/64")
+            host.ip("-6", "route", "add", "default", "via", router_lan)
+            _make_ipv6_firewall(router)
+            sides[side] = (router, host, net, wan_ip)
+        # The "internet" routes each home's /64 to its router; each router reaches the other
+        # home through it the same way.
+        for side, (router, _, net, wan_ip) in sides.items():
+            public.ip("-6", "route", "add", net, "via", wan_ip)
+            for other, (other_router, _, other_net, other_wan) in sides.items():
+                if other != side:
+                    router.ip("-6", "route", "add", other_net, "via", other_wan)
+        yield Ipv6Topology(
+            public=public, public_ip=V6_PUBLIC_IP,
+            left_router=sides["left"][0], left_host=sides["left"][1], left_host_ip=V6_LEFT_HOST_IP,
+            right_router=sides["right"][0], right_host=sides["right"][1], right_host_ip=V6_RIGHT_HOST_IP,
+            switch=switch,
         )
 
 

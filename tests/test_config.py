@@ -39,7 +39,11 @@ def test_defaults_without_any_file():
     with tempfile.TemporaryDirectory() as tmp:
         config = cfg.load(parse([]), {"HOME": tmp})
     assert config.ipc_port == 8889 and config.ipc_host == "127.0.0.1"
-    assert config.stun_urls == [] and config.lan_discovery is False and config.events_port is None
+    assert config.stun_urls == [] and config.events_port is None
+    # Nothing chosen: private mode, no LAN discovery, no STUN server, no DHT.
+    assert config.online is None and not config.online_mode
+    assert config.lan_discovery is None and not config.lan_discovery_on
+    assert config.effective_stun_urls == []
 
 
 def test_bad_values_name_file_key_and_type():
@@ -153,3 +157,44 @@ def empty_conf(tmp):
     path = pathlib.Path(tmp, "empty.conf")
     path.write_text("")
     return path
+
+
+def test_online_mode_is_chosen_by_flag_env_or_file_and_sets_its_defaults():
+    with tempfile.TemporaryDirectory() as tmp:
+        assert cfg.load(parse(["--online"]), {"HOME": tmp}).online is True
+        assert cfg.load(parse(["--private"]), {"HOME": tmp, "CHATP2P_ONLINE": "on"}).online is False
+        online = cfg.load(parse([]), {"HOME": tmp, "CHATP2P_ONLINE": "yes"})
+        # Online mode: LAN discovery on unless turned off, the public STUN servers unless
+        # some are configured, the public DHT routers as bootstrap.
+        assert online.online_mode and online.lan_discovery_on
+        assert online.effective_stun_urls == cfg.PUBLIC_STUN_URLS
+        assert online.dht_bootstrap == cfg.PUBLIC_DHT_BOOTSTRAP
+        chosen = cfg.load(parse(["--online", "--no-lan-discovery", "--stun-urls", "stun:192.0.2.7:3478"]),
+                          {"HOME": tmp})
+        assert not chosen.lan_discovery_on and chosen.effective_stun_urls == ["stun:192.0.2.7:3478"]
+        conf = pathlib.Path(tmp, "c.conf")
+        conf.write_text("[p2p]\nonline =\n")
+        assert cfg.load(parse(["--config", str(conf)]), {"HOME": tmp}).online is None
+        conf.write_text("[p2p]\nonline = maybe\n")
+        try:
+            cfg.load(parse(["--config", str(conf)]), {"HOME": tmp})
+        except cfg.ConfigError as exc:
+            assert "online" in str(exc) and "boolean" in str(exc)
+        else:
+            raise AssertionError("a bad online value was accepted")
+
+
+def test_save_setting_keeps_the_rest_of_the_file():
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = pathlib.Path(tmp, "sub", "chatp2p.conf")
+        cfg.save_setting(conf, "online", True)        # no file yet: created, 0600
+        assert oct(conf.stat().st_mode & 0o777) == "0o600"
+        assert cfg.load(parse(["--config", str(conf)]), {"HOME": tmp}).online is True
+        conf.write_text("# mine\n[ipc]\nport = 9001  # my port\n\n[p2p]\n# online = true\nport = 7000\n")
+        cfg.save_setting(conf, "online", False)
+        text = conf.read_text()
+        assert "# mine" in text and "port = 9001  # my port" in text and "# online = true" in text
+        config = cfg.load(parse(["--config", str(conf)]), {"HOME": tmp})
+        assert config.online is False and config.ipc_port == 9001 and config.p2p_port == 7000
+        cfg.save_setting(conf, "online", True)        # replaced, not added twice
+        assert conf.read_text().splitlines().count("online = true") == 1 and "online = false" not in conf.read_text()

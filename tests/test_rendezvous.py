@@ -573,8 +573,9 @@ def test_server_ignores_client_bound_types_and_unusable_addresses():
     record = rv.RegisterMsg(600, bytes(8)).record()
     for rtype in rv.CLIENT_BOUND:
         assert server.on_record(ALICE.fingerprint, ADDR_A, rtype, record.body, T0) == []
-    assert server.on_record(ALICE.fingerprint, ("::1", 5), record.rtype, record.body, T0) == []
-    assert server.counters["dropped_unsupported_address"] == 1
+    for unusable in (("ff02::1", 5), ("fe80::1%eth0", 5), ("::", 5), ("240.0.0.1", 5)):
+        assert server.on_record(ALICE.fingerprint, unusable, record.rtype, record.body, T0) == []
+    assert server.counters["dropped_unsupported_address"] == 4
     assert server.registrations == 0
 
 
@@ -722,7 +723,8 @@ def test_mutated_records_of_a_real_flow_are_dropped_or_typed(position, noise):
 
 def test_address_and_candidate_checks():
     for bad in [("0.0.0.0", 1), ("224.0.0.1", 1), ("255.255.255.255", 1), ("10.0.0.1", 0),
-                ("10.0.0.1", 70000), ("::1", 1), ("example.org", 1), "1.2.3.4:5", ("1.2.3.4", True)]:
+                ("10.0.0.1", 70000), ("::", 1), ("ff02::1", 1), ("fe80::1", 1), ("::ffff:192.0.2.1", 1),
+                ("example.org", 1), "1.2.3.4:5", ("1.2.3.4", True), ("2001:db8::1", 0)]:
         with pytest.raises(RendezvousError):
             rv.encode_address(bad)
     assert rv.decode_address(rv.encode_address(("192.0.2.1", 65535))) == ("192.0.2.1", 65535)
@@ -730,6 +732,91 @@ def test_address_and_candidate_checks():
         Candidate(9, ("10.0.0.1", 1))
     candidate = Candidate(CandidateType.SRFLX, ("198.51.100.1", 9))
     assert Candidate.decode(candidate.encode()) == candidate
+
+
+def test_ipv6_addresses_are_tagged_and_ipv4_ones_keep_their_six_bytes():
+    """PROTOCOL §9.1: IPv4 stays 4 + 2 bytes (what version-1 nodes read); IPv6 is 0xF6 ‖ 16 ‖ 2.
+    A version-1 decoder reads the tag as the first byte of a 240/4 address and refuses it."""
+    v4 = rv.encode_address(("192.0.2.1", 4000))
+    assert v4 == bytes([192, 0, 2, 1]) + (4000).to_bytes(2, "big")
+    v6 = rv.encode_address(("2001:db8::7", 4000))
+    assert len(v6) == rv.ADDRESS6_LEN == 19
+    assert v6 == bytes([0xF6]) + bytes.fromhex("20010db8000000000000000000000007") + (4000).to_bytes(2, "big")
+    assert rv.decode_address(v6) == ("2001:db8::7", 4000)
+    assert rv.decode_address(rv.encode_address(("::1", 9))) == ("::1", 9)
+    assert rv.decode_address(rv.encode_address(("fd00::2", 9))) == ("fd00::2", 9)  # ULA: a LAN address
+    with pytest.raises(RendezvousError):  # what an old decoder sees in the first 6 bytes: reserved
+        rv.decode_address(v6[:6])
+    candidate = Candidate(CandidateType.HOST, ("2001:db8:1::10", 5000))
+    assert Candidate.decode(candidate.encode()) == candidate and len(candidate.encode()) == 20
+
+
+def test_hostile_ipv6_encodings_are_refused():
+    good = rv.encode_address(("2001:db8::7", 4000))
+    for bad in [good[:-1], good + b"\x00", bytes([0xF6]), b"",
+                bytes([0xF6]) + bytes(16) + b"\x00\x01",                                # ::
+                bytes([0xF6]) + bytes.fromhex("ff020000000000000000000000000001") + b"\x00\x01",  # multicast
+                bytes([0xF6]) + bytes.fromhex("fe800000000000000000000000000001") + b"\x00\x01",  # link-local
+                bytes([0xF6]) + bytes.fromhex("00000000000000000000ffffc0000201") + b"\x00\x01",  # mapped
+                bytes([0xF6]) + bytes.fromhex("20010db8000000000000000000000007") + b"\x00\x00"]:  # port 0
+        with pytest.raises(RendezvousError):
+            rv.decode_address(bad)
+    registered = rv.RegisteredMsg(bytes(8), 600, ("2001:db8::7", 4000)).record()
+    assert len(registered.body) == 8 + 2 + 19
+    assert rv.RegisteredMsg.decode(registered.body).observed == ("2001:db8::7", 4000)
+    for cut in (registered.body[:-1], registered.body + b"\x00", registered.body[:10] + good[:6]):
+        with pytest.raises(RendezvousError):
+            rv.RegisteredMsg.decode(cut)
+
+
+@pytest.mark.parametrize("seal", [False, True])
+def test_blob_and_intro_messages_carry_both_families(seal):
+    rid = bytes(range(16))
+    mixed = (Candidate(CandidateType.HOST, ("10.0.0.2", 40000)),
+             Candidate(CandidateType.HOST, ("2001:db8:a::10", 40000)),
+             Candidate(CandidateType.SRFLX, ("198.51.100.7", 40000)),
+             Candidate(CandidateType.SRFLX, ("2001:db8:a::11", 40001)))
+    content = rv.BlobContent(Role.REQUEST, ALICE.fingerprint, BOB.fingerprint, int(T0 * 1000), mixed)
+    assert len(content.encode()) == rv.MIN_CONTENT + 2 * 7 + 2 * 20
+    blob = rv.seal_blob(content, rid, BOB.bundle if seal else None)
+    rv.check_blob(blob)  # what the server can check
+    assert rv.open_blob(blob, Role.REQUEST, rid, ALICE.fingerprint, BOB.fingerprint, BOB.kem_seed) == (content, seal)
+    intro = rv.IntroMsg(rid, ALICE.fingerprint, ("2001:db8:a::11", 40001), blob)
+    parts = rv.split_parts(RecordType.INTRO, rid, intro.payload())
+    assert all(len(p.body) <= wire.MAX_DATAGRAM for p in parts)
+    assert rv.IntroMsg.from_payload(rid, intro.payload()) == intro
+    reply = rv.IntroReplyMsg(rid, ("2001:db8:b::5", 50000), blob)
+    assert rv.IntroReplyMsg.from_payload(rid, reply.payload()) == reply
+    full = tuple(Candidate(CandidateType.HOST, (f"2001:db8::{i + 1}", 40000)) for i in range(8))
+    biggest = rv.seal_blob(rv.BlobContent(Role.REQUEST, ALICE.fingerprint, BOB.fingerprint, 0, full), rid,
+                           BOB.bundle if seal else None)
+    payload = rv.IntroMsg(rid, ALICE.fingerprint, ("2001:db8::99", 1), biggest).payload()
+    assert len(payload) <= rv.MAX_PAYLOAD
+    for max_datagram in (576, wire.MAX_DATAGRAM):
+        assert rv.split_parts(RecordType.INTRO, rid, payload, max_datagram)
+
+
+def test_blob_with_a_candidate_count_or_length_that_does_not_add_up_is_refused():
+    v6 = Candidate(CandidateType.HOST, ("2001:db8::1", 1)).encode()
+    v4 = Candidate(CandidateType.HOST, ("192.0.2.1", 1)).encode()
+    head = rv.BlobContent(Role.REQUEST, ALICE.fingerprint, BOB.fingerprint, 0).encode()[:-1]
+    for count, body in [(2, v6), (1, v6 + v4), (1, v6[:-1]), (2, v4 + v6[:5]), (9, v4 * 9)]:
+        with pytest.raises(RendezvousError):
+            rv.BlobContent.decode(head + bytes([count]) + body)
+    assert len(rv.BlobContent.decode(head + bytes([2]) + v4 + v6).candidates) == 2
+    for size in (1, 6, 8, 13, 19, 21 + 160):  # no mix of 7- and 20-byte candidates (at most 8) is this long
+        with pytest.raises(RendezvousError):
+            rv.check_blob(bytes([rv.SEALED]) + bytes(1120 + rv.MIN_CONTENT + 16 + size))
+
+
+def test_an_ipv6_source_is_rate_limited_by_its_64():
+    """The per-source bucket counts an IPv6 requester by its /64: one subscriber's whole prefix."""
+    server = RendezvousServer(dataclasses.replace(ServerConfig(), source_rate=0.001, source_burst=2))
+    body = rv.RegisterMsg(600, bytes(8)).record().body
+    answered = [server.on_record(ALICE.fingerprint, (f"2001:db8:1:2::{i + 1}", 4000), RecordType.REGISTER, body, T0)
+                for i in range(3)]
+    assert [bool(a) for a in answered] == [True, True, False]
+    assert server.on_record(ALICE.fingerprint, ("2001:db8:1:3::1", 4000), RecordType.REGISTER, body, T0)
 
 
 # ---------------------------------------------------------------- configuration

@@ -301,9 +301,9 @@ class FakeServer:
     def __init__(self, reply, host="127.0.0.1"):
         self.reply = reply
         self.requests = []
-        self.sock = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock = gsocket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, 0))
-        self.address = self.sock.getsockname()
+        self.address = self.sock.getsockname()[:2]
         self.loop = gevent.spawn(self._serve)
 
     def _serve(self):
@@ -543,3 +543,42 @@ def _classic_answer(request: bytes, source, changed) -> bytes:
     body = (struct.pack(">HHBBH4s", 0x0001, 8, 0, 1, 4242, socket.inet_aton("127.0.0.1"))
             + struct.pack(">HHBBH4s", 0x0005, 8, 0, 1, changed[1], socket.inet_aton(changed[0])))
     return struct.pack(">HH", 0x0101, len(body)) + request[4:20] + body
+
+
+def test_discover_asks_over_both_families_on_a_dual_stack_socket(fake):
+    """A dual-stack socket ("::") asks an IPv4 and an IPv6 server from one port, and keeps
+    a public address per family; the IPv4 server sees a plain IPv4 source (the transport
+    maps it to ::ffff:127.0.0.1 on the way out) and the client matches its answer."""
+    answer = lambda data, source: [_answer(data, XOR_MAPPED_ADDRESS=tuple(source[:2]))]  # noqa: E731
+    v4, v6 = fake(answer, "127.0.0.1"), fake(answer, "::1")
+    transport = Transport("::", 0)
+    client = stun_client.StunClient(transport.send)
+    transport.register("stun", lambda d: wire.classify(d) is wire.Kind.STUN, client.handle)
+    transport.start()
+    try:
+        assert transport.dual_stack and transport.families == (socket.AF_INET, socket.AF_INET6)
+        assert transport.sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+        assert transport.sock.getsockopt(socket.IPPROTO_IP, 10) == 3      # IP_MTU_DISCOVER: probe
+        assert transport.sock.getsockopt(socket.IPPROTO_IPV6, 23) == 3    # IPV6_MTU_DISCOVER: probe
+        urls = [f"stun:127.0.0.1:{v4.address[1]}", f"stun:[::1]:{v6.address[1]}"]
+        found = client.discover(urls, families=transport.families)
+        assert found.mapped == ("127.0.0.1", transport.port), found
+        assert found.mapped6 == ("::1", transport.port), found
+        assert found.answers == {urls[0]: found.mapped} and found.answers6 == {urls[1]: found.mapped6}
+        assert not found.errors and not found.errors6
+        only4 = client.discover(urls, families=(socket.AF_INET,))
+        assert only4.mapped == ("127.0.0.1", transport.port) and only4.mapped6 is None
+        assert "not an IPv4 address" in only4.errors[urls[1]]
+    finally:
+        transport.stop()
+
+
+def test_a_specific_host_keeps_its_family():
+    for host, family in (("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)):
+        transport = Transport(host, 0)
+        transport.start()
+        try:
+            assert not transport.dual_stack and transport.families == (family,)
+            assert transport.sock.getsockname()[0] == host
+        finally:
+            transport.stop()

@@ -61,6 +61,7 @@ class Tmux:
         self.socket = f"chatp2p-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.env = Daemon.environment(self.workdir)
         self.env.pop("TMUX", None)
+        self.env["CHATP2P_ONLINE"] = "false"   # a user who chose private mode (the choice screen has its test)
 
     def tmux(self, *args: str) -> str:
         result = subprocess.run(["tmux", "-L", self.socket, "-f", "/dev/null", *args], env=self.env,
@@ -281,3 +282,34 @@ def test_connect_mode_attaches_to_a_running_daemon():
     finally:
         tmux.kill()
         alice.stop()
+
+
+def test_first_start_asks_online_or_private_and_online_saves_the_choice():
+    """No layer says online or private: the app asks once, explaining the cost; the answer is
+    saved in the conf file and applied; /online off switches back and saves that too. The DHT
+    and STUN servers here are local, dead addresses: nothing leaves the machine."""
+    workdir = pathlib.Path(_tmp, "choice")
+    tmux = Tmux(workdir)
+    del tmux.env["CHATP2P_ONLINE"]
+    conf = pathlib.Path(tmux.env["HOME"], ".config", "chatp2p", "chatp2p.conf")
+    local_only = ("--dht-private-swarm", "--dht-bootstrap", "127.0.0.1:9", "--public-stun-urls",
+                  "stun:127.0.0.1:9", "--no-port-mapping", "--no-lan-discovery")
+    try:
+        tmux.start("app", [*APP, "--data-dir", str(workdir / "carol"), *NODE_ARGS, *local_only, "--name", "carol"])
+        screen = tmux.wait("app", "Online or private?", what="the choice screen")
+        assert "see your IP address" in screen and "follow your IP address" in screen, screen
+        assert "│ private" in screen.splitlines()[0]           # until chosen, nothing public is contacted
+        tmux.keys("app", "Enter")                               # the first button: Online
+        screen = tmux.wait("app", lambda text: "online · " in text.splitlines()[0], what="online mode in the header")
+        assert "online = true" in conf.read_text().splitlines()
+        tmux.type("app", "/online off")
+        tmux.wait("app", lambda text: "│ private" in text.splitlines()[0], what="private mode in the header")
+        assert "online = false" in conf.read_text().splitlines()
+        tmux.keys("app", "C-q")
+        tmux.wait("app", "EXIT=0", what="the app to exit")
+        # The next start reads the choice: no question.
+        tmux.start("again", [*APP, "--data-dir", str(workdir / "carol"), *NODE_ARGS, *local_only])
+        screen = tmux.wait("again", lambda text: "│ private" in text.splitlines()[0], what="private at restart")
+        assert "Online or private?" not in screen
+    finally:
+        tmux.kill()

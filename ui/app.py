@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 import urwid
 
+from . import command_actions
 from . import commands as slash
 from . import key_actions
 from . import transfer_actions
@@ -61,6 +62,8 @@ class App:
         self.quitting = False
         self.rings = 0
         self.pasting = False    # between the terminal's "begin paste" and "end paste"
+        self.conf_path: Optional[pathlib.Path] = None   # where /online saves the choice (run() sets it)
+        self.ask_online = False                          # first start: nobody chose online or private yet
         self.layout = Layout(self.keymap, on_key=self.on_key, on_open_contact=self.open_from_list,
                              on_transfer_answer=lambda transfer_id, accept:
                              transfer_actions.answer(self, transfer_id, accept))
@@ -213,6 +216,9 @@ class App:
         self.client.start_events(self.on_event, self.on_events_state)
         self.resync(first=True)
         self._schedule_periodic()
+        if self.ask_online:
+            self.show_dialog(chat_dialogs.online_choice(self.closing(lambda: command_actions.choose_online(self, True)),
+                                                        self.closing(lambda: command_actions.choose_online(self, False))))
 
     def _schedule_periodic(self) -> None:
         def tick() -> None:
@@ -483,8 +489,10 @@ def _spawn(fn: Callable[[], None]) -> None:
     gevent.spawn(fn)
 
 
-def run(backend: Any, config_path: Optional[pathlib.Path]) -> int:
-    """Run the UI on this terminal until the user quits; returns the exit code (0)."""
+def run(backend: Any, config_path: Optional[pathlib.Path], save_path: Optional[pathlib.Path] = None,
+        ask_online: bool = False) -> int:
+    """Run the UI on this terminal until the user quits; returns the exit code (0). `save_path`:
+    the conf file /online writes to; `ask_online`: show the first start's online/private choice."""
     import signal
 
     import gevent
@@ -495,6 +503,7 @@ def run(backend: Any, config_path: Optional[pathlib.Path]) -> int:
     bridge = Bridge()
     client = Client(backend, bridge.post)
     app = App(client, keymap, theme, settings)
+    app.conf_path, app.ask_online = save_path or config_path, ask_online
     try:   # bracketed paste: a pasted paragraph arrives between "begin paste" and "end paste"
         screen = urwid.display.raw.Screen(bracketed_paste_mode=True)
     except TypeError:   # an urwid without it: pasted lines are sent one by one, as before

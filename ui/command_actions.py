@@ -188,6 +188,40 @@ def set_nick(app: "App", args: Args) -> None:
                "conf file). Contacts see the name they gave you anyway.", error=True)
 
 
+def set_online(app: "App", args: Args) -> None:
+    """/online [on|off]: show or switch the mode (saved in the conf file for every program)."""
+    word = (args.get("on|off") or "").strip().lower()
+    if not word:
+        mode = app.model.mode_text
+        app.notice(f"Mode: {mode[1] if isinstance(mode, tuple) else mode or 'unknown'} "
+                   "(/online on: find contacts by ID through the public DHT; /online off: private)")
+        return
+    if word not in ("on", "off"):
+        raise UsageError("Usage: /online on|off (on: the public DHT and STUN see your IP address)")
+    choose_online(app, word == "on")
+
+
+def choose_online(app: "App", online: bool) -> None:
+    """Save `online = …` in the conf file, then restart the P2P network in that mode."""
+    from chatp2p_core.config import ConfigError, save_setting
+
+    app.ask_online = False
+    if app.conf_path is not None:
+        try:
+            save_setting(app.conf_path, "online", online)
+        except (OSError, ConfigError) as exc:
+            app.notice(f"Could not save the choice in {app.conf_path}: {getattr(exc, 'strerror', None) or exc}",
+                       error=True)
+    word = "online" if online else "private"
+
+    def started(_data: Any) -> None:
+        app.notice("Online mode: contacts are found by ID through the DHT" if online else
+                   "Private mode: nothing is contacted that you did not configure")
+        app.request("status", on_ok=app.on_status, quiet=True)
+    app.request("p2p", "start", {"online": online}, on_ok=started,
+                on_error=lambda error: app.notice(f"Could not switch to {word} mode: {error}", error=True))
+
+
 def show_help(app: "App", args: Args) -> None:
     app.show_help()
 

@@ -103,6 +103,9 @@ COMMANDS: tuple[Command, ...] = (
             files.resume, ApiRow("p2p", "resume_transfer", {"ID": "transfer_id"})),
     Command("transfers", (), "list file transfers", files.list_transfers),
     Command("nick", (Arg("NAME", "text"),), "change my display name", act.set_nick),
+    Command("online", (Arg("on|off", "text", optional=True),),
+            "online mode: on finds contacts by ID through the public DHT (it sees your IP address), off is private",
+            act.set_online),
     Command("help", (), "keys and commands", act.show_help),
     Command("quit", (), "quit", act.quit_app),
 )

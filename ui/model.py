@@ -163,6 +163,7 @@ class Model:
     def __init__(self) -> None:
         self.me: dict = {}
         self.p2p: dict = {}
+        self.dht: dict = {}      # status "dht": online mode and the DHT's health
         self.contacts: dict[str, Contact] = {}
         self.conversations: dict[str, Conversation] = {}
         self.transfers: dict[str, Transfer] = {}
@@ -186,6 +187,18 @@ class Model:
         }
         self.p2p = dict(status.get("p2p") or {})
         self.p2p["peers"] = status.get("peers")
+        self.dht = dict(status.get("dht") or {})
+
+    @property
+    def mode_text(self):
+        """'private', 'online · DHT 42', or a warning while online mode has no DHT node."""
+        dht = self.dht
+        if dht.get("mode") != "online":
+            return "private" if dht else ""
+        if not dht.get("running"):
+            return ("header_warn", "online · DHT off" + (f": {dht['error']}" if dht.get("error") else ""))
+        nodes = dht.get("nodes") or 0
+        return f"online · DHT {nodes}" if nodes else ("header_warn", "online · no DHT node")
 
     @property
     def nat_text(self) -> str:

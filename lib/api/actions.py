@@ -71,8 +71,10 @@ def build_table(handlers: Optional[Mapping[tuple[str, Optional[str]], Handler]] 
 
     table.add("p2p", "start", bind("p2p", "start"), (Field("stun_urls", "list", required=False, item_kind="str", max_len=16),
                                           Field("rendezvous", "list", required=False, item_kind="str", max_len=16),
-                                          Field("turn_servers", "list", required=False, max_len=8)),
-              help="start (or restart) the P2P network",
+                                          Field("turn_servers", "list", required=False, max_len=8),
+                                          Field("online", "bool", required=False)),
+              help="start (or restart) the P2P network; `online` switches online mode (public DHT and STUN) "
+                   "on or off for this run",
               answer=Literal["P2P network started"])
     table.add("p2p", "stop", bind("p2p", "stop"), help="stop the P2P network",
               answer=Literal["P2P network stopped"])

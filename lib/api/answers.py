@@ -54,6 +54,38 @@ class P2pInfo(NatView, total=False):
     serving_rendezvous: dict[str, Any]
 
 
+class DhtPublish(TypedDict):
+    at: float                   # Unix time of the last publication
+    result: str                 # stored | not stored
+    slots: int
+    candidates: int
+    stored_on: int              # DHT nodes that stored it (the fewest over its slots)
+
+
+class PortMappingInfo(TypedDict):
+    state: str                  # off | trying | mapped | unavailable
+    protocol: Optional[str]     # natpmp | upnp
+    external: Optional[str]
+    error: Optional[str]
+
+
+class DhtInfo(TypedDict, total=False):
+    """Online mode's DHT; in private mode only `mode` and `running` (false)."""
+
+    mode: str                   # online | private
+    running: bool
+    port: Optional[int]         # the DHT's own UDP port (not the P2P port)
+    nodes: int                  # nodes in the routing table
+    lookups_in_flight: int
+    puts_in_flight: int
+    last_publish: Optional[DhtPublish]
+    port_mapping: Optional[PortMappingInfo]
+    traffic: dict[str, int]     # bytes_in, bytes_out since start
+    counters: dict[str, int]
+    settings: dict[str, Any]    # what the libtorrent session was given that could contact a host
+    error: Optional[str]
+
+
 class IpcInfo(TypedDict):
     host: str
     port: int
@@ -75,6 +107,7 @@ class Status(TypedDict):
     uptime_s: float
     identity: IdentityInfo
     p2p: P2pInfo
+    dht: DhtInfo
     ipc: Optional[IpcInfo]
     events: EventsInfo
     contacts: int

@@ -87,7 +87,7 @@ def contacts_negotiate_keys(node: Node, data: dict) -> Any:
 # -- p2p ------------------------------------------------------------------------------------
 def p2p_start(node: Node, data: dict) -> Any:
     node.restart_p2p(stun_urls=data["stun_urls"], rendezvous_servers=data["rendezvous"],
-                     turn_servers=data["turn_servers"])
+                     turn_servers=data["turn_servers"], online=data["online"])
     return "P2P network started"
 
 

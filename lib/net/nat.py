@@ -20,11 +20,13 @@ import gevent
 from ..errors import Invalid
 from ..crypto import identity as ident
 from . import natinfo, rendezvous as rv, stun, turn
+from ..codec.addresses import GLOBAL, is_ipv6, plain_address, scope_or_none
 from ..codec.stun import StunError, parse_server_url
 from ..codec import wire
+from .hostaddrs import global_ipv6_addresses
 from .peers import Link, Network, _fmt
 from ..store import Contact, Store
-from .transport import Transport
+from .transport import UNSPECIFIED_HOSTS, Transport
 from ..codec.wire import RawRecord
 from ..util import Address
 
@@ -40,6 +42,7 @@ INTRO_PENDING = 10.0         # an unanswered introduction request is not repeate
 INTRO_SLOTS = 8              # the server's cap on a requester's requests, each held 10 s (PROTOCOL §9.1)
 INTRO_SLOT_HOLD = 10.5       # how long we count a sent request against that cap (its 10 s, and latency)
 RV_TYPES = range(0x10, 0x18)
+MAX_IPV6_HOSTS = 2           # IPv6 host candidates offered (temporary and stable address, say)
 
 Publish = Callable[[str, object], None]
 
@@ -99,10 +102,13 @@ def check_settings(settings: NatSettings) -> None:
 
 def _local_ip_towards(address: Address) -> Optional[str]:
     """Our interface address used to reach `address` (a UDP connect sends nothing)."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe = socket.socket(socket.AF_INET6 if is_ipv6(address[0]) else socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        return None
     try:
         probe.connect((address[0], address[1] or 9))
-        return probe.getsockname()[0]
+        return plain_address(probe.getsockname())[0]
     except OSError:
         return None
     finally:
@@ -142,7 +148,8 @@ class NatTraversal:
         self.turn_error: Optional[str] = None
         self.server: Optional[rv.RendezvousServer] = rv.RendezvousServer() if settings.serve_rendezvous else None
         self.services = [_Service(rv.parse_server(spec)) for spec in settings.rendezvous]
-        self.public_address: Optional[Address] = None
+        self.public_address: Optional[Address] = None   # IPv4, from STUN or a rendezvous
+        self.public_address6: Optional[Address] = None  # IPv6, from STUN or a rendezvous
         self.mapping = stun.MAPPING_UNKNOWN if hasattr(stun, "MAPPING_UNKNOWN") else "unknown"
         self.nat_type = "unknown"
         self.nat_detail = "no STUN server configured" if not settings.stun_urls else "discovering"
@@ -200,7 +207,7 @@ class NatTraversal:
 
     def _discover_once(self) -> bool:
         try:
-            found = self.stun.discover(list(self.settings.stun_urls))
+            found = self.stun.discover(list(self.settings.stun_urls), families=self.transport.families)
         except StunError as exc:
             self.nat_detail = f"STUN failed: {exc}"
             log.warning("STUN discovery failed: %s", exc)
@@ -208,17 +215,20 @@ class NatTraversal:
             return False
         if found.mapped is not None:
             self.public_address = tuple(found.mapped)
+        if found.mapped6 is not None:
+            self.public_address6 = tuple(found.mapped6)
         self.mapping = found.mapping
-        if found.errors and not found.answers:
+        if found.errors and not found.answers and not found.answers6:
             self.nat_detail = "no STUN server answered: " + "; ".join(f"{k}: {v}" for k, v in found.errors.items())
         else:
             first = parse_server_url(next(iter(found.answers))) if found.answers else None
             info = natinfo.classify_nat(first, timeout=NAT_TYPE_TIMEOUT) if first else None
             if info is not None:
                 self.nat_type, self.nat_detail = info.nat_type, info.detail
-        log.info("NAT: public %s, mapping %s, type %s", _fmt(self.public_address), self.mapping, self.nat_type)
+        log.info("NAT: public %s (IPv6 %s), mapping %s, type %s", _fmt(self.public_address),
+                 _fmt(self.public_address6), self.mapping, self.nat_type)
         self.publish("nat_detected", self._nat_view())
-        return bool(found.answers)
+        return bool(found.answers or found.answers6)
 
     def _allocate(self) -> None:
         for attempt in range(ALLOCATE_ATTEMPTS):
@@ -266,29 +276,49 @@ class NatTraversal:
 
     # -- candidates -------------------------------------------------------------------------
     def candidates(self, towards: Optional[Address] = None) -> list[rv.Candidate]:
-        """Our addresses, best first: host, server-reflexive, relayed."""
+        """Our addresses, best first, at most 8: host (the interface address towards
+        `towards`, and global IPv6 addresses when the socket has IPv6), server-reflexive,
+        relayed."""
         port = self.transport.port
         found: list[rv.Candidate] = []
 
         def add(kind: rv.CandidateType, address: Optional[Address]) -> None:
-            if address and all(c.address != tuple(address) for c in found) and len(found) < 8:
+            if address and all(c.address != tuple(address) for c in found) and len(found) < rv.MAX_CANDIDATES:
                 try:
                     found.append(rv.Candidate(kind, tuple(address)))
                 except (rv.RendezvousError, ValueError):
                     pass
 
-        host = self.transport.host
-        if host in ("", "0.0.0.0") and towards is not None:
-            host = _local_ip_towards(towards)
-        if host and port:
-            add(rv.CandidateType.HOST, (host, port))
+        if port:
+            for host in self._host_ips(towards):
+                add(rv.CandidateType.HOST, (host, port))
         add(rv.CandidateType.SRFLX, self.public_address)
+        add(rv.CandidateType.SRFLX, self.public_address6)
         for service in self.services:
             if service.client is not None and service.client.observed:
                 add(rv.CandidateType.SRFLX, service.client.observed)
         if self.turn is not None and self.turn.relayed is not None:
             add(rv.CandidateType.RELAY, self.turn.relayed)
         return found
+
+    def _host_ips(self, towards: Optional[Address]) -> list[str]:
+        """The IPv4 host address (the one bound, or the interface towards `towards`), then at
+        most MAX_IPV6_HOSTS global IPv6 ones (the one the kernel would use towards an IPv6
+        `towards` first): an IPv6 address is only worth offering when it is global."""
+        host, families = self.transport.host, self.transport.families
+        ips: list[str] = []
+        if host not in UNSPECIFIED_HOSTS:
+            return [host] if not is_ipv6(host) or scope_or_none(host) == GLOBAL else []
+        if towards is not None and socket.AF_INET in families and not is_ipv6(towards[0]):
+            ips += [ip for ip in [_local_ip_towards(towards)] if ip]
+        if socket.AF_INET6 in families:
+            v6 = global_ipv6_addresses()
+            preferred = _local_ip_towards(towards) if towards is not None and is_ipv6(towards[0]) else None
+            if preferred in v6:
+                v6.remove(preferred)
+                v6.insert(0, preferred)
+            ips += v6[:MAX_IPV6_HOSTS]
+        return ips
 
     @staticmethod
     def _punch_list(observed: Address, candidates: tuple) -> list[tuple[Address, str]]:
@@ -397,7 +427,9 @@ class NatTraversal:
         for event in output.events:
             if isinstance(event, rv.Registered):
                 service.error = None if event.ttl else "registration refused (the server is full); retrying"
-                if event.ttl and self.public_address is None:
+                if event.ttl and is_ipv6(event.observed[0]) and self.public_address6 is None:
+                    self.public_address6 = tuple(event.observed)
+                elif event.ttl and not is_ipv6(event.observed[0]) and self.public_address is None:
                     self.public_address = tuple(event.observed)
                 log.info("registered with rendezvous %s for %d s (seen as %s)", _fmt(service.address),
                          event.ttl, _fmt(event.observed))
@@ -426,15 +458,17 @@ class NatTraversal:
             log.debug("cannot accept an introduction: %s", exc)
             return
         self.network.send_records(service.link, records)
-        targets = self._punch_list(event.requester_observed, event.candidates)
-        gevent.spawn(self._permit, [a for a, _ in targets])
-        self.network.punch(contact, targets)
+        self.punch(contact, self._punch_list(event.requester_observed, event.candidates))
 
     def _on_answer(self, event: rv.IntroAnswered) -> None:
         contact = self.store.contacts.find_by_fingerprint(event.target)
         if contact is None or contact.blocked:
             return
-        targets = self._punch_list(event.target_observed, event.candidates)
+        self.punch(contact, self._punch_list(event.target_observed, event.candidates))
+
+    def punch(self, contact: Contact, targets: list[tuple[Address, str]]) -> None:
+        """Punch towards `targets` ((address, path) pairs from an introduction or a DHT
+        record), asking our TURN server to let them in too (a relayed session needs that)."""
         gevent.spawn(self._permit, [a for a, _ in targets])
         self.network.punch(contact, targets)
 
@@ -456,7 +490,7 @@ class NatTraversal:
             service.next_attempt = now + SERVICE_RETRY
             if service.address is None:
                 try:
-                    service.address = stun.resolve((service.spec.host, service.spec.port))
+                    service.address = stun.resolve((service.spec.host, service.spec.port), self.transport.families)
                 except (StunError, OSError) as exc:
                     service.error = str(exc)
                     return
@@ -477,14 +511,15 @@ class NatTraversal:
 
     # -- views ------------------------------------------------------------------------------
     def _nat_view(self) -> dict:
-        return {"public_address": _fmt(self.public_address), "mapping": self.mapping,
+        return {"public_address": _fmt(self.public_address), "public_address6": _fmt(self.public_address6),
+                "mapping": self.mapping,
                 "nat_type": self.nat_type, "detail": self.nat_detail}
 
     def status(self) -> dict:
         wall = time.time()
         view = self._nat_view()
         view["rendezvous"] = [{
-            "server": service.spec.host + ":" + str(service.spec.port),
+            "server": _fmt((service.spec.host, service.spec.port)),
             "connected": bool(service.link and service.link.connected),
             "registered": bool(service.client and service.client.registered(wall)),
             "observed": _fmt(service.client.observed) if service.client else None,

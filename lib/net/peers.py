@@ -909,6 +909,8 @@ def parse_address(text: str) -> Optional[Address]:
         port_text = rest[1:] if rest.startswith(":") else ""
     else:
         host, _, port_text = text.rpartition(":")
+        if ":" in host:  # an IPv6 address needs its brackets: "2001:db8::1" has no port
+            return None
     if not host or not port_text.isdigit():
         return None
     port = int(port_text)

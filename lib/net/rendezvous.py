@@ -45,7 +45,8 @@ from typing import Callable, ClassVar, Hashable, NamedTuple, Optional, Sequence,
 
 from ..errors import Refused
 from ..crypto import identity as ident, pqc
-from ..codec import wire
+from ..crypto.handshake import host_key
+from ..codec import addresses, wire
 from ..codec.fields import check_bytes
 from ..codec.wire import RawRecord
 from ..util import Address, TokenBucket
@@ -53,8 +54,11 @@ from ..util import Address, TokenBucket
 REQUEST_ID_LEN = 16
 NONCE_LEN = 8
 FP_LEN = ident.FINGERPRINT_LEN  # 32
-ADDRESS_LEN = 6  # IPv4 (4) + port (2): the P2P socket is IPv4 (transport.py)
-CANDIDATE_LEN = 1 + ADDRESS_LEN
+ADDRESS_LEN = 6  # IPv4 (4) + port (2)
+IPV6_TAG = 0xF6  # then IPv6 (16) + port (2): an IPv4 address never starts with 0xF0-0xFF (240/4)
+ADDRESS6_LEN = 1 + 16 + 2
+CANDIDATE_LEN = 1 + ADDRESS_LEN  # an IPv4 candidate
+CANDIDATE6_LEN = 1 + ADDRESS6_LEN  # an IPv6 candidate
 MAX_CANDIDATES = 8
 MAX_TTL = 3600  # the most a server grants (it clamps longer asks)
 DEFAULT_TTL = 600  # what a client asks for: refreshed every 5 minutes
@@ -65,7 +69,7 @@ BLOB_INFO_LABEL = b"chatp2p v1 rendezvous blob\x00"
 _PART_HEADER = struct.Struct(f">{REQUEST_ID_LEN}sBBH")  # request id, index, count, total
 MAX_PARTS = 4  # a sealed INTRO is 2 parts at 1200-byte datagrams, 3 at the 576-byte minimum
 _REGISTER = struct.Struct(f">H{NONCE_LEN}s")  # ttl, nonce
-_REGISTERED = struct.Struct(f">{NONCE_LEN}sH{ADDRESS_LEN}s")  # nonce, ttl granted, observed
+_REGISTERED = struct.Struct(f">{NONCE_LEN}sH")  # nonce, ttl granted; then the observed address
 _FAILED = struct.Struct(f">{REQUEST_ID_LEN}sB")  # request id, code
 _CONTENT_HEAD = struct.Struct(f">BB{FP_LEN}s{FP_LEN}sQB")  # version, role, requester, target, ms, n
 
@@ -74,9 +78,12 @@ SEALED = 0x01
 _ENC_LEN = pqc.KEM_CT_LEN  # 1120
 _TAG_LEN = 16
 MIN_CONTENT = _CONTENT_HEAD.size  # 75
-MAX_CONTENT = MIN_CONTENT + MAX_CANDIDATES * CANDIDATE_LEN  # 131
-MAX_BLOB = 1 + _ENC_LEN + MAX_CONTENT + _TAG_LEN  # 1268
-MAX_PAYLOAD = FP_LEN + ADDRESS_LEN + MAX_BLOB  # INTRO, the largest: 1306
+MAX_CONTENT = MIN_CONTENT + MAX_CANDIDATES * CANDIDATE6_LEN  # 235
+MAX_BLOB = 1 + _ENC_LEN + MAX_CONTENT + _TAG_LEN  # 1372
+MAX_PAYLOAD = FP_LEN + ADDRESS6_LEN + MAX_BLOB  # INTRO, the largest: 1423
+# Every length the candidates of a content can have: i IPv4 and j IPv6 ones, i + j <= 8.
+_CANDIDATE_BYTES = frozenset(i * CANDIDATE_LEN + j * CANDIDATE6_LEN
+                             for i in range(MAX_CANDIDATES + 1) for j in range(MAX_CANDIDATES + 1 - i))
 
 
 
@@ -129,27 +136,56 @@ class Role(enum.IntEnum):
 
 
 def encode_address(address: Address) -> bytes:
-    """``(ipv4 text, port)`` -> 6 bytes. Refuses what no one should be told to send to:
-    unspecified, multicast and reserved (including broadcast) addresses, port 0."""
+    """``(ip text, port)`` -> 6 bytes (IPv4 ‖ port) or 19 (IPV6_TAG ‖ IPv6 ‖ port). Refuses
+    what no one should be told to send to: unspecified, multicast and reserved (including
+    broadcast) addresses, IPv6 link-local ones (their zone means nothing to another host),
+    IPv4-mapped IPv6 (an IPv4 address has one spelling), port 0."""
     try:
         host, port = address
-        ip = ipaddress.IPv4Address(host)
+        ip = ipaddress.ip_address(host)
     except (TypeError, ValueError):
-        raise RendezvousError(f"not an IPv4 (host, port) address: {address!r}") from None
+        raise RendezvousError(f"not an IP (host, port) address: {address!r}") from None
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 0xFFFF:
         raise RendezvousError(f"port out of range in {address!r}")
-    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        raise RendezvousError(f"IPv4-mapped address {host}: send it as IPv4")
+    unusable = (addresses.UNSPECIFIED, addresses.MULTICAST, addresses.RESERVED)
+    if ip.version == 6:
+        unusable += (addresses.LINK_LOCAL,)
+    if addresses.address_scope(host) in unusable:
         raise RendezvousError(f"unusable address {host}")
-    return ip.packed + port.to_bytes(2, "big")
+    if ip.version == 4:
+        return ip.packed + port.to_bytes(2, "big")
+    return bytes([IPV6_TAG]) + ip.packed + port.to_bytes(2, "big")
+
+
+def address_length(data: bytes, offset: int = 0) -> int:
+    """The length of the encoded address that starts at `offset` (6, or 19 after IPV6_TAG)."""
+    if offset >= len(data):
+        raise RendezvousError("address missing")
+    return ADDRESS6_LEN if data[offset] == IPV6_TAG else ADDRESS_LEN
 
 
 def decode_address(data: bytes) -> Address:
-    """6 bytes -> ``(ipv4 text, port)``, with encode_address's checks."""
-    if len(data) != ADDRESS_LEN:
-        raise RendezvousError(f"an address is {ADDRESS_LEN} bytes, got {len(data)}")
-    address = (str(ipaddress.IPv4Address(bytes(data[:4]))), int.from_bytes(data[4:], "big"))
+    """6 or 19 bytes -> ``(ip text, port)``, with encode_address's checks."""
+    data = bytes(data)
+    if len(data) != address_length(data):
+        raise RendezvousError(f"an address is {ADDRESS_LEN} or {ADDRESS6_LEN} bytes, got {len(data)}")
+    if len(data) == ADDRESS_LEN:
+        ip: Union[ipaddress.IPv4Address, ipaddress.IPv6Address] = ipaddress.IPv4Address(data[:4])
+    else:
+        ip = ipaddress.IPv6Address(data[1:17])
+    address = (str(ip), int.from_bytes(data[-2:], "big"))
     encode_address(address)
     return address
+
+
+def split_address(data: bytes, offset: int = 0) -> tuple[Address, int]:
+    """The address at `offset` in `data`, and the offset after it."""
+    end = offset + address_length(data, offset)
+    if end > len(data):
+        raise RendezvousError("address cut short")
+    return decode_address(data[offset:end]), end
 
 
 @dataclass(frozen=True)
@@ -171,9 +207,23 @@ class Candidate:
 
     @staticmethod
     def decode(data: bytes) -> "Candidate":
-        if len(data) != CANDIDATE_LEN:
-            raise RendezvousError(f"a candidate is {CANDIDATE_LEN} bytes, got {len(data)}")
+        if len(data) not in (CANDIDATE_LEN, CANDIDATE6_LEN):
+            raise RendezvousError(f"a candidate is {CANDIDATE_LEN} or {CANDIDATE6_LEN} bytes, got {len(data)}")
         return Candidate(data[0], decode_address(data[1:]))  # type: ignore[arg-type]
+
+    @staticmethod
+    def split(data: bytes, count: int) -> tuple["Candidate", ...]:
+        """`count` candidates filling `data` exactly."""
+        found, offset = [], 0
+        for _ in range(count):
+            if offset + 2 > len(data):
+                raise RendezvousError("blob candidate count does not match its length")
+            end = offset + 1 + address_length(data, offset + 1)
+            found.append(Candidate.decode(data[offset:end]))
+            offset = end
+        if offset != len(data):
+            raise RendezvousError("blob candidate count does not match its length")
+        return tuple(found)
 
 
 def _check_candidates(candidates: Sequence[Candidate]) -> tuple[Candidate, ...]:
@@ -222,10 +272,9 @@ class BlobContent:
         version, role, requester, target, stamp, count = _CONTENT_HEAD.unpack_from(data)
         if version != BLOB_VERSION:
             raise RendezvousError(f"unsupported blob version {version}")
-        if count > MAX_CANDIDATES or len(data) != MIN_CONTENT + count * CANDIDATE_LEN:
+        if count > MAX_CANDIDATES:
             raise RendezvousError("blob candidate count does not match its length")
-        items = [data[MIN_CONTENT + i * CANDIDATE_LEN: MIN_CONTENT + (i + 1) * CANDIDATE_LEN] for i in range(count)]
-        return BlobContent(role, requester, target, stamp, tuple(Candidate.decode(c) for c in items))
+        return BlobContent(role, requester, target, stamp, Candidate.split(data[MIN_CONTENT:], count))
 
 
 def blob_info(role: Role, request_id: bytes, requester: bytes, target: bytes) -> bytes:
@@ -255,7 +304,7 @@ def check_blob(blob: bytes) -> None:
         BlobContent.decode(blob[1:])
     elif blob[0] == SEALED:
         size = len(blob) - 1 - _ENC_LEN - _TAG_LEN
-        if not MIN_CONTENT <= size <= MAX_CONTENT or (size - MIN_CONTENT) % CANDIDATE_LEN:
+        if size - MIN_CONTENT not in _CANDIDATE_BYTES:
             raise RendezvousError(f"sealed blob of impossible length {len(blob)}")
     else:
         raise RendezvousError(f"unknown blob flag {blob[0]:#04x}")
@@ -322,14 +371,15 @@ class RegisteredMsg:
         encode_address(self.observed)
 
     def record(self) -> RawRecord:
-        return RawRecord(RecordType.REGISTERED, _REGISTERED.pack(self.nonce, self.ttl, encode_address(self.observed)))
+        return RawRecord(RecordType.REGISTERED, _REGISTERED.pack(self.nonce, self.ttl) + encode_address(self.observed))
 
     @staticmethod
     def decode(body: bytes) -> "RegisteredMsg":
-        if len(body) != _REGISTERED.size:
-            raise RendezvousError(f"REGISTERED body must be {_REGISTERED.size} bytes, got {len(body)}")
-        nonce, ttl, observed = _REGISTERED.unpack(body)
-        return RegisteredMsg(nonce, ttl, decode_address(observed))
+        if len(body) not in (_REGISTERED.size + ADDRESS_LEN, _REGISTERED.size + ADDRESS6_LEN):
+            raise RendezvousError(f"REGISTERED body must be {_REGISTERED.size + ADDRESS_LEN} or "
+                                  f"{_REGISTERED.size + ADDRESS6_LEN} bytes, got {len(body)}")
+        nonce, ttl = _REGISTERED.unpack_from(body)
+        return RegisteredMsg(nonce, ttl, decode_address(body[_REGISTERED.size:]))
 
 
 @dataclass(frozen=True)
@@ -417,8 +467,8 @@ class IntroMsg(_PartedMessage):
     def from_payload(request_id: bytes, payload: bytes) -> "IntroMsg":
         if len(payload) < FP_LEN + ADDRESS_LEN + 1:
             raise RendezvousError("INTRO payload too short")
-        observed = decode_address(payload[FP_LEN:FP_LEN + ADDRESS_LEN])
-        return IntroMsg(request_id, payload[:FP_LEN], observed, payload[FP_LEN + ADDRESS_LEN:])
+        observed, end = split_address(payload, FP_LEN)
+        return IntroMsg(request_id, payload[:FP_LEN], observed, payload[end:])
 
 
 @dataclass(frozen=True)
@@ -462,7 +512,8 @@ class IntroReplyMsg(_PartedMessage):
     def from_payload(request_id: bytes, payload: bytes) -> "IntroReplyMsg":
         if len(payload) < ADDRESS_LEN + 1:
             raise RendezvousError("INTRO_REPLY payload too short")
-        return IntroReplyMsg(request_id, decode_address(payload[:ADDRESS_LEN]), payload[ADDRESS_LEN:])
+        observed, end = split_address(payload)
+        return IntroReplyMsg(request_id, observed, payload[end:])
 
 
 _PARTED: dict[int, Callable[[bytes, bytes], _PartedMessage]] = {
@@ -619,7 +670,7 @@ class RendezvousServer:
         except RendezvousError:
             return self._drop("unsupported_address")
         body = bytes(body)
-        if not self._source_bucket(observed[0], now).take(now):
+        if not self._source_bucket(host_key(observed), now).take(now):
             self.counters["rate_limited"] += 1
             first_part = len(body) > _PART_HEADER.size and body[REQUEST_ID_LEN] == 0
             if rtype == RecordType.INTRO_REQUEST and first_part:
@@ -688,7 +739,8 @@ class RendezvousServer:
         return bucket
 
     def _charge_intro(self, requester: bytes, source: str, now: float) -> bool:
-        """Spend one introduction of the requester's allowance and of its IP's (both or neither)."""
+        """Spend one introduction of the requester's allowance and of its IP's (both or
+        neither; an IPv6 source counts by its /64, which one subscriber gets whole)."""
         per_requester = self.config.requester_intros_per_minute
         per_source = self.config.source_intros_per_minute
         mine = self._bucket(self._requester_intros, requester, per_requester / 60.0, per_requester, now)
@@ -770,7 +822,7 @@ class RendezvousServer:
         reg = self._live_registration(entry.target, now)
         if reg is None:
             return self._drop("intro_unknown_target")
-        if entry.forwards == 0 and not self._charge_intro(entry.requester, observed[0], now):
+        if entry.forwards == 0 and not self._charge_intro(entry.requester, host_key(observed), now):
             return self._drop("intro_requester_capped")
         entry.forwards += 1
         self.counters["intros_forwarded"] += 1

@@ -14,7 +14,6 @@ has no built-in server list.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import socket
 import time
 from typing import Optional, Union
@@ -24,6 +23,7 @@ from ..errors import Busy, Refused
 import gevent
 from gevent import socket as gsocket
 
+from ..codec.addresses import is_ipv6, scope_or_none
 from ..codec.stun import Attr, Class, Message, Method, StunError, decode, encode, format_address, parse_server_url
 from ..util import Address
 from .stun_transaction import Retransmission, SendFunction, Transaction
@@ -57,21 +57,45 @@ class StunResponseError(Refused, StunError):
         self.reason = reason
 
 
-def resolve(server: Address) -> Address:
-    """(IPv4 address, port) of a server: the node's socket is IPv4. Blocks only this greenlet."""
+def resolve_all(server: Address, families: tuple[int, ...] = (socket.AF_INET,)) -> list[Address]:
+    """(IP address, port) of a server for each of `families` it has an address in, in the
+    order of `families` (a name with A and AAAA records gives two). Blocks only this
+    greenlet. StunError when it has none."""
     host, port = server
+    wanted = " or ".join("IPv6" if f == socket.AF_INET6 else "IPv4" for f in families)
+    scope = scope_or_none(host)
+    if scope is not None:
+        family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
+        if family not in families:
+            raise StunError(f"{host} is not an {wanted} address")
+        return [(host, port)]
+    found: list[Address] = []
+    for family in families:
+        try:
+            infos = gsocket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as exc:
+            if len(families) == 1:
+                raise StunError(f"cannot resolve {host}: {exc}") from None
+            continue  # no address in this family
+        if infos:
+            found.append((infos[0][4][0], port))
+    if not found:
+        raise StunError(f"cannot resolve {host}: no {wanted} address")
+    return found
+
+
+def _try_resolve(server: Address, families: tuple[int, ...]) -> Union[list[Address], str]:
+    """`resolve_all`, with a failure turned into its message (for parallel lookups)."""
     try:
-        ipaddress.IPv4Address(host)
-        return host, port
-    except ValueError:
-        pass
-    try:
-        infos = gsocket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
-    except (OSError, UnicodeError) as exc:
-        raise StunError(f"cannot resolve {host}: {exc}") from None
-    if not infos:
-        raise StunError(f"cannot resolve {host}: no IPv4 address")
-    return infos[0][4][0], port
+        return resolve_all(server, families)
+    except StunError as exc:
+        return str(exc)
+
+
+def resolve(server: Address, families: tuple[int, ...] = (socket.AF_INET,)) -> Address:
+    """The first address of `resolve_all`: IPv4 unless only IPv6 is asked for or found
+    (TURN relays and pystun3 stay IPv4: they keep the default)."""
+    return resolve_all(server, families)[0]
 
 
 # ---------------------------------------------------------------- Binding client
@@ -79,13 +103,19 @@ def resolve(server: Address) -> Address:
 
 @dataclasses.dataclass(frozen=True)
 class Discovery:
-    """What `StunClient.discover` learnt. `mapped` is our public address as seen by the first
-    configured server that answered; `answers` and `errors` are keyed by server URL."""
+    """What `StunClient.discover` learnt. `mapped` is our public IPv4 address as seen by the
+    first configured server that answered over IPv4; `answers` and `errors` are keyed by
+    server URL. The same over IPv6 (servers with an IPv6 address, asked when the socket is
+    dual-stack) in `mapped6`, `answers6` and `errors6`. `mapping` is the IPv4 NAT's behaviour
+    (from the IPv6 answers when there are no IPv4 ones: IPv6 rarely has a NAT)."""
 
     mapped: Optional[Address]
     mapping: str
     answers: dict[str, Address]
     errors: dict[str, str]
+    mapped6: Optional[Address] = None
+    answers6: dict[str, Address] = dataclasses.field(default_factory=dict)
+    errors6: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def infer_mapping(answers: list[tuple[Address, Address]]) -> str:
@@ -154,7 +184,7 @@ class StunClient:
     def _binding(self, server: Address, timeout: float, retries: int) -> tuple[Address, Address]:
         """(resolved server address, mapped address)."""
         started = time.monotonic()  # the deadline counts name resolution too
-        target = resolve(server)
+        target = resolve(server, (socket.AF_INET, socket.AF_INET6))  # a literal of either family
         name = format_address(target)
         request = Message(Method.BINDING, Class.REQUEST)
         timing = Retransmission(self.initial_rto, requests=retries + 1, max_rto=self.max_rto)
@@ -186,22 +216,36 @@ class StunClient:
         except StunError as exc:
             return str(exc)
 
-    def discover(self, servers: list[str], timeout: float = DEFAULT_TIMEOUT) -> Discovery:
-        """Ask every `stun:host:port` server at once; our public address and the NAT's mapping
-        behaviour. A malformed URL raises StunError before anything is sent; an unreachable
-        server is only an entry in `errors`."""
+    def discover(self, servers: list[str], timeout: float = DEFAULT_TIMEOUT,
+                 families: tuple[int, ...] = (socket.AF_INET,)) -> Discovery:
+        """Ask every `stun:host:port` server at once, over each of `families` it has an
+        address in; our public address per family and the NAT's mapping behaviour. A malformed
+        URL raises StunError before anything is sent; an unreachable server is only an entry
+        in `errors`."""
+        started = time.monotonic()
         targets = [(url, parse_server_url(url)) for url in servers]
-        jobs = [(url, gevent.spawn(self._try_binding, target, timeout)) for url, target in targets]
-        gevent.joinall([job for _, job in jobs])
-        answers: dict[str, Address] = {}
+        lookups = [(url, gevent.spawn(_try_resolve, target, families)) for url, target in targets]
+        gevent.joinall([job for _, job in lookups], timeout=timeout)
         errors: dict[str, str] = {}
-        pairs: list[tuple[Address, Address]] = []
-        for url, job in jobs:
+        jobs = []
+        remaining = max(0.0, timeout - (time.monotonic() - started))
+        for url, lookup in lookups:
+            outcome = lookup.value if lookup.successful() else f"cannot resolve {url} within {timeout:g} s"
+            if isinstance(outcome, str):
+                lookup.kill(block=False)
+                errors[url] = outcome
+                continue
+            jobs += [(url, address, gevent.spawn(self._try_binding, address, remaining)) for address in outcome]
+        gevent.joinall([job for _, _, job in jobs])
+        found: dict[bool, tuple[dict, dict, list]] = {False: ({}, errors, []), True: ({}, {}, [])}
+        for url, address, job in jobs:
+            answers, failures, pairs = found[is_ipv6(address[0])]
             outcome = job.value if job.successful() else f"binding greenlet died: {job.exception!r}"
             if isinstance(outcome, str):
-                errors[url] = outcome
+                failures[url] = outcome
             else:
                 answers[url] = outcome[1]
                 pairs.append(outcome)
-        mapped = next(iter(answers.values()), None)
-        return Discovery(mapped, infer_mapping(pairs), answers, errors)
+        (answers4, _, pairs4), (answers6, errors6, pairs6) = found[False], found[True]
+        return Discovery(next(iter(answers4.values()), None), infer_mapping(pairs4 or pairs6), answers4, errors,
+                         next(iter(answers6.values()), None), answers6, errors6)

@@ -2,6 +2,11 @@
 
 Protocols register a classifier + handler pair; a datagram no protocol claims is counted and
 dropped, never answered.
+
+Bound to an unspecified host ("", "0.0.0.0", "::") the socket is dual-stack: AF_INET6 on "::"
+with IPV6_V6ONLY off, so one port serves IPv4 and IPv6 peers (AF_INET where the system has no
+IPv6). Handlers and senders still see plain (host, port) pairs: `codec.addresses` maps the
+socket's IPv4-mapped 4-tuples to them and back, here and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Callable
 import gevent
 from gevent import socket as gsocket
 
+from ..codec.addresses import plain_address, socket_address
+
 log = logging.getLogger("chatp2p.transport")
 
 MAX_DATAGRAM = 65535
@@ -24,6 +31,9 @@ YIELD_EVERY = 8  # datagrams handled in a row before other greenlets get a turn
 # (EMSGSIZE, counted as a send error), not be cut into IP fragments and "succeed".
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_PROBE = 3
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)  # the same for IPv6 (which
+IPV6_PMTUDISC_PROBE = 3                                        # routers never fragment anyway)
+UNSPECIFIED_HOSTS = ("", "0.0.0.0", "::")
 Classifier = Callable[[bytes], bool]
 Handler = Callable[[bytes, tuple], None]
 
@@ -35,6 +45,7 @@ class Transport:
         self.host = host
         self.requested_port = port
         self.sock: gsocket.socket | None = None
+        self.dual_stack = False  # an AF_INET6 socket carrying IPv4 too (IPv4-mapped addresses)
         self.counters: collections.Counter[str] = collections.Counter()
         self._protocols: list[tuple[str, Classifier, Handler]] = []
         self._loop: gevent.Greenlet | None = None
@@ -50,22 +61,54 @@ class Transport:
     def register(self, name: str, classifier: Classifier, handler: Handler) -> None:
         self._protocols.append((name, classifier, handler))
 
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The address families it can send to: IPv4 first when dual-stack (as before IPv6)."""
+        if self.dual_stack:
+            return (socket.AF_INET, socket.AF_INET6)
+        return (self.sock.family,) if self.sock is not None else ()
+
     def start(self) -> None:
-        sock = gsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if self.host in UNSPECIFIED_HOSTS and socket.has_ipv6:
+            try:
+                self.sock = self._open(socket.AF_INET6, "::", dual_stack=True)
+                self.dual_stack = True
+            except OSError as exc:  # IPv6 compiled in but not usable (disabled, no module)
+                log.info("no IPv6 socket (%s): the P2P socket is IPv4 only", exc)
+        if self.sock is None:
+            v6 = ":" in self.host
+            self.sock = self._open(socket.AF_INET6 if v6 else socket.AF_INET,
+                                   "0.0.0.0" if self.host in UNSPECIFIED_HOSTS else self.host, dual_stack=False)
+            self.dual_stack = False
+        self._loop = gevent.spawn(self._receive_loop, self.sock)
+
+    def _open(self, family: int, host: str, dual_stack: bool) -> gsocket.socket:
+        sock = gsocket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
             if sys.platform.startswith("linux"):  # elsewhere the system's default stays
-                try:
-                    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
-                except OSError:
-                    pass
-            sock.bind((self.host, self.requested_port))
+                self._probe_path_mtu(sock, family, dual_stack)
+            sock.bind((host, self.requested_port))
         except OSError:
             sock.close()
             raise
-        self.sock = sock
-        self._loop = gevent.spawn(self._receive_loop, sock)
+        return sock
+
+    @staticmethod
+    def _probe_path_mtu(sock: gsocket.socket, family: int, dual_stack: bool) -> None:
+        options = []
+        if family == socket.AF_INET or dual_stack:  # a dual-stack socket sends IPv4 as IPv4
+            options.append((socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE))
+        if family == socket.AF_INET6:
+            options.append((socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE))
+        for level, option, value in options:
+            try:
+                sock.setsockopt(level, option, value)
+            except OSError:
+                pass
 
     def stop(self) -> None:
         loop, self._loop = self._loop, None
@@ -81,7 +124,7 @@ class Transport:
         if self.sock is None:
             return
         try:
-            self.sock.sendto(data, address)
+            self.sock.sendto(data, socket_address(address, self.dual_stack))
             self.counters["sent"] += 1
         except OSError as exc:
             self.counters["send_errors"] += 1
@@ -106,7 +149,7 @@ class Transport:
                 gevent.sleep(0.01)
                 continue
             self.counters["received"] += 1
-            self._dispatch(data, address)
+            self._dispatch(data, plain_address(address))
 
     def _dispatch(self, data: bytes, address: tuple) -> None:
         for name, classifier, handler in self._protocols:

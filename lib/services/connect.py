@@ -12,11 +12,13 @@ import socket
 
 import gevent
 
+from ..codec.addresses import plain_address
 from ..errors import Busy, Invalid, NotFound, Refused
 from ..net.nat import NatTraversal
 from ..net.peers import Address, Link, LinkState, Network, parse_address
 from ..store import Contact, Store
 from .messaging import Messenger
+from .online import OnlineDiscovery
 from .transfer import Transfers
 
 RECONNECT_INTERVAL = 30.0   # seconds between attempts to reach contacts that are offline
@@ -38,25 +40,32 @@ class KeyMismatch(Refused):
     """The node that answered is not the contact's ID."""
 
 
-def resolve(text: str) -> Address:
-    """A `host:port` given by the user, resolved to an IPv4 address."""
+def resolve(text: str, families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)) -> Address:
+    """A `host:port` or `[v6]:port` given by the user, resolved to an address of one of
+    `families` (those the P2P socket can send to): the resolver's preferred one (RFC 6724
+    order), with the text of an IPv4-mapped or zoned address kept as the socket writes it."""
     address = parse_address(text)
     if address is None:
-        raise Invalid(f"Field 'address' must be host:port, got {text!r}")
+        raise Invalid(f"Field 'address' must be host:port or [IPv6]:port, got {text!r}")
+    family = families[0] if len(families) == 1 else socket.AF_UNSPEC
     try:
-        infos = socket.getaddrinfo(address[0], address[1], socket.AF_INET, socket.SOCK_DGRAM)
+        infos = socket.getaddrinfo(address[0], address[1], family, socket.SOCK_DGRAM)
     except (OSError, UnicodeError) as exc:
         raise NotFound(f"Cannot resolve {address[0]}: {exc}") from None
-    return infos[0][4][0], infos[0][4][1]
+    infos = [info for info in infos if info[0] in families]
+    if not infos:
+        raise NotFound(f"Cannot resolve {address[0]} to an address this node's socket can reach")
+    return plain_address(infos[0][4])
 
 
 class Connector:
     """Reaches contacts over the running network; `stop()` ends its retries."""
 
     def __init__(self, network: Network, nat: NatTraversal, messenger: Messenger, transfers: Transfers,
-                 store: Store) -> None:
+                 store: Store, online: OnlineDiscovery | None = None) -> None:
         self.network = network
         self.nat = nat
+        self.online = online
         self.messenger = messenger
         self.transfers = transfers
         self.store = store
@@ -75,20 +84,23 @@ class Connector:
 
     def connect(self, contact: Contact, address: str | None = None) -> Link:
         """Start reaching `contact`: at `address` if given, else at every address it was seen
-        at and, in parallel, through introductions by the rendezvous servers (the LAN
-        announces itself; a relay is one of the candidates an introduction brings)."""
+        at and, in parallel, through introductions by the rendezvous servers and, in online
+        mode, its DHT record (the LAN announces itself; a relay is one of the candidates an
+        introduction or a record brings)."""
         if contact.blocked:
             raise ContactBlocked(f"{contact.name} is blocked")
-        candidates = [resolve(address)] if address else []
+        candidates = [resolve(address, self.nat.transport.families)] if address else []
         candidates += [a for a in (parse_address(t) for t in contact.addresses) if a]
         link = self.network.link_for_contact(contact)
         candidates += [a for a in link.candidates if a not in candidates]
         if link.connected:
             return link
-        asked = self.nat.reach(contact) if not address else 0
+        asked = 0
+        if not address:
+            asked = self.nat.reach(contact) + (self.online.reach(contact) if self.online is not None else 0)
         if not candidates and not asked:
-            raise NoKnownAddress(f"No known address for {contact.name}, and no rendezvous server to ask: "
-                                 "use p2p connect with an address")
+            raise NoKnownAddress(f"No known address for {contact.name}, no rendezvous server to ask and "
+                                 "online mode is off: use p2p connect with an address")
         if not candidates:
             self.network.mark_connecting(link)  # until the introductions answer or time out
             return link

@@ -15,12 +15,14 @@ import gevent.event
 from ..config import Config
 from ..crypto import identity as ident, pqc
 from ..errors import Refused
+from ..net.dht import Dht, DhtSettings
 from ..net.nat import NatSettings, NatTraversal
 from ..net.peers import Network, NetworkConfig
 from ..net.transport import Transport
 from ..store import Contact, DuplicateError, Message, Store
 from .connect import Connector
 from .messaging import Messenger
+from .online import OnlineDiscovery
 from .transfer import Outgoing, Transfers
 
 Publish = Callable[[str, Any], Any]
@@ -39,7 +41,8 @@ class P2P:
     """Every part of the running P2P network; see the module docstring."""
 
     def __init__(self, transport: Transport, network: Network, messenger: Messenger, transfers: Transfers,
-                 nat: NatTraversal, connector: Connector, publish: Publish) -> None:
+                 nat: NatTraversal, connector: Connector, publish: Publish,
+                 online: OnlineDiscovery | None = None) -> None:
         self.transport = transport
         self.network = network
         self.messenger = messenger
@@ -47,6 +50,7 @@ class P2P:
         self.nat = nat
         self.connector = connector
         self.publish = publish
+        self.online = online   # None in private mode
         port = transport.port
         assert port is not None, "a P2P is built on a started transport"
         self.port: int = port  # asked once: status is answered often
@@ -54,8 +58,9 @@ class P2P:
     @classmethod
     def start(cls, config: Config, identity: ident.Identity, backend: pqc.Backend, store: Store,
               publish: Publish, nat_settings: NatSettings, rollover: bytes | None,
-              contact_view: Callable[[Contact], dict]) -> P2P:
-        """Bind the socket (OSError if it cannot be) and start every part."""
+              contact_view: Callable[[Contact], dict], dht_settings: DhtSettings | None = None) -> P2P:
+        """Bind the socket (OSError if it cannot be) and start every part; online mode (its
+        DHT) when `dht_settings` are given."""
         transport = Transport(config.p2p_host, config.p2p_port)
         transport.start()
         try:
@@ -67,18 +72,24 @@ class P2P:
                                   auto_accept=config.auto_accept_files, upload_limit=config.upload_limit * 1024)
             transfers.start()
             nat = NatTraversal(identity, store, network, transport, publish, nat_settings)
+            online = OnlineDiscovery(identity, store, network, nat, Dht(dht_settings), publish) \
+                if dht_settings is not None else None
             network.start()
             nat.start()
-            connector = Connector(network, nat, messenger, transfers, store)
+            if online is not None:
+                online.start()
+            connector = Connector(network, nat, messenger, transfers, store, online)
             connector.start()
         except BaseException:
             transport.stop()
             raise
-        return cls(transport, network, messenger, transfers, nat, connector, publish)
+        return cls(transport, network, messenger, transfers, nat, connector, publish, online)
 
     def stop(self) -> None:
         """Stop every part (received file data is flushed first); publishes p2p_stopped."""
         self.connector.stop()
+        if self.online is not None:
+            self.online.stop()
         self.nat.stop()
         self.transfers.stop()  # first of the chat layers: it flushes received data and records it
         self.network.stop()

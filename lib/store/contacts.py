@@ -70,6 +70,12 @@ class Contact:
     addresses: tuple[str, ...]
     notes: str | None = None
     lan_secret: bytes | None = dataclasses.field(default=None, repr=False)  # never in views or logs
+    previous_lan_secret: bytes | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def pair_secrets(self) -> list[bytes]:
+        """The pair secrets shared with this contact, newest first (the peer may hold either)."""
+        return [s for s in (self.lan_secret, self.previous_lan_secret) if s is not None]
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Contact:
@@ -85,6 +91,7 @@ class Contact:
             addresses=tuple(json.loads(row["addresses"])),
             notes=row["notes"],
             lan_secret=_blob_or_none(row, "lan_secret"),
+            previous_lan_secret=_blob_or_none(row, "previous_lan_secret"),
         )
 
     def to_dict(self, format_fp: Callable[[bytes], str]) -> dict[str, Any]:
@@ -272,13 +279,16 @@ class ContactRepository:
             conn.execute("UPDATE contacts SET bundle = ? WHERE id = ?", (bundle, contact_id))
 
     def set_lan_secret(self, contact_id: int, secret: bytes | None) -> None:
-        """Store the LAN pair secret shared with a contact (32 bytes), or forget it (None)."""
+        """Store the LAN pair secret shared with a contact (32 bytes), or forget it (None); the
+        one it replaces is kept as `previous_lan_secret` (forgetting forgets both)."""
         if secret is not None and len(secret) != 32:
             raise InvalidValueError("A LAN pair secret is 32 bytes")
         with self._write() as conn:
             row = _row_by_id(conn, contact_id)
             if row["lan_secret"] != secret:
-                conn.execute("UPDATE contacts SET lan_secret = ? WHERE id = ?", (secret, contact_id))
+                previous = row["lan_secret"] if secret is not None else None
+                conn.execute("UPDATE contacts SET lan_secret = ?, previous_lan_secret = ? WHERE id = ?",
+                             (secret, previous, contact_id))
 
     def replace_key(self, contact_id: int, new_fingerprint: bytes, new_bundle: str) -> Contact:
         """Move a contact to its new identity key (a rollover signed by its old key).

@@ -100,7 +100,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     ("CREATE INDEX messages_seq ON messages (contact_id, direction, seq)",),
     # 6: the LAN pair secret shared with a contact since a session (PROTOCOL §8); NULL until then.
     ("ALTER TABLE contacts ADD COLUMN lan_secret BLOB CHECK (lan_secret IS NULL OR length(lan_secret) = 32)",),
-    # 7: full-text search over message bodies (FTS5, accents folded: "cafe" finds "café"), kept
+    # 7: the pair secret before the current one: a session can end before both ends stored its
+    # new secret, and online mode's pairwise DHT slots (PROTOCOL §12) must still meet.
+    ("ALTER TABLE contacts ADD COLUMN previous_lan_secret BLOB "
+     "CHECK (previous_lan_secret IS NULL OR length(previous_lan_secret) = 32)",),
+    # 8: full-text search over message bodies (FTS5, accents folded: "cafe" finds "café"), kept
     # in step with `messages` by triggers; and the highest outgoing seq of deleted messages, so
     # deleting the newest messages never hands their sequence numbers out again.
     (

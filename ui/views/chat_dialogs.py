@@ -41,6 +41,25 @@ def search_results(query: str, found: list[Mapping[str, Any]], on_close: Callbac
     return dialogs.message(f"Search: {query}", text, on_close)
 
 
+ONLINE_CHOICE_TEXT = [
+    "How should ChatP2P reach your contacts?\n\n",
+    ("welcome_id", "Online"), ": contacts are found by ID alone, anywhere, through the public BitTorrent "
+    "DHT and public STUN servers. What it costs:\n",
+    "  • STUN servers and DHT nodes see your IP address.\n",
+    "  • Anyone who has your ID can follow your IP address while you publish under it.\n",
+    "  • DHT nodes near your record see the IP addresses that look you up.\n\n",
+    ("welcome_id", "Private"), ": nothing is contacted that you did not configure: contacts on your LAN "
+    "(if enabled), addresses you give, your own rendezvous and TURN servers.\n\n",
+    "Messages are end-to-end encrypted either way. Change it later with /online on or /online off.",
+]
+
+
+def online_choice(on_online: Callback, on_private: Callback) -> Dialog:
+    """The one-time choice of the first start (saved as `online = …` in the conf file)."""
+    return dialogs.Dialog("Online or private?", [urwid.Text(ONLINE_CHOICE_TEXT)],
+                          [("Online", on_online), ("Private", on_private)], dismissable=False)
+
+
 def my_id(me: Mapping[str, Any], on_close: Callback, qr: str = "") -> Dialog:
     text = [
         "Your ID (read it out, or send it; any typo is detected):\n\n",

@@ -36,6 +36,8 @@ class Header(urwid.WidgetWrap):
         else:
             parts.append(("header_warn", "P2P off"))
         parts += [sep, model.nat_text]
+        if model.mode_text:
+            parts += [sep, model.mode_text]
         online = sum(1 for c in model.contacts.values() if c.online)
         parts += [sep, f"{online}/{len(model.contacts)} online"]
         if mode:

@@ -1,0 +1,351 @@
+"""Online mode: contacts found by ID alone through a DHT, in real namespaces with real NATs.
+
+The "internet" namespace of tests/netns.py `nat_topology` runs coturn (STUN, TURN) and a
+private Mainline DHT swarm of 8 libtorrent sessions (tests/dht_swarm.py) on documentation
+addresses 198.51.100.20-27. Each daemon is in online mode with that swarm as its only
+bootstrap (`--dht-private-swarm`): nothing leaves the namespaces, and an iptables counter in
+each host checks that no packet goes anywhere but the test prefixes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import pytest
+
+from netns import nat_topology
+from poll import wait_for
+from test_nat_netns import STUN_PORT, TURN_USER, World, befriend, require_netns
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+SWARM = [f"198.51.100.{20 + i}" for i in range(8)]
+SWARM_PORT = 6881
+# Where a test host may send: the test prefixes, its loopback, and, on its own namespace
+# segment, LAN discovery's multicast group and the kernel's IGMP reports for joining it
+# (224.0.0.22; online mode turns LAN discovery on). Multicast there is never routed.
+TEST_PREFIXES = ("198.51.100.0/24", "203.0.113.0/24", "127.0.0.0/8", "239.255.0.0/16", "224.0.0.0/24")
+EGRESS_CHAIN = "CP2P_EGRESS"
+
+# Writes chosen values into a DHT slot from the internet namespace: one command per stdin
+# line ("<kind> <id hex>"), "ok N" (nodes that stored it) per line on stdout.
+ATTACKER = r"""
+import os, sys, time, warnings
+warnings.simplefilter("ignore")
+import libtorrent as lt
+from chatp2p_core.crypto import dht_record as dr
+from chatp2p_core.net.dht import DhtSettings, session_settings
+listen, swarm = sys.argv[1], sys.argv[2].split(",")
+session = lt.session(session_settings(DhtSettings(listen=(listen,), bootstrap=tuple(swarm), private_swarm=True)))
+for _ in range(20):
+    for node in swarm:
+        session.add_dht_node((node.rpartition(":")[0], int(node.rpartition(":")[2])))
+    if session.status().dht_nodes >= 4:
+        break
+    time.sleep(0.5)
+print("ready", flush=True)
+candidate = [dr.Candidate(dr.CandidateKind.SRFLX, ("198.51.100.99", 4444))]
+for line in sys.stdin:
+    kind, target = line.split()
+    now = time.time()
+    slot = dr.id_slot(bytes.fromhex(target), dr.epoch_of(now))
+    if kind == "garbage":
+        value = os.urandom(40)
+    elif kind == "noise":
+        value = b"\x01" + os.urandom(dr.VALUE_LEN - 1)
+    elif kind == "expired":
+        value = dr.seal(slot, dr.new_record(candidate, now - 3 * dr.RECORD_LIFETIME, False), os.urandom(12))
+    elif kind == "other_id":
+        value = dr.seal(dr.id_slot(os.urandom(32), slot.epoch), dr.new_record(candidate, now, False), os.urandom(12))
+    elif kind == "fresh":
+        value = dr.seal(slot, dr.new_record(candidate, now, False), os.urandom(12))
+    elif kind == "older":
+        value = dr.seal(slot, dr.new_record(candidate, now - 600, False), os.urandom(12))
+    session.dht_put_mutable_item(slot.secret, slot.public_key, value, slot.salt)
+    stored = None
+    deadline = time.time() + 60   # a put waits out unanswering nodes (15 s each)
+    while stored is None and time.time() < deadline:
+        for alert in session.pop_alerts():
+            if isinstance(alert, lt.dht_put_alert):
+                stored = alert.num_success
+        time.sleep(0.05)
+    print("ok", stored, flush=True)
+"""
+
+
+class OnlineWorld(World):
+    """coturn and the DHT swarm in the internet namespace; the two NATed nodes in online mode
+    (or private, per side), added to each other by ID only; no rendezvous server."""
+
+    def start(self, turn=True, left_online=True, right_online=True, nodes=True):  # type: ignore[override]
+        net = self.net
+        for host in (net.left_host, net.right_host):
+            count_egress(host)
+        self.start_coturn()
+        self.start_swarm()
+        self.turn = turn
+        if nodes:
+            self.left = self.start_node(net.left_host, "left", left_online)
+            self.right = self.start_node(net.right_host, "right", right_online)
+        return self
+
+    def node_args(self, online=True):
+        net = self.net
+        stun = f"stun:{net.public_ip}:{STUN_PORT},stun:{net.public_ip2}:{STUN_PORT}"
+        # The test's STUN servers stand for the public ones: online mode uses them, private does not.
+        args = ["--public-stun-urls", stun, "--no-port-mapping"]
+        if self.turn:
+            args += ["--turn-url", f"turn:{net.public_ip}:{STUN_PORT}", "--turn-username", TURN_USER,
+                     "--turn-credential-file", self.turn_password_file()]
+        if online:
+            return args + ["--online", "--dht-private-swarm", "--dht-bootstrap",
+                           ",".join(f"{ip}:{SWARM_PORT}" for ip in SWARM)]
+        return args + ["--private"]
+
+    def start_node(self, ns, label, online=True):
+        node = self.daemon(ns, label, *self.node_args(online)).wait_ready()
+        node.subscribe()
+        return node
+
+    def start_swarm(self):
+        public = self.net.public
+        for ip in SWARM:
+            public.add_address("eth0", f"{ip}/24")
+        self.swarm = public.popen([sys.executable, os.path.join(TESTS_DIR, "dht_swarm.py"),
+                                   *(f"{ip}:{SWARM_PORT}" for ip in SWARM)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.nodes_extra = [self.swarm]
+        seen = [self.swarm.stdout.readline() for _ in range(1)]
+        while not seen[-1].startswith("ready") and seen[-1] and len(seen) < 20:   # ready within 10 s
+            seen.append(self.swarm.stdout.readline())
+        assert seen[-1].startswith("ready"), seen
+        threading.Thread(target=self.swarm.stdout.read, daemon=True).start()   # never let its pipe fill
+
+    def stop(self):
+        super().stop()
+        for proc in getattr(self, "nodes_extra", []):
+            if proc.poll() is None:
+                proc.stdin.close()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@contextlib.contextmanager
+def online_world(left_nat, right_nat, **kwargs):
+    tmp = tempfile.mkdtemp(prefix="chatp2p-online-")
+    try:
+        with nat_topology(left_nat, right_nat) as net:
+            w = OnlineWorld(net, tmp)
+            try:
+                yield w.start(**kwargs)
+            finally:
+                w.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def count_egress(ns):
+    """An OUTPUT rule counting every packet the host sends anywhere but the test prefixes."""
+    ns.iptables("-N", EGRESS_CHAIN)
+    for prefix in TEST_PREFIXES:
+        ns.iptables("-A", EGRESS_CHAIN, "-d", prefix, "-j", "RETURN")
+    ns.iptables("-A", EGRESS_CHAIN, "-j", "RETURN")   # the counter: packets that reach this rule
+    ns.iptables("-I", "OUTPUT", "-j", EGRESS_CHAIN)
+
+
+def egress_packets(ns):
+    rows = ns.iptables("-L", EGRESS_CHAIN, "-n", "-v", "-x").splitlines()[2:]
+    return int(rows[-1].split()[0])
+
+
+def udp_packets_to(ns, destinations, port=None):
+    """Packets the host sent to `destinations` (UDP, optionally to one port): a counting rule."""
+    return sum(_counted(ns, ip, port) for ip in destinations)
+
+
+def _counted(ns, ip, port):
+    chain = "CP2P_TO"
+    rows = ns.iptables("-L", chain, "-n", "-v", "-x").splitlines()[2:]
+    total = 0
+    for row in rows:
+        fields = row.split()
+        if ip in fields and (port is None or f"dpt:{port}" in row):
+            total += int(fields[0])
+    return total
+
+
+def watch_udp(ns, destinations, ports=()):
+    ns.iptables("-N", "CP2P_TO")
+    for ip in destinations:
+        ns.iptables("-A", "CP2P_TO", "-p", "udp", "-d", ip, "-j", "RETURN")
+    for ip, port in ports:
+        ns.iptables("-A", "CP2P_TO", "-p", "udp", "-d", ip, "--dport", str(port), "-j", "RETURN")
+    ns.iptables("-I", "OUTPUT", "-j", "CP2P_TO")
+
+
+def dht_status(node):
+    return node.call("status")["dht"]
+
+
+def wait_found_and_connected(w, timeout):
+    """Both sides see peer_connected (no `p2p connect`: the DHT lookups do it); returns the
+    two peer_connected events' data."""
+    got = []
+    for node, name in ((w.left, "Righty"), (w.right, "Lefty")):
+        try:
+            event = node.events.wait(lambda e: e["event"] == "peer_connected" and e["data"]["peer"] == name,
+                                     timeout, what=f"{node.label}: peer_connected {name}")[0]
+        except AssertionError:
+            raise AssertionError(f"left: {dht_status(w.left)}\nright: {dht_status(w.right)}\n{w.logs()}") from None
+        got.append(event["data"])
+    return got
+
+
+def exchange_messages(w, tag):
+    for sender, receiver, name in ((w.left, w.right, "Righty"), (w.right, w.left, "Lefty")):
+        message_id = f"{tag}-{sender.label}"
+        sender.call("p2p", "send_message", {"peer": name, "message": f"hello {tag}", "message_id": message_id})
+        receiver.events.wait(lambda e: e["event"] == "p2p_message_received" and e["data"]["message_id"] == message_id,
+                             20, what=f"message {message_id}")
+
+
+# -- tests ------------------------------------------------------------------------------------
+def test_cone_nats_knowing_only_ids_connect_direct_through_the_dht():
+    require_netns()
+    with online_world("cone", "cone", turn=False) as w:
+        status = dht_status(w.left)
+        settings = status["settings"]
+        # Test mode: nothing in the session may reach a public host.
+        assert settings["dht_bootstrap_nodes"] == "" and settings["enable_lsd"] is False
+        assert settings["enable_upnp"] is False and settings["enable_natpmp"] is False
+        assert status["mode"] == "online" and status["running"] is True
+        befriend(w.left, "Righty", w.right, "Lefty")       # IDs only: no address, no bundle
+        left, right = wait_found_and_connected(w, 90)
+        assert left["path"] == right["path"] == "direct", (left, right)
+        assert left["address"].startswith(w.net.right_wan_ip + ":"), left
+        for node, name in ((w.left, "Righty"), (w.right, "Lefty")):
+            found = node.events.wait(lambda e: e["event"] == "contact_found" and e["data"]["peer"] == name, 5,
+                                     what=f"{node.label}: contact_found {name}")[0]["data"]
+            assert found["via"] == "dht" and found["candidates"] >= 1
+        exchange_messages(w, "cone-dht")
+        for node in (w.left, w.right):
+            # A put reports when its last DHT node answered or timed out, often after the
+            # record was already readable.
+            status = wait_for(lambda: (lambda s: s if (s["last_publish"] or {}).get("result") == "stored" else None)(
+                dht_status(node)), 60, f"{node.label}'s publication reported")
+            assert status["nodes"] >= 1 and status["counters"].get("dht_found", 0) >= 1, status
+        # After the session both sides hold a pair secret: they publish pairwise slots and
+        # stop publishing their ID slots.
+        def pairwise_only(node):
+            publish = dht_status(node)["last_publish"]
+            return publish if publish and publish["slots"] == 1 and \
+                node.call("status")["dht"]["counters"].get("dht_publishes", 0) >= 2 else None
+        for node in (w.left, w.right):
+            wait_for(lambda: pairwise_only(node), 90, f"{node.label} publishes its pairwise slot only")
+        for host in (w.net.left_host, w.net.right_host):
+            assert egress_packets(host) == 0, host.iptables("-L", EGRESS_CHAIN, "-n", "-v", "-x")
+
+
+def test_a_random_nat_is_reached_through_the_relay_its_record_names():
+    require_netns()
+    with online_world("cone", "random", turn=True) as w:
+        wait_for(lambda: (w.right.p2p().get("turn") or {}).get("relayed_address"), 20, "right's TURN allocation")
+        befriend(w.left, "Righty", w.right, "Lefty")
+        left, right = wait_found_and_connected(w, 90)
+        assert left["path"] == "relayed" or right["path"] == "relayed", (left, right)
+        exchange_messages(w, "relay-dht")
+        w.left.events.wait(lambda e: e["event"] == "contact_found" and e["data"]["peer"] == "Righty", 5,
+                           what="left: contact_found Righty")
+
+
+def test_private_mode_sends_nothing_to_the_dht_or_stun():
+    require_netns()
+    with online_world("cone", "cone", turn=False, left_online=False, right_online=True) as w:
+        net = w.net
+        for host in (net.left_host, net.right_host):
+            watch_udp(host, SWARM, [(net.public_ip, STUN_PORT), (net.public_ip2, STUN_PORT)])
+        befriend(w.left, "Righty", w.right, "Lefty")
+        reply = w.left.request("p2p", "connect", {"peer": "Righty"})
+        assert not reply["success"] and "online mode is off" in reply["error"], reply
+        # The online side, in the same world, talks to the swarm and STUN: the counters work.
+        wait_for(lambda: udp_packets_to(net.right_host, SWARM) > 0, 20, "the online node's DHT traffic")
+        wait_for(lambda: dht_status(w.right).get("last_publish"), 30, "the online node's first publication")
+        assert udp_packets_to(net.left_host, SWARM) == 0
+        assert udp_packets_to(net.left_host, [net.public_ip, net.public_ip2], STUN_PORT) == 0
+        assert dht_status(w.left) == {"mode": "private", "running": False}
+
+
+def test_forged_expired_and_replayed_records_are_ignored_and_counted():
+    """Anyone with Righty's ID can write its ID slot: here an attacker in the internet
+    namespace does, while Righty itself stays private. Lefty's lookups refuse each bad record
+    and count it; chat on a known path is not affected."""
+    require_netns()
+    with online_world("cone", "cone", turn=False, left_online=True, right_online=False) as w:
+        w.net.public.add_address("eth0", "198.51.100.40/24")
+        attacker = w.net.public.python(ATTACKER, f"198.51.100.40:{SWARM_PORT}",
+                                       ",".join(f"{ip}:{SWARM_PORT}" for ip in SWARM),
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        w.nodes_extra.append(attacker)
+        assert attacker.stdout.readline().startswith("ready")
+        target = w.right.call("status")["identity"]["fingerprint"]
+        from chatp2p_core.crypto.identity import parse_id
+        target_hex = parse_id(target).hex()
+        w.left.call("contacts", "add", {"peer": "Righty", "public_key": target})
+
+        def write_and_count(kind, counter):
+            attacker.stdin.write(f"{kind} {target_hex}\n")
+            attacker.stdin.flush()
+            assert attacker.stdout.readline().split()[1] not in ("0", "None")
+            before = dht_status(w.left)["counters"].get(counter, 0)
+
+            def counted():
+                w.left.request("p2p", "connect", {"peer": "Righty"})   # hurries a lookup
+                return dht_status(w.left)["counters"].get(counter, 0) > before
+            wait_for(counted, 60, f"left counts {counter}", interval=1.0)
+
+        write_and_count("garbage", "dht_record_malformed")
+        write_and_count("noise", "dht_record_undecryptable")
+        write_and_count("other_id", "dht_record_undecryptable")
+        write_and_count("expired", "dht_record_expired")
+        write_and_count("fresh", "dht_found")
+        write_and_count("older", "dht_record_replayed")
+        assert w.left.call("p2p", "peers")[0]["state"] != "connected"   # forged candidates fail the handshake
+
+
+def test_a_dead_or_flooded_dht_leaves_chat_on_known_paths_working():
+    """Online mode whose DHT answers nothing (its only bootstrap node is a dead local port):
+    status says so, and two daemons still chat at a known address while both the DHT port
+    and the P2P port take a flood of garbage datagrams."""
+    import socket
+    from test_transfer import close_pair, start_pair
+    root = tempfile.mkdtemp(prefix="chatp2p-deaddht-")
+    dead = ("--online", "--dht-private-swarm", "--dht-bootstrap", "127.0.0.1:9", "--public-stun-urls",
+            "stun:127.0.0.1:9", "--no-port-mapping", "--no-lan-discovery")
+    a = b = ev_a = ev_b = None
+    try:
+        a, b, ev_a, ev_b = start_pair(root, "dead", dead, dead)
+        status = a.request("status")["data"]["dht"]
+        assert status["mode"] == "online" and status["running"] and status["nodes"] == 0, status
+        targets = [("127.0.0.1", status["port"]), ("127.0.0.1", a.request("status")["data"]["p2p"]["port"])]
+        flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(20):
+            for target in targets:
+                for _ in range(100):
+                    flood.sendto(os.urandom(1 + (i * 37) % 1400), target)
+            message_id = f"during-flood-{i}"
+            a.request("p2p", "send_message", {"peer": "Bob", "message": "still here", "message_id": message_id})
+            ev_b.wait(lambda e: e["event"] == "p2p_message_received" and e["data"]["message_id"] == message_id,
+                      10, what=message_id)
+        flood.close()
+        assert a.proc.poll() is None and a.request("status")["data"]["dht"]["running"]
+    finally:
+        close_pair((ev_a, ev_b), (a, b))
+        shutil.rmtree(root, ignore_errors=True)
