@@ -36,3 +36,28 @@ def test_text_only_when_asked_and_no_desktop_without_a_session_bus():
     told = Notifier(NotifySettings(osc="777", show_text=True), written.append, runs.append, environ={})
     told.message(event)
     assert "secret" in written[1]
+
+
+def test_desktop_notification_runs_notify_send_with_the_sender_only(tmp_path):
+    """A session bus in the environment and notify-send on PATH: it is run, with the sender as
+    title and no message text (a stand-in notify-send records its arguments)."""
+    import os
+    import stat
+    import sys
+
+    record = tmp_path / "args.txt"
+    fake = tmp_path / "bin" / "notify-send"
+    fake.parent.mkdir()
+    fake.write_text(f"#!{sys.executable}\nimport sys\nopen({str(record)!r}, 'w').write('\\n'.join(sys.argv[1:]))\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    environ = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent", "PATH": str(fake.parent)}
+    old_path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{fake.parent}:{old_path}"   # shutil.which and the child look here
+    try:
+        notifier = Notifier(NotifySettings(), lambda text: None, lambda fn: fn(), environ=environ)
+        assert notifier.desktop
+        notifier.message({"event": "p2p_message_received", "data": {"peer": "Bob", "message": "secret"}})
+    finally:
+        os.environ["PATH"] = old_path
+    assert record.read_text().splitlines() == ["--app-name=ChatP2P", "ChatP2P: Bob", "sent you a message"]
+    assert not Notifier(NotifySettings(desktop="false"), print, print, environ=environ).desktop
