@@ -50,6 +50,8 @@ setup(
         "pystun3>=2.0",
         "urwid>=2.6",
         "cryptography>=42",
+        # Mainline DHT and the router port mapper (NAT-PMP/PCP, UPnP-IGD) of online mode.
+        "libtorrent>=2.1",
         "segno>=1.5",        # QR codes of IDs in the terminal (chatp2pctl id --qr, /myid --qr)
         "shtab>=1.6",        # bash/zsh completion generated from the argument parsers
     ],

@@ -16,6 +16,14 @@ never clash and a stale namespace can be told from a live run's by its creator's
     with nat_topology("cone", "cone") as net:
         echo = net.public.python(ECHO_SCRIPT, "40000")
         net.left_host.run([sys.executable, "-c", CLIENT, net.public_ip])
+
+A router that maps ports (miniupnpd; `miniupnpd_available()` says whether it can run here):
+
+    with nat_topology() as net, \
+            stun_server(net.public, (net.public_ip, net.public_ip2), tmpdir) as stun, \
+            natpmp_router(net.left_router, (net.public_ip, net.public_ip2, stun.port),
+                          tmpdir, upnp=False) as router:
+        ...  # a host on the left maps a port by NAT-PMP; router.mappings() lists them
 """
 
 from __future__ import annotations
@@ -23,9 +31,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import ipaddress
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -33,6 +43,9 @@ import subprocess
 import sys
 import time
 from typing import Any, Iterator, Sequence
+
+from coturn import Coturn
+from poll import wait_for
 
 PREFIX = "cp2p-"
 NETNS_DIR = "/run/netns"
@@ -533,6 +546,203 @@ def ipv6_topology() -> Iterator[Ipv6Topology]:
             right_router=sides["right"][0], right_host=sides["right"][1], right_host_ip=V6_RIGHT_HOST_IP,
             switch=switch,
         )
+
+
+# ---- a STUN server and a port-mapping router --------------------------------------------------
+
+STUN_PORT = 3478
+NATPMP_PORT = 5351  # RFC 6886: the router listens here on its LAN side
+MINIUPNPD_TABLE = "miniupnpd"  # its own nftables table (inet family), never iptables' tables
+
+# Waits until coturn answers on each address. A new socket (source port) for every half second:
+# now and then coturn never answers the one client address whose first request came while it
+# was still starting (seen about once in 30 starts), while every other source port gets answers.
+WAIT_STUN = r"""
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from coturn import wait_for_binding
+deadline = time.monotonic() + 15
+
+def answers(host):
+    while time.monotonic() < deadline:
+        if wait_for_binding((host, int(sys.argv[2])), min(deadline, time.monotonic() + 0.5)):
+            return True
+    return False
+sys.exit(0 if all(answers(host) for host in sys.argv[3:]) else 1)
+"""
+
+# miniupnpd (nftables backend) adds rules to these chains but does not create them, and
+# Debian's nft_init.sh fails here: they are written by hand. Both policies accept: the router's
+# own filtering stays in iptables (see _make_router), these only carry miniupnpd's rules.
+_MINIUPNPD_NFT = """table inet {table} {{
+  chain forward {{ type filter hook forward priority 0; policy accept; jump miniupnpd; }}
+  chain miniupnpd {{ }}
+  chain prerouting {{ type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }}
+  chain postrouting {{ type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }}
+  chain prerouting_miniupnpd {{ }}
+  chain postrouting_miniupnpd {{ }}
+}}
+"""
+
+# ext_perform_stun: miniupnpd refuses to map when its WAN address is reserved (every
+# documentation prefix is) unless a STUN test (with change-request, hence coturn on two
+# addresses) says that address is public and unfiltered.
+_MINIUPNPD_CONF = """ext_ifname=wan
+listening_ip=lan
+http_port=0
+enable_natpmp=yes
+enable_upnp={upnp}
+ext_perform_stun=yes
+ext_stun_host={stun_host}
+ext_stun_port={stun_port}
+upnp_table_name={table}
+upnp_nat_table_name={table}
+secure_mode=yes
+system_uptime=yes
+min_lifetime=120
+max_lifetime=86400
+uuid=3c8a2d5e-6b1f-4f6a-9a3e-0c2b5d7e8f90
+{allow}deny 0-65535 0.0.0.0/0 0-65535
+"""
+_MINIUPNPD_READY = "Listening for NAT-PMP/PCP traffic"
+_MINIUPNPD_DISABLED = "Port forwarding is now disabled"
+
+
+def miniupnpd_available() -> tuple[bool, str]:
+    """(True, "") when miniupnpd and nft are installed (Debian miniupnpd, nftables)."""
+    for tool, package in (("miniupnpd", "miniupnpd"), ("nft", "nftables")):
+        if shutil.which(tool) is None:
+            return False, f"`{tool}` (Debian {package}) is not installed"
+    return True, ""
+
+
+@contextlib.contextmanager
+def stun_server(ns: Namespace, addresses: Sequence[str], directory: str, port: int = STUN_PORT,
+                **options: Any) -> Iterator[Coturn]:
+    """A coturn (tests/coturn.py options) listening on `addresses`:`port` inside `ns`; yields
+    once it answers a Binding on every address, stops it on exit. Its files go in `directory`."""
+    server = Coturn(addresses=addresses, **options)
+    server.directory = os.path.join(directory, f"coturn-{ns.role}")
+    os.makedirs(server.directory, exist_ok=True)
+    server.port = port
+    with open(os.path.join(server.directory, "turn.log"), "wb") as log:
+        proc = ns.popen(server.command(), stdin=subprocess.DEVNULL, stdout=log,
+                        stderr=subprocess.STDOUT, cwd=server.directory)
+        try:
+            tests_dir = os.path.dirname(os.path.abspath(__file__))
+            done = ns.run([sys.executable, "-c", WAIT_STUN, tests_dir, str(port), *addresses],
+                          check=False, timeout=20)
+            if done.returncode != 0:
+                raise NetnsError(f"coturn did not answer in {ns.name}:\n{server.read_log()}")
+            yield server
+        finally:
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    """Terminate a process, kill it after a grace period. A killed process may still take a
+    while to go: on a machine busy with namespaces its exit can wait in the kernel for seconds
+    (seen: state D in synchronize_rcu_expedited)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=60.0)
+
+
+@dataclasses.dataclass
+class PortMappingRouter:
+    """A NAT router of nat_topology running miniupnpd: NAT-PMP (and UPnP-IGD if asked) on its
+    LAN side, mappings as DNAT rules in its own nftables table."""
+
+    router: Namespace
+    log_path: str
+    proc: subprocess.Popen
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as handle:
+            return handle.read()
+
+    def mappings(self) -> list[tuple[str, int, str, int]]:
+        """The live port mappings: (protocol, external port, internal ip, internal port)."""
+        out = self.router.run(["nft", "list", "chain", "inet", MINIUPNPD_TABLE,
+                               "prerouting_miniupnpd"]).stdout
+        found = []
+        for line in out.splitlines():
+            # e.g. iif "wan" @nh,72,8 0x11 th dport 40000 dnat ip to 203.0.113.10:40000
+            match = re.search(r"@nh,72,8 (0x[0-9a-f]+) th dport (\d+) dnat ip to ([\d.]+):(\d+)",
+                              line)
+            if match:
+                proto = {6: "tcp", 17: "udp"}.get(int(match.group(1), 16), match.group(1))
+                found.append((proto, int(match.group(2)), match.group(3), int(match.group(4))))
+        return found
+
+
+def _lan_cidr(router: Namespace) -> str:
+    """The router's LAN prefix (e.g. 203.0.113.0/25), from the address on its `lan` veth."""
+    out = router.ip("-4", "-o", "addr", "show", "dev", "lan")
+    return str(ipaddress.ip_interface(out.split()[3]).network)
+
+
+@contextlib.contextmanager
+def natpmp_router(router: Namespace, stun: tuple[str, str, int], directory: str,
+                  upnp: bool = False, refuse: bool = False,
+                  timeout: float = 15.0) -> Iterator[PortMappingRouter]:
+    """Run miniupnpd on a nat_topology router (`left_router`/`right_router`) so that hosts on
+    its LAN can map ports by NAT-PMP. `stun` is (address, second address, port) of a coturn
+    in the internet namespace (`stun_server` on `public` with both public addresses).
+    `refuse`: the router answers every mapping request with "not authorized".
+
+    The router also lets the STUN server's answers in (miniupnpd's change-request test) and
+    forwards what its DNAT rules send to the LAN (the FORWARD chain drops the rest from `wan`).
+    Everything added is removed on exit."""
+    stun_a, stun_b, stun_port = stun
+    os.makedirs(directory, exist_ok=True)
+    conf = os.path.join(directory, f"miniupnpd-{router.role}.conf")
+    nft = os.path.join(directory, f"miniupnpd-{router.role}.nft")
+    log_path = os.path.join(directory, f"miniupnpd-{router.role}.log")
+    with open(conf, "w") as handle:
+        handle.write(_MINIUPNPD_CONF.format(upnp="yes" if upnp else "no", stun_host=stun_a,
+                                            stun_port=stun_port, table=MINIUPNPD_TABLE,
+                                            allow="" if refuse else
+                                            f"allow 1024-65535 {_lan_cidr(router)} 1024-65535\n"))
+    with open(nft, "w") as handle:
+        handle.write(_MINIUPNPD_NFT.format(table=MINIUPNPD_TABLE))
+    rules = [("INPUT", "-i", "wan", "-p", "udp", "-s", f"{stun_a},{stun_b}",
+              "--sport", f"{stun_port}:{stun_port + 1}", "-j", "ACCEPT"),
+             ("FORWARD", "-i", "wan", "-o", "lan", "-m", "conntrack", "--ctstate", "DNAT",
+              "-j", "ACCEPT")]
+    added: list[tuple[str, ...]] = []
+    proc = None
+    router.run(["nft", "-f", nft])
+    try:
+        for chain, *rule in rules:
+            router.iptables("-I", chain, "1", *rule)
+            added.append((chain, *rule))
+        with open(log_path, "wb") as log:
+            proc = router.popen(["miniupnpd", "-d", "-f", conf,
+                                 "-P", os.path.join(directory, f"miniupnpd-{router.role}.pid")],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        mapper = PortMappingRouter(router=router, log_path=log_path, proc=proc)
+
+        def ready() -> bool:
+            text = mapper.log()
+            if _MINIUPNPD_DISABLED in text or proc.poll() is not None:
+                raise NetnsError(f"miniupnpd will not map ports in {router.name}:\n{text}")
+            return _MINIUPNPD_READY in text
+
+        wait_for(ready, timeout, "miniupnpd to listen for NAT-PMP")
+        yield mapper
+    finally:
+        if proc is not None:  # its rules go with the table below: no need to wait for it
+            _stop(proc, grace=0.5)
+        for chain, *rule in added:
+            with contextlib.suppress(NetnsError):
+                router.iptables("-D", chain, *rule)
+        with contextlib.suppress(subprocess.SubprocessError):
+            router.run(["nft", "delete", "table", "inet", MINIUPNPD_TABLE], check=False)
 
 
 # -- a daemon inside a namespace ----------------------------------------------------------------

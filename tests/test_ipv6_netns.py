@@ -18,7 +18,7 @@ import tempfile
 
 import pytest
 
-from netns import ipv6_topology, isolated_host, netns_available
+from netns import V6_WAN_NET, ipv6_topology, isolated_host, netns_available
 from test_nat_netns import NsDaemon, befriend, connect_and_check, wait_registered
 
 RENDEZVOUS_PORT = 4700
@@ -139,3 +139,45 @@ def test_the_firewall_stops_an_unintroduced_ipv6_peer():
         with pytest.raises(AssertionError):
             left.events.wait(lambda e: e["event"] == "peer_connected" and e["data"]["peer"] == "Righty", 4,
                              what="left: peer_connected Righty (must not happen)")
+
+
+def test_online_mode_finds_an_ipv6_contact_through_a_dht_on_ipv6_and_punches_the_firewalls():
+    """Online mode on an IPv6-only internet: the private DHT swarm listens on IPv6 only
+    (libtorrent's IPv6 DHT, BEP 32), each home publishes its global IPv6 address, finds the
+    other's, and their simultaneous sends open both firewalls: direct, no server of theirs."""
+    import subprocess
+    import sys
+    import threading
+    require_netns()
+    swarm = [f"{V6_WAN_NET}{0x20 + i:x}" for i in range(8)]
+    with ipv6_topology() as net, daemons() as w:
+        for ip in swarm:
+            net.public.add_address6("eth0", f"{ip}/64")
+        nodes = [f"[{ip}]:6881" for ip in swarm]
+        proc = net.public.popen([sys.executable, os.path.join(os.path.dirname(__file__), "dht_swarm.py"), *nodes],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            lines = [proc.stdout.readline()]
+            while lines[-1] and not lines[-1].startswith("ready") and len(lines) < 20:
+                lines.append(proc.stdout.readline())
+            assert lines[-1].startswith("ready"), lines
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            online = ["--online", "--dht-private-swarm", "--dht-bootstrap", ",".join(nodes),
+                      "--public-stun-urls", "", "--no-port-mapping", "--no-lan-discovery"]
+            left = w.daemon(net.left_host, "left", *online).wait_ready()
+            right = w.daemon(net.right_host, "right", *online).wait_ready()
+            for node in (left, right):
+                node.subscribe()
+            befriend(left, "Righty", right, "Lefty")
+            for node, name in ((left, "Righty"), (right, "Lefty")):
+                try:
+                    node.events.wait(lambda e: e["event"] == "peer_connected" and e["data"]["peer"] == name, 90,
+                                     what=f"{node.label}: peer_connected {name}")
+                except AssertionError:
+                    raise AssertionError(f"{left.call('status')['dht']}\n{w.logs()}") from None
+            assert left.peer("Righty")["address"] == f"[{net.right_host_ip}]:{right.port}"
+            assert right.peer("Lefty")["address"] == f"[{net.left_host_ip}]:{left.port}"
+            assert left.peer("Righty")["path"] == "direct"
+        finally:
+            proc.stdin.close()
+            proc.wait(10)

@@ -31,7 +31,7 @@ import pytest
 
 from coturn import Coturn, turnserver_path
 from daemon import Daemon
-from netns import list_namespaces, nat_topology, netns_available
+from netns import WAIT_STUN, list_namespaces, nat_topology, netns_available
 from events import Events
 from poll import wait_for
 
@@ -57,24 +57,6 @@ for line in sys.stdin:
     sys.stdout.write(json.dumps(reply) + "\n")
     sys.stdout.flush()
 """
-
-# Waits until coturn answers on each address. A new socket (source port) for every half second:
-# now and then coturn never answers the one client address whose first request came while it
-# was still starting (seen about once in 30 starts), while every other source port gets answers.
-WAIT_STUN = r"""
-import sys, time
-sys.path.insert(0, sys.argv[1])
-from coturn import wait_for_binding
-deadline = time.monotonic() + 15
-
-def answers(host):
-    while time.monotonic() < deadline:
-        if wait_for_binding((host, int(sys.argv[2])), min(deadline, time.monotonic() + 0.5)):
-            return True
-    return False
-sys.exit(0 if all(answers(host) for host in sys.argv[3:]) else 1)
-"""
-
 
 def require_netns():
     ok, reason = netns_available(iptables=True)

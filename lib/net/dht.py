@@ -42,7 +42,7 @@ PUBLIC_BOOTSTRAP = ("router.bittorrent.com:6881", "dht.transmissionbt.com:6881",
 AlertListener = Callable[[object], bool]
 # The session settings that decide which hosts it may contact: read back after start and
 # shown in `status` (a test checks them).
-REACH_SETTINGS = ("listen_interfaces", "dht_bootstrap_nodes", "enable_lsd", "enable_upnp", "enable_natpmp",
+REACH_SETTINGS = ("listen_interfaces", "dht_bootstrap_nodes", "dht_read_only", "enable_lsd", "enable_upnp", "enable_natpmp",
                   "enable_incoming_tcp", "enable_outgoing_tcp", "dht_restrict_routing_ips",
                   "dht_restrict_search_ips", "dht_ignore_dark_internet", "dht_enforce_node_id")
 
@@ -61,6 +61,10 @@ class DhtSettings:
     bootstrap: tuple[str, ...] = PUBLIC_BOOTSTRAP
     port_mapping: bool = False
     private_swarm: bool = False
+    # A chat node is a DHT client (BEP 43 read-only): it does not answer queries, so it is not
+    # entered in routing tables (behind a NAT its address would mostly time out there), costs
+    # its owner less traffic, and tells strangers nothing. Swarm nodes of tests serve (False).
+    read_only: bool = True
 
 
 def session_settings(settings: DhtSettings) -> dict:
@@ -74,6 +78,7 @@ def session_settings(settings: DhtSettings) -> dict:
     return {
         "listen_interfaces": ",".join(settings.listen),
         "enable_dht": True,
+        "dht_read_only": settings.read_only,
         # Bootstrap nodes are "routers" to libtorrent, which never enters a router in a routing
         # table: a private swarm has no routers, its nodes are added as nodes (`Dht._refill`).
         "dht_bootstrap_nodes": "" if relaxed else ",".join(settings.bootstrap),
@@ -221,7 +226,10 @@ class Dht:
                     self._on_alert(alert)
                 except Exception:   # one odd alert must not stop the pump
                     log.exception("DHT alert %s", type(alert).__name__)
-            self._housekeeping(self.clock())
+            try:
+                self._housekeeping(self.clock())
+            except Exception:       # nor a failed housekeeping pass: the waiting gets need the pump
+                log.exception("DHT housekeeping")
 
     def _on_alert(self, alert: object) -> None:
         import libtorrent as lt

@@ -31,6 +31,7 @@ from ..crypto import dht_record as dr
 from ..crypto import identity as ident
 from ..net.dht import Dht, DhtUnavailable
 from ..net.nat import NatTraversal
+from ..net.portmap import PortMapper
 from ..net.peers import Link, Network, _fmt
 from ..net.rendezvous import CandidateType
 from ..store import Contact, Store
@@ -46,7 +47,7 @@ BACKOFF = 1.5
 LOOKUP_SLOW = 300.0              # the longest interval for a contact seen in the last week
 LOOKUP_GONE = 1800.0             # ... and for a contact not seen for longer
 GONE_AFTER = 7 * 86400.0
-LOOKUP_TIMEOUT = 45.0
+LOOKUP_TIMEOUT = 30.0
 PUBLISH_TIMEOUT = 60.0
 LAN_PROBE_TARGET = ("192.0.2.1", 9)   # any address: the route's source address is our LAN address
 
@@ -72,8 +73,7 @@ class OnlineDiscovery:
     wants_service_links = False
 
     def __init__(self, identity: ident.Identity, store: Store, network: Network, nat: NatTraversal, dht: Dht,
-                 publish: Publish, mapped: Callable[[], Optional[tuple[str, int]]] = lambda: None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 publish: Publish, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  rng: Optional[random.Random] = None) -> None:
         self.identity = identity
         self.store = store
@@ -81,7 +81,7 @@ class OnlineDiscovery:
         self.nat = nat
         self.dht = dht
         self.publish = publish
-        self.mapped = mapped
+        self.mapper: Optional[PortMapper] = None     # the router's forwarding of our P2P port
         self.clock = clock
         self.wall = wall
         self.rng = rng or random.Random()
@@ -103,6 +103,11 @@ class OnlineDiscovery:
         except DhtUnavailable as exc:
             log.warning("online mode without the DHT: %s", exc)
             return
+        port = self.nat.transport.port
+        if self.dht.settings.port_mapping and port:
+            self.mapper = PortMapper(self.dht.session, port)
+            self.dht.listeners.append(self.mapper.on_alert)
+            self.mapper.start()
         self._loop = gevent.spawn(self._run)
 
     def stop(self) -> None:
@@ -110,6 +115,8 @@ class OnlineDiscovery:
             if greenlet is not None:
                 greenlet.kill(block=False)
         self._loop, self._workers = None, []
+        if self.mapper is not None:   # the router forgets the mapping now, not when its lease ends
+            self.mapper.stop()
         self.dht.stop()
 
     def _run(self) -> None:
@@ -122,6 +129,8 @@ class OnlineDiscovery:
 
     def _tick(self, now: float) -> None:
         self._workers = [g for g in self._workers if not g.dead]
+        if self.mapper is not None:
+            self.mapper.tick()
         if not self._publishing and self.dht.nodes > 0:   # with an empty routing table a put stores nothing
             wanted = self._wanted_publication()
             if wanted[0] and (wanted != self._published or now >= self._next_publish):
@@ -176,7 +185,7 @@ class OnlineDiscovery:
     def own_candidates(self) -> list[dr.Candidate]:
         """What we publish: every address a contact might reach us at, best first."""
         found: list[dr.Candidate] = []
-        mapped = self.mapped()
+        mapped = self.mapper.mapped if self.mapper is not None else None
         if mapped is not None:
             found.append(dr.Candidate(dr.CandidateKind.MAPPED, mapped))
         for candidate in self.nat.candidates(LAN_PROBE_TARGET):
@@ -313,4 +322,5 @@ class OnlineDiscovery:
         view["last_publish"] = dict(self.last_publish) if self.last_publish else None
         view["lookups_in_flight"] = sum(1 for s in self._schedules.values() if s.in_flight)
         view["counters"] = {k: v for k, v in self.counters.items() if k.startswith("dht_")}
+        view["port_mapping"] = dict(self.mapper.status()) if self.mapper is not None else None
         return view
