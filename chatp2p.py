@@ -20,16 +20,18 @@ EXIT_RUNTIME = 1
 
 
 def _setup_logging(level: str, log_file: str) -> None:
-    handler: logging.Handler
-    if log_file:
-        path = os.path.expanduser(log_file)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # private from the start
-        handler = logging.FileHandler(path, encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
+    """A log file rotates itself (0600 files); stderr under journald gets no timestamps of ours."""
+    from chatp2p_core.logfiles import FORMAT, PrivateRotatingFileHandler, log_format
     from chatp2p_core.logsafe import EscapingFormatter
 
-    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler: logging.Handler
+    if log_file:
+        handler = PrivateRotatingFileHandler(os.path.expanduser(log_file))
+        line_format = FORMAT
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        line_format = log_format(sys.stderr, os.environ)
+    handler.setFormatter(EscapingFormatter(line_format))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -192,13 +194,15 @@ def _parse_host_port(text: str) -> tuple[str, int] | None:
 
 
 def _app_log_path(config) -> str:
-    """The app logs to a file, never to the screen: --log-file, else DATA_DIR/chatp2p.log."""
+    """The app logs to a file, never to the screen: --log-file, else
+    $XDG_STATE_HOME/chatp2p/chatp2p.log, else DATA_DIR/chatp2p.log."""
     from chatp2p_core.util import ensure_private_dir
 
     if config.log_file:
         return os.path.expanduser(config.log_file)
-    ensure_private_dir(config.data_path)
-    return str(config.data_path / "chatp2p.log")
+    folder = config.state_dir or config.data_path   # XDG_STATE_HOME/chatp2p when it is set
+    ensure_private_dir(folder)
+    return str(folder / "chatp2p.log")
 
 
 class _StderrToLog:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import configparser
 import dataclasses
+import hashlib
 import os
 import pathlib
+import typing
 from typing import Any, Callable, Mapping, Sequence
 
 from .errors import Invalid
@@ -185,6 +187,9 @@ class Config:
 
     values: dict[str, Any]
     config_path: pathlib.Path | None
+    # XDG_STATE_HOME/chatp2p (the app's log) and XDG_RUNTIME_DIR (the event socket), when set
+    state_dir: pathlib.Path | None = None
+    runtime_dir: pathlib.Path | None = None
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -211,12 +216,21 @@ class Config:
     def data_path(self) -> pathlib.Path:
         return pathlib.Path(os.path.expanduser(self.values["data_dir"]))
 
+    @property
+    def runtime_path(self) -> pathlib.Path:
+        """Where the event socket goes: a directory of this data dir's own under
+        XDG_RUNTIME_DIR (tmpfs, private, short paths), else the data dir itself."""
+        if self.runtime_dir is None:
+            return self.data_path
+        tag = hashlib.sha256(str(self.data_path.resolve()).encode()).hexdigest()[:12]
+        return self.runtime_dir / f"{APP_DIR}-{tag}"
+
     def replace(self, **changes: Any) -> "Config":
         values = dict(self.values)
         for name, raw in changes.items():
             setting = SETTINGS_BY_NAME[name]
             values[name] = _checked(setting, raw, f"setting {name}")
-        return Config(values, self.config_path)
+        return Config(values, self.config_path, self.state_dir, self.runtime_dir)
 
 
 def _checked(setting: Setting, raw: Any, origin: str) -> Any:
@@ -226,23 +240,73 @@ def _checked(setting: Setting, raw: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: {raw!r} is not valid, expected {_expected(setting)}") from None
 
 
+# What a flag's value looks like in --help, by kind (a choice lists its choices).
+METAVARS = {"str": "TEXT", "int": "N", "port": "PORT", "optport": "PORT", "float": "NUMBER", "list": "A,B,...",
+            "path": "PATH"}
+SECTION_TITLES = {"node": "identity and data", "ipc": "control API", "events": "events",
+                  "p2p": "peer-to-peer network", "files": "file transfers", "log": "logging"}
+
+
+def _shown_default(setting: Setting) -> str:
+    default = setting.default
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, list):
+        return ", ".join(default) or "none"
+    if default is None and setting.kind == "optbool":
+        return "unset"
+    return "none" if default in (None, "") else str(default)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare --config and one flag per setting; values stay raw text until `load`."""
+    """Declare --config and one flag per setting, grouped by conf section, each help line with
+    its default and environment variable; values stay raw text until `load`."""
     parser.add_argument("--config", metavar="FILE", help=f"conf file (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--print-config", action=_PrintConfig,
+                        help="print the commented default conf file and exit "
+                             f"(e.g. chatp2p --print-config > {DEFAULT_CONFIG_PATH})")
+    groups: dict[str, Any] = {}
     for setting in SETTINGS:
+        group = groups.get(setting.section)
+        if group is None:
+            title = SECTION_TITLES.get(setting.section, setting.section)
+            group = groups[setting.section] = parser.add_argument_group(f"{title} ([{setting.section}] in the conf file)")
+        text = f"{setting.help} (default: {_shown_default(setting)}; env {setting.env})"
         if setting.secret:
-            parser.add_argument(setting.flag, action=_RefusedSecretFlag, help=argparse.SUPPRESS)
+            group.add_argument(setting.flag, action=_RefusedSecretFlag, help=argparse.SUPPRESS)
         elif setting.false_flag:
-            parser.add_argument(setting.flag, dest=setting.name, action="store_const", const=True, default=None,
-                                help=f"{setting.help} (env {setting.env})")
-            parser.add_argument(setting.false_flag, dest=setting.name, action="store_const", const=False,
-                                default=None, help=argparse.SUPPRESS)
+            group.add_argument(setting.flag, dest=setting.name, action="store_const", const=True, default=None,
+                               help=text)
+            group.add_argument(setting.false_flag, dest=setting.name, action="store_const", const=False,
+                               default=None, help=argparse.SUPPRESS)
         elif setting.kind in ("bool", "optbool"):
-            parser.add_argument(setting.flag, dest=setting.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=f"{setting.help} (env {setting.env})")
+            group.add_argument(setting.flag, dest=setting.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=text)
+        elif setting.kind == "choice":
+            group.add_argument(setting.flag, dest=setting.name, choices=setting.choices, default=None,
+                               type=str.lower, help=text)
         else:
-            parser.add_argument(setting.flag, dest=setting.name, metavar=setting.kind.upper(), default=None,
-                                help=f"{setting.help} (env {setting.env})")
+            group.add_argument(setting.flag, dest=setting.name, metavar=METAVARS.get(setting.kind, "VALUE"),
+                               default=None, help=text)
+
+
+def default_conf_text() -> str:
+    """The commented conf file the package carries (chatp2p_core/chatp2p.conf, the source
+    tree's conf/chatp2p.conf)."""
+    import importlib.resources
+
+    return importlib.resources.files(__package__).joinpath("chatp2p.conf").read_text(encoding="utf-8")
+
+
+class _PrintConfig(argparse.Action):
+    def __init__(self, option_strings, dest, help=None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # type: ignore[override]
+        import sys
+
+        sys.stdout.write(default_conf_text())
+        parser.exit(0)
 
 
 class _RefusedSecretFlag(argparse.Action):
@@ -299,13 +363,21 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     """Resolve every setting through the four layers. Raises ConfigError naming the culprit."""
     environ = os.environ if environ is None else environ
     values = {s.name: s.default for s in SETTINGS}
+    xdg = xdg_defaults(environ)
+    values.update(xdg.settings)
 
     explicit = getattr(args, "config", None) if args is not None else None
     explicit = explicit or environ.get(ENV_PREFIX + "CONFIG")
-    path = pathlib.Path(os.path.expanduser(explicit or DEFAULT_CONFIG_PATH))
-    if explicit and not path.is_file():
+    path = pathlib.Path(os.path.expanduser(explicit)) if explicit else xdg.config_path
+    try:
+        found = path.is_file()
+    except OSError as exc:   # a home directory we may not enter (another user's HOME)
+        if explicit:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        found = False
+    if explicit and not found:
         raise ConfigError(f"{path}: conf file not found")
-    config_path = path if path.is_file() else None
+    config_path = path if found else None
     if config_path is not None:
         values.update(_read_file(config_path))
 
@@ -322,7 +394,67 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
     if not values["turn_credential"] and values["turn_credential_file"]:
         values["turn_credential"] = _read_secret_file(SETTINGS_BY_NAME["turn_credential_file"],
                                                       values["turn_credential_file"])
-    return Config(values, config_path)
+    return Config(values, config_path, xdg.state_dir, xdg.runtime_dir)
+
+
+# -- XDG base directories ----------------------------------------------------------------------
+# Where the defaults go when XDG_CONFIG_HOME, XDG_DATA_HOME, XDG_STATE_HOME, XDG_RUNTIME_DIR are
+# set (and the downloads folder of ~/.config/user-dirs.dirs, as `xdg-user-dir DOWNLOAD` reads it).
+# Unset, every path stays what it was; an identity already at the old data dir keeps being used,
+# so setting XDG_DATA_HOME never makes a second identity.
+APP_DIR = "chatp2p"
+
+
+class XdgDefaults(typing.NamedTuple):
+    config_path: pathlib.Path
+    settings: dict[str, str]            # data_dir, downloads_dir when the environment moves them
+    state_dir: pathlib.Path | None
+    runtime_dir: pathlib.Path | None
+
+
+def _home(environ: Mapping[str, str]) -> pathlib.Path:
+    return pathlib.Path(environ.get("HOME") or os.path.expanduser("~"))
+
+
+def _xdg(environ: Mapping[str, str], var: str) -> pathlib.Path | None:
+    """An XDG variable's directory; the spec says to ignore one that is not absolute."""
+    value = environ.get(var, "")
+    return pathlib.Path(value) if value and os.path.isabs(value) else None
+
+
+def user_download_dir(environ: Mapping[str, str]) -> pathlib.Path | None:
+    """XDG_DOWNLOAD_DIR from $XDG_CONFIG_HOME/user-dirs.dirs (`xdg-user-dir DOWNLOAD`), if set
+    to something other than the home directory itself."""
+    config_home = _xdg(environ, "XDG_CONFIG_HOME") or _home(environ) / ".config"
+    try:
+        text = (config_home / "user-dirs.dirs").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key == "XDG_DOWNLOAD_DIR":
+            value = value.strip().strip('"').replace("$HOME", str(_home(environ)))
+            path = pathlib.Path(value)
+            return path if path.is_absolute() and path != _home(environ) else None
+    return None
+
+
+def xdg_defaults(environ: Mapping[str, str]) -> XdgDefaults:
+    config_home = _xdg(environ, "XDG_CONFIG_HOME")
+    config_path = (config_home or _home(environ) / ".config") / APP_DIR / "chatp2p.conf"
+    settings: dict[str, str] = {}
+    data_home = _xdg(environ, "XDG_DATA_HOME")
+    if data_home is not None:
+        legacy = _home(environ) / ".local" / "share" / APP_DIR
+        wanted = data_home / APP_DIR
+        keep_legacy = (legacy / "identity.key").exists() and not (wanted / "identity.key").exists()
+        settings["data_dir"] = str(legacy if keep_legacy else wanted)
+    downloads = user_download_dir(environ)
+    if downloads is not None:
+        settings["downloads_dir"] = str(downloads / APP_DIR)
+    state_home = _xdg(environ, "XDG_STATE_HOME")
+    return XdgDefaults(config_path, settings, state_home / APP_DIR if state_home else None,
+                       _xdg(environ, "XDG_RUNTIME_DIR"))
 
 
 def render_default_conf(extra: Callable[[], str] | None = None) -> str:
@@ -352,12 +484,22 @@ def render_default_conf(extra: Callable[[], str] | None = None) -> str:
 def parse_flags(argv: Sequence[str], prog: str, description: str,
                 extend: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """Build the daemon/app argument parser (settings flags plus `extend`) and parse argv."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_arguments(parser)
-    if extend is not None:
-        extend(parser)
+    parser = build_parser(prog, description, extend)
     return parser.parse_args(list(argv))
 
+
+def build_parser(prog: str, description: str,
+                 extend: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+    """The daemon/app argument parser: settings flags grouped by section, `extend`'s own, and
+    --print-completion bash|zsh (shtab, generated from this very parser)."""
+    import shtab
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    if extend is not None:
+        extend(parser)
+    add_arguments(parser)
+    shtab.add_argument_to(parser, ["--print-completion"], help="print a bash or zsh completion script and exit")
+    return parser
 
 def save_setting(path: pathlib.Path, name: str, value: Any) -> None:
     """Write `name = value` into the conf file at `path` (created 0600 if missing), keeping

@@ -238,6 +238,14 @@ class MessageFailed(TypedDict):
     reason: str
 
 
+class MessagesDeleted(TypedDict):
+    """Messages were deleted from this node's history (`message_id` null: the whole
+    conversation, but for messages still in flight)."""
+
+    peer: str
+    message_id: Optional[str]
+
+
 class FileOffer(TransferRef):
     """A contact offers a file: accept it with p2p accept_file."""
 
@@ -291,6 +299,7 @@ EVENTS: dict[str, Any] = {
     "p2p_message_received": MessageReceived,
     "message_delivered": MessageDelivered,
     "message_failed": MessageFailed,
+    "messages_deleted": MessagesDeleted,
     "file_offer": FileOffer,
     "file_transfer_started": TransferRef,
     "file_transfer_progress": FileTransferProgress,

@@ -55,6 +55,7 @@ class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.data_dir: pathlib.Path = config.data_path
+        self.runtime_dir: pathlib.Path = config.runtime_path   # the event socket's (XDG_RUNTIME_DIR)
         self.name: str = config.name or _login_name()
         self.started_at = time.time()
         self.ipc_address: tuple[str, int] | None = None
@@ -84,6 +85,7 @@ class Node:
             self._closers.append(self.store.close)
             # A tcp:// events endpoint is open to every local user: it asks for the API token.
             tcp_token = RuntimeFiles(self.data_dir).ensure_token() if self.config.events_port is not None else None
+            ensure_private_dir(self.runtime_dir)
             self.events = EventBus(self._event_endpoints(), tcp_token=tcp_token)
             self._closers.append(self._close_events)
             self._publishing = True
@@ -96,7 +98,7 @@ class Node:
             raise
 
     def _event_endpoints(self) -> list[str]:
-        endpoints = [f"ipc://{self.data_dir / EVENTS_SOCKET}"]
+        endpoints = [f"ipc://{self.runtime_dir / EVENTS_SOCKET}"]
         if self.config.events_port is not None:
             endpoints.append(f"tcp://127.0.0.1:{self.config.events_port}")
         return endpoints
@@ -104,7 +106,7 @@ class Node:
     def _close_events(self) -> None:
         self._publishing = False
         self.events.close()
-        (self.data_dir / EVENTS_SOCKET).unlink(missing_ok=True)
+        (self.runtime_dir / EVENTS_SOCKET).unlink(missing_ok=True)
 
     def _rollover_bytes(self) -> bytes | None:
         return self.rollover.encode() if self.rollover is not None else None

@@ -45,10 +45,12 @@ class Daemon:
 
     @staticmethod
     def environment(tmpdir: str | os.PathLike) -> dict[str, str]:
-        """os.environ without CHATP2P_* settings, with HOME in `tmpdir` (no user conf file)."""
+        """os.environ without CHATP2P_* settings nor XDG_* directories, with HOME in `tmpdir`
+        (no user conf file, no user data dir)."""
         home = pathlib.Path(tmpdir) / "home"
         home.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATP2P_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATP2P_", "XDG_"))
+               and k != "DBUS_SESSION_BUS_ADDRESS"}   # no desktop notifications from tests
         env["HOME"] = str(home)
         env["PYTHONUNBUFFERED"] = "1"
         return env

@@ -40,7 +40,7 @@ def test_a_client_whose_user_cannot_be_determined_is_refused_with_a_reason():
     server = make_server(uid_of=lambda local, remote: None)
     try:
         answers = gevent.spawn(ask, server, b'{"command":"status"}\n').get(timeout=10)
-        assert answers == [{"success": False, "data": None, "error": UNKNOWN_USER_ERROR,
+        assert answers == [{"success": False, "error": UNKNOWN_USER_ERROR,
                             "timestamp": answers[0]["timestamp"]}]
         assert server.refused["unknown_user"] == 1
     finally:

@@ -37,6 +37,32 @@ def test_strings_are_coerced_to_declared_types():
     assert table.dispatch(None, {"command": "x", "action": "flag", "data": '{"on": "0"}'})["data"] == {"on": False}
 
 
+def test_windows_client_action_names_ignore_case_and_underscores():
+    table = make_table()
+    for action in ("SendFile", "sendfile", "SEND_FILE", "send-file", " Send_File "):
+        reply = table.dispatch(None, {"Command": "P2P", "Action": action,
+                                      "Data": {"Peer": "Bob", "FilePath": "/tmp/a"}})
+        assert reply["success"] is True and reply["transfer_id"] == "t1", (action, reply)
+    reply = table.dispatch(None, {"command": "p2p", "action": "send_files"})
+    assert reply["success"] is False and "Unknown action 'send_files'" in reply["error"]
+    assert "send_file" in reply["error"]
+
+
+def test_a_bare_string_where_a_list_is_declared_is_a_list_of_one():
+    table = make_table()
+    for value, expected in (("stun:a.example:3478", ["stun:a.example:3478"]), ("5", ["5"]),
+                            ('["stun:b.example:3478"]', ["stun:b.example:3478"]), ("null", ["null"])):
+        reply = table.dispatch(None, {"command": "p2p", "action": "start", "data": {"StunUrls": value}})
+        assert reply["success"] is True and reply["data"] == {"stun_urls": expected}, (value, reply)
+    reply = table.dispatch(None, {"command": "p2p", "action": "start", "data": {"stun_urls": {"a": 1}}})
+    assert reply["success"] is False and reply["error"] == "Field 'stun_urls' must be a list"
+
+
+def test_an_error_answer_carries_no_data_key():
+    reply = make_table().dispatch(None, {"command": "p2p", "action": "fly"})
+    assert set(reply) == {"success", "error", "timestamp"} and reply["success"] is False
+
+
 def test_status_accepts_any_action():
     table = make_table()
     for request in ({"command": "status"}, {"command": "status", "action": None},
@@ -48,7 +74,7 @@ def test_errors_name_the_valid_choices_and_fields():
     table = make_table()
     reply = table.dispatch(None, {"command": "nope"})
     assert reply["success"] is False and "p2p" in reply["error"] and "status" in reply["error"]
-    assert reply["data"] is None
+    assert "data" not in reply  # the seed's error answer has no data
     reply = table.dispatch(None, {"command": "p2p", "action": "fly"})
     assert "send_file" in reply["error"] and "start" in reply["error"]
     reply = table.dispatch(None, {"command": "p2p", "action": "send_file", "data": {"peer": "Bob"}})
@@ -75,7 +101,7 @@ def test_id_is_echoed():
 
 def test_coerce_rejects_wrong_types():
     for field, value in ((Field("n", "int"), True), (Field("n", "int"), "1.5"), (Field("s"), {"a": 1}),
-                         (Field("b", "bool"), "maybe"), (Field("l", "list"), "not json"),
+                         (Field("b", "bool"), "maybe"), (Field("d", "dict"), "not json"),
                          (Field("s", max_len=3), "abcd")):
         try:
             coerce(field, value)

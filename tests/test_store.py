@@ -20,6 +20,7 @@ from chatp2p_core.store import (
     Contact,
     ContactRepository,
     DuplicateError,
+    InvalidValueError,
     HeldMessageRepository,
     Message,
     MessageRepository,
@@ -194,7 +195,9 @@ def test_a_file_from_the_first_schema_opens_and_keeps_its_data():
         db = d / "chatp2p.db"
         with FirstStore(db) as old:
             bob = old.contacts.add("Bob", FP_A, "bundle-b")
-            old.messages.add_outgoing(bob.id, "m1", "hello", 1.0)
+            # raw SQL: today's repository code may use columns the first schema lacks
+            old._conn.execute("INSERT INTO messages (contact_id, message_id, direction, body, created, state, "
+                              "seq, read) VALUES (?, 'm1', 'out', 'héllo', 1.0, 'queued', 1, 1)", (bob.id,))
             old._conn.execute("INSERT INTO held_messages (fingerprint, bundle, message_id, body, created) "
                               "VALUES (?, 'S', 'h1', 'psst', 2.0)", (FP_B,))
         with Store(db) as store:
@@ -205,6 +208,8 @@ def test_a_file_from_the_first_schema_opens_and_keeps_its_data():
             assert store.messages.in_seq(bob.id) == 0
             assert [(h.message_id, h.seq) for h in store.held.take(FP_B)] == [("h1", 0)]
             assert store.transfers.recent() == []
+            assert [m.message_id for m in store.messages.search("hello")] == ["m1"]  # indexed by the migration
+            assert store.messages.add_outgoing(bob.id, "m2", "again", 3.0).seq == 2
 
 
 def test_not_a_database_is_a_store_error():
@@ -450,6 +455,8 @@ OTHER_CALLS: dict[str, Callable[[Store, Contact], object]] = {
     "messages.history": lambda store, bob: store.messages.history(bob.id),
     "messages.unread_counts": lambda store, bob: store.messages.unread_counts(),
     "messages.mark_read": lambda store, bob: store.messages.mark_read(bob.id),
+    "messages.search": lambda store, bob: store.messages.search("x"),
+    "messages.delete": lambda store, bob: store.messages.delete(bob.id),
     "held.hold": lambda store, bob: store.held.hold(FP_C, "B", "h1", "x", 1.0, 5, 100),
     "held.take": lambda store, bob: store.held.take(FP_C),
     "held.drop": lambda store, bob: store.held.drop(FP_C),
@@ -497,7 +504,8 @@ def test_other_repositories_leave_contacts_and_the_index_alone():
             writes = [sql for sql in statements
                       if re.match(r"\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM|REPLACE\s+INTO)\s+contacts\b",
                                   sql, re.IGNORECASE)]
-            assert all(sql.startswith("UPDATE contacts SET in_seq = ") for sql in writes), (what, writes)
+            assert all(sql.startswith(("UPDATE contacts SET in_seq = ", "UPDATE contacts SET out_seq_floor = "))
+                       for sql in writes), (what, writes)
             assert db_contacts(store) == before, what
             assert_reads_match_db(store)
 
@@ -998,3 +1006,44 @@ def test_a_version_5_database_opens_and_keeps_a_lan_pair_secret():
                 store.contacts.set_lan_secret(bob.id, b"short")
         with Store(db) as again:
             assert again.contacts.get("Bob").lan_secret == secret
+
+
+# ---- search and delete ------------------------------------------------------------------
+
+
+def test_search_finds_words_by_prefix_with_case_and_accents_folded():
+    with fresh_store() as store:
+        bob, carol = two_contacts(store)
+        store.messages.add_outgoing(bob.id, "m1", "Un café à Paris", 1.0, "delivered")
+        store.messages.add_incoming(carol.id, "i1", "naïve RÉSUMÉ", 2.0, 2.0)
+        store.messages.add_outgoing(carol.id, "m2", 'a " quote, a * star and NEAR(', 3.0, "sent")
+        assert [m.message_id for m in store.messages.search("CAFE paris")] == ["m1"]
+        assert [m.message_id for m in store.messages.search("resume naiv")] == ["i1"]
+        assert [m.message_id for m in store.messages.search("a")] == ["m2", "m1"]   # newest first
+        assert [m.message_id for m in store.messages.search("a", bob.id)] == ["m1"]
+        assert [m.message_id for m in store.messages.search("a", limit=1)] == ["m2"]
+        for hostile in ('"', "*", "NEAR(", "-", "a OR", ")"):
+            store.messages.search(hostile)   # never an FTS5 syntax error
+        with pytest.raises(InvalidValueError):
+            store.messages.search("  ")
+
+
+def test_delete_removes_from_history_and_search_and_never_reuses_a_seq():
+    with fresh_store() as store:
+        bob, _ = two_contacts(store)
+        store.messages.add_outgoing(bob.id, "m1", "first words", 1.0, "delivered")
+        store.messages.add_outgoing(bob.id, "m2", "second words", 2.0, "delivered")
+        store.messages.add_outgoing(bob.id, "m3", "in flight words", 3.0, "sent")
+        store.messages.add_incoming(bob.id, "m2", "same id, other way", 4.0, 4.0)
+        assert store.messages.delete(bob.id, "m2") == (2, 0)        # both directions' m2
+        assert [m.message_id for m in store.messages.search("words")] == ["m3", "m1"]
+        assert store.messages.delete(bob.id, "m3") == (0, 1)        # in flight: kept
+        assert store.messages.delete(bob.id) == (1, 1)
+        assert [m.message_id for m in store.messages.history(bob.id)] == ["m3"]
+        assert store.messages.search("first") == []
+        store.messages.set_state(bob.id, "m3", "delivered")
+        assert store.messages.delete(bob.id) == (1, 0)
+        # m3 had seq 3: the next message must not take it again
+        assert store.messages.add_outgoing(bob.id, "m4", "x", 5.0).seq == 4
+        with pytest.raises(NotFoundError):
+            store.messages.delete(bob.id, "m3")

@@ -81,7 +81,8 @@ def test_themes_are_complete_and_have_mono_fallback():
 def test_command_parsing_gives_one_line_hints():
     parsed = slash.parse('/rename "Bob Smith" Bob')
     assert parsed.name == "rename" and parsed.args == {"OLD": "Bob Smith", "NEW": "Bob"}
-    assert slash.parse("/myid").args == {"FILE": None}
+    assert slash.parse("/myid").args == {"FILE|--qr": None}
+    assert slash.parse("/search café  au lait").args == {"WORDS": "café au lait"}
     assert slash.parse("/q").name == "quit" and slash.parse("/ACCEPT abc").args == {"ID": "abc"}
     cases = {
         "/add Bob": "Usage: /add NAME ID|KEY|@FILE",

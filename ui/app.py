@@ -25,6 +25,7 @@ from .client import Client
 from .keys import KeyMap
 from .layout import Layout
 from .model import Model
+from .notify import Notifier
 from .settings import UiSettings, load_ui_config
 from .theme import Theme
 from .views import chat_dialogs
@@ -50,6 +51,7 @@ class App:
         self.keymap = keymap or KeyMap()
         self.theme = theme or Theme()
         self.settings = settings or UiSettings()
+        self.notifier = Notifier(self.settings.notify, self._write_terminal, _spawn)
         self.clock = clock
         self._later = later
         self.model = Model()
@@ -59,6 +61,7 @@ class App:
         self._notice_serial = 0
         self.quitting = False
         self.rings = 0
+        self.pasting = False    # between the terminal's "begin paste" and "end paste"
         self.conf_path: Optional[pathlib.Path] = None   # where /online saves the choice (run() sets it)
         self.ask_online = False                          # first start: nobody chose online or private yet
         self.layout = Layout(self.keymap, on_key=self.on_key, on_open_contact=self.open_from_list,
@@ -142,6 +145,58 @@ class App:
             if self._notice_serial == serial:
                 self.layout.footer.clear_notice()
         self.later(NOTICE_SECONDS, clear)
+
+    def _write_terminal(self, text: str) -> None:
+        """Escape sequences that draw nothing (OSC notifications), between two redraws."""
+        if self.loop is not None and text:
+            try:
+                self.loop.screen.write(text)
+                self.loop.screen.flush()
+            except Exception:
+                log.debug("terminal write failed", exc_info=True)
+
+    def copy_to_clipboard(self, text: str) -> None:
+        """OSC 52: the terminal (or tmux with set-clipboard) puts `text` on the clipboard."""
+        import base64
+
+        self._write_terminal("\x1b]52;c;" + base64.b64encode(text.encode()).decode() + "\x07")
+
+    def edit_externally(self, text: str) -> Optional[str]:
+        """`text` edited in $VISUAL or $EDITOR (else vi) on the whole terminal; None if the
+        editor failed. The file is private (0600) and deleted afterwards."""
+        import os
+        import shlex
+        import subprocess
+        import tempfile
+
+        editor = shlex.split(os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
+        fd, path = tempfile.mkstemp(prefix="chatp2p-draft-", suffix=".txt",
+                                    dir=os.environ.get("XDG_RUNTIME_DIR") or None)
+        screen = self.loop.screen if self.loop is not None else None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            if screen is not None:
+                screen.stop()
+            try:
+                code = subprocess.call([*editor, path])
+            finally:
+                if screen is not None:
+                    screen.start()
+                    screen.clear()
+            if code != 0:
+                return None
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                edited = handle.read()
+            return edited[:-1] if edited.endswith("\n") else edited
+        except OSError as exc:
+            self.notice(f"Cannot run {editor[0]}: {exc.strerror or exc}", error=True)
+            return None
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     def ring(self) -> None:
         self.rings += 1
@@ -263,8 +318,9 @@ class App:
 
     def on_event(self, event: dict) -> None:
         for alert in self.model.apply_event(event, self.clock()):
-            if alert.kind == "bell":
+            if alert.kind == "bell":   # a message outside the open conversation
                 self.ring()
+                self.notifier.message(event)
             elif alert.kind == "mark_read":
                 self.mark_read(alert.data["fingerprint"])
             elif alert.kind == "refresh":
@@ -427,6 +483,12 @@ class App:
             self.notice(str(exc), error=True)
 
 
+def _spawn(fn: Callable[[], None]) -> None:
+    import gevent
+
+    gevent.spawn(fn)
+
+
 def run(backend: Any, config_path: Optional[pathlib.Path], save_path: Optional[pathlib.Path] = None,
         ask_online: bool = False) -> int:
     """Run the UI on this terminal until the user quits; returns the exit code (0). `save_path`:
@@ -442,7 +504,10 @@ def run(backend: Any, config_path: Optional[pathlib.Path], save_path: Optional[p
     client = Client(backend, bridge.post)
     app = App(client, keymap, theme, settings)
     app.conf_path, app.ask_online = save_path or config_path, ask_online
-    screen = urwid.display.raw.Screen()
+    try:   # bracketed paste: a pasted paragraph arrives between "begin paste" and "end paste"
+        screen = urwid.display.raw.Screen(bracketed_paste_mode=True)
+    except TypeError:   # an urwid without it: pasted lines are sent one by one, as before
+        screen = urwid.display.raw.Screen()
     screen.set_terminal_properties(colors=theme.colors)
     loop = urwid.MainLoop(app.root, palette=theme.palette(), screen=screen, handle_mouse=True,
                           unhandled_input=app.unhandled_key)

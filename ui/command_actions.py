@@ -104,16 +104,29 @@ def show_my_id(app: "App", args: Args) -> None:
     me = app.model.me
     if not me.get("id"):
         raise UsageError("Still loading: try again in a moment")
-    path = args.get("FILE")
-    if path:
-        target = pathlib.Path(os.path.expanduser(path))
-        try:
-            target.write_text(me["public_key"] + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"Cannot write {target}: {exc.strerror or exc}") from None
-        app.notice(f"Wrote your public key to {target}: they add you with /add {me.get('name') or 'NAME'} @FILE")
+    path = args.get("FILE|--qr")
+    if path == "--qr" or not path:
+        from chatp2p_core.qr import qr_text
+        app.copy_to_clipboard(me["id"])   # OSC 52, where the terminal allows it
+        app.show_dialog(chat_dialogs.my_id(me, app.closing(), qr_text(me["id"]) if path else ""))
         return
-    app.show_dialog(chat_dialogs.my_id(me, app.closing()))
+    target = pathlib.Path(os.path.expanduser(path))
+    try:
+        target.write_text(me["public_key"] + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"Cannot write {target}: {exc.strerror or exc}") from None
+    app.notice(f"Wrote your public key to {target}: they add you with /add {me.get('name') or 'NAME'} @FILE")
+
+
+def compose_in_editor(app: "App", args: Args) -> None:
+    """The draft goes to $EDITOR and comes back as the draft: nothing is sent until Enter."""
+    draft = app.prompt.text
+    edited = app.edit_externally("" if draft.startswith("/") else draft)
+    if edited is None:
+        app.notice("The editor failed: the draft is unchanged", error=True)
+        return
+    app.prompt.set_text(edited)
+    app.set_focus("input")
 
 
 def verify_contact(app: "App", args: Args) -> None:
@@ -132,6 +145,42 @@ def verify_contact(app: "App", args: Args) -> None:
         app.show_dialog(chat_dialogs.safety_number(name, data, app.closing(verified), app.closing()))
 
     app.request("contacts", "negotiate_keys", {"peer": name}, on_ok=negotiated)
+
+
+def search(app: "App", args: Args) -> None:
+    words = args["WORDS"] or ""
+    app.request("p2p", "search", {"text": words, "limit": 100},
+                on_ok=lambda found: app.show_dialog(chat_dialogs.search_results(words, found or [], app.closing())))
+
+
+def delete_messages(app: "App", args: Args) -> None:
+    """/delete: the newest message of the open conversation; /delete N: the Nth newest;
+    /delete all: the conversation. Asks first; the daemon's messages_deleted event updates the view."""
+    contact = app.model.open_contact
+    if contact is None:
+        raise UsageError("Open a conversation first")
+    which = (args.get("N|all") or "1").strip().lower()
+    if which == "all":
+        data: dict[str, Any] = {"peer": contact.name, "all": True}
+        what = None
+    else:
+        if not which.isdigit() or int(which) < 1:
+            raise UsageError("Usage: /delete [N|all] — N counts from the newest message (1)")
+        conv = app.model.conversations.get(contact.fingerprint)
+        messages = conv.sorted_messages() if conv else []
+        if int(which) > len(messages):
+            raise UsageError(f"There are only {len(messages)} messages shown here")
+        message = messages[-int(which)]
+        data = {"peer": contact.name, "message_id": message.message_id}
+        what = repr(message.body if len(message.body) <= 60 else message.body[:59] + "…")
+
+    def delete() -> None:
+        app.request("p2p", "delete_message", data,
+                    on_ok=lambda answer: app.notice(f"Deleted {answer.get('deleted', 0)} message(s)"
+                                                    + (f"; {answer['kept']} still on their way kept"
+                                                       if answer.get("kept") else "")))
+
+    app.show_dialog(chat_dialogs.delete_messages(contact.name, what, app.closing(delete), app.closing()))
 
 
 def set_nick(app: "App", args: Args) -> None:

@@ -34,7 +34,7 @@ Handler = Callable[["App", Mapping[str, Optional[str]]], None]
 @dataclasses.dataclass(frozen=True)
 class Arg:
     name: str           # shown in usage lines: NAME, HOST:PORT ...
-    kind: str           # contact, text, key, path, address, transfer
+    kind: str           # contact, text, key, path, address, transfer; rest: the rest of the line
     optional: bool = False
 
 
@@ -79,8 +79,14 @@ COMMANDS: tuple[Command, ...] = (
     Command("connect", (Arg("NAME", "contact"), Arg("HOST:PORT", "address")),
             "reach a contact at an address (UDP)", act.connect,
             ApiRow("p2p", "connect", {"NAME": "peer", "HOST:PORT": "address"})),
-    Command("myid", (Arg("FILE", "path", optional=True),),
-            "show my ID; with FILE, write my full public key there", act.show_my_id),
+    Command("myid", (Arg("FILE|--qr", "path", optional=True),),
+            "show my ID; --qr: as a QR code too; with FILE, write my full public key there", act.show_my_id),
+    Command("search", (Arg("WORDS", "rest"),), "find messages with these words (accents and case ignored)",
+            act.search, ApiRow("p2p", "search", {"WORDS": "text"})),
+    Command("delete", (Arg("N|all", "text", optional=True),),
+            "delete the newest message of the open conversation (or the Nth newest, or all of it) "
+            "on this device (asks first)", act.delete_messages),
+    Command("editor", (), "write the message in $EDITOR (saved and closed: it becomes the draft)", act.compose_in_editor),
     Command("verify", (Arg("NAME", "contact"),), "compare safety numbers, then mark the contact verified",
             act.verify_contact),
     Command("sendfile", (Arg("PATH", "path"),), "offer a file to the open conversation", files.send_file,
@@ -194,6 +200,9 @@ def parse(text: str) -> Parsed:
         suggestion = f" Did you mean /{close[0]}?" if close else ""
         raise UsageError(f"Unknown command /{word}.{suggestion} /help lists them all")
     values = [t.text for t in tokens[1:]]
+    if command.args and command.args[-1].kind == "rest" and len(values) > len(command.args):
+        keep = len(command.args) - 1
+        values = values[:keep] + [" ".join(values[keep:])]
     required = [a for a in command.args if not a.optional]
     if len(values) < len(required) or len(values) > len(command.args):
         raise UsageError(f"Usage: {command.usage} — {command.help}")

@@ -124,6 +124,28 @@ KEY_ACTIONS: Mapping[str, KeyHandler] = MappingProxyType({
 })
 
 
+def _paste(app: "App", key: str) -> bool:
+    """Bracketed paste: the pasted text becomes one draft in the input line, to edit before
+    sending; no key inside a paste runs an action (a pasted Enter is a new line)."""
+    if key == "begin paste":
+        app.pasting = True
+        if app.layout.top_dialog is None:
+            app.set_focus("input")
+        return True
+    if key == "end paste":
+        app.pasting = False
+        return True
+    if app.layout.top_dialog is not None:
+        return not is_printable(key)    # text for the dialog's own field; the rest is dropped
+    if key == "enter":
+        app.layout.prompt.insert("\n")
+    elif key == "tab":
+        app.layout.prompt.insert("    ")
+    elif is_printable(key):
+        app.layout.prompt.insert(key)
+    return True
+
+
 def dispatch(app: "App", key: Any) -> bool:
     """Global bindings, before the focused widget sees the key. True: handled.
 
@@ -132,6 +154,8 @@ def dispatch(app: "App", key: Any) -> bool:
     """
     if not isinstance(key, str):
         return False
+    if key in ("begin paste", "end paste") or app.pasting:
+        return _paste(app, key)
     actions = app.keymap.actions(key)
     dialog = app.layout.top_dialog
     if dialog is not None:

@@ -546,6 +546,21 @@ class Model:
             self._advance(message, "failed", data.get("reason") or "failed")
         return []
 
+    def _on_messages_deleted(self, data: dict, now: float) -> list[Alert]:
+        """One message (both directions may share its id) or the whole conversation, but for
+        our messages still in flight, which the daemon keeps."""
+        contact = self.by_name(data.get("peer"))
+        conv = self.conversations.get(contact.fingerprint) if contact else None
+        if contact is None or conv is None:
+            return []
+        message_id = data.get("message_id")
+        for key, message in list(conv.messages.items()):
+            in_flight = message.direction == "out" and message.state in ("pending", "queued", "sent")
+            if (message_id is None or key[1] == message_id) and not in_flight:
+                del conv.messages[key]
+        self._update_preview(contact.fingerprint)
+        return []
+
     def _on_contact_request(self, data: dict, now: float) -> list[Alert]:
         fingerprint = data.get("fingerprint")
         if not fingerprint or fingerprint in self.contacts or fingerprint in self.requests:

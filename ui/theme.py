@@ -62,6 +62,7 @@ MONO: dict[str, str] = {
     "help_key": "bold",
     "help_title": "underline",
     "welcome_id": "bold",
+    "qr": "",
 }
 
 # style -> (fg16, bg16, fg256, bg256); '' is the terminal's default
@@ -110,6 +111,7 @@ THEMES: dict[str, dict[str, tuple[str, str, str, str]]] = {
         "help_key": ("light cyan,bold", "", "h81,bold", ""),
         "help_title": ("white,bold,underline", "", "h255,bold,underline", ""),
         "welcome_id": ("yellow,bold", "", "h220,bold", ""),
+        "qr": ("white", "black", "h231", "h16"),   # drawn modules light on dark, whatever the theme
     },
 }
 # A light-background variant: the dark one with a few readable changes.

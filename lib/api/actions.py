@@ -95,6 +95,18 @@ def build_table(handlers: Optional[Mapping[tuple[str, Optional[str]], Handler]] 
                Field("before", "int", required=False, minimum=1)),
               help="extension: stored messages, newest page, oldest first", blocking=False,
               answer=list[MessageView])
+    table.add("p2p", "search", bind("p2p", "search"),
+              (Field("text", "str", max_len=1000), Field("peer", "str", required=False, max_len=64),
+               Field("limit", "int", required=False, default=50, minimum=1, maximum=1000)),
+              help="extension: messages holding every word of text (word prefixes, case and accents "
+                   "folded), newest first; one contact's with peer", blocking=False,
+              answer=list[MessageView])
+    table.add("p2p", "delete_message", bind("p2p", "delete_message"),
+              (NAME, Field("message_id", "str", required=False, max_len=128),
+               Field("all", "bool", required=False, default=False)),
+              help="extension: delete a message (message_id) or the whole conversation (all=true) from "
+                   "this node's history and search index; messages still in flight are kept",
+              blocking=False, answer=answers.MessagesDeleted)
     table.add("p2p", "mark_read", bind("p2p", "mark_read"), (NAME,), help="extension: mark a conversation read", blocking=False,
               answer=answers.MarkedRead)
     table.add("p2p", "send_file", bind("p2p", "send_file"),

@@ -143,6 +143,12 @@ class MarkedRead(TypedDict):
     marked: int
 
 
+class MessagesDeleted(TypedDict):
+    peer: str
+    deleted: int        # messages removed from the history and the search index
+    kept: int           # outgoing messages still in flight (queued or sent), not deleted
+
+
 class MessageIdKey(TypedDict):
     message_id: str
 

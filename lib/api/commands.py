@@ -140,6 +140,20 @@ def p2p_history(node: Node, data: dict) -> Any:
     return [dict(m.to_dict(), peer=contact.name) for m in messages]
 
 
+def p2p_search(node: Node, data: dict) -> Any:
+    contact_id = node.contacts.get(data["peer"]).id if data["peer"] else None
+    names = {contact.id: contact.name for contact in node.store.contacts.all()}
+    messages = node.store.messages.search(data["text"], contact_id, data["limit"])
+    return [dict(m.to_dict(), peer=names.get(m.contact_id, "")) for m in messages]
+
+
+def p2p_delete_message(node: Node, data: dict) -> Any:
+    if (data["message_id"] is None) == (not data["all"]):
+        raise ApiError("Give either message_id (one message) or all=true (the whole conversation)")
+    contact, deleted, kept = node.contacts.delete_messages(data["peer"], None if data["all"] else data["message_id"])
+    return {"peer": contact.name, "deleted": deleted, "kept": kept}
+
+
 def p2p_mark_read(node: Node, data: dict) -> Any:
     contact, count = node.contacts.mark_read(data["peer"])
     return {"peer": contact.name, "marked": count}
@@ -221,6 +235,8 @@ HANDLERS: Mapping[tuple[str, Optional[str]], Handler] = MappingProxyType({
     ("p2p", "send_message"): p2p_send_message,
     ("p2p", "history"): p2p_history,
     ("p2p", "mark_read"): p2p_mark_read,
+    ("p2p", "search"): p2p_search,
+    ("p2p", "delete_message"): p2p_delete_message,
     ("p2p", "send_file"): p2p_send_file,
     ("p2p", "accept_file"): _transfer_action("accept"),
     ("p2p", "reject_file"): _transfer_action("reject"),

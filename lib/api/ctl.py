@@ -18,7 +18,7 @@ import sys
 from typing import Any, Callable, Iterable, NamedTuple, Sequence, TextIO
 
 from ..errors import Busy, Invalid, Refused
-from ..config import DEFAULT_DATA_DIR
+from ..config import DEFAULT_CONFIG_PATH, DEFAULT_DATA_DIR, ConfigError, load as load_config
 from ..runtime import daemon_owns_port, read_endpoints, read_token
 from ..util import is_loopback
 from .tls import normalize_pin
@@ -46,6 +46,10 @@ class ApiConnectionError(Busy):
 
 class DaemonUnreachable(ApiConnectionError):
     """No connection could be opened to the daemon's API port."""
+
+
+class _NothingYet(Busy):
+    """`receive` waited its time and no line came (not an error: the caller decides)."""
 
 
 class RequestFailed(Refused):
@@ -119,6 +123,12 @@ class ApiClient:
 
     def send(self, message: dict) -> dict:
         """Send any JSON object as it is (plus the token, if one is set and it has none)."""
+        self.send_only(message)
+        return self._parse(self._read_line())
+
+    def send_only(self, message: dict) -> None:
+        """Send a request without waiting for its answer (on an event stream, where answers
+        and events share the connection)."""
         if self.token is not None and "token" not in message:
             message = {**message, "token": self.token}
         payload = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
@@ -126,7 +136,21 @@ class ApiClient:
             self.sock.sendall(payload)
         except OSError as exc:
             raise ApiConnectionError(f"lost the connection to the daemon: {_reason(exc)}") from None
-        line = self._read_line()
+
+    def receive(self, timeout: float) -> dict | None:
+        """The next JSON line (an answer or, after `events subscribe`, an event), or None when
+        none came within `timeout` seconds."""
+        saved = self.sock.gettimeout()
+        self.sock.settimeout(timeout)
+        try:
+            return self._parse(self._read_line(waiting=True))
+        except _NothingYet:
+            return None
+        finally:
+            self.sock.settimeout(saved)
+
+    @staticmethod
+    def _parse(line: bytes) -> dict:
         try:
             reply = json.loads(line)
         except ValueError:
@@ -135,7 +159,9 @@ class ApiClient:
             raise ApiConnectionError(f"the daemon sent a JSON value that is not an object: {line[:80]!r}")
         return reply
 
-    def _read_line(self) -> bytes:
+    def _read_line(self, waiting: bool = False) -> bytes:
+        """One line; a timeout is the daemon failing to answer, or with `waiting` just no
+        line yet (_NothingYet)."""
         while True:
             newline = self._buffer.find(b"\n")
             if newline >= 0:
@@ -147,6 +173,8 @@ class ApiClient:
             try:
                 chunk = self.sock.recv(RECV_SIZE)
             except socket.timeout:
+                if waiting:
+                    raise _NothingYet from None
                 raise ApiConnectionError("the daemon did not answer in time (see --timeout)") from None
             except OSError as exc:
                 raise ApiConnectionError(f"lost the connection to the daemon: {_reason(exc)}") from None
@@ -182,11 +210,6 @@ def _pinned_tls(sock: socket.socket, host: str, port: int, pin: str) -> socket.s
 
 
 # -- where the daemon is ----------------------------------------------------------------------
-def default_data_dir() -> pathlib.Path:
-    """The data dir the daemon uses when given none: $CHATP2P_DATA_DIR, else the built-in one."""
-    return pathlib.Path(os.environ.get("CHATP2P_DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
-
-
 class Target(NamedTuple):
     """Where the daemon is and what to show it: the token, and the TLS pin of a remote API."""
 
@@ -197,8 +220,10 @@ class Target(NamedTuple):
 
 
 def resolve_target(data_dir: pathlib.Path, host: str | None, port: int | None,
-                   token: str | None, pin: str | None = None) -> Target:
-    """Host, port, token and pin: explicit options win, then DATA_DIR/run.json, then defaults.
+                   token: str | None, pin: str | None = None,
+                   fallback: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT)) -> Target:
+    """Host, port, token and pin: explicit options win, then DATA_DIR/run.json, then
+    `fallback` (the conf file's and CHATP2P_IPC_* settings, else the defaults).
 
     run.json matters because a daemon started with `--ipc-port 0` picks its port at random.
     The data dir's token goes only to the daemon run.json names: through TLS with the pin
@@ -207,10 +232,10 @@ def resolve_target(data_dir: pathlib.Path, host: str | None, port: int | None,
     """
     endpoints = read_endpoints(data_dir) or {}
     if host is None:
-        host = str(endpoints.get("ipc_host") or DEFAULT_HOST)
+        host = str(endpoints.get("ipc_host") or fallback[0])
     if port is None:
         found = endpoints.get("ipc_port")
-        port = found if isinstance(found, int) and 0 < found < 65536 else DEFAULT_PORT
+        port = found if isinstance(found, int) and 0 < found < 65536 else fallback[1]
     named = bool(endpoints) and (str(endpoints.get("ipc_host")), endpoints.get("ipc_port")) == (host, port)
     if pin is None and named and isinstance(endpoints.get("tls_fingerprint"), str):
         pin = endpoints["tls_fingerprint"]
@@ -376,6 +401,13 @@ def _show_id(data: Any) -> str:
     return f"{identity.get('fingerprint', '')}\n{identity.get('public_key', '')}"
 
 
+def _show_id_qr(data: Any) -> str:
+    from ..qr import qr_text
+
+    fingerprint = str(((data or {}).get("identity") or {}).get("fingerprint", ""))
+    return qr_text(fingerprint) + fingerprint
+
+
 def _show_contacts(data: Any) -> str:
     return format_contacts(data) if isinstance(data, list) else format_data(data)
 
@@ -413,7 +445,7 @@ def build_request(args: argparse.Namespace) -> tuple[dict, Any]:
     """The request object for a parsed command line, and the function that prints its data."""
     cmd = args.cmd
     if cmd == "id":
-        return {"command": "status"}, _show_id
+        return {"command": "status"}, _show_id_qr if args.qr else _show_id
     row: Action | None = getattr(args, "row", None)
     if row is not None:
         request: dict[str, Any] = {"command": row.command}
@@ -589,7 +621,11 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     group.add_argument("--port", type=_port, default=default(None),
                        help=f"API port (default: from DATA_DIR/run.json, else {DEFAULT_PORT})")
     group.add_argument("--data-dir", default=default(None),
-                       help=f"the daemon's data dir (default: $CHATP2P_DATA_DIR, else {DEFAULT_DATA_DIR})")
+                       help="the daemon's data dir (default: $CHATP2P_DATA_DIR, else the conf file's, "
+                            f"else {DEFAULT_DATA_DIR})")
+    group.add_argument("--config", default=default(None), metavar="FILE",
+                       help="the daemon's conf file, for its data dir and API port (default: $CHATP2P_CONFIG, "
+                            f"else {DEFAULT_CONFIG_PATH})")
     group.add_argument("--token", default=default(None),
                        help="API token (default: DATA_DIR/ipc.token, sent only to the daemon DATA_DIR/run.json names)")
     group.add_argument("--pin", default=default(None), metavar="FINGERPRINT",
@@ -628,6 +664,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Command-line client of the chatp2p daemon's control API.",
         epilog="Exit status: 0 success, 1 the daemon reported an error, 2 usage error, "
                "3 the daemon cannot be reached.")
+    import shtab
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    shtab.add_argument_to(parser, ["--print-completion"], help="print a bash or zsh completion script and exit")
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
 
@@ -636,7 +677,11 @@ def build_parser() -> argparse.ArgumentParser:
         _global_options(p, suppress=True)
         return p
 
-    command("id", "print my ID, then my public key bundle (give both to contacts)")
+    id_parser = command("id", "print my ID, then my public key bundle (give both to contacts)")
+    id_parser.add_argument("--qr", action="store_true", help="draw my ID as a QR code instead (for a phone camera)")
+    from . import identity_cli, verbs
+    verbs.add_verbs(command)
+    identity_cli.add_identity_command(command)
 
     rows: dict[str, list[Action]] = {}
     for row in build_table().actions():
@@ -718,12 +763,19 @@ def main(argv: list[str]) -> int:
     """Run one `chatp2pctl` command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    data_dir = pathlib.Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    try:
+        config = load_config(argparse.Namespace(config=args.config))
+    except ConfigError as exc:
+        _print(f"{PROG}: configuration error: {exc}", sys.stderr)
+        return EXIT_USAGE
+    data_dir = pathlib.Path(args.data_dir).expanduser() if args.data_dir else config.data_path
     try:
         pin = normalize_pin(args.pin) if args.pin else None
     except ValueError as exc:
         parser.error(str(exc))
-    target = resolve_target(data_dir, args.host, args.port, args.token, pin)
+    from . import verbs
+    target = resolve_target(data_dir, args.host, args.port, args.token, pin,
+                            fallback=(config.ipc_host, config.ipc_port or DEFAULT_PORT))
     try:
         if args.cmd == "schema":
             _print(json.dumps(schema.document(build_table().actions()), indent=2, ensure_ascii=False), sys.stdout)
@@ -733,6 +785,11 @@ def main(argv: list[str]) -> int:
         if not is_loopback(target.host) and target.pin is None:
             raise UsageError(f"{format_address(target.host, target.port)} is not this machine: a remote API "
                              "serves TLS, give --pin FINGERPRINT (the daemon logs it at start as tls_pin=...)")
+        if args.cmd == "identity":
+            from .identity_cli import run_identity
+            return run_identity(args, data_dir)
+        if args.cmd in verbs.VERBS:
+            return verbs.run_verb(args, target)
         return run_request(args, target)
     except UsageError as exc:
         parser.print_usage(sys.stderr)

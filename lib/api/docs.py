@@ -26,9 +26,11 @@ the answer shapes (lib/api/answers.py) and the event catalog (lib/contract.py): 
 hand. `chatp2pctl schema` prints the same as JSON Schema (draft 2020-12).
 
 Requests are JSON objects `{"command", "action", "data", "id"?}`, one per line (or back to back);
-answers are `{"success", "data", "error"?, "timestamp", "id"?}`, one per line. Field names are
-also matched ignoring case and underscores, and string values are converted to the declared
-type (`"8192"`, `"true"`), for the Windows client. Events come on the ZeroMQ PUB socket as two
+answers are `{"success": true, "data", "timestamp", "id"?}` or `{"success": false, "error",
+"timestamp", "id"?}` (no `data`), one per line. Command, action and field names are also matched
+ignoring case and underscores (`SendMessage` is `send_message`), string values are converted to
+the declared type (`"8192"`, `"true"`), and a bare string where a list is declared is a list of
+one item, for the Windows client. Events come on the ZeroMQ PUB socket as two
 frames: the event name, then `{"event", "data", "timestamp"}`.
 
 File transfers have one shape everywhere: `transfer_id`, `peer`, `direction`, `file_name`,

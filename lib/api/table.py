@@ -186,9 +186,14 @@ def coerce(field: Field, value: Any, label: str | None = None) -> Any:
     if kind in ("list", "dict"):
         if isinstance(value, str):
             try:
-                value = json.loads(value)
+                parsed = json.loads(value)
             except (ValueError, RecursionError):
+                parsed = None
+            if kind == "list" and not isinstance(parsed, list):
+                parsed = [value]  # a bare "stun:a:3478" where a list is declared: one item
+            if parsed is None:
                 raise bad from None
+            value = parsed
         expected = list if kind == "list" else dict
         if not isinstance(value, expected):
             raise bad
@@ -243,8 +248,10 @@ def validate(fields: Iterable[Field], data: Any, exact_names: frozenset[str] = f
 def response(success: bool, data: Any = None, error: str | None = None,
              extra: Mapping[str, Any] | None = None, request_id: Any = None) -> dict:
     """Build a response object in the seed's shape (error only on failure)."""
-    reply: dict[str, Any] = {"success": success, "data": data}
-    if not success:
+    reply: dict[str, Any] = {"success": success}
+    if success:
+        reply["data"] = data
+    else:  # as the seed shows it: an error answer carries no `data`
         reply["error"] = error
     reply["timestamp"] = iso_utc(time.time())
     if extra:
@@ -259,6 +266,9 @@ class CommandTable:
 
     def __init__(self) -> None:
         self._actions: dict[str, dict[str | None, Action]] = {}
+        # normalize_key(command) -> normalize_key(action) -> row: `SendMessage`, `send-message`
+        # and `send_message` name one action, as they name one field (the Windows client)
+        self._lookup: dict[str, dict[str | None, Action]] = {}
 
     def add(self, command: str, action: str | None, handler: Handler,
             fields: Iterable[Field] = (), help: str = "", blocking: bool = True,
@@ -269,8 +279,9 @@ class CommandTable:
         if action in actions:
             raise ValueError(f"duplicate action {command} {action}")
         fields = tuple(fields)
-        actions[action] = Action(command, action, fields, handler, help, blocking, answer,
-                                 frozenset(f.name for f in fields))
+        row = Action(command, action, fields, handler, help, blocking, answer, frozenset(f.name for f in fields))
+        actions[action] = row
+        self._lookup.setdefault(normalize_key(command), {})[None if action is None else normalize_key(action)] = row
 
     def actions(self) -> list[Action]:
         return [a for by_action in self._actions.values() for a in by_action.values()]
@@ -278,15 +289,15 @@ class CommandTable:
     def lookup(self, command: Any, action: Any) -> Action:
         if not isinstance(command, str) or not command:
             raise ApiError("Missing field 'command' (valid commands: " + ", ".join(sorted(self._actions)) + ")")
-        by_action = self._actions.get(command.strip().lower())
+        by_action = self._lookup.get(normalize_key(command.strip()))
         if by_action is None:
             raise ApiError(f"Unknown command '{command}' (valid commands: {', '.join(sorted(self._actions))})")
         if None in by_action:
             return by_action[None]
-        found = by_action.get(action.strip().lower()) if isinstance(action, str) else None
+        found = by_action.get(normalize_key(action.strip())) if isinstance(action, str) else None
         if found is not None:
             return found
-        valid = ", ".join(sorted(a for a in by_action if a))
+        valid = ", ".join(sorted(row.action for row in by_action.values() if row.action))
         if not isinstance(action, str) or not action:
             raise ApiError(f"Missing field 'action' for command '{command}' (valid actions: {valid})")
         raise ApiError(f"Unknown action '{action}' for command '{command}' (valid actions: {valid})")

@@ -144,6 +144,16 @@ class ContactBook:
         """After the users compared safety numbers (or to undo that)."""
         return self._update(lambda: self.store.contacts.set_verified(name, verified))[1]
 
+    def delete_messages(self, name: str, message_id: str | None) -> tuple[Contact, int, int]:
+        """Delete one message, or the whole conversation (None), from this node only:
+        (contact, deleted, kept in flight); `messages_deleted` tells the other clients."""
+        contact = self.get(name)
+        deleted, kept = self.store.messages.delete(contact.id, message_id)
+        if deleted:
+            self.publish("messages_deleted", {"peer": contact.name, "message_id": message_id})
+            self.publish("contact_updated", self.view(self.store.contacts.get_by_id(contact.id)))
+        return contact, deleted, kept
+
     def mark_read(self, name: str) -> tuple[Contact, int]:
         """Mark a conversation read: (contact, messages marked); the contact's unread count
         is published."""

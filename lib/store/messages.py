@@ -150,9 +150,10 @@ class MessageRepository:
                         results.append(exc)
                         continue
                     seq = conn.execute(
-                        "SELECT coalesce(max(seq), 0) + 1 FROM messages "
+                        "SELECT max(coalesce(max(seq), 0), "
+                        "(SELECT out_seq_floor FROM contacts WHERE id = ?)) + 1 FROM messages "
                         "WHERE contact_id = ? AND direction = 'out'",
-                        (contact_id,),
+                        (contact_id, contact_id),
                     ).fetchone()[0]
                 cur = conn.execute(
                     "INSERT INTO messages (contact_id, message_id, direction, body, created, "
@@ -357,3 +358,51 @@ class MessageRepository:
                 (contact_id,),
             )
             return cur.rowcount
+
+    def search(self, text: str, contact_id: int | None = None, limit: int = 50) -> list[Message]:
+        """Messages whose body holds every word of `text` (as a word prefix, case and accents
+        folded), newest first; one contact's only when `contact_id` is given."""
+        query = fts_query(text)
+        where = " AND m.contact_id = ?" if contact_id is not None else ""
+        args: tuple[Any, ...] = (query, contact_id, limit) if contact_id is not None else (query, limit)
+        rows = self._store.query(
+            "SELECT m.* FROM messages_fts JOIN messages AS m ON m.id = messages_fts.rowid "
+            f"WHERE messages_fts MATCH ?{where} ORDER BY messages_fts.rowid DESC LIMIT ?",
+            args,
+        )
+        return [Message.from_row(row) for row in rows]
+
+    # ---- deleting ------------------------------------------------------------------
+
+    def delete(self, contact_id: int, message_id: str | None = None) -> tuple[int, int]:
+        """Delete one message (both directions may use the id) or, with no id, the whole
+        conversation, from the history and the search index. Returns (deleted, kept).
+
+        Outgoing messages still queued or sent are kept: the messaging layer may still send
+        them, and the receiver waits for every sequence number in turn. The highest deleted
+        outgoing seq is remembered so that the next message does not reuse it."""
+        pending = "direction = 'out' AND state IN ('queued', 'sent')"
+        match = "contact_id = ?" + (" AND message_id = ?" if message_id is not None else "")
+        args: tuple[Any, ...] = (contact_id, message_id) if message_id is not None else (contact_id,)
+        with self._store.transaction() as conn:
+            _require_contact(conn, contact_id)
+            kept = conn.execute(f"SELECT count(*) FROM messages WHERE {match} AND {pending}", args).fetchone()[0]
+            top = conn.execute(
+                f"SELECT max(seq) FROM messages WHERE {match} AND direction = 'out' AND NOT ({pending})",
+                args).fetchone()[0]
+            if top is not None:
+                conn.execute("UPDATE contacts SET out_seq_floor = max(out_seq_floor, ?) WHERE id = ?",
+                             (top, contact_id))
+            deleted = conn.execute(f"DELETE FROM messages WHERE {match} AND NOT ({pending})", args).rowcount
+        if message_id is not None and deleted == 0 and kept == 0:
+            raise NotFoundError(f"Message not found: {message_id}")
+        return deleted, kept
+
+
+def fts_query(text: str) -> str:
+    """The user's words as an FTS5 query: each one a quoted prefix, so that no character of
+    theirs is read as query syntax (a stray `"`, `*`, `NEAR`, `-`)."""
+    words = text.split()
+    if not words:
+        raise InvalidValueError("Search for at least one word")
+    return " ".join('"' + word.replace('"', '""') + '"*' for word in words)

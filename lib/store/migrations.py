@@ -104,6 +104,35 @@ MIGRATIONS: tuple[Migration, ...] = (
     # new secret, and online mode's pairwise DHT slots (PROTOCOL §12) must still meet.
     ("ALTER TABLE contacts ADD COLUMN previous_lan_secret BLOB "
      "CHECK (previous_lan_secret IS NULL OR length(previous_lan_secret) = 32)",),
+    # 8: full-text search over message bodies (FTS5, accents folded: "cafe" finds "café"), kept
+    # in step with `messages` by triggers; and the highest outgoing seq of deleted messages, so
+    # deleting the newest messages never hands their sequence numbers out again.
+    (
+        """
+        CREATE VIRTUAL TABLE messages_fts USING fts5(
+            body, content='messages', content_rowid='id',
+            tokenize='unicode61 remove_diacritics 2'
+        )
+        """,
+        """
+        CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body);
+        END
+        """,
+        """
+        CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.id, old.body);
+        END
+        """,
+        """
+        CREATE TRIGGER messages_fts_update AFTER UPDATE OF body ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.id, old.body);
+            INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body);
+        END
+        """,
+        "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
+        "ALTER TABLE contacts ADD COLUMN out_seq_floor INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 

@@ -3,6 +3,7 @@ contact requests, the transfer list. The controller decides when; these decide w
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Collection, Mapping
 
 import urwid
@@ -16,6 +17,28 @@ def remove_contact(name: str, on_yes: Callback, on_no: Callback) -> Dialog:
     return dialogs.confirm("Remove contact",
                            f"Remove {name} and your whole conversation with them? This cannot be undone.",
                            "Remove", on_yes, on_no)
+
+
+def delete_messages(name: str, what: str, on_yes: Callback, on_no: Callback) -> Dialog:
+    """`what`: the message quoted, or None for the whole conversation."""
+    text = (f"Delete {what} from your conversation with {name}?" if what else
+            f"Delete your whole conversation with {name}? Messages still on their way are kept.")
+    return dialogs.confirm("Delete", text + " Only on this device: their copy stays. This cannot be undone.",
+                           "Delete", on_yes, on_no)
+
+
+def search_results(query: str, found: list[Mapping[str, Any]], on_close: Callback) -> Dialog:
+    """Messages found, newest first: when, who, the text on one line."""
+    from ..model import one_line, parse_time
+
+    rows = []
+    for message in found:
+        when = parse_time(message.get("created"))
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when)) if when else "?"
+        who = f"me → {message.get('peer')}" if message.get("direction") == "out" else str(message.get("peer"))
+        rows.append(f"{stamp}  {who}: {one_line(str(message.get('body') or ''), 200)}")
+    text = "\n".join(rows) if rows else f"Nothing found for {query!r}."
+    return dialogs.message(f"Search: {query}", text, on_close)
 
 
 ONLINE_CHOICE_TEXT = [
@@ -37,12 +60,14 @@ def online_choice(on_online: Callback, on_private: Callback) -> Dialog:
                           [("Online", on_online), ("Private", on_private)], dismissable=False)
 
 
-def my_id(me: Mapping[str, Any], on_close: Callback) -> Dialog:
+def my_id(me: Mapping[str, Any], on_close: Callback, qr: str = "") -> Dialog:
     text = [
         "Your ID (read it out, or send it; any typo is detected):\n\n",
         ("welcome_id", "  " + me["id"]), "\n\n",
+        *([("qr", qr), "\n"] if qr else []),
         f"Short form (for recognising, not for adding): {me.get('short_id')}\n",
-        "Your full public key: /myid FILE writes it to a file.",
+        "Copied to the clipboard (in terminals that allow OSC 52). /myid --qr draws it as a QR code;\n",
+        "your full public key: /myid FILE writes it to a file.",
     ]
     return dialogs.message("My ID", text, on_close)
 
