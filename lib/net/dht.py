@@ -21,6 +21,7 @@ import gevent
 import gevent.event
 from gevent import socket as gsocket
 
+from ..errors import Internal
 from ..util import Address
 
 log = logging.getLogger("chatp2p.dht")
@@ -47,7 +48,7 @@ REACH_SETTINGS = ("listen_interfaces", "dht_bootstrap_nodes", "dht_read_only", "
                   "dht_restrict_search_ips", "dht_ignore_dark_internet", "dht_enforce_node_id")
 
 
-class DhtUnavailable(RuntimeError):
+class DhtUnavailable(Internal):
     """libtorrent is not installed, or its session could not start."""
 
 
