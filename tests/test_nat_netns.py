@@ -385,7 +385,7 @@ def test_two_random_nats_talk_through_the_relay_and_the_public_node_reaches_both
 def test_a_relayed_session_moves_to_a_direct_path_when_one_opens():
     """Direct traffic between the two NATs is blocked while they connect, so the session is
     relayed; once it is let through, the relayed session's direct probes find the path and
-    both sides move to it (path_changed), keeping the same session."""
+    both sides move to it (path_changed), keeping the same session; a file then goes direct."""
     require_netns()
     with world("cone", "cone") as w:
         net = w.net
@@ -407,6 +407,32 @@ def test_a_relayed_session_moves_to_a_direct_path_when_one_opens():
         w.left.call("p2p", "send_message", {"peer": "Righty", "message": "now direct", "message_id": message_id})
         w.right.events.wait(lambda e: e["event"] == "p2p_message_received" and e["data"]["message_id"] == message_id,
                             10, what="message after the upgrade")
+        send_file_without_the_relay(w, w.right, w.left, "Lefty")
+
+
+def send_file_without_the_relay(w, sender, receiver, name_of_receiver):
+    """A file after the upgrade takes the session's direct route: nothing (DATA or FILE_ACK)
+    goes through either node's TURN allocation. Right answered the first handshake through its
+    relay, and Left's address, the same for the relay and for direct (a cone NAT), stayed in
+    its list of addresses the relay had forwarded: file frames used to be routed by that list."""
+    from test_transfer import make_file
+
+    source = os.path.join(w.tmp, "after-upgrade.bin")
+    digest = make_file(source, 4 << 20, seed=13)
+    before = {node.label: node.p2p()["counters"].get("relay_sent", 0) for node in (sender, receiver)}
+    reply = sender.request("p2p", "send_file", {"peer": name_of_receiver, "file_path": source})
+    assert reply["success"], reply
+    tid = reply["transfer_id"]
+    receiver.events.wait(lambda e: e["event"] == "file_offer" and e["data"]["transfer_id"] == tid, 10,
+                         what="file_offer after the upgrade")
+    receiver.call("p2p", "accept_file", {"transfer_id": tid})
+    got = receiver.events.wait(lambda e: e["event"] == "file_received" and e["data"]["transfer_id"] == tid, 60,
+                               what="file_received after the upgrade")[0]["data"]
+    assert got["sha256"] == digest
+    after = {node.label: node.p2p()["counters"].get("relay_sent", 0) for node in (sender, receiver)}
+    # 4 MiB is thousands of DATA datagrams and hundreds of ACKs: a handful through the relay
+    # would be a straggling keepalive, not the file.
+    assert all(after[label] - before[label] <= 3 for label in after), (before, after, w.logs())
 
 
 def test_namespaces_and_daemons_go_away_when_a_test_fails():

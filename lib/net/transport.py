@@ -10,7 +10,7 @@ import collections
 import logging
 import socket
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 import gevent
 from gevent import socket as gsocket
@@ -86,6 +86,11 @@ class Transport:
         except OSError as exc:
             self.counters["send_errors"] += 1
             log.debug("send to %s failed: %s", address, exc)
+
+    def send_many(self, datagrams: Sequence[bytes], address: tuple) -> None:
+        """Several datagrams to one address (a burst of file data, queued chat frames)."""
+        for datagram in datagrams:
+            self.send(datagram, address)
 
     def _receive_loop(self, sock: gsocket.socket) -> None:
         # recvfrom() does not switch greenlets while datagrams are waiting, so under a flood

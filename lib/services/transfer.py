@@ -54,7 +54,6 @@ from ..codec.filecodec import (
 )
 from ..contract import Direction, FileTransferProgress, Side, TransferRef, TransferState, TransferView
 from ..net.peers import Link, Network
-from ..crypto.session import SessionError
 from ..store import Contact, DuplicateError, Store
 from ..util import TokenBucket
 from ..codec.wire import RawRecord, WireError
@@ -1203,8 +1202,7 @@ class Transfers:
         delay = max(0, int((now - channel.rx_largest_time) * 1e6))
         window = max(0, MAX_PENDING_WRITES - self.pending_bytes)
         body = AckRecord(ranges, min(delay, 0xFFFFFFFF), window).encode()
-        self._send_plain(channel.link, wire.RECORD_HEADER.pack(FileRecordType.ACK, len(body)) + body,
-                         lambda: [RawRecord(FileRecordType.ACK, body)])
+        self.network.send_payloads(channel.link, [wire.RECORD_HEADER.pack(FileRecordType.ACK, len(body)) + body])
 
     def _ack_timeout(self, channel: Channel) -> None:
         channel.ack_timer = None
@@ -1716,7 +1714,7 @@ class Transfers:
             bbr.on_sent(packet, recovery.bytes_in_flight, channel.idle, now)
             channel.idle = False
             recovery.on_sent(packet)
-            if not self._send_data(link, transfer.tid, pn, offset, view, size):
+            if not self._send_data(link, transfer.tid, pn, offset, view):
                 return None
             transfer.wire_bytes += length
             pacing.tokens -= payload_size
@@ -1724,28 +1722,10 @@ class Transfers:
                 upload.tokens -= payload_size
         return 0.0
 
-    def _send_data(self, link: Link, tid: bytes, pn: int, offset: int, view: memoryview, max_datagram: int) -> bool:
-        """One DATA record alone in a datagram (see `_send_plain`)."""
-        return self._send_plain(link, data_record_header(tid, pn, offset, len(view)) + view,
-                                lambda: [RawRecord(FileRecordType.DATA, Data(tid, pn, offset, view).encode())],
-                                max_datagram)
-
-    def _send_plain(self, link: Link, plaintext: bytes, records: Callable[[], list], max_datagram: int = 0) -> bool:
-        """Seal one datagram's plaintext (encoded records) and send it. DATA and FILE_ACK go
-        this way, built with one concatenation and no record objects: per-datagram work is what
-        limits Python peers (Network.send_records would copy a DATA's bytes twice more).
-        `records()` is the same as record objects, for the general path when sealing fails."""
-        session, address = link.session, link.address
-        if not link.connected or session is None or address is None:
-            return False
-        now = time.monotonic()
-        try:
-            datagram = session.seal_payload(plaintext, now)
-        except SessionError:  # frame counter exhausted: the general path takes the link down
-            return self.network.send_records(link, records(), max_datagram=max_datagram or None)
-        self.network.send_to(datagram, address)
-        link.last_tx = now
-        return True
+    def _send_data(self, link: Link, tid: bytes, pn: int, offset: int, view: memoryview) -> bool:
+        """One DATA record alone in a datagram, built with one concatenation: per-datagram
+        work is what limits Python peers (record objects would copy the bytes twice more)."""
+        return self.network.send_payloads(link, [data_record_header(tid, pn, offset, len(view)) + view])
 
     def _next_piece(self, channel: Channel, capacity: int) -> Optional[tuple[Outgoing, int, memoryview]]:
         senders = channel.senders
