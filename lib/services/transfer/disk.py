@@ -13,7 +13,7 @@ from .model import HASH_BLOCK, PART_DIR
 
 
 # -- blocking helpers: run in gevent's thread pool only ------------------------------------------
-def _open_source(path: str, chunk_size: int) -> tuple[int, int, int, bytes]:
+def open_source(path: str, chunk_size: int) -> tuple[int, int, int, bytes]:
     """(fd, size, mtime_ns, tag) of a file to send; OSError with a clear reason otherwise."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -29,17 +29,17 @@ def _open_source(path: str, chunk_size: int) -> tuple[int, int, int, bytes]:
         raise
 
 
-def _read_block(fd: int, offset: int, length: int, hasher) -> bytes:
+def read_block(fd: int, offset: int, length: int, hasher) -> bytes:
     data = os.pread(fd, length, offset)
     if hasher is not None and len(data) == length:
         hasher.update(data)
     return data
 
 
-def _write_runs(fd: int, runs: list[tuple[int, list]]) -> None:
+def write_runs(fd: int, runs: list[tuple[int, list]]) -> None:
     """Write each run (offset, buffers) with one pwritev.
 
-    Hashing is done after, from the page cache (`_hash_file`): reading back 4 MiB costs two
+    Hashing is done after, from the page cache (`hash_file`): reading back 4 MiB costs two
     calls, hashing datagram-sized pieces as they are written would cost one per piece, and each
     call hands the GIL back and forth with the event loop."""
     for offset, buffers in runs:
@@ -56,14 +56,14 @@ def _write_runs(fd: int, runs: list[tuple[int, list]]) -> None:
             position += want
 
 
-def _write_and_hash(fd: int, runs: list[tuple[int, list]], hasher, start: int, end: int) -> int:
+def write_and_hash(fd: int, runs: list[tuple[int, list]], hasher, start: int, end: int) -> int:
     """One hand-off to the thread pool per batch: write the runs, then hash [start, end)."""
     if runs:
-        _write_runs(fd, runs)
-    return _hash_file(fd, start, end, hasher) if end > start else start
+        write_runs(fd, runs)
+    return hash_file(fd, start, end, hasher) if end > start else start
 
 
-def _hash_file(fd: int, start: int, end: int, hasher) -> int:
+def hash_file(fd: int, start: int, end: int, hasher) -> int:
     """Hash [start, end) of the .part, read back (from the page cache, usually)."""
     position = start
     while position < end:
@@ -82,7 +82,7 @@ def part_path_for(downloads_dir: str, tid: bytes) -> str:
     return os.path.join(downloads_dir, PART_DIR, f"{tid.hex()}.part")
 
 
-def _open_part(part_path: str, new: bool) -> tuple[int, int]:
+def open_part(part_path: str, new: bool) -> tuple[int, int]:
     """(fd, current size) of a part file, creating its directories (0700) if needed. A new one
     is created exclusively (a stale file of that name, left by a crash, is replaced first), so
     no earlier content survives into it; a resumed one is reopened and its size checked."""
@@ -100,13 +100,13 @@ def _open_part(part_path: str, new: bool) -> tuple[int, int]:
     return fd, os.fstat(fd).st_size
 
 
-def _free_space(directory: str) -> int:
+def free_space(directory: str) -> int:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     info = os.statvfs(directory)
     return info.f_bavail * info.f_frsize
 
 
-def _finalize(fd: int, part_path: str, directory: str, name: str) -> str:
+def finalize(fd: int, part_path: str, directory: str, name: str) -> str:
     """fsync the .part, give it its final name without ever replacing a file, fsync the dir."""
     os.fsync(fd)
     os.close(fd)

@@ -54,10 +54,10 @@ from ...codec.wire import RawRecord, WireError
 from .model import (
     ACK_EVERY, ACK_BYTES, ACK_DELAY, PROGRESS_INTERVAL, CONTROL_RTO, CONTROL_MAX_RTO,
     MAX_REFUSED_REMEMBERED, Publish, QUEUED, OFFERED, ACTIVE, PAUSED, COMPLETED, FAILED, REJECTED,
-    CANCELLED, TERMINAL, LOCAL, PEER, TransferError, InvalidTransferRequest, TransferNotFound, _reason,
+    CANCELLED, TERMINAL, LOCAL, PEER, TransferError, InvalidTransferRequest, TransferNotFound, os_reason,
     Transfer, Outgoing, Incoming, Channel,
 )
-from .disk import _open_source, part_path_for, _open_part, _free_space
+from .disk import open_source, part_path_for, open_part, free_space
 from .receiver import Receiving
 from .sender import Sending
 from .pmtu import PathMtu
@@ -174,9 +174,9 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
         except UnsafeName as exc:
             raise InvalidTransferRequest(f"Cannot send {file_path}: {exc}") from None
         try:
-            fd, size, _, tag = self.pool.apply(_open_source, (path, chunk_size))
+            fd, size, _, tag = self.pool.apply(open_source, (path, chunk_size))
         except OSError as exc:
-            reason = f"Cannot read {file_path}: {_reason(exc)}"
+            reason = f"Cannot read {file_path}: {os_reason(exc)}"
             self.publish("file_transfer_failed", {"transfer_id": transfer_id, "peer": contact.name,
                                                   "direction": Direction.OUT, "file_name": name, "size": None,
                                                   "reason": reason})
@@ -233,17 +233,17 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
                                     f"for example {name!r}")
             transfer.name = name
         try:
-            free = self.pool.apply(_free_space, (self.downloads_dir,))
+            free = self.pool.apply(free_space, (self.downloads_dir,))
         except OSError as exc:
-            raise TransferError(f"Cannot use the downloads dir {self.downloads_dir}: {_reason(exc)}") from None
+            raise TransferError(f"Cannot use the downloads dir {self.downloads_dir}: {os_reason(exc)}") from None
         if free < transfer.size:
             raise TransferError(f"Not enough space in {self.downloads_dir}: the file needs {transfer.size} bytes, "
                                 f"{free} are free")
         transfer.part_path = part_path_for(self.downloads_dir, transfer.tid)
         try:
-            transfer.fd, _ = self.pool.apply(_open_part, (transfer.part_path, True))
+            transfer.fd, _ = self.pool.apply(open_part, (transfer.part_path, True))
         except OSError as exc:
-            raise TransferError(f"Cannot write in {self.downloads_dir}: {_reason(exc)}") from None
+            raise TransferError(f"Cannot write in {self.downloads_dir}: {os_reason(exc)}") from None
         self._set_state(transfer, ACTIVE, file_name=transfer.name, part_path=transfer.part_path)
         self._start_incoming(transfer)
         return transfer

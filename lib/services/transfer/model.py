@@ -74,7 +74,7 @@ class TransferNotFound(NotFound, TransferError):
     """No transfer has that id."""
 
 
-def _reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
     """A short reason for an OS error (the API and events show it)."""
     if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
         return "disk full"

@@ -25,10 +25,10 @@ from ...store import DuplicateError
 from .model import (
     HASH_STEP, WRITE_BATCH, WRITE_WAIT, MAX_PENDING_WRITES, SYNC_BYTES, SYNC_INTERVAL,
     MAX_OFFERS_PER_PEER, MAX_OFFERS, REFUSAL_EVENTS_PER_MINUTE, MAX_REFUSED_REMEMBERED, OFFERED, ACTIVE,
-    PAUSED, COMPLETED, FAILED, REJECTED, CANCELLED, LOCAL, PEER, TransferError, _reason, Incoming,
+    PAUSED, COMPLETED, FAILED, REJECTED, CANCELLED, LOCAL, PEER, TransferError, os_reason, Incoming,
     Channel,
 )
-from .disk import _write_and_hash, _open_part, _finalize
+from .disk import write_and_hash, open_part, finalize
 
 log = logging.getLogger("chatp2p.transfer")
 
@@ -224,7 +224,7 @@ class Receiving:
         """After a restart: open the .part and trust only what it really holds."""
         assert transfer.part_path is not None
         try:
-            transfer.fd, size = self.pool.apply(_open_part, (transfer.part_path, False))
+            transfer.fd, size = self.pool.apply(open_part, (transfer.part_path, False))
         except OSError as exc:
             log.warning("cannot reopen %s: %s", transfer.part_path, exc)
             transfer.have, transfer.written = RangeSet(), RangeSet()
@@ -356,7 +356,7 @@ class Receiving:
                 if transfer.unsynced:
                     self._sync(transfer)
         except OSError as exc:
-            self._fail(transfer, f"cannot write {transfer.part_path}: {_reason(exc)}", LOCAL)
+            self._fail(transfer, f"cannot write {transfer.part_path}: {os_reason(exc)}", LOCAL)
         finally:
             self._join_syncer(transfer)  # it uses the file: done before the file is closed
             transfer.writer = None
@@ -391,7 +391,7 @@ class Receiving:
         frontier = min(written.prefix_end(0), start + HASH_STEP)
         if not runs and frontier <= start:
             return
-        position = self.pool.apply(_write_and_hash, (transfer.fd, runs, hasher, start, frontier))
+        position = self.pool.apply(write_and_hash, (transfer.fd, runs, hasher, start, frontier))
         if runs and transfer.written is before:  # else the source changed meanwhile: start over
             transfer.written = written
             transfer.unsynced += size
@@ -413,7 +413,7 @@ class Receiving:
         try:
             self._sync(transfer)
         except OSError as exc:
-            self._fail(transfer, f"cannot write {transfer.part_path}: {_reason(exc)}", LOCAL)
+            self._fail(transfer, f"cannot write {transfer.part_path}: {os_reason(exc)}", LOCAL)
 
     @staticmethod
     def _join_syncer(transfer: Incoming) -> None:
@@ -428,7 +428,7 @@ class Receiving:
         try:
             self.pool.apply(os.ftruncate, (transfer.fd, transfer.size))
         except OSError as exc:
-            self._fail(transfer, f"cannot write {transfer.part_path}: {_reason(exc)}", LOCAL)
+            self._fail(transfer, f"cannot write {transfer.part_path}: {os_reason(exc)}", LOCAL)
             return
         digest = transfer.hasher.digest()
         if digest != transfer.expected:
@@ -440,9 +440,9 @@ class Receiving:
         fd, transfer.fd = transfer.fd, None
         assert fd is not None and transfer.part_path is not None
         try:
-            path = self.pool.apply(_finalize, (fd, transfer.part_path, self.downloads_dir, transfer.name))
+            path = self.pool.apply(finalize, (fd, transfer.part_path, self.downloads_dir, transfer.name))
         except OSError as exc:
-            self._fail(transfer, f"cannot save {transfer.name}: {_reason(exc)}", LOCAL)
+            self._fail(transfer, f"cannot save {transfer.name}: {os_reason(exc)}", LOCAL)
             return
         transfer.path, transfer.sha256 = path, digest.hex()
         self._set_state(transfer, COMPLETED, path=path, sha256=transfer.sha256,

@@ -17,9 +17,9 @@ from ...net.peers import Link
 
 from .model import (
     READ_BLOCK, SEND_CACHE, QUEUED, OFFERED, ACTIVE, PAUSED, COMPLETED, FAILED, REJECTED, CANCELLED,
-    TERMINAL, LOCAL, PEER, _reason, Outgoing, Channel,
+    TERMINAL, LOCAL, PEER, os_reason, Outgoing, Channel,
 )
-from .disk import _open_source, _read_block
+from .disk import open_source, read_block
 
 log = logging.getLogger("chatp2p.transfer")
 
@@ -34,9 +34,9 @@ class Sending:
     def _offer(self, link: Link, transfer: Outgoing, now: float) -> None:
         """(Re)offer: check the source is still the same file first (reopening it if needed)."""
         try:
-            fd, size, _, tag = self.pool.apply(_open_source, (transfer.path, transfer.chunk_size))
+            fd, size, _, tag = self.pool.apply(open_source, (transfer.path, transfer.chunk_size))
         except OSError as exc:
-            self._fail(transfer, f"cannot read {transfer.path}: {_reason(exc)}", LOCAL)
+            self._fail(transfer, f"cannot read {transfer.path}: {os_reason(exc)}", LOCAL)
             return
         if tag != transfer.tag or transfer.fd is None:
             if tag != transfer.tag:
@@ -176,7 +176,7 @@ class Sending:
                     transfer.read_pos = end
                     continue
                 gen, hasher = transfer.gen, transfer.hasher
-                data = self.pool.apply(_read_block, (transfer.fd, start, end - start, hasher if hash_it else None))
+                data = self.pool.apply(read_block, (transfer.fd, start, end - start, hasher if hash_it else None))
                 if len(data) != end - start:
                     self._fail(transfer, "the source file changed during the transfer (it is shorter)", LOCAL)
                     return
@@ -192,7 +192,7 @@ class Sending:
                     transfer.cache_bytes += len(data)
                 self._wake.set()
         except OSError as exc:
-            self._fail(transfer, f"cannot read {transfer.path}: {_reason(exc)}", LOCAL)
+            self._fail(transfer, f"cannot read {transfer.path}: {os_reason(exc)}", LOCAL)
         finally:
             transfer.reader = None
             if transfer.transfer_id not in self.transfers or self._stopping or transfer.release:
