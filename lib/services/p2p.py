@@ -56,7 +56,7 @@ class P2P:
               publish: Publish, nat_settings: NatSettings, rollover: bytes | None,
               contact_view: Callable[[Contact], dict]) -> P2P:
         """Bind the socket (OSError if it cannot be) and start every part."""
-        transport = Transport(config.p2p_host, config.p2p_port)
+        transport = Transport(config.p2p_host, config.p2p_port, batching=config.udp_batching)
         transport.start()
         try:
             network = Network(identity, backend, store, transport, publish,

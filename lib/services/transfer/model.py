@@ -38,9 +38,11 @@ ACK_EVERY = 8                     # DATA packets per FILE_ACK at most (at once w
 ACK_BYTES = 256 << 10             # ...or this many bytes (4 datagrams of 64 KiB): an ACK costs both
                                   # sides a sealed datagram and a pass of loss/rate bookkeeping
 ACK_DELAY = 0.001                 # s: a lone DATA packet is acknowledged after this
-BURST = 16                        # datagrams the pump sends for one link before looking around...
-BURST_BYTES = 256 << 10           # ...or this many bytes (4 of 64 KiB, ~0.4 ms of work): between two
-                                  # turns the loop serves the API and chat
+BURST = 44                        # datagrams the pump seals for one link before looking around (one
+                                  # GSO send of 1472-byte datagrams, ~0.4 ms of work)...
+BURST_BYTES = 256 << 10           # ...or this many bytes (4 of 64 KiB): between two turns the loop
+                                  # serves the API and chat
+GSO_BURST_BYTES = 64 << 10        # pacing lets this much go at once: one batched send
 PROGRESS_INTERVAL = 0.25          # s: file_transfer_progress at most 4 times a second
 CONTROL_RTO = 0.25                # s: first retransmission of OFFER / ACCEPT / END...
 CONTROL_MAX_RTO = 4.0             # ...doubling up to this

@@ -12,9 +12,8 @@ import gevent.event
 from ...codec import wire
 from ..congestion import SentPacket
 from ...codec.filecodec import Probe, data_capacity, data_record_header, to_raw
-from ...net.peers import Link
 
-from .model import SEND_CACHE, BURST, BURST_BYTES, ACTIVE, Outgoing, Channel
+from .model import SEND_CACHE, BURST, BURST_BYTES, GSO_BURST_BYTES, ACTIVE, Outgoing, Channel
 
 log = logging.getLogger("chatp2p.transfer")
 
@@ -76,14 +75,28 @@ class Pump:
             self._lost(packet)
 
     def _send_burst(self, channel: Channel, now: float) -> Optional[float]:
-        link = channel.link
+        """One burst for a link: as many DATA datagrams as congestion control, the receiver's
+        window and pacing allow (at most BURST), sealed in one pass and handed to the network in
+        one batch (one GSO send per run of same-size datagrams). Seconds until worth trying again."""
+        payloads: list[bytes] = []
+        wait = self._fill_burst(channel, now, payloads)
+        if payloads and not self.network.send_payloads(channel.link, payloads):
+            return None
+        return wait
+
+    def _fill_burst(self, channel: Channel, now: float, payloads: list[bytes]) -> Optional[float]:
+        """The DATA records of a burst, each alone in its datagram and built with one
+        concatenation (per-datagram work is what limits a Python peer); the congestion
+        controller and loss recovery see each one as a packet of its own."""
         bbr, recovery = channel.bbr, channel.recovery
         size = channel.max_datagram
         capacity = data_capacity(size)
         rate = bbr.pacing_rate
         pacing, upload = channel.pacing, self._upload_bucket
         pacing.rate = rate
-        pacing.burst = max(4.0 * size, rate * 0.004)  # timers fire late: allow up to 4 ms of catching up
+        # Paced per burst, not per datagram: a burst of up to one GSO send (64 KiB) may go at
+        # once, and timers fire late: allow up to 4 ms of catching up.
+        pacing.burst = max(4.0 * size, min(BURST * size, GSO_BURST_BYTES), rate * 0.004)
         pacing.refill(now)
         if self.upload_limit:
             upload.burst = max(4.0 * size, self.upload_limit * 0.01)
@@ -114,18 +127,12 @@ class Pump:
             bbr.on_sent(packet, recovery.bytes_in_flight, channel.idle, now)
             channel.idle = False
             recovery.on_sent(packet)
-            if not self._send_data(link, transfer.tid, pn, offset, view):
-                return None
+            payloads.append(data_record_header(transfer.tid, pn, offset, length) + view)
             transfer.wire_bytes += length
             pacing.tokens -= payload_size
             if self.upload_limit:
                 upload.tokens -= payload_size
         return 0.0
-
-    def _send_data(self, link: Link, tid: bytes, pn: int, offset: int, view: memoryview) -> bool:
-        """One DATA record alone in a datagram, built with one concatenation: per-datagram
-        work is what limits Python peers (record objects would copy the bytes twice more)."""
-        return self.network.send_payloads(link, [data_record_header(tid, pn, offset, len(view)) + view])
 
     def _next_piece(self, channel: Channel, capacity: int) -> Optional[tuple[Outgoing, int, memoryview]]:
         senders = channel.senders
