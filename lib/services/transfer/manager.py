@@ -52,7 +52,7 @@ from ...util import TokenBucket
 from ...codec.wire import RawRecord, WireError
 
 from .model import (
-    ACK_EVERY, ACK_BYTES, ACK_DELAY, PROGRESS_INTERVAL, CONTROL_RTO, CONTROL_MAX_RTO,
+    ACK_EVERY, ACK_MIN_BYTES, ACK_BYTES, ACK_DELAY, PROGRESS_INTERVAL, CONTROL_RTO, CONTROL_MAX_RTO,
     MAX_REFUSED_REMEMBERED, Publish, QUEUED, OFFERED, ACTIVE, PAUSED, COMPLETED, FAILED, REJECTED,
     CANCELLED, TERMINAL, LOCAL, PEER, TransferError, InvalidTransferRequest, TransferNotFound, os_reason,
     Transfer, Outgoing, Incoming, Channel,
@@ -470,7 +470,9 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
             elif isinstance(record, ProbeAck):
                 self._on_probe_ack(channel, record)
         if channel.rx_unacked:
-            if channel.ack_now or channel.rx_unacked >= ACK_EVERY or channel.rx_unacked_bytes >= ACK_BYTES:
+            unacked = channel.rx_unacked_bytes
+            if channel.ack_now or (channel.rx_unacked >= ACK_EVERY and unacked >= ACK_MIN_BYTES) \
+                    or unacked >= ACK_BYTES:
                 self._send_ack(channel, now)
             elif channel.ack_timer is None:
                 channel.ack_timer = gevent.spawn_later(ACK_DELAY, self._ack_timeout, channel)
