@@ -129,12 +129,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 runs per combination, for a smoke test")
     parser.add_argument("--only", choices=["/".join(c) for c in COMBINATIONS], action="append",
                         help="run only this combination (repeatable)")
+    parser.add_argument("--smoke", action="store_true", help="one run per combination: does the bench still run?")
     args = parser.parse_args()
     ok, reason = netns_available(iptables=True)
     if not ok:
         print(f"bench_nat: {reason}", file=sys.stderr)
         return 2
-    runs = 3 if args.quick else args.runs
+    runs = 1 if args.smoke else 3 if args.quick else args.runs
     combinations = [c for c in COMBINATIONS if not args.only or "/".join(c) in args.only]
     print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{runs} runs per combination")
