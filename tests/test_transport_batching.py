@@ -1,4 +1,4 @@
-"""UDP batching on the node's one socket, with real sockets on loopback.
+"""UDP batching on the node's one socket, with real sockets on loopback (and, last, two daemons).
 
 `lo` carries a GSO super-packet whole (as a NIC with segmentation offload would), so a GSO send
 reaches a receiver with UDP_GRO as one buffer with its segment size, and one without as the
@@ -12,7 +12,8 @@ separate datagrams the kernel cuts it into:
   6.11 refused with EIO when the device could not checksum (`ethtool -K DEV tx-checksumming
   off`); newer kernels checksum in software, so the test has the kernel refuse for another
   reason it still has: a socket with UDP checksums off (SO_NO_CHECK) gets EINVAL;
-* with batching off, neither GSO nor GRO is used.
+* with batching off, neither GSO nor GRO is used;
+* chat: a burst of queued messages leaves a daemon in GSO sends too.
 """
 
 import socket
@@ -134,3 +135,43 @@ def test_batching_off_uses_neither_gso_nor_gro():
     finally:
         sender.stop()
         receiver.stop()
+
+
+def test_chat_messages_queued_together_leave_in_gso_batches():
+    """A burst of messages (pipelined requests: one messaging pass seals them all) goes out
+    through the same batched path as file data: runs of full datagrams in GSO sends."""
+    import json
+    import shutil
+    import socket as plain_socket
+    import tempfile
+
+    from test_transfer import close_pair, start_pair
+
+    probe, _ = _transport()
+    _needs_gso(probe)
+    probe.stop()
+    tmp = tempfile.mkdtemp(prefix="chatp2p-chat-gso-")
+    a = b = ev_a = ev_b = None
+    try:
+        a, b, ev_a, ev_b = start_pair(tmp, "chat")
+        before = a.request("status")["data"]["p2p"]["counters"].get("gso_segments", 0)
+        count = 200
+        lines = b"".join(json.dumps({"command": "p2p", "action": "send_message", "id": i,
+                                     "data": {"peer": "Bob", "message": f"burst {i:04d} " + "x" * 80,
+                                              "message_id": f"burst-{i}"}}).encode() + b"\n"
+                         for i in range(count))
+        with plain_socket.create_connection((a.host, a.port), timeout=30) as api:
+            api.sendall(lines)
+            answers = b""
+            while answers.count(b"\n") < count:
+                chunk = api.recv(65536)
+                assert chunk, "the API closed the connection"
+                answers += chunk
+        assert all(json.loads(line)["success"] for line in answers.splitlines()), answers[:500]
+        ev_b.wait_count("p2p_message_received", count, 30)
+        assert len(ev_b.all("p2p_message_received")) >= count
+        after = a.request("status")["data"]["p2p"]["counters"].get("gso_segments", 0)
+        assert after - before >= 4, (before, after)
+    finally:
+        close_pair((ev_a, ev_b), (a, b))
+        shutil.rmtree(tmp, ignore_errors=True)
