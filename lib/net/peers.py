@@ -420,7 +420,7 @@ class Network:
             return False
         now = time.monotonic()
         try:
-            datagrams = [session.seal_payload(payload, now) for payload in payloads]
+            datagrams = session.seal_payloads(payloads, now)
         except SessionError as exc:  # frame counter exhausted: a new handshake is needed
             log.warning("cannot seal for %s: %s", link.name, exc)
             self._set_down(link)
@@ -445,6 +445,11 @@ class Network:
 
     # -- receiving --------------------------------------------------------------------------
     def _on_datagram(self, data: bytes, address: Address, relayed: bool = False) -> None:
+        if type(data) is bytes and len(data) > wire.PREFIX_LEN and data[0] == wire.VERSION_BYTE \
+                and data[1] == PacketType.DATA:
+            # Most datagrams (every one of a file) are DATA: routed without parsing objects.
+            self._on_data(data, data[2:wire.PREFIX_LEN], address, time.monotonic(), relayed)
+            return
         try:
             ptype, conn_id = wire.parse_prefix(data)
         except WireError:
