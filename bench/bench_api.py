@@ -247,7 +247,10 @@ def main() -> int:
     parser.add_argument("--targets", help=argparse.SUPPRESS)
     parser.add_argument("--connections", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--depth", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: does the bench still run?")
     args = parser.parse_args()
+    if args.smoke:
+        args.duration, args.slice = 0.3, 0.1
     request = json.dumps(json.loads(args.request), separators=(",", ":")).encode() + b"\n"
     if args.role == "echo":
         return run_echo_server(args.pad, not args.echo_nagle)

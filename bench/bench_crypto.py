@@ -62,7 +62,10 @@ def bench_extra(seconds: float) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: does the bench still run?")
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds = 0.01
     names = pqc.available_backends()
     print(f"available backends: {', '.join(names)}")
     if "liboqs" not in names:

@@ -80,7 +80,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--rounds", type=int, default=50)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: does the bench still run?")
     args = parser.parse_args()
+    if args.smoke:
+        args.rounds = 3
     result = measure(args.rounds, args.backend)
     name = pqc.select_backend(args.backend).name
     print(f"backend {name}, {args.rounds} handshakes, CPU per side:")

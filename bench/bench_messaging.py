@@ -590,7 +590,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=90.0, help="hard limit of the sustained run")
     parser.add_argument("--only", choices=("rt", "tp", "hs"), action="append",
                         help="run only these parts (repeatable)")
-    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
+    parser.add_argument("--quick", action="store_true", help="small counts, for a quick look")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: does the bench still run?")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (daemon logs)")
     parser.add_argument("--pause", action="store_true",
                         help="print the daemons' pids and wait for Enter before each part (to attach py-spy)")
@@ -598,6 +599,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.samples, args.messages, args.handshakes = 100, 2000, 5
+    if args.smoke:
+        args.samples, args.messages, args.handshakes = 20, 200, 2
     if not 1 <= args.handshakes <= 200:
         parser.error("--handshakes must be 1..200 (B's listener accepts 256 handshakes per 30 s)")
     if not 1 <= args.window <= 256:

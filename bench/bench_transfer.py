@@ -1,33 +1,36 @@
 #!/usr/bin/env python3
-"""File transfer throughput, CPU, memory and chat latency of two real daemons; 1 % loss in a
-network-namespace pair; magic-wormhole on the same file.
+"""File transfer throughput, CPU, memory and chat latency of two real daemons, on loopback and
+at a real path MTU in a network-namespace pair; magic-wormhole on the same file.
 
 Run by hand (as root for the namespace and magic-wormhole parts):
-`/tmp/venv/bin/python bench/bench_transfer.py [--size-mib 256] [--runs 3]`.
+`.venv/bin/python bench/bench_transfer.py [--size-mib 256] [--runs 3] [--paths offload,segmented]`
+(`--smoke`: a few seconds, to check the bench still runs).
 
 1. Loopback. Two `chatp2pd` (tests/daemon.py: temporary dirs, free loopback ports) become
    contacts and connect; for each run A sends a --size-mib file that B accepts: MiB/s from
    `p2p accept_file` to B's `file_received` (SHA-256 checked against the source), CPU seconds
-   of each daemon over the transfer (/proc), peak RSS (VmHWM) of both.
+   per GiB of each daemon over the transfer (/proc), peak RSS (VmHWM) of both.
 2. Chat during a transfer: while one more file flows, A sends a chat message every 50 ms; the
    time from `p2p send_message` to B's `p2p_message_received` event, p50/p95.
-3. 1 % loss (root, iproute2, iptables): the same daemons' code in two network namespaces joined
-   by one veth pair (MTU --veth-mtu, 65535 by default so datagrams are as large as on
-   loopback: like for like), first clean, then with `iptables -m statistic --mode random
-   --probability 0.01 -j DROP` on INPUT in both namespaces (1 % of the datagrams each way, no
-   proxy process eating CPU). The time is B's own (accept to verified file: the `seconds` of
-   its file_transfer_completed), since the API inside a namespace is reached through
-   chatp2pctl run there. Target: >= 60 % of the loopback rate.
+3. A veth pair between two namespaces (root, iproute2, iptables, ethtool), one fresh pair per
+   path (PATHS): "offload", MTU --veth-mtu (1500) with the kernel's defaults, where a GSO
+   super-packet crosses whole as on a NIC with segmentation offload and GRO; "segmented", the
+   same with `ethtool -K eth0 tx-udp-segmentation off`, so the receiver sees every datagram;
+   "1200", MTU 1228, where only 1200-byte datagrams fit (the MTU probes fail); "loss", the
+   segmented path with `iptables -m statistic --probability 0.01 -j DROP` on INPUT on both
+   sides (1 % of the datagrams each way). The time is B's own (accept to verified file: the
+   `seconds` of its file_transfer_completed).
 4. magic-wormhole (when `wormhole` and its mailbox server and transit relay are installed in
    this Python's environment: `pip install magic-wormhole magic-wormhole-mailbox-server
    magic-wormhole-transit-relay`; never the public mailbox): mailbox server, transit relay,
-   sender and receiver all inside a namespace that has only `lo`, so the direct connection
-   is over loopback like the daemons' (outside one, wormhole would offer the host's other
-   addresses). Timed from the receiver's start to its exit, and from its first byte on disk to
-   its exit (without the setup: key exchange, connection); the latter is compared.
+   sender and receiver all inside a namespace that has only `lo`, with MTU --wormhole-mtu
+   (1500: TCP keeps its segmentation offload, like our offload path). Timed from the
+   receiver's start to its exit, and from its first byte on disk to its exit (without the
+   setup: key exchange, connection); the latter is compared.
 
-Targets (issue 5): >= 150 MiB/s on loopback and faster than magic-wormhole, peak RSS < 100 MB,
-chat p95 < 50 ms, 1 % loss >= 60 % of the loopback rate. The machine matters: both daemons and
+Targets (issue 13): the offload path at least magic-wormhole's data phase and at most 8 s of
+CPU per GiB on each side; 1200-byte datagrams >= 150 MiB/s; 1 % loss >= 60 % of the clean
+segmented path; peak RSS < 100 MB; chat p95 < 50 ms. The machine matters: both daemons and
 this client share its CPUs (see the load printed before and after).
 """
 
@@ -53,11 +56,11 @@ from events import Events  # noqa: E402
 from test_transfer import close_pair, make_file, sha256_of, start_pair  # noqa: E402
 
 MIB = 1 << 20
-TARGET_MIBS = 150.0
+TARGET_1200_MIBS = 150.0
+TARGET_CPU_PER_GIB = 8.0
 TARGET_RSS_MB = 100.0
 TARGET_CHAT_P95_MS = 50.0
 TARGET_LOSS_RATIO = 0.60
-VETH_A, VETH_B = "192.0.2.201", "192.0.2.202"  # inside the bench's own namespaces only
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -134,75 +137,84 @@ def loopback(work: str, source: str, digest: str, size: int, runs: int) -> dict:
             result = one_transfer(a, b, ev_a, ev_b, source, digest, size)
             results.append(result)
             print(f"loopback run {run + 1}: {result['mibs']:.1f} MiB/s ({result['seconds']:.2f} s), "
-                  f"CPU A {result['cpu_a']:.2f} s B {result['cpu_b']:.2f} s (a core each would allow "
-                  f"{size / MIB / max(result['cpu_a'], result['cpu_b']):.0f} MiB/s), resent {result['resent']:.1%}; "
+                  f"CPU per GiB A {per_gib(result['cpu_a'], size):.1f} s B {per_gib(result['cpu_b'], size):.1f} s, "
+                  f"resent {result['resent']:.1%}; "
                   f"load {load()}", flush=True)
         latencies = chat_during_transfer(a, b, ev_b, source, size)
-        return {"median": statistics.median(r["mibs"] for r in results), "latencies": latencies,
-                "cpu_bound": statistics.median(size / MIB / max(r["cpu_a"], r["cpu_b"]) for r in results),
+        return {**summary(results, size), "latencies": latencies,
                 "rss_a": peak_rss_mb(a.proc.pid), "rss_b": peak_rss_mb(b.proc.pid)}
     finally:
         close_pair((ev_a, ev_b), (a, b))
 
 
-# -- 3: a namespace pair, clean and at 1 % loss -------------------------------------------------
+# -- 3: a namespace pair at a real path MTU ----------------------------------------------------
+# Each path: (label, veth MTU, UDP segmentation offload on, 1 % loss). On `lo` and veth with the
+# offload on, a GSO super-packet crosses whole, as on a NIC with segmentation offload and GRO
+# ("offload"); with it off the kernel segments in software and the receiver sees every datagram
+# ("segmented"). MTU 1228 leaves room for 1200-byte datagrams only: the MTU probes fail.
+PATHS = {
+    "offload": ("offload", None, True, False),
+    "segmented": ("segmented", None, False, False),
+    "1200": ("1200-byte datagrams", 1228, True, False),
+    "loss": ("segmented, 1 % loss", None, False, True),
+}
+
+
 def namespaces_reason() -> str | None:
     from netns import netns_available
 
     usable, why = netns_available(iptables=True)
+    if usable and not (shutil.which("ethtool") or shutil.which("ethtool", path="/usr/sbin:/sbin")):
+        return "ethtool is not installed (apt-get install ethtool)"
     return None if usable else why
 
 
-def netns_runs(work: str, source: str, digest: str, size: int, runs: int, mtu: int) -> dict:
-    from netns import Namespace, NsDaemon, _building, _wire
+def pair_runs(work: str, source: str, digest: str, size: int, runs: int, path: str, mtu: int) -> dict:
+    """`runs` transfers A -> B over a fresh veth pair set up as PATHS[path] says."""
+    from netns import start_ns_pair, veth_pair
 
-    results: dict[str, list[dict]] = {"clean": [], "1% loss": []}
-    with _building() as built:
-        ns_a, ns_b = Namespace("bencha"), Namespace("benchb")
-        built += [ns_a, ns_b]
-        _wire(ns_a, "eth0", ns_b, "eth0")
-        for ns, address in ((ns_a, VETH_A), (ns_b, VETH_B)):
-            ns.ip("link", "set", "eth0", "mtu", str(mtu))
-            ns.add_address("eth0", f"{address}/24")
-        args = ("--keepalive-interval", "1", "--p2p-host", "0.0.0.0")
-        a = NsDaemon(ns_a, os.path.join(work, "ns-a"), *args, "--downloads-dir", os.path.join(work, "ns-a", "dl"))
-        b = NsDaemon(ns_b, os.path.join(work, "ns-b"), *args, "--downloads-dir", os.path.join(work, "ns-b", "dl"))
-        ev_a = ev_b = None
+    label, path_mtu, offload, lossy = PATHS[path]
+    results = []
+    root = tempfile.mkdtemp(prefix=f"pair-{path}-", dir=work)
+    with veth_pair(path_mtu or mtu, udp_segmentation=offload) as (ns_a, ns_b):
+        a = b = ev_a = ev_b = None
         try:
-            a.start()
-            b.start()
-            sa, sb = a.request("status")["data"], b.request("status")["data"]
-            ok(a.request("contacts", "add", {"peer": "Bob", "public_key": sb["identity"]["public_key"]}))
-            ok(b.request("contacts", "add", {"peer": "Alice", "public_key": sa["identity"]["public_key"]}))
-            ev_a, ev_b = Events(a), Events(b)
-            ok(a.request("p2p", "connect", {"peer": "Bob", "address": f"{VETH_B}:{sb['p2p']['port']}"}))
-            ok(a.request("contacts", "negotiate_keys", {"peer": "Bob", "timeout": 30}))
-            for label in ("clean", "1% loss"):
+            a, b, ev_a, ev_b = start_ns_pair(ns_a, ns_b, root)
+            if lossy:
                 for ns in (ns_a, ns_b):
-                    ns.iptables("-F", "INPUT")
-                    if label != "clean":
-                        ns.iptables("-A", "INPUT", "-p", "udp", "-m", "statistic", "--mode", "random",
-                                    "--probability", "0.01", "-j", "DROP")
-                for run in range(runs):
-                    tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
-                    ev_b.wait_data("file_offer", 30, transfer_id=tid)
-                    cpu_a, cpu_b = a.cpu_seconds(), b.cpu_seconds()
-                    ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
-                    received = ev_b.wait_data("file_received", 600, transfer_id=tid)[0]
-                    seconds = ev_b.wait_data("file_transfer_completed", 30, transfer_id=tid)[0]["seconds"]
-                    sent = ev_a.wait_data("file_transfer_completed", 30, transfer_id=tid)[0]
-                    assert received["sha256"] == digest, "SHA-256 mismatch"
-                    os.unlink(received["path"])
-                    result = {"mibs": size / MIB / seconds, "seconds": seconds, "cpu_a": a.cpu_seconds() - cpu_a,
-                              "cpu_b": b.cpu_seconds() - cpu_b, "resent": sent["wire_bytes"] / size - 1}
-                    results[label].append(result)
-                    dropped = sum(_dropped(ns) for ns in (ns_a, ns_b))
-                    print(f"netns {label} run {run + 1}: {result['mibs']:.1f} MiB/s ({seconds:.2f} s), "
-                          f"CPU A {result['cpu_a']:.2f} s B {result['cpu_b']:.2f} s, resent {result['resent']:.1%}"
-                          f"{f', {dropped} datagrams dropped so far' if label != 'clean' else ''}", flush=True)
+                    ns.iptables("-A", "INPUT", "-p", "udp", "-m", "statistic", "--mode", "random",
+                                "--probability", "0.01", "-j", "DROP")
+            for run in range(runs):
+                tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
+                ev_b.wait_data("file_offer", 30, transfer_id=tid)
+                cpu_a, cpu_b = a.cpu_seconds(), b.cpu_seconds()
+                ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
+                received = ev_b.wait_data("file_received", 600, transfer_id=tid)[0]
+                seconds = ev_b.wait_data("file_transfer_completed", 30, transfer_id=tid)[0]["seconds"]
+                sent = ev_a.wait_data("file_transfer_completed", 30, transfer_id=tid)[0]
+                assert received["sha256"] == digest, "SHA-256 mismatch"
+                os.unlink(received["path"])
+                result = {"mibs": size / MIB / seconds, "seconds": seconds, "cpu_a": a.cpu_seconds() - cpu_a,
+                          "cpu_b": b.cpu_seconds() - cpu_b, "resent": sent["wire_bytes"] / size - 1}
+                results.append(result)
+                dropped = sum(_dropped(ns) for ns in (ns_a, ns_b))
+                print(f"pair {label} run {run + 1}: {result['mibs']:.1f} MiB/s ({seconds:.2f} s), "
+                      f"CPU per GiB A {per_gib(result['cpu_a'], size):.1f} s B {per_gib(result['cpu_b'], size):.1f} s, "
+                      f"resent {result['resent']:.1%}{f', {dropped} datagrams dropped so far' if lossy else ''}; "
+                      f"load {load()}", flush=True)
         finally:
             close_pair((ev_a, ev_b), (a, b))
-    return {label: statistics.median(r["mibs"] for r in rs) for label, rs in results.items() if rs}
+    return summary(results, size)
+
+
+def per_gib(cpu: float, size: int) -> float:
+    return cpu * (1 << 30) / size
+
+
+def summary(results: list[dict], size: int) -> dict:
+    return {"median": statistics.median(r["mibs"] for r in results),
+            "cpu_a": per_gib(statistics.median(r["cpu_a"] for r in results), size),
+            "cpu_b": per_gib(statistics.median(r["cpu_b"] for r in results), size)}
 
 
 def _dropped(ns) -> int:
@@ -223,7 +235,7 @@ def wormhole_reason() -> str | None:
     return namespaces_reason()
 
 
-def wormhole_runs(work: str, source: str, digest: str, size: int, runs: int) -> dict:
+def wormhole_runs(work: str, source: str, digest: str, size: int, runs: int, mtu: int) -> dict:
     from netns import Namespace, _building
 
     bindir = os.path.dirname(sys.executable)
@@ -235,6 +247,7 @@ def wormhole_runs(work: str, source: str, digest: str, size: int, runs: int) -> 
     with _building() as built:
         ns = Namespace("wormhole")  # only lo: every address it offers is 127.0.0.1
         built.append(ns)
+        ns.ip("link", "set", "lo", "mtu", str(mtu))  # TCP keeps its segmentation offload, as on a NIC
         ns.popen([twist, "wormhole-mailbox", "--port", "tcp:4000:interface=127.0.0.1",
                   "--channel-db", os.path.join(work, "mailbox.sqlite")], stdout=logs, stderr=logs, cwd=work)
         ns.popen([twist, "transitrelay", "--port", "tcp:4001:interface=127.0.0.1"], stdout=logs, stderr=logs, cwd=work)
@@ -283,13 +296,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--veth-mtu", type=int, default=65535, help="MTU of the namespace pair's veth")
-    parser.add_argument("--skip-netns", action="store_true", help="no namespace pair (clean / 1 %% loss) runs")
+    parser.add_argument("--veth-mtu", type=int, default=1500, help="MTU of the namespace pair's veth")
+    parser.add_argument("--paths", default=",".join(PATHS),
+                        help=f"namespace-pair paths to measure, comma-separated, of {', '.join(PATHS)}")
+    parser.add_argument("--wormhole-mtu", type=int, default=1500, help="MTU of magic-wormhole's lo")
+    parser.add_argument("--skip-netns", action="store_true", help="no namespace-pair runs")
     parser.add_argument("--skip-wormhole", action="store_true", help="no magic-wormhole runs")
     parser.add_argument("--only-loopback", action="store_true", help="loopback and chat only")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds: 4 MiB, one run, one path")
     args = parser.parse_args()
+    if args.smoke:
+        args.size_mib, args.runs, args.paths, args.skip_wormhole = 4, 1, "offload", True
     if args.only_loopback:
         args.skip_netns = args.skip_wormhole = True
+    paths = [p for p in args.paths.split(",") if p]
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        parser.error(f"unknown path {', '.join(unknown)}: choose from {', '.join(PATHS)}")
     size = args.size_mib * MIB
     print(f"# {platform.node()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{args.size_mib} MiB file, {args.runs} runs; load average {load()}", flush=True)
@@ -300,41 +323,52 @@ def main() -> int:
         assert sha256_of(source) == digest
 
         lo = loopback(work, source, digest, size, args.runs)
-        loss = worm = None
+        pairs: dict[str, dict] = {}
+        worm = None
         skipped = []
         if not args.skip_netns:
             why = namespaces_reason()
             if why:
                 skipped.append(f"namespace pair skipped: {why}")
             else:
-                loss = netns_runs(work, source, digest, size, args.runs, args.veth_mtu)
+                for path in paths:
+                    pairs[path] = pair_runs(work, source, digest, size, args.runs, path, args.veth_mtu)
         if not args.skip_wormhole:
             why = wormhole_reason()
             if why:
                 skipped.append(f"magic-wormhole skipped: {why}")
             else:
-                worm = wormhole_runs(work, source, digest, size, args.runs)
+                worm = wormhole_runs(work, source, digest, size, args.runs, args.wormhole_mtu)
 
         print(f"# load average after: {load()}")
         p50, p95 = percentile(lo["latencies"], 50) * 1e3, percentile(lo["latencies"], 95) * 1e3
         rss = max(lo["rss_a"], lo["rss_b"])
-        print(f"loopback: median {lo['median']:.1f} MiB/s (target >= {TARGET_MIBS:.0f}); CPU per side would "
-              f"allow {lo['cpu_bound']:.0f} MiB/s with a free core each")
+        print(f"loopback: median {lo['median']:.1f} MiB/s, CPU per GiB A {lo['cpu_a']:.1f} s B {lo['cpu_b']:.1f} s")
         print(f"peak RSS: A {lo['rss_a']:.1f} MB, B {lo['rss_b']:.1f} MB (target < {TARGET_RSS_MB:.0f})")
         print(f"chat during a transfer: {len(lo['latencies'])} messages, p50 {p50:.1f} ms, p95 {p95:.1f} ms "
               f"(target < {TARGET_CHAT_P95_MS:.0f})")
-        met = lo["median"] >= TARGET_MIBS and rss < TARGET_RSS_MB and p95 < TARGET_CHAT_P95_MS
-        if loss is not None:
-            clean, lossy = loss.get("clean", 0.0), loss.get("1% loss", 0.0)
-            ratio = lossy / lo["median"]
-            print(f"namespace pair (veth MTU {args.veth_mtu}): clean {clean:.1f} MiB/s, 1 % loss {lossy:.1f} MiB/s "
-                  f"= {ratio:.0%} of loopback, {lossy / clean if clean else 0:.0%} of the clean pair "
-                  f"(target >= {TARGET_LOSS_RATIO:.0%} of loopback)")
+        met = rss < TARGET_RSS_MB and p95 < TARGET_CHAT_P95_MS
+        for path, result in pairs.items():
+            label, path_mtu = PATHS[path][0], PATHS[path][1] or args.veth_mtu
+            print(f"pair {label} (veth MTU {path_mtu}): median {result['median']:.1f} MiB/s, CPU per GiB "
+                  f"A {result['cpu_a']:.1f} s B {result['cpu_b']:.1f} s (target <= {TARGET_CPU_PER_GIB:.0f} "
+                  f"on the offload path)")
+        if "offload" in pairs:
+            met = met and max(pairs["offload"]["cpu_a"], pairs["offload"]["cpu_b"]) <= TARGET_CPU_PER_GIB
+        if "1200" in pairs:
+            print(f"1200-byte datagrams: {pairs['1200']['median']:.1f} MiB/s (target >= {TARGET_1200_MIBS:.0f})")
+            met = met and pairs["1200"]["median"] >= TARGET_1200_MIBS
+        if "loss" in pairs and "segmented" in pairs:
+            ratio = pairs["loss"]["median"] / pairs["segmented"]["median"]
+            print(f"1 % loss: {ratio:.0%} of the clean segmented path (target >= {TARGET_LOSS_RATIO:.0%})")
             met = met and ratio >= TARGET_LOSS_RATIO
         if worm is not None:
-            print(f"magic-wormhole 0.24 on loopback: median {worm['raw']:.1f} MiB/s, {worm['net']:.1f} MiB/s from its first "
-                  f"byte on disk (after {worm['setup']:.2f} s of setup); chatp2p is {lo['median'] / worm['net']:.2f}x that")
-            met = met and lo["median"] > worm["net"]
+            print(f"magic-wormhole (lo MTU {args.wormhole_mtu}): median {worm['raw']:.1f} MiB/s, {worm['net']:.1f} "
+                  f"MiB/s from its first byte on disk (after {worm['setup']:.2f} s of setup)")
+            print(f"chatp2p/wormhole data phase: loopback {lo['median'] / worm['net']:.2f}x"
+                  + (f", offload path {pairs['offload']['median'] / worm['net']:.2f}x" if "offload" in pairs else ""))
+            if "offload" in pairs:
+                met = met and pairs["offload"]["median"] >= worm["net"]
         for line in skipped:
             print(line)
         print("targets met" if met and not skipped else

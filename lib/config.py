@@ -103,6 +103,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lan_port", "p2p", "lan_port", "port", 48889, "well-known UDP port of LAN discovery announcements"),
     Setting("keepalive_interval", "p2p", "keepalive_interval", "float", 15.0,
             "seconds between keepalives; three silent intervals mean the peer is gone"),
+    Setting("udp_batching", "p2p", "udp_batching", "bool", True,
+            "send and receive UDP in batches the kernel segments and coalesces (GSO/GRO) where it can; "
+            "false for troubleshooting"),
     Setting("message_ttl_days", "p2p", "message_ttl_days", "float", 7.0,
             "a queued message fails (message_failed) when its contact stays unreachable this long"),
     Setting("downloads_dir", "files", "downloads_dir", "path", "~/Downloads/chatp2p",

@@ -767,3 +767,68 @@ class NsDaemon(Daemon):
                             "--data-dir", self.data_dir, "--json", "raw", body], check=False, timeout=60)
         assert done.stdout, f"chatp2pctl failed: {done.stderr}"
         return json.loads(done.stdout)
+
+
+# -- two daemons on a veth pair (path MTU, offloads, loss) --------------------------------------
+PAIR_A_IP, PAIR_B_IP = f"{LAN_NET}.201", f"{LAN_NET}.202"
+
+
+def set_udp_segmentation(ns: Namespace, dev: str, on: bool) -> None:
+    """`ethtool -K DEV tx-udp-segmentation on|off` inside `ns`. Off, the kernel segments a GSO
+    super-packet in software before the veth, so the peer sees every datagram (a NIC without
+    UDP segmentation offload); on (the default), the super-packet crosses whole."""
+    ethtool = shutil.which("ethtool") or shutil.which("ethtool", path="/usr/sbin:/sbin")
+    if ethtool is None:
+        raise NetnsError("ethtool is not installed (Debian ethtool)")
+    ns.run([ethtool, "-K", dev, "tx-udp-segmentation", "on" if on else "off"])
+
+
+@contextlib.contextmanager
+def veth_pair(mtu: int = 1500, udp_segmentation: bool = True) -> Iterator[tuple[Namespace, Namespace]]:
+    """Two namespaces joined by one veth pair (`eth0`, PAIR_A_IP and PAIR_B_IP /24) with the
+    given MTU; `udp_segmentation=False` turns the UDP segmentation offload off on both ends."""
+    with _building() as built:
+        ns_a, ns_b = Namespace("paira"), Namespace("pairb")
+        built += [ns_a, ns_b]
+        _wire(ns_a, "eth0", ns_b, "eth0")
+        for ns, address in ((ns_a, PAIR_A_IP), (ns_b, PAIR_B_IP)):
+            ns.ip("link", "set", "eth0", "mtu", str(mtu))
+            ns.add_address("eth0", f"{address}/24")
+            if not udp_segmentation:
+                set_udp_segmentation(ns, "eth0", False)
+        yield ns_a, ns_b
+
+
+def start_ns_pair(ns_a: Namespace, ns_b: Namespace, root: str, args_a: Sequence[str] = (),
+                  args_b: Sequence[str] = ()) -> tuple["NsDaemon", "NsDaemon", Any, Any]:
+    """A chatp2pd in each namespace of a `veth_pair`, contacts of each other ("Bob" is B) and
+    connected; returns (a, b, events of a, events of b). Stop them with close_pair."""
+    from events import Events  # tests/events.py
+
+    args = ("--keepalive-interval", "1", "--p2p-host", "0.0.0.0")
+    a = NsDaemon(ns_a, os.path.join(root, "pair-a"), *args, "--downloads-dir",
+                 os.path.join(root, "pair-a", "dl"), *args_a)
+    b = NsDaemon(ns_b, os.path.join(root, "pair-b"), *args, "--downloads-dir",
+                 os.path.join(root, "pair-b", "dl"), *args_b)
+    ev_a = ev_b = None
+    try:
+        a.start()
+        b.start()
+        sa, sb = a.request("status")["data"], b.request("status")["data"]
+        for daemon, name, other in ((a, "Bob", sb), (b, "Alice", sa)):
+            reply = daemon.request("contacts", "add", {"peer": name, "public_key": other["identity"]["public_key"]})
+            assert reply["success"], reply
+        ev_a, ev_b = Events(a), Events(b)
+        address = f"{PAIR_B_IP}:{sb['p2p']['port']}"
+        for reply in (a.request("p2p", "connect", {"peer": "Bob", "address": address}),
+                      a.request("contacts", "negotiate_keys", {"peer": "Bob", "timeout": 30})):
+            assert reply["success"], reply
+    except BaseException:
+        for collector in (ev_a, ev_b):
+            if collector is not None:
+                collector.close()
+        for daemon in (a, b):
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.stop()
+        raise
+    return a, b, ev_a, ev_b

@@ -353,6 +353,9 @@ def test_one_random_nat_falls_back_to_the_relay():
         connect_and_check(w, w.left, "Righty", w.right, "Lefty", "relayed", 10, "cone-random")
         relay_ip = w.net.public_ip
         assert w.left.peer("Righty")["address"].split(":")[0] in (relay_ip, w.net.public_ip2, w.net.right_wan_ip)
+        # A file over the relayed session: bursts of DATA leave as one ChannelData each.
+        relayed = send_file(w, w.left, w.right, "Righty", "relayed")
+        assert sum(relayed.values()) > 0, relayed
 
 
 def test_two_random_nats_talk_through_the_relay_and_the_public_node_reaches_both():
@@ -367,7 +370,7 @@ def test_two_random_nats_talk_through_the_relay_and_the_public_node_reaches_both
 def test_a_relayed_session_moves_to_a_direct_path_when_one_opens():
     """Direct traffic between the two NATs is blocked while they connect, so the session is
     relayed; once it is let through, the relayed session's direct probes find the path and
-    both sides move to it (path_changed), keeping the same session."""
+    both sides move to it (path_changed), keeping the same session; a file then goes direct."""
     require_netns()
     with world("cone", "cone") as w:
         net = w.net
@@ -389,6 +392,39 @@ def test_a_relayed_session_moves_to_a_direct_path_when_one_opens():
         w.left.call("p2p", "send_message", {"peer": "Righty", "message": "now direct", "message_id": message_id})
         w.right.events.wait(lambda e: e["event"] == "p2p_message_received" and e["data"]["message_id"] == message_id,
                             10, what="message after the upgrade")
+        send_file_without_the_relay(w, w.right, w.left, "Lefty")
+
+
+def send_file_without_the_relay(w, sender, receiver, name_of_receiver):
+    """A file after the upgrade takes the session's direct route: nothing (DATA or FILE_ACK)
+    goes through either node's TURN allocation. Right answered the first handshake through its
+    relay, and Left's address, the same for the relay and for direct (a cone NAT), stayed in
+    its list of addresses the relay had forwarded: file frames used to be routed by that list."""
+    relayed = send_file(w, sender, receiver, name_of_receiver, "after-upgrade")
+    # 4 MiB is thousands of DATA datagrams and hundreds of ACKs: a handful through the relay
+    # would be a straggling keepalive, not the file.
+    assert all(count <= 3 for count in relayed.values()), (relayed, w.logs())
+
+
+def send_file(w, sender, receiver, name_of_receiver, tag):
+    """`sender` sends a 4 MiB file that `receiver` accepts and gets intact; returns how many
+    datagrams each of them sent through its TURN relay meanwhile."""
+    from test_transfer import make_file
+
+    source = os.path.join(w.tmp, f"{tag}.bin")
+    digest = make_file(source, 4 << 20, seed=13)
+    before = {node.label: node.p2p()["counters"].get("relay_sent", 0) for node in (sender, receiver)}
+    reply = sender.request("p2p", "send_file", {"peer": name_of_receiver, "file_path": source})
+    assert reply["success"], reply
+    tid = reply["transfer_id"]
+    receiver.events.wait(lambda e: e["event"] == "file_offer" and e["data"]["transfer_id"] == tid, 10,
+                         what=f"file_offer ({tag})")
+    receiver.call("p2p", "accept_file", {"transfer_id": tid})
+    got = receiver.events.wait(lambda e: e["event"] == "file_received" and e["data"]["transfer_id"] == tid, 60,
+                               what=f"file_received ({tag})")[0]["data"]
+    assert got["sha256"] == digest
+    after = {node.label: node.p2p()["counters"].get("relay_sent", 0) for node in (sender, receiver)}
+    return {label: after[label] - before[label] for label in after}
 
 
 def test_namespaces_and_daemons_go_away_when_a_test_fails():

@@ -17,7 +17,7 @@ def setup_module():
 
 
 def teardown_module():
-    shutil.rmtree(TMP, ignore_errors=True)
+    print("TMPDIR", TMP)  # DEBUG-DP
 
 
 
@@ -68,6 +68,11 @@ def test_higher_node_restarting_right_after_a_handshake_is_not_locked_out():
         higher_port = (s2 if lower_is_one else s1)["p2p"]["port"]
         ok(lower.request("p2p", "connect", {"peer": higher_name, "address": f"127.0.0.1:{higher_port}"}))
         ok(lower.request("contacts", "negotiate_keys", {"peer": higher_name}))   # the lower node's session
+        # The higher node holds it too (and so has stored the lower node's address): the lower
+        # one completes on DONE, which the higher one sends before it records the session.
+        wait_for(lambda: any(p["name"] == lower_name and p["state"] == "connected"
+                             for p in ok(higher.request("p2p", "peers"))["data"]),
+                 10, "the higher node's side of the session")
         higher.kill()       # no CLOSE: the lower node still holds its fresh session
         higher.start()      # at once, on a new port: it calls the lower node at its known address
         started = time.monotonic()

@@ -17,7 +17,7 @@ import hmac
 import logging
 import secrets
 import time
-from typing import Callable, Iterable, Optional, Protocol
+from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 import gevent
 import gevent.event
@@ -315,8 +315,7 @@ class Network:
                 link.probes.extend(a for a in direct if a not in link.probes)
                 link.relay_probes.extend(a for a in relayed if a not in link.relay_probes)
                 for address in direct:
-                    for datagram in link.initiator.pending:
-                        self.send_to(datagram, address)
+                    self._emit(link.initiator.pending, address, self._flight_route(address))
             return link
         targets = direct or relayed
         if not targets:
@@ -355,28 +354,41 @@ class Network:
         self._initiators[initiator.conn_id] = link
         if link.state == LinkState.OFFLINE:
             link.state = LinkState.CONNECTING
-        for datagram in initiator.start(now):
-            for target in link.probes:
-                self.send_to(datagram, target)
+        flight = initiator.start(now)
+        for target in link.probes:
+            self._emit(flight, target, self._flight_route(target))
 
-    # -- sending ----------------------------------------------------------------------------
-    def send_to(self, data: bytes, address: Address, relayed: Optional[bool] = None) -> None:
-        """One datagram to `address`, through our TURN relay when `relayed` (None: when that is
-        how this address last reached us). A cone NAT shows the same address to the relay and
-        to us directly, so a session keeps its own route (`Link.via_relay`)."""
-        if relayed is None:
-            relayed = address in self.relay_peers
-            if relayed and (self.relay is None or not self.relay.permits(address)):
-                self.relay_peers.discard(address)  # the permission expired (or the relay went)
-                relayed = False
-        if self.relay is not None and relayed:
-            try:
-                self.relay.send_to(address, data)
-            except Exception as exc:  # relay lost or no permission: counted, like a lost datagram
-                self.counters["relay_send_errors"] += 1
-                log.debug("relay send to %s failed: %s", address, exc)
+    # -- sending: the one place where sealed frames become datagrams -------------------------
+    def _emit(self, datagrams: Sequence[bytes], address: Address, relayed: bool) -> None:
+        """Datagrams to `address` by the route the caller owns: through our TURN allocation
+        (one ChannelData each) when `relayed`, else from the socket, batched when several.
+        A session's route is `Link.via_relay`; nothing here guesses it from the address."""
+        relay = self.relay
+        if relayed and relay is not None:
+            for datagram in datagrams:
+                try:
+                    relay.send_to(address, datagram)
+                    self.counters["relay_sent"] += 1
+                except Exception as exc:  # relay lost or no permission: counted, like a lost datagram
+                    self.counters["relay_send_errors"] += 1
+                    log.debug("relay send to %s failed: %s", address, exc)
             return
-        self.transport.send(data, address)
+        # Not relayed, or the relay went: straight to the address (a cone NAT may let it in).
+        if len(datagrams) == 1:
+            self.transport.send(datagrams[0], address)
+        else:
+            self.transport.send_many(datagrams, address)
+
+    def _flight_route(self, address: Address) -> bool:
+        """Whether a handshake flight we start goes through our relay: only to an address that
+        reached us through it (the peer's NAT lets nothing else in), while the relay permits
+        it. The session then keeps the route its answer came by (`_on_initiator`)."""
+        if address not in self.relay_peers:
+            return False
+        if self.relay is None or not self.relay.permits(address):
+            self.relay_peers.discard(address)  # the permission expired (or the relay went)
+            return False
+        return True
 
     def on_relayed(self, payload: bytes, peer: Address) -> None:
         """A datagram the TURN server relayed to us from `peer` (one it permits: the client
@@ -398,6 +410,25 @@ class Network:
             return False
         return self._send(link, records, pad, max_datagram)
 
+    def send_payloads(self, link: Link, payloads: Sequence[bytes]) -> bool:
+        """Seal each of `payloads` (records already encoded, each fitting one datagram of the
+        size the caller chose: its probed path MTU) in one pass and send them all on the link's
+        route; False if it is not connected. The fast path of file DATA and FILE_ACK: no record
+        objects, one concatenation per datagram."""
+        session, address = link.session, link.address
+        if not link.connected or session is None or address is None:
+            return False
+        now = time.monotonic()
+        try:
+            datagrams = session.seal_payloads(payloads, now)
+        except SessionError as exc:  # frame counter exhausted: a new handshake is needed
+            log.warning("cannot seal for %s: %s", link.name, exc)
+            self._set_down(link)
+            return False
+        self._emit(datagrams, address, link.via_relay)
+        link.last_tx = now
+        return True
+
     def _send(self, link: Link, records: list[Record], pad: bool = False,
               max_datagram: Optional[int] = None) -> bool:
         assert link.session is not None and link.address is not None
@@ -408,13 +439,17 @@ class Network:
             log.warning("cannot seal for %s: %s", link.name, exc)
             self._set_down(link)
             return False
-        for datagram in datagrams:
-            self.send_to(datagram, link.address, link.via_relay)
+        self._emit(datagrams, link.address, link.via_relay)
         link.last_tx = now
         return True
 
     # -- receiving --------------------------------------------------------------------------
     def _on_datagram(self, data: bytes, address: Address, relayed: bool = False) -> None:
+        if type(data) is bytes and len(data) > wire.PREFIX_LEN and data[0] == wire.VERSION_BYTE \
+                and data[1] == PacketType.DATA:
+            # Most datagrams (every one of a file) are DATA: routed without parsing objects.
+            self._on_data(data, data[2:wire.PREFIX_LEN], address, time.monotonic(), relayed)
+            return
         try:
             ptype, conn_id = wire.parse_prefix(data)
         except WireError:
@@ -433,7 +468,7 @@ class Network:
             if link is None or link.initiator is None or address != link.initiator_address:
                 self.counters["dropped_unexpected_handshake"] += 1
                 return
-            self._on_initiator(link, link.initiator.receive(data, now), address, now)
+            self._on_initiator(link, link.initiator.receive(data, now), address, now, relayed)
 
     def _on_data(self, data: bytes, conn_id: bytes, address: Address, now: float, relayed: bool = False) -> None:
         link = self._by_conn.get(conn_id)
@@ -505,15 +540,13 @@ class Network:
         pending.sent += cost
         pending.tries += 1
         pending.challenged_at = now
-        for datagram in datagrams:
-            self.send_to(datagram, address, relayed)
+        self._emit(datagrams, address, relayed)
 
     def _send_on_path(self, link: Link, records: list[Record], address: Address, relayed: bool,
                       now: float) -> None:
         if link.session is None:
             return
-        for datagram in link.session.seal(records, now, self.config.max_datagram):
-            self.send_to(datagram, address, relayed)
+        self._emit(link.session.seal(records, now, self.config.max_datagram), address, relayed)
 
     def _path_answered(self, link: Link, token: bytes, address: Address, relayed: bool) -> None:
         pending = link.pending_paths.get((address, relayed))
@@ -556,9 +589,9 @@ class Network:
             return "relayed"
         return link.candidate_paths.get(address, "direct")
 
-    def _on_initiator(self, link: Link, out: Output, address: Address, now: float) -> None:
-        for datagram in out.send:
-            self.send_to(datagram, address)
+    def _on_initiator(self, link: Link, out: Output, address: Address, now: float, relayed: bool) -> None:
+        if out.send:
+            self._emit(out.send, address, relayed)
         if out.send:
             link.flight_sent, link.flight_tries = now, 1
         event = out.event
@@ -568,7 +601,7 @@ class Network:
                 # A genuine rollover to a key we cannot take (already another contact): no session.
                 event = Failed(FailReason.KEY_MISMATCH, event.bundle, "rollover to a key of another contact")
             else:
-                self._establish(link, event, address, now)
+                self._establish(link, event, address, now, relayed)
         if isinstance(event, Failed):
             self._initiators.pop(link.initiator.conn_id, None) if link.initiator else None
             if event.reason == FailReason.KEY_MISMATCH:
@@ -604,8 +637,8 @@ class Network:
         if isinstance(event, Authenticated):
             out = self._decide(event, address, now)
             event = out.event
-        for datagram in out.send:
-            self.send_to(datagram, address, relayed)
+        if out.send:
+            self._emit(out.send, address, relayed)
         if out.dropped:
             self.counters[f"dropped_handshake_{out.dropped}"] += 1
         if isinstance(event, Established):
@@ -830,8 +863,7 @@ class Network:
                         link.flight_tries += 1
                         link.flight_sent = now
                         for target in (link.probes if waiting else [link.initiator_address]):
-                            for datagram in initiator.pending:
-                                self.send_to(datagram, target)
+                            self._emit(initiator.pending, target, self._flight_route(target))
             if link.connected and link.path == "relayed" and now - link.last_upgrade_probe > UPGRADE_PROBE_INTERVAL:
                 self._probe_direct(link, now)
             if link.connected:
@@ -851,8 +883,8 @@ class Network:
         assert link.session is not None
         for address in link.candidates:
             if link.candidate_paths.get(address) != "relayed":
-                for datagram in link.session.seal([Ping(int(now * 1e6))], now, self.config.max_datagram):
-                    self.transport.send(datagram, address)
+                self._emit(link.session.seal([Ping(int(now * 1e6))], now, self.config.max_datagram),
+                           address, False)
 
     def _handshake_gave_up(self, link: Link) -> None:
         initiator = link.initiator

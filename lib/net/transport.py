@@ -14,8 +14,9 @@ from __future__ import annotations
 import collections
 import logging
 import socket
+import struct
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 import gevent
 from gevent import socket as gsocket
@@ -34,6 +35,15 @@ IP_PMTUDISC_PROBE = 3
 IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)  # the same for IPv6 (which
 IPV6_PMTUDISC_PROBE = 3                                        # routers never fragment anyway)
 UNSPECIFIED_HOSTS = ("", "0.0.0.0", "::")
+# UDP batching (Linux): one sendmsg carries many same-size datagrams that the kernel (or the NIC)
+# cuts apart (GSO, UDP_SEGMENT, Linux >= 4.18), and one recvmsg returns datagrams the kernel
+# coalesced, with their size in a control message (GRO, UDP_GRO, Linux >= 5.0).
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+UDP_GRO = getattr(socket, "UDP_GRO", 104)
+GSO_MAX_SEGMENTS = 64             # the kernel's UDP_MAX_SEGMENTS (raised to 128 only in Linux 6.x)
+GSO_MAX_BYTES = 65507             # one send is still one IPv4 packet until it is segmented
+GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 Classifier = Callable[[bytes], bool]
 Handler = Callable[[bytes, tuple], None]
 
@@ -41,9 +51,12 @@ Handler = Callable[[bytes, tuple], None]
 class Transport:
     """Owns the UDP socket and its receive loop."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, batching: bool = True) -> None:
         self.host = host
         self.requested_port = port
+        self.batching = batching        # the setting: GSO and GRO where the kernel has them
+        self.gso = False                # probed at start
+        self.gro = False
         self.sock: gsocket.socket | None = None
         self.dual_stack = False  # an AF_INET6 socket carrying IPv4 too (IPv4-mapped addresses)
         self.counters: collections.Counter[str] = collections.Counter()
@@ -80,7 +93,9 @@ class Transport:
             self.sock = self._open(socket.AF_INET6 if v6 else socket.AF_INET,
                                    "0.0.0.0" if self.host in UNSPECIFIED_HOSTS else self.host, dual_stack=False)
             self.dual_stack = False
-        self._loop = gevent.spawn(self._receive_loop, self.sock)
+        if self.batching:
+            self.gso, self.gro = _probe_gso(self.sock), _enable_gro(self.sock)
+        self._loop = gevent.spawn(self._receive_gro_loop if self.gro else self._receive_loop, self.sock)
 
     def _open(self, family: int, host: str, dual_stack: bool) -> gsocket.socket:
         sock = gsocket.socket(family, socket.SOCK_DGRAM)
@@ -130,6 +145,48 @@ class Transport:
             self.counters["send_errors"] += 1
             log.debug("send to %s failed: %s", address, exc)
 
+    def send_many(self, datagrams: Sequence[bytes], address: tuple) -> None:
+        """Several datagrams to one address (a burst of file data, queued chat frames): runs of
+        the same size (the last of a run may be shorter) go out in one GSO send each."""
+        count = len(datagrams)
+        if not self.gso or count < 2:
+            for datagram in datagrams:
+                self.send(datagram, address)
+            return
+        start = 0
+        while start < count:
+            size = len(datagrams[start])
+            limit = min(count, start + min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size))
+            end = start + 1
+            while end < limit and len(datagrams[end]) == size:
+                end += 1
+            if end < limit and len(datagrams[end]) < size:
+                end += 1  # a shorter datagram may close a run
+            if end - start == 1:
+                self.send(datagrams[start], address)
+            else:
+                self._send_segments(datagrams[start:end], size, address)
+            start = end
+
+    def _send_segments(self, datagrams: Sequence[bytes], size: int, address: tuple) -> None:
+        if self.sock is None:
+            return
+        try:
+            self.sock.sendmsg([b"".join(datagrams)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0,
+                              socket_address(address, self.dual_stack))
+        except OSError as exc:
+            # EIO: the device can neither segment nor checksum it (tx-checksumming off); EINVAL:
+            # a segment larger than the route's MTU... One datagram per call then, as without GSO:
+            # each is sent (or fails and is counted) on its own, nothing is lost here.
+            self.counters["gso_refused"] += 1
+            log.debug("GSO send of %d datagrams to %s refused: %s", len(datagrams), address, exc)
+            for datagram in datagrams:
+                self.send(datagram, address)
+            return
+        self.counters["sent"] += len(datagrams)
+        self.counters["gso_sends"] += 1
+        self.counters["gso_segments"] += len(datagrams)
+
     def _receive_loop(self, sock: gsocket.socket) -> None:
         # recvfrom() does not switch greenlets while datagrams are waiting, so under a flood
         # (a file transfer) nothing else would run: yield now and then to the API, the disk
@@ -151,6 +208,37 @@ class Transport:
             self.counters["received"] += 1
             self._dispatch(data, plain_address(address))
 
+    def _receive_gro_loop(self, sock: gsocket.socket) -> None:
+        """The receive loop with UDP_GRO on: a buffer may hold several datagrams of one sender,
+        all `gso_size` bytes but the last; each is dispatched on its own (a bad one is dropped
+        and counted like any datagram, the others are kept)."""
+        handled = 0
+        while True:
+            try:
+                data, ancdata, _flags, address = sock.recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE)
+            except OSError as exc:
+                if self.sock is not sock:
+                    return
+                self.counters["receive_errors"] += 1
+                log.debug("receive failed: %s", exc)
+                gevent.sleep(0.01)
+                continue
+            size = _gso_size(ancdata)
+            if 0 < size < len(data):
+                self.counters["gro_receives"] += 1
+                sender = plain_address(address)
+                for offset in range(0, len(data), size):
+                    self.counters["received"] += 1
+                    self._dispatch(data[offset:offset + size], sender)
+                handled += -(-len(data) // size)
+            else:
+                self.counters["received"] += 1
+                self._dispatch(data, plain_address(address))
+                handled += 1
+            if handled >= YIELD_EVERY:  # as in _receive_loop: let the API, disk and timers run
+                handled = 0
+                gevent.sleep(0)
+
     def _dispatch(self, data: bytes, address: tuple) -> None:
         for name, classifier, handler in self._protocols:
             if classifier(data):
@@ -161,3 +249,34 @@ class Transport:
                     log.exception("%s handler failed on a datagram from %s", name, address)
                 return
         self.counters["dropped_unknown"] += 1
+
+
+def _probe_gso(sock: socket.socket) -> bool:
+    """Whether the kernel segments UDP for us (UDP_SEGMENT exists: Linux >= 4.18). A device
+    may still refuse one send (EIO): `_send_segments` then falls back for that call."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError:
+        return False
+    return True
+
+
+def _enable_gro(sock: socket.socket) -> bool:
+    """Ask the kernel to coalesce received datagrams (UDP_GRO: Linux >= 5.0)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def _gso_size(ancdata: list) -> int:
+    """The segment size of a coalesced receive (UDP_GRO control message), or 0."""
+    for level, kind, value in ancdata:
+        if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+            return struct.unpack("=i", value[:4])[0]
+    return 0

@@ -61,7 +61,7 @@ class P2P:
               contact_view: Callable[[Contact], dict], dht_settings: DhtSettings | None = None) -> P2P:
         """Bind the socket (OSError if it cannot be) and start every part; online mode (its
         DHT) when `dht_settings` are given."""
-        transport = Transport(config.p2p_host, config.p2p_port)
+        transport = Transport(config.p2p_host, config.p2p_port, batching=config.udp_batching)
         transport.start()
         try:
             network = Network(identity, backend, store, transport, publish,

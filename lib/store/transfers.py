@@ -1,6 +1,6 @@
 """File transfers, both directions (`store.transfers`).
 
-The transfer layer (services/transfer.py) owns their meaning and state machine; this
+The transfer layer (services/transfer/) owns their meaning and state machine; this
 repository keeps what a restart needs to resume them: the offer, where the bytes go, the
 state, and `have` (chunk ranges durable in the .part file). Rows are plain dicts (typed as
 `TransferRow`): the transfer layer reads them by column name.

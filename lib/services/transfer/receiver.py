@@ -1,0 +1,464 @@
+"""The receiving side of transfers: offers, DATA into the writer, ACKs, sync, finishing."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import time
+from typing import Optional
+
+import gevent
+import gevent.event
+
+from ...codec import wire
+from ...codec.filecodec import (
+    FileRecordType, MAX_ACK_RANGES, MAX_CHUNK, MAX_FILE_SIZE, MAX_TRANSFER_ID_CHARS, MIN_CHUNK, AckRecord,
+    Answer, AnswerRecord, Data, End, Offer, RangeSet, UnsafeName, check_file_name, chunk_ranges,
+    format_ranges, to_raw, transfer_wire_id,
+)
+from ...contract import Direction
+from ...net.peers import Link
+from ...store import DuplicateError
+
+from .model import (
+    HASH_STEP, WRITE_BATCH, WRITE_WAIT, MAX_PENDING_WRITES, SYNC_BYTES, SYNC_INTERVAL,
+    MAX_OFFERS_PER_PEER, MAX_OFFERS, REFUSAL_EVENTS_PER_MINUTE, MAX_REFUSED_REMEMBERED, OFFERED, ACTIVE,
+    PAUSED, COMPLETED, FAILED, REJECTED, CANCELLED, LOCAL, PEER, TransferError, os_reason, Incoming,
+    Channel,
+)
+from .disk import write_and_hash, open_part, finalize
+
+log = logging.getLogger("chatp2p.transfer")
+
+
+class Receiving:
+    """The receiving side of transfers: offers, DATA into the writer, ACKs, sync, finishing. Part of `Transfers`."""
+
+    def _answer(self, transfer: Incoming, code: Answer, reason: str = "") -> None:
+        link = self.network.links.get(transfer.fingerprint)
+        if link is None or not link.connected:
+            return
+        have = transfer.have_chunks() if code == Answer.ACCEPT else ()
+        self._send_control(link, [to_raw(AnswerRecord(transfer.tid, code, have, reason))])
+
+    def _state_answer(self, transfer: Incoming) -> AnswerRecord:
+        """What the receiver says about a transfer it knows, whatever the question."""
+        state = transfer.state
+        if state == OFFERED:
+            return AnswerRecord(transfer.tid, Answer.PENDING)
+        if state == ACTIVE:
+            return AnswerRecord(transfer.tid, Answer.ACCEPT, transfer.have_chunks())
+        if state == PAUSED:
+            return AnswerRecord(transfer.tid, Answer.PAUSED)
+        if state == COMPLETED:
+            return AnswerRecord(transfer.tid, Answer.COMPLETE)
+        if state == REJECTED:
+            return AnswerRecord(transfer.tid, Answer.REJECT, reason="rejected by the receiver")
+        if state == CANCELLED:
+            return AnswerRecord(transfer.tid, Answer.CANCELLED, reason="cancelled by the receiver")
+        return AnswerRecord(transfer.tid, Answer.FAILED, reason=(transfer.error or "failed")[:200])
+
+    # -- receiver: offers -------------------------------------------------------------------
+    def _on_offer(self, link: Link, offer: Offer, now: float) -> None:
+        transfer = self.by_tid.get((link.fingerprint, offer.tid, "in"))
+        log.info("offer %s from %s: %s", offer.transfer_id[:MAX_TRANSFER_ID_CHARS], link.name,
+                 transfer.state if transfer is not None else "new")
+        if transfer is None and (link.fingerprint, offer.tid) not in self._refused:
+            row = self._known_incoming(link, offer)
+            if row is not None:  # finished earlier: answer from the store
+                self._send_control(link, [to_raw(self._row_answer(offer.tid, row))])
+                return
+        if isinstance(transfer, Incoming):
+            if offer.tag != transfer.tag or offer.size != transfer.size:
+                self._source_changed(transfer, offer)
+            if transfer.state == PAUSED and transfer.stopped_by == PEER:
+                self._set_state(transfer, ACTIVE)
+                self._start_incoming(transfer)
+            elif transfer.state == FAILED and transfer.stopped_by == PEER and transfer.part_path:
+                if transfer.fd is None:
+                    self._reopen_part(transfer)
+                self._set_state(transfer, ACTIVE, error=None)
+                self._start_incoming(transfer)
+            else:
+                self._send_control(link, [to_raw(self._state_answer(transfer))])
+            return
+        refused = self._refused.get((link.fingerprint, offer.tid))
+        if refused is not None:
+            self._send_control(link, [to_raw(AnswerRecord(offer.tid, Answer.FAILED, reason=refused))])
+            return
+        reason = self._check_offer(link, offer)
+        if reason is not None:
+            self._refuse(link, offer, reason)
+            return
+        try:
+            name = check_file_name(offer.name)
+            row = self.store.transfers.add(transfer_id=offer.transfer_id, contact_id=link.contact_id,
+                                          direction="in", file_name=name, size=offer.size,
+                                          chunk_size=offer.chunk_size, tag=offer.tag, state=OFFERED)
+        except (UnsafeName, DuplicateError) as exc:
+            self._refuse(link, offer, str(exc))
+            return
+        transfer = Incoming(row, link.fingerprint, link.name)
+        self._register(transfer)
+        self.counters["file_offers"] += 1
+        self.publish("file_offer", self._event(transfer, chunk_size=transfer.chunk_size))
+        contact = self.store.contacts.get_by_id(link.contact_id) if link.contact_id is not None else None
+        if self.auto_accept and contact is not None and contact.verified:
+            try:
+                self.accept(transfer.transfer_id, None)
+                return
+            except TransferError as exc:
+                log.warning("cannot auto-accept %s: %s", transfer.transfer_id, exc)
+        self._send_control(link, [to_raw(AnswerRecord(offer.tid, Answer.PENDING))])
+
+    def _finished_answer(self, link: Link, tid: bytes) -> AnswerRecord:
+        """The answer about a transfer no longer in memory (finished this run, or unknown)."""
+        state = self._finished.get((link.fingerprint, tid, "in"))
+        if state == COMPLETED:
+            return AnswerRecord(tid, Answer.COMPLETE)
+        if state == REJECTED:
+            return AnswerRecord(tid, Answer.REJECT, reason="rejected by the receiver")
+        if state == CANCELLED:
+            return AnswerRecord(tid, Answer.CANCELLED, reason="cancelled")
+        return AnswerRecord(tid, Answer.FAILED, reason="unknown transfer")
+
+    def _known_incoming(self, link: Link, offer: Offer) -> Optional[dict]:
+        if not offer.transfer_id or transfer_wire_id(offer.transfer_id) != offer.tid:
+            return None
+        row = self.store.transfers.get(offer.transfer_id)
+        if row is None or row["direction"] != "in" or row["contact_id"] != link.contact_id:
+            return None
+        return row
+
+    def _row_answer(self, tid: bytes, row: dict) -> AnswerRecord:
+        state = row["state"]
+        if state == COMPLETED:
+            return AnswerRecord(tid, Answer.COMPLETE)
+        if state == REJECTED:
+            return AnswerRecord(tid, Answer.REJECT, reason="rejected by the receiver")
+        if state == CANCELLED:
+            return AnswerRecord(tid, Answer.CANCELLED, reason="cancelled")
+        return AnswerRecord(tid, Answer.FAILED, reason=(row["error"] or state)[:200])
+
+    def _check_offer(self, link: Link, offer: Offer) -> Optional[str]:
+        """Why an offer must be refused, or None."""
+        if link.is_stranger:
+            return "not a contact: offers are accepted from contacts only"
+        if not offer.transfer_id or len(offer.transfer_id) > MAX_TRANSFER_ID_CHARS \
+                or any(ord(ch) < 32 or ord(ch) == 127 for ch in offer.transfer_id):
+            return "invalid transfer id"
+        if transfer_wire_id(offer.transfer_id) != offer.tid:
+            return "transfer id does not match its wire id"
+        if offer.size > MAX_FILE_SIZE:
+            return f"file too large ({offer.size} bytes, at most {MAX_FILE_SIZE})"
+        if not MIN_CHUNK <= offer.chunk_size <= MAX_CHUNK:
+            return f"chunk size {offer.chunk_size} out of bounds ({MIN_CHUNK}-{MAX_CHUNK})"
+        try:
+            check_file_name(offer.name)
+        except UnsafeName as exc:
+            return str(exc)
+        if offer.transfer_id in self.transfers or self.store.transfers.get(offer.transfer_id) is not None:
+            return "transfer id already in use"
+        waiting = [t for t in self.transfers.values() if isinstance(t, Incoming) and t.state == OFFERED]
+        if sum(1 for t in waiting if t.fingerprint == link.fingerprint) >= MAX_OFFERS_PER_PEER:
+            return f"too many offers waiting for an answer (at most {MAX_OFFERS_PER_PEER} per contact)"
+        if len(waiting) >= MAX_OFFERS:
+            return f"too many offers waiting for an answer (at most {MAX_OFFERS})"
+        return None
+
+    def _refuse(self, link: Link, offer: Offer, reason: str) -> None:
+        """Answer FAILED; tell the user (at most a few times a minute per peer); remember it."""
+        self.counters["file_offers_refused"] += 1
+        key = (link.fingerprint, offer.tid)
+        self._refused[key] = reason
+        while len(self._refused) > MAX_REFUSED_REMEMBERED:
+            self._refused.popitem(last=False)
+        self._send_control(link, [to_raw(AnswerRecord(offer.tid, Answer.FAILED, reason=reason[:200]))])
+        now = time.monotonic()
+        recent = self._refusal_events.setdefault(link.fingerprint, collections.deque())
+        while recent and now - recent[0] > 60:
+            recent.popleft()
+        if len(recent) >= REFUSAL_EVENTS_PER_MINUTE:
+            self.counters["file_refusal_events_suppressed"] += 1
+            return
+        recent.append(now)
+        log.warning("refused a file offer from %s: %s", link.name, reason)
+        self.publish("file_transfer_failed", {
+            "transfer_id": offer.transfer_id[:MAX_TRANSFER_ID_CHARS], "peer": link.name, "direction": Direction.IN,
+            "file_name": offer.name[:255], "size": offer.size, "reason": f"offer refused: {reason}"})
+
+    def _source_changed(self, transfer: Incoming, offer: Offer) -> None:
+        """The sender's file changed since it was offered: start again from nothing."""
+        log.info("transfer %s: the source changed, starting over", transfer.transfer_id)
+        transfer.size, transfer.tag = offer.size, offer.tag
+        transfer.have, transfer.written = RangeSet(), RangeSet()
+        transfer.pending.clear()
+        self.pending_bytes -= transfer.pending_bytes
+        transfer.pending_bytes = 0
+        transfer.hasher, transfer.hash_pos, transfer.expected = hashlib.sha256(), 0, None
+        if transfer.fd is not None:
+            try:
+                os.ftruncate(transfer.fd, 0)
+            except OSError:
+                pass
+        self._save(transfer, size=offer.size, tag=offer.tag, have="")
+
+    # -- receiver: data ---------------------------------------------------------------------
+    def _start_incoming(self, transfer: Incoming) -> None:
+        now = time.monotonic()
+        if transfer.started_at is None:
+            transfer.started_at = now
+            self.publish("file_transfer_started", self._event(transfer))
+        transfer.accept_pending = True
+        transfer.control_sent, transfer.control_tries = now, 1
+        self._answer(transfer, Answer.ACCEPT)
+        self._ensure_writer(transfer)
+
+    def _ensure_writer(self, transfer: Incoming) -> None:
+        if transfer.fd is not None and (transfer.writer is None or transfer.writer.dead):
+            transfer.writer = gevent.spawn(self._writer, transfer)
+
+    def _reopen_part(self, transfer: Incoming) -> None:
+        """After a restart: open the .part and trust only what it really holds."""
+        assert transfer.part_path is not None
+        try:
+            transfer.fd, size = self.pool.apply(open_part, (transfer.part_path, False))
+        except OSError as exc:
+            log.warning("cannot reopen %s: %s", transfer.part_path, exc)
+            transfer.have, transfer.written = RangeSet(), RangeSet()
+            return
+        if size > transfer.size:  # never more than the file: what lies beyond is not ours
+            self.pool.apply(os.ftruncate, (transfer.fd, transfer.size))
+        if size < transfer.size:
+            transfer.have.remove(size, transfer.size)
+            transfer.written.remove(size, transfer.size)
+
+    def _on_data(self, channel: Channel, link: Link, data: Data, now: float) -> None:
+        transfer = self.by_tid.get((link.fingerprint, data.tid, "in"))
+        accepted = True
+        if not isinstance(transfer, Incoming) or transfer.state != ACTIVE:
+            self.counters["file_data_unexpected"] += 1
+            last = channel.answer_sent.get(data.tid, 0.0)
+            if now - last > 0.2:  # tell the sender, at most 5 times a second per transfer
+                channel.answer_sent[data.tid] = now
+                if isinstance(transfer, Incoming):
+                    self._send_control(link, [to_raw(self._state_answer(transfer))])
+                else:
+                    self._send_control(link, [to_raw(self._finished_answer(link, data.tid))])
+        else:
+            length = len(data.data)
+            end = data.offset + length
+            transfer.accept_pending = False
+            transfer.wire_bytes += length
+            if end > transfer.size:
+                self._fail(transfer, f"protocol violation: data beyond the end of the file "
+                                     f"({end} > {transfer.size} bytes)", LOCAL, keep_part=False)
+                self._answer(transfer, Answer.FAILED, "data beyond the end of the file")
+            elif length and not transfer.have.contains(data.offset, end):
+                if self.pending_bytes + length > MAX_PENDING_WRITES:
+                    accepted = False  # the disk is behind: not acknowledged, so it comes again
+                    self.counters["file_data_backlog_drops"] += 1
+                else:
+                    was = transfer.pending_bytes
+                    for start, stop in transfer.have.complement(data.offset, end):
+                        transfer.pending.append((start, data.data[start - data.offset:stop - data.offset]))
+                        transfer.have.add(start, stop)
+                        transfer.pending_bytes += stop - start
+                        self.pending_bytes += stop - start
+                    # The writer gathers a batch: wake it for the first bytes, a full batch, the last.
+                    if not was or transfer.pending_bytes >= WRITE_BATCH or transfer.have.total >= transfer.size:
+                        transfer.wake.set()
+            else:
+                self.counters["file_data_duplicate"] += 1
+        if accepted:
+            rx = channel.rx
+            last = rx.last()
+            if last is not None and data.pn != last[1]:
+                channel.ack_now = True  # a gap or a late packet: tell the sender at once
+            rx.add(data.pn, data.pn + 1)
+            if len(rx) > MAX_ACK_RANGES:
+                rx.keep_last(MAX_ACK_RANGES)
+            if data.pn > channel.rx_largest:
+                channel.rx_largest, channel.rx_largest_time = data.pn, now
+            channel.rx_unacked += 1
+            channel.rx_unacked_bytes += len(data.data)
+
+    def _send_ack(self, channel: Channel, now: float) -> None:
+        if channel.ack_timer is not None:
+            channel.ack_timer.kill(block=False)
+            channel.ack_timer = None
+        channel.rx_unacked = channel.rx_unacked_bytes = 0
+        channel.ack_now = False
+        ranges = tuple((start, end - 1) for start, end in reversed(list(channel.rx)))[:MAX_ACK_RANGES]
+        if not ranges:
+            return
+        delay = max(0, int((now - channel.rx_largest_time) * 1e6))
+        window = max(0, MAX_PENDING_WRITES - self.pending_bytes)
+        body = AckRecord(ranges, min(delay, 0xFFFFFFFF), window).encode()
+        self.network.send_payloads(channel.link, [wire.RECORD_HEADER.pack(FileRecordType.ACK, len(body)) + body])
+
+    def _ack_timeout(self, channel: Channel) -> None:
+        channel.ack_timer = None
+        if channel.rx_unacked and channel.link.connected:
+            self._send_ack(channel, time.monotonic())
+
+    def _on_end(self, link: Link, end: End) -> None:
+        transfer = self.by_tid.get((link.fingerprint, end.tid, "in"))
+        if not isinstance(transfer, Incoming):
+            self._send_control(link, [to_raw(self._finished_answer(link, end.tid))])
+            return
+        if transfer.state != ACTIVE:
+            self._send_control(link, [to_raw(self._state_answer(transfer))])
+            return
+        if end.size != transfer.size:
+            self._fail(transfer, "protocol violation: END gives another size", LOCAL, keep_part=False)
+            self._answer(transfer, Answer.FAILED, "END size does not match the offer")
+            return
+        transfer.expected = end.sha256
+        transfer.wake.set()
+
+    def _writer(self, transfer: Incoming) -> None:
+        """Writes, hashes and syncs one incoming transfer's data; finishes it."""
+        try:
+            while not self._stopping and transfer.state in (ACTIVE, PAUSED) and transfer.fd is not None:
+                if not transfer.pending and transfer.written.prefix_end(0) <= transfer.hash_pos:
+                    transfer.wake.wait(SYNC_INTERVAL)
+                    transfer.wake.clear()
+                if (transfer.pending and transfer.pending_bytes < WRITE_BATCH
+                        and transfer.have.total < transfer.size and not self._stopping):
+                    # Gather a batch: every hand-off to a thread costs the event loop a GIL
+                    # round trip, so a few MiB go at once (the ACK window allows 16).
+                    transfer.wake.clear()
+                    transfer.wake.wait(WRITE_WAIT)
+                    transfer.wake.clear()
+                self._write_pending(transfer)
+                if transfer.fd is None or transfer.state not in (ACTIVE, PAUSED):
+                    break
+                if transfer.unsynced >= SYNC_BYTES and (transfer.syncer is None or transfer.syncer.dead):
+                    # Without this a steady flow never reaches the sync below (there is always
+                    # more to write), and the whole file waits for the final fsync.
+                    transfer.syncer = gevent.spawn(self._background_sync, transfer)
+                if transfer.pending or transfer.written.prefix_end(0) > transfer.hash_pos:
+                    continue  # more to write or hash: no sync or waiting yet
+                now = time.monotonic()
+                if transfer.unsynced and (transfer.unsynced >= SYNC_BYTES or now - transfer.synced_at >= SYNC_INTERVAL):
+                    self._join_syncer(transfer)
+                    self._sync(transfer)
+                if (transfer.state == ACTIVE and transfer.expected is not None and not transfer.pending
+                        and transfer.written.total == transfer.size and transfer.hash_pos == transfer.size):
+                    self._finish_incoming(transfer)
+                    return
+            if self._stopping and transfer.fd is not None:
+                self._write_pending(transfer)
+                self._join_syncer(transfer)
+                if transfer.unsynced:
+                    self._sync(transfer)
+        except OSError as exc:
+            self._fail(transfer, f"cannot write {transfer.part_path}: {os_reason(exc)}", LOCAL)
+        finally:
+            self._join_syncer(transfer)  # it uses the file: done before the file is closed
+            transfer.writer = None
+            if transfer.transfer_id not in self.transfers or self._stopping or transfer.release:
+                transfer.release = False
+                self._close_fd(transfer)
+
+    def _write_pending(self, transfer: Incoming) -> None:
+        """Write what is pending and hash what then continues the hashed prefix, in one
+        hand-off to the thread pool."""
+        if transfer.fd is None:
+            return
+        runs: list[tuple[int, list]] = []
+        size = 0
+        if transfer.pending:
+            batch, transfer.pending = sorted(transfer.pending, key=lambda piece: piece[0]), []
+            size = sum(len(view) for _, view in batch)
+            transfer.pending_bytes -= size
+            self.pending_bytes -= size
+            run_end = -1
+            for offset, view in batch:
+                if offset == run_end:
+                    runs[-1][1].append(view)
+                else:
+                    runs.append((offset, [view]))
+                run_end = offset + len(view)
+        before = transfer.written
+        written = before.copy() if runs else before
+        for offset, views in runs:
+            written.add(offset, offset + sum(len(v) for v in views))
+        hasher, start = transfer.hasher, transfer.hash_pos
+        frontier = min(written.prefix_end(0), start + HASH_STEP)
+        if not runs and frontier <= start:
+            return
+        position = self.pool.apply(write_and_hash, (transfer.fd, runs, hasher, start, frontier))
+        if runs and transfer.written is before:  # else the source changed meanwhile: start over
+            transfer.written = written
+            transfer.unsynced += size
+        if hasher is transfer.hasher and transfer.hash_pos == start:
+            transfer.hash_pos = position
+
+    def _sync(self, transfer: Incoming) -> None:
+        """Make the written bytes durable, then (only then) record the chunks they complete.
+        Bytes written while the sync runs count as unsynced: the next sync covers them."""
+        chunks = chunk_ranges(transfer.written, transfer.chunk_size, transfer.size)
+        if transfer.fd is None:
+            return
+        transfer.unsynced = 0
+        self.pool.apply(os.fdatasync, (transfer.fd,))
+        transfer.synced_at = time.monotonic()
+        self._save(transfer, have=format_ranges(chunks))
+
+    def _background_sync(self, transfer: Incoming) -> None:
+        try:
+            self._sync(transfer)
+        except OSError as exc:
+            self._fail(transfer, f"cannot write {transfer.part_path}: {os_reason(exc)}", LOCAL)
+
+    @staticmethod
+    def _join_syncer(transfer: Incoming) -> None:
+        syncer = transfer.syncer
+        if syncer is not None and syncer is not gevent.getcurrent():
+            syncer.join()
+
+    def _finish_incoming(self, transfer: Incoming) -> None:
+        # The part file holds exactly the declared size before the hash decides: bytes beyond
+        # it, whatever put them there, must not reach the verified file.
+        assert transfer.fd is not None
+        try:
+            self.pool.apply(os.ftruncate, (transfer.fd, transfer.size))
+        except OSError as exc:
+            self._fail(transfer, f"cannot write {transfer.part_path}: {os_reason(exc)}", LOCAL)
+            return
+        digest = transfer.hasher.digest()
+        if digest != transfer.expected:
+            self._fail(transfer, "SHA-256 mismatch: the bytes received are not the file sent", LOCAL,
+                       keep_part=False)
+            self._answer(transfer, Answer.FAILED, "SHA-256 mismatch")
+            return
+        self._join_syncer(transfer)
+        fd, transfer.fd = transfer.fd, None
+        assert fd is not None and transfer.part_path is not None
+        try:
+            path = self.pool.apply(finalize, (fd, transfer.part_path, self.downloads_dir, transfer.name))
+        except OSError as exc:
+            self._fail(transfer, f"cannot save {transfer.name}: {os_reason(exc)}", LOCAL)
+            return
+        transfer.path, transfer.sha256 = path, digest.hex()
+        self._set_state(transfer, COMPLETED, path=path, sha256=transfer.sha256,
+                        have=format_ranges(chunk_ranges(transfer.written, transfer.chunk_size, transfer.size)))
+        self._answer(transfer, Answer.COMPLETE)
+        elapsed = time.monotonic() - (transfer.started_at or time.monotonic())
+        self.counters["files_received"] += 1
+        self.publish("file_received", self._event(transfer, path=path, sha256=transfer.sha256))
+        self.publish("file_transfer_completed", self._event(transfer, path=path, sha256=transfer.sha256,
+                                                             seconds=round(elapsed, 3), wire_bytes=transfer.wire_bytes))
+        self._forget(transfer)
+
+    def _discard_part(self, transfer: Incoming) -> None:
+        self._release_fd(transfer)
+        if transfer.part_path:
+            try:
+                os.unlink(transfer.part_path)
+            except OSError:
+                pass
