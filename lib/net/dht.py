@@ -36,6 +36,9 @@ OPERATION_TIMEOUT = 60.0    # a put or get that libtorrent never finishes is giv
 # each: nodes behind NATs are common). A value found early is taken after this grace, in which
 # a fresher copy from another node may still arrive.
 FIRST_VALUE_GRACE = 1.5
+# ... and while none is found, the lookup starts over this often: a fresh traversal asks the
+# nodes that answer now instead of waiting for the ones that never will.
+GET_REISSUE = 5.0
 MAX_PENDING = 256           # puts and gets in flight at once
 PUBLIC_BOOTSTRAP = ("router.bittorrent.com:6881", "dht.transmissionbt.com:6881",
                     "router.utorrent.com:6881", "dht.libtorrent.org:25401")
@@ -103,6 +106,7 @@ class _Pending:
     started: float
     best: Optional[tuple[int, bytes]] = None     # (BEP 44 seq, value) of the freshest answer so far
     first_value_at: Optional[float] = None
+    issued_at: float = 0.0                        # when libtorrent was last asked (gets)
 
 
 class Dht:
@@ -192,6 +196,7 @@ class Dht:
         pending = self._start(self._gets, key)
         if pending.result.ready() or self.session is None:
             return pending.result
+        pending.issued_at = pending.started
         self.session.dht_get_mutable_item(public_key, salt)
         return pending.result
 
@@ -275,6 +280,9 @@ class Dht:
             if settled or now - pending.started > OPERATION_TIMEOUT:
                 del self._gets[key]
                 pending.result.set(pending.best[1] if pending.best else None)
+            elif pending.best is None and now - pending.issued_at >= GET_REISSUE:
+                pending.issued_at = now
+                session.dht_get_mutable_item(key[0], key[1])
         for key, pending in list(self._puts.items()):
             if now - pending.started > OPERATION_TIMEOUT:
                 del self._puts[key]
