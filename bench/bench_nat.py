@@ -209,7 +209,8 @@ def main() -> int:
                         help="introductions through a rendezvous, online mode through a DHT, or both")
     parser.add_argument("--traffic-seconds", type=float, default=300.0,
                         help="how long the DHT traffic of an idle node is measured, each way (default 300)")
-    parser.add_argument("--smoke", action="store_true", help="one run per combination: does the bench still run?")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one DHT run and one cone/cone introduction: does the bench still run?")
     args = parser.parse_args()
     ok, reason = netns_available(iptables=True)
     if not ok:
@@ -217,10 +218,12 @@ def main() -> int:
         return 2
     runs = 1 if args.smoke else 3 if args.quick else args.runs
     if args.scenario in ("dht", "all"):
-        bench_dht(runs, 3.0 if args.smoke else 20.0 if args.quick else args.traffic_seconds)
+        bench_dht(runs, 1.0 if args.smoke else 20.0 if args.quick else args.traffic_seconds)
         if args.scenario == "dht":
             return 0
     combinations = [c for c in COMBINATIONS if not args.only or "/".join(c) in args.only]
+    if args.smoke:
+        combinations = combinations[:1]
     print(f"# {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{runs} runs per combination")
     table = {}

@@ -49,7 +49,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=64, help="messages per transaction (a messaging pass)")
+    parser.add_argument("--smoke", action="store_true", help="2,000 messages: does the bench still run?")
     args = parser.parse_args()
+    if args.smoke:
+        args.messages = 2000
     with tempfile.TemporaryDirectory(prefix="chatp2p-bench-search-") as tmp:
         plain = without_search(Store(pathlib.Path(tmp, "plain.db")))
         rate_plain = fill(plain, args.messages, args.batch)

@@ -32,57 +32,6 @@ SWARM_PORT = 6881
 TEST_PREFIXES = ("198.51.100.0/24", "203.0.113.0/24", "127.0.0.0/8", "239.255.0.0/16", "224.0.0.0/24")
 EGRESS_CHAIN = "CP2P_EGRESS"
 
-# Writes chosen values into a DHT slot from the internet namespace: one command per stdin
-# line ("<kind> <id hex>"), "ok N" (nodes that stored it) per line on stdout.
-ATTACKER = r"""
-import os, sys, time, warnings
-warnings.simplefilter("ignore")
-import libtorrent as lt
-from chatp2p_core.crypto import dht_record as dr
-from chatp2p_core.net.dht import DhtSettings, session_settings
-listen, swarm = sys.argv[1], sys.argv[2].split(",")
-session = lt.session(session_settings(DhtSettings(listen=(listen,), bootstrap=tuple(swarm), private_swarm=True)))
-for _ in range(20):
-    for node in swarm:
-        session.add_dht_node((node.rpartition(":")[0], int(node.rpartition(":")[2])))
-    if session.status().dht_nodes >= 4:
-        break
-    time.sleep(0.5)
-print("ready", flush=True)
-candidate = [dr.Candidate(dr.CandidateKind.SRFLX, ("198.51.100.99", 4444))]
-for line in sys.stdin:
-    kind, target = line.split()
-    now = time.time()
-    slot = dr.id_slot(bytes.fromhex(target), dr.epoch_of(now))
-    if kind == "garbage":
-        value = os.urandom(40)
-    elif kind == "noise":
-        value = b"\x01" + os.urandom(dr.VALUE_LEN - 1)
-    elif kind == "expired":
-        value = dr.seal(slot, dr.new_record(candidate, now - 3 * dr.RECORD_LIFETIME, False), os.urandom(12))
-    elif kind == "other_id":
-        value = dr.seal(dr.id_slot(os.urandom(32), slot.epoch), dr.new_record(candidate, now, False), os.urandom(12))
-    elif kind == "fresh":
-        value = dr.seal(slot, dr.new_record(candidate, now, False), os.urandom(12))
-    elif kind == "older":
-        value = dr.seal(slot, dr.new_record(candidate, now - 600, False), os.urandom(12))
-    stored = None
-    for attempt in range(5):   # a put before the routing table filled stores nothing: again
-        session.dht_put_mutable_item(slot.secret, slot.public_key, value, slot.salt)
-        stored = None
-        deadline = time.time() + 60   # a put waits out unanswering nodes (15 s each)
-        while stored is None and time.time() < deadline:
-            for alert in session.pop_alerts():
-                if isinstance(alert, lt.dht_put_alert):
-                    stored = alert.num_success
-            time.sleep(0.05)
-        if stored:
-            break
-        for node in swarm:
-            session.add_dht_node((node.rpartition(":")[0], int(node.rpartition(":")[2])))
-        time.sleep(1)
-    print("ok", stored, flush=True)
-"""
 
 
 class OnlineWorld(World):
@@ -286,50 +235,10 @@ def test_private_mode_sends_nothing_to_the_dht_or_stun():
         assert not reply["success"] and "online mode is off" in reply["error"], reply
         # The online side, in the same world, talks to the swarm and STUN: the counters work.
         wait_for(lambda: udp_packets_to(net.right_host, SWARM) > 0, 20, "the online node's DHT traffic")
-        wait_for(lambda: dht_status(w.right).get("last_publish"), 30, "the online node's first publication")
+        wait_for(lambda: dht_status(w.right).get("last_publish"), 90, "the online node's first publication")
         assert udp_packets_to(net.left_host, SWARM) == 0
         assert udp_packets_to(net.left_host, [net.public_ip, net.public_ip2], STUN_PORT) == 0
         assert dht_status(w.left) == {"mode": "private", "running": False}
-
-
-def test_forged_expired_and_replayed_records_are_ignored_and_counted():
-    """Anyone with Righty's ID can write its ID slot: here an attacker in the internet
-    namespace does, while Righty itself stays private. Lefty's lookups refuse each bad record
-    and count it; chat on a known path is not affected."""
-    require_netns()
-    with online_world("cone", "cone", turn=False, left_online=True, right_online=False) as w:
-        w.net.public.add_address("eth0", "198.51.100.40/24")
-        attacker = w.net.public.python(ATTACKER, f"198.51.100.40:{SWARM_PORT}",
-                                       ",".join(f"{ip}:{SWARM_PORT}" for ip in SWARM),
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        w.nodes_extra.append(attacker)
-        assert attacker.stdout.readline().startswith("ready")
-        target = w.right.call("status")["identity"]["fingerprint"]
-        from chatp2p_core.crypto.identity import parse_id
-        target_hex = parse_id(target).hex()
-        w.left.call("contacts", "add", {"peer": "Righty", "public_key": target})
-
-        def write_and_count(kind, counter):
-            attacker.stdin.write(f"{kind} {target_hex}\n")
-            attacker.stdin.flush()
-            assert attacker.stdout.readline().split()[1] not in ("0", "None")
-            before = dht_status(w.left)["counters"].get(counter, 0)
-
-            def counted():
-                w.left.request("p2p", "connect", {"peer": "Righty"})   # hurries a lookup
-                return dht_status(w.left)["counters"].get(counter, 0) > before
-            try:
-                wait_for(counted, 60, f"left counts {counter}", interval=1.0)
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}\n{dht_status(w.left)}\n{w.logs()}") from None
-
-        write_and_count("garbage", "dht_record_malformed")
-        write_and_count("noise", "dht_record_undecryptable")
-        write_and_count("other_id", "dht_record_undecryptable")
-        write_and_count("expired", "dht_record_expired")
-        write_and_count("fresh", "dht_found")
-        write_and_count("older", "dht_record_replayed")
-        assert w.left.call("p2p", "peers")[0]["state"] != "connected"   # forged candidates fail the handshake
 
 
 def test_a_dead_or_flooded_dht_leaves_chat_on_known_paths_working():
