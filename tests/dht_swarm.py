@@ -28,8 +28,7 @@ def main(addresses: list[str]) -> int:
     warnings.simplefilter("ignore", DeprecationWarning)   # session.status(): the one cheap node count
     sessions = []
     for address in addresses:
-        settings = session_settings(DhtSettings(listen=(address,), bootstrap=tuple(addresses), private_swarm=True,
-                                                      read_only=False))
+        settings = session_settings(DhtSettings(listen=(address,), bootstrap=tuple(addresses), private_swarm=True))
         settings["alert_mask"] = 0   # nobody reads the alerts: do not queue them
         sessions.append(lt.session(settings))
     nodes = [(a.rpartition(":")[0].strip("[]"), int(a.rpartition(":")[2])) for a in addresses]

@@ -35,7 +35,7 @@ def dht(address, read_only):
 
 swarm = [dht(address, False) for address in SWARM]
 wait_for(lambda: min(node.nodes for node in swarm) >= 4, 20, "the swarm", sleep=gevent.sleep)
-attacker, reader = dht("127.0.9.40:6881", True), dht("127.0.9.41:6881", True)   # chat nodes are read-only
+attacker, reader = dht("127.0.9.40:6881", False), dht("127.0.9.41:6881", False)
 wait_for(lambda: attacker.nodes >= 4 and reader.nodes >= 4, 20, "the clients", sleep=gevent.sleep)
 righty = hashlib.sha256(b"righty").digest()
 store = Store(os.path.join(tempfile.mkdtemp(), "db"))

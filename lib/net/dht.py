@@ -65,10 +65,11 @@ class DhtSettings:
     bootstrap: tuple[str, ...] = PUBLIC_BOOTSTRAP
     port_mapping: bool = False
     private_swarm: bool = False
-    # A chat node is a DHT client (BEP 43 read-only): it does not answer queries, so it is not
-    # entered in routing tables (behind a NAT its address would mostly time out there), costs
-    # its owner less traffic, and tells strangers nothing. Swarm nodes of tests serve (False).
-    read_only: bool = True
+    # BEP 43 read-only: the node asks but never answers. Off by default: libtorrent's puts from a
+    # read-only node reported (and their values became readable) only after a 15 s timeout,
+    # which delayed every publication; a serving node behind a NAT costs other DHT nodes a
+    # timeout now and then, as most home nodes of the Mainline DHT do.
+    read_only: bool = False
 
 
 def session_settings(settings: DhtSettings) -> dict:
