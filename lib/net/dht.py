@@ -37,8 +37,7 @@ OPERATION_TIMEOUT = 60.0    # a put or get that libtorrent never finishes is giv
 # a fresher copy from another node may still arrive.
 FIRST_VALUE_GRACE = 1.5
 # ... and while none is found, the lookup starts over this often: a fresh traversal asks the
-# nodes that answer now instead of waiting for the ones that never will. A put that has not
-# reported in that time is sent again too.
+# nodes that answer now instead of waiting for the ones that never will.
 GET_REISSUE = 5.0
 MAX_PENDING = 256           # puts and gets in flight at once
 PUBLIC_BOOTSTRAP = ("router.bittorrent.com:6881", "dht.transmissionbt.com:6881",
@@ -108,8 +107,7 @@ class _Pending:
     started: float
     best: Optional[tuple[int, bytes]] = None     # (BEP 44 seq, value) of the freshest answer so far
     first_value_at: Optional[float] = None
-    issued_at: float = 0.0                        # when libtorrent was last asked
-    put: Optional[tuple[bytes, bytes]] = None     # a put's (secret, value), to ask again
+    issued_at: float = 0.0                        # when libtorrent was last asked (gets)
 
 
 class Dht:
@@ -186,7 +184,6 @@ class Dht:
         pending = self._puts.get(key) or self._start(self._puts, key)   # a newer value joins the put in flight
         if pending.result.ready() or self.session is None:
             return pending.result
-        pending.put, pending.issued_at = (secret, value), self.clock()
         self.session.dht_put_mutable_item(secret, public_key, value, salt)
         return pending.result
 
@@ -291,11 +288,6 @@ class Dht:
             if now - pending.started > OPERATION_TIMEOUT:
                 del self._puts[key]
                 pending.result.set(None)
-            elif pending.put is not None and now - pending.issued_at >= GET_REISSUE:
-                # A put stalls like a get (its first phase is one): ask again; the first
-                # report settles it.
-                pending.issued_at = now
-                session.dht_put_mutable_item(pending.put[0], key[0], pending.put[1], key[1])
         if self.settings.private_swarm and self.nodes < WANTED_NODES:
             interval = REFILL_FAST if now - self.started_at < REFILL_FAST_FOR else REFILL_SLOW
             if now - self._last_refill >= interval:
