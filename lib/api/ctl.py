@@ -630,7 +630,7 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                        help="API token (default: DATA_DIR/ipc.token, sent only to the daemon DATA_DIR/run.json names)")
     group.add_argument("--pin", default=default(None), metavar="FINGERPRINT",
                        help="a remote API's TLS certificate fingerprint (SHA-256; the daemon logs it as tls_pin=...)")
-    group.add_argument("--timeout", type=_seconds, default=default(DEFAULT_TIMEOUT),
+    group.add_argument("--timeout", type=seconds_arg, default=default(DEFAULT_TIMEOUT),
                        help=f"seconds to wait for the daemon (default: {DEFAULT_TIMEOUT:g})")
     group.add_argument("--json", action="store_true", default=default(False),
                        help="print the raw response as one JSON line")
@@ -646,7 +646,8 @@ def _port(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def seconds_arg(text: str) -> float:
+    """argparse type: a positive number of seconds (--timeout, --wait-timeout)."""
     try:
         value = float(text)
     except ValueError:

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable, TextIO
 
-from .ctl import (EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, ApiClient, RequestFailed, Target, UsageError,
+from .ctl import (seconds_arg, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, ApiClient, RequestFailed, Target, UsageError,
                   _print, format_duration)
 
 VERBS = ("send", "send-file", "history", "search")
@@ -66,7 +66,7 @@ def _wait_options(parser: argparse.ArgumentParser, default_timeout: float | None
     parser.add_argument("--wait", action="store_true",
                         help="wait until the contact has it (exit 1 if it fails, 3 on timeout)")
     shown = f"{default_timeout:g} s" if default_timeout else "no limit"
-    parser.add_argument("--wait-timeout", type=_seconds, default=default_timeout, metavar="SECONDS",
+    parser.add_argument("--wait-timeout", type=seconds_arg, default=default_timeout, metavar="SECONDS",
                         help=f"give up waiting after this long (default: {shown})")
 
 
@@ -74,16 +74,6 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
     return int(text)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("the timeout must be positive")
-    return value
 
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

@@ -199,14 +199,21 @@ class Transport:
             try:
                 data, address = sock.recvfrom(MAX_DATAGRAM)
             except OSError as exc:
-                if self.sock is not sock:
+                if not self._receive_failed(sock, exc):
                     return
-                self.counters["receive_errors"] += 1
-                log.debug("receive failed: %s", exc)
-                gevent.sleep(0.01)
                 continue
             self.counters["received"] += 1
             self._dispatch(data, plain_address(address))
+
+    def _receive_failed(self, sock: gsocket.socket, exc: OSError) -> bool:
+        """A receive error: False when the socket was closed (the loop ends), else counted and
+        the loop goes on after a short pause."""
+        if self.sock is not sock:
+            return False
+        self.counters["receive_errors"] += 1
+        log.debug("receive failed: %s", exc)
+        gevent.sleep(0.01)
+        return True
 
     def _receive_gro_loop(self, sock: gsocket.socket) -> None:
         """The receive loop with UDP_GRO on: a buffer may hold several datagrams of one sender,
@@ -217,11 +224,8 @@ class Transport:
             try:
                 data, ancdata, _flags, address = sock.recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE)
             except OSError as exc:
-                if self.sock is not sock:
+                if not self._receive_failed(sock, exc):
                     return
-                self.counters["receive_errors"] += 1
-                log.debug("receive failed: %s", exc)
-                gevent.sleep(0.01)
                 continue
             size = _gso_size(ancdata)
             if 0 < size < len(data):
