@@ -518,9 +518,11 @@ def report(args: argparse.Namespace, pair: Pair, rt: dict | None, tp: dict | Non
             row(f"CPU {who}: s (% of one core) ms per message",
                 f"{cpu:.2f} ({100 * cpu / tp['wall']:.0f}%) {1000 * cpu / n:.3f}")
         marks = tp["marks"]
-        if len(marks) >= 3:
-            (n0, t0, a0, b0), (n1, t1, a1, b1) = marks[0], marks[1]
-            (m0, u0, c0, d0), (m1, u1, c1, d1) = marks[-2], marks[-1]
+        first, last = (marks[0], marks[1]), (marks[-2], marks[-1])
+        spans_measured = len(marks) >= 3 and all(b[0] > a[0] and b[1] > a[1] for a, b in (first, last))
+        if spans_measured:  # a smoke run can be over before two spans with time between them
+            (n0, t0, a0, b0), (n1, t1, a1, b1) = first
+            (m0, u0, c0, d0), (m1, u1, c1, d1) = last
             row(f"CPU ms/message first -> last {n1 - n0} sent, A | B",
                 f"{1000 * (a1 - a0) / (n1 - n0):.2f}->{1000 * (c1 - c0) / (m1 - m0):.2f} | "
                 f"{1000 * (b1 - b0) / (n1 - n0):.2f}->{1000 * (d1 - d0) / (m1 - m0):.2f}")
