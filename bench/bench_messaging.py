@@ -518,7 +518,7 @@ def report(args: argparse.Namespace, pair: Pair, rt: dict | None, tp: dict | Non
             row(f"CPU {who}: s (% of one core) ms per message",
                 f"{cpu:.2f} ({100 * cpu / tp['wall']:.0f}%) {1000 * cpu / n:.3f}")
         marks = tp["marks"]
-        first, last = (marks[0], marks[1]), (marks[-2], marks[-1])
+        first, last = marks[:2], marks[-2:]
         spans_measured = len(marks) >= 3 and all(b[0] > a[0] and b[1] > a[1] for a, b in (first, last))
         if spans_measured:  # a smoke run can be over before two spans with time between them
             (n0, t0, a0, b0), (n1, t1, a1, b1) = first
