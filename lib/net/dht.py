@@ -12,10 +12,11 @@ UPnP and NAT-PMP): `session_settings` sets every one of them explicitly, from `D
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import gevent
 import gevent.event
@@ -40,6 +41,7 @@ FIRST_VALUE_GRACE = 1.5
 # nodes that answer now instead of waiting for the ones that never will.
 GET_REISSUE = 5.0
 MAX_PENDING = 256           # puts and gets in flight at once
+BLOCKED = 1                 # libtorrent ip_filter.blocked
 PUBLIC_BOOTSTRAP = ("router.bittorrent.com:6881", "dht.transmissionbt.com:6881",
                     "router.utorrent.com:6881", "dht.libtorrent.org:25401")
 
@@ -94,11 +96,30 @@ def session_settings(settings: DhtSettings) -> dict:
         "enable_incoming_utp": False, "enable_outgoing_utp": False,
         "anonymous_mode": True,
         "dht_restrict_routing_ips": not relaxed,
-        "dht_restrict_search_ips": not relaxed,
+        # One node per /24 (/64) joins a traversal from the answers, also in a private swarm
+        # (whose nodes, all in one /24, join from our routing table, where the rule does not
+        # apply). Off, a traversal that met a node's stale ID at the node's address (a fresh
+        # node draws a new ID once it learns its address, BEP 42) asked that node ~50 times in
+        # a few milliseconds, until its DoS guard banned us for 5 minutes, and it let NATed
+        # chat nodes, which other chat nodes cannot reach, into every traversal of a small
+        # swarm: both made puts and gets wait out libtorrent's 15 s timeout.
+        "dht_restrict_search_ips": True,
         "dht_ignore_dark_internet": not relaxed,
         "dht_enforce_node_id": False if relaxed else True,
+        # The IP filter keeps our own external address out of traversals (`Dht._exclude_self`).
+        "apply_filter_to_dht": True,
         "alert_mask": mask,
     }
+
+
+def own_address_filter(addresses: Iterable[str]) -> object:
+    """A libtorrent IP filter that blocks exactly `addresses` (our external ones)."""
+    import libtorrent as lt
+
+    rules = lt.ip_filter()
+    for address in addresses:
+        rules.add_rule(address, address, BLOCKED)
+    return rules
 
 
 @dataclasses.dataclass
@@ -129,6 +150,7 @@ class Dht:
         self._pump: Optional[gevent.Greenlet] = None
         self._last_refill = -1e9
         self._last_stats = -1e9
+        self.own_addresses: dict[int, str] = {}     # address family -> our external address
 
     @property
     def running(self) -> bool:
@@ -241,6 +263,8 @@ class Dht:
     def _on_alert(self, alert: object) -> None:
         import libtorrent as lt
 
+        if isinstance(alert, lt.external_ip_alert):   # before the listeners: the port mapper takes it too
+            self._exclude_self(str(alert.external_address))
         for listener in self.listeners:
             if listener(alert):
                 return
@@ -267,6 +291,24 @@ class Dht:
         elif isinstance(alert, lt.listen_failed_alert):
             self.error = f"DHT socket: {alert.message()}"
             log.warning("%s", self.error)
+
+    def _exclude_self(self, address: str) -> None:
+        """Keep DHT nodes at our own external address out of every traversal (libtorrent's IP
+        filter, `apply_filter_to_dht`). Other DHT nodes list us under that address once we have
+        talked to them, and libtorrent does not skip its own ID there: behind a NAT that does not
+        hairpin, the query to ourselves goes unanswered, and a traversal whose closest nodes
+        include us waits out libtorrent's 15 s timeout before it completes, so a put stored
+        its value only 15 s late. Any other node at that address is behind the same NAT: we
+        could reach it only through the same hairpin."""
+        try:
+            family = ipaddress.ip_address(address).version
+        except ValueError:
+            return
+        if self.session is None or self.own_addresses.get(family) == address:
+            return
+        self.own_addresses[family] = address
+        self.session.set_ip_filter(own_address_filter(self.own_addresses.values()))
+        log.debug("DHT: traversals skip our external address %s", address)
 
     def _housekeeping(self, now: float) -> None:
         session = self.session
