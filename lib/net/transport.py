@@ -16,7 +16,7 @@ import logging
 import socket
 import struct
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import gevent
 from gevent import socket as gsocket
@@ -46,6 +46,17 @@ GSO_MAX_BYTES = 65507             # one send is still one IPv4 packet until it i
 GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 Classifier = Callable[[bytes], bool]
 Handler = Callable[[bytes, tuple], None]
+BatchHandler = Callable[[list, tuple], None]  # (datagrams of one sender, in order; address)
+
+
+class Protocol(NamedTuple):
+    """A protocol on the socket: which datagrams are its own, and who handles them (one by
+    one, or, with `batch`, a run of consecutive ones from one GRO buffer in one call)."""
+
+    name: str
+    classifier: Classifier
+    handler: Handler
+    batch: Optional[BatchHandler] = None
 
 
 class Transport:
@@ -60,7 +71,7 @@ class Transport:
         self.sock: gsocket.socket | None = None
         self.dual_stack = False  # an AF_INET6 socket carrying IPv4 too (IPv4-mapped addresses)
         self.counters: collections.Counter[str] = collections.Counter()
-        self._protocols: list[tuple[str, Classifier, Handler]] = []
+        self._protocols: list[Protocol] = []
         self._loop: gevent.Greenlet | None = None
 
     @property
@@ -71,8 +82,11 @@ class Transport:
     def port(self) -> int | None:
         return self.sock.getsockname()[1] if self.sock is not None else None
 
-    def register(self, name: str, classifier: Classifier, handler: Handler) -> None:
-        self._protocols.append((name, classifier, handler))
+    def register(self, name: str, classifier: Classifier, handler: Handler,
+                 batch: Optional[BatchHandler] = None) -> None:
+        """Datagrams `classifier` claims go to `handler`; with `batch`, consecutive ones of a GRO
+        buffer go to it together (the receive side's mirror of `send_many`)."""
+        self._protocols.append(Protocol(name, classifier, handler, batch))
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -217,8 +231,8 @@ class Transport:
 
     def _receive_gro_loop(self, sock: gsocket.socket) -> None:
         """The receive loop with UDP_GRO on: a buffer may hold several datagrams of one sender,
-        all `gso_size` bytes but the last; each is dispatched on its own (a bad one is dropped
-        and counted like any datagram, the others are kept)."""
+        all `gso_size` bytes but the last; they are dispatched together (`_dispatch_many`), and
+        a bad one is dropped and counted like any datagram, the others are kept."""
         handled = 0
         while True:
             try:
@@ -230,11 +244,10 @@ class Transport:
             size = _gso_size(ancdata)
             if 0 < size < len(data):
                 self.counters["gro_receives"] += 1
-                sender = plain_address(address)
-                for offset in range(0, len(data), size):
-                    self.counters["received"] += 1
-                    self._dispatch(data[offset:offset + size], sender)
-                handled += -(-len(data) // size)
+                segments = [data[offset:offset + size] for offset in range(0, len(data), size)]
+                self.counters["received"] += len(segments)
+                self._dispatch_many(segments, plain_address(address))
+                handled += len(segments)
             else:
                 self.counters["received"] += 1
                 self._dispatch(data, plain_address(address))
@@ -243,16 +256,43 @@ class Transport:
                 handled = 0
                 gevent.sleep(0)
 
+    def _protocol_of(self, data: bytes) -> Optional[Protocol]:
+        for protocol in self._protocols:
+            if protocol.classifier(data):
+                return protocol
+        return None
+
     def _dispatch(self, data: bytes, address: tuple) -> None:
-        for name, classifier, handler in self._protocols:
-            if classifier(data):
-                try:
-                    handler(data, address)
-                except Exception:  # a hostile datagram must never stop the loop
-                    self.counters[f"{name}_errors"] += 1
-                    log.exception("%s handler failed on a datagram from %s", name, address)
-                return
-        self.counters["dropped_unknown"] += 1
+        protocol = self._protocol_of(data)
+        if protocol is None:
+            self.counters["dropped_unknown"] += 1
+            return
+        self._call(protocol, protocol.handler, data, address)
+
+    def _dispatch_many(self, segments: list[bytes], address: tuple) -> None:
+        """The datagrams of one GRO buffer, in order: each run of consecutive ones of a protocol
+        that handles batches goes to it in one call, any other datagram on its own."""
+        protocols = [self._protocol_of(segment) for segment in segments]
+        start, count = 0, len(segments)
+        while start < count:
+            protocol = protocols[start]
+            end = start + 1
+            if protocol is None:
+                self.counters["dropped_unknown"] += 1
+            elif protocol.batch is None:
+                self._call(protocol, protocol.handler, segments[start], address)
+            else:
+                while end < count and protocols[end] is protocol:
+                    end += 1
+                self._call(protocol, protocol.batch, segments[start:end], address)
+            start = end
+
+    def _call(self, protocol: Protocol, handler: Callable, data, address: tuple) -> None:
+        try:
+            handler(data, address)
+        except Exception:  # a hostile datagram must never stop the loop
+            self.counters[f"{protocol.name}_errors"] += 1
+            log.exception("%s handler failed on datagrams from %s", protocol.name, address)
 
 
 def _probe_gso(sock: socket.socket) -> bool:

@@ -101,11 +101,13 @@ class Pump:
         if self.upload_limit:
             upload.burst = max(4.0 * size, self.upload_limit * 0.01)
             upload.refill(now)
+        cwnd = bbr.cwnd  # both change only when an ACK comes
+        window = max(channel.peer_window, 2 * size)
         for _ in range(max(1, min(BURST, BURST_BYTES // size))):
-            if recovery.bytes_in_flight + size > bbr.cwnd:
+            if recovery.bytes_in_flight + size > cwnd:
                 self.counters["file_wait_cwnd"] += 1
                 return None  # an ACK will wake the pump
-            if recovery.bytes_in_flight + size > max(channel.peer_window, 2 * size):
+            if recovery.bytes_in_flight + size > window:
                 self.counters["file_wait_receiver"] += 1
                 return None  # the receiver's disk is behind: an ACK will open the window
             if pacing.tokens < size:
