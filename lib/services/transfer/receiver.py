@@ -280,9 +280,16 @@ class Receiving:
             self.counters["file_data_backlog_drops"] += 1
             return False
         was = transfer.pending_bytes
+        pending = transfer.pending
         pieces = ((offset, end),) if new else have.complement(offset, end)
         for start, stop in pieces:
-            transfer.pending.append((start, view if new else view[start - offset:stop - offset]))
+            piece = view if new else view[start - offset:stop - offset]
+            if pending and pending[-1][1] == start:  # continues the last run: the usual case
+                run = pending[-1]
+                run[1] = stop
+                run[2].append(piece)
+            else:
+                pending.append([start, stop, [piece]])
             have.add(start, stop)
             transfer.pending_bytes += stop - start
             self.pending_bytes += stop - start
@@ -414,22 +421,24 @@ class Receiving:
             return
         runs: list[tuple[int, list]] = []
         size = 0
+        before = transfer.written
+        written = before
         if transfer.pending:
-            batch, transfer.pending = sorted(transfer.pending, key=lambda piece: piece[0]), []
-            size = sum(len(view) for _, view in batch)
+            # Runs of contiguous bytes, as they came; a late piece starts a run of its own:
+            # sorted, and neighbours joined, each run is one pwritev.
+            batch, transfer.pending = sorted(transfer.pending, key=lambda run: run[0]), []
+            written = before.copy()
+            run_end = -1
+            for start, stop, views in batch:
+                size += stop - start
+                written.add(start, stop)
+                if start == run_end:
+                    runs[-1][1].extend(views)
+                else:
+                    runs.append((start, views))
+                run_end = stop
             transfer.pending_bytes -= size
             self.pending_bytes -= size
-            run_end = -1
-            for offset, view in batch:
-                if offset == run_end:
-                    runs[-1][1].append(view)
-                else:
-                    runs.append((offset, [view]))
-                run_end = offset + len(view)
-        before = transfer.written
-        written = before.copy() if runs else before
-        for offset, views in runs:
-            written.add(offset, offset + sum(len(v) for v in views))
         hasher, start = transfer.hasher, transfer.hash_pos
         frontier = min(written.prefix_end(0), start + HASH_STEP)
         if not runs and frontier <= start:
