@@ -362,7 +362,7 @@ class Session:
         opened = Opened([], 0, 0, [])
         records, dropped = opened.records, opened.dropped
         unpack, local = wire.DATA_HEADER.unpack_from, self.keys.local_conn_id
-        version, data_type = wire.VERSION_BYTE, wire.PacketType.DATA
+        version, data_type, decode_records = wire.VERSION_BYTE, wire.PacketType.DATA, wire.decode_records
         window = self._window
         key = self._recv
         phase, decrypt, iv = key.phase, key.aead.decrypt, key.iv
@@ -387,12 +387,16 @@ class Session:
                     payload = self._authenticate(datagram, now)
                     key = self._recv  # it may have moved to the next generation
                     phase, decrypt, iv = key.phase, key.aead.decrypt, key.iv
-                records.extend(self._records(payload))
+                try:
+                    records.extend(decode_records(payload))
+                except WireError as exc:
+                    raise self._drop(DropReason.BAD_RECORDS, str(exc)) from None
             except FrameDropped as exc:
                 dropped.append(exc.reason)
                 continue
             opened.frames += 1
             opened.size += len(datagram)
+        self.stats["received"] += opened.frames
         return opened
 
     def _authenticate(self, datagram: bytes, now: float) -> bytes:

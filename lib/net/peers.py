@@ -452,12 +452,15 @@ class Network:
         now = time.monotonic()
         start, count = 0, len(datagrams)
         while start < count:
-            conn_id = _data_conn_id(datagrams[start])
+            first = datagrams[start]
+            conn_id = _data_conn_id(first)
             end = start + 1
             if conn_id is None:
-                self._on_datagram(datagrams[start], address)
+                self._on_datagram(first, address)
             else:
-                while end < count and _data_conn_id(datagrams[end]) == conn_id:
+                prefix = first[:wire.PREFIX_LEN]  # version, DATA, conn id: the same for the run
+                while end < count and datagrams[end][:wire.PREFIX_LEN] == prefix \
+                        and len(datagrams[end]) > wire.PREFIX_LEN:
                     end += 1
                 self._on_data(datagrams[start:end], conn_id, address, now)
             start = end

@@ -64,6 +64,7 @@ from .pmtu import PathMtu
 from .pump import Pump
 
 log = logging.getLogger("chatp2p.transfer")
+DATA_TYPE = int(FileRecordType.DATA)  # compared for every record received: a plain int
 
 
 # -- the manager ----------------------------------------------------------------------------------
@@ -448,7 +449,7 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
             if not isinstance(raw, RawRecord) or raw.rtype not in FILE_TYPES:
                 continue
             try:
-                if raw.rtype == FileRecordType.DATA:
+                if raw.rtype == DATA_TYPE:
                     data.append(decode_data(raw.body))
                     continue
                 record = decode_file_record(raw)
