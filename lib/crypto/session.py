@@ -2,7 +2,8 @@
 
 Pure state, no I/O: ``Session.seal(records, now)`` returns datagrams to send, ``Session.open
 (datagram, now)`` returns the records of a received one or raises ``FrameDropped`` (after
-counting the reason in ``Session.stats``). The caller owns the clock and the socket.
+counting the reason in ``Session.stats``); ``seal_payloads`` and ``open_many`` do the same for a
+burst in one pass. The caller owns the clock and the socket.
 
 Keys: each direction has its own traffic secret from the handshake (labels "chatp2p v1 i2r" and
 "chatp2p v1 r2i"); a secret yields an AEAD key and a 12-byte IV; the nonce of a frame is the IV

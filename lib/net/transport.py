@@ -1,7 +1,8 @@
 """The node's one UDP socket. Every peer-to-peer protocol runs on it, demultiplexed by header.
 
-Protocols register a classifier + handler pair; a datagram no protocol claims is counted and
-dropped, never answered.
+Protocols register a classifier + handler pair (and optionally a batch handler, which gets the
+consecutive datagrams of a UDP_GRO buffer that are its own in one call); a datagram no protocol
+claims is counted and dropped, never answered.
 
 Bound to an unspecified host ("", "0.0.0.0", "::") the socket is dual-stack: AF_INET6 on "::"
 with IPV6_V6ONLY off, so one port serves IPv4 and IPv6 peers (AF_INET where the system has no
