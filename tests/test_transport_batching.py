@@ -9,7 +9,9 @@ separate datagrams the kernel cuts it into:
 * a GRO buffer holding a hostile segment: that segment is dropped and counted, the others are
   dispatched;
 * a protocol with a batch handler gets each run of its consecutive segments of a GRO buffer in
-  one call (the others still go one by one); a failing batch handler is counted, the loop goes on;
+  one call (the others still go one by one), and so do datagrams that were already queued
+  separately, one batch per run of one sender; a failing batch handler is counted, the loop
+  goes on;
 * a GSO send the kernel refuses goes again one datagram per call, nothing lost. Linux before
   6.11 refused with EIO when the device could not checksum (`ethtool -K DEV tx-checksumming
   off`); newer kernels checksum in software, so the test has the kernel refuse for another
@@ -126,6 +128,31 @@ def test_runs_of_a_gro_buffer_go_to_a_batch_handler_in_one_call_each():
         assert receiver.counters["gro_receives"] == 1
     finally:
         raw.close()
+        receiver.stop()
+
+
+def test_datagrams_already_queued_are_taken_in_and_dispatched_as_one_batch_per_sender():
+    receiver, _ = _transport()
+    _needs_gso(receiver)
+    batches = []
+    receiver.register("batched", lambda d: d[:1] == b"B", lambda d, a: batches.append([d]),
+                      lambda ds, a: batches.append((a[1], list(ds))))
+    one, two = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    try:
+        for sock in (one, two):
+            sock.bind(("127.0.0.1", 0))
+        sent = [(sock, b"B" + bytes([i]) * 300) for i, sock in enumerate([one] * 5 + [two] * 3 + [one] * 2)]
+        for sock, datagram in sent:  # separate datagrams (no GSO): all queued before the loop runs
+            sock.sendto(datagram, ("127.0.0.1", receiver.port))
+        wait_for(lambda: sum(len(b[1]) for b in batches) >= len(sent), 5, "every datagram", sleep=gevent.sleep)
+        port = lambda sock: sock.getsockname()[1]  # noqa: E731
+        # one batch per run of one sender, in order
+        assert batches == [(port(one), [d for _, d in sent[:5]]), (port(two), [d for _, d in sent[5:8]]),
+                           (port(one), [d for _, d in sent[8:]])]
+        assert receiver.counters["received"] == len(sent) and not receiver.counters["gro_receives"]
+    finally:
+        one.close()
+        two.close()
         receiver.stop()
 
 

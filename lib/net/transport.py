@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import socket
 import struct
 import sys
@@ -28,6 +29,7 @@ log = logging.getLogger("chatp2p.transport")
 
 MAX_DATAGRAM = 65535
 YIELD_EVERY = 8  # datagrams handled in a row before other greenlets get a turn
+RECEIVE_BATCH = 64  # with GRO: datagrams already queued that are taken in (and handled) at once
 # Linux <netinet/in.h>: never fragment locally, ignore the kernel's path MTU cache. Path MTU is
 # found by probing (PROTOCOL §10.5): a probe larger than the interface's MTU must fail
 # (EMSGSIZE, counted as a send error), not be cut into IP fragments and "succeed".
@@ -232,30 +234,54 @@ class Transport:
 
     def _receive_gro_loop(self, sock: gsocket.socket) -> None:
         """The receive loop with UDP_GRO on: a buffer may hold several datagrams of one sender,
-        all `gso_size` bytes but the last; they are dispatched together (`_dispatch_many`), and
-        a bad one is dropped and counted like any datagram, the others are kept."""
-        handled = 0
-        while True:
-            try:
-                data, ancdata, _flags, address = sock.recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE)
-            except OSError as exc:
-                if not self._receive_failed(sock, exc):
-                    return
-                continue
-            size = _gso_size(ancdata)
-            if 0 < size < len(data):
-                self.counters["gro_receives"] += 1
-                segments = [data[offset:offset + size] for offset in range(0, len(data), size)]
-                self.counters["received"] += len(segments)
-                self._dispatch_many(segments, plain_address(address))
-                handled += len(segments)
-            else:
-                self.counters["received"] += 1
-                self._dispatch(data, plain_address(address))
-                handled += 1
-            if handled >= YIELD_EVERY:  # as in _receive_loop: let the API, disk and timers run
-                handled = 0
-                gevent.sleep(0)
+        all `gso_size` bytes but the last. What is already queued behind it (the datagrams of a
+        NIC that coalesces nothing, more buffers) is taken too, up to RECEIVE_BATCH, and each
+        run from one sender is dispatched together (`_dispatch_many`): the receive side's
+        mirror of `send_many`. A bad datagram is dropped and counted, the others are kept."""
+        # A non-blocking twin of the socket (the same one, dup'ed) reads what is already
+        # there; the gevent socket waits when nothing is.
+        drain = socket.socket(fileno=os.dup(sock.fileno()))
+        drain.setblocking(False)
+        try:
+            while True:
+                try:
+                    first = sock.recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE)
+                except OSError as exc:
+                    if not self._receive_failed(sock, exc):
+                        return
+                    continue
+                batch, sender = self._segments(first)
+                taken = len(batch)
+                while taken < RECEIVE_BATCH:
+                    try:
+                        segments, address = self._segments(drain.recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE))
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as exc:  # an ICMP error reported on the socket: counted
+                        self.counters["receive_errors"] += 1
+                        log.debug("receive failed: %s", exc)
+                        break
+                    if address != sender:
+                        self._dispatch_many(batch, sender)
+                        batch, sender = [], address
+                    batch += segments
+                    taken += len(segments)
+                self._dispatch_many(batch, sender)
+                gevent.sleep(0)  # as in _receive_loop: let the API, disk and timers run
+        finally:
+            drain.close()
+
+    def _segments(self, received: tuple) -> tuple[list[bytes], tuple]:
+        """The datagrams of one recvmsg (several when the kernel coalesced them) and their sender."""
+        data, ancdata, _flags, address = received
+        size = _gso_size(ancdata)
+        if 0 < size < len(data):
+            self.counters["gro_receives"] += 1
+            segments = [data[offset:offset + size] for offset in range(0, len(data), size)]
+        else:
+            segments = [data]
+        self.counters["received"] += len(segments)
+        return segments, plain_address(address)
 
     def _protocol_of(self, data: bytes) -> Optional[Protocol]:
         for protocol in self._protocols:
