@@ -29,7 +29,9 @@ log = logging.getLogger("chatp2p.transport")
 
 MAX_DATAGRAM = 65535
 YIELD_EVERY = 8  # datagrams handled in a row before other greenlets get a turn
-RECEIVE_BATCH = 64  # with GRO: datagrams already queued that are taken in (and handled) at once
+RECEIVE_BATCH = 64               # with GRO: datagrams already queued taken in (and handled) at once...
+RECEIVE_BATCH_BYTES = 256 << 10  # ...or this many bytes (4 of 64 KiB on loopback): then the API,
+                                 # chat and timers get a turn
 # Linux <netinet/in.h>: never fragment locally, ignore the kernel's path MTU cache. Path MTU is
 # found by probing (PROTOCOL §10.5): a probe larger than the interface's MTU must fail
 # (EMSGSIZE, counted as a send error), not be cut into IP fragments and "succeed".
@@ -235,9 +237,9 @@ class Transport:
     def _receive_gro_loop(self, sock: gsocket.socket) -> None:
         """The receive loop with UDP_GRO on: a buffer may hold several datagrams of one sender,
         all `gso_size` bytes but the last. What is already queued behind it (the datagrams of a
-        NIC that coalesces nothing, more buffers) is taken too, up to RECEIVE_BATCH, and each
-        run from one sender is dispatched together (`_dispatch_many`): the receive side's
-        mirror of `send_many`. A bad datagram is dropped and counted, the others are kept."""
+        NIC that coalesces nothing, more buffers) is taken too, up to RECEIVE_BATCH datagrams or
+        RECEIVE_BATCH_BYTES, and each run from one sender is dispatched together
+        (`_dispatch_many`): the receive side's mirror of `send_many`. A bad datagram is dropped and counted, the others are kept."""
         # A non-blocking twin of the socket (the same one, dup'ed) reads what is already
         # there; the gevent socket waits when nothing is.
         drain = socket.socket(fileno=os.dup(sock.fileno()))
@@ -251,21 +253,22 @@ class Transport:
                         return
                     continue
                 batch, sender = self._segments(first)
-                taken = len(batch)
-                while taken < RECEIVE_BATCH:
+                taken, size = len(batch), len(first[0])
+                while taken < RECEIVE_BATCH and size < RECEIVE_BATCH_BYTES:
                     try:
-                        segments, address = self._segments(drain.recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE))
+                        received = drain.recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE)
                     except (BlockingIOError, InterruptedError):
                         break
                     except OSError as exc:  # an ICMP error reported on the socket: counted
                         self.counters["receive_errors"] += 1
                         log.debug("receive failed: %s", exc)
                         break
+                    segments, address = self._segments(received)
                     if address != sender:
                         self._dispatch_many(batch, sender)
                         batch, sender = [], address
                     batch += segments
-                    taken += len(segments)
+                    taken, size = taken + len(segments), size + len(received[0])
                 self._dispatch_many(batch, sender)
                 gevent.sleep(0)  # as in _receive_loop: let the API, disk and timers run
         finally:
