@@ -386,16 +386,16 @@ class Receiving:
                 self._write_pending(transfer)
                 if transfer.fd is None or transfer.state not in (ACTIVE, PAUSED):
                     break
-                if transfer.unsynced >= SYNC_BYTES and (transfer.syncer is None or transfer.syncer.dead):
-                    # Without this a steady flow never reaches the sync below (there is always
-                    # more to write), and the whole file waits for the final fsync.
+                caught_up = not transfer.pending and transfer.written.prefix_end(0) <= transfer.hash_pos
+                if transfer.unsynced and (transfer.syncer is None or transfer.syncer.dead) and (
+                        transfer.unsynced >= SYNC_BYTES
+                        or caught_up and time.monotonic() - transfer.synced_at >= SYNC_INTERVAL):
+                    # In the background, never in the writer's way: a steady flow would otherwise
+                    # wait for the whole file's final fsync, and a writer waiting for a sync
+                    # (tens to hundreds of ms) lets the ACK window fill, and DATA is dropped.
                     transfer.syncer = gevent.spawn(self._background_sync, transfer)
-                if transfer.pending or transfer.written.prefix_end(0) > transfer.hash_pos:
-                    continue  # more to write or hash: no sync or waiting yet
-                now = time.monotonic()
-                if transfer.unsynced and (transfer.unsynced >= SYNC_BYTES or now - transfer.synced_at >= SYNC_INTERVAL):
-                    self._join_syncer(transfer)
-                    self._sync(transfer)
+                if not caught_up:
+                    continue  # more to write or hash: no waiting yet
                 if (transfer.state == ACTIVE and transfer.expected is not None and not transfer.pending
                         and transfer.written.total == transfer.size and transfer.hash_pos == transfer.size):
                     self._finish_incoming(transfer)
