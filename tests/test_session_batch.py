@@ -1,5 +1,7 @@
 """Session.seal_payloads: a burst sealed in one pass is exactly the frames seal_payload would
-make one by one (same counters, key phases and bytes), also across a rekey."""
+make one by one (same counters, key phases and bytes), also across a rekey. Session.open_many:
+a batch of received frames opens to the records `open` gives one by one, and a bad frame in
+it is dropped alone, counted with its reason."""
 
 import os
 
@@ -7,7 +9,7 @@ import pytest
 
 from chatp2p_core.codec import wire
 from chatp2p_core.codec.wire import Ping
-from chatp2p_core.crypto.session import Role, Session, SessionConfig, SessionKeys, Suite
+from chatp2p_core.crypto.session import DropReason, Role, Session, SessionConfig, SessionKeys, Suite
 
 
 def twins(config, suite=Suite.AES_256_GCM):
@@ -42,3 +44,62 @@ def test_a_batch_is_the_frames_of_one_by_one_sealing(suite, rekey_frames):
 def test_an_empty_batch_seals_nothing():
     batch, _, _ = twins(SessionConfig())
     assert batch.seal_payloads([], 0.0) == [] and batch.send_counter == 0
+
+
+# -- Session.open_many: a batch of received frames (one GRO buffer) ------------------------------
+def pair(config=SessionConfig(), suite=Suite.AES_256_GCM):
+    sender, _, receiver = twins(config, suite)
+    return sender, receiver
+
+
+def records_of(frames):
+    return [[Ping(i)] for i in frames]
+
+
+@pytest.mark.parametrize("suite", list(Suite))
+@pytest.mark.parametrize("rekey_frames", [1 << 20, 5], ids=["no-rekey", "rekey-inside"])
+def test_a_batch_opens_to_the_records_of_one_by_one_opening(suite, rekey_frames):
+    config = SessionConfig(rekey_frames=rekey_frames)
+    sender, batch = pair(config, suite)
+    single = Session(batch.keys, 0.0, config)  # the same keys: opens the same frames
+    sealed = sender.seal_payloads(payloads(30), 1.0)
+    opened = batch.open_many(sealed, 1.0)
+    assert opened.records == [r for d in sealed for r in single.open(d, 1.0)] == [Ping(i) for i in range(30)]
+    assert opened.frames == 30 and opened.size == sum(map(len, sealed)) and opened.dropped == []
+    assert batch.stats == single.stats and batch.recv_generation == single.recv_generation
+    if rekey_frames == 5:
+        assert batch.recv_generation == 5  # the batch crossed five key generations
+
+
+def test_a_corrupt_frame_in_the_middle_of_a_batch_is_dropped_alone():
+    sender, receiver = pair()
+    sealed = sender.seal_payloads(payloads(9), 0.0)
+    tampered = bytearray(sealed[4])
+    tampered[-1] ^= 0x01  # the AEAD tag
+    batch = sealed[:4] + [bytes(tampered)] + sealed[5:]
+    opened = receiver.open_many(batch, 0.0)
+    assert opened.records == [Ping(i) for i in (0, 1, 2, 3, 5, 6, 7, 8)]
+    assert opened.frames == 8 and opened.dropped == [DropReason.AUTH]
+    assert receiver.stats["dropped_auth"] == 1 and receiver.stats["received"] == 8
+    # the genuine frame 4 still opens later (the forged one did not take its counter)
+    assert receiver.open(sealed[4], 0.0) == [Ping(4)]
+
+
+def test_hostile_frames_inside_a_batch_are_each_dropped_for_their_own_reason():
+    sender, receiver = pair()
+    sealed = sender.seal_payloads(payloads(6), 0.0)
+    other_sender, _ = pair()  # another session: its connection id is not ours
+    stranger = other_sender.seal_payloads(payloads(1), 0.0)[0]
+    bad_records = sender.seal_payloads([b"\x01\x00\x07" + bytes(7)], 0.0)[0]  # authentic, malformed PING
+    batch = [sealed[0], sealed[1], sealed[1], sealed[2][:10], stranger, sealed[3], bad_records, "text", sealed[5]]
+    opened = receiver.open_many(batch, 0.0)
+    assert opened.records == [Ping(0), Ping(1), Ping(3), Ping(5)]
+    assert opened.dropped == [DropReason.REPLAY, DropReason.MALFORMED, DropReason.WRONG_CONN,
+                              DropReason.BAD_RECORDS, DropReason.MALFORMED]
+    assert receiver.stats["received"] == 4
+
+
+def test_an_empty_batch_opens_nothing():
+    _, receiver = pair()
+    opened = receiver.open_many([], 0.0)
+    assert opened.records == [] and opened.frames == 0 and opened.dropped == []

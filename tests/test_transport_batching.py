@@ -8,6 +8,10 @@ separate datagrams the kernel cuts it into:
   arrive as the same datagrams, in order, with or without GRO;
 * a GRO buffer holding a hostile segment: that segment is dropped and counted, the others are
   dispatched;
+* a protocol with a batch handler gets each run of its consecutive segments of a GRO buffer in
+  one call (the others still go one by one), and so do datagrams that were already queued
+  separately, one batch per run of one sender; a failing batch handler is counted, the loop
+  goes on;
 * a GSO send the kernel refuses goes again one datagram per call, nothing lost. Linux before
   6.11 refused with EIO when the device could not checksum (`ethtool -K DEV tx-checksumming
   off`); newer kernels checksum in software, so the test has the kernel refuse for another
@@ -97,6 +101,75 @@ def test_a_hostile_segment_inside_a_gro_buffer_is_dropped_and_counted():
         assert got == [good[0], good[1], good[2], good[3][:123]]
         assert receiver.counters["dropped_unknown"] == 1
         assert receiver.counters["gro_receives"] == 1 and receiver.counters["received"] == 5
+    finally:
+        raw.close()
+        receiver.stop()
+
+
+def test_runs_of_a_gro_buffer_go_to_a_batch_handler_in_one_call_each():
+    receiver, singles = _transport()  # protocol "G" without a batch handler
+    _needs_gso(receiver)
+    batches, others = [], []
+    receiver.register("batched", lambda d: d[:1] == b"B", lambda d, a: batches.append([d]),
+                      lambda ds, a: batches.append(list(ds)))
+    receiver.register("other", lambda d: d[:1] == b"O", lambda d, a: others.append(d))
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        seg = lambda kind, i, size=400: kind + bytes([i]) * (size - 1)  # noqa: E731
+        order = [seg(b"B", 0), seg(b"B", 1), seg(b"B", 2), seg(b"O", 3), seg(b"B", 4), b"\xff" * 400,
+                 seg(b"G", 6), seg(b"B", 7), seg(b"B", 8, 99)]  # the last one shorter
+        raw.sendmsg([b"".join(order)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 400))], 0,
+                   ("127.0.0.1", receiver.port))
+        wait_for(lambda: sum(map(len, batches)) >= 6, 5, "the six B segments", sleep=gevent.sleep)
+        # each run of consecutive B segments in one call, in order; the others one by one
+        assert batches == [order[0:3], [order[4]], order[7:9]]
+        assert others == [order[3]] and singles == [order[6]]
+        assert receiver.counters["dropped_unknown"] == 1 and receiver.counters["received"] == 9
+        assert receiver.counters["gro_receives"] == 1
+    finally:
+        raw.close()
+        receiver.stop()
+
+
+def test_datagrams_already_queued_are_taken_in_and_dispatched_as_one_batch_per_sender():
+    receiver, _ = _transport()
+    _needs_gso(receiver)
+    batches = []
+    receiver.register("batched", lambda d: d[:1] == b"B", lambda d, a: batches.append([d]),
+                      lambda ds, a: batches.append((a[1], list(ds))))
+    one, two = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    try:
+        for sock in (one, two):
+            sock.bind(("127.0.0.1", 0))
+        sent = [(sock, b"B" + bytes([i]) * 300) for i, sock in enumerate([one] * 5 + [two] * 3 + [one] * 2)]
+        for sock, datagram in sent:  # separate datagrams (no GSO): all queued before the loop runs
+            sock.sendto(datagram, ("127.0.0.1", receiver.port))
+        wait_for(lambda: sum(len(b[1]) for b in batches) >= len(sent), 5, "every datagram", sleep=gevent.sleep)
+        port = lambda sock: sock.getsockname()[1]  # noqa: E731
+        # one batch per run of one sender, in order
+        assert batches == [(port(one), [d for _, d in sent[:5]]), (port(two), [d for _, d in sent[5:8]]),
+                           (port(one), [d for _, d in sent[8:]])]
+        assert receiver.counters["received"] == len(sent) and not receiver.counters["gro_receives"]
+    finally:
+        one.close()
+        two.close()
+        receiver.stop()
+
+
+def test_a_batch_handler_that_fails_is_counted_and_the_loop_goes_on():
+    receiver, singles = _transport()
+    _needs_gso(receiver)
+
+    def explode(datagrams, address):
+        raise ValueError("a bug in the handler")
+
+    receiver.register("batched", lambda d: d[:1] == b"B", lambda d, a: None, explode)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        raw.sendmsg([b"B" * 300 + b"G" * 300], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 300))], 0,
+                   ("127.0.0.1", receiver.port))
+        wait_for(lambda: singles, 5, "the G segment after the failing run", sleep=gevent.sleep)
+        assert singles == [b"G" * 300] and receiver.counters["batched_errors"] == 1
     finally:
         raw.close()
         receiver.stop()

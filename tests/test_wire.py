@@ -472,3 +472,16 @@ def test_random_reassembly_order_sanity():
     r = Reassembler()
     out = [r.add("p", 1, HandshakeFragment.decode(d).fragment, 0.0) for d in datagrams]
     assert out[-1] == message and all(o is None for o in out[:-1])
+
+
+def test_a_file_record_filling_the_payload_decodes_to_a_view_of_it():
+    # Every DATA frame of a file holds one file record and nothing else: no copy of its bytes.
+    for body in (b"x", bytes(1400), bytes(range(256)) * 100):
+        payload = wire.encode_record(RawRecord(0x22, body))
+        [record] = wire.decode_records(payload)
+        assert record == RawRecord(0x22, body) and isinstance(record.body, memoryview)
+        # followed by anything, or a length that does not fill it: the general way, same checks
+        assert wire.decode_records(payload + bytes(2)) == [RawRecord(0x22, body), Padding(2)]
+        with pytest.raises(WireError):
+            wire.decode_records(payload[:-1])
+    assert wire.decode_records(wire.encode_record(RawRecord(0x40, b"later"))) == [RawRecord(0x40, b"later")]

@@ -128,6 +128,7 @@ class _Reader:
 _OFFER = struct.Struct(">16sQI16sB")
 _ANSWER = struct.Struct(">16sB")
 _DATA = struct.Struct(">16sQQ")
+_DATA_RECORD = struct.Struct(">BH16sQQ")  # record header (type, length) + DATA header
 DATA_HEADER_LEN = _DATA.size      # 32
 _END = struct.Struct(">16sQ32s")
 _HALT = struct.Struct(">16sB")
@@ -227,16 +228,22 @@ class Data:
 
     @staticmethod
     def decode(body: bytes) -> "Data":
-        if len(body) < DATA_HEADER_LEN:
-            raise WireError("DATA truncated")
-        tid, pn, offset = _DATA.unpack_from(body)
-        return Data(tid, pn, offset, memoryview(body)[DATA_HEADER_LEN:])
+        return Data(*decode_data(body))
+
+
+def decode_data(body: Union[bytes, memoryview]) -> tuple[bytes, int, int, memoryview]:
+    """(tid, pn, offset, file bytes) of a DATA record body, without building a `Data`: the
+    receiver's hot path handles a batch of them as plain tuples."""
+    if len(body) < DATA_HEADER_LEN:
+        raise WireError("DATA truncated")
+    tid, pn, offset = _DATA.unpack_from(body)
+    return tid, pn, offset, (body if type(body) is memoryview else memoryview(body))[DATA_HEADER_LEN:]
 
 
 def data_record_header(tid: bytes, pn: int, offset: int, length: int) -> bytes:
     """Record header (type, length) + DATA header: what precedes `length` bytes of file data.
     Lets the hot path build a datagram's plaintext with one join and no intermediate objects."""
-    return wire.RECORD_HEADER.pack(FileRecordType.DATA, DATA_HEADER_LEN + length) + _DATA.pack(tid, pn, offset)
+    return _DATA_RECORD.pack(FileRecordType.DATA, DATA_HEADER_LEN + length, tid, pn, offset)
 
 
 def data_capacity(max_datagram: int) -> int:

@@ -752,6 +752,12 @@ def _decode_ack(body: bytes) -> Ack:
 
 def decode_records(payload: bytes) -> list[Record]:
     """Every record of a DATA frame's plaintext, in order (runs of zero bytes become Padding)."""
+    if type(payload) is bytes and len(payload) > RECORD_HEADER_LEN and payload[0] in FILE_RECORD_TYPES:
+        rtype, size = RECORD_HEADER.unpack_from(payload)
+        if RECORD_HEADER_LEN + size == len(payload):
+            # One file record filling the frame (every DATA of a transfer): a view of the
+            # plaintext, which holds nothing else.
+            return [_file_record(rtype, memoryview(payload)[RECORD_HEADER_LEN:])]
     data = check_bytes(payload, "payload", WireError)
     records: list[Record] = []
     pos = 0
@@ -777,6 +783,16 @@ def decode_records(payload: bytes) -> list[Record]:
             records.append(_decode_body(rtype, data[pos : pos + size]))
         pos += size
     return records
+
+
+def _file_record(rtype: int, body: memoryview, new=object.__new__, set_field=object.__setattr__) -> RawRecord:
+    """RawRecord(rtype, body) without its checks, which hold by construction here: a file
+    record type (0x20-0x3F) and a body of at most 65535 bytes. This runs once per datagram of
+    a file (a third of the cost of a checked one)."""
+    record = new(RawRecord)
+    set_field(record, "rtype", rtype)
+    set_field(record, "body", body)
+    return record
 
 
 def msg_capacity(max_datagram: int = MAX_DATAGRAM) -> int:

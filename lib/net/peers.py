@@ -27,7 +27,7 @@ from ..crypto import identity as ident
 from ..codec import wire
 from ..crypto.handshake import (Authenticated, Established, Failed, FailReason, Initiator, InitiatorState,
                                 Listener, ListenerConfig, Output, accept_incoming, host_key)
-from ..crypto.session import FrameDropped, Session, SessionConfig, SessionError
+from ..crypto.session import Session, SessionConfig, SessionError
 from ..store import Contact, Store, StoreError
 from .rtt import RttEstimator
 from . import lan
@@ -185,7 +185,8 @@ class Network:
         self.observers: list[LinkObserver] = []
         self.counters = transport.counters
         self._ticker: Optional[gevent.Greenlet] = None
-        transport.register("chatp2p", lambda d: wire.classify(d) == wire.Kind.CHATP2P, self._on_datagram)
+        transport.register("chatp2p", lambda d: wire.classify(d) == wire.Kind.CHATP2P, self._on_datagram,
+                           self._on_datagrams)
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -444,11 +445,31 @@ class Network:
         return True
 
     # -- receiving --------------------------------------------------------------------------
+    def _on_datagrams(self, datagrams: list[bytes], address: Address) -> None:
+        """The datagrams of one GRO buffer (one sender, in order): each run of DATA frames of
+        one session is opened in one pass and its records handled together (one decision
+        about acknowledgements above, one pass of path checks here); anything else one by one."""
+        now = time.monotonic()
+        start, count = 0, len(datagrams)
+        while start < count:
+            first = datagrams[start]
+            conn_id = _data_conn_id(first)
+            end = start + 1
+            if conn_id is None:
+                self._on_datagram(first, address)
+            else:
+                prefix = first[:wire.PREFIX_LEN]  # version, DATA, conn id: the same for the run
+                while end < count and datagrams[end][:wire.PREFIX_LEN] == prefix \
+                        and len(datagrams[end]) > wire.PREFIX_LEN:
+                    end += 1
+                self._on_data(datagrams[start:end], conn_id, address, now)
+            start = end
+
     def _on_datagram(self, data: bytes, address: Address, relayed: bool = False) -> None:
-        if type(data) is bytes and len(data) > wire.PREFIX_LEN and data[0] == wire.VERSION_BYTE \
-                and data[1] == PacketType.DATA:
+        conn_id = _data_conn_id(data)
+        if conn_id is not None:
             # Most datagrams (every one of a file) are DATA: routed without parsing objects.
-            self._on_data(data, data[2:wire.PREFIX_LEN], address, time.monotonic(), relayed)
+            self._on_data([data], conn_id, address, time.monotonic(), relayed)
             return
         try:
             ptype, conn_id = wire.parse_prefix(data)
@@ -457,7 +478,7 @@ class Network:
             return
         now = time.monotonic()
         if ptype == PacketType.DATA:
-            self._on_data(data, conn_id, address, now, relayed)
+            self._on_data([data], conn_id, address, now, relayed)
         elif ptype in (PacketType.HELLO, PacketType.INIT, PacketType.AUTH):
             self._on_listener(self.listener.receive(data, address, now), address, now, relayed)
         else:  # COOKIE, RESP, DONE: answers to one of our handshakes
@@ -470,16 +491,19 @@ class Network:
                 return
             self._on_initiator(link, link.initiator.receive(data, now), address, now, relayed)
 
-    def _on_data(self, data: bytes, conn_id: bytes, address: Address, now: float, relayed: bool = False) -> None:
+    def _on_data(self, datagrams: Sequence[bytes], conn_id: bytes, address: Address, now: float,
+                 relayed: bool = False) -> None:
+        """DATA frames for the session `conn_id` names, from one sender, in order."""
         link = self._by_conn.get(conn_id)
         if link is None or link.session is None:
-            self.counters["dropped_unknown_session"] += 1
+            self.counters["dropped_unknown_session"] += len(datagrams)
             return
-        try:
-            records = link.session.open(data, now)
-        except FrameDropped as exc:
-            self.counters[f"dropped_{exc.reason.value}"] += 1
+        opened = link.session.open_many(datagrams, now)
+        for reason in opened.dropped:
+            self.counters[f"dropped_{reason.value}"] += 1
+        if not opened.frames:
             return
+        records = opened.records
         link.last_rx = now
         if link.lan_secret is not None:
             self._store_lan_secret(link)
@@ -493,7 +517,7 @@ class Network:
             # An authenticated frame from a new address or route: the peer's NAT rebound, it
             # moved, a direct path opened under a relayed session -- or someone on the path
             # replayed a frame from a spoofed source. Challenge the address before moving.
-            self._challenge_path(link, address, relayed, len(data), now)
+            self._challenge_path(link, address, relayed, opened.size, now)
         upper: list[Record] = []
         for record in records:
             if isinstance(record, PathChallenge):
@@ -924,6 +948,14 @@ class Network:
             "rtt_ms": round(link.rtt.srtt * 1000, 3) if link.rtt.srtt is not None else None,
             "stranger": link.is_stranger,
         }
+
+
+def _data_conn_id(data: bytes) -> Optional[bytes]:
+    """The connection id of a DATA datagram (read from its prefix, nothing parsed), else None."""
+    if type(data) is bytes and len(data) > wire.PREFIX_LEN and data[0] == wire.VERSION_BYTE \
+            and data[1] == PacketType.DATA:
+        return data[2:wire.PREFIX_LEN]
+    return None
 
 
 def _fmt(address: Optional[Address]) -> Optional[str]:

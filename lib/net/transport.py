@@ -1,7 +1,8 @@
 """The node's one UDP socket. Every peer-to-peer protocol runs on it, demultiplexed by header.
 
-Protocols register a classifier + handler pair; a datagram no protocol claims is counted and
-dropped, never answered.
+Protocols register a classifier + handler pair (and optionally a batch handler, which gets the
+consecutive datagrams of a UDP_GRO buffer that are its own in one call); a datagram no protocol
+claims is counted and dropped, never answered.
 
 Bound to an unspecified host ("", "0.0.0.0", "::") the socket is dual-stack: AF_INET6 on "::"
 with IPV6_V6ONLY off, so one port serves IPv4 and IPv6 peers (AF_INET where the system has no
@@ -13,10 +14,11 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import socket
 import struct
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import gevent
 from gevent import socket as gsocket
@@ -27,6 +29,9 @@ log = logging.getLogger("chatp2p.transport")
 
 MAX_DATAGRAM = 65535
 YIELD_EVERY = 8  # datagrams handled in a row before other greenlets get a turn
+RECEIVE_BATCH = 64               # with GRO: datagrams already queued taken in (and handled) at once...
+RECEIVE_BATCH_BYTES = 256 << 10  # ...or this many bytes (4 of 64 KiB on loopback): then the API,
+                                 # chat and timers get a turn
 # Linux <netinet/in.h>: never fragment locally, ignore the kernel's path MTU cache. Path MTU is
 # found by probing (PROTOCOL §10.5): a probe larger than the interface's MTU must fail
 # (EMSGSIZE, counted as a send error), not be cut into IP fragments and "succeed".
@@ -46,6 +51,17 @@ GSO_MAX_BYTES = 65507             # one send is still one IPv4 packet until it i
 GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 Classifier = Callable[[bytes], bool]
 Handler = Callable[[bytes, tuple], None]
+BatchHandler = Callable[[list, tuple], None]  # (datagrams of one sender, in order; address)
+
+
+class Protocol(NamedTuple):
+    """A protocol on the socket: which datagrams are its own, and who handles them (one by
+    one, or, with `batch`, a run of consecutive ones from one GRO buffer in one call)."""
+
+    name: str
+    classifier: Classifier
+    handler: Handler
+    batch: Optional[BatchHandler] = None
 
 
 class Transport:
@@ -60,7 +76,7 @@ class Transport:
         self.sock: gsocket.socket | None = None
         self.dual_stack = False  # an AF_INET6 socket carrying IPv4 too (IPv4-mapped addresses)
         self.counters: collections.Counter[str] = collections.Counter()
-        self._protocols: list[tuple[str, Classifier, Handler]] = []
+        self._protocols: list[Protocol] = []
         self._loop: gevent.Greenlet | None = None
 
     @property
@@ -71,8 +87,11 @@ class Transport:
     def port(self) -> int | None:
         return self.sock.getsockname()[1] if self.sock is not None else None
 
-    def register(self, name: str, classifier: Classifier, handler: Handler) -> None:
-        self._protocols.append((name, classifier, handler))
+    def register(self, name: str, classifier: Classifier, handler: Handler,
+                 batch: Optional[BatchHandler] = None) -> None:
+        """Datagrams `classifier` claims go to `handler`; with `batch`, consecutive ones of a GRO
+        buffer go to it together (the receive side's mirror of `send_many`)."""
+        self._protocols.append(Protocol(name, classifier, handler, batch))
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -217,42 +236,93 @@ class Transport:
 
     def _receive_gro_loop(self, sock: gsocket.socket) -> None:
         """The receive loop with UDP_GRO on: a buffer may hold several datagrams of one sender,
-        all `gso_size` bytes but the last; each is dispatched on its own (a bad one is dropped
-        and counted like any datagram, the others are kept)."""
-        handled = 0
-        while True:
-            try:
-                data, ancdata, _flags, address = sock.recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE)
-            except OSError as exc:
-                if not self._receive_failed(sock, exc):
-                    return
-                continue
-            size = _gso_size(ancdata)
-            if 0 < size < len(data):
-                self.counters["gro_receives"] += 1
-                sender = plain_address(address)
-                for offset in range(0, len(data), size):
-                    self.counters["received"] += 1
-                    self._dispatch(data[offset:offset + size], sender)
-                handled += -(-len(data) // size)
-            else:
-                self.counters["received"] += 1
-                self._dispatch(data, plain_address(address))
-                handled += 1
-            if handled >= YIELD_EVERY:  # as in _receive_loop: let the API, disk and timers run
-                handled = 0
-                gevent.sleep(0)
+        all `gso_size` bytes but the last. What is already queued behind it (the datagrams of a
+        NIC that coalesces nothing, more buffers) is taken too, up to RECEIVE_BATCH datagrams or
+        RECEIVE_BATCH_BYTES, and each run from one sender is dispatched together
+        (`_dispatch_many`): the receive side's mirror of `send_many`. A bad datagram is dropped and counted, the others are kept."""
+        # A non-blocking twin of the socket (the same one, dup'ed) reads what is already
+        # there; the gevent socket waits when nothing is.
+        drain = socket.socket(fileno=os.dup(sock.fileno()))
+        drain.setblocking(False)
+        try:
+            while True:
+                try:
+                    first = sock.recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE)
+                except OSError as exc:
+                    if not self._receive_failed(sock, exc):
+                        return
+                    continue
+                batch, sender = self._segments(first)
+                taken, size = len(batch), len(first[0])
+                while taken < RECEIVE_BATCH and size < RECEIVE_BATCH_BYTES:
+                    try:
+                        received = drain.recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as exc:  # an ICMP error reported on the socket: counted
+                        self.counters["receive_errors"] += 1
+                        log.debug("receive failed: %s", exc)
+                        break
+                    segments, address = self._segments(received)
+                    if address != sender:
+                        self._dispatch_many(batch, sender)
+                        batch, sender = [], address
+                    batch += segments
+                    taken, size = taken + len(segments), size + len(received[0])
+                self._dispatch_many(batch, sender)
+                gevent.sleep(0)  # as in _receive_loop: let the API, disk and timers run
+        finally:
+            drain.close()
+
+    def _segments(self, received: tuple) -> tuple[list[bytes], tuple]:
+        """The datagrams of one recvmsg (several when the kernel coalesced them) and their sender."""
+        data, ancdata, _flags, address = received
+        size = _gso_size(ancdata)
+        if 0 < size < len(data):
+            self.counters["gro_receives"] += 1
+            segments = [data[offset:offset + size] for offset in range(0, len(data), size)]
+        else:
+            segments = [data]
+        self.counters["received"] += len(segments)
+        return segments, plain_address(address)
+
+    def _protocol_of(self, data: bytes) -> Optional[Protocol]:
+        for protocol in self._protocols:
+            if protocol.classifier(data):
+                return protocol
+        return None
 
     def _dispatch(self, data: bytes, address: tuple) -> None:
-        for name, classifier, handler in self._protocols:
-            if classifier(data):
-                try:
-                    handler(data, address)
-                except Exception:  # a hostile datagram must never stop the loop
-                    self.counters[f"{name}_errors"] += 1
-                    log.exception("%s handler failed on a datagram from %s", name, address)
-                return
-        self.counters["dropped_unknown"] += 1
+        protocol = self._protocol_of(data)
+        if protocol is None:
+            self.counters["dropped_unknown"] += 1
+            return
+        self._call(protocol, protocol.handler, data, address)
+
+    def _dispatch_many(self, segments: list[bytes], address: tuple) -> None:
+        """The datagrams of one GRO buffer, in order: each run of consecutive ones of a protocol
+        that handles batches goes to it in one call, any other datagram on its own."""
+        protocols = [self._protocol_of(segment) for segment in segments]
+        start, count = 0, len(segments)
+        while start < count:
+            protocol = protocols[start]
+            end = start + 1
+            if protocol is None:
+                self.counters["dropped_unknown"] += 1
+            elif protocol.batch is None:
+                self._call(protocol, protocol.handler, segments[start], address)
+            else:
+                while end < count and protocols[end] is protocol:
+                    end += 1
+                self._call(protocol, protocol.batch, segments[start:end], address)
+            start = end
+
+    def _call(self, protocol: Protocol, handler: Callable, data, address: tuple) -> None:
+        try:
+            handler(data, address)
+        except Exception:  # a hostile datagram must never stop the loop
+            self.counters[f"{protocol.name}_errors"] += 1
+            log.exception("%s handler failed on datagrams from %s", protocol.name, address)
 
 
 def _probe_gso(sock: socket.socket) -> bool:

@@ -42,8 +42,8 @@ from ...codec import wire
 from ..congestion import Bbr
 from ...codec.filecodec import (
     DEFAULT_CHUNK, FILE_TYPES, MAX_CHUNK, MAX_FILE_SIZE, MAX_TRANSFER_ID_CHARS, MIN_CHUNK, AckRecord,
-    Answer, AnswerRecord, Data, End, Halt, HaltRecord, Offer, Probe, ProbeAck, RangeSet, UnsafeName,
-    check_file_name, decode_file_record, to_raw,
+    Answer, AnswerRecord, End, FileRecordType, Halt, HaltRecord, Offer, Probe, ProbeAck, RangeSet,
+    UnsafeName, check_file_name, decode_data, decode_file_record, to_raw,
 )
 from ...contract import Direction, FileTransferProgress, Side, TransferRef, TransferState, TransferView
 from ...net.peers import Link, Network
@@ -64,6 +64,7 @@ from .pmtu import PathMtu
 from .pump import Pump
 
 log = logging.getLogger("chatp2p.transfer")
+DATA_TYPE = int(FileRecordType.DATA)  # compared for every record received: a plain int
 
 
 # -- the manager ----------------------------------------------------------------------------------
@@ -443,17 +444,22 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
         if channel is None:
             return
         now = time.monotonic()
+        data: list[tuple[bytes, int, int, memoryview]] = []  # DATA records, handled in runs
         for raw in records:
             if not isinstance(raw, RawRecord) or raw.rtype not in FILE_TYPES:
                 continue
             try:
+                if raw.rtype == DATA_TYPE:
+                    data.append(decode_data(raw.body))
+                    continue
                 record = decode_file_record(raw)
             except WireError:
                 self.counters["dropped_file_record"] += 1
                 continue
-            if isinstance(record, Data):
-                self._on_data(channel, link, record, now)
-            elif isinstance(record, AckRecord):
+            if data:  # what came before this record is handled before it
+                self._on_data(channel, link, data, now)
+                data = []
+            if isinstance(record, AckRecord):
                 self._on_ack(channel, record, now)
             elif isinstance(record, Offer):
                 self._on_offer(link, record, now)
@@ -469,6 +475,8 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
                 self._send_control(link, [to_raw(ProbeAck(record.probe_id, record.size))])
             elif isinstance(record, ProbeAck):
                 self._on_probe_ack(channel, record)
+        if data:
+            self._on_data(channel, link, data, now)
         if channel.rx_unacked:
             unacked = channel.rx_unacked_bytes
             if channel.ack_now or (channel.rx_unacked >= ACK_EVERY and unacked >= ACK_MIN_BYTES) \

@@ -268,7 +268,7 @@ class Incoming(Transfer):
         durable = chunks_to_bytes(parse_ranges(row["have"]), self.chunk_size, self.size)
         self.have = durable.copy()      # bytes received (written or queued)
         self.written = durable.copy()   # bytes written to the .part
-        self.pending: list[tuple[int, memoryview]] = []
+        self.pending: list[list] = []   # runs [offset, end, buffers] received, not yet written
         self.pending_bytes = 0
         self.unsynced = 0
         self.synced_at = 0.0

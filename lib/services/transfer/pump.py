@@ -101,11 +101,16 @@ class Pump:
         if self.upload_limit:
             upload.burst = max(4.0 * size, self.upload_limit * 0.01)
             upload.refill(now)
-        for _ in range(max(1, min(BURST, BURST_BYTES // size))):
-            if recovery.bytes_in_flight + size > bbr.cwnd:
+        cwnd = bbr.cwnd  # both change only when an ACK comes
+        window = max(channel.peer_window, 2 * size)
+        overhead = wire.DATA_OVERHEAD + wire.RECORD_HEADER_LEN + 32  # what a datagram counts beyond its file bytes
+        budget = max(1, min(BURST, BURST_BYTES // size))  # datagrams left in this burst
+        while budget > 0:
+            in_flight = recovery.bytes_in_flight
+            if in_flight + size > cwnd:
                 self.counters["file_wait_cwnd"] += 1
                 return None  # an ACK will wake the pump
-            if recovery.bytes_in_flight + size > max(channel.peer_window, 2 * size):
+            if in_flight + size > window:
                 self.counters["file_wait_receiver"] += 1
                 return None  # the receiver's disk is behind: an ACK will open the window
             if pacing.tokens < size:
@@ -113,25 +118,33 @@ class Pump:
                 return pacing.wait_for(size)
             if self.upload_limit and upload.tokens < size:
                 return upload.wait_for(size)
-            piece = self._next_piece(channel, capacity)
+            # How many datagrams every limit allows (each counts at most `size`): taken from
+            # the file as one run, then cut into datagrams.
+            count = min(budget, (cwnd - in_flight) // size, (window - in_flight) // size, int(pacing.tokens // size))
+            if self.upload_limit:
+                count = min(count, int(upload.tokens // size))
+            piece = self._next_piece(channel, capacity * count)
             if piece is None:
                 self.counters["file_wait_disk"] += 1
                 channel.idle = True
                 return None  # a reader or an ACK will wake the pump
-            transfer, offset, view = piece
-            length = len(view)
-            pn = channel.next_pn
-            channel.next_pn += 1
-            payload_size = length + wire.DATA_OVERHEAD + wire.RECORD_HEADER_LEN + 32
-            packet = SentPacket(pn, payload_size, now, (transfer, transfer.gen, offset, length))
-            bbr.on_sent(packet, recovery.bytes_in_flight, channel.idle, now)
-            channel.idle = False
-            recovery.on_sent(packet)
-            payloads.append(data_record_header(transfer.tid, pn, offset, length) + view)
-            transfer.wire_bytes += length
-            pacing.tokens -= payload_size
-            if self.upload_limit:
-                upload.tokens -= payload_size
+            transfer, start, run = piece
+            tid, gen = transfer.tid, transfer.gen
+            for cut in range(0, len(run), capacity):
+                view = run[cut:cut + capacity]
+                offset, length = start + cut, len(view)
+                pn = channel.next_pn
+                channel.next_pn += 1
+                packet = SentPacket(pn, length + overhead, now, (transfer, gen, offset, length))
+                bbr.on_sent(packet, recovery.bytes_in_flight, channel.idle, now)
+                channel.idle = False
+                recovery.on_sent(packet)
+                payloads.append(data_record_header(tid, pn, offset, length) + view)
+                pacing.tokens -= length + overhead
+                if self.upload_limit:
+                    upload.tokens -= length + overhead
+                budget -= 1
+            transfer.wire_bytes += len(run)
         return 0.0
 
     def _next_piece(self, channel: Channel, capacity: int) -> Optional[tuple[Outgoing, int, memoryview]]:

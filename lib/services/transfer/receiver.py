@@ -15,7 +15,7 @@ import gevent.event
 from ...codec import wire
 from ...codec.filecodec import (
     FileRecordType, MAX_ACK_RANGES, MAX_CHUNK, MAX_FILE_SIZE, MAX_TRANSFER_ID_CHARS, MIN_CHUNK, AckRecord,
-    Answer, AnswerRecord, Data, End, Offer, RangeSet, UnsafeName, check_file_name, chunk_ranges,
+    Answer, AnswerRecord, End, Offer, RangeSet, UnsafeName, check_file_name, chunk_ranges,
     format_ranges, to_raw, transfer_wire_id,
 )
 from ...contract import Direction
@@ -235,55 +235,105 @@ class Receiving:
             transfer.have.remove(size, transfer.size)
             transfer.written.remove(size, transfer.size)
 
-    def _on_data(self, channel: Channel, link: Link, data: Data, now: float) -> None:
-        transfer = self.by_tid.get((link.fingerprint, data.tid, "in"))
-        accepted = True
-        if not isinstance(transfer, Incoming) or transfer.state != ACTIVE:
-            self.counters["file_data_unexpected"] += 1
-            last = channel.answer_sent.get(data.tid, 0.0)
-            if now - last > 0.2:  # tell the sender, at most 5 times a second per transfer
-                channel.answer_sent[data.tid] = now
-                if isinstance(transfer, Incoming):
-                    self._send_control(link, [to_raw(self._state_answer(transfer))])
-                else:
-                    self._send_control(link, [to_raw(self._finished_answer(link, data.tid))])
-        else:
-            length = len(data.data)
-            end = data.offset + length
-            transfer.accept_pending = False
-            transfer.wire_bytes += length
-            if end > transfer.size:
-                self._fail(transfer, f"protocol violation: data beyond the end of the file "
-                                     f"({end} > {transfer.size} bytes)", LOCAL, keep_part=False)
-                self._answer(transfer, Answer.FAILED, "data beyond the end of the file")
-            elif length and not transfer.have.contains(data.offset, end):
-                if self.pending_bytes + length > MAX_PENDING_WRITES:
-                    accepted = False  # the disk is behind: not acknowledged, so it comes again
-                    self.counters["file_data_backlog_drops"] += 1
-                else:
-                    was = transfer.pending_bytes
-                    for start, stop in transfer.have.complement(data.offset, end):
-                        transfer.pending.append((start, data.data[start - data.offset:stop - data.offset]))
-                        transfer.have.add(start, stop)
-                        transfer.pending_bytes += stop - start
-                        self.pending_bytes += stop - start
-                    # The writer gathers a batch: wake it for the first bytes, a full batch, the last.
-                    if not was or transfer.pending_bytes >= WRITE_BATCH or transfer.have.total >= transfer.size:
-                        transfer.wake.set()
+    def _on_data(self, channel: Channel, link: Link, items: list[tuple[bytes, int, int, memoryview]],
+                 now: float) -> None:
+        """DATA records of one batch of frames, in order, as (tid, pn, offset, bytes): new bytes
+        are queued for the writers, packet numbers kept for the next FILE_ACK. A run of records
+        of one transfer looks it up once; consecutive packet numbers enter the ACK ranges as one."""
+        fingerprint = link.fingerprint
+        tid: Optional[bytes] = None
+        transfer = None
+        pns: list[int] = []   # accepted (acknowledged) packet numbers, in order
+        size = 0              # and their file bytes
+        for item_tid, pn, offset, view in items:
+            if item_tid != tid:
+                tid = item_tid
+                transfer = self.by_tid.get((fingerprint, tid, "in"))
+            if isinstance(transfer, Incoming) and transfer.state == ACTIVE:
+                if not self._take_data(transfer, offset, view):
+                    continue  # not acknowledged: it comes again
             else:
-                self.counters["file_data_duplicate"] += 1
-        if accepted:
-            rx = channel.rx
+                self._unexpected_data(channel, link, transfer, item_tid, now)
+            pns.append(pn)
+            size += len(view)
+        if pns:
+            self._note_packets(channel, pns, size, now)
+
+    def _take_data(self, transfer: Incoming, offset: int, view: memoryview) -> bool:
+        """Queue the new bytes of one DATA record for the writer; False if the disk is too far
+        behind to take them (then they are not acknowledged)."""
+        length = len(view)
+        end = offset + length
+        transfer.accept_pending = False
+        transfer.wire_bytes += length
+        if end > transfer.size:
+            self._fail(transfer, f"protocol violation: data beyond the end of the file "
+                                 f"({end} > {transfer.size} bytes)", LOCAL, keep_part=False)
+            self._answer(transfer, Answer.FAILED, "data beyond the end of the file")
+            return True
+        have = transfer.have
+        new = length and not have.overlaps(offset, end)  # all new: the usual case
+        if not new and (not length or have.contains(offset, end)):
+            self.counters["file_data_duplicate"] += 1
+            return True
+        if self.pending_bytes + length > MAX_PENDING_WRITES:
+            self.counters["file_data_backlog_drops"] += 1
+            return False
+        was = transfer.pending_bytes
+        pending = transfer.pending
+        pieces = ((offset, end),) if new else have.complement(offset, end)
+        for start, stop in pieces:
+            piece = view if new else view[start - offset:stop - offset]
+            if pending and pending[-1][1] == start:  # continues the last run: the usual case
+                run = pending[-1]
+                run[1] = stop
+                run[2].append(piece)
+            else:
+                pending.append([start, stop, [piece]])
+            have.add(start, stop)
+            transfer.pending_bytes += stop - start
+            self.pending_bytes += stop - start
+        # The writer gathers a batch: wake it for the first bytes, a full batch, the last.
+        if not was or transfer.pending_bytes >= WRITE_BATCH or have.total >= transfer.size:
+            transfer.wake.set()
+        return True
+
+    def _unexpected_data(self, channel: Channel, link: Link, transfer, tid: bytes, now: float) -> None:
+        """DATA for a transfer that is not receiving: tell the sender (at most 5 times a second
+        per transfer) what became of it."""
+        self.counters["file_data_unexpected"] += 1
+        last = channel.answer_sent.get(tid, 0.0)
+        if now - last > 0.2:
+            channel.answer_sent[tid] = now
+            if isinstance(transfer, Incoming):
+                self._send_control(link, [to_raw(self._state_answer(transfer))])
+            else:
+                self._send_control(link, [to_raw(self._finished_answer(link, tid))])
+
+    @staticmethod
+    def _note_packets(channel: Channel, pns: list[int], size: int, now: float) -> None:
+        """Packet numbers received (in arrival order) for the next FILE_ACK; a gap or a late
+        one asks for that ACK at once."""
+        rx = channel.rx
+        start = stop = -1
+        for pn in pns:
+            if pn == stop:
+                stop += 1
+                continue
+            if stop >= 0:
+                rx.add(start, stop)
             last = rx.last()
-            if last is not None and data.pn != last[1]:
-                channel.ack_now = True  # a gap or a late packet: tell the sender at once
-            rx.add(data.pn, data.pn + 1)
-            if len(rx) > MAX_ACK_RANGES:
-                rx.keep_last(MAX_ACK_RANGES)
-            if data.pn > channel.rx_largest:
-                channel.rx_largest, channel.rx_largest_time = data.pn, now
-            channel.rx_unacked += 1
-            channel.rx_unacked_bytes += len(data.data)
+            if last is not None and pn != last[1]:
+                channel.ack_now = True
+            start, stop = pn, pn + 1
+        rx.add(start, stop)
+        if len(rx) > MAX_ACK_RANGES:
+            rx.keep_last(MAX_ACK_RANGES)
+        top = max(pns)
+        if top > channel.rx_largest:
+            channel.rx_largest, channel.rx_largest_time = top, now
+        channel.rx_unacked += len(pns)
+        channel.rx_unacked_bytes += size
 
     def _send_ack(self, channel: Channel, now: float) -> None:
         if channel.ack_timer is not None:
@@ -336,16 +386,16 @@ class Receiving:
                 self._write_pending(transfer)
                 if transfer.fd is None or transfer.state not in (ACTIVE, PAUSED):
                     break
-                if transfer.unsynced >= SYNC_BYTES and (transfer.syncer is None or transfer.syncer.dead):
-                    # Without this a steady flow never reaches the sync below (there is always
-                    # more to write), and the whole file waits for the final fsync.
+                caught_up = not transfer.pending and transfer.written.prefix_end(0) <= transfer.hash_pos
+                if transfer.unsynced and (transfer.syncer is None or transfer.syncer.dead) and (
+                        transfer.unsynced >= SYNC_BYTES
+                        or caught_up and time.monotonic() - transfer.synced_at >= SYNC_INTERVAL):
+                    # In the background, never in the writer's way: a steady flow would otherwise
+                    # wait for the whole file's final fsync, and a writer waiting for a sync
+                    # (tens to hundreds of ms) lets the ACK window fill, and DATA is dropped.
                     transfer.syncer = gevent.spawn(self._background_sync, transfer)
-                if transfer.pending or transfer.written.prefix_end(0) > transfer.hash_pos:
-                    continue  # more to write or hash: no sync or waiting yet
-                now = time.monotonic()
-                if transfer.unsynced and (transfer.unsynced >= SYNC_BYTES or now - transfer.synced_at >= SYNC_INTERVAL):
-                    self._join_syncer(transfer)
-                    self._sync(transfer)
+                if not caught_up:
+                    continue  # more to write or hash: no waiting yet
                 if (transfer.state == ACTIVE and transfer.expected is not None and not transfer.pending
                         and transfer.written.total == transfer.size and transfer.hash_pos == transfer.size):
                     self._finish_incoming(transfer)
@@ -371,22 +421,24 @@ class Receiving:
             return
         runs: list[tuple[int, list]] = []
         size = 0
+        before = transfer.written
+        written = before
         if transfer.pending:
-            batch, transfer.pending = sorted(transfer.pending, key=lambda piece: piece[0]), []
-            size = sum(len(view) for _, view in batch)
+            # Runs of contiguous bytes, as they came; a late piece starts a run of its own:
+            # sorted, and neighbours joined, each run is one pwritev.
+            batch, transfer.pending = sorted(transfer.pending, key=lambda run: run[0]), []
+            written = before.copy()
+            run_end = -1
+            for start, stop, views in batch:
+                size += stop - start
+                written.add(start, stop)
+                if start == run_end:
+                    runs[-1][1].extend(views)
+                else:
+                    runs.append((start, views))
+                run_end = stop
             transfer.pending_bytes -= size
             self.pending_bytes -= size
-            run_end = -1
-            for offset, view in batch:
-                if offset == run_end:
-                    runs[-1][1].append(view)
-                else:
-                    runs.append((offset, [view]))
-                run_end = offset + len(view)
-        before = transfer.written
-        written = before.copy() if runs else before
-        for offset, views in runs:
-            written.add(offset, offset + sum(len(v) for v in views))
         hasher, start = transfer.hasher, transfer.hash_pos
         frontier = min(written.prefix_end(0), start + HASH_STEP)
         if not runs and frontier <= start:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Optional
 
 import gevent
 import gevent.event
@@ -213,14 +214,26 @@ class Sending:
         channel.bbr.on_ack(acked, lost, rtt, recovery.bytes_in_flight, now)
         if acked:
             channel.ptos = 0
+        # Packets in a row usually carry consecutive bytes of one transfer: one range each run.
+        run: Optional[list] = None  # [transfer, gen, start, end]
         for packet in acked:
             transfer, gen, offset, length = packet.item
-            if gen == transfer.gen and transfer.accepted:
-                if transfer.delivered(offset, length):
-                    transfer.wake.set()
+            if run is not None and transfer is run[0] and gen == run[1] and offset == run[3]:
+                run[3] = offset + length
+                continue
+            if run is not None:
+                self._delivered(*run)
+            run = [transfer, gen, offset, offset + length]
+        if run is not None:
+            self._delivered(*run)
         for packet in lost:
             self._lost(packet)
         self._wake.set()
+
+    @staticmethod
+    def _delivered(transfer: Outgoing, gen: int, start: int, end: int) -> None:
+        if gen == transfer.gen and transfer.accepted and transfer.delivered(start, end - start):
+            transfer.wake.set()
 
     def _lost(self, packet: SentPacket) -> None:
         transfer, gen, offset, length = packet.item
