@@ -666,9 +666,11 @@ class PortMappingRouter:
             return handle.read()
 
     def mappings(self) -> list[tuple[str, int, str, int]]:
-        """The live port mappings: (protocol, external port, internal ip, internal port)."""
+        """The live port mappings: (protocol, external port, internal ip, internal port).
+        `nft` is given a minute: while the kernel is still tearing down earlier namespaces it
+        has been seen to wait more than 15 s (state D, like the process exits in _stop)."""
         out = self.router.run(["nft", "list", "chain", "inet", MINIUPNPD_TABLE,
-                               "prerouting_miniupnpd"]).stdout
+                               "prerouting_miniupnpd"], timeout=60.0).stdout
         found = []
         for line in out.splitlines():
             # e.g. iif "wan" @nh,72,8 0x11 th dport 40000 dnat ip to 203.0.113.10:40000
