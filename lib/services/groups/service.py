@@ -1,0 +1,1152 @@
+"""The group chat service (PROTOCOL §13): writes records, checks and stores the ones members
+send, and keeps every member's copy in step by anti-entropy.
+
+One `GroupService` runs inside a `P2P`. It is a LinkObserver of the Network (GROUP records
+come through its `GroupChannel`) and the network's GroupPeerDirectory (members who are not
+contacts may open sessions). The pure parts are elsewhere: record and frame codecs
+(codec/grouprecord.py), signatures and sender keys (crypto/groupcrypto.py), membership replay
+(membership.py), sync planning (sync.py); this module is the I/O and the flows:
+
+- writing: every record names the DAG's heads as parents, is signed, stored, then sent to
+  every connected member; a MESSAGE is preceded by a KEY when the sender key was not given to
+  exactly the current members (rotation), and by hybrid signatures as §13.5 says;
+- receiving: well-formed, signed by a known member, depth, fork, rate and acceptance checks;
+  records whose author is not known yet wait (pending); new operations replay the membership;
+- anti-entropy: HAVE on link up, every 10 s ±20 % and as a receipt; RECORDS answer what a
+  peer lacks and is entitled to; HINTs introduce members who are not connected to each other.
+
+Events are published after the commit of what they report (exactly once, like messages).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from typing import Any, Callable, Iterable, Optional
+
+from ...codec.grouprecord import (MAX_MEMBERS, OPERATIONS, AuthorRanges, FileAnnounce, GroupWireError,
+                                  Have, Hint, Kind, MessagePlain, Record, RecordsFrame, SigKind,
+                                  MAX_RECORDS_FRAME, decode_add, decode_create, decode_frame, decode_key,
+                                  decode_plain, decode_promote, decode_remove, encode_add, encode_create,
+                                  encode_frame, encode_key, encode_plain, encode_promote, encode_remove,
+                                  encode_rename, group_file_transfer_id)
+from ...codec.wire import Record as WireRecord
+from ...crypto import groupcrypto, identity as ident, pqc
+from ...errors import Invalid, NotFound, Refused
+from ...net.peers import Link, Network
+from ...passes import PassRunner
+from ...store import Contact, Store
+from .channel import GroupChannel
+from .live import Live, PeerSync
+from .membership import MembershipState, accepts, entitled, order_key, replay
+from .sync import SeqSet, TokenBucket, gaps, have_frame, hint_pairs, wanted_by_peer
+
+log = logging.getLogger("chatp2p.groups")
+
+MAX_GROUPS = 64
+MAX_PENDING = 1024             # records waiting for their author's ADD, per group
+PENDING_TTL = 600.0
+HAVE_INTERVAL = 10.0           # s between HAVEs to each connected member (±20 %)
+ANSWER_INTERVAL = 0.5          # s: a HAVE showing records we lack is answered at most this often
+HINT_INTERVAL = 30.0           # s between HINTs about one pair of members
+CHECKPOINT_AFTER = 10.0        # s: our MESSAGEs not covered by a hybrid signature get a CHECKPOINT
+ANSWER_BUDGET = 1 << 20        # bytes of records sent per HAVE answered
+TIMER_STEP = 0.25              # s between timer passes (the network ticks every 20 ms)
+PRUNE_INTERVAL = 3600.0
+MAX_CANDIDATES = 8             # groups we may be joining (operations received, not decided yet)
+MAX_CANDIDATE_RECORDS = 1024
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_ID_CHARS = 128
+
+Publish = Callable[[str, Any], Any]
+
+
+class GroupError(Invalid):
+    """A group request that cannot be done as asked."""
+
+
+class GroupRefused(Refused):
+    """Not allowed: not an admin, not a member, the group was left."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class GroupService:
+    """Every group of this node; see the module docstring."""
+
+    def __init__(self, identity: ident.Identity, backend: pqc.Backend, store: Store, network: Network,
+                 transfers: Any, publish: Publish, retention: float = 30 * 86400,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.identity = identity
+        self.me = identity.fingerprint
+        self.backend = backend
+        self.store = store
+        self.network = network
+        self.transfers = transfers
+        self.publish = publish
+        self.retention = retention
+        self.clock = clock
+        self.counters = network.counters
+        self.groups: dict[bytes, Live] = {}
+        self.candidates: dict[bytes, dict[bytes, Record]] = {}
+        self.bucket = TokenBucket()
+        self.connect_contact: Callable[[Contact], None] = lambda contact: None
+        self._next_timer = 0.0
+        self._next_prune = 0.0
+        self._pass = PassRunner(self._flush, "groups")
+        self._dirty: dict[bytes, Link] = {}
+        self.channel = GroupChannel(network, self._on_frame)
+        self._load()
+        network.observers.append(self)
+        network.set_group_peers(self)
+        if hasattr(transfers, "set_group_offer_check"):
+            transfers.set_group_offer_check(self._group_offer)
+
+    def stop(self) -> None:
+        self._pass.stop()
+
+    # -- loading ------------------------------------------------------------------------------
+    def _load(self) -> None:
+        for row in self.store.groups.list_groups():
+            live = self._build(row)
+            self.groups[live.group_id] = live
+            self._open_sealed(live)
+
+    def _build(self, row: Any) -> Live:
+        group_id = bytes(row.group_id)
+        live = Live(row, group_id, replay(group_id, ()))
+        held = self.store.groups.held_seqs(row)
+        for author, seqs in held.items():
+            for data in self.store.groups.records_for(row, author, seqs):
+                record = _decode(data)
+                if record is not None:
+                    live.index(record)
+        live.floors = dict(self.store.groups.floors(row))
+        live.replay()
+        shown = self.store.groups.message_hashes(row)
+        for author, seqs in held.items():
+            for data in self.store.groups.records_for(row, author, seqs):
+                record = _decode(data)
+                if record is not None and record.kind == Kind.MESSAGE and record.hash() not in shown:
+                    live.sealed[record.hash()] = record
+        for message in self.store.groups.own_messages(row):
+            live.own[message["seq"]] = (message["record_hash"], message["message_id"])
+        return live
+
+    # -- the directory the network asks (GroupPeerDirectory) -------------------------------------
+    def group_peer_bundle(self, fingerprint: bytes) -> Optional[bytes]:
+        """The bundle of `fingerprint` when it is a member of a group we are a member of."""
+        for live in self.groups.values():
+            if live.state != "active" or not live.membership.is_member(self.me):
+                continue
+            member = live.membership.members.get(fingerprint)
+            if member is not None and fingerprint != self.me:
+                return member.bundle
+        return None
+
+    def _common(self, fingerprint: bytes) -> list[Live]:
+        return [live for live in self.groups.values() if live.state == "active"
+                and live.membership.is_member(self.me) and live.membership.is_member(fingerprint)]
+
+    # -- the API's interface -------------------------------------------------------------------
+    def create(self, name: str, members: list[Contact]) -> dict:
+        name = _check_name(name)
+        if self._active_count() >= MAX_GROUPS:
+            raise GroupRefused(f"Too many groups (at most {MAX_GROUPS})")
+        if len(members) > MAX_MEMBERS - 1:
+            raise GroupError(f"Too many members (at most {MAX_MEMBERS - 1} besides you)")
+        bundles = []
+        for contact in members:
+            bundles.append((contact, self._contact_bundle(contact)))
+        draft = Record(Kind.CREATE, bytes(16), self.me, 1, bytes(32), 1, _now_ms(), 0, SigKind.HYBRID, (),
+                       encode_create(name, self.identity.bundle.encode()))
+        create = groupcrypto.sign_record(draft, self.identity.sig_private, self.backend)
+        group_id = create.hash()[:16]
+        row = self.store.groups.create_group(group_id, name, time.time())
+        live = Live(row, group_id, replay(group_id, ()))
+        self.groups[group_id] = live
+        self._commit(live, [create], None)
+        for contact, bundle in bundles:
+            if contact.fingerprint in live.membership.members:
+                continue
+            self._write_op(live, Kind.ADD, encode_add(0, bundle))
+        self.publish("group_joined", {"group": live.hex, "name": live.membership.name,
+                                      "members": self._member_ids(live)})
+        for contact, _ in bundles:
+            self.connect_contact(contact)
+        return self.info(live.hex)
+
+    def list(self) -> list[dict]:
+        return [self._summary(live) for live in self.groups.values()]
+
+    def info(self, group: str) -> dict:
+        live = self._find(group)
+        view = self._summary(live)
+        view["members"] = [self._member_view(live, fp) for fp in sorted(live.membership.members)]
+        view["key_epoch"] = int(live.row.key_epoch or 0)
+        return view
+
+    def invite(self, group: str, contact: Contact) -> dict:
+        live = self._writable(group, admin=True)
+        if contact.fingerprint in live.membership.members:
+            raise GroupError(f"{contact.name} is already a member of {live.membership.name}")
+        if len(live.membership.members) >= MAX_MEMBERS:
+            raise GroupRefused(f"The group is full (at most {MAX_MEMBERS} members)")
+        self._write_op(live, Kind.ADD, encode_add(0, self._contact_bundle(contact)))
+        self.connect_contact(contact)
+        return self.info(live.hex)
+
+    def remove(self, group: str, peer: str) -> dict:
+        live = self._writable(group, admin=True)
+        target = self._member_fp(live, peer)
+        if target == self.me:
+            raise GroupError("Use leave to leave a group")
+        self._write_op(live, Kind.REMOVE, encode_remove(target, live.highest(target)))
+        return self.info(live.hex)
+
+    def promote(self, group: str, peer: str) -> dict:
+        live = self._writable(group, admin=True)
+        target = self._member_fp(live, peer)
+        if live.membership.is_admin(target):
+            raise GroupError("That member is already an admin")
+        self._write_op(live, Kind.PROMOTE, encode_promote(target))
+        return self.info(live.hex)
+
+    def rename(self, group: str, name: str) -> dict:
+        live = self._writable(group, admin=True)
+        self._write_op(live, Kind.RENAME, encode_rename(_check_name(name)))
+        return self.info(live.hex)
+
+    def leave(self, group: str) -> dict:
+        live = self._writable(group)
+        self._write_op(live, Kind.LEAVE, b"")
+        return self.info(live.hex)
+
+    def submit_message(self, group: str, body: str, message_id: Optional[str]) -> dict:
+        live = self._writable(group)
+        message_id = _check_message(body, message_id)
+        if self.store.groups.has_message_id(live.row, message_id):
+            raise GroupError(f"message_id {message_id!r} was already used in this group")
+        self._write_message(live, MessagePlain(message_id, text=body))
+        return {"group": live.hex, "message_id": message_id, "state": "sent"}
+
+    def history(self, group: str, limit: int, before: Optional[str]) -> dict:
+        live = self._find(group)
+        messages = self.store.groups.history(live.row, limit, before)
+        return {"group": live.hex, "name": live.membership.name,
+                "messages": [self._message_view(live, m) for m in messages]}
+
+    def mark_read(self, group: str) -> dict:
+        live = self._find(group)
+        count = self.store.groups.mark_read(live.row)
+        live.row = self.store.groups.get_group(live.hex)
+        return {"group": live.hex, "marked": count}
+
+    def send_file(self, group: str, file_path: str) -> dict:
+        live = self._writable(group)
+        path = os.path.expanduser(file_path)
+        if not os.path.isabs(path):
+            raise GroupError(f"file_path must be an absolute path, got {file_path!r}")
+        try:
+            size = os.path.getsize(path)
+        except OSError as exc:
+            raise GroupError(f"Cannot read {file_path}: {exc.strerror or exc}") from None
+        file_id = uuid.uuid4().bytes
+        message_id = uuid.uuid4().hex
+        announce = FileAnnounce(file_id, size, os.path.basename(path)[:255])
+        self._write_message(live, MessagePlain(message_id, file=announce))
+        offered = []
+        for fp in sorted(live.membership.members):
+            if fp == self.me:
+                continue
+            link = self.network.link_for_fingerprint(fp)
+            if link is None or not link.connected:
+                continue
+            try:
+                self.transfers.send_file_to_link(link, path, group_file_transfer_id(file_id, fp), live.group_id)
+                offered.append(ident.format_id(fp))
+            except Exception as exc:  # one member's failure must not stop the others' offers
+                log.warning("group file offer to %s failed: %s", link.name, exc)
+        return {"group": live.hex, "message_id": message_id, "file_id": file_id.hex(), "offered": offered}
+
+    # -- finding -------------------------------------------------------------------------------
+    def _find(self, group: str) -> Live:
+        if not isinstance(group, str) or not group:
+            raise GroupError("Field 'group' must be a group id or name")
+        text = group.strip().lower()
+        if len(text) == 32:
+            try:
+                live = self.groups.get(bytes.fromhex(text))
+            except ValueError:
+                live = None
+            if live is not None:
+                return live
+        found = [live for live in self.groups.values() if live.membership.name == group]
+        if len(found) > 1:
+            raise GroupError(f"Several groups are named {group!r}: use the group id")
+        if not found:
+            raise NotFound(f"No group {group!r}")
+        return found[0]
+
+    def _writable(self, group: str, admin: bool = False) -> Live:
+        live = self._find(group)
+        if live.state != "active" or not live.membership.is_member(self.me):
+            raise GroupRefused(f"You are no longer a member of {live.membership.name}")
+        if admin and not live.membership.is_admin(self.me):
+            raise GroupRefused(f"Only an admin of {live.membership.name} can do that")
+        return live
+
+    def _member_fp(self, live: Live, peer: str) -> bytes:
+        if not isinstance(peer, str) or not peer:
+            raise GroupError("Field 'peer' must be a contact name or an ID")
+        contact = self._contact_named(peer)
+        if contact is not None:
+            fp = contact.fingerprint
+        else:
+            try:
+                fp = ident.parse_id(peer)
+            except ident.IdentityError:
+                raise NotFound(f"No contact or ID {peer!r}") from None
+        if fp not in live.membership.members:
+            raise NotFound(f"{peer} is not a member of {live.membership.name}")
+        return fp
+
+    def _contact_named(self, name: str) -> Optional[Contact]:
+        try:
+            return self.store.contacts.get(name)
+        except Exception:
+            return None
+
+    def _contact_bundle(self, contact: Contact) -> bytes:
+        if contact.blocked:
+            raise GroupRefused(f"{contact.name} is blocked")
+        if not contact.bundle:
+            raise GroupError(f"The key of {contact.name} is not known yet: connect to it once "
+                             f"(p2p connect or contacts negotiate_keys) before adding it to a group")
+        return ident.Bundle.from_base64(contact.bundle).encode()
+
+    def _active_count(self) -> int:
+        return sum(1 for live in self.groups.values() if live.state == "active")
+
+    # -- writing -------------------------------------------------------------------------------
+    def _draft(self, live: Live, kind: Kind, body: bytes, sig_kind: SigKind, key_epoch: int = 0) -> Record:
+        seq = live.highest(self.me) + 1
+        prev = live.by_seq.get((self.me, seq - 1), bytes(32))
+        parents = live.parents()
+        return Record(kind, live.group_id, self.me, seq, prev, live.next_depth(parents, prev), _now_ms(),
+                      key_epoch, sig_kind, parents, body)
+
+    def _sign(self, draft: Record) -> Record:
+        return groupcrypto.sign_record(draft, self.identity.sig_private, self.backend)
+
+    def _write_op(self, live: Live, kind: Kind, body: bytes) -> Record:
+        record = self._sign(self._draft(live, kind, body, SigKind.HYBRID))
+        self._commit(live, [record], None)
+        return record
+
+    def _write_message(self, live: Live, plain: MessagePlain) -> Record:
+        row = live.row
+        if self._needs_rotation(live):
+            self._rotate(live)
+            row = live.row
+        epoch = int(row.key_epoch)
+        key = bytes(row.sender_key)
+        first_after_key = live.key_seqs.get(self.me) == live.highest(self.me)
+        hybrid = groupcrypto.needs_hybrid(int(row.records_since_hybrid or 0), first_after_key)
+        draft = self._draft(live, Kind.MESSAGE, b"", SigKind.HYBRID if hybrid else SigKind.ED25519, epoch)
+        body = groupcrypto.encrypt_message(key, draft, encode_plain(plain))
+        record = self._sign(_with_body(draft, body))
+        self._commit(live, [record], None)
+        return record
+
+    def _needs_rotation(self, live: Live) -> bool:
+        row = live.row
+        if not row.sender_key or not row.key_epoch:
+            return True
+        recipients = set(json.loads(row.key_recipients or "[]"))
+        current = {fp.hex() for fp in live.membership.members if fp != self.me}
+        return recipients != current
+
+    def _rotate(self, live: Live) -> None:
+        """A new sender key for exactly the current members (§13.4 Rotation)."""
+        epoch = int(live.row.key_epoch or 0) + 1
+        key = groupcrypto.new_sender_key()
+        envelopes = []
+        recipients = []
+        for fp, member in sorted(live.membership.members.items()):
+            if fp == self.me:
+                continue
+            bundle = ident.Bundle.decode(member.bundle)
+            envelopes.append(groupcrypto.seal_sender_key(bundle, key, live.group_id, self.me, epoch))
+            recipients.append(fp.hex())
+        record = self._sign(self._draft(live, Kind.KEY, encode_key(envelopes), SigKind.HYBRID, epoch))
+        self.store.groups.put_key(live.row, self.me, epoch, key)
+        self.store.groups.update_group(live.row, key_epoch=epoch, sender_key=key,
+                                       key_recipients=json.dumps(recipients))
+        live.row = self.store.groups.get_group(live.hex)
+        self._commit(live, [record], None)
+
+    # -- receiving and storing -----------------------------------------------------------------
+    def _check(self, live: Live, record: Record, link: Optional[Link]) -> Optional[str]:
+        """Why `record` is not taken (a counter name), or None to take it. Its author's bundle
+        is known (the caller made sure)."""
+        digest = record.hash()
+        if digest in live.depth:
+            return "group_records_duplicate"
+        if record.kind == Kind.CREATE:
+            if digest[:16] != live.group_id:
+                return "group_records_bad"
+        elif record.group_id != live.group_id:
+            return "group_records_bad"
+        bundle = _author_bundle(live.membership, record)
+        if bundle is None:
+            return "pending"
+        try:
+            sig_public = ident.Bundle.decode(bundle).sig_public
+        except Exception:
+            return "group_records_bad"
+        if not groupcrypto.verify_record(record, sig_public, self.backend):
+            return "group_records_forged"
+        other = live.by_seq.get((record.author, record.seq))
+        if other is not None and other != digest:
+            return "group_forks"
+        if not live.depth_ok(record):
+            return "group_records_bad"
+        if record.kind not in OPERATIONS and not accepts(live.membership, record):
+            return "group_records_nonmember"
+        if link is not None and link.fingerprint == record.author and record.author != self.me \
+                and not self.bucket.take(record.author, self.clock()):
+            return "group_rate_limited"
+        return None
+
+    def _receive(self, live: Live, link: Link, records: list[Record]) -> None:
+        """Check and store records one member sent for a group we hold (§13.6 step 5)."""
+        queue = [r for r in records if r.hash() not in live.depth]
+        queue.extend(r for r, _ in live.pending.values())
+        live.pending.clear()
+        taken: list[Record] = []
+        progress = True
+        while queue and progress:
+            progress = False
+            rest = []
+            for record in sorted(queue, key=lambda r: (r.kind not in OPERATIONS, order_key(r))):
+                verdict = self._check(live, record, link)
+                if verdict == "pending":
+                    rest.append(record)
+                    continue
+                if verdict is None:
+                    taken.append(record)
+                    if record.kind in OPERATIONS:   # later ones may need the bundle it names
+                        self._commit(live, taken, link)
+                        taken = []
+                        progress = True
+                elif verdict != "group_records_duplicate":
+                    self.counters[verdict] += 1
+                else:
+                    self.counters["group_records_duplicate"] += 1
+            queue = rest
+        if taken:
+            self._commit(live, taken, link)
+        now = self.clock()
+        for record in queue:
+            if len(live.pending) >= MAX_PENDING:
+                self.counters["group_pending_dropped"] += 1
+                continue
+            live.pending[record.hash()] = (record, now)
+        if queue:
+            self._send_have(live, link)   # the sender supplies the operations we lack
+
+    def _commit(self, live: Live, records: list[Record], link: Optional[Link]) -> None:
+        """Store records (one transaction), index them, then do what they cause."""
+        if not records:
+            return
+        now = time.time()
+        new = self.store.groups.add_records(live.row, [(r, now) for r in records])
+        new_hashes = {r.hash() for r in new}
+        fresh = [r for r in records if r.hash() in new_hashes]
+        for record in fresh:
+            live.index(record)
+        before = live.membership
+        if any(r.kind in OPERATIONS for r in fresh):
+            after = live.replay()
+            self._membership_changed(live, before, after)
+        for record in fresh:
+            if record.author == self.me:
+                self._after_own(live, record)
+        for record in fresh:
+            if record.kind == Kind.KEY and record.author != self.me:
+                self._take_key(live, record)
+        for record in fresh:
+            if record.kind == Kind.MESSAGE:
+                live.sealed[record.hash()] = record
+        if live.sealed:
+            self._open_sealed(live)
+        self._mark_pq(live, fresh)
+        if link is not None:
+            state = self._peer(live, link.fingerprint)
+            state.changed.update(r.author for r in fresh)
+            state.have_due = True
+            self._dirty[link.fingerprint] = link
+            self._pass.poke()
+        own = [r for r in fresh if r.author == self.me]
+        if own:
+            self._push(live, own)
+
+    def _after_own(self, live: Live, record: Record) -> None:
+        row = live.row
+        if record.sig_kind == SigKind.HYBRID:
+            fields = {"records_since_hybrid": 0, "last_hybrid_seq": record.seq, "my_seq": record.seq}
+            live.uncovered_since = None
+        else:
+            fields = {"records_since_hybrid": int(row.records_since_hybrid or 0) + 1, "my_seq": record.seq}
+            if live.uncovered_since is None:
+                live.uncovered_since = self.clock()
+        self.store.groups.update_group(row, **fields)
+        live.row = self.store.groups.get_group(live.hex)
+
+    def _push(self, live: Live, records: list[Record]) -> None:
+        """§13.6 step 3: our new records go at once to every connected member."""
+        if live.state != "active" and not any(r.kind == Kind.LEAVE for r in records):
+            return
+        for fp in live.membership.members | _former_now(live, records):
+            if fp == self.me:
+                continue
+            link = self.network.link_for_fingerprint(fp)
+            if link is None or not link.connected:
+                continue
+            sendable = [r for r in records if r.kind in OPERATIONS or entitled(live.membership, fp, r)]
+            self._send_records(live, link, [r.encode() for r in sendable])
+
+    def _take_key(self, live: Live, record: Record) -> None:
+        try:
+            envelopes = decode_key(record.body)
+        except GroupWireError:
+            self.counters["group_records_bad"] += 1
+            return
+        for envelope in envelopes:
+            if envelope.recipient != self.me:
+                continue
+            try:
+                key = groupcrypto.open_sender_key(self.identity.kem_seed, envelope, live.group_id,
+                                                  record.author, record.key_epoch, self.me)
+            except Exception:
+                self.counters["group_keys_bad"] += 1
+                return
+            self.store.groups.put_key(live.row, record.author, record.key_epoch, key)
+            return
+
+    def _open_sealed(self, live: Live) -> None:
+        """Show the MESSAGEs whose key we now hold (exactly once: by record hash)."""
+        keys: dict[tuple[bytes, int], Optional[bytes]] = {}
+        opened = []
+        for digest, record in list(live.sealed.items()):
+            slot = (record.author, record.key_epoch)
+            if slot not in keys:
+                keys[slot] = self.store.groups.get_key(live.row, record.author, record.key_epoch)
+            key = keys[slot]
+            if key is None:
+                continue
+            del live.sealed[digest]
+            try:
+                plain = decode_plain(groupcrypto.decrypt_message(key, record))
+            except Exception:
+                self.counters["group_records_undecryptable"] += 1
+                continue
+            opened.append((record, plain))
+        if not opened:
+            return
+        opened.sort(key=lambda item: order_key(item[0]))
+        now = time.time()
+        for record, plain in opened:
+            outgoing = record.author == self.me
+            message = self.store.groups.add_message(
+                live.row, record_hash=record.hash(), author=record.author, message_id=plain.message_id,
+                depth=record.depth, kind="file" if plain.file is not None else "text",
+                body=plain.text or "", file=_file_json(plain.file), created=record.created_ms / 1000,
+                received=now, outgoing=outgoing, pq_verified=record.sig_kind == SigKind.HYBRID, seq=record.seq)
+            if message is None:
+                continue  # already shown (a copy after a restart)
+            if outgoing:
+                live.own[record.seq] = (record.hash(), plain.message_id)
+                continue
+            event = {"group": live.hex, "message_id": plain.message_id, "from": ident.format_id(record.author),
+                     "body": plain.text or "", "created": record.created_ms / 1000,
+                     "kind": "file" if plain.file is not None else "text"}
+            name = self._contact_name(record.author)
+            if name is not None:
+                event["name"] = name
+            if plain.file is not None:
+                event["file"] = {"file_id": plain.file.file_id.hex(), "size": plain.file.size,
+                                 "name": plain.file.name}
+            self.publish("group_message_received", event)
+
+    def _mark_pq(self, live: Live, fresh: list[Record]) -> None:
+        """A hybrid record covers its author's chain back to the previous hybrid one (§13.5)."""
+        for record in fresh:
+            if record.sig_kind != SigKind.HYBRID or record.author == self.me:
+                continue
+            hashes = []
+            seq = record.seq - 1
+            while seq >= 1:
+                digest = live.by_seq.get((record.author, seq))
+                if digest is None or digest in live.hybrid:
+                    break
+                hashes.append(digest)
+                seq -= 1
+            if hashes:
+                self.store.groups.set_pq_verified(live.row, hashes)
+
+    # -- membership changes --------------------------------------------------------------------
+    def _membership_changed(self, live: Live, before: MembershipState, after: MembershipState) -> None:
+        was_member = self.me in before.members
+        is_member = self.me in after.members
+        for fp in sorted(set(after.members) - set(before.members)):
+            if fp == self.me:
+                continue
+            by = self._op_author(live, after, fp, (Kind.ADD, Kind.CREATE))
+            self.publish("group_member_added", self._who(live, "member", fp, by))
+        for fp in sorted(set(before.members) - set(after.members)):
+            op = self._last_op(live, after, fp)
+            if op is not None and op.kind == Kind.LEAVE:
+                self.publish("group_member_left", self._who(live, "member", fp, None))
+            else:
+                self.publish("group_member_removed",
+                             self._who(live, "member", fp, op.author if op is not None else None))
+        self._drop_unacceptable(live, after)
+        if was_member and not is_member:
+            op = self._last_op(live, after, self.me)
+            state = "left" if op is not None and op.kind == Kind.LEAVE else "removed"
+            self.store.groups.update_group(live.row, state=state)
+            live.row = self.store.groups.get_group(live.hex)
+        elif is_member and live.state != "active" and not was_member:
+            self.store.groups.update_group(live.row, state="active")
+            live.row = self.store.groups.get_group(live.hex)
+        if before.name != after.name or set(before.members) != set(after.members) \
+                or before.admins() != after.admins():
+            self.publish("group_updated", {"group": live.hex, "name": after.name,
+                                           "members": self._member_ids(live),
+                                           "admins": sorted(ident.format_id(fp) for fp in after.admins())})
+        self._close_strays()
+
+    def _op_author(self, live: Live, state: MembershipState, target: bytes, kinds: tuple) -> Optional[bytes]:
+        member = state.members.get(target)
+        return member.added_by if member is not None else None
+
+    def _last_op(self, live: Live, state: MembershipState, target: bytes) -> Optional[Record]:
+        """The applied REMOVE or LEAVE that ended `target`'s membership."""
+        found = None
+        for digest in state.applied:
+            record = live.ops.get(digest)
+            if record is None:
+                continue
+            if record.kind == Kind.LEAVE and record.author == target:
+                found = record
+            elif record.kind == Kind.REMOVE:
+                try:
+                    if decode_remove(record.body)[0] == target:
+                        found = record
+                except GroupWireError:
+                    pass
+        return found
+
+    def _drop_unacceptable(self, live: Live, state: MembershipState) -> None:
+        """§13.3: records of former members beyond their final_seq leave history."""
+        doomed = []
+        for fp, final_seq in state.former.items():
+            for seq in [s for s in _seqs(live.held.get(fp)) if s > final_seq]:
+                digest = live.by_seq.get((fp, seq))
+                if digest is not None and digest not in live.ops:
+                    doomed.append((fp, seq, digest))
+        if not doomed:
+            return
+        self.store.groups.delete_records([d for _, _, d in doomed])
+        for fp, seq, digest in doomed:
+            live.held[fp] = SeqSet(s for s in _seqs(live.held.get(fp)) if s != seq)
+            live.depth.pop(digest, None)
+            live.by_seq.pop((fp, seq), None)
+            live.heads.discard(digest)
+            live.sealed.pop(digest, None)
+        self.counters["group_records_nonmember"] += len(doomed)
+
+    def _close_strays(self) -> None:
+        """§13.7: a group peer with no common group left is closed (CLOSE 1)."""
+        for link in list(self.network.links.values()):
+            if getattr(link, "group_peer", False) and not self._common(link.fingerprint):
+                self.network.close_group_peer(link.fingerprint)
+
+    # -- joining ------------------------------------------------------------------------------
+    def _candidate(self, group_id: bytes, link: Link, records: list[Record]) -> None:
+        """RECORDS for a group we do not hold: we join if they add us by a contact (§13.3 Joining)."""
+        if group_id not in self.candidates and len(self.candidates) >= MAX_CANDIDATES:
+            self.counters["groups_refused"] += 1
+            return
+        pool = self.candidates.setdefault(group_id, {})
+        for record in records:
+            if record.kind in OPERATIONS and len(pool) < MAX_CANDIDATE_RECORDS:
+                pool[record.hash()] = record
+        ops = [r for r in pool.values() if _signed_ok(r, pool, group_id, self.backend)]
+        state = replay(group_id, ops)
+        if self.me not in state.members:
+            return
+        adder = state.members[self.me].added_by
+        contact = self.store.contacts.find_by_fingerprint(adder)
+        del self.candidates[group_id]
+        if contact is None or contact.blocked or self._active_count() >= MAX_GROUPS:
+            self.counters["groups_refused"] += 1
+            return
+        row = self.store.groups.create_group(group_id, state.name, time.time())
+        live = Live(row, group_id, replay(group_id, ()))
+        self.groups[group_id] = live
+        self.publish("group_invited", {"group": live.hex, "name": state.name, "by": ident.format_id(adder),
+                                       "by_name": contact.name})
+        ops.sort(key=order_key)
+        self._receive(live, link, ops)
+        rest = [r for r in records if r.kind not in OPERATIONS]
+        if rest:
+            self._receive(live, link, rest)
+        self.publish("group_joined", {"group": live.hex, "name": live.membership.name,
+                                      "members": self._member_ids(live)})
+        self._send_have(live, link)
+
+    # -- frames --------------------------------------------------------------------------------
+    def _on_frame(self, link: Link, data: bytes) -> None:
+        try:
+            frame = decode_frame(data)
+        except GroupWireError:
+            self.counters["group_frames_bad"] += 1
+            return
+        try:
+            if isinstance(frame, Have):
+                self._on_have(link, frame)
+            elif isinstance(frame, RecordsFrame):
+                self._on_records(link, frame)
+            elif isinstance(frame, Hint):
+                self._on_hint(link, frame)
+        except Exception:
+            log.exception("group frame from %s failed", link.name)
+            self.counters["group_frames_failed"] += 1
+
+    def _on_records(self, link: Link, frame: RecordsFrame) -> None:
+        records = []
+        for data in frame.records:
+            record = _decode(data)
+            if record is None:
+                self.counters["group_records_bad"] += 1
+                continue
+            records.append(record)
+        live = self.groups.get(frame.group_id)
+        if live is None:
+            if link.contact_id is not None:
+                self._candidate(frame.group_id, link, records)
+            else:
+                self.counters["group_frames_unknown"] += 1
+            return
+        if link.fingerprint not in live.membership.members and link.fingerprint not in live.membership.former:
+            self.counters["group_frames_nonmember"] += 1
+            return
+        self._receive(live, link, records)
+
+    def _on_have(self, link: Link, have: Have) -> None:
+        live = self.groups.get(have.group_id)
+        peer = link.fingerprint
+        if live is None:
+            if link.contact_id is not None and not have.authors:
+                return  # an empty HAVE for a group we do not hold: nothing to give
+            if link.contact_id is not None and have.connected and len(self.candidates) < MAX_CANDIDATES:
+                # A full HAVE that holds nothing (it names the receiver among its connected members).
+                self.channel.send_frame(link, encode_frame(Have(have.group_id, (), (link.fingerprint[:8],))))
+            return
+        if live.state != "active" or not live.membership.is_member(peer) or not live.membership.is_member(self.me):
+            if live.state == "active":
+                self.counters["group_have_nonmember"] += 1
+            return
+        state = self._peer(live, peer)
+        self._deliveries(live, peer, state, have)
+        self._gaps(live, have)
+        self._answer(live, link, have)
+        if _lacks(live, have):
+            now = self.clock()
+            if now - state.last_answer >= ANSWER_INTERVAL:
+                state.last_answer = now
+                self._send_have(live, link)
+        self._hints(live, link, have)
+
+    def _answer(self, live: Live, link: Link, have: Have) -> None:
+        """§13.6 step 2: what the peer lacks and is entitled to, operations first, ≤ 1 MiB."""
+        peer = link.fingerprint
+        held = live.held
+        if not have.connected:  # a receipt: it lists only the authors that changed (§13.6)
+            held = {a.author: live.held[a.author] for a in have.authors if a.author in live.held}
+        want = wanted_by_peer(held, have)
+        if not want:
+            return
+        chosen: list[tuple[tuple, bytes]] = []
+        budget = ANSWER_BUDGET
+        for author, seqs in want.items():
+            for data in self.store.groups.records_for(live.row, author, seqs):
+                record = _decode(data)
+                if record is None:
+                    continue
+                if record.kind not in OPERATIONS and not entitled(live.membership, peer, record):
+                    continue
+                chosen.append(((record.kind not in OPERATIONS, order_key(record)), data))
+        chosen.sort(key=lambda item: item[0])
+        out = []
+        for _, data in chosen:
+            if budget < len(data):
+                break
+            budget -= len(data)
+            out.append(data)
+        self._send_records(live, link, out)
+
+    def _deliveries(self, live: Live, peer: bytes, state: PeerSync, have: Have) -> None:
+        """A member reporting our seqs holds our records: per-member delivery (§13.6 step 4)."""
+        mine = next((a for a in have.authors if a.author == self.me), None)
+        if mine is None:
+            return
+        members = {fp for fp in live.membership.members if fp != self.me}
+        for first, last in mine.ranges:
+            for seq in range(first, last + 1):
+                if seq in state.acked:
+                    continue
+                state.acked.add(seq)
+                own = live.own.get(seq)
+                if own is None:
+                    continue
+                digest, message_id = own
+                if not self.store.groups.set_delivered(live.row, digest, peer):
+                    continue
+                holders = self.store.groups.deliveries(live.row, digest)
+                self.publish("group_message_delivered", {
+                    "group": live.hex, "message_id": message_id, "member": ident.format_id(peer),
+                    "all": members <= set(holders)})
+
+    def _gaps(self, live: Live, have: Have) -> None:
+        """§13.6 Gaps: records the peer no longer keeps and we never got."""
+        for author, count in gaps(live.held, have).items():
+            if count <= 0:
+                continue
+            added = self.store.groups.add_gap(live.row, author, count, time.time())
+            if added:
+                self.counters["group_gaps"] += 1
+                floor = next(a.floor for a in have.authors if a.author == author)
+                live.floors[author] = max(live.floors.get(author, 0), floor)
+
+    def _hints(self, live: Live, link: Link, have: Have) -> None:
+        """§13.7: introduce this peer and the members we see that it does not."""
+        ours = {fp for fp in live.membership.members
+                if fp != self.me and (l := self.network.link_for_fingerprint(fp)) is not None and l.connected}
+        now = self.clock()
+        for other in hint_pairs(ours, link.fingerprint, have.connected):
+            if other == link.fingerprint or other not in live.membership.members:
+                continue
+            pair = tuple(sorted((link.fingerprint, other)))
+            if now - live.hints.get(pair, -1e9) < HINT_INTERVAL:
+                continue
+            other_link = self.network.link_for_fingerprint(other)
+            if other_link is None or not other_link.connected:
+                continue
+            there = self.network.remote_address(other_link)
+            here = self.network.remote_address(link)
+            if there is None or here is None:
+                continue
+            live.hints[pair] = now
+            self.channel.send_frame(link, encode_frame(Hint(live.group_id, other, (there,))))
+            self.channel.send_frame(other_link, encode_frame(Hint(live.group_id, link.fingerprint, (here,))))
+
+    def _on_hint(self, link: Link, hint: Hint) -> None:
+        live = self.groups.get(hint.group_id)
+        if live is None or live.state != "active" or not live.membership.is_member(link.fingerprint):
+            self.counters["group_hints_ignored"] += 1
+            return
+        member = live.membership.members.get(hint.member)
+        if member is None or hint.member == self.me or not hint.addresses:
+            self.counters["group_hints_ignored"] += 1
+            return
+        current = self.network.link_for_fingerprint(hint.member)
+        if current is not None and current.connected:
+            return
+        candidates = [(tuple(address), "direct") for address in hint.addresses]
+        contact = self.store.contacts.find_by_fingerprint(hint.member)
+        if contact is not None:
+            if not contact.blocked:
+                self.network.punch(contact, candidates)
+            return
+        self.network.connect_group_peer(hint.member, member.bundle, candidates)
+
+    # -- sending frames -----------------------------------------------------------------------
+    def _peer(self, live: Live, fp: bytes) -> PeerSync:
+        state = live.peers.get(fp)
+        if state is None:
+            state = live.peers[fp] = PeerSync(next_have=self.clock() + _jitter())
+        return state
+
+    def _connected_prefixes(self, live: Live) -> list[bytes]:
+        out = []
+        for fp in live.membership.members:
+            if fp == self.me:
+                continue
+            link = self.network.link_for_fingerprint(fp)
+            if link is not None and link.connected:
+                out.append(fp)
+        return out
+
+    def _send_have(self, live: Live, link: Link, authors: Optional[Iterable[bytes]] = None) -> None:
+        """A full HAVE (every author, and the members we are connected to, the receiver among
+        them), or with `authors` a receipt: those authors only and no connected members."""
+        if authors is None:
+            held, connected = live.held, self._connected_prefixes(live)
+        else:
+            held, connected = {a: live.held[a] for a in authors if a in live.held}, []
+        floors = {a: live.floors.get(a, 0) for a in held}
+        frame = have_frame(live.group_id, held, floors, connected)
+        self.channel.send_frame(link, encode_frame(frame))
+
+    def _send_records(self, live: Live, link: Link, encoded: list[bytes]) -> None:
+        batch: list[bytes] = []
+        size = 0
+        for data in encoded:
+            if batch and size + len(data) + 4 > MAX_RECORDS_FRAME - 64:
+                self.channel.send_frame(link, encode_frame(RecordsFrame(live.group_id, tuple(batch))))
+                batch, size = [], 0
+            batch.append(data)
+            size += len(data) + 4
+        if batch:
+            self.channel.send_frame(link, encode_frame(RecordsFrame(live.group_id, tuple(batch))))
+
+    def _flush(self) -> None:
+        """Receipt HAVEs (only the authors that changed), one per peer and group per pass."""
+        dirty, self._dirty = self._dirty, {}
+        for fp, link in dirty.items():
+            if not link.connected:
+                continue
+            for live in self._common(fp):
+                state = live.peers.get(fp)
+                if state is None or not state.have_due:
+                    continue
+                authors, state.changed, state.have_due = set(state.changed), set(), False
+                self._send_have(live, link, authors)
+
+    # -- LinkObserver -------------------------------------------------------------------------
+    def link_up(self, link: Link) -> None:
+        for live in self._common(link.fingerprint):
+            state = self._peer(live, link.fingerprint)
+            state.acked = SeqSet(())
+            state.next_have = self.clock() + _jitter()
+            self._send_have(live, link)
+
+    def link_down(self, link: Link) -> None:
+        self.channel.link_down(link)
+        for live in self.groups.values():
+            live.peers.pop(link.fingerprint, None)
+
+    def records(self, link: Link, records: list[WireRecord]) -> None:
+        self.channel.records(link, records)
+
+    def path_changed(self, link: Link) -> None:
+        pass
+
+    def tick(self, now: float) -> None:
+        self.channel.tick(now)
+        if now < self._next_timer:
+            return
+        self._next_timer = now + TIMER_STEP
+        for live in list(self.groups.values()):
+            try:
+                self._timers(live, now)
+            except Exception:
+                log.exception("group timers failed for %s", live.hex)
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_INTERVAL
+            self._prune()
+
+    def _timers(self, live: Live, now: float) -> None:
+        if live.state != "active" or not live.membership.is_member(self.me):
+            return
+        for fp in live.membership.members:
+            if fp == self.me:
+                continue
+            link = self.network.link_for_fingerprint(fp)
+            if link is None or not link.connected:
+                continue
+            state = self._peer(live, fp)
+            if now >= state.next_have:
+                state.next_have = now + _jitter()
+                self._send_have(live, link)
+        if live.uncovered_since is not None and now - live.uncovered_since >= CHECKPOINT_AFTER:
+            self._write_op(live, Kind.CHECKPOINT, b"")
+        for digest, (_, since) in list(live.pending.items()):
+            if now - since > PENDING_TTL:
+                del live.pending[digest]
+                self.counters["group_pending_expired"] += 1
+
+    def _prune(self) -> None:
+        cutoff = time.time() - self.retention
+        for live in self.groups.values():
+            removed = self.store.groups.prune(live.row, cutoff)
+            if removed:
+                self._reindex(live)
+
+    def _reindex(self, live: Live) -> None:
+        fresh = self._build(self.store.groups.get_group(live.hex))
+        fresh.peers, fresh.hints, fresh.uncovered_since = live.peers, live.hints, live.uncovered_since
+        self.groups[live.group_id] = fresh
+
+    # -- group files ---------------------------------------------------------------------------
+    def _group_offer(self, link: Link, transfer_id: bytes) -> Optional[bytes]:
+        """The group an offer from `link` belongs to (an announced file of a common group)."""
+        for live in self._common(link.fingerprint):
+            if self.store.groups.file_announced(live.row, link.fingerprint, transfer_id, self.me):
+                return live.group_id
+        return None
+
+    # -- views ---------------------------------------------------------------------------------
+    def _contact_name(self, fp: bytes) -> Optional[str]:
+        contact = self.store.contacts.find_by_fingerprint(fp)
+        return contact.name if contact is not None else None
+
+    def _member_ids(self, live: Live) -> list[str]:
+        return sorted(ident.format_id(fp) for fp in live.membership.members)
+
+    def _who(self, live: Live, key: str, fp: bytes, by: Optional[bytes]) -> dict:
+        view: dict[str, Any] = {"group": live.hex, key: ident.format_id(fp)}
+        name = self._contact_name(fp)
+        if name is not None:
+            view["name"] = name
+        if by is not None:
+            view["by"] = ident.format_id(by)
+        return view
+
+    def _member_view(self, live: Live, fp: bytes) -> dict:
+        member = live.membership.members[fp]
+        link = self.network.link_for_fingerprint(fp) if fp != self.me else None
+        contact = self.store.contacts.find_by_fingerprint(fp)
+        return {"id": ident.format_id(fp), "name": contact.name if contact is not None else None,
+                "role": member.role, "me": fp == self.me,
+                "online": bool(link is not None and link.connected),
+                "verified": bool(contact.verified) if contact is not None else False}
+
+    def _summary(self, live: Live) -> dict:
+        members = live.membership.members
+        online = sum(1 for fp in members if fp != self.me and (l := self.network.link_for_fingerprint(fp))
+                     is not None and l.connected)
+        return {"group": live.hex, "name": live.membership.name, "state": live.state,
+                "members_count": len(members), "online": online,
+                "admin": live.membership.is_admin(self.me), "unread": int(live.row.unread or 0)}
+
+    def _message_view(self, live: Live, message: Any) -> dict:
+        return dict(message) if not hasattr(message, "to_dict") else message.to_dict(ident.format_id)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _decode(data: bytes) -> Optional[Record]:
+    from ...codec.grouprecord import decode_record
+    try:
+        return decode_record(bytes(data))
+    except GroupWireError:
+        return None
+
+
+def _with_body(draft: Record, body: bytes) -> Record:
+    return dataclasses.replace(draft, body=body)
+
+
+def _author_bundle(state: MembershipState, record: Record) -> Optional[bytes]:
+    if record.kind == Kind.CREATE:
+        try:
+            return decode_create(record.body)[1]
+        except GroupWireError:
+            return None
+    return state.known_bundles.get(record.author)
+
+
+def _signed_ok(record: Record, pool: dict, group_id: bytes, backend: pqc.Backend) -> bool:
+    """An operation of a group we may join: signed by the bundle its group names for the author."""
+    bundles: dict[bytes, bytes] = {}
+    for op in pool.values():
+        try:
+            if op.kind == Kind.CREATE:
+                bundle = decode_create(op.body)[1]
+                bundles[op.author] = bundle
+            elif op.kind == Kind.ADD:
+                bundle = decode_add(op.body)[1]
+                bundles[ident.Bundle.decode(bundle).fingerprint()] = bundle
+        except Exception:
+            continue
+    bundle = bundles.get(record.author)
+    if bundle is None:
+        return False
+    try:
+        return groupcrypto.verify_record(record, ident.Bundle.decode(bundle).sig_public, backend)
+    except Exception:
+        return False
+
+
+def _former_now(live: Live, records: list[Record]) -> set[bytes]:
+    """Members a LEAVE or REMOVE among `records` just ended: they still get that record."""
+    out = set()
+    for record in records:
+        if record.kind == Kind.REMOVE:
+            try:
+                out.add(decode_remove(record.body)[0])
+            except GroupWireError:
+                pass
+    if any(r.kind == Kind.LEAVE for r in records):
+        out |= set(live.membership.members)
+    return out
+
+
+def _lacks(live: Live, have: Have) -> bool:
+    for author in have.authors:
+        held = live.held.get(author.author)
+        for first, last in author.ranges:
+            if held is None:
+                return True
+            if any(seq not in held for seq in range(first, min(last, first + 4096) + 1)):
+                return True
+    return False
+
+
+def _seqs(held: Optional[SeqSet]) -> list[int]:
+    if held is None:
+        return []
+    out = []
+    for first, last in held.ranges(limit=1 << 30):
+        out.extend(range(first, last + 1))
+    return out
+
+
+def _jitter() -> float:
+    return HAVE_INTERVAL * random.uniform(0.8, 1.2)
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not 1 <= len(name.encode("utf-8")) <= 64:
+        raise GroupError("A group name is 1 to 64 bytes of UTF-8")
+    return name
+
+
+def _check_message(body: str, message_id: Optional[str]) -> str:
+    if not isinstance(body, str):
+        raise GroupError("Field 'message' must be text")
+    size = len(body.encode("utf-8"))
+    if size > MAX_MESSAGE_BYTES:
+        raise GroupError(f"Message too long ({size} bytes of UTF-8, at most {MAX_MESSAGE_BYTES})")
+    if message_id is None or message_id == "":
+        return uuid.uuid4().hex
+    if len(message_id) > MAX_MESSAGE_ID_CHARS or len(message_id.encode("utf-8")) > 255:
+        raise GroupError(f"message_id is too long (at most {MAX_MESSAGE_ID_CHARS} characters)")
+    return message_id
+
+
+def _file_json(announce: Optional[FileAnnounce]) -> Optional[str]:
+    if announce is None:
+        return None
+    return json.dumps({"file_id": announce.file_id.hex(), "size": announce.size, "name": announce.name})
