@@ -454,6 +454,12 @@ class GroupRepository:
             (_ref(group), message_id))
         return GroupMessage.from_row(rows[0]) if rows else None
 
+    def outgoing_messages(self, group: Group | int) -> list[GroupMessage]:
+        """Our own messages in the group (the service tracks their deliveries), in order."""
+        rows = self._store.query("SELECT * FROM group_messages WHERE group_ref = ? AND outgoing = 1 "
+                                 "ORDER BY depth, hash", (_ref(group),))
+        return [GroupMessage.from_row(row) for row in rows]
+
     def history(self, group: Group | int, limit: int = 50, before: bytes | None = None) -> list[GroupMessage]:
         """The last `limit` messages in the group's order (depth, hash), oldest first; with
         `before` (a message's hash), those that come before it. NotFoundError if `before`

@@ -21,7 +21,7 @@ Events are published after the commit of what they report (exactly once, like me
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
 import logging
 import os
 import random
@@ -40,7 +40,7 @@ from ...crypto import groupcrypto, identity as ident, pqc
 from ...errors import Invalid, NotFound, Refused
 from ...net.peers import Link, Network
 from ...passes import PassRunner
-from ...store import Contact, Store
+from ...store import Contact, Group, GroupMessage, Store
 from .channel import GroupChannel
 from .live import Live, PeerSync
 from .membership import MembershipState, accepts, entitled, order_key, replay
@@ -96,6 +96,7 @@ class GroupService:
         self.counters = network.counters
         self.groups: dict[bytes, Live] = {}
         self.candidates: dict[bytes, dict[bytes, Record]] = {}
+        self.announced: dict[bytes, tuple[bytes, bytes]] = {}   # group file transfer id -> (group_id, author)
         self.bucket = TokenBucket()
         self.connect_contact: Callable[[Contact], None] = lambda contact: None
         self._next_timer = 0.0
@@ -119,25 +120,24 @@ class GroupService:
             self.groups[live.group_id] = live
             self._open_sealed(live)
 
-    def _build(self, row: Any) -> Live:
+    def _build(self, row: Group) -> Live:
         group_id = bytes(row.group_id)
         live = Live(row, group_id, replay(group_id, ()))
-        held = self.store.groups.held_seqs(row)
-        for author, seqs in held.items():
-            for data in self.store.groups.records_for(row, author, seqs):
-                record = _decode(data)
-                if record is not None:
-                    live.index(record)
+        for stored in self.store.groups.records(row):
+            record = _decode(stored.data)
+            if record is not None:
+                live.index(record)
         live.floors = dict(self.store.groups.floors(row))
         live.replay()
-        shown = self.store.groups.message_hashes(row)
-        for author, seqs in held.items():
-            for data in self.store.groups.records_for(row, author, seqs):
-                record = _decode(data)
-                if record is not None and record.kind == Kind.MESSAGE and record.hash() not in shown:
-                    live.sealed[record.hash()] = record
-        for message in self.store.groups.own_messages(row):
-            live.own[message["seq"]] = (message["record_hash"], message["message_id"])
+        for stored in self.store.groups.undecrypted(row):
+            record = _decode(stored.data)
+            if record is not None:
+                live.sealed[record.hash()] = record
+        seq_of = {digest: seq for (author, seq), digest in live.by_seq.items() if author == self.me}
+        for message in self.store.groups.outgoing_messages(row):
+            seq = seq_of.get(message.hash)
+            if seq is not None:
+                live.own[seq] = (message.hash, message.message_id)
         return live
 
     # -- the directory the network asks (GroupPeerDirectory) -------------------------------------
@@ -190,7 +190,7 @@ class GroupService:
         live = self._find(group)
         view = self._summary(live)
         view["members"] = [self._member_view(live, fp) for fp in sorted(live.membership.members)]
-        view["key_epoch"] = int(live.row.key_epoch or 0)
+        view["key_epoch"] = live.row.key_epoch
         return view
 
     def invite(self, group: str, contact: Contact) -> dict:
@@ -232,21 +232,26 @@ class GroupService:
     def submit_message(self, group: str, body: str, message_id: Optional[str]) -> dict:
         live = self._writable(group)
         message_id = _check_message(body, message_id)
-        if self.store.groups.has_message_id(live.row, message_id):
+        if self.store.groups.own_message(live.row, message_id) is not None:
             raise GroupError(f"message_id {message_id!r} was already used in this group")
         self._write_message(live, MessagePlain(message_id, text=body))
         return {"group": live.hex, "message_id": message_id, "state": "sent"}
 
     def history(self, group: str, limit: int, before: Optional[str]) -> dict:
         live = self._find(group)
-        messages = self.store.groups.history(live.row, limit, before)
+        anchor = None
+        if before is not None:
+            try:
+                anchor = bytes.fromhex(before)
+            except ValueError:
+                raise GroupError("Field 'before' must be a message's hash (hex) from history") from None
+        messages = self.store.groups.history(live.row, limit, anchor)
         return {"group": live.hex, "name": live.membership.name,
                 "messages": [self._message_view(live, m) for m in messages]}
 
     def mark_read(self, group: str) -> dict:
         live = self._find(group)
         count = self.store.groups.mark_read(live.row)
-        live.row = self.store.groups.get_group(live.hex)
         return {"group": live.hex, "marked": count}
 
     def send_file(self, group: str, file_path: str) -> dict:
@@ -352,14 +357,14 @@ class GroupService:
         return record
 
     def _write_message(self, live: Live, plain: MessagePlain) -> Record:
-        row = live.row
         if self._needs_rotation(live):
             self._rotate(live)
-            row = live.row
-        epoch = int(row.key_epoch)
+        row = live.row
+        epoch = row.key_epoch
+        assert row.sender_key is not None
         key = bytes(row.sender_key)
         first_after_key = live.key_seqs.get(self.me) == live.highest(self.me)
-        hybrid = groupcrypto.needs_hybrid(int(row.records_since_hybrid or 0), first_after_key)
+        hybrid = groupcrypto.needs_hybrid(row.records_since_hybrid, first_after_key)
         draft = self._draft(live, Kind.MESSAGE, b"", SigKind.HYBRID if hybrid else SigKind.ED25519, epoch)
         body = groupcrypto.encrypt_message(key, draft, encode_plain(plain))
         record = self._sign(_with_body(draft, body))
@@ -370,13 +375,11 @@ class GroupService:
         row = live.row
         if not row.sender_key or not row.key_epoch:
             return True
-        recipients = set(json.loads(row.key_recipients or "[]"))
-        current = {fp.hex() for fp in live.membership.members if fp != self.me}
-        return recipients != current
+        return set(row.key_recipients) != {fp for fp in live.membership.members if fp != self.me}
 
     def _rotate(self, live: Live) -> None:
         """A new sender key for exactly the current members (§13.4 Rotation)."""
-        epoch = int(live.row.key_epoch or 0) + 1
+        epoch = live.row.key_epoch + 1
         key = groupcrypto.new_sender_key()
         envelopes = []
         recipients = []
@@ -385,12 +388,11 @@ class GroupService:
                 continue
             bundle = ident.Bundle.decode(member.bundle)
             envelopes.append(groupcrypto.seal_sender_key(bundle, key, live.group_id, self.me, epoch))
-            recipients.append(fp.hex())
+            recipients.append(fp)
         record = self._sign(self._draft(live, Kind.KEY, encode_key(envelopes), SigKind.HYBRID, epoch))
         self.store.groups.put_key(live.row, self.me, epoch, key)
-        self.store.groups.update_group(live.row, key_epoch=epoch, sender_key=key,
-                                       key_recipients=json.dumps(recipients))
-        live.row = self.store.groups.get_group(live.hex)
+        live.row = self.store.groups.update_group(live.row, key_epoch=epoch, sender_key=key,
+                                                  key_recipients=recipients)
         self._commit(live, [record], None)
 
     # -- receiving and storing -----------------------------------------------------------------
@@ -505,11 +507,10 @@ class GroupService:
             fields = {"records_since_hybrid": 0, "last_hybrid_seq": record.seq, "my_seq": record.seq}
             live.uncovered_since = None
         else:
-            fields = {"records_since_hybrid": int(row.records_since_hybrid or 0) + 1, "my_seq": record.seq}
+            fields = {"records_since_hybrid": row.records_since_hybrid + 1, "my_seq": record.seq}
             if live.uncovered_since is None:
                 live.uncovered_since = self.clock()
-        self.store.groups.update_group(row, **fields)
-        live.row = self.store.groups.get_group(live.hex)
+        live.row = self.store.groups.update_group(row, **fields)
 
     def _push(self, live: Live, records: list[Record]) -> None:
         """§13.6 step 3: our new records go at once to every connected member."""
@@ -567,10 +568,12 @@ class GroupService:
         for record, plain in opened:
             outgoing = record.author == self.me
             message = self.store.groups.add_message(
-                live.row, record_hash=record.hash(), author=record.author, message_id=plain.message_id,
+                live.row, hash=record.hash(), author=record.author, message_id=plain.message_id,
                 depth=record.depth, kind="file" if plain.file is not None else "text",
-                body=plain.text or "", file=_file_json(plain.file), created=record.created_ms / 1000,
-                received=now, outgoing=outgoing, pq_verified=record.sig_kind == SigKind.HYBRID, seq=record.seq)
+                body=plain.text or "", file=_file_view(plain.file), created=record.created_ms / 1000,
+                received=now, outgoing=outgoing, pq_verified=record.sig_kind == SigKind.HYBRID)
+            if plain.file is not None and not outgoing:
+                self.announced[group_file_transfer_id(plain.file.file_id, self.me)] = (live.group_id, record.author)
             if message is None:
                 continue  # already shown (a copy after a restart)
             if outgoing:
@@ -583,8 +586,7 @@ class GroupService:
             if name is not None:
                 event["name"] = name
             if plain.file is not None:
-                event["file"] = {"file_id": plain.file.file_id.hex(), "size": plain.file.size,
-                                 "name": plain.file.name}
+                event["file"] = _file_view(plain.file)
             self.publish("group_message_received", event)
 
     def _mark_pq(self, live: Live, fresh: list[Record]) -> None:
@@ -601,7 +603,7 @@ class GroupService:
                 hashes.append(digest)
                 seq -= 1
             if hashes:
-                self.store.groups.set_pq_verified(live.row, hashes)
+                self.store.groups.mark_pq_verified(hashes)
 
     # -- membership changes --------------------------------------------------------------------
     def _membership_changed(self, live: Live, before: MembershipState, after: MembershipState) -> None:
@@ -623,11 +625,9 @@ class GroupService:
         if was_member and not is_member:
             op = self._last_op(live, after, self.me)
             state = "left" if op is not None and op.kind == Kind.LEAVE else "removed"
-            self.store.groups.update_group(live.row, state=state)
-            live.row = self.store.groups.get_group(live.hex)
+            live.row = self.store.groups.update_group(live.row, state=state)
         elif is_member and live.state != "active" and not was_member:
-            self.store.groups.update_group(live.row, state="active")
-            live.row = self.store.groups.get_group(live.hex)
+            live.row = self.store.groups.update_group(live.row, state="active")
         if before.name != after.name or set(before.members) != set(after.members) \
                 or before.admins() != after.admins():
             self.publish("group_updated", {"group": live.hex, "name": after.name,
@@ -833,10 +833,17 @@ class GroupService:
         for author, count in gaps(live.held, have).items():
             if count <= 0:
                 continue
-            added = self.store.groups.add_gap(live.row, author, count, time.time())
-            if added:
+            floor = next(a.floor for a in have.authors if a.author == author)
+            if floor <= live.floors.get(author, 0):
+                continue
+            marker = hashlib.sha256(b"chatp2p group gap v1" + live.group_id + author + floor.to_bytes(8, "big")).digest()
+            depth = max(live.depth.values(), default=1)
+            added = self.store.groups.add_message(
+                live.row, hash=marker, author=author, message_id=f"gap-{marker[:8].hex()}", depth=depth,
+                kind="gap", body=f"{count} messages are no longer available", created=time.time(),
+                received=time.time())
+            if added is not None:
                 self.counters["group_gaps"] += 1
-                floor = next(a.floor for a in have.authors if a.author == author)
                 live.floors[author] = max(live.floors.get(author, 0), floor)
 
     def _hints(self, live: Live, link: Link, have: Have) -> None:
@@ -995,17 +1002,18 @@ class GroupService:
                 self._reindex(live)
 
     def _reindex(self, live: Live) -> None:
-        fresh = self._build(self.store.groups.get_group(live.hex))
+        fresh = self._build(self.store.groups.get_by_ref(live.row))
         fresh.peers, fresh.hints, fresh.uncovered_since = live.peers, live.hints, live.uncovered_since
         self.groups[live.group_id] = fresh
 
     # -- group files ---------------------------------------------------------------------------
     def _group_offer(self, link: Link, transfer_id: bytes) -> Optional[bytes]:
         """The group an offer from `link` belongs to (an announced file of a common group)."""
-        for live in self._common(link.fingerprint):
-            if self.store.groups.file_announced(live.row, link.fingerprint, transfer_id, self.me):
-                return live.group_id
-        return None
+        found = self.announced.get(transfer_id)
+        if found is None or found[1] != link.fingerprint:
+            return None
+        group_id = found[0]
+        return group_id if any(live.group_id == group_id for live in self._common(link.fingerprint)) else None
 
     # -- views ---------------------------------------------------------------------------------
     def _contact_name(self, fp: bytes) -> Optional[str]:
@@ -1039,10 +1047,25 @@ class GroupService:
                      is not None and l.connected)
         return {"group": live.hex, "name": live.membership.name, "state": live.state,
                 "members_count": len(members), "online": online,
-                "admin": live.membership.is_admin(self.me), "unread": int(live.row.unread or 0)}
+                "admin": live.membership.is_admin(self.me),
+                "unread": self.store.groups.unread_counts().get(live.row.id, 0)}
 
-    def _message_view(self, live: Live, message: Any) -> dict:
-        return dict(message) if not hasattr(message, "to_dict") else message.to_dict(ident.format_id)
+    def _message_view(self, live: Live, message: GroupMessage) -> dict:
+        view = {"id": message.hash.hex(), "message_id": message.message_id, "from": ident.format_id(message.author),
+                "kind": message.kind, "body": message.body, "created": message.created,
+                "received": message.received, "direction": "out" if message.outgoing else "in",
+                "read": message.read, "pq_verified": message.pq_verified}
+        name = self._contact_name(message.author)
+        if name is not None:
+            view["name"] = name
+        if message.file is not None:
+            view["file"] = message.file
+        if message.outgoing and message.kind != "gap":
+            holders = self.store.groups.deliveries(live.row, message.hash)
+            others = {fp for fp in live.membership.members if fp != self.me}
+            view["delivered"] = sorted(ident.format_id(fp) for fp in holders)
+            view["delivered_all"] = bool(others) and others <= holders
+        return view
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -1146,7 +1169,7 @@ def _check_message(body: str, message_id: Optional[str]) -> str:
     return message_id
 
 
-def _file_json(announce: Optional[FileAnnounce]) -> Optional[str]:
+def _file_view(announce: Optional[FileAnnounce]) -> Optional[dict]:
     if announce is None:
         return None
-    return json.dumps({"file_id": announce.file_id.hex(), "size": announce.size, "name": announce.name})
+    return {"file_id": announce.file_id.hex(), "size": announce.size, "name": announce.name}
