@@ -112,6 +112,7 @@ class Status(TypedDict):
     events: EventsInfo
     contacts: int
     peers: int
+    group_peers: int
     crypto: CryptoInfo
     data_dir: str
 

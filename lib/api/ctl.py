@@ -350,6 +350,7 @@ def format_status(data: dict) -> str:
         ("events", events.get("endpoint") or ", ".join(events.get("endpoints") or [])),
         ("contacts", data.get("contacts")),
         ("peers", data.get("peers")),
+        ("group peers", data.get("group_peers")),
         ("crypto", backend),
         ("data dir", data.get("data_dir")),
     ]

@@ -144,7 +144,7 @@ class Receiving:
 
     def _check_offer(self, link: Link, offer: Offer) -> Optional[str]:
         """Why an offer must be refused, or None."""
-        if link.is_stranger:
+        if link.contact_id is None:
             return "not a contact: offers are accepted from contacts only"
         if not offer.transfer_id or len(offer.transfer_id) > MAX_TRANSFER_ID_CHARS \
                 or any(ord(ch) < 32 or ord(ch) == 127 for ch in offer.transfer_id):
