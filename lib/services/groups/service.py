@@ -431,6 +431,8 @@ class GroupService:
     def _receive(self, live: Live, link: Link, records: list[Record]) -> None:
         """Check and store records one member sent for a group we hold (§13.6 step 5)."""
         queue = [r for r in records if r.hash() not in live.depth]
+        if len(queue) < len(records):   # copies (a relay's resend, or a replay): stored once
+            self.counters["group_records_duplicate"] += len(records) - len(queue)
         queue.extend(r for r, _ in live.pending.values())
         live.pending.clear()
         taken: list[Record] = []
@@ -516,7 +518,7 @@ class GroupService:
         """§13.6 step 3: our new records go at once to every connected member."""
         if live.state != "active" and not any(r.kind == Kind.LEAVE for r in records):
             return
-        for fp in live.membership.members | _former_now(live, records):
+        for fp in set(live.membership.members) | _former_now(live, records):
             if fp == self.me:
                 continue
             link = self.network.link_for_fingerprint(fp)

@@ -1,0 +1,102 @@
+"""The group service inside members in one process (tests/groupnode.py): real sessions over
+UDP on loopback, records made by hand where a test needs a hostile member."""
+
+import dataclasses
+import tempfile
+
+import pytest
+
+from chatp2p_core.codec import grouprecord as gr
+from chatp2p_core.crypto import groupcrypto, pqc
+
+from groupnode import GroupNode, wait_until
+
+BACKEND = None
+
+
+def setup_module():
+    global BACKEND
+    BACKEND = pqc.select_backend()
+
+
+@pytest.fixture
+def trio():
+    with tempfile.TemporaryDirectory() as tmp:
+        nodes = [GroupNode(tmp, label, BACKEND) for label in ("A", "B", "C")]
+        try:
+            a, b, c = nodes
+            a.befriend(b)
+            a.befriend(c)
+            yield nodes
+        finally:
+            for node in nodes:
+                node.close()
+
+
+def texts(node, gid):
+    return [m["body"] for m in node.groups.history(gid, 1000, None)["messages"]]
+
+
+def group_of(node, gid):
+    return node.groups.groups[bytes.fromhex(gid)]
+
+
+def test_create_send_and_the_same_order_everywhere(trio):
+    a, b, c = trio
+    info = a.groups.create("trio", [a.contact(b), a.contact(c)])
+    gid = info["group"]
+    for node in (b, c):
+        wait_until(lambda node=node: bytes.fromhex(gid) in node.groups.groups, what=f"{node.label} joined")
+    for i in range(5):
+        for node in (a, b, c):
+            node.groups.submit_message(gid, f"{node.label}{i}", None)
+    for node in (a, b, c):
+        wait_until(lambda node=node: len(texts(node, gid)) == 15, 30, f"{node.label} has 15")
+    assert texts(a, gid) == texts(b, gid) == texts(c, gid)
+
+
+def forge(node, gid, kind, body, sig_kind=gr.SigKind.HYBRID, **changes):
+    """A record `node` writes by hand (signed with its key) on top of what it holds."""
+    live = group_of(node, gid)
+    draft = dataclasses.replace(node.groups._draft(live, kind, body, sig_kind), **changes)
+    return groupcrypto.sign_record(draft, node.identity.sig_private, BACKEND)
+
+
+def send_raw(sender, receiver, gid, records):
+    link = sender.network.link_for_fingerprint(receiver.fingerprint)
+    frame = gr.encode_frame(gr.RecordsFrame(bytes.fromhex(gid), tuple(r.encode() for r in records)))
+    assert sender.groups.channel.send_frame(link, frame)
+
+
+def test_hostile_records_are_dropped_and_counted(trio):
+    a, b, c = trio
+    gid = a.groups.create("trio", [a.contact(b), a.contact(c)])["group"]
+    for node in (b, c):
+        wait_until(lambda node=node: bytes.fromhex(gid) in node.groups.groups, what=f"{node.label} joined")
+    a.groups.submit_message(gid, "hello", None)
+    wait_until(lambda: texts(b, gid) == ["hello"], what="B has hello")
+    members_before = set(group_of(a, gid).membership.members)
+
+    # A member who is not an admin adds someone: kept, without effect
+    outsider = GroupNode(tempfile.mkdtemp(), "X", BACKEND)
+    try:
+        add = forge(b, gid, gr.Kind.ADD, gr.encode_add(0, outsider.identity.bundle.encode()))
+        send_raw(b, a, gid, [add])
+        wait_until(lambda: add.hash() in group_of(a, gid).depth, what="A holds B's ADD")
+        assert set(group_of(a, gid).membership.members) == members_before
+        # A record signed by someone else than its author: forged
+        fake = dataclasses.replace(forge(b, gid, gr.Kind.CHECKPOINT, b""), author=c.fingerprint)
+        fake = groupcrypto.sign_record(dataclasses.replace(fake, signature=b""), b.identity.sig_private, BACKEND)
+        before = a.network.counters["group_records_forged"]
+        send_raw(b, a, gid, [fake])
+        wait_until(lambda: a.network.counters["group_records_forged"] > before, what="forged counted")
+        # A replayed record: stored once, shown once
+        record = next(iter(group_of(b, gid).sealed.values()), None)
+        replayed = a.network.counters["group_records_duplicate"]
+        hello = [r for r in (gr.decode_record(d) for d in a.store.groups.records_for(
+            group_of(a, gid).row, a.fingerprint, range(1, 20))) if r.kind == gr.Kind.MESSAGE]
+        send_raw(b, a, gid, hello)
+        wait_until(lambda: a.network.counters["group_records_duplicate"] > replayed, what="replay counted")
+        assert texts(a, gid) == ["hello"] and record is None
+    finally:
+        outsider.close()
