@@ -1,0 +1,1 @@
+"""Group chats (PROTOCOL §13): membership replay, sync planning, the frame channel, the service."""
