@@ -325,3 +325,35 @@ def test_chatp2pctl_group_builds_the_requests():
         assert request == expected, argv
     with pytest.raises(SystemExit):
         parser.parse_args(["group", "create", "Family"])   # at least one member
+
+
+def test_chatp2pctl_group_prints_for_people():
+    from chatp2p_core.api import group_cli
+
+    parser = ctl.build_parser()
+    _, show = ctl.build_request(parser.parse_args(["group", "list"]))
+    assert show([]) == "no groups" and show("odd") == "odd"
+    table = show([{"group": GID.hex(), "name": "Family", "members": [{}, {}], "online": 1, "unread": 2,
+                   "state": "active", "admin": True}])
+    assert table.splitlines()[1].split() == [GID.hex(), "Family", "2", "1", "2", "active,", "admin"]
+    _, show = ctl.build_request(parser.parse_args(["group", "history", "Family"]))
+    lines = show({"messages": [
+        {"created": "2026-01-31T18:02:00.000Z", "from": "x", "from_name": "Bob", "body": "hi\nthere",
+         "kind": "text", "pq_verified": True},
+        {"created": "2026-01-31T18:03:00.000Z", "outgoing": True, "delivered": 1, "body": "some", "kind": "text",
+         "pq_verified": True},
+        {"created": "2026-01-31T18:03:00.000Z", "outgoing": True, "delivered": 2, "delivered_all": True,
+         "body": "all", "kind": "text", "pq_verified": True},
+        {"created": "2026-01-31T18:04:00.000Z", "kind": "gap", "body": "12"},
+        {"created": "2026-01-31T18:05:00.000Z", "from": "y", "kind": "file", "body": "",
+         "file": {"name": "a.txt", "size": 3}, "pq_verified": False}]}).splitlines()
+    assert lines[0].endswith("  Bob: hi") and lines[1].strip() == "there"
+    assert lines[2].endswith("  me ✓: some") and lines[3].endswith("  me ✓✓: all")
+    assert lines[4].endswith("— 12 messages are no longer available —")
+    assert lines[5].endswith("  y (not yet pq-verified): [file a.txt (3 bytes)]")
+    _, show = ctl.build_request(parser.parse_args(["group", "info", "Family"]))
+    text = show({"group": GID.hex(), "name": "Family", "state": "active", "records": 3, "members": [
+        {"id": "me-id", "name": None, "role": "admin", "me": True},
+        {"id": "bob-id", "name": "Bob", "role": "member", "online": True, "contact": True}]})
+    assert "* me-id" in text and "Bob     member  online,contact  bob-id" in text and "records 3" in text
+    assert show is not ctl.format_data and group_cli.PRINTERS[("group", "info")] is show

@@ -437,6 +437,13 @@ PRINTERS: dict[tuple[str, Any], Callable[[Any], str]] = {
 }
 
 
+def _printer(row: Action) -> Callable[[Any], str]:
+    from . import group_cli  # it imports this module's formatters
+
+    key = (row.command, row.action)
+    return PRINTERS.get(key) or group_cli.PRINTERS.get(key) or format_data
+
+
 def _dest(field: Field) -> str:
     return "field_" + field.name
 
@@ -459,7 +466,7 @@ def build_request(args: argparse.Namespace) -> tuple[dict, Any]:
                 data[field.name] = value if strip is None else read_value(value, strip=strip)
         if data:
             request["data"] = data
-        return request, PRINTERS.get((row.command, row.action), format_data)
+        return request, _printer(row)
     if cmd in PASS_THROUGH_COMMANDS:
         request = {"command": "p2p", "action": args.action}
         data = parse_pairs(args.pairs)
