@@ -362,3 +362,21 @@ def test_committed_before_return_survives_a_reopen():
         with Store(db) as again:
             assert again.groups.held_seqs(group.id) == {A: [1]}
             assert [m.body for m in again.groups.history(group.id)] == ["m"]
+
+
+def test_the_codec_records_are_stored_as_they_are_encoded():
+    from chatp2p_core.codec.grouprecord import SIGNATURE_LEN, Kind, Record, SigKind, decode_record
+
+    def record(kind, seq, depth, prev=bytes(32), sig=SigKind.HYBRID, epoch=0):
+        draft = Record(kind, GID, A, seq, prev, depth, 1000, epoch, sig, (b"\x01" * 32,), b"b" * 40)
+        return draft.with_signature(b"\x00" * SIGNATURE_LEN[sig])   # the store checks no signature
+
+    add = record(Kind.ADD, 1, 2)
+    message = record(Kind.MESSAGE, 2, 3, prev=add.hash(), sig=SigKind.ED25519, epoch=1)
+    with one_group() as (store, group):
+        assert store.groups.add_records(group, [(add, 1.0), (message, 1.0)]) == [add, message]
+        assert store.groups.operations(group) == [add.encode()]
+        assert decode_record(store.groups.records_for(group, A, [2])[0]) == message
+        stored = store.groups.record(message.hash())
+        assert (stored.kind, stored.depth, stored.seq) == (Kind.MESSAGE, 3, 2)
+        assert [s.hash for s in store.groups.undecrypted(group)] == [message.hash()]

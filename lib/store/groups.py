@@ -16,6 +16,7 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Protocol, Sequence, TypeVar
 
+from ..codec.grouprecord import OPERATIONS, Kind
 from .errors import DuplicateError, InvalidValueError, NotFoundError
 from .fields import check_fingerprint
 
@@ -29,11 +30,11 @@ GROUP_STATES: tuple[GroupState, ...] = ("active", "left", "removed")
 MessageKind = Literal["text", "file", "gap"]
 MESSAGE_KINDS: tuple[MessageKind, ...] = ("text", "file", "gap")
 
-# Record kinds of PROTOCOL §13.2 the queries need: operations are never pruned, and each
-# author's latest KEY is kept (a member back after the retention period still needs it).
-OPERATION_KINDS = (1, 2, 3, 4, 5, 6)
-KEY_KIND = 7
-MESSAGE_KIND = 8
+# Record kinds the queries need: operations are never pruned, and each author's latest KEY
+# is kept (a member back after the retention period still needs it).
+OPERATION_KINDS = tuple(sorted(int(kind) for kind in OPERATIONS))
+KEY_KIND = int(Kind.KEY)
+MESSAGE_KIND = int(Kind.MESSAGE)
 
 
 class StorableRecord(Protocol):
