@@ -40,9 +40,12 @@ from ...crypto import groupcrypto, identity as ident, pqc
 from ...errors import Invalid, NotFound, Refused
 from ...net.peers import Link, Network
 from ...passes import PassRunner
-from ...store import Contact, Group, GroupMessage, Store
+from ...contract import GroupView
+from ...store import Contact, Group, Store
 from .channel import GroupChannel
+from .events import GroupEvents
 from .live import Live, PeerSync
+from .views import contact_name, group_view, ids, member_view, message_view
 from .membership import MembershipState, accepts, entitled, order_key, replay
 from .sync import SeqSet, TokenBucket, gaps, have_frame, hint_pairs, wanted_by_peer
 
@@ -91,6 +94,8 @@ class GroupService:
         self.network = network
         self.transfers = transfers
         self.publish = publish
+        self.name_of = contact_name(store.contacts)
+        self.events = GroupEvents(publish, self.name_of)
         self.retention = retention
         self.clock = clock
         self.counters = network.counters
@@ -177,20 +182,20 @@ class GroupService:
             if contact.fingerprint in live.membership.members:
                 continue
             self._write_op(live, Kind.ADD, encode_add(0, bundle))
-        self.publish("group_joined", {"group": live.hex, "name": live.membership.name,
-                                      "members": self._member_ids(live)})
+        self.events.joined(group_id, live.membership.name, live.membership.members)
         for contact, _ in bundles:
             self.connect_contact(contact)
         return self.info(live.hex)
 
     def list(self) -> list[dict]:
-        return [self._summary(live) for live in self.groups.values()]
+        unread = self.store.groups.unread_counts()
+        return [dict(self._view(live, unread)) for live in self.groups.values()]
 
     def info(self, group: str) -> dict:
         live = self._find(group)
-        view = self._summary(live)
-        view["members"] = [self._member_view(live, fp) for fp in sorted(live.membership.members)]
-        view["key_epoch"] = live.row.key_epoch
+        view: dict[str, Any] = dict(self._view(live, self.store.groups.unread_counts()))
+        view.update(records=self.store.groups.record_count(live.row), pending=len(live.pending),
+                    key_epoch=live.row.key_epoch, former=ids(live.membership.former))
         return view
 
     def invite(self, group: str, contact: Contact) -> dict:
@@ -234,8 +239,9 @@ class GroupService:
         message_id = _check_message(body, message_id)
         if self.store.groups.own_message(live.row, message_id) is not None:
             raise GroupError(f"message_id {message_id!r} was already used in this group")
-        self._write_message(live, MessagePlain(message_id, text=body))
-        return {"group": live.hex, "message_id": message_id, "state": "sent"}
+        record = self._write_message(live, MessagePlain(message_id, text=body))
+        sent = self._pushed_to(live, record)
+        return {"group": live.hex, "message_id": message_id, "state": "sent" if sent else "queued"}
 
     def history(self, group: str, limit: int, before: Optional[str]) -> dict:
         live = self._find(group)
@@ -246,8 +252,12 @@ class GroupService:
             except ValueError:
                 raise GroupError("Field 'before' must be a message's hash (hex) from history") from None
         messages = self.store.groups.history(live.row, limit, anchor)
-        return {"group": live.hex, "name": live.membership.name,
-                "messages": [self._message_view(live, m) for m in messages]}
+        others = {fp for fp in live.membership.members if fp != self.me}
+        views = []
+        for message in messages:
+            holders = self.store.groups.deliveries(live.row, message.hash) if message.outgoing else set()
+            views.append(message_view(message, self.name_of, len(holders), bool(others) and others <= holders))
+        return {"group": live.hex, "name": live.membership.name, "messages": views}
 
     def mark_read(self, group: str) -> dict:
         live = self._find(group)
@@ -279,7 +289,8 @@ class GroupService:
                 offered.append(ident.format_id(fp))
             except Exception as exc:  # one member's failure must not stop the others' offers
                 log.warning("group file offer to %s failed: %s", link.name, exc)
-        return {"group": live.hex, "message_id": message_id, "file_id": file_id.hex(), "offered": offered}
+        return {"group": live.hex, "message_id": message_id, "file_id": file_id.hex(), "name": announce.name,
+                "size": size, "offered": len(offered)}
 
     # -- finding -------------------------------------------------------------------------------
     def _find(self, group: str) -> Live:
@@ -581,15 +592,7 @@ class GroupService:
             if outgoing:
                 live.own[record.seq] = (record.hash(), plain.message_id)
                 continue
-            event = {"group": live.hex, "message_id": plain.message_id, "from": ident.format_id(record.author),
-                     "body": plain.text or "", "created": record.created_ms / 1000,
-                     "kind": "file" if plain.file is not None else "text"}
-            name = self._contact_name(record.author)
-            if name is not None:
-                event["name"] = name
-            if plain.file is not None:
-                event["file"] = _file_view(plain.file)
-            self.publish("group_message_received", event)
+            self.events.message_received(live.group_id, message)
 
     def _mark_pq(self, live: Live, fresh: list[Record]) -> None:
         """A hybrid record covers its author's chain back to the previous hybrid one (§13.5)."""
@@ -614,15 +617,13 @@ class GroupService:
         for fp in sorted(set(after.members) - set(before.members)):
             if fp == self.me:
                 continue
-            by = self._op_author(live, after, fp, (Kind.ADD, Kind.CREATE))
-            self.publish("group_member_added", self._who(live, "member", fp, by))
+            self.events.member_added(live.group_id, fp, after.members[fp].added_by)
         for fp in sorted(set(before.members) - set(after.members)):
             op = self._last_op(live, after, fp)
             if op is not None and op.kind == Kind.LEAVE:
-                self.publish("group_member_left", self._who(live, "member", fp, None))
+                self.events.member_left(live.group_id, fp)
             else:
-                self.publish("group_member_removed",
-                             self._who(live, "member", fp, op.author if op is not None else None))
+                self.events.member_removed(live.group_id, fp, op.author if op is not None else fp)
         self._drop_unacceptable(live, after)
         if was_member and not is_member:
             op = self._last_op(live, after, self.me)
@@ -630,16 +631,12 @@ class GroupService:
             live.row = self.store.groups.update_group(live.row, state=state)
         elif is_member and live.state != "active" and not was_member:
             live.row = self.store.groups.update_group(live.row, state="active")
+        if after.name and after.name != live.row.name:
+            live.row = self.store.groups.update_group(live.row, name=after.name)
         if before.name != after.name or set(before.members) != set(after.members) \
                 or before.admins() != after.admins():
-            self.publish("group_updated", {"group": live.hex, "name": after.name,
-                                           "members": self._member_ids(live),
-                                           "admins": sorted(ident.format_id(fp) for fp in after.admins())})
+            self.events.updated(live.group_id, after.name, after.members, after.admins())
         self._close_strays()
-
-    def _op_author(self, live: Live, state: MembershipState, target: bytes, kinds: tuple) -> Optional[bytes]:
-        member = state.members.get(target)
-        return member.added_by if member is not None else None
 
     def _last_op(self, live: Live, state: MembershipState, target: bytes) -> Optional[Record]:
         """The applied REMOVE or LEAVE that ended `target`'s membership."""
@@ -706,15 +703,13 @@ class GroupService:
         row = self.store.groups.create_group(group_id, state.name, time.time())
         live = Live(row, group_id, replay(group_id, ()))
         self.groups[group_id] = live
-        self.publish("group_invited", {"group": live.hex, "name": state.name, "by": ident.format_id(adder),
-                                       "by_name": contact.name})
+        self.events.invited(group_id, state.name, adder)
         ops.sort(key=order_key)
         self._receive(live, link, ops)
         rest = [r for r in records if r.kind not in OPERATIONS]
         if rest:
             self._receive(live, link, rest)
-        self.publish("group_joined", {"group": live.hex, "name": live.membership.name,
-                                      "members": self._member_ids(live)})
+        self.events.joined(group_id, live.membership.name, live.membership.members)
         self._send_have(live, link)
 
     # -- frames --------------------------------------------------------------------------------
@@ -826,9 +821,7 @@ class GroupService:
                 if not self.store.groups.set_delivered(live.row, digest, peer):
                     continue
                 holders = self.store.groups.deliveries(live.row, digest)
-                self.publish("group_message_delivered", {
-                    "group": live.hex, "message_id": message_id, "member": ident.format_id(peer),
-                    "all": members <= set(holders)})
+                self.events.message_delivered(live.group_id, message_id, peer, members <= holders)
 
     def _gaps(self, live: Live, have: Have) -> None:
         """§13.6 Gaps: records the peer no longer keeps and we never got."""
@@ -1018,56 +1011,22 @@ class GroupService:
         return group_id if any(live.group_id == group_id for live in self._common(link.fingerprint)) else None
 
     # -- views ---------------------------------------------------------------------------------
-    def _contact_name(self, fp: bytes) -> Optional[str]:
-        contact = self.store.contacts.find_by_fingerprint(fp)
-        return contact.name if contact is not None else None
+    def _online(self, fp: bytes) -> bool:
+        if fp == self.me:
+            return False
+        link = self.network.link_for_fingerprint(fp)
+        return link is not None and link.connected
 
-    def _member_ids(self, live: Live) -> list[str]:
-        return sorted(ident.format_id(fp) for fp in live.membership.members)
+    def _view(self, live: Live, unread: dict[int, int]) -> GroupView:
+        """The group as the API shows it; a former member sees the last membership it knew."""
+        members = [member_view(fp, live.membership.members[fp].role, self.me,  # type: ignore[arg-type]
+                               self.store.contacts.find_by_fingerprint(fp), self._online(fp))
+                   for fp in sorted(live.membership.members)]
+        return group_view(live.row, members, unread.get(live.row.id, 0))
 
-    def _who(self, live: Live, key: str, fp: bytes, by: Optional[bytes]) -> dict:
-        view: dict[str, Any] = {"group": live.hex, key: ident.format_id(fp)}
-        name = self._contact_name(fp)
-        if name is not None:
-            view["name"] = name
-        if by is not None:
-            view["by"] = ident.format_id(by)
-        return view
-
-    def _member_view(self, live: Live, fp: bytes) -> dict:
-        member = live.membership.members[fp]
-        link = self.network.link_for_fingerprint(fp) if fp != self.me else None
-        contact = self.store.contacts.find_by_fingerprint(fp)
-        return {"id": ident.format_id(fp), "name": contact.name if contact is not None else None,
-                "role": member.role, "me": fp == self.me,
-                "online": bool(link is not None and link.connected),
-                "verified": bool(contact.verified) if contact is not None else False}
-
-    def _summary(self, live: Live) -> dict:
-        members = live.membership.members
-        online = sum(1 for fp in members if fp != self.me and (l := self.network.link_for_fingerprint(fp))
-                     is not None and l.connected)
-        return {"group": live.hex, "name": live.membership.name, "state": live.state,
-                "members_count": len(members), "online": online,
-                "admin": live.membership.is_admin(self.me),
-                "unread": self.store.groups.unread_counts().get(live.row.id, 0)}
-
-    def _message_view(self, live: Live, message: GroupMessage) -> dict:
-        view = {"id": message.hash.hex(), "message_id": message.message_id, "from": ident.format_id(message.author),
-                "kind": message.kind, "body": message.body, "created": message.created,
-                "received": message.received, "direction": "out" if message.outgoing else "in",
-                "read": message.read, "pq_verified": message.pq_verified}
-        name = self._contact_name(message.author)
-        if name is not None:
-            view["name"] = name
-        if message.file is not None:
-            view["file"] = message.file
-        if message.outgoing and message.kind != "gap":
-            holders = self.store.groups.deliveries(live.row, message.hash)
-            others = {fp for fp in live.membership.members if fp != self.me}
-            view["delivered"] = sorted(ident.format_id(fp) for fp in holders)
-            view["delivered_all"] = bool(others) and others <= holders
-        return view
+    def _pushed_to(self, live: Live, record: Record) -> bool:
+        """Whether `record` went to at least one member (else anti-entropy sends it later)."""
+        return any(self._online(fp) for fp in live.membership.members)
 
 
 # -- helpers ------------------------------------------------------------------------------------
