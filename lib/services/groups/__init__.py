@@ -1,1 +1,1 @@
-"""Group chats (PROTOCOL §13): membership replay, sync planning, the frame channel, the service."""
+"""Group chats (PROTOCOL §13): membership replay and sync planning (pure), the frame channel, the service."""
