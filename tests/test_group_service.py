@@ -100,3 +100,70 @@ def test_hostile_records_are_dropped_and_counted(trio):
         assert texts(a, gid) == ["hello"] and record is None
     finally:
         outsider.close()
+
+
+def joined(nodes, gid):
+    for node in nodes:
+        wait_until(lambda node=node: bytes.fromhex(gid) in node.groups.groups, what=f"{node.label} joined")
+
+
+def members(node, gid):
+    return set(group_of(node, gid).membership.members)
+
+
+def test_a_removed_member_still_sending_is_dropped_and_counted(trio):
+    a, b, c = trio
+    gid = a.groups.create("trio", [a.contact(b), a.contact(c)])["group"]
+    joined((b, c), gid)
+    c.groups.submit_message(gid, "from C before", None)
+    wait_until(lambda: "from C before" in texts(a, gid), what="A has C's message")
+    a.groups.remove(gid, c.identity.id)
+    wait_until(lambda: group_of(c, gid).state == "removed", what="C knows it was removed")
+    late = forge(c, gid, gr.Kind.CHECKPOINT, b"")   # past the final_seq A recorded
+    before = a.network.counters["group_records_nonmember"]
+    send_raw(c, a, gid, [late])
+    wait_until(lambda: a.network.counters["group_records_nonmember"] > before, what="counted")
+    assert late.hash() not in group_of(a, gid).depth
+    assert "from C before" in texts(a, gid)   # what it wrote while a member stays
+
+
+def test_records_from_a_non_member_are_not_taken(trio):
+    a, b, c = trio
+    gid = a.groups.create("duo", [a.contact(b)])["group"]    # C is A's contact, not a member
+    joined((b,), gid)
+    live = group_of(a, gid)
+    draft = gr.Record(gr.Kind.CHECKPOINT, live.group_id, c.fingerprint, 1, bytes(32), 9, 0, 0, gr.SigKind.HYBRID,
+                      live.parents(), b"")
+    record = groupcrypto.sign_record(draft, c.identity.sig_private, BACKEND)
+    link = c.network.link_for_fingerprint(a.fingerprint)
+    frame = gr.encode_frame(gr.RecordsFrame(live.group_id, (record.encode(),)))
+    before = a.network.counters["group_frames_nonmember"]
+    assert c.groups.channel.send_frame(link, frame)
+    wait_until(lambda: a.network.counters["group_frames_nonmember"] > before, what="non-member frame counted")
+    # relayed by a member, it waits for an ADD naming its author (which never comes) and is not shown
+    send_raw(b, a, gid, [record])
+    wait_until(lambda: record.hash() in group_of(a, gid).pending, what="pending")
+    assert record.hash() not in live.depth and a.groups.info(gid)["pending"] == 1
+
+
+def test_concurrent_add_and_remove_converge(trio, tmp_path):
+    a, b, c = trio
+    d = GroupNode(str(tmp_path), "D", BACKEND)
+    try:
+        b.befriend(d)
+        a.befriend(d)
+        gid = a.groups.create("race", [a.contact(b), a.contact(c)])["group"]
+        joined((b, c), gid)
+        a.groups.promote(gid, b.identity.id)
+        wait_until(lambda: group_of(b, gid).membership.is_admin(b.fingerprint), what="B is admin")
+        # No yield between the two: neither has seen the other's operation when writing its own
+        a.groups.remove(gid, c.identity.id)
+        b.groups.invite(gid, b.contact(d))
+        joined((d,), gid)
+        want = {a.fingerprint, b.fingerprint, d.fingerprint}
+        for node in (a, b, d):
+            wait_until(lambda node=node: members(node, gid) == want, 30, f"{node.label} converged")
+        assert [group_of(n, gid).membership.applied for n in (a, b, d)].count(
+            group_of(a, gid).membership.applied) == 3
+    finally:
+        d.close()

@@ -6,12 +6,10 @@ member; in the first test the other members are not contacts of each other, so t
 sessions are group-peer sessions set up by HINTs (§13.7).
 """
 
-import os
 import threading
 
 import pytest
 
-from daemon import Daemon
 from poll import wait_for
 from test_messaging import Node, run_both
 

@@ -75,17 +75,18 @@ class Live:
         if record.kind == Kind.KEY and record.seq > self.key_seqs.get(record.author, 0):
             self.key_seqs[record.author] = record.seq
 
-    def forget(self, record: Record) -> None:
-        """A held record was removed (no longer acceptable, or pruned)."""
-        digest = record.hash()
-        seqs = self.held.get(record.author)
+    def forget(self, author: bytes, seq: int) -> None:
+        """A held record was removed (no longer acceptable, §13.3)."""
+        digest = self.by_seq.pop((author, seq), None)
+        seqs = self.held.get(author)
         if seqs is not None:
-            self.held[record.author] = SeqSet(s for s in _iter_seqs(seqs) if s != record.seq)
-        self.depth.pop(digest, None)
-        self.by_seq.pop((record.author, record.seq), None)
-        self.heads.discard(digest)
-        self.ops.pop(digest, None)
-        self.sealed.pop(digest, None)
+            self.held[author] = SeqSet(s for s in seqs if s != seq)
+        if digest is not None:
+            self.depth.pop(digest, None)
+            self.heads.discard(digest)
+            self.ops.pop(digest, None)
+            self.sealed.pop(digest, None)
+            self.hybrid.discard(digest)
 
     def replay(self) -> MembershipState:
         """The membership from every operation held (PROTOCOL §13.3)."""
@@ -112,23 +113,6 @@ class Live:
         return True
 
     def highest(self, author: bytes) -> int:
+        """The highest seq of `author` held (0: none)."""
         seqs = self.held.get(author)
-        return seqs.highest() if seqs is not None and seqs.highest() is not None else 0
-
-    def is_operation(self, record: Record) -> bool:
-        return record.kind in OPERATIONS
-
-    def member_fps(self) -> set[bytes]:
-        return set(self.membership.members)
-
-
-def _iter_seqs(seqs: SeqSet) -> Iterable[int]:
-    for first, last in seqs.ranges(limit=1 << 30):
-        yield from range(first, last + 1)
-
-
-def kind_name(kind: int) -> str:
-    try:
-        return Kind(kind).name.lower()
-    except ValueError:
-        return str(kind)
+        return seqs.highest() if seqs is not None else 0

@@ -29,10 +29,10 @@ import time
 import uuid
 from typing import Any, Callable, Iterable, Optional
 
-from ...codec.grouprecord import (MAX_MEMBERS, OPERATIONS, AuthorRanges, FileAnnounce, GroupWireError,
+from ...codec.grouprecord import (MAX_MEMBERS, OPERATIONS, FileAnnounce, GroupWireError,
                                   Have, Hint, Kind, MessagePlain, Record, RecordsFrame, SigKind,
                                   MAX_RECORDS_FRAME, decode_add, decode_create, decode_frame, decode_key,
-                                  decode_plain, decode_promote, decode_remove, encode_add, encode_create,
+                                  decode_plain, decode_record, decode_remove, encode_add, encode_create,
                                   encode_frame, encode_key, encode_plain, encode_promote, encode_remove,
                                   encode_rename, group_file_transfer_id)
 from ...codec.wire import Record as WireRecord
@@ -659,19 +659,15 @@ class GroupService:
         """§13.3: records of former members beyond their final_seq leave history."""
         doomed = []
         for fp, final_seq in state.former.items():
-            for seq in [s for s in _seqs(live.held.get(fp)) if s > final_seq]:
+            for seq in [s for s in live.held.get(fp, ()) if s > final_seq]:
                 digest = live.by_seq.get((fp, seq))
                 if digest is not None and digest not in live.ops:
                     doomed.append((fp, seq, digest))
         if not doomed:
             return
         self.store.groups.delete_records([d for _, _, d in doomed])
-        for fp, seq, digest in doomed:
-            live.held[fp] = SeqSet(s for s in _seqs(live.held.get(fp)) if s != seq)
-            live.depth.pop(digest, None)
-            live.by_seq.pop((fp, seq), None)
-            live.heads.discard(digest)
-            live.sealed.pop(digest, None)
+        for fp, seq, _ in doomed:
+            live.forget(fp, seq)
         self.counters["group_records_nonmember"] += len(doomed)
 
     def _close_strays(self) -> None:
@@ -1031,7 +1027,6 @@ class GroupService:
 
 # -- helpers ------------------------------------------------------------------------------------
 def _decode(data: bytes) -> Optional[Record]:
-    from ...codec.grouprecord import decode_record
     try:
         return decode_record(bytes(data))
     except GroupWireError:
@@ -1096,15 +1091,6 @@ def _lacks(live: Live, have: Have) -> bool:
             if any(seq not in held for seq in range(first, min(last, first + 4096) + 1)):
                 return True
     return False
-
-
-def _seqs(held: Optional[SeqSet]) -> list[int]:
-    if held is None:
-        return []
-    out = []
-    for first, last in held.ranges(limit=1 << 30):
-        out.extend(range(first, last + 1))
-    return out
 
 
 def _jitter() -> float:
