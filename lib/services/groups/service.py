@@ -184,7 +184,7 @@ class GroupService:
             self._write_op(live, Kind.ADD, encode_add(0, bundle))
         self.events.joined(group_id, live.membership.name, live.membership.members)
         for contact, _ in bundles:
-            self.connect_contact(contact)
+            self._welcome(live, contact)
         return self.info(live.hex)
 
     def list(self) -> list[dict]:
@@ -205,8 +205,17 @@ class GroupService:
         if len(live.membership.members) >= MAX_MEMBERS:
             raise GroupRefused(f"The group is full (at most {MAX_MEMBERS} members)")
         self._write_op(live, Kind.ADD, encode_add(0, self._contact_bundle(contact)))
-        self.connect_contact(contact)
+        self._welcome(live, contact)
         return self.info(live.hex)
+
+    def _welcome(self, live: Live, contact: Contact) -> None:
+        """§13.3 Joining: the adder sends the new member a HAVE as soon as they are connected
+        (now, or on link up); its empty answer brings it every operation."""
+        link = self.network.link_for_fingerprint(contact.fingerprint)
+        if link is not None and link.connected:
+            self._send_have(live, link)
+        else:
+            self.connect_contact(contact)
 
     def remove(self, group: str, peer: str) -> dict:
         live = self._writable(group, admin=True)
@@ -689,6 +698,8 @@ class GroupService:
         ops = [r for r in pool.values() if _signed_ok(r, pool, group_id, self.backend)]
         state = replay(group_id, ops)
         if self.me not in state.members:
+            if not any(r.kind == Kind.CREATE for r in ops):   # ask for every operation
+                self.channel.send_frame(link, encode_frame(Have(group_id, (), (link.fingerprint[:8],))))
             return
         adder = state.members[self.me].added_by
         contact = self.store.contacts.find_by_fingerprint(adder)
