@@ -723,6 +723,9 @@ def _field_help(field: Field) -> str:
         parts.append(f"default {field.default}")
     if field.max_len is not None:
         parts.append(f"at most {field.max_len} {'characters' if field.kind == 'str' else 'items'}")
+    if field.min_len is not None:
+        parts.append("not empty" if field.min_len == 1 else
+                     f"at least {field.min_len} {'characters' if field.kind == 'str' else 'items'}")
     if field.minimum is not None:
         parts.append(f"at least {field.minimum}")
     if field.maximum is not None:
@@ -732,17 +735,19 @@ def _field_help(field: Field) -> str:
 
 
 def _action_arguments(parser: argparse.ArgumentParser, row: Action) -> None:
-    """The row's fields as arguments: required ones positional, the others --options."""
+    """The row's fields as arguments: required ones positional, the others --options; a list
+    takes one or more words (`group create Family Bob Carol`)."""
     parser.set_defaults(row=row)
     for field in row.fields:
         option = OPTION_NAMES.get((row.command, row.action, field.name))
         if option is None and not field.required:
             option = "--" + field.name.replace("_", "-")
+        many = {"nargs": "+"} if field.kind == "list" else {}
         if option is None:
-            parser.add_argument(_dest(field), metavar=field.name.upper(), help=_field_help(field))
+            parser.add_argument(_dest(field), metavar=field.name.upper(), help=_field_help(field), **many)
         else:
             parser.add_argument(option, dest=_dest(field), metavar=field.name.upper(),
-                                required=field.required, help=_field_help(field))
+                                required=field.required, help=_field_help(field), **many)
 
 
 def _pass_through_command(sub: Any, name: str, rows: list[Action]) -> None:
