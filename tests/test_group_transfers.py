@@ -3,7 +3,6 @@ offers a file whose transfer id the group service knows; it goes through the nor
 flow. Real Networks and Transfers, real handshakes and file transfer over UDP on loopback, in
 one process; the group service's parts (directory, offer check) are dicts here."""
 
-import hashlib
 import os
 import pathlib
 import tempfile
@@ -11,13 +10,14 @@ import tempfile
 import gevent
 import pytest
 
+from chatp2p_core.codec.grouprecord import group_file_transfer_id
 from chatp2p_core.crypto import pqc
 from chatp2p_core.services.transfer import Transfers
 from chatp2p_core.services.transfer.model import TransferError
 from chatp2p_core.store import Store
 from chatp2p_core.store.migrations import MIGRATIONS
 
-from netnode import NetNode, wait_connected
+from netnode import GroupDirectory, NetNode, wait_connected
 from poll import wait_for
 from test_transfer import make_file
 
@@ -26,16 +26,7 @@ FILE_ID = b"f" * 16
 
 
 def group_file_tid(recipient: bytes) -> bytes:
-    """PROTOCOL §13.4 (groupcore has its own; the value is what matters here)."""
-    return hashlib.sha256(b"chatp2p group file v1" + FILE_ID + recipient).digest()[:16]
-
-
-class Directory:
-    def __init__(self, *nodes):
-        self.bundles = {node.fingerprint: node.identity.bundle.encode() for node in nodes}
-
-    def group_peer_bundle(self, fingerprint):
-        return self.bundles.get(fingerprint)
+    return group_file_transfer_id(FILE_ID, recipient)
 
 
 class Member:
@@ -61,8 +52,8 @@ def pair():
     with tempfile.TemporaryDirectory(prefix="chatp2p-gfiles-") as tmp:
         alice, bob = Member(tmp, "alice", backend), Member(tmp, "bob", backend)
         try:
-            alice.node.network.set_group_peers(Directory(bob.node))
-            bob.node.network.set_group_peers(Directory(alice.node))
+            alice.node.network.set_group_peers(GroupDirectory(bob.node))
+            bob.node.network.set_group_peers(GroupDirectory(alice.node))
             link = alice.node.network.connect_group_peer(
                 bob.node.fingerprint, bob.node.identity.bundle.encode(), [(bob.node.address, "direct")])
             assert wait_connected(link)
