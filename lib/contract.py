@@ -321,9 +321,10 @@ class MessagesDeleted(TypedDict):
 
 
 class FileOffer(TransferRef):
-    """A contact offers a file: accept it with p2p accept_file."""
+    """A contact (or, for a group file, a member) offers a file: accept it with p2p accept_file."""
 
     chunk_size: int
+    group: NotRequired[str]     # a group file's: the group's id (32 hex digits, PROTOCOL §13.4)
 
 
 class FileTransferProgress(TransferRef):

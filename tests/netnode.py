@@ -6,6 +6,7 @@ Real handshakes over real UDP on loopback between several `NetNode`s of one test
 from __future__ import annotations
 
 import pathlib
+from typing import Optional
 
 import gevent
 
@@ -53,6 +54,17 @@ class NetNode:
         self.network.stop()
         self.transport.stop()
         self.store.close()
+
+
+class GroupDirectory:
+    """The group service's part the network asks (net.peers.GroupPeerDirectory): these
+    nodes are members of a group we are in."""
+
+    def __init__(self, *nodes: NetNode) -> None:
+        self.bundles = {node.fingerprint: node.identity.bundle.encode() for node in nodes}
+
+    def group_peer_bundle(self, fingerprint: bytes) -> Optional[bytes]:
+        return self.bundles.get(fingerprint)
 
 
 def wait_connected(link: Link, timeout: float = 20.0) -> bool:

@@ -12,7 +12,7 @@ from chatp2p_core.errors import Invalid, Refused
 from chatp2p_core.net import peers
 from chatp2p_core.services.messaging import Messenger
 
-from netnode import NetNode, wait_connected
+from netnode import GroupDirectory, NetNode, wait_connected
 from poll import wait_for
 
 BACKEND = None
@@ -21,16 +21,6 @@ BACKEND = None
 def setup_module():
     global BACKEND
     BACKEND = pqc.select_backend()
-
-
-class Directory:
-    """The group service's answer: these identities are members of a group we are in."""
-
-    def __init__(self, *nodes):
-        self.bundles = {node.fingerprint: node.identity.bundle.encode() for node in nodes}
-
-    def group_peer_bundle(self, fingerprint):
-        return self.bundles.get(fingerprint)
 
 
 class Recorder:
@@ -83,8 +73,8 @@ def reach(caller, target):
 def test_a_member_the_directory_knows_is_a_group_peer_not_a_stranger_nor_a_contact(tmp):
     alice, bob = nodes(tmp, "alice", "bob")
     try:
-        bob.network.set_group_peers(Directory(alice))
-        alice.network.set_group_peers(Directory(bob))
+        bob.network.set_group_peers(GroupDirectory(alice))
+        alice.network.set_group_peers(GroupDirectory(bob))
         link = reach(alice, bob)
         assert link.group_peer and link.contact_id is None and not link.is_stranger
         assert wait_connected(link)
@@ -108,7 +98,7 @@ def test_a_member_the_directory_knows_is_a_group_peer_not_a_stranger_nor_a_conta
 def test_a_member_the_directory_does_not_know_is_a_stranger(tmp):
     alice, bob = nodes(tmp, "alice", "bob")
     try:
-        bob.network.set_group_peers(Directory())  # bob's groups do not have alice
+        bob.network.set_group_peers(GroupDirectory())  # bob's groups do not have alice
         link = reach(alice, bob)
         assert wait_connected(link)
         back = wait_for(lambda: bob.network.links.get(alice.fingerprint), 10, "bob's link", sleep=gevent.sleep)
@@ -123,7 +113,7 @@ def test_a_member_the_directory_does_not_know_is_a_stranger(tmp):
 def test_the_handshake_checks_the_group_peers_identity(tmp):
     alice, bob, mallory = nodes(tmp, "alice", "bob", "mallory")
     try:
-        mallory.network.set_group_peers(Directory(alice))
+        mallory.network.set_group_peers(GroupDirectory(alice))
         link = alice.network.connect_group_peer(bob.fingerprint, bob.identity.bundle.encode(),
                                                 [(mallory.address, "direct")])  # a false HINT
         with gevent.Timeout(20, False):
@@ -155,7 +145,7 @@ def test_group_peers_are_capped_on_their_own_and_leave_the_stranger_slots_alone(
     monkeypatch.setattr(peers, "MAX_STRANGERS", 1)
     hub, m1, m2, m3, stranger = nodes(tmp, "hub", "m1", "m2", "m3", "stranger")
     try:
-        hub.network.set_group_peers(Directory(m1, m2, m3))
+        hub.network.set_group_peers(GroupDirectory(m1, m2, m3))
         for member in (m1, m2):
             assert wait_connected(reach(member, hub))
         wait_for(lambda: hub.network.group_peer_count() == 2, 10, "two group peers", sleep=gevent.sleep)
@@ -177,7 +167,7 @@ def test_group_peers_are_capped_on_their_own_and_leave_the_stranger_slots_alone(
 def test_close_group_peer_ends_the_session_on_both_sides(tmp):
     alice, bob = nodes(tmp, "alice", "bob")
     try:
-        bob.network.set_group_peers(Directory(alice))
+        bob.network.set_group_peers(GroupDirectory(alice))
         link = reach(alice, bob)
         assert wait_connected(link)
         back = wait_for(lambda: bob.network.links.get(alice.fingerprint), 10, "bob's link", sleep=gevent.sleep)
@@ -217,7 +207,7 @@ def held(node, sender):
 def test_a_group_peers_one_to_one_messages_are_held_like_a_strangers_and_ask_to_be_a_contact(tmp):
     alice, bob = nodes(tmp, "alice", "bob")
     try:
-        bob.network.set_group_peers(Directory(alice))
+        bob.network.set_group_peers(GroupDirectory(alice))
         bob_messenger = Messenger(bob.store, bob.network, lambda name, data: bob.events.append((name, data)))
         alice_messenger = Messenger(alice.store, alice.network, lambda name, data: alice.events.append((name, data)))
         contact = alice.add(bob, "Bob")  # alice has bob as a contact; bob knows alice from a group only

@@ -130,7 +130,7 @@ def test_migration_9_opens_a_file_of_schema_8_and_keeps_its_data():
             old.contacts.add("Bob", A, None)
         with Store(db) as store:
             assert store.contacts.get("Bob").fingerprint == A
-            assert store._conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 9
+            assert store._conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) >= 9
             store.groups.create_group(GID, "Family", 1.0)
             assert store.groups.list_groups()[0].name == "Family"
 

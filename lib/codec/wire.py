@@ -527,6 +527,18 @@ def _check_int(value: object, limit: int, what: str) -> int:
     return value
 
 
+def _check_span(total: object, offset: object, data: object, piece: str, whole: str) -> None:
+    """A piece (MSG segment, GROUP fragment) of a whole of `total` bytes: bytes `offset`..
+    `offset+len(data)`, at least one (an empty piece would fill nothing and never complete)."""
+    _check_int(total, _U32, f"{whole} length")
+    _check_int(offset, _U32, f"{piece} offset")
+    check_bytes(data, f"{piece} data", WireError)
+    if not data:
+        raise WireError(f"empty {piece}")
+    if offset + len(data) > total:  # type: ignore[operator]
+        raise WireError(f"{piece} extends past the {whole} length")
+
+
 @dataclass(frozen=True)
 class Padding:
     """``length`` zero bytes: fills a datagram (MTU probes, length hiding)."""
@@ -573,13 +585,7 @@ class Msg:
         check_bytes(self.message_id, "message id", WireError, MESSAGE_ID_LEN)
         _check_int(self.seq, _U64, "message seq")
         _check_int(self.created, _U64, "message timestamp")
-        _check_int(self.total, _U32, "message length")
-        _check_int(self.offset, _U32, "segment offset")
-        check_bytes(self.data, "segment data", WireError)
-        if not self.data:
-            raise WireError("empty message segment")  # it would fill nothing and never complete
-        if self.offset + len(self.data) > self.total:
-            raise WireError("segment extends past the message length")
+        _check_span(self.total, self.offset, self.data, "message segment", "message")
 
 
 @dataclass(frozen=True)
@@ -594,13 +600,7 @@ class GroupFragment:
 
     def __post_init__(self) -> None:
         _check_int(self.frame_id, _U32, "group frame id")
-        _check_int(self.total, _U32, "group frame length")
-        _check_int(self.offset, _U32, "group fragment offset")
-        check_bytes(self.data, "group fragment data", WireError)
-        if not self.data:
-            raise WireError("empty group fragment")  # it would fill nothing and never complete
-        if self.offset + len(self.data) > self.total:
-            raise WireError("group fragment extends past the frame length")
+        _check_span(self.total, self.offset, self.data, "group fragment", "frame")
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,43 @@ MIGRATIONS: tuple[Migration, ...] = (
         )
         """,
     ),
+    # 10: transfers with group peers (PROTOCOL §13.4, §13.7): a transfer's peer is a contact
+    # (contact_id) or, for a member of a group who is not a contact, its fingerprint
+    # (peer_fingerprint); group_id marks a group file's transfers. SQLite cannot drop a NOT
+    # NULL, so the table is rebuilt (nothing references it).
+    (
+        """
+        CREATE TABLE transfers_new (
+            id INTEGER PRIMARY KEY,
+            transfer_id TEXT NOT NULL UNIQUE,
+            contact_id INTEGER REFERENCES contacts(id) ON DELETE CASCADE,
+            peer_fingerprint BLOB CHECK (peer_fingerprint IS NULL OR length(peer_fingerprint) = 32),
+            group_id BLOB CHECK (group_id IS NULL OR length(group_id) = 16),
+            direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+            file_name TEXT NOT NULL,
+            path TEXT,
+            part_path TEXT,
+            size INTEGER NOT NULL CHECK (size >= 0),
+            chunk_size INTEGER NOT NULL CHECK (chunk_size > 0),
+            tag BLOB NOT NULL,
+            state TEXT NOT NULL,
+            stopped_by TEXT,
+            have TEXT NOT NULL DEFAULT '',
+            sha256 TEXT,
+            error TEXT,
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            CHECK ((contact_id IS NULL) != (peer_fingerprint IS NULL))
+        )
+        """,
+        "INSERT INTO transfers_new (id, transfer_id, contact_id, direction, file_name, path, part_path, size, "
+        "chunk_size, tag, state, stopped_by, have, sha256, error, created, updated) "
+        "SELECT id, transfer_id, contact_id, direction, file_name, path, part_path, size, chunk_size, tag, "
+        "state, stopped_by, have, sha256, error, created, updated FROM transfers",
+        "DROP TABLE transfers",
+        "ALTER TABLE transfers_new RENAME TO transfers",
+        "CREATE INDEX transfers_state ON transfers (state)",
+    ),
 )
 
 
