@@ -212,7 +212,7 @@ GroupMessageView = TypedDict("GroupMessageView", {
     "outgoing": bool,
     "read": bool,
     "pq_verified": bool,        # covered by a hybrid signature of its author's chain (§13.5)
-    "delivered": int,           # our own message: members known to hold it (0 for others')
+    "delivered": list[str],     # our own message: IDs of the members known to hold it ([] for others')
     "delivered_all": bool,      # our own message: every current member holds it
 })
 GroupMessageView.__doc__ = "A group message (or a gap marker) as `group history` answers it."

@@ -178,12 +178,11 @@ class StandIn:
             message = GroupMessage(1, 1, b"\x02" * 32, NODE.identity.fingerprint, "m1", 2, "file", "", {
                 "file_id": "ab" * 16, "name": "a.txt", "size": 3}, 1.0, None, True, True, False)
             return {"group": GID.hex(), "name": "Family",
-                    "messages": [views.message_view(message, lambda fp: None, 1, False)]}
+                    "messages": [views.message_view(message, lambda fp: None, [b"\x03" * 32], False)]}
         if name == "mark_read":
             return {"group": GID.hex(), "marked": 2}
         if name == "send_file":
-            return {"group": GID.hex(), "message_id": "f1", "file_id": "ab" * 16, "name": "a.txt", "size": 3,
-                    "offered": 1}
+            return {"group": GID.hex(), "message_id": "f1", "file_id": "ab" * 16, "offered": [format_id(b"\x03" * 32)]}
         return self.view
 
     def __getattr__(self, name):
@@ -295,10 +294,11 @@ def test_views_conform_and_count_only_our_own_deliveries():
     validator("GroupInfo").validate(dict(view, records=1, pending=0, key_epoch=1, former=[]))
     theirs = GroupMessage(1, 1, b"\x01" * 32, bob, "m1", 3, "text", "hi", None, 1.5, None, False, False, False)
     mine = GroupMessage(2, 1, b"\x02" * 32, own, "m2", 4, "text", "yo", None, 1.5, None, True, True, True)
-    other_view = views.message_view(theirs, {bob: "Bob"}.get, delivered=5, delivered_all=True)
-    assert (other_view["delivered"], other_view["delivered_all"], other_view["from_name"]) == (0, False, "Bob")
-    own_view = views.message_view(mine, {bob: "Bob"}.get, delivered=2, delivered_all=True)
-    assert (own_view["delivered"], own_view["delivered_all"], own_view["pq_verified"]) == (2, True, True)
+    other_view = views.message_view(theirs, {bob: "Bob"}.get, delivered=[own], delivered_all=True)
+    assert (other_view["delivered"], other_view["delivered_all"], other_view["from_name"]) == ([], False, "Bob")
+    own_view = views.message_view(mine, {bob: "Bob"}.get, delivered=[own, bob], delivered_all=True)
+    assert (own_view["delivered"], own_view["delivered_all"], own_view["pq_verified"]) == (
+        [format_id(own), format_id(bob)], True, True)
     for message_view in (other_view, own_view):
         validator("GroupMessageView").validate(message_view)
     assert views.contact_name(NODE.store.contacts)(contact.fingerprint) == "Bob"
@@ -340,9 +340,9 @@ def test_chatp2pctl_group_prints_for_people():
     lines = show({"messages": [
         {"created": "2026-01-31T18:02:00.000Z", "from": "x", "from_name": "Bob", "body": "hi\nthere",
          "kind": "text", "pq_verified": True},
-        {"created": "2026-01-31T18:03:00.000Z", "outgoing": True, "delivered": 1, "body": "some", "kind": "text",
+        {"created": "2026-01-31T18:03:00.000Z", "outgoing": True, "delivered": ["b"], "body": "some", "kind": "text",
          "pq_verified": True},
-        {"created": "2026-01-31T18:03:00.000Z", "outgoing": True, "delivered": 2, "delivered_all": True,
+        {"created": "2026-01-31T18:03:00.000Z", "outgoing": True, "delivered": ["b", "c"], "delivered_all": True,
          "body": "all", "kind": "text", "pq_verified": True},
         {"created": "2026-01-31T18:04:00.000Z", "kind": "gap", "body": "12"},
         {"created": "2026-01-31T18:05:00.000Z", "from": "y", "kind": "file", "body": "",

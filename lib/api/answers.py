@@ -189,9 +189,7 @@ class GroupFileSent(TypedDict):
     group: str
     message_id: str
     file_id: str
-    name: str
-    size: int
-    offered: int
+    offered: list[str]          # IDs of the members offered the file now
 
 
 # -- crypto -----------------------------------------------------------------------------------

@@ -63,9 +63,10 @@ def file_view(file: dict | None) -> GroupFileView | None:
     return {"file_id": str(file["file_id"]), "name": str(file["name"]), "size": int(file["size"])}
 
 
-def message_view(message: GroupMessage, name_of: NameOf, delivered: int = 0,
+def message_view(message: GroupMessage, name_of: NameOf, delivered: Iterable[bytes] = (),
                  delivered_all: bool = False) -> GroupMessageView:
-    """A history row; `delivered`/`delivered_all` count for our own messages only."""
+    """A history row; `delivered` (the members holding it) and `delivered_all` count for our
+    own messages only."""
     return {
         "hash": message.hash.hex(),
         "message_id": message.message_id,
@@ -80,6 +81,6 @@ def message_view(message: GroupMessage, name_of: NameOf, delivered: int = 0,
         "outgoing": message.outgoing,
         "read": message.read,
         "pq_verified": message.pq_verified,
-        "delivered": delivered if message.outgoing else 0,
+        "delivered": ids(delivered) if message.outgoing else [],
         "delivered_all": delivered_all and message.outgoing,
     }
