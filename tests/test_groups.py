@@ -6,6 +6,7 @@ member; in the first test the other members are not contacts of each other, so t
 sessions are group-peer sessions set up by HINTs (§13.7).
 """
 
+import os
 import threading
 
 import pytest
@@ -103,8 +104,7 @@ def test_four_members_receive_everything_in_the_same_order(nodes):
     # B and C are not contacts: their session is a group peer's, set up through the group
     wait_for(lambda: {m["id"] for m in b.call("group", "info", {"group": gid})["members"] if m["online"]}
              >= {a.id, c.id, d.id}, TIMEOUT, "B connected to every member")
-    assert all(c_["name"] != "C" for c_ in b.call("contacts", "list")) if isinstance(
-        b.call("contacts", "list"), list) else True
+    assert {x["fingerprint"] for x in b.call("contacts", "list")} == {a.id}   # C and D are group peers
     # A received each of the others' messages once, and its own are delivered to all
     received = [e["message_id"] for e in a.events.all("group_message_received", group=gid)]
     assert sorted(received) == sorted(m for m in everything if not m.startswith("A-"))
@@ -186,3 +186,33 @@ def test_kill_9_mid_burst_then_exactly_once(nodes):
     # every event once over both runs (one in flight at the kill may be lost, never repeated)
     assert not set(first_run) & set(second_run)
     assert len(first_run) == len(set(first_run)) and len(second_run) == len(set(second_run))
+
+
+def test_group_file_to_three_members_one_rejecting(nodes, tmp_path):
+    """B offers to A (a contact) and to C and D, group peers it knows only through the group."""
+    a, b, c, d = nodes("A", "B", "C", "D")
+    for member in (b, c, d):
+        befriend(a, member)
+    gid = make_group(a, [b, c, d])
+    wait_for(lambda: sum(m["online"] for m in b.call("group", "info", {"group": gid})["members"]) == 3,
+             TIMEOUT, "B connected to every member")
+    source = tmp_path / "photo.bin"
+    source.write_bytes(os.urandom(300_000))
+    sent = b.call("group", "send_file", {"group": gid, "file_path": str(source)})
+    assert sent["offered"] == 3 and sent["size"] == 300_000
+    offers = {}
+    for n in (a, c, d):
+        offers[n.label] = n.events.wait_data("file_offer", TIMEOUT, where=lambda e: e.get("group") == gid)[0]
+        announced = n.events.wait_data("group_message_received", TIMEOUT, group=gid, kind="file")[0]
+        assert announced["file"]["file_id"] == sent["file_id"] and announced["file"]["name"] == "photo.bin"
+    for n in (a, c):
+        n.call("p2p", "accept_file", {"transfer_id": offers[n.label]["transfer_id"]})
+    d.call("p2p", "reject_file", {"transfer_id": offers["D"]["transfer_id"]})
+    for n in (a, c):
+        got = n.events.wait_data("file_received", TIMEOUT, transfer_id=offers[n.label]["transfer_id"])[0]
+        with open(got["path"], "rb") as handle:
+            assert handle.read() == source.read_bytes()
+    failed = b.events.wait_data("file_transfer_failed", TIMEOUT, transfer_id=offers["D"]["transfer_id"])[0]
+    assert "rejected" in failed["reason"]
+    assert not d.events.all("file_received")
+    assert b.id not in {x["fingerprint"] for x in c.call("contacts", "list")}   # a group peer, not a contact

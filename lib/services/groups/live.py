@@ -48,6 +48,7 @@ class Live:
     own: dict[int, tuple[bytes, str]] = dataclasses.field(default_factory=dict)  # our MESSAGE seq -> (hash, message_id)
     floors: dict[bytes, int] = dataclasses.field(default_factory=dict)
     uncovered_since: Optional[float] = None  # our oldest MESSAGE not yet covered by a hybrid record
+    files: dict[bytes, tuple[str, set]] = dataclasses.field(default_factory=dict)  # our file_id -> (path, offered to)
     hints: dict[tuple[bytes, bytes], float] = dataclasses.field(default_factory=dict)  # pair -> last HINT
 
     @property

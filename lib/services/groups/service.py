@@ -286,20 +286,25 @@ class GroupService:
         message_id = uuid.uuid4().hex
         announce = FileAnnounce(file_id, size, os.path.basename(path)[:255])
         self._write_message(live, MessagePlain(message_id, file=announce))
-        offered = []
-        for fp in sorted(live.membership.members):
-            if fp == self.me:
-                continue
-            link = self.network.link_for_fingerprint(fp)
-            if link is None or not link.connected:
-                continue
-            try:
-                self.transfers.send_file_to_link(link, path, group_file_transfer_id(file_id, fp), live.group_id)
-                offered.append(ident.format_id(fp))
-            except Exception as exc:  # one member's failure must not stop the others' offers
-                log.warning("group file offer to %s failed: %s", link.name, exc)
+        live.files[file_id] = (path, set())
+        offered = sum(self._offer_file(live, file_id, fp) for fp in sorted(live.membership.members))
         return {"group": live.hex, "message_id": message_id, "file_id": file_id.hex(), "name": announce.name,
-                "size": size, "offered": len(offered)}
+                "size": size, "offered": offered}
+
+    def _offer_file(self, live: Live, file_id: bytes, fp: bytes) -> bool:
+        """Offer an announced file of ours to a connected member who was not offered it yet
+        (members who connect later get it on link up, while this process runs)."""
+        path, offered = live.files[file_id]
+        link = self.network.link_for_fingerprint(fp) if fp != self.me else None
+        if link is None or not link.connected or fp in offered:
+            return False
+        offered.add(fp)
+        try:
+            self.transfers.send_file_to_link(link, path, group_file_transfer_id(file_id, fp), live.group_id)
+        except Exception as exc:  # one member's failure must not stop the others' offers
+            log.warning("group file offer to %s failed: %s", link.name, exc)
+            return False
+        return True
 
     # -- finding -------------------------------------------------------------------------------
     def _find(self, group: str) -> Live:
@@ -950,6 +955,8 @@ class GroupService:
             state.acked = SeqSet(())
             state.next_have = self.clock() + _jitter()
             self._send_have(live, link)
+            for file_id in live.files:
+                self._offer_file(live, file_id, link.fingerprint)
 
     def link_down(self, link: Link) -> None:
         self.channel.link_down(link)
