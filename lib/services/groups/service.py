@@ -265,7 +265,7 @@ class GroupService:
         views = []
         for message in messages:
             holders = self.store.groups.deliveries(live.row, message.hash) if message.outgoing else set()
-            views.append(message_view(message, self.name_of, len(holders), bool(others) and others <= holders))
+            views.append(message_view(message, self.name_of, holders, bool(others) and others <= holders))
         return {"group": live.hex, "name": live.membership.name, "messages": views}
 
     def mark_read(self, group: str) -> dict:
