@@ -167,3 +167,21 @@ def test_concurrent_add_and_remove_converge(trio, tmp_path):
             group_of(a, gid).membership.applied) == 3
     finally:
         d.close()
+
+
+def test_the_last_admin_leaving_hands_the_group_on(trio):
+    a, b, c = trio
+    gid = a.groups.create("trio", [a.contact(b), a.contact(c)])["group"]
+    joined((b, c), gid)
+    a.groups.leave(gid)
+    for node in (b, c):
+        wait_until(lambda node=node: members(node, gid) == {b.fingerprint, c.fingerprint}, what=f"{node.label} saw A leave")
+        assert ("group_member_left", {"group": gid, "member": a.identity.id, "member_name": "A"}) in node.events
+    assert group_of(a, gid).state == "left"
+    heir = group_of(b, gid).membership.admins()
+    assert heir == group_of(c, gid).membership.admins() and len(heir) == 1   # auto-promotion, the same everywhere
+    with pytest.raises(Exception):
+        a.groups.submit_message(gid, "after leaving", None)
+    b.groups.submit_message(gid, "still going", None)
+    wait_until(lambda: "still going" in texts(c, gid), what="C has B's message")
+    assert "still going" not in texts(a, gid)

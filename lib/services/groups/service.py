@@ -502,6 +502,9 @@ class GroupService:
         fresh = [r for r in records if r.hash() in new_hashes]
         for record in fresh:
             live.index(record)
+        own = [r for r in fresh if r.author == self.me]
+        if own:   # before the replay: a LEAVE or REMOVE still reaches those it ends
+            self._push(live, own)
         before = live.membership
         if any(r.kind in OPERATIONS for r in fresh):
             after = live.replay()
@@ -524,9 +527,6 @@ class GroupService:
             state.have_due = True
             self._dirty[link.fingerprint] = link
             self._pass.poke()
-        own = [r for r in fresh if r.author == self.me]
-        if own:
-            self._push(live, own)
 
     def _after_own(self, live: Live, record: Record) -> None:
         row = live.row
