@@ -173,6 +173,9 @@ def test_the_last_admin_leaving_hands_the_group_on(trio):
     a, b, c = trio
     gid = a.groups.create("trio", [a.contact(b), a.contact(c)])["group"]
     joined((b, c), gid)
+    # B and C are not contacts: A introduces them (HINT) before it goes
+    wait_until(lambda: c.network.link_for_fingerprint(b.fingerprint) is not None
+               and c.network.link_for_fingerprint(b.fingerprint).connected, 30, "B and C connected")
     a.groups.leave(gid)
     for node in (b, c):
         wait_until(lambda node=node: members(node, gid) == {b.fingerprint, c.fingerprint}, what=f"{node.label} saw A leave")

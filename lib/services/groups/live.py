@@ -49,6 +49,7 @@ class Live:
     floors: dict[bytes, int] = dataclasses.field(default_factory=dict)
     uncovered_since: Optional[float] = None  # our oldest MESSAGE not yet covered by a hybrid record
     files: dict[bytes, tuple[str, set]] = dataclasses.field(default_factory=dict)  # our file_id -> (path, offered to)
+    recent: dict[bytes, float] = dataclasses.field(default_factory=dict)      # hash -> when taken (monotonic)
     hints: dict[tuple[bytes, bytes], float] = dataclasses.field(default_factory=dict)  # pair -> last HINT
 
     @property

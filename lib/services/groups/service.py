@@ -59,6 +59,7 @@ ANSWER_INTERVAL = 0.5          # s: a HAVE showing records we lack is answered a
 HINT_INTERVAL = 30.0           # s between HINTs about one pair of members
 CHECKPOINT_AFTER = 10.0        # s: our MESSAGEs not covered by a hybrid signature get a CHECKPOINT
 ANSWER_BUDGET = 1 << 20        # bytes of records sent per HAVE answered
+IN_FLIGHT = 2.0                # s: a record this new is on its way to peers connected to its author
 TIMER_STEP = 0.25              # s between timer passes (the network ticks every 20 ms)
 PRUNE_INTERVAL = 3600.0
 MAX_CANDIDATES = 8             # groups we may be joining (operations received, not decided yet)
@@ -500,8 +501,10 @@ class GroupService:
         new = self.store.groups.add_records(live.row, [(r, now) for r in records])
         new_hashes = {r.hash() for r in new}
         fresh = [r for r in records if r.hash() in new_hashes]
+        mono = self.clock()
         for record in fresh:
             live.index(record)
+            live.recent[record.hash()] = mono
         own = [r for r in fresh if r.author == self.me]
         if own:   # before the replay: a LEAVE or REMOVE still reaches those it ends
             self._push(live, own)
@@ -778,9 +781,11 @@ class GroupService:
             return
         state = self._peer(live, peer)
         self._deliveries(live, peer, state, have)
+        if not have.connected:
+            return   # a receipt: delivery news only (§13.6 step 4), never answered
         self._gaps(live, have)
         self._answer(live, link, have)
-        if _lacks(live, have):
+        if _lacks(live, have, self._connected_set(live)):
             now = self.clock()
             if now - state.last_answer >= ANSWER_INTERVAL:
                 state.last_answer = now
@@ -790,12 +795,17 @@ class GroupService:
     def _answer(self, live: Live, link: Link, have: Have) -> None:
         """§13.6 step 2: what the peer lacks and is entitled to, operations first, ≤ 1 MiB."""
         peer = link.fingerprint
-        held = live.held
-        if not have.connected:  # a receipt: it lists only the authors that changed (§13.6)
-            held = {a.author: live.held[a.author] for a in have.authors if a.author in live.held}
-        want = wanted_by_peer(held, have)
+        want = wanted_by_peer(live.held, have)
         if not want:
             return
+        theirs = set(have.connected)
+        now = self.clock()
+        # Records taken in the last moments, since this session began (so pushed over it).
+        in_flight = {digest for digest, since in live.recent.items()
+                     if now - since < IN_FLIGHT and since > link.connected_at}
+        # Authors whose records reach the peer by push: it holds some of theirs already and is
+        # connected to them (to us, when the author is us). A new member's empty HAVE lists none.
+        streaming = {a.author for a in have.authors if a.ranges and (a.author == self.me or a.author[:8] in theirs)}
         chosen: list[tuple[tuple, bytes]] = []
         budget = ANSWER_BUDGET
         for author, seqs in want.items():
@@ -805,6 +815,8 @@ class GroupService:
                     continue
                 if record.kind not in OPERATIONS and not entitled(live.membership, peer, record):
                     continue
+                if record.hash() in in_flight and author in streaming:
+                    continue   # its author (we, or one the peer is connected to) pushed it a moment ago
                 chosen.append(((record.kind not in OPERATIONS, order_key(record)), data))
         chosen.sort(key=lambda item: item[0])
         out = []
@@ -902,6 +914,9 @@ class GroupService:
             state = live.peers[fp] = PeerSync(next_have=self.clock() + _jitter())
         return state
 
+    def _connected_set(self, live: Live) -> set[bytes]:
+        return {fp for fp in live.membership.members if fp != self.me and self._online(fp)}
+
     def _connected_prefixes(self, live: Live) -> list[bytes]:
         out = []
         for fp in live.membership.members:
@@ -992,6 +1007,8 @@ class GroupService:
             self._prune()
 
     def _timers(self, live: Live, now: float) -> None:
+        if live.recent:
+            live.recent = {h: t for h, t in live.recent.items() if now - t < IN_FLIGHT}
         if live.state != "active" or not live.membership.is_member(self.me):
             return
         for fp in live.membership.members:
@@ -1108,8 +1125,12 @@ def _former_now(live: Live, records: list[Record]) -> set[bytes]:
     return out
 
 
-def _lacks(live: Live, have: Have) -> bool:
+def _lacks(live: Live, have: Have, connected: set[bytes]) -> bool:
+    """Whether `have` lists records we do not hold, of authors we are not connected to (an
+    author we are connected to pushes its records to us; a lost one comes with the next round)."""
     for author in have.authors:
+        if author.author in connected:
+            continue
         held = live.held.get(author.author)
         for first, last in author.ranges:
             if held is None:
