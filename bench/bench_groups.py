@@ -64,9 +64,13 @@ class Member:
     def counter(self, name: str) -> int:
         return int(self.call("status")["p2p"]["counters"].get(name, 0))
 
-    def received(self, gid: str) -> set[str]:
+    def wait_all(self, gid: str, prefix: str, count: int, timeout: float) -> None:
+        """Until this member published `count` messages whose id starts with `prefix`."""
         assert self.events is not None
-        return {e["message_id"] for e in self.events.all("group_message_received", group=gid)}
+        got = self.events.wait_count("group_message_received", count, timeout, group=gid,
+                                     key=lambda d: d["message_id"].startswith(prefix))
+        if len({d["message_id"] for d in got}) < count:
+            raise AssertionError(f"{self.label} has {len(got)} of {count} {prefix}* messages after {timeout} s")
 
     def stop(self) -> None:
         if self.events is not None:
@@ -104,7 +108,9 @@ def fan_out(members: list[Member], gid: str, samples: int) -> list[float]:
         mid = f"fan-{i}"
         started = time.perf_counter()
         a.call("group", "send_message", {"group": gid, "message": f"fan-out sample {i}", "message_id": mid})
-        wait_for(lambda: all(mid in m.received(gid) for m in others), 60, f"{mid} everywhere", interval=0.002)
+        for m in others:
+            assert m.events is not None
+            m.events.wait_data("group_message_received", 60, group=gid, message_id=mid)
         times.append(time.perf_counter() - started)
     return times
 
@@ -118,8 +124,8 @@ def rate(members: list[Member], gid: str, count: int) -> tuple[float, float, flo
         for mid in ids:
             reply = client.request("group", "send_message", {"group": gid, "message": "x" * 100, "message_id": mid})
             assert reply["success"], reply
-    want = set(ids)
-    wait_for(lambda: all(want <= m.received(gid) for m in others), 600, "every message everywhere", interval=0.01)
+    for m in others:
+        m.wait_all(gid, "rate-", count, 600)
     elapsed = time.perf_counter() - started
     time.sleep(1.0)   # the receipts of the last messages
     after = [(m.counter("group_frame_bytes_sent"), m.counter("group_frames_sent")) for m in members]
@@ -139,8 +145,7 @@ def catch_up(members: list[Member], gid: str, count: int) -> float:
     started = time.perf_counter()
     late.start()
     late.call("p2p", "connect", {"peer": a.label, "address": a.address})
-    want = set(ids)
-    wait_for(lambda: want <= late.received(gid), 900, f"{late.label} caught up", interval=0.05)
+    late.wait_all(gid, "late-", count, 900)
     return time.perf_counter() - started
 
 

@@ -22,7 +22,9 @@ class PeerSync:
 
     next_have: float = 0.0                 # when the periodic HAVE is due
     last_answer: float = -1e9              # our last HAVE sent because theirs showed records we lack
-    acked: SeqSet = dataclasses.field(default_factory=lambda: SeqSet(()))  # our seqs it reported holding
+    acked_upto: int = 0                    # it reported holding every seq of ours up to this one...
+    acked: set = dataclasses.field(default_factory=set)  # ...and these above it
+    last_repair: float = -1e9              # our last resend of records its receipt showed lost
     have_due: bool = False                 # a receipt HAVE goes in the next pass
     changed: set = dataclasses.field(default_factory=set)  # authors for that receipt
 

@@ -59,7 +59,7 @@ ANSWER_INTERVAL = 0.5          # s: a HAVE showing records we lack is answered a
 HINT_INTERVAL = 30.0           # s between HINTs about one pair of members
 CHECKPOINT_AFTER = 10.0        # s: our MESSAGEs not covered by a hybrid signature get a CHECKPOINT
 ANSWER_BUDGET = 1 << 20        # bytes of records sent per HAVE answered
-IN_FLIGHT = 2.0                # s: a record this new is on its way to peers connected to its author
+IN_FLIGHT = 10.0               # s: a record this new is on its way to peers connected to its author
 TIMER_STEP = 0.25              # s between timer passes (the network ticks every 20 ms)
 PRUNE_INTERVAL = 3600.0
 MAX_CANDIDATES = 8             # groups we may be joining (operations received, not decided yet)
@@ -782,7 +782,8 @@ class GroupService:
         state = self._peer(live, peer)
         self._deliveries(live, peer, state, have)
         if not have.connected:
-            return   # a receipt: delivery news only (§13.6 step 4), never answered
+            self._repair(live, link, have)   # a receipt: delivery news, and our pushes it lost
+            return
         self._gaps(live, have)
         self._answer(live, link, have)
         if _lacks(live, have, self._connected_set(live)):
@@ -805,7 +806,9 @@ class GroupService:
                      if now - since < IN_FLIGHT and since > link.connected_at}
         # Authors whose records reach the peer by push: it holds some of theirs already and is
         # connected to them (to us, when the author is us). A new member's empty HAVE lists none.
-        streaming = {a.author for a in have.authors if a.ranges and (a.author == self.me or a.author[:8] in theirs)}
+        # Only above the highest seq it reports: a seq missing below that one is a hole (lost).
+        streaming = {a.author: a.ranges[-1][1] for a in have.authors
+                     if a.ranges and (a.author == self.me or a.author[:8] in theirs)}
         chosen: list[tuple[tuple, bytes]] = []
         budget = ANSWER_BUDGET
         for author, seqs in want.items():
@@ -815,7 +818,7 @@ class GroupService:
                     continue
                 if record.kind not in OPERATIONS and not entitled(live.membership, peer, record):
                     continue
-                if record.hash() in in_flight and author in streaming:
+                if record.hash() in in_flight and record.seq > streaming.get(author, record.seq):
                     continue   # its author (we, or one the peer is connected to) pushed it a moment ago
                 chosen.append(((record.kind not in OPERATIONS, order_key(record)), data))
         chosen.sort(key=lambda item: item[0])
@@ -827,6 +830,24 @@ class GroupService:
             out.append(data)
         self._send_records(live, link, out)
 
+    def _repair(self, live: Live, link: Link, have: Have) -> None:
+        """Our records a receipt shows missing below the highest it reports were lost on
+        the way (we push in seq order): sent again at once, not at the next round."""
+        mine = next((a for a in have.authors if a.author == self.me), None)
+        if mine is None or not mine.ranges:
+            return
+        top = mine.ranges[-1][1]
+        lost = [seq for seq in wanted_by_peer({self.me: live.held.get(self.me, SeqSet())}, have).get(self.me, [])
+                if seq < top]
+        state = self._peer(live, link.fingerprint)
+        now = self.clock()
+        if lost and now - state.last_repair >= ANSWER_INTERVAL:   # once per round trip or so
+            state.last_repair = now
+            self.counters["group_records_repaired"] += len(lost)
+            records = [d for d in self.store.groups.records_for(live.row, self.me, lost)
+                       if (r := _decode(d)) is not None and entitled(live.membership, link.fingerprint, r)]
+            self._send_records(live, link, records)
+
     def _deliveries(self, live: Live, peer: bytes, state: PeerSync, have: Have) -> None:
         """A member reporting our seqs holds our records: per-member delivery (§13.6 step 4)."""
         mine = next((a for a in have.authors if a.author == self.me), None)
@@ -834,10 +855,13 @@ class GroupService:
             return
         members = {fp for fp in live.membership.members if fp != self.me}
         for first, last in mine.ranges:
-            for seq in range(first, last + 1):
+            for seq in range(max(first, state.acked_upto + 1), last + 1):
                 if seq in state.acked:
                     continue
                 state.acked.add(seq)
+                while state.acked_upto + 1 in state.acked:   # keep the set small: a floor and the rest
+                    state.acked_upto += 1
+                    state.acked.discard(state.acked_upto)
                 own = live.own.get(seq)
                 if own is None:
                     continue
@@ -975,7 +999,7 @@ class GroupService:
     def link_up(self, link: Link) -> None:
         for live in self._common(link.fingerprint):
             state = self._peer(live, link.fingerprint)
-            state.acked = SeqSet(())
+            state.acked, state.acked_upto = set(), 0
             state.next_have = self.clock() + _jitter()
             self._send_have(live, link)
             for file_id in live.files:
