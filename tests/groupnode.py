@@ -18,12 +18,13 @@ class NoTransfers:
 
 
 class GroupNode(NetNode):
-    def __init__(self, tmp: str, label: str, backend) -> None:
+    def __init__(self, tmp: str, label: str, backend, clock=None) -> None:
         super().__init__(tmp, label, backend)
         self.label = label
         self.backend = backend
+        extra = {"clock": clock} if clock is not None else {}
         self.groups = GroupService(self.identity, backend, self.store, self.network, NoTransfers(),
-                                   lambda name, data: self.events.append((name, data)))
+                                   lambda name, data: self.events.append((name, data)), **extra)
 
     def befriend(self, other: "GroupNode") -> None:
         """Contacts both ways (with bundles) and a session."""

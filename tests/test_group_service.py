@@ -9,6 +9,7 @@ import pytest
 from chatp2p_core.codec import grouprecord as gr
 from chatp2p_core.crypto import groupcrypto, pqc
 
+from clock import FakeClock
 from groupnode import GroupNode, wait_until
 
 BACKEND = None
@@ -188,3 +189,38 @@ def test_the_last_admin_leaving_hands_the_group_on(trio):
     b.groups.submit_message(gid, "still going", None)
     wait_until(lambda: "still going" in texts(c, gid), what="C has B's message")
     assert "still going" not in texts(a, gid)
+
+
+def chain(node, gid, count):
+    """`count` CHECKPOINTs `node` writes by hand, each on the previous one (not stored by it)."""
+    live = group_of(node, gid)
+    draft = node.groups._draft(live, gr.Kind.CHECKPOINT, b"", gr.SigKind.HYBRID)
+    out = []
+    for i in range(count):
+        record = groupcrypto.sign_record(draft, node.identity.sig_private, BACKEND)
+        out.append(record)
+        draft = dataclasses.replace(draft, seq=draft.seq + 1, prev=record.hash(), parents=(record.hash(),),
+                                    depth=draft.depth + 1)
+    return out
+
+
+def test_a_flooding_member_is_rate_limited_then_caught_up(tmp_path):
+    clock = FakeClock()
+    a = GroupNode(str(tmp_path), "A", BACKEND, clock=clock)
+    b = GroupNode(str(tmp_path), "B", BACKEND)
+    try:
+        a.befriend(b)
+        gid = a.groups.create("duo", [a.contact(b)])["group"]
+        joined((b,), gid)
+        flood = chain(b, gid, 60)
+        send_raw(b, a, gid, flood)
+        wait_until(lambda: a.network.counters["group_rate_limited"] == 20, what="20 over the bucket")
+        held = group_of(a, gid).held[b.fingerprint]
+        assert len(held) == 40 and held.highest() == flood[39].seq    # the first 40, in order
+        clock.advance(5.0)   # 4 a second: room for the other 20
+        send_raw(b, a, gid, flood[40:])
+        wait_until(lambda: len(group_of(a, gid).held[b.fingerprint]) == 60, what="the rest taken")
+        assert a.network.counters["group_rate_limited"] == 20
+    finally:
+        a.close()
+        b.close()
