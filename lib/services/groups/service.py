@@ -59,6 +59,8 @@ ANSWER_INTERVAL = 0.5          # s: a HAVE showing records we lack is answered a
 HINT_INTERVAL = 30.0           # s between HINTs about one pair of members
 CHECKPOINT_AFTER = 10.0        # s: our MESSAGEs not covered by a hybrid signature get a CHECKPOINT
 ANSWER_BUDGET = 1 << 20        # bytes of records sent per HAVE answered
+REPAIR_INTERVAL = 2.0          # s between resends of our records a peer's receipts show lost
+MAX_REPAIR = 8                 # records per such resend
 IN_FLIGHT = 10.0               # s: a record this new is on its way to peers connected to its author
 TIMER_STEP = 0.25              # s between timer passes (the network ticks every 20 ms)
 PRUNE_INTERVAL = 3600.0
@@ -68,6 +70,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_MESSAGE_ID_CHARS = 128
 
 Publish = Callable[[str, Any], Any]
+_SENT_BY_TYPE = {1: "group_have_bytes_sent", 2: "group_records_bytes_sent", 3: "group_hint_bytes_sent"}
 
 
 class GroupError(Invalid):
@@ -841,8 +844,9 @@ class GroupService:
                 if seq < top]
         state = self._peer(live, link.fingerprint)
         now = self.clock()
-        if lost and now - state.last_repair >= ANSWER_INTERVAL:   # once per round trip or so
+        if lost and now - state.last_repair >= REPAIR_INTERVAL:
             state.last_repair = now
+            lost = lost[:MAX_REPAIR]   # a receiver rate-limiting us (§13.9) makes holes too
             self.counters["group_records_repaired"] += len(lost)
             records = [d for d in self.store.groups.records_for(live.row, self.me, lost)
                        if (r := _decode(d)) is not None and entitled(live.membership, link.fingerprint, r)]
@@ -957,6 +961,7 @@ class GroupService:
         if not self.channel.send_frame(link, frame):
             return False
         self.counters["group_frame_bytes_sent"] += len(frame)
+        self.counters[_SENT_BY_TYPE.get(frame[0], "group_frame_bytes_sent_other")] += len(frame)
         return True
 
     def _send_have(self, live: Live, link: Link, authors: Optional[Iterable[bytes]] = None) -> None:
@@ -979,6 +984,7 @@ class GroupService:
                 batch, size = [], 0
             batch.append(data)
             size += len(data) + 4
+            self.counters["group_records_sent"] += 1
         if batch:
             self._send_frame(link, encode_frame(RecordsFrame(live.group_id, tuple(batch))))
 
