@@ -5,7 +5,8 @@ One `GroupService` runs inside a `P2P`. It is a LinkObserver of the Network (GRO
 come through its `GroupChannel`) and the network's GroupPeerDirectory (members who are not
 contacts may open sessions). The pure parts are elsewhere: record and frame codecs
 (codec/grouprecord.py), signatures and sender keys (crypto/groupcrypto.py), membership replay
-(membership.py), sync planning (sync.py); this module is the I/O and the flows:
+(membership.py), sync planning (sync.py); anti-entropy's frames are antientropy.py's. This
+module is the I/O and the flows:
 
 - writing: every record names the DAG's heads as parents, is signed, stored, then sent to
   every connected member; a MESSAGE is preceded by a KEY when the sender key was not given to
@@ -21,47 +22,39 @@ Events are published after the commit of what they report (exactly once, like me
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
-import random
 import time
 import uuid
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 from ...codec.grouprecord import (MAX_MEMBERS, OPERATIONS, FileAnnounce, GroupWireError,
                                   Have, Hint, Kind, MessagePlain, Record, RecordsFrame, SigKind,
-                                  MAX_RECORDS_FRAME, decode_add, decode_create, decode_frame, decode_key,
-                                  decode_plain, decode_record, decode_remove, encode_add, encode_create,
+                                  decode_add, decode_create, decode_frame, decode_key,
+                                  decode_plain, decode_remove, encode_add, encode_create,
                                   encode_frame, encode_key, encode_plain, encode_promote, encode_remove,
                                   encode_rename, group_file_transfer_id)
 from ...codec.wire import Record as WireRecord
 from ...crypto import groupcrypto, identity as ident, pqc
 from ...errors import Invalid, NotFound, Refused
 from ...net.peers import Link, Network
-from ...passes import PassRunner
 from ...contract import GroupView
+from ...passes import PassRunner
 from ...store import Contact, Group, Store
+from .antientropy import IN_FLIGHT, AntiEntropy, decode as _decode, jitter
 from .channel import GroupChannel
 from .events import GroupEvents
-from .live import Live, PeerSync
-from .views import contact_name, group_view, ids, member_view, message_view
+from .live import Live
 from .membership import MembershipState, accepts, entitled, order_key, replay
-from .sync import SeqSet, TokenBucket, gaps, have_frame, hint_pairs, wanted_by_peer
+from .sync import TokenBucket
+from .views import contact_name, group_view, ids, member_view, message_view
 
 log = logging.getLogger("chatp2p.groups")
 
 MAX_GROUPS = 64
 MAX_PENDING = 1024             # records waiting for their author's ADD, per group
 PENDING_TTL = 600.0
-HAVE_INTERVAL = 10.0           # s between HAVEs to each connected member (±20 %)
-ANSWER_INTERVAL = 0.5          # s: a HAVE showing records we lack is answered at most this often
-HINT_INTERVAL = 30.0           # s between HINTs about one pair of members
 CHECKPOINT_AFTER = 10.0        # s: our MESSAGEs not covered by a hybrid signature get a CHECKPOINT
-ANSWER_BUDGET = 1 << 20        # bytes of records sent per HAVE answered
-REPAIR_INTERVAL = 2.0          # s between resends of our records a peer's receipts show lost
-MAX_REPAIR = 8                 # records per such resend
-IN_FLIGHT = 10.0               # s: a record this new is on its way to peers connected to its author
 TIMER_STEP = 0.25              # s between timer passes (the network ticks every 20 ms)
 PRUNE_INTERVAL = 3600.0
 MAX_CANDIDATES = 8             # groups we may be joining (operations received, not decided yet)
@@ -70,7 +63,6 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_MESSAGE_ID_CHARS = 128
 
 Publish = Callable[[str, Any], Any]
-_SENT_BY_TYPE = {1: "group_have_bytes_sent", 2: "group_records_bytes_sent", 3: "group_hint_bytes_sent"}
 
 
 class GroupError(Invalid):
@@ -113,6 +105,7 @@ class GroupService:
         self._pass = PassRunner(self._flush, "groups")
         self._dirty: dict[bytes, Link] = {}
         self.channel = GroupChannel(network, self._on_frame)
+        self.sync = AntiEntropy(self.me, store, network, self.channel, self.events, clock)
         self._load()
         network.observers.append(self)
         network.set_group_peers(self)
@@ -217,7 +210,7 @@ class GroupService:
         (now, or on link up); its empty answer brings it every operation."""
         link = self.network.link_for_fingerprint(contact.fingerprint)
         if link is not None and link.connected:
-            self._send_have(live, link)
+            self.sync.send_have(live, link)
         else:
             self.connect_contact(contact)
 
@@ -494,7 +487,7 @@ class GroupService:
                 continue
             live.pending[record.hash()] = (record, now)
         if queue:
-            self._send_have(live, link)   # the sender supplies the operations we lack
+            self.sync.send_have(live, link)   # the sender supplies the operations we lack
 
     def _commit(self, live: Live, records: list[Record], link: Optional[Link]) -> None:
         """Store records (one transaction), index them, then do what they cause."""
@@ -528,7 +521,7 @@ class GroupService:
             self._open_sealed(live)
         self._mark_pq(live, fresh)
         if link is not None:
-            state = self._peer(live, link.fingerprint)
+            state = self.sync.peer(live, link.fingerprint)
             state.changed.update(r.author for r in fresh)
             state.have_due = True
             self._dirty[link.fingerprint] = link
@@ -556,7 +549,7 @@ class GroupService:
             if link is None or not link.connected:
                 continue
             sendable = [r for r in records if r.kind in OPERATIONS or entitled(live.membership, fp, r)]
-            self._send_records(live, link, [r.encode() for r in sendable])
+            self.sync.send_records(live, link, [r.encode() for r in sendable])
 
     def _take_key(self, live: Live, record: Record) -> None:
         try:
@@ -710,7 +703,7 @@ class GroupService:
         state = replay(group_id, ops)
         if self.me not in state.members:
             if not any(r.kind == Kind.CREATE for r in ops):   # ask for every operation
-                self._send_frame(link, encode_frame(Have(group_id, (), (link.fingerprint[:8],))))
+                self.sync.send_frame(link, encode_frame(Have(group_id, (), (link.fingerprint[:8],))))
             return
         adder = state.members[self.me].added_by
         contact = self.store.contacts.find_by_fingerprint(adder)
@@ -728,7 +721,7 @@ class GroupService:
         if rest:
             self._receive(live, link, rest)
         self.events.joined(group_id, live.membership.name, live.membership.members)
-        self._send_have(live, link)
+        self.sync.send_have(live, link)
 
     # -- frames --------------------------------------------------------------------------------
     def _on_frame(self, link: Link, data: bytes) -> None:
@@ -776,144 +769,13 @@ class GroupService:
                 return  # an empty HAVE for a group we do not hold: nothing to give
             if link.contact_id is not None and have.connected and len(self.candidates) < MAX_CANDIDATES:
                 # A full HAVE that holds nothing (it names the receiver among its connected members).
-                self._send_frame(link, encode_frame(Have(have.group_id, (), (link.fingerprint[:8],))))
+                self.sync.send_frame(link, encode_frame(Have(have.group_id, (), (link.fingerprint[:8],))))
             return
         if live.state != "active" or not live.membership.is_member(peer) or not live.membership.is_member(self.me):
             if live.state == "active":
                 self.counters["group_have_nonmember"] += 1
             return
-        state = self._peer(live, peer)
-        self._deliveries(live, peer, state, have)
-        if not have.connected:
-            self._repair(live, link, have)   # a receipt: delivery news, and our pushes it lost
-            return
-        self._gaps(live, have)
-        self._answer(live, link, have)
-        if _lacks(live, have, self._connected_set(live)):
-            now = self.clock()
-            if now - state.last_answer >= ANSWER_INTERVAL:
-                state.last_answer = now
-                self._send_have(live, link)
-        self._hints(live, link, have)
-
-    def _answer(self, live: Live, link: Link, have: Have) -> None:
-        """§13.6 step 2: what the peer lacks and is entitled to, operations first, ≤ 1 MiB."""
-        peer = link.fingerprint
-        want = wanted_by_peer(live.held, have)
-        if not want:
-            return
-        theirs = set(have.connected)
-        now = self.clock()
-        # Records taken in the last moments, since this session began (so pushed over it).
-        in_flight = {digest for digest, since in live.recent.items()
-                     if now - since < IN_FLIGHT and since > link.connected_at}
-        # Authors whose records reach the peer by push: it holds some of theirs already and is
-        # connected to them (to us, when the author is us). A new member's empty HAVE lists none.
-        # Only above the highest seq it reports: a seq missing below that one is a hole (lost).
-        streaming = {a.author: a.ranges[-1][1] for a in have.authors
-                     if a.ranges and (a.author == self.me or a.author[:8] in theirs)}
-        chosen: list[tuple[tuple, bytes]] = []
-        budget = ANSWER_BUDGET
-        for author, seqs in want.items():
-            for data in self.store.groups.records_for(live.row, author, seqs):
-                record = _decode(data)
-                if record is None:
-                    continue
-                if record.kind not in OPERATIONS and not entitled(live.membership, peer, record):
-                    continue
-                if record.hash() in in_flight and record.seq > streaming.get(author, record.seq):
-                    continue   # its author (we, or one the peer is connected to) pushed it a moment ago
-                chosen.append(((record.kind not in OPERATIONS, order_key(record)), data))
-        chosen.sort(key=lambda item: item[0])
-        out = []
-        for _, data in chosen:
-            if budget < len(data):
-                break
-            budget -= len(data)
-            out.append(data)
-        self._send_records(live, link, out)
-
-    def _repair(self, live: Live, link: Link, have: Have) -> None:
-        """Our records a receipt shows missing below the highest it reports were lost on
-        the way (we push in seq order): sent again at once, not at the next round."""
-        mine = next((a for a in have.authors if a.author == self.me), None)
-        if mine is None or not mine.ranges:
-            return
-        top = mine.ranges[-1][1]
-        lost = [seq for seq in wanted_by_peer({self.me: live.held.get(self.me, SeqSet())}, have).get(self.me, [])
-                if seq < top]
-        state = self._peer(live, link.fingerprint)
-        now = self.clock()
-        if lost and now - state.last_repair >= REPAIR_INTERVAL:
-            state.last_repair = now
-            lost = lost[:MAX_REPAIR]   # a receiver rate-limiting us (§13.9) makes holes too
-            self.counters["group_records_repaired"] += len(lost)
-            records = [d for d in self.store.groups.records_for(live.row, self.me, lost)
-                       if (r := _decode(d)) is not None and entitled(live.membership, link.fingerprint, r)]
-            self._send_records(live, link, records)
-
-    def _deliveries(self, live: Live, peer: bytes, state: PeerSync, have: Have) -> None:
-        """A member reporting our seqs holds our records: per-member delivery (§13.6 step 4)."""
-        mine = next((a for a in have.authors if a.author == self.me), None)
-        if mine is None:
-            return
-        members = {fp for fp in live.membership.members if fp != self.me}
-        for first, last in mine.ranges:
-            for seq in range(max(first, state.acked_upto + 1), last + 1):
-                if seq in state.acked:
-                    continue
-                state.acked.add(seq)
-                while state.acked_upto + 1 in state.acked:   # keep the set small: a floor and the rest
-                    state.acked_upto += 1
-                    state.acked.discard(state.acked_upto)
-                own = live.own.get(seq)
-                if own is None:
-                    continue
-                digest, message_id = own
-                if not self.store.groups.set_delivered(live.row, digest, peer):
-                    continue
-                holders = self.store.groups.deliveries(live.row, digest)
-                self.events.message_delivered(live.group_id, message_id, peer, members <= holders)
-
-    def _gaps(self, live: Live, have: Have) -> None:
-        """§13.6 Gaps: records the peer no longer keeps and we never got."""
-        for author, count in gaps(live.held, have).items():
-            if count <= 0:
-                continue
-            floor = next(a.floor for a in have.authors if a.author == author)
-            if floor <= live.floors.get(author, 0):
-                continue
-            marker = hashlib.sha256(b"chatp2p group gap v1" + live.group_id + author + floor.to_bytes(8, "big")).digest()
-            depth = max(live.depth.values(), default=1)
-            added = self.store.groups.add_message(
-                live.row, hash=marker, author=author, message_id=f"gap-{marker[:8].hex()}", depth=depth,
-                kind="gap", body=f"{count} messages are no longer available", created=time.time(),
-                received=time.time())
-            if added is not None:
-                self.counters["group_gaps"] += 1
-                live.floors[author] = max(live.floors.get(author, 0), floor)
-
-    def _hints(self, live: Live, link: Link, have: Have) -> None:
-        """§13.7: introduce this peer and the members we see that it does not."""
-        ours = {fp for fp in live.membership.members
-                if fp != self.me and (l := self.network.link_for_fingerprint(fp)) is not None and l.connected}
-        now = self.clock()
-        for other in hint_pairs(ours, link.fingerprint, have.connected):
-            if other == link.fingerprint or other not in live.membership.members:
-                continue
-            pair = tuple(sorted((link.fingerprint, other)))
-            if now - live.hints.get(pair, -1e9) < HINT_INTERVAL:
-                continue
-            other_link = self.network.link_for_fingerprint(other)
-            if other_link is None or not other_link.connected:
-                continue
-            there = self.network.remote_address(other_link)
-            here = self.network.remote_address(link)
-            if there is None or here is None:
-                continue
-            live.hints[pair] = now
-            self._send_frame(link, encode_frame(Hint(live.group_id, other, (there,))))
-            self._send_frame(other_link, encode_frame(Hint(live.group_id, link.fingerprint, (here,))))
+        self.sync.answer_have(live, link, have)
 
     def _on_hint(self, link: Link, hint: Hint) -> None:
         live = self.groups.get(hint.group_id)
@@ -935,59 +797,6 @@ class GroupService:
             return
         self.network.connect_group_peer(hint.member, member.bundle, candidates)
 
-    # -- sending frames -----------------------------------------------------------------------
-    def _peer(self, live: Live, fp: bytes) -> PeerSync:
-        state = live.peers.get(fp)
-        if state is None:
-            state = live.peers[fp] = PeerSync(next_have=self.clock() + _jitter())
-        return state
-
-    def _connected_set(self, live: Live) -> set[bytes]:
-        return {fp for fp in live.membership.members if fp != self.me and self._online(fp)}
-
-    def _connected_prefixes(self, live: Live) -> list[bytes]:
-        out = []
-        for fp in live.membership.members:
-            if fp == self.me:
-                continue
-            link = self.network.link_for_fingerprint(fp)
-            if link is not None and link.connected:
-                out.append(fp)
-        return out
-
-    def _send_frame(self, link: Link, frame: bytes) -> bool:
-        """Every group frame goes here: `group_frame_bytes_sent` is what the benchmark divides
-        into bytes per message per member."""
-        if not self.channel.send_frame(link, frame):
-            return False
-        self.counters["group_frame_bytes_sent"] += len(frame)
-        self.counters[_SENT_BY_TYPE.get(frame[0], "group_frame_bytes_sent_other")] += len(frame)
-        return True
-
-    def _send_have(self, live: Live, link: Link, authors: Optional[Iterable[bytes]] = None) -> None:
-        """A full HAVE (every author, and the members we are connected to, the receiver among
-        them), or with `authors` a receipt: those authors only and no connected members."""
-        if authors is None:
-            held, connected = live.held, self._connected_prefixes(live)
-        else:
-            held, connected = {a: live.held[a] for a in authors if a in live.held}, []
-        floors = {a: live.floors.get(a, 0) for a in held}
-        frame = have_frame(live.group_id, held, floors, connected)
-        self._send_frame(link, encode_frame(frame))
-
-    def _send_records(self, live: Live, link: Link, encoded: list[bytes]) -> None:
-        batch: list[bytes] = []
-        size = 0
-        for data in encoded:
-            if batch and size + len(data) + 4 > MAX_RECORDS_FRAME - 64:
-                self._send_frame(link, encode_frame(RecordsFrame(live.group_id, tuple(batch))))
-                batch, size = [], 0
-            batch.append(data)
-            size += len(data) + 4
-            self.counters["group_records_sent"] += 1
-        if batch:
-            self._send_frame(link, encode_frame(RecordsFrame(live.group_id, tuple(batch))))
-
     def _flush(self) -> None:
         """Receipt HAVEs (only the authors that changed), one per peer and group per pass."""
         dirty, self._dirty = self._dirty, {}
@@ -999,15 +808,15 @@ class GroupService:
                 if state is None or not state.have_due:
                     continue
                 authors, state.changed, state.have_due = set(state.changed), set(), False
-                self._send_have(live, link, authors)
+                self.sync.send_have(live, link, authors)
 
     # -- LinkObserver -------------------------------------------------------------------------
     def link_up(self, link: Link) -> None:
         for live in self._common(link.fingerprint):
-            state = self._peer(live, link.fingerprint)
+            state = self.sync.peer(live, link.fingerprint)
             state.acked, state.acked_upto = set(), 0
-            state.next_have = self.clock() + _jitter()
-            self._send_have(live, link)
+            state.next_have = self.clock() + jitter()
+            self.sync.send_have(live, link)
             for file_id in live.files:
                 self._offer_file(live, file_id, link.fingerprint)
 
@@ -1047,10 +856,10 @@ class GroupService:
             link = self.network.link_for_fingerprint(fp)
             if link is None or not link.connected:
                 continue
-            state = self._peer(live, fp)
+            state = self.sync.peer(live, fp)
             if now >= state.next_have:
-                state.next_have = now + _jitter()
-                self._send_have(live, link)
+                state.next_have = now + jitter()
+                self.sync.send_have(live, link)
         if live.uncovered_since is not None and now - live.uncovered_since >= CHECKPOINT_AFTER:
             self._write_op(live, Kind.CHECKPOINT, b"")
         for digest, (_, since) in list(live.pending.items()):
@@ -1080,32 +889,19 @@ class GroupService:
         return group_id if any(live.group_id == group_id for live in self._common(link.fingerprint)) else None
 
     # -- views ---------------------------------------------------------------------------------
-    def _online(self, fp: bytes) -> bool:
-        if fp == self.me:
-            return False
-        link = self.network.link_for_fingerprint(fp)
-        return link is not None and link.connected
-
     def _view(self, live: Live, unread: dict[int, int]) -> GroupView:
         """The group as the API shows it; a former member sees the last membership it knew."""
         members = [member_view(fp, live.membership.members[fp].role, self.me,  # type: ignore[arg-type]
-                               self.store.contacts.find_by_fingerprint(fp), self._online(fp))
+                               self.store.contacts.find_by_fingerprint(fp), self.sync.online(fp))
                    for fp in sorted(live.membership.members)]
         return group_view(live.row, members, unread.get(live.row.id, 0))
 
     def _pushed_to(self, live: Live, record: Record) -> bool:
         """Whether `record` went to at least one member (else anti-entropy sends it later)."""
-        return any(self._online(fp) for fp in live.membership.members)
+        return any(self.sync.online(fp) for fp in live.membership.members)
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _decode(data: bytes) -> Optional[Record]:
-    try:
-        return decode_record(bytes(data))
-    except GroupWireError:
-        return None
-
-
 def _with_body(draft: Record, body: bytes) -> Record:
     return dataclasses.replace(draft, body=body)
 
@@ -1153,25 +949,6 @@ def _former_now(live: Live, records: list[Record]) -> set[bytes]:
     if any(r.kind == Kind.LEAVE for r in records):
         out |= set(live.membership.members)
     return out
-
-
-def _lacks(live: Live, have: Have, connected: set[bytes]) -> bool:
-    """Whether `have` lists records we do not hold, of authors we are not connected to (an
-    author we are connected to pushes its records to us; a lost one comes with the next round)."""
-    for author in have.authors:
-        if author.author in connected:
-            continue
-        held = live.held.get(author.author)
-        for first, last in author.ranges:
-            if held is None:
-                return True
-            if any(seq not in held for seq in range(first, min(last, first + 4096) + 1)):
-                return True
-    return False
-
-
-def _jitter() -> float:
-    return HAVE_INTERVAL * random.uniform(0.8, 1.2)
 
 
 def _check_name(name: str) -> str:
