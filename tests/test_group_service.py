@@ -224,3 +224,21 @@ def test_a_flooding_member_is_rate_limited_then_caught_up(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_a_key_saved_but_never_sent_is_not_used(trio):
+    """A crash between saving a new sender key and storing its KEY record: the next message
+    gets a fresh KEY, and everyone reads it."""
+    a, b, c = trio
+    gid = a.groups.create("trio", [a.contact(b), a.contact(c)])["group"]
+    joined((b, c), gid)
+    a.groups.submit_message(gid, "one", None)
+    live = group_of(a, gid)
+    epoch = live.row.key_epoch
+    # what the crash leaves: the row names epoch + 1, with a key nobody was sent
+    a.store.groups.put_key(live.row, a.fingerprint, epoch + 1, bytes(32))
+    live.row = a.store.groups.update_group(live.row, key_epoch=epoch + 1, sender_key=bytes(32))
+    a.groups.submit_message(gid, "two", None)
+    for node in (b, c):
+        wait_until(lambda node=node: texts(node, gid) == ["one", "two"], what=f"{node.label} reads both")
+    assert texts(a, gid) == ["one", "two"] and group_of(a, gid).row.key_epoch == epoch + 2

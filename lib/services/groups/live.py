@@ -45,6 +45,7 @@ class Live:
     sealed: dict[bytes, Record] = dataclasses.field(default_factory=dict)    # MESSAGEs held without key
     hybrid: set[bytes] = dataclasses.field(default_factory=set)               # hashes of hybrid-signed records
     key_seqs: dict[bytes, int] = dataclasses.field(default_factory=dict)     # author -> seq of its latest KEY
+    key_epochs: dict[bytes, int] = dataclasses.field(default_factory=dict)   # ... and the epoch it introduced
     pending: dict[bytes, tuple[Record, float]] = dataclasses.field(default_factory=dict)
     peers: dict[bytes, PeerSync] = dataclasses.field(default_factory=dict)   # by fingerprint
     own: dict[int, tuple[bytes, str]] = dataclasses.field(default_factory=dict)  # our MESSAGE seq -> (hash, message_id)
@@ -78,6 +79,7 @@ class Live:
             self.hybrid.add(digest)
         if record.kind == Kind.KEY and record.seq > self.key_seqs.get(record.author, 0):
             self.key_seqs[record.author] = record.seq
+            self.key_epochs[record.author] = record.key_epoch
 
     def forget(self, author: bytes, seq: int) -> None:
         """A held record was removed (no longer acceptable, §13.3)."""

@@ -315,7 +315,8 @@ class GroupService:
                 live = None
             if live is not None:
                 return live
-        found = [live for live in self.groups.values() if live.membership.name == group]
+        wanted = group.strip().casefold()
+        found = [live for live in self.groups.values() if live.membership.name.casefold() == wanted]
         if len(found) > 1:
             raise GroupError(f"Several groups are named {group!r}: use the group id")
         if not found:
@@ -397,12 +398,16 @@ class GroupService:
         row = live.row
         if not row.sender_key or not row.key_epoch:
             return True
+        if live.key_epochs.get(self.me) != row.key_epoch:
+            return True   # a crash between saving the key and storing its KEY: nobody has it
         return set(row.key_recipients) != {fp for fp in live.membership.members if fp != self.me}
 
     def _rotate(self, live: Live) -> None:
         """A new sender key for exactly the current members (§13.4 Rotation)."""
-        epoch = live.row.key_epoch + 1
+        epoch = max(live.row.key_epoch, live.key_epochs.get(self.me, 0)) + 1
         key = groupcrypto.new_sender_key()
+        while not self.store.groups.put_key(live.row, self.me, epoch, key):
+            epoch += 1   # a key saved just before a crash, never sent: its epoch is skipped
         envelopes = []
         recipients = []
         for fp, member in sorted(live.membership.members.items()):
@@ -412,7 +417,6 @@ class GroupService:
             envelopes.append(groupcrypto.seal_sender_key(bundle, key, live.group_id, self.me, epoch))
             recipients.append(fp)
         record = self._sign(self._draft(live, Kind.KEY, encode_key(envelopes), SigKind.HYBRID, epoch))
-        self.store.groups.put_key(live.row, self.me, epoch, key)
         live.row = self.store.groups.update_group(live.row, key_epoch=epoch, sender_key=key,
                                                   key_recipients=recipients)
         self._commit(live, [record], None)
