@@ -5,6 +5,7 @@ import dataclasses
 import tempfile
 
 import pytest
+from gevent import sleep as gevent_sleep
 
 from chatp2p_core.codec import grouprecord as gr
 from chatp2p_core.crypto import groupcrypto, pqc
@@ -242,3 +243,30 @@ def test_a_key_saved_but_never_sent_is_not_used(trio):
     for node in (b, c):
         wait_until(lambda node=node: texts(node, gid) == ["one", "two"], what=f"{node.label} reads both")
     assert texts(a, gid) == ["one", "two"] and group_of(a, gid).row.key_epoch == epoch + 2
+
+
+def test_messages_become_pq_verified_with_the_checkpoint(tmp_path):
+    """§13.5: Ed25519 messages are shown at once and become pq_verified when their author's
+    CHECKPOINT (hybrid, 10 s after the first uncovered one) covers its chain."""
+    clock = FakeClock()
+    a = GroupNode(str(tmp_path), "A", BACKEND)
+    b = GroupNode(str(tmp_path), "B", BACKEND, clock=clock)
+    try:
+        a.befriend(b)
+        gid = a.groups.create("duo", [a.contact(b)])["group"]
+        joined((b,), gid)
+        for text in ("first", "second", "third"):
+            b.groups.submit_message(gid, text, None)
+
+        def verified():
+            return {m["body"]: m["pq_verified"] for m in a.groups.history(gid, 10, None)["messages"]}
+        wait_until(lambda: len(verified()) == 3, what="A has B's three messages")
+        assert verified() == {"first": True, "second": False, "third": False}   # the first follows B's KEY
+        clock.advance(9.0)
+        gevent_sleep(0.5)
+        assert verified()["third"] is False
+        clock.advance(1.5)
+        wait_until(lambda: all(verified().values()), what="the CHECKPOINT covers the chain")
+    finally:
+        a.close()
+        b.close()

@@ -837,6 +837,7 @@ class GroupService:
 
     def tick(self, now: float) -> None:
         self.channel.tick(now)
+        now = self.clock()   # the service's own clock (a fake one in tests) for its timers
         if now < self._next_timer:
             return
         self._next_timer = now + TIMER_STEP
