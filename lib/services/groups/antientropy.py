@@ -14,7 +14,7 @@ import random
 import time
 from typing import Callable, Iterable, Optional
 
-from ...codec.grouprecord import (MAX_RECORDS_FRAME, OPERATIONS, GroupWireError, Have, Hint, Record, RecordsFrame,
+from ...codec.grouprecord import (OPERATIONS, GroupWireError, Have, Hint, Record, RecordsFrame,
                                   decode_record, encode_frame)
 from ...net.peers import Link, Network
 from ...store import Store
@@ -33,6 +33,7 @@ ANSWER_BUDGET = 1 << 20        # bytes of records sent per HAVE answered
 REPAIR_INTERVAL = 2.0          # s between resends of our records a peer's receipts show lost
 MAX_REPAIR = 8                 # records per such resend
 IN_FLIGHT = 10.0               # s: a record this new is on its way to peers connected to its author
+RECORDS_FRAME_BYTES = 64 * 1024  # records per RECORDS frame: one lost datagram loses the frame
 _SENT_BY_TYPE = {1: "group_have_bytes_sent", 2: "group_records_bytes_sent", 3: "group_hint_bytes_sent"}
 
 
@@ -223,7 +224,7 @@ class AntiEntropy:
         batch: list[bytes] = []
         size = 0
         for data in encoded:
-            if batch and size + len(data) + 4 > MAX_RECORDS_FRAME - 64:
+            if batch and size + len(data) + 4 > RECORDS_FRAME_BYTES:
                 self.send_frame(link, encode_frame(RecordsFrame(live.group_id, tuple(batch))))
                 batch, size = [], 0
             batch.append(data)
@@ -240,16 +241,18 @@ class AntiEntropy:
 
 
 def lacks(live: Live, have: Have, connected: set[bytes]) -> bool:
-    """Whether `have` lists records we do not hold, of authors we are not connected to (an
-    author we are connected to pushes its records to us; a lost one comes with the next round)."""
+    """Whether `have` lists records we do not hold: of authors we are not connected to, or
+    below the highest we hold of one we are (an author we are connected to pushes its new
+    records to us; a hole below is a record lost or refused, not one on its way)."""
     for author in have.authors:
-        if author.author in connected:
-            continue
         held = live.held.get(author.author)
+        top = held.highest() if held is not None else 0
         for first, last in author.ranges:
-            if held is None:
-                return True
-            if any(seq not in held for seq in range(first, min(last, first + 4096) + 1)):
+            if author.author in connected:
+                last = min(last, top - 1)
+            if first > last:
+                continue
+            if held is None or any(seq not in held for seq in range(first, min(last, first + 4096) + 1)):
                 return True
     return False
 
