@@ -270,3 +270,26 @@ def test_messages_become_pq_verified_with_the_checkpoint(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_a_member_back_after_the_retention_period_sees_a_gap(trio):
+    a, b, c = trio
+    gid = a.groups.create("trio", [a.contact(b), a.contact(c)])["group"]
+    joined((b, c), gid)
+    a.groups.submit_message(gid, "seen by all", None)
+    wait_until(lambda: texts(b, gid) == ["seen by all"], what="B has the first")
+    b.network.forget(a.fingerprint)            # B is away...
+    for i in range(5):
+        a.groups.submit_message(gid, f"missed {i}", None)
+    wait_until(lambda: len(texts(c, gid)) == 6, what="C has them all")
+    for node in (a, c):                         # ...longer than everyone keeps messages
+        node.groups.retention = -60.0
+        node.groups.prune()
+    link = b.network.connect(b.contact(a), [a.address])
+    wait_until(lambda: link.connected, what="B back")
+    wait_until(lambda: any(m["kind"] == "gap" for m in b.groups.history(gid, 50, None)["messages"]),
+               what="B's gap marker")
+    shown = b.groups.history(gid, 50, None)["messages"]
+    assert [m["body"] for m in shown if m["kind"] == "text"] == ["seen by all"]
+    assert [m["body"] for m in shown if m["kind"] == "gap"] == ["5 messages are no longer available"]
+    assert b.network.counters["group_gaps"] == 1

@@ -52,6 +52,7 @@ from .views import contact_name, group_view, ids, member_view, message_view
 log = logging.getLogger("chatp2p.groups")
 
 MAX_GROUPS = 64
+MAX_RECORDS = 100_000          # stored per group (§13.9): the oldest non-operations go first
 MAX_PENDING = 1024             # records waiting for their author's ADD, per group
 PENDING_TTL = 600.0
 CHECKPOINT_AFTER = 10.0        # s: our MESSAGEs not covered by a hybrid signature get a CHECKPOINT
@@ -848,7 +849,7 @@ class GroupService:
                 log.exception("group timers failed for %s", live.hex)
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_INTERVAL
-            self._prune()
+            self.prune()
 
     def _timers(self, live: Live, now: float) -> None:
         if live.recent:
@@ -872,10 +873,12 @@ class GroupService:
                 del live.pending[digest]
                 self.counters["group_pending_expired"] += 1
 
-    def _prune(self) -> None:
+    def prune(self) -> None:
+        """The retention pass (§13.9, hourly from `tick`): records older than the retention
+        period, and the oldest beyond MAX_RECORDS, leave; operations and latest KEYs stay."""
         cutoff = time.time() - self.retention
-        for live in self.groups.values():
-            removed = self.store.groups.prune(live.row, cutoff)
+        for live in list(self.groups.values()):
+            removed = self.store.groups.prune(live.row, cutoff, MAX_RECORDS)
             if removed:
                 self._reindex(live)
 
