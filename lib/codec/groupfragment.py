@@ -50,7 +50,7 @@ def fragment_frame(frame_id: int, frame: bytes, capacity: int) -> list[GroupFrag
             for offset in range(0, total, capacity)]
 
 
-class Drop(Exception):
+class Drop(WireError):
     """A fragment the assembler did not keep; `reason` names the counter to count it in."""
 
     def __init__(self, reason: str) -> None:
