@@ -214,6 +214,7 @@ def test_a_flooding_member_is_rate_limited_then_caught_up(tmp_path):
         gid = a.groups.create("duo", [a.contact(b)])["group"]
         joined((b,), gid)
         flood = chain(b, gid, 60)
+        group_of(a, gid).peers[b.fingerprint].grant = 0   # no answer to a HAVE of A's is owed: all unasked
         send_raw(b, a, gid, flood)
         wait_until(lambda: a.network.counters["group_rate_limited"] == 20, what="20 over the bucket")
         held = group_of(a, gid).held[b.fingerprint]

@@ -32,6 +32,7 @@ HINT_INTERVAL = 30.0           # s between HINTs about one pair of members
 ANSWER_BUDGET = 1 << 20        # bytes of records sent per HAVE answered
 REPAIR_INTERVAL = 2.0          # s between resends of our records a peer's receipts show lost
 MAX_REPAIR = 8                 # records per such resend
+GRANT_TTL = 10.0               # s: the answer to our full HAVE, this long, is not rate-limited
 IN_FLIGHT = 10.0               # s: a record this new is on its way to peers connected to its author
 RECORDS_FRAME_BYTES = 64 * 1024  # records per RECORDS frame: one lost datagram loses the frame
 _SENT_BY_TYPE = {1: "group_have_bytes_sent", 2: "group_records_bytes_sent", 3: "group_hint_bytes_sent"}
@@ -218,7 +219,9 @@ class AntiEntropy:
             held, connected = {a: live.held[a] for a in authors if a in live.held}, []
         floors = {a: live.floors.get(a, 0) for a in held}
         frame = have_frame(live.group_id, held, floors, connected)
-        self.send_frame(link, encode_frame(frame))
+        if self.send_frame(link, encode_frame(frame)) and authors is None:
+            state = self.peer(live, link.fingerprint)   # its answer is solicited: not rate-limited
+            state.grant, state.grant_until = ANSWER_BUDGET, self.clock() + GRANT_TTL
 
     def send_records(self, live: Live, link: Link, encoded: list[bytes]) -> None:
         batch: list[bytes] = []

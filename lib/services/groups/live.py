@@ -25,6 +25,8 @@ class PeerSync:
     acked_upto: int = 0                    # it reported holding every seq of ours up to this one...
     acked: set = dataclasses.field(default_factory=set)  # ...and these above it
     last_repair: float = -1e9              # our last resend of records its receipt showed lost
+    grant: int = 0                         # bytes of its author's own records we asked for (our full HAVE)...
+    grant_until: float = 0.0               # ...and until when: those are not rate-limited
     have_due: bool = False                 # a receipt HAVE goes in the next pass
     changed: set = dataclasses.field(default_factory=set)  # authors for that receipt
 

@@ -451,9 +451,20 @@ class GroupService:
         if record.kind not in OPERATIONS and not accepts(live.membership, record):
             return "group_records_nonmember"
         if link is not None and link.fingerprint == record.author and record.author != self.me \
-                and not self.bucket.take(record.author, self.clock()):
+                and not self._solicited(live, link, record) and not self.bucket.take(record.author, self.clock()):
             return "group_rate_limited"
         return None
+
+    def _solicited(self, live: Live, link: Link, record: Record) -> bool:
+        """Part of the answer to our last full HAVE (at most 1 MiB, for 10 s)? The per-author
+        rate limit (§13.9) is for what an author pushes unasked, not for what we asked for: a
+        member catching up from the author itself is not held to 4 records a second."""
+        state = live.peers.get(link.fingerprint)
+        size = len(record.signed_part()) + len(record.signature)
+        if state is None or state.grant < size or self.clock() > state.grant_until:
+            return False
+        state.grant -= size
+        return True
 
     def _receive(self, live: Live, link: Link, records: list[Record]) -> None:
         """Check and store records one member sent for a group we hold (§13.6 step 5)."""
