@@ -465,6 +465,7 @@ GROUP_CALLS: dict[str, Callable[[Store, Contact], object]] = {
         1, hash=HASH, author=FP_A, message_id="g1", depth=2, kind="text", body="x", created=1.0, received=1.0),
     "message": lambda store, bob: store.groups.message(HASH),
     "own_message": lambda store, bob: store.groups.own_message(1, "g1"),
+    "outgoing_messages": lambda store, bob: store.groups.outgoing_messages(1),
     "history": lambda store, bob: store.groups.history(1),
     "mark_read": lambda store, bob: store.groups.mark_read(1),
     "unread_counts": lambda store, bob: store.groups.unread_counts(),
