@@ -31,7 +31,8 @@ setup(
     python_requires=">=3.11",
     py_modules=["chatp2p"],
     packages=["chatp2p_core", "chatp2p_core.codec", "chatp2p_core.crypto", "chatp2p_core.net",
-              "chatp2p_core.services", "chatp2p_core.services.transfer", "chatp2p_core.api",
+              "chatp2p_core.services", "chatp2p_core.services.transfer", "chatp2p_core.services.groups",
+              "chatp2p_core.api",
               "chatp2p_core.store", "chatp2p_ui", "chatp2p_ui.views"],
     package_dir={"chatp2p_core": "lib", "chatp2p_ui": "ui"},
     # lib/chatp2p.conf is a link to conf/chatp2p.conf: the installed package carries the

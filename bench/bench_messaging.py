@@ -526,8 +526,9 @@ def report(args: argparse.Namespace, pair: Pair, rt: dict | None, tp: dict | Non
             row(f"CPU ms/message first -> last {n1 - n0} sent, A | B",
                 f"{1000 * (a1 - a0) / (n1 - n0):.2f}->{1000 * (c1 - c0) / (m1 - m0):.2f} | "
                 f"{1000 * (b1 - b0) / (n1 - n0):.2f}->{1000 * (d1 - d0) / (m1 - m0):.2f}")
-            row(f"msgs/s accepted, first -> last {n1 - n0} sent",
-                f"{(n1 - n0) / (t1 - t0):,.0f} -> {(m1 - m0) / (u1 - u0):,.0f}")
+            if t1 > t0 and u1 > u0:  # marks taken in one poll pass share its clock reading
+                row(f"msgs/s accepted, first -> last {n1 - n0} sent",
+                    f"{(n1 - n0) / (t1 - t0):,.0f} -> {(m1 - m0) / (u1 - u0):,.0f}")
         busiest = max(("A", tp["cpu_a"]), ("B", tp["cpu_b"]), key=lambda x: x[1])
         ceiling = n / busiest[1] if busiest[1] else float("inf")
         row(f"ceiling if daemon {busiest[0]} had a core to itself, msgs/s", f"{ceiling:,.0f}")

@@ -108,6 +108,8 @@ SETTINGS: tuple[Setting, ...] = (
             "false for troubleshooting"),
     Setting("message_ttl_days", "p2p", "message_ttl_days", "float", 7.0,
             "a queued message fails (message_failed) when its contact stays unreachable this long"),
+    Setting("group_retention_days", "p2p", "group_retention_days", "float", 30.0,
+            "group messages older than this are pruned (members back after longer see how many they missed)"),
     Setting("downloads_dir", "files", "downloads_dir", "path", "~/Downloads/chatp2p",
             "where received files are saved (created 0700; a file is never overwritten)"),
     Setting("auto_accept_files", "files", "auto_accept", "bool", False,

@@ -144,6 +144,80 @@ class NatView(TypedDict):
     detail: Optional[str]
 
 
+# -- group chats (PROTOCOL §13) -------------------------------------------------------------
+# A group is named by its id, 32 hex digits (`group`); members by their IDs (format_id), with
+# the contact's name beside it where the member is one of our contacts (null otherwise).
+class GroupState(enum.StrEnum):
+    """This node in a group: a member, or no longer (it left, or an admin removed it)."""
+
+    ACTIVE = "active"
+    LEFT = "left"
+    REMOVED = "removed"
+
+
+class GroupMemberView(TypedDict):
+    """A member of a group, as `group info` and the group views show it."""
+
+    id: str
+    name: Optional[str]         # the contact's name; null for a group peer who is not a contact
+    role: Literal["admin", "member"]
+    me: bool
+    contact: bool
+    verified: bool              # a contact whose safety number was compared
+    online: bool                # a session is up with it (contact or group peer)
+
+
+class GroupView(TypedDict):
+    """A group, as `group list` and the group actions answer it."""
+
+    group: str
+    name: str
+    state: GroupState
+    created: str
+    admin: bool                 # this node is an admin of the group
+    members: list[GroupMemberView]
+    online: int                 # members other than this node with a session up
+    unread: int
+
+
+class GroupInfo(GroupView):
+    """`group info`: the group view and what this node holds of it."""
+
+    records: int                # records held (operations, keys, messages, checkpoints)
+    pending: int                # records waiting for their author's ADD
+    key_epoch: int              # this node's sender-key epoch in the group
+    former: list[str]           # IDs of former members (removed or left)
+
+
+class GroupFileView(TypedDict):
+    """A file announced in a group: each member receives it as an ordinary file offer
+    (`file_offer` with `group`)."""
+
+    file_id: str                # 32 hex digits
+    name: str
+    size: int
+
+
+GroupMessageView = TypedDict("GroupMessageView", {
+    "hash": str,                # the record's hash (64 hex digits): history's `before`
+    "message_id": str,
+    "from": str,                # the author's ID
+    "from_name": Optional[str],
+    "kind": Literal["text", "file", "gap"],
+    "body": str,                # a gap's: how many messages are no longer available
+    "file": Optional[GroupFileView],
+    "depth": int,               # with `hash`, the group's order (every member shows the same)
+    "created": str,             # the author's clock: shown, never used to order
+    "received": Optional[str],
+    "outgoing": bool,
+    "read": bool,
+    "pq_verified": bool,        # covered by a hybrid signature of its author's chain (§13.5)
+    "delivered": list[str],     # our own message: IDs of the members known to hold it ([] for others')
+    "delivered_all": bool,      # our own message: every current member holds it
+})
+GroupMessageView.__doc__ = "A group message (or a gap marker) as `group history` answers it."
+
+
 # -- events ---------------------------------------------------------------------------------
 class ContactUpdated(ContactView):
     """A contact changed (renamed, blocked, verified, read, or followed a key rollover)."""
@@ -247,9 +321,10 @@ class MessagesDeleted(TypedDict):
 
 
 class FileOffer(TransferRef):
-    """A contact offers a file: accept it with p2p accept_file."""
+    """A contact (or, for a group file, a member) offers a file: accept it with p2p accept_file."""
 
     chunk_size: int
+    group: NotRequired[str]     # a group file's: the group's id (32 hex digits, PROTOCOL §13.4)
 
 
 class FileTransferProgress(TransferRef):
@@ -280,6 +355,75 @@ class FileTransferCompleted(TransferRef):
     wire_bytes: int
 
 
+class GroupInvited(TypedDict):
+    """A contact added this node to a group (it joins, `group_joined`, when the adder is a
+    contact, not blocked, and the group cap allows)."""
+
+    group: str
+    name: str
+    by: str
+    by_name: Optional[str]
+
+
+class GroupJoined(TypedDict):
+    group: str
+    name: str
+    members: list[str]          # IDs
+
+
+class GroupMemberAdded(TypedDict):
+    group: str
+    member: str
+    member_name: Optional[str]
+    by: str
+    by_name: Optional[str]
+
+
+class GroupMemberRemoved(GroupMemberAdded):
+    """An admin removed a member (`member` is this node's own ID when it was removed)."""
+
+
+class GroupMemberLeft(TypedDict):
+    group: str
+    member: str
+    member_name: Optional[str]
+
+
+GroupMessageReceived = TypedDict("GroupMessageReceived", {
+    "group": str,
+    "hash": str,
+    "message_id": str,
+    "from": str,
+    "from_name": Optional[str],
+    "body": str,
+    "created": str,
+    "depth": int,
+    "kind": Literal["text", "file", "gap"],
+    "file": NotRequired[GroupFileView],
+})
+GroupMessageReceived.__doc__ = ("A group message was accepted and decrypted (or a gap found); late messages "
+                                "take their place in the order by `depth` and `hash`.")
+
+
+class GroupMessageDelivered(TypedDict):
+    """A member reported holding one of our messages; `all`: every current member does now."""
+
+    group: str
+    message_id: str
+    member: str
+    member_name: Optional[str]
+    all: bool
+
+
+class GroupUpdated(TypedDict):
+    """The group's name or membership changed (after the operations were replayed)."""
+
+    group: str
+    name: str
+    members: list[str]          # IDs
+    admins: list[str]           # IDs
+
+
 # Every event the node publishes, with its data shape. The ZeroMQ message is the event name,
 # then {"event": name, "data": <shape>, "timestamp": ISO-8601 UTC}.
 EVENTS: dict[str, Any] = {
@@ -308,4 +452,12 @@ EVENTS: dict[str, Any] = {
     "file_transfer_failed": FileTransferFailed,
     "file_received": FileReceived,
     "file_transfer_completed": FileTransferCompleted,
+    "group_invited": GroupInvited,
+    "group_joined": GroupJoined,
+    "group_member_added": GroupMemberAdded,
+    "group_member_removed": GroupMemberRemoved,
+    "group_member_left": GroupMemberLeft,
+    "group_message_received": GroupMessageReceived,
+    "group_message_delivered": GroupMessageDelivered,
+    "group_updated": GroupUpdated,
 }

@@ -286,6 +286,7 @@ class Node:
             "events": static["events"],
             "contacts": self.store.contacts.count(),
             "peers": p2p.network.connected_count() if p2p is not None else 0,
+            "group_peers": p2p.network.group_peer_count() if p2p is not None else 0,
             "crypto": static["crypto"],
             "data_dir": static["data_dir"],
         }

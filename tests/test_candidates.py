@@ -4,19 +4,16 @@ The rules of net/candidates.py with a fake clock, then real Network objects (rea
 over UDP on loopback, one process) where an impostor's address is offered as a LAN sighting
 of a contact, as anyone on the segment who knows the contact's ID can (PROTOCOL §8)."""
 
-import pathlib
 import tempfile
 
 import gevent
 
 from chatp2p_core.crypto import pqc
-from chatp2p_core.crypto.identity import Identity, format_id
+from chatp2p_core.crypto.identity import format_id
 from chatp2p_core.net import candidates as cand
 from chatp2p_core.net.candidates import CandidateList
-from chatp2p_core.net.peers import Network
-from chatp2p_core.net.transport import Transport
-from chatp2p_core.store import Store
 from clock import FakeClock
+from netnode import NetNode
 
 HOME = ("192.0.2.20", 4000)      # where a session with the contact was established
 FORGED = ("192.0.2.66", 5000)    # an attacker's address, announced with the contact's ID tag
@@ -106,33 +103,6 @@ def test_failed_and_older_addresses_are_dropped_first():
 # ---------------------------------------------------------------- real networks on loopback
 
 
-class Node:
-    def __init__(self, tmp, label, backend):
-        self.identity = Identity.generate(backend)
-        self.store = Store(pathlib.Path(tmp) / f"{label}.db")
-        self.transport = Transport("127.0.0.1", 0)
-        self.transport.start()
-        self.events = []
-        self.network = Network(self.identity, backend, self.store, self.transport,
-                               lambda name, data: self.events.append((name, data)))
-        self.network.start()
-
-    @property
-    def address(self):
-        return ("127.0.0.1", self.transport.port)
-
-    def add(self, other, name):
-        return self.store.contacts.add(name, other.identity.fingerprint, None)   # by ID alone
-
-    def mismatches(self):
-        return [data for name, data in self.events if name == "key_mismatch"]
-
-    def close(self):
-        self.network.stop()
-        self.transport.stop()
-        self.store.close()
-
-
 def settled(link, timeout=20.0):
     """Wait until the link's handshakes are over (connected, or no handshake in progress)."""
     with gevent.Timeout(timeout, False):
@@ -143,7 +113,7 @@ def settled(link, timeout=20.0):
 
 def _three(tmp):
     backend = pqc.select_backend()
-    return Node(tmp, "alice", backend), Node(tmp, "bob", backend), Node(tmp, "mallory", backend)
+    return NetNode(tmp, "alice", backend), NetNode(tmp, "bob", backend), NetNode(tmp, "mallory", backend)
 
 
 def test_a_forged_sighting_does_not_hijack_the_known_address():
@@ -152,8 +122,8 @@ def test_a_forged_sighting_does_not_hijack_the_known_address():
     with tempfile.TemporaryDirectory() as tmp:
         alice, bob, mallory = _three(tmp)
         try:
-            contact = alice.add(bob, "Bob")
-            bob.add(alice, "Alice")
+            contact = alice.add(bob, "Bob", with_bundle=False)
+            bob.add(alice, "Alice", with_bundle=False)
             link = alice.network.connect(contact, [mallory.address], path="lan")   # the forged sighting
             assert settled(link) and not link.connected
             assert link.failure == "key_mismatch"
@@ -164,7 +134,7 @@ def test_a_forged_sighting_does_not_hijack_the_known_address():
                 if link.connected:
                     break
             assert link.connected and link.address == bob.address
-            reports = alice.mismatches()
+            reports = alice.named("key_mismatch")
             assert len(reports) == 1, reports
             assert reports[0]["address"] == "127.0.0.1:%d" % mallory.transport.port
             assert reports[0]["got"] == format_id(mallory.identity.fingerprint)
@@ -177,18 +147,18 @@ def test_repeated_forged_sightings_are_dropped_and_reported_once():
     with tempfile.TemporaryDirectory() as tmp:
         alice, bob, mallory = _three(tmp)
         try:
-            contact = alice.add(bob, "Bob")
+            contact = alice.add(bob, "Bob", with_bundle=False)
             link = None
             for _ in range(6):   # a sighting every 5 s, each after the previous attempt failed
                 link = alice.network.connect(contact, [mallory.address], path="lan")
                 assert settled(link)
             assert not link.connected
-            assert len(alice.mismatches()) == 1, alice.mismatches()
+            assert len(alice.named("key_mismatch")) == 1, alice.named("key_mismatch")
             assert mallory.address not in link.candidates          # dropped after 3 failures
             assert alice.network.counters["key_mismatch_repeated"] == cand.MAX_MISMATCHES - 1
             assert link.candidates.mismatches(mallory.address) == cand.MAX_MISMATCHES
             # Bob's real address, sighted later, is tried and works.
-            bob.add(alice, "Alice")
+            bob.add(alice, "Alice", with_bundle=False)
             alice.network.connect(contact, [bob.address], path="lan")
             assert settled(link) and link.connected and link.address == bob.address
         finally:

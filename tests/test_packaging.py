@@ -75,7 +75,7 @@ def test_completion_scripts_are_generated_from_the_parsers():
         zsh = program(name, "--print-completion", "zsh").stdout
         assert zsh.startswith(f"#compdef {name}"), name
     bash = program("chatp2pctl", "--print-completion", "bash").stdout
-    for verb in ("send-file", "history", "search", "contacts"):
+    for verb in ("send-file", "history", "search", "contacts", "group", "send-message"):
         assert verb in bash, verb
     if shutil.which("zsh"):
         zsh = program("chatp2pctl", "--print-completion", "zsh").stdout

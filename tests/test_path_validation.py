@@ -9,13 +9,17 @@ import time
 import gevent
 from gevent import socket
 
+from chatp2p_core.crypto import pqc
 from chatp2p_core.net import peers
+from netnode import NetNode, wait_connected
 from poll import wait_for
-from test_strangers import Node, setup_module as _setup_backend, wait_connected
+
+BACKEND = None
 
 
 def setup_module():
-    _setup_backend()
+    global BACKEND
+    BACKEND = pqc.select_backend()
 
 
 class Recorder:
@@ -59,7 +63,7 @@ class Forwarder:
 
 
 def pair(tmp):
-    alice, bob = Node(tmp, "alice"), Node(tmp, "bob")
+    alice, bob = NetNode(tmp, "alice", BACKEND), NetNode(tmp, "bob", BACKEND)
     link = bob.call(alice)
     assert wait_connected(link)
     alice_link = wait_for(lambda: alice.network.links.get(bob.identity.fingerprint), 10, "alice's link",

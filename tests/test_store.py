@@ -20,6 +20,7 @@ from chatp2p_core.store import (
     Contact,
     ContactRepository,
     DuplicateError,
+    GroupRepository,
     InvalidValueError,
     HeldMessageRepository,
     Message,
@@ -434,6 +435,46 @@ CONTACT_WRITES: dict[str, Callable[[Store, Contact], object]] = {
 }
 CONTACT_READS = {"get", "get_by_id", "find_by_fingerprint", "all", "count", "invalidate"}
 
+GID = bytes(16)
+HASH = bytes(32)
+# Every public method of GroupRepository, called once in this order (then the group is gone).
+GROUP_CALLS: dict[str, Callable[[Store, Contact], object]] = {
+    "create_group": lambda store, bob: store.groups.create_group(GID, "G", 1.0),
+    "find": lambda store, bob: store.groups.find(GID),
+    "get_group": lambda store, bob: store.groups.get_group("G"),
+    "get_by_ref": lambda store, bob: store.groups.get_by_ref(1),
+    "list_groups": lambda store, bob: store.groups.list_groups(),
+    "count": lambda store, bob: store.groups.count(),
+    "update_group": lambda store, bob: store.groups.update_group(1, my_seq=1, key_recipients=[FP_A]),
+    "add_records": lambda store, bob: store.groups.add_records(1, []),
+    "has_record": lambda store, bob: store.groups.has_record(HASH),
+    "record": lambda store, bob: store.groups.record(HASH),
+    "records_for": lambda store, bob: store.groups.records_for(1, FP_A, [1]),
+    "operations": lambda store, bob: store.groups.operations(1),
+    "records": lambda store, bob: store.groups.records(1),
+    "latest_records": lambda store, bob: store.groups.latest_records(1),
+    "undecrypted": lambda store, bob: store.groups.undecrypted(1),
+    "held_seqs": lambda store, bob: store.groups.held_seqs(1),
+    "record_count": lambda store, bob: store.groups.record_count(1),
+    "floors": lambda store, bob: store.groups.floors(1),
+    "delete_records": lambda store, bob: store.groups.delete_records([HASH]),
+    "prune": lambda store, bob: store.groups.prune(1, 99.0, 10),
+    "put_key": lambda store, bob: store.groups.put_key(1, FP_A, 1, HASH),
+    "get_key": lambda store, bob: store.groups.get_key(1, FP_A, 1),
+    "add_message": lambda store, bob: store.groups.add_message(
+        1, hash=HASH, author=FP_A, message_id="g1", depth=2, kind="text", body="x", created=1.0, received=1.0),
+    "message": lambda store, bob: store.groups.message(HASH),
+    "own_message": lambda store, bob: store.groups.own_message(1, "g1"),
+    "outgoing_messages": lambda store, bob: store.groups.outgoing_messages(1),
+    "history": lambda store, bob: store.groups.history(1),
+    "mark_read": lambda store, bob: store.groups.mark_read(1),
+    "unread_counts": lambda store, bob: store.groups.unread_counts(),
+    "mark_pq_verified": lambda store, bob: store.groups.mark_pq_verified([HASH]),
+    "set_delivered": lambda store, bob: store.groups.set_delivered(1, HASH, FP_B),
+    "deliveries": lambda store, bob: store.groups.deliveries(1, HASH),
+    "delete_group": lambda store, bob: store.groups.delete_group(1),
+}
+
 # Every public method of the other repositories, called once on `two_contacts`. None may
 # change a Contact field (they do not drop the contact index); in_seq is not one.
 OTHER_CALLS: dict[str, Callable[[Store, Contact], object]] = {
@@ -466,6 +507,7 @@ OTHER_CALLS: dict[str, Callable[[Store, Contact], object]] = {
     "transfers.update": lambda store, bob: store.transfers.update("t1", state="active"),
     "transfers.get": lambda store, bob: store.transfers.get("t1"),
     "transfers.recent": lambda store, bob: store.transfers.recent(),
+    **{f"groups.{name}": call for name, call in GROUP_CALLS.items()},
 }
 
 
@@ -481,12 +523,13 @@ def test_every_repository_method_is_covered_by_the_cache_tests():
     assert not writers & CONTACT_READS
     others = {f"{attr}.{name}" for attr, cls in (("messages", MessageRepository),
                                                  ("held", HeldMessageRepository),
-                                                 ("transfers", TransferRepository))
+                                                 ("transfers", TransferRepository),
+                                                 ("groups", GroupRepository))
               for name in public_methods(cls)}
     assert others == set(OTHER_CALLS)
     with fresh_store() as store:
         assert {name for name in vars(store) if not name.startswith("_")} == {
-            "path", "durable", "contacts", "messages", "held", "transfers"}
+            "path", "durable", "contacts", "messages", "held", "transfers", "groups"}
 
 
 def test_other_repositories_leave_contacts_and_the_index_alone():

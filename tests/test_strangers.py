@@ -2,17 +2,14 @@
 newcomer: throwaway identities cannot shut real newcomers out. Real Network objects, real
 handshakes over real UDP on loopback, in one process."""
 
-import pathlib
 import tempfile
 
 import gevent
 
 from chatp2p_core.crypto import pqc
-from chatp2p_core.crypto.identity import Identity
 from chatp2p_core.net import peers
-from chatp2p_core.net.peers import Network
-from chatp2p_core.net.transport import Transport
-from chatp2p_core.store import Store
+
+from netnode import NetNode, wait_connected
 
 BACKEND = None
 
@@ -22,49 +19,19 @@ def setup_module():
     BACKEND = pqc.select_backend()
 
 
-class Node:
-    """One identity with its store, socket and Network."""
-
-    def __init__(self, tmp: str, label: str) -> None:
-        self.identity = Identity.generate(BACKEND)
-        self.store = Store(pathlib.Path(tmp) / f"{label}.db")
-        self.transport = Transport("127.0.0.1", 0)
-        self.transport.start()
-        self.events = []
-        self.network = Network(self.identity, BACKEND, self.store, self.transport,
-                               lambda name, data: self.events.append((name, data)))
-        self.network.start()
-
-    def call(self, other: "Node") -> peers.Link:
-        contact = self.store.contacts.add("peer", other.identity.fingerprint, other.identity.bundle.to_base64())
-        return self.network.connect(contact, [("127.0.0.1", other.transport.port)])
-
-    def close(self) -> None:
-        self.network.stop()
-        self.transport.stop()
-        self.store.close()
-
-
-def wait_connected(link, timeout=20.0):
-    with gevent.Timeout(timeout, False):
-        while not link.connected:
-            link.established.wait(0.5)
-    return link.connected
-
-
 def strangers(node):
     return [link for link in node.network.links.values() if link.is_stranger]
 
 
 def test_a_newcomer_gets_in_when_throwaway_identities_hold_every_stranger_slot():
     with tempfile.TemporaryDirectory() as tmp:
-        bob = Node(tmp, "bob")
-        callers = [Node(tmp, f"throwaway{i}") for i in range(peers.MAX_STRANGERS)]
+        bob = NetNode(tmp, "bob", BACKEND)
+        callers = [NetNode(tmp, f"throwaway{i}", BACKEND) for i in range(peers.MAX_STRANGERS)]
         try:
             for number, caller in enumerate(callers):
                 assert wait_connected(caller.call(bob)), f"throwaway {number} did not connect"
             assert len(strangers(bob)) == peers.MAX_STRANGERS
-            newcomer = Node(tmp, "newcomer")
+            newcomer = NetNode(tmp, "newcomer", BACKEND)
             callers.append(newcomer)
             assert wait_connected(newcomer.call(bob))
             assert len(strangers(bob)) == peers.MAX_STRANGERS
@@ -79,8 +46,8 @@ def test_a_newcomer_gets_in_when_throwaway_identities_hold_every_stranger_slot()
 
 def test_a_stranger_whose_session_ended_holds_no_slot():
     with tempfile.TemporaryDirectory() as tmp:
-        bob = Node(tmp, "bob")
-        caller = Node(tmp, "caller")
+        bob = NetNode(tmp, "bob", BACKEND)
+        caller = NetNode(tmp, "caller", BACKEND)
         try:
             assert wait_connected(caller.call(bob))
             assert len(strangers(bob)) == 1

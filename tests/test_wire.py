@@ -337,6 +337,14 @@ def msgs(draw):
     return Msg(draw(st.binary(min_size=16, max_size=16)), draw(u64), draw(u64), total, offset, data)
 
 
+@st.composite
+def group_fragments(draw):
+    total = draw(st.integers(1, 2**32 - 1))
+    offset = draw(st.integers(0, total - 1))
+    data = draw(st.binary(min_size=1, max_size=min(300, total - offset)))
+    return wire.GroupFragment(draw(u32), total, offset, data)
+
+
 records = st.one_of(
     st.builds(Ping, u64),
     st.builds(Pong, u64),
@@ -349,7 +357,8 @@ records = st.one_of(
     st.builds(Close, st.integers(0, 0xFFFF), st.text(max_size=40)),
     st.builds(wire.PathChallenge, st.binary(min_size=8, max_size=8)),
     st.builds(wire.PathResponse, st.binary(min_size=8, max_size=8)),
-    st.builds(RawRecord, st.integers(0x08, 0xFF), st.binary(max_size=100)),
+    group_fragments(),
+    st.builds(RawRecord, st.integers(0x09, 0xFF), st.binary(max_size=100)),
     st.builds(Padding, st.integers(1, 50)),
 )
 

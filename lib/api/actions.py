@@ -7,21 +7,66 @@ without importing the node. lib/api/commands.py binds each row to its handler.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 from . import answers
 from .table import CommandTable, Field, Handler
-from ..contract import ContactView, MessageView, PeerView, TransferView
+from ..contract import ContactView, GroupInfo, GroupView, MessageView, PeerView, TransferView
 from ..errors import Internal
 
 NAME = Field("peer", "str", max_len=64)
 NAME_OR_ID = Field("peer", "str", max_len=128)   # an ID is 69 characters with its dashes
 TRANSFER_ID = Field("transfer_id", "str", max_len=128)
 MAX_MESSAGE_CHARS = 64 * 1024
+GROUP = Field("group", "str", max_len=64)        # the group's 32 hex digits or its name
+GROUP_NAME = Field("name", "str", max_len=64, min_len=1)
+MEMBER = Field("peer", "str", max_len=128)       # a member's contact name or ID
+MAX_GROUP_MEMBERS = 64                           # PROTOCOL §13.9, the creator included
 
 
 def _unbound(node: Any, data: dict) -> Any:
     raise Internal("this command table is for declarations only: it runs no handler")
+
+
+def _group_rows(table: CommandTable, bind: Callable[[str, Optional[str]], Handler]) -> None:
+    """The `group` command (PROTOCOL §13): `group` is a group's id (32 hex digits) or name."""
+    table.add("group", "create", bind("group", "create"),
+              (GROUP_NAME, Field("members", "list", item_kind="str", min_len=1, max_len=MAX_GROUP_MEMBERS - 1,
+                                 item_max_len=128)),
+              help="extension: create a group with these contacts (names or IDs); this node is its admin",
+              answer=GroupView)
+    table.add("group", "list", bind("group", "list"), help="extension: the groups this node is or was in",
+              blocking=False, answer=list[GroupView])
+    table.add("group", "info", bind("group", "info"), (GROUP,),
+              help="extension: a group with its members and what this node holds of it", blocking=False,
+              answer=GroupInfo)
+    table.add("group", "invite", bind("group", "invite"), (GROUP, MEMBER),
+              help="extension: add a contact to a group (admins only)", answer=GroupView)
+    table.add("group", "remove", bind("group", "remove"), (GROUP, MEMBER),
+              help="extension: remove a member (admins only); keys are rotated before the next message",
+              answer=GroupView)
+    table.add("group", "promote", bind("group", "promote"), (GROUP, MEMBER),
+              help="extension: make a member an admin (admins only)", answer=GroupView)
+    table.add("group", "leave", bind("group", "leave"), (GROUP,),
+              help="extension: leave a group (its history stays here)", answer=GroupView)
+    table.add("group", "rename", bind("group", "rename"), (GROUP, GROUP_NAME),
+              help="extension: rename a group (admins only)", answer=GroupView)
+    table.add("group", "send_message", bind("group", "send_message"),
+              (GROUP, Field("message", "str", max_len=MAX_MESSAGE_CHARS, min_len=1),
+               Field("message_id", "str", required=False, max_len=128, min_len=1)),
+              help="extension: send a message to the group; answered at once with its message_id",
+              answer=answers.GROUP_MESSAGE_SENT)
+    table.add("group", "history", bind("group", "history"),
+              (GROUP, Field("limit", "int", required=False, default=50, minimum=1, maximum=1000),
+               Field("before", "str", required=False, max_len=64)),
+              help="extension: a page of the group's history in the group's order, oldest first "
+                   "(before: a message's hash, for the page before it)",
+              blocking=False, answer=answers.GroupHistory)
+    table.add("group", "mark_read", bind("group", "mark_read"), (GROUP,),
+              help="extension: mark a group's messages read", blocking=False, answer=answers.GroupMarkedRead)
+    table.add("group", "send_file", bind("group", "send_file"), (GROUP, Field("file_path", "str", max_len=4096)),
+              help="extension: announce a file in the group and offer it to each member (each accepts on their own)",
+              answer=answers.GroupFileSent)
 
 
 def build_table(handlers: Optional[Mapping[tuple[str, Optional[str]], Handler]] = None) -> CommandTable:
@@ -133,6 +178,8 @@ def build_table(handlers: Optional[Mapping[tuple[str, Optional[str]], Handler]] 
     table.add("p2p", "resume_transfer", bind("p2p", "resume_transfer"), (TRANSFER_ID,),
               help="extension: resume a paused (or failed) transfer from what was received",
               answer=TransferView)
+
+    _group_rows(table, bind)
 
     table.add("events", "subscribe", bind("events", "subscribe"),
               (Field("events", "list", required=False, item_kind="str", max_len=64),),

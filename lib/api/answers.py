@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple, Optional, TypedDict
 
-from ..contract import LinkState, NatView, Path
+from ..contract import GroupMessageView, LinkState, NatView, Path
 
 
 class TopLevel(NamedTuple):
@@ -112,6 +112,7 @@ class Status(TypedDict):
     events: EventsInfo
     contacts: int
     peers: int
+    group_peers: int
     crypto: CryptoInfo
     data_dir: str
 
@@ -157,6 +158,40 @@ class TransferIdKey(TypedDict):
     transfer_id: str
 
 
+# -- group ------------------------------------------------------------------------------------
+class GroupMessageSubmitted(TypedDict):
+    """A group message was written (signed, sealed, stored): `sent` when it went to at least
+    one connected member, `queued` when none is connected (anti-entropy sends it later)."""
+
+    group: str
+    message_id: str
+    state: Literal["sent", "queued"]
+
+
+class GroupHistory(TypedDict):
+    """A page of a group's history in the group's order, oldest first; the next older page is
+    asked with `before` = the first message's `hash`."""
+
+    group: str
+    name: str
+    messages: list[GroupMessageView]
+
+
+class GroupMarkedRead(TypedDict):
+    group: str
+    marked: int
+
+
+class GroupFileSent(TypedDict):
+    """A file was announced in the group and offered to each member connected now (the others
+    get the offer when they connect)."""
+
+    group: str
+    message_id: str
+    file_id: str
+    offered: list[str]          # IDs of the members offered the file now
+
+
 # -- crypto -----------------------------------------------------------------------------------
 class KeyPair(TypedDict):
     public_key: str
@@ -186,4 +221,5 @@ class IdentityRotated(TypedDict):
 
 
 MESSAGE_SENT = TopLevel(Literal["Message sent", "Message queued"], MessageIdKey)
+GROUP_MESSAGE_SENT = TopLevel(GroupMessageSubmitted, MessageIdKey)
 FILE_SENT = TopLevel(Literal["File transfer started", "File transfer queued"], TransferIdKey)

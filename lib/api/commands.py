@@ -185,6 +185,101 @@ def p2p_transfers(node: Node, data: dict) -> Any:
     return node.p2p.transfers.list()
 
 
+# -- group ----------------------------------------------------------------------------------
+# The table checked types and lengths in characters; the protocol counts some in UTF-8 bytes
+# (PROTOCOL §13.2, §13.4). Every check runs before the P2P network is asked for, so a bad
+# request gets its own error even while the network is stopped.
+MAX_GROUP_NAME_BYTES = 64
+MAX_GROUP_TEXT_BYTES = 65536
+MAX_GROUP_MESSAGE_ID_BYTES = 255
+
+
+def _utf8_at_most(text: str, limit: int, field: str) -> str:
+    if len(text.encode("utf-8")) > limit:
+        raise ApiError(f"Field '{field}' is too long (at most {limit} bytes in UTF-8)")
+    return text
+
+
+def _group_name(data: dict) -> str:
+    name = data["name"]
+    if not name.strip():
+        raise ApiError("Field 'name' is blank")
+    return _utf8_at_most(name, MAX_GROUP_NAME_BYTES, "name")
+
+
+def _members(node: Node, names: list[str]) -> list[Contact]:
+    """The contacts to put in a new group, each given once, by name or ID."""
+    contacts: list[Contact] = []
+    for name in names:
+        contact = node.contacts.get_by_name_or_id(name)
+        if any(c.id == contact.id for c in contacts):
+            raise ApiError(f"Field 'members' names {contact.name} twice")
+        contacts.append(contact)
+    return contacts
+
+
+def group_create(node: Node, data: dict) -> Any:
+    name = _group_name(data)
+    members = _members(node, data["members"])
+    return node.p2p.groups.create(name, members)
+
+
+def group_list(node: Node, data: dict) -> Any:
+    return node.p2p.groups.list()
+
+
+def group_info(node: Node, data: dict) -> Any:
+    return node.p2p.groups.info(data["group"])
+
+
+def group_invite(node: Node, data: dict) -> Any:
+    contact = node.contacts.get_by_name_or_id(data["peer"])
+    return node.p2p.groups.invite(data["group"], contact)
+
+
+def group_remove(node: Node, data: dict) -> Any:
+    return node.p2p.groups.remove(data["group"], data["peer"])
+
+
+def group_promote(node: Node, data: dict) -> Any:
+    return node.p2p.groups.promote(data["group"], data["peer"])
+
+
+def group_leave(node: Node, data: dict) -> Any:
+    return node.p2p.groups.leave(data["group"])
+
+
+def group_rename(node: Node, data: dict) -> Any:
+    name = _group_name(data)
+    return node.p2p.groups.rename(data["group"], name)
+
+
+def group_send_message(node: Node, data: dict) -> Any:
+    body = _utf8_at_most(data["message"], MAX_GROUP_TEXT_BYTES, "message")
+    message_id = data["message_id"]
+    if message_id is not None:
+        _utf8_at_most(message_id, MAX_GROUP_MESSAGE_ID_BYTES, "message_id")
+    answer = node.p2p.groups.submit_message(data["group"], body, message_id)
+    return Reply(answer, {"message_id": answer["message_id"]})
+
+
+def group_history(node: Node, data: dict) -> Any:
+    before = data["before"]
+    if before is not None:
+        before = before.strip().lower()
+        if len(before) != 64 or not all(c in "0123456789abcdef" for c in before):
+            raise ApiError("Field 'before' must be a message hash (64 hex digits, from history)")
+    return node.p2p.groups.history(data["group"], data["limit"], before)
+
+
+def group_mark_read(node: Node, data: dict) -> Any:
+    return node.p2p.groups.mark_read(data["group"])
+
+
+def group_send_file(node: Node, data: dict) -> Any:
+    return node.p2p.groups.send_file(data["group"], data["file_path"])
+
+
 # -- events ---------------------------------------------------------------------------------
 def events_subscribe(node: Node, data: dict) -> Subscription:
     names = frozenset(data["events"] or ())
@@ -244,6 +339,18 @@ HANDLERS: Mapping[tuple[str, Optional[str]], Handler] = MappingProxyType({
     ("p2p", "cancel_transfer"): _transfer_action("cancel"),
     ("p2p", "pause_transfer"): _transfer_action("pause"),
     ("p2p", "resume_transfer"): _transfer_action("resume"),
+    ("group", "create"): group_create,
+    ("group", "list"): group_list,
+    ("group", "info"): group_info,
+    ("group", "invite"): group_invite,
+    ("group", "remove"): group_remove,
+    ("group", "promote"): group_promote,
+    ("group", "leave"): group_leave,
+    ("group", "rename"): group_rename,
+    ("group", "send_message"): group_send_message,
+    ("group", "history"): group_history,
+    ("group", "mark_read"): group_mark_read,
+    ("group", "send_file"): group_send_file,
     ("events", "subscribe"): events_subscribe,
     ("crypto", "generate_keypair"): crypto_generate_keypair,
     ("crypto", "encrypt"): crypto_encrypt,

@@ -350,6 +350,7 @@ def format_status(data: dict) -> str:
         ("events", events.get("endpoint") or ", ".join(events.get("endpoints") or [])),
         ("contacts", data.get("contacts")),
         ("peers", data.get("peers")),
+        ("group peers", data.get("group_peers")),
         ("crypto", backend),
         ("data dir", data.get("data_dir")),
     ]
@@ -437,6 +438,13 @@ PRINTERS: dict[tuple[str, Any], Callable[[Any], str]] = {
 }
 
 
+def _printer(row: Action) -> Callable[[Any], str]:
+    from . import group_cli  # it imports this module's formatters
+
+    key = (row.command, row.action)
+    return PRINTERS.get(key) or group_cli.PRINTERS.get(key) or format_data
+
+
 def _dest(field: Field) -> str:
     return "field_" + field.name
 
@@ -459,7 +467,7 @@ def build_request(args: argparse.Namespace) -> tuple[dict, Any]:
                 data[field.name] = value if strip is None else read_value(value, strip=strip)
         if data:
             request["data"] = data
-        return request, PRINTERS.get((row.command, row.action), format_data)
+        return request, _printer(row)
     if cmd in PASS_THROUGH_COMMANDS:
         request = {"command": "p2p", "action": args.action}
         data = parse_pairs(args.pairs)
@@ -722,6 +730,9 @@ def _field_help(field: Field) -> str:
         parts.append(f"default {field.default}")
     if field.max_len is not None:
         parts.append(f"at most {field.max_len} {'characters' if field.kind == 'str' else 'items'}")
+    if field.min_len is not None:
+        parts.append("not empty" if field.min_len == 1 else
+                     f"at least {field.min_len} {'characters' if field.kind == 'str' else 'items'}")
     if field.minimum is not None:
         parts.append(f"at least {field.minimum}")
     if field.maximum is not None:
@@ -731,17 +742,19 @@ def _field_help(field: Field) -> str:
 
 
 def _action_arguments(parser: argparse.ArgumentParser, row: Action) -> None:
-    """The row's fields as arguments: required ones positional, the others --options."""
+    """The row's fields as arguments: required ones positional, the others --options; a list
+    takes one or more words (`group create Family Bob Carol`)."""
     parser.set_defaults(row=row)
     for field in row.fields:
         option = OPTION_NAMES.get((row.command, row.action, field.name))
         if option is None and not field.required:
             option = "--" + field.name.replace("_", "-")
+        many = {"nargs": "+"} if field.kind == "list" else {}
         if option is None:
-            parser.add_argument(_dest(field), metavar=field.name.upper(), help=_field_help(field))
+            parser.add_argument(_dest(field), metavar=field.name.upper(), help=_field_help(field), **many)
         else:
             parser.add_argument(option, dest=_dest(field), metavar=field.name.upper(),
-                                required=field.required, help=_field_help(field))
+                                required=field.required, help=_field_help(field), **many)
 
 
 def _pass_through_command(sub: Any, name: str, rows: list[Action]) -> None:

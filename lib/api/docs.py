@@ -91,12 +91,16 @@ def _limits(field: Field) -> str:
     parts = []
     if field.max_len is not None:
         parts.append(f"at most {field.max_len} {'characters' if field.kind == 'str' else 'items'}")
+    if field.min_len is not None:
+        parts.append("not empty" if field.min_len == 1 else
+                     f"at least {field.min_len} {'characters' if field.kind == 'str' else 'items'}")
     if field.minimum is not None:
         parts.append(f">= {field.minimum}")
     if field.maximum is not None:
         parts.append(f"<= {field.maximum}")
     if field.item_kind:
-        parts.append(f"items: {field.item_kind}")
+        parts.append(f"items: {field.item_kind}" + (f" of at most {field.item_max_len} characters"
+                                                    if field.item_max_len is not None else ""))
     return ", ".join(parts)
 
 

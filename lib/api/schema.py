@@ -97,12 +97,16 @@ def field_schema(field: Field) -> dict:
     schema: dict[str, Any] = {"type": _KINDS[field.kind]} if field.kind in _KINDS else {}
     if field.max_len is not None:
         schema["maxLength" if field.kind == "str" else "maxItems"] = field.max_len
+    if field.min_len is not None:
+        schema["minLength" if field.kind == "str" else "minItems"] = field.min_len
     if field.minimum is not None:
         schema["minimum"] = field.minimum
     if field.maximum is not None:
         schema["maximum"] = field.maximum
     if field.item_kind:
         schema["items"] = {"type": _KINDS[field.item_kind]}
+        if field.item_max_len is not None:
+            schema["items"]["maxLength"] = field.item_max_len
     if field.default is not None:
         schema["default"] = field.default
     return schema

@@ -37,9 +37,11 @@ class Field:
     required: bool = True
     default: Any = None
     max_len: int | None = None   # characters for str, items for list
+    min_len: int | None = None   # characters for str, items for list
     minimum: int | None = None
     maximum: int | None = None
     item_kind: str | None = None  # for lists: kind of each item
+    item_max_len: int | None = None  # for lists of str: characters of each item
 
     @property
     def key(self) -> str:
@@ -136,6 +138,13 @@ def _check_text(text: str, label: str) -> None:
         raise ApiError(f"Field '{label}' is not valid Unicode text (lone surrogate)") from None
 
 
+def _too_short(field: Field, label: str) -> None:
+    if field.min_len == 1:
+        raise ApiError(f"Field '{label}' is empty")
+    unit = "characters" if field.kind == "str" else "items"
+    raise ApiError(f"Field '{label}' is too short (at least {field.min_len} {unit})")
+
+
 def coerce(field: Field, value: Any, label: str | None = None) -> Any:
     """Convert `value` to the field's kind, accepting the string forms old clients send."""
     kind = field.kind
@@ -144,6 +153,8 @@ def coerce(field: Field, value: Any, label: str | None = None) -> Any:
     if kind == "str" and type(value) is str:  # the common case, first
         if field.max_len is not None and len(value) > field.max_len:
             raise ApiError(f"Field '{label or field.name}' is too long (at most {field.max_len} characters)")
+        if field.min_len is not None and len(value) < field.min_len:
+            _too_short(field, label or field.name)
         if not value.isascii():
             _check_text(value, label or field.name)
         return value
@@ -156,6 +167,8 @@ def coerce(field: Field, value: Any, label: str | None = None) -> Any:
         _check_text(text, label)
         if field.max_len is not None and len(text) > field.max_len:
             raise ApiError(f"Field '{label}' is too long (at most {field.max_len} characters)")
+        if field.min_len is not None and len(text) < field.min_len:
+            _too_short(field, label)
         return text
     if kind == "int":
         if isinstance(value, bool):
@@ -200,8 +213,10 @@ def coerce(field: Field, value: Any, label: str | None = None) -> Any:
         if kind == "list":
             if field.max_len is not None and len(value) > field.max_len:
                 raise ApiError(f"Field '{label}' has too many items (at most {field.max_len})")
+            if field.min_len is not None and len(value) < field.min_len:
+                _too_short(field, label)
             if field.item_kind:
-                item_field = Field(field.name, field.item_kind)
+                item_field = Field(field.name, field.item_kind, max_len=field.item_max_len)
                 value = [coerce(item_field, item, f"{label}[{i}]") for i, item in enumerate(value)]
         return value
     raise AssertionError(kind)

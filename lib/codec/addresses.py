@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from typing import Optional
+from typing import Optional, Union
 
 from ..util import Address
 
@@ -42,6 +42,13 @@ IFA_F_DADFAILED = 0x08
 IFA_F_DEPRECATED = 0x20
 IFA_F_TENTATIVE = 0x40
 _UNUSABLE_FLAGS = IFA_F_DADFAILED | IFA_F_DEPRECATED | IFA_F_TENTATIVE
+
+# The byte form of an endpoint others are told to send to (PROTOCOL §9.1; rendezvous records,
+# group HINTs): family-tagged by its first byte. An IPv4 address never starts with 0xF0-0xFF
+# (240/4 is reserved and refused), so the tag is unambiguous.
+ENDPOINT_LEN = 6  # IPv4 (4) + port (2)
+IPV6_TAG = 0xF6  # then IPv6 (16) + port (2)
+ENDPOINT6_LEN = 1 + 16 + 2
 
 
 def address_scope(ip: str) -> str:
@@ -99,6 +106,60 @@ def socket_address(address: Address, dual_stack: bool) -> Address:
     if dual_stack and ":" not in host and host.replace(".", "").isdigit():
         return _MAPPED_PREFIX + host, address[1]
     return address
+
+
+def encode_endpoint(address: Address, error: type[Exception]) -> bytes:
+    """``(ip text, port)`` -> 6 bytes (IPv4 ‖ port) or 19 (IPV6_TAG ‖ IPv6 ‖ port); `error`
+    otherwise. Refuses what no one should be told to send to: unspecified, multicast and
+    reserved (including broadcast) addresses, IPv6 link-local ones (their zone means nothing
+    to another host), IPv4-mapped IPv6 (an IPv4 address has one spelling), port 0."""
+    try:
+        host, port = address
+        ip = ipaddress.ip_address(host)
+    except (TypeError, ValueError):
+        raise error(f"not an IP (host, port) address: {address!r}") from None
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 0xFFFF:
+        raise error(f"port out of range in {address!r}")
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        raise error(f"IPv4-mapped address {host}: send it as IPv4")
+    unusable: tuple[str, ...] = (UNSPECIFIED, MULTICAST, RESERVED)
+    if ip.version == 6:
+        unusable += (LINK_LOCAL,)
+    if address_scope(host) in unusable:
+        raise error(f"unusable address {host}")
+    if ip.version == 4:
+        return ip.packed + port.to_bytes(2, "big")
+    return bytes([IPV6_TAG]) + ip.packed + port.to_bytes(2, "big")
+
+
+def endpoint_length(data: bytes, offset: int, error: type[Exception]) -> int:
+    """The length of the encoded endpoint that starts at `offset` (6, or 19 after IPV6_TAG)."""
+    if offset >= len(data):
+        raise error("address missing")
+    return ENDPOINT6_LEN if data[offset] == IPV6_TAG else ENDPOINT_LEN
+
+
+def decode_endpoint(data: bytes, error: type[Exception]) -> Address:
+    """6 or 19 bytes -> ``(ip text, port)``, with encode_endpoint's checks."""
+    data = bytes(data)
+    if len(data) != endpoint_length(data, 0, error):
+        raise error(f"an address is {ENDPOINT_LEN} or {ENDPOINT6_LEN} bytes, got {len(data)}")
+    ip: Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+    if len(data) == ENDPOINT_LEN:
+        ip = ipaddress.IPv4Address(data[:4])
+    else:
+        ip = ipaddress.IPv6Address(data[1:17])
+    address = (str(ip), int.from_bytes(data[-2:], "big"))
+    encode_endpoint(address, error)
+    return address
+
+
+def split_endpoint(data: bytes, offset: int, error: type[Exception]) -> tuple[Address, int]:
+    """The endpoint at `offset` in `data`, and the offset after it."""
+    end = offset + endpoint_length(data, offset, error)
+    if end > len(data):
+        raise error("address cut short")
+    return decode_endpoint(data[offset:end], error), end
 
 
 @dataclasses.dataclass(frozen=True)

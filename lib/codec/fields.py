@@ -39,3 +39,11 @@ def read_prefixed(data: bytes, pos: int, error: type[Exception], truncated: str)
     if end + size > len(data):
         raise error(truncated)
     return data[end : end + size], end + size
+
+
+def decode_utf8(raw: bytes, what: str, error: type[Exception]) -> str:
+    """`raw` as UTF-8 text; `error` naming `what` when it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{what} is not valid UTF-8") from None

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Optional, Union
 
 from ..errors import Invalid
 from . import wire
+from .fields import decode_utf8
 from .wire import RawRecord, WireError
 from .fields import check_bytes
 from ..util import BIDI_CONTROLS
@@ -96,10 +97,7 @@ def _text(value: str, limit: int, what: str) -> bytes:
 
 
 def _utf8(raw: bytes, what: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise WireError(f"{what} is not UTF-8") from None
+    return decode_utf8(raw, what, WireError)
 
 
 class _Reader:

@@ -498,6 +498,7 @@ class RecordType(enum.IntEnum):
     CLOSE = 0x05
     PATH_CHALLENGE = 0x06
     PATH_RESPONSE = 0x07
+    GROUP = 0x08  # a fragment of a group frame (PROTOCOL §13.8)
 
 
 # The rest of the type space (PROTOCOL §6), without overlaps: 0x08-0x0F and 0x18-0x1F for
@@ -512,6 +513,7 @@ RECORD_HEADER = struct.Struct(">BH")  # type, body length
 RECORD_HEADER_LEN = RECORD_HEADER.size
 MESSAGE_ID_LEN = 16
 MSG_HEADER = struct.Struct(">16sQQII")  # message id, seq, created (ms), total, offset
+GROUP_HEADER = struct.Struct(">III")  # frame id, total length, offset
 MAX_ACK_ITEMS = 255
 MAX_CLOSE_REASON = 255
 PATH_TOKEN_LEN = 8
@@ -523,6 +525,18 @@ def _check_int(value: object, limit: int, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
         raise WireError(f"{what} out of range: {value!r}")
     return value
+
+
+def _check_span(total: object, offset: object, data: object, piece: str, whole: str) -> None:
+    """A piece (MSG segment, GROUP fragment) of a whole of `total` bytes: bytes `offset`..
+    `offset+len(data)`, at least one (an empty piece would fill nothing and never complete)."""
+    _check_int(total, _U32, f"{whole} length")
+    _check_int(offset, _U32, f"{piece} offset")
+    check_bytes(data, f"{piece} data", WireError)
+    if not data:
+        raise WireError(f"empty {piece}")
+    if offset + len(data) > total:  # type: ignore[operator]
+        raise WireError(f"{piece} extends past the {whole} length")
 
 
 @dataclass(frozen=True)
@@ -571,13 +585,22 @@ class Msg:
         check_bytes(self.message_id, "message id", WireError, MESSAGE_ID_LEN)
         _check_int(self.seq, _U64, "message seq")
         _check_int(self.created, _U64, "message timestamp")
-        _check_int(self.total, _U32, "message length")
-        _check_int(self.offset, _U32, "segment offset")
-        check_bytes(self.data, "segment data", WireError)
-        if not self.data:
-            raise WireError("empty message segment")  # it would fill nothing and never complete
-        if self.offset + len(self.data) > self.total:
-            raise WireError("segment extends past the message length")
+        _check_span(self.total, self.offset, self.data, "message segment", "message")
+
+
+@dataclass(frozen=True)
+class GroupFragment:
+    """Bytes ``offset``..``offset+len(data)`` of group frame ``frame_id`` (``total`` bytes long).
+    Unacknowledged: a frame with a lost fragment is lost (anti-entropy sends it again)."""
+
+    frame_id: int  # the sender's (u32), unique among its frames in flight on this session
+    total: int  # the whole frame's length in bytes (u32)
+    offset: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check_int(self.frame_id, _U32, "group frame id")
+        _check_span(self.total, self.offset, self.data, "group fragment", "frame")
 
 
 @dataclass(frozen=True)
@@ -652,7 +675,7 @@ class PathResponse:
         check_bytes(self.data, "path response", WireError, PATH_TOKEN_LEN)
 
 
-Record = Union[Padding, Ping, Pong, Msg, Ack, Close, PathChallenge, PathResponse, RawRecord]
+Record = Union[Padding, Ping, Pong, Msg, Ack, Close, PathChallenge, PathResponse, GroupFragment, RawRecord]
 
 
 def _body(record: Record) -> tuple[int, bytes]:
@@ -664,6 +687,8 @@ def _body(record: Record) -> tuple[int, bytes]:
     if isinstance(record, Msg):
         head = MSG_HEADER.pack(record.message_id, record.seq, record.created, record.total, record.offset)
         return RecordType.MSG, head + bytes(record.data)
+    if isinstance(record, GroupFragment):
+        return RecordType.GROUP, GROUP_HEADER.pack(record.frame_id, record.total, record.offset) + bytes(record.data)
     if isinstance(record, Ack):
         parts = [bytes([len(record.ranges)])]
         parts += [struct.pack(">QQ", first, last) for first, last in record.ranges]
@@ -712,6 +737,11 @@ def _decode_body(rtype: int, body: bytes) -> Record:
             raise WireError(f"MSG body too short ({len(body)} bytes)")
         mid, seq, created, total, offset = MSG_HEADER.unpack_from(body)
         return Msg(mid, seq, created, total, offset, body[MSG_HEADER.size :])
+    if rtype == RecordType.GROUP:
+        if len(body) < GROUP_HEADER.size:
+            raise WireError(f"GROUP body too short ({len(body)} bytes)")
+        frame_id, total, offset = GROUP_HEADER.unpack_from(body)
+        return GroupFragment(frame_id, total, offset, body[GROUP_HEADER.size :])
     if rtype == RecordType.ACK:
         return _decode_ack(body)
     if rtype == RecordType.CLOSE:

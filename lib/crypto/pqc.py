@@ -255,6 +255,23 @@ def _ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
     return True
 
 
+def ed25519_sign(private: bytes, message: bytes) -> bytes:
+    """The Ed25519 half alone of a hybrid signature key (``private`` = ML-DSA seed || Ed25519
+    seed): a 64-byte signature where a hybrid one costs too much (group messages, §13.5)."""
+    seed = check_bytes(private, "private signature key", CryptoError, SIG_SEED_LEN)[MLDSA_SEED_LEN:]
+    return ed25519.Ed25519PrivateKey.from_private_bytes(seed).sign(check_bytes(message, "message", CryptoError))
+
+
+def ed25519_verify(public: Any, message: Any, signature: Any) -> bool:
+    """Verify an `ed25519_sign` signature with a hybrid public key (its last 32 bytes are the
+    Ed25519 key); False, never an exception, for anything that does not verify."""
+    if not all(isinstance(x, (bytes, bytearray, memoryview)) for x in (public, message, signature)):
+        return False
+    if len(public) != SIG_PUBLIC_LEN or len(signature) != ED25519_SIG_LEN:
+        return False
+    return _ed25519_verify(bytes(public[MLDSA_PK_LEN:]), bytes(message), bytes(signature))
+
+
 def _split_signed(public: Any, message: Any, signature: Any) -> Optional[tuple[bytes, bytes, bytes]]:
     """Inputs of verify() as bytes, or None if their types or sizes are wrong."""
     if not all(isinstance(x, (bytes, bytearray, memoryview)) for x in (public, message, signature)):

@@ -28,6 +28,7 @@ from ..codec import wire
 from ..crypto.handshake import (Authenticated, Established, Failed, FailReason, Initiator, InitiatorState,
                                 Listener, ListenerConfig, Output, accept_incoming, host_key)
 from ..crypto.session import Session, SessionConfig, SessionError
+from ..errors import Invalid, Refused
 from ..store import Contact, Store, StoreError
 from .rtt import RttEstimator
 from . import lan
@@ -44,6 +45,7 @@ MIN_RTO = 0.1                 # acknowledgements wait for a database commit: kee
 MAX_RTO = 3.0
 HANDSHAKE_TRIES = 8           # flights of one handshake before it is abandoned
 MAX_STRANGERS = 32            # sessions with identities that are not contacts
+MAX_GROUP_PEERS = 128         # links with members of our groups who are not contacts (PROTOCOL §13.7)
 MAX_SERVICE_CLIENTS = 10000   # rendezvous mode: sessions with nodes using this one as a service
 RELAY_DELAY = 2.0             # punching: relay candidates join the probes after this long
 UPGRADE_PROBE_INTERVAL = 5.0  # relayed sessions look for a direct path this often
@@ -77,7 +79,7 @@ class Link:
 
     fingerprint: bytes
     name: str
-    contact_id: Optional[int]           # None: a stranger (not in contacts)
+    contact_id: Optional[int]           # None: a stranger or a group peer (not in contacts)
     state: LinkState = LinkState.OFFLINE
     address: Optional[Address] = None
     path: str = "direct"
@@ -105,6 +107,8 @@ class Link:
     last_upgrade_probe: float = 0.0
     pending_paths: dict = dataclasses.field(default_factory=dict)  # (address, relayed) -> PendingPath
     lan_secret: Optional[bytes] = None   # this session's LAN pair secret, stored once the peer is heard
+    group_peer: bool = False             # not a contact, a member of a group we are in (PROTOCOL §13.7)
+    request_raised: bool = False         # contact_request was published for this session
 
     _id_text: tuple = dataclasses.field(default=(b"", ""), repr=False, compare=False)
 
@@ -124,11 +128,21 @@ class Link:
 
     @property
     def is_stranger(self) -> bool:
-        return self.contact_id is None and not self.service
+        return self.contact_id is None and not self.service and not self.group_peer
 
     @property
     def connected(self) -> bool:
         return self.state == LinkState.CONNECTED and self.session is not None
+
+
+class GroupPeerDirectory(Protocol):
+    """Who may have a session as a group peer: the group service answers from the groups'
+    operations (PROTOCOL §13.7)."""
+
+    def group_peer_bundle(self, fingerprint: bytes) -> Optional[bytes]:
+        """The encoded bundle of `fingerprint` if it is a member of a group we are in (and not
+        a contact), else None."""
+        ...
 
 
 class LinkObserver(Protocol):
@@ -175,6 +189,7 @@ class Network:
         self.services: dict[Address, Link] = {}          # our sessions with rendezvous servers
         self.clients: dict[bytes, Link] = {}             # rendezvous mode: nodes using us, by fingerprint
         self.accept_services = False                     # rendezvous mode: accept any identity as a client
+        self.group_peers: Optional[GroupPeerDirectory] = None  # who is accepted as a group peer
         self.relay = None                                # a TurnClient when a relay is allocated
         self.relay_peers: set = set()                    # addresses that reached us through the relay,
                                                          # only while the relay permits them
@@ -232,6 +247,11 @@ class Network:
         seen = self._known_hosts.get(host)
         return seen is not None and time.time() - seen < KNOWN_HOST_SECONDS
 
+    def set_group_peers(self, directory: Optional[GroupPeerDirectory]) -> None:
+        """Members of our groups who are not contacts are accepted (and reached) as group peers
+        while `directory` knows them."""
+        self.group_peers = directory
+
     # -- queries ----------------------------------------------------------------------------
     def link_for_contact(self, contact: Contact) -> Link:
         link = self.links.get(contact.fingerprint)
@@ -241,6 +261,7 @@ class Network:
                 link.bundle = ident.Bundle.from_base64(contact.bundle)
             self.links[contact.fingerprint] = link
         link.name, link.contact_id = contact.name, contact.id
+        link.group_peer = False  # a group peer the user added is a contact from now on
         return link
 
     def rename_link(self, fingerprint: bytes, name: str) -> None:
@@ -275,6 +296,32 @@ class Network:
     def connected_count(self) -> int:
         return sum(1 for l in self.links.values() if l.connected)
 
+    def group_peer_count(self) -> int:
+        """Group peers with a live session."""
+        return sum(1 for l in self.links.values() if l.group_peer and l.connected)
+
+    def link_for_fingerprint(self, fingerprint: bytes) -> Optional[Link]:
+        """The link with this identity (contact, group peer or stranger), if any."""
+        return self.links.get(fingerprint)
+
+    def connected_fingerprints(self) -> set[bytes]:
+        """Contacts and group peers with a live session (strangers are not counted)."""
+        return {fp for fp, l in self.links.items() if l.connected and (l.contact_id is not None or l.group_peer)}
+
+    @staticmethod
+    def remote_address(link: Link) -> Optional[Address]:
+        """Where the peer's session is (the address its frames come from), while connected."""
+        return link.address if link.connected else None
+
+    def raise_contact_request(self, link: Link) -> None:
+        """A group peer wrote to us one to one: like a stranger, it asks to be a contact (once
+        per session). A stranger's request is raised when its session begins."""
+        if link.contact_id is not None or link.service or link.request_raised or link.bundle is None:
+            return
+        link.request_raised = True
+        self.publish("contact_request", {"fingerprint": link.id_text, "bundle": link.bundle.to_base64(),
+                                         "address": _fmt(link.address)})
+
     def forget(self, fingerprint: bytes) -> None:
         """A contact was removed or blocked: close its session and drop its link."""
         link = self.links.pop(fingerprint, None)
@@ -304,7 +351,59 @@ class Network:
         """Hole punching: one handshake whose HELLO goes to every candidate at once (relay
         candidates only after RELAY_DELAY); the first address that answers carries it on."""
         link = self.link_for_contact(contact)
-        if contact.blocked or link.connected:
+        if contact.blocked:
+            return link
+        return self._punch(link, candidates)
+
+    def connect_group_peer(self, fingerprint: bytes, bundle: bytes, candidates: list[tuple[Address, str]]) -> Link:
+        """Punch (like `punch`) to a group peer known by its bundle: the handshake checks it
+        presents that identity. A contact is reached as the contact. Invalid if the bundle is
+        not this fingerprint's; Refused at MAX_GROUP_PEERS or if it is a blocked contact."""
+        try:
+            decoded = ident.Bundle.decode(bundle)
+        except (ident.IdentityError, ValueError) as exc:
+            raise Invalid(f"not a bundle: {exc}") from None
+        if decoded.fingerprint() != fingerprint:
+            raise Invalid("the bundle is not this member's")
+        contact = self.store.contacts.find_by_fingerprint(fingerprint)
+        if contact is not None:
+            if contact.blocked:
+                raise Refused(f"{contact.name} is blocked")
+            return self.punch(contact, candidates)
+        link = self.links.get(fingerprint)
+        if link is None or not link.group_peer:
+            if not self._room_for_group_peer():
+                self.counters["refused_group_peers_cap"] += 1
+                raise Refused(f"too many group peers (at most {MAX_GROUP_PEERS})")
+            if link is None:
+                link = Link(fingerprint, ident.short_id(fingerprint), None)
+                self.links[fingerprint] = link
+            link.group_peer = True  # a stranger's link (if any) becomes a group peer's
+        link.bundle = decoded
+        return self._punch(link, candidates)
+
+    def close_group_peer(self, fingerprint: bytes) -> None:
+        """It is no longer a member of a group we are in: end its session (CLOSE 1) and drop
+        its link. Nothing for a contact or an unknown identity."""
+        link = self.links.get(fingerprint)
+        if link is not None and link.group_peer and link.contact_id is None:
+            self.forget(fingerprint)
+
+    def _room_for_group_peer(self) -> bool:
+        return sum(1 for l in self.links.values() if l.group_peer) < MAX_GROUP_PEERS
+
+    def _is_group_peer(self, fingerprint: bytes) -> bool:
+        directory = self.group_peers
+        if directory is None:
+            return False
+        try:
+            return directory.group_peer_bundle(fingerprint) is not None
+        except Exception:  # the directory's bug must not take the handshake path down
+            log.exception("group peer directory failed")
+            return False
+
+    def _punch(self, link: Link, candidates: list[tuple[Address, str]]) -> Link:
+        if link.connected:
             return link
         direct = [a for a, path in candidates if path != "relayed"]
         relayed = [a for a, path in candidates if path == "relayed"]
@@ -621,16 +720,21 @@ class Network:
         event = out.event
         if isinstance(event, Established):
             self._initiators.pop(link.initiator.conn_id, None) if link.initiator else None
-            if event.rollover is not None and self._follow_rollover(link, event.rollover) is None:
-                # A genuine rollover to a key we cannot take (already another contact): no session.
-                event = Failed(FailReason.KEY_MISMATCH, event.bundle, "rollover to a key of another contact")
+            if event.rollover is not None and (link.contact_id is None
+                                               or self._follow_rollover(link, event.rollover) is None):
+                # A genuine rollover to a key we cannot take (already another contact, or a
+                # group peer's: the group knows its members by the key its operations name).
+                event = Failed(FailReason.KEY_MISMATCH, event.bundle, "rollover to a key we cannot take")
             else:
                 self._establish(link, event, address, now, relayed)
         if isinstance(event, Failed):
             self._initiators.pop(link.initiator.conn_id, None) if link.initiator else None
             if event.reason == FailReason.KEY_MISMATCH:
                 got = ident.format_id(event.bundle.fingerprint()) if event.bundle else None
-                self._report_mismatch(link, address, got)
+                if link.group_peer:  # an address a member gave (HINT): no dialog for the user
+                    self.counters["group_peer_key_mismatch"] += 1
+                else:
+                    self._report_mismatch(link, address, got)
                 link.candidates.mismatch(address, now)  # to the back; dropped after repeated ones
                 head = link.candidates.head()
                 if not link.connected and head is not None and head != address:
@@ -638,7 +742,7 @@ class Network:
                     return
             link.failure = event.reason.value
             if not link.connected:
-                link.state = LinkState.OFFLINE
+                self._unreached(link)
             link.established.set()  # wake waiters: they look at link.connected
             link.established = gevent.event.Event()  # a set one would make the next waiter spin
 
@@ -690,15 +794,11 @@ class Network:
                 self.clients[event.fingerprint] = client
             client.bundle = event.bundle
             return event.responder.accept(now)
-        link = self.links.get(event.fingerprint)
         if contact is None:
-            if link is None and not self._room_for_stranger():
-                event.responder.reject()
-                self.counters["refused_strangers_cap"] += 1
-                return Output()
+            link = self._non_contact_link(event.fingerprint)
             if link is None:
-                link = Link(event.fingerprint, ident.short_id(event.fingerprint), None)
-                self.links[event.fingerprint] = link
+                event.responder.reject()
+                return Output()
         else:
             link = self.link_for_contact(contact)
         outgoing = link.initiator
@@ -723,6 +823,26 @@ class Network:
             self._initiators.pop(link.initiator.conn_id, None)
         link.bundle = event.bundle
         return event.responder.accept(now)
+
+    def _non_contact_link(self, fingerprint: bytes) -> Optional[Link]:
+        """The link for an identity that is not a contact: a group peer's if the directory
+        knows it (capped at MAX_GROUP_PEERS), else a stranger's (capped at MAX_STRANGERS, the
+        least recently heard giving way). None when refused."""
+        link = self.links.get(fingerprint)
+        group_peer = self._is_group_peer(fingerprint)
+        if link is not None and link.group_peer == group_peer:
+            return link
+        if group_peer and not self._room_for_group_peer():
+            self.counters["refused_group_peers_cap"] += 1
+            return None
+        if link is None:
+            if not group_peer and not self._room_for_stranger():
+                self.counters["refused_strangers_cap"] += 1
+                return None
+            link = Link(fingerprint, ident.short_id(fingerprint), None)
+            self.links[fingerprint] = link
+        link.group_peer = group_peer  # a stranger became a member of a group of ours, or left it
+        return link
 
     def _rollover_contact(self, statement: ident.Rollover) -> Optional[Contact]:
         """The contact whose key an initiator's statement hands over from, if the statement is
@@ -783,6 +903,7 @@ class Network:
         link.connected_at = link.last_rx = link.last_tx = now
         link.last_seen_wall = time.time()
         link.failure = None
+        link.request_raised = False
         self._by_conn[event.keys.local_conn_id] = link
         if link.service:
             link.fingerprint = event.fingerprint
@@ -798,13 +919,14 @@ class Network:
                 self.store.contacts.set_bundle(contact.id, event.bundle.to_base64())
             link.candidates.proven(address, link.path)
             link.lan_secret = lan.pair_secret(event.keys)  # stored when the peer's first frame shows it has it too
+        elif link.group_peer:
+            link.candidates.proven(address, link.path)
         self._remember_address(link, address)
         self._ping(link, now)
         log.info("session with %s at %s", link.name, _fmt(address))
         if link.is_stranger:
-            self.publish("contact_request", {"fingerprint": link.id_text,
-                                             "bundle": event.bundle.to_base64(), "address": _fmt(address)})
-        elif not was_connected:
+            self.raise_contact_request(link)
+        elif not was_connected and not link.group_peer:  # the group service tells about members
             self.publish("peer_connected", {"peer": link.name, "fingerprint": link.id_text,
                                             "address": _fmt(address), "path": link.path})
         link.established.set()
@@ -846,13 +968,13 @@ class Network:
         link.established = gevent.event.Event()
         if was_connected:
             link.last_seen_wall = time.time()
-            if notify and not link.is_stranger and not link.service:
+            if notify and not link.is_stranger and not link.service and not link.group_peer:
                 self.publish("peer_disconnected", {"peer": link.name,
                                                    "fingerprint": link.id_text})
             for observer in self._observers_for(link):
                 observer.link_down(link)
-        if link.is_stranger and self.links.get(link.fingerprint) is link:
-            del self.links[link.fingerprint]  # a stranger's link lives as long as its session
+        if link.contact_id is None and not link.service and self.links.get(link.fingerprint) is link:
+            del self.links[link.fingerprint]  # a stranger's or group peer's link lives as long as its session
 
     # -- timers -----------------------------------------------------------------------------
     def _ping(self, link: Link, now: float) -> None:
@@ -923,11 +1045,25 @@ class Network:
             self._start_handshake(link, link.candidates[0])
             return
         if not link.connected:
-            link.state = LinkState.OFFLINE
+            self._unreached(link)
         link.established.set()
         link.established = gevent.event.Event()
 
+    def _unreached(self, link: Link) -> None:
+        """A handshake to an offline link ended without a session. A group peer's link goes
+        (the group service tries again when it learns an address)."""
+        link.state = LinkState.OFFLINE
+        if link.group_peer and self.links.get(link.fingerprint) is link:
+            del self.links[link.fingerprint]
+
     def _reconnect(self, link: Link) -> None:
+        if link.group_peer and link.bundle is not None and link.address is not None \
+                and self._is_group_peer(link.fingerprint):
+            try:  # went silent: knock once more where it was (its link went with the session)
+                self.connect_group_peer(link.fingerprint, link.bundle.encode(), [(link.address, link.path)])
+            except (Invalid, Refused) as exc:
+                log.debug("group peer %s not reconnected: %s", link.name, exc)
+            return
         if link.contact_id is None:
             return  # strangers call again; service sessions are renewed by their owner
         try:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import ipaddress
 import math
 import os
 import struct
@@ -54,9 +53,9 @@ from ..util import Address, TokenBucket
 REQUEST_ID_LEN = 16
 NONCE_LEN = 8
 FP_LEN = ident.FINGERPRINT_LEN  # 32
-ADDRESS_LEN = 6  # IPv4 (4) + port (2)
-IPV6_TAG = 0xF6  # then IPv6 (16) + port (2): an IPv4 address never starts with 0xF0-0xFF (240/4)
-ADDRESS6_LEN = 1 + 16 + 2
+ADDRESS_LEN = addresses.ENDPOINT_LEN  # 6: IPv4 (4) + port (2)
+IPV6_TAG = addresses.IPV6_TAG
+ADDRESS6_LEN = addresses.ENDPOINT6_LEN  # 19: tag + IPv6 (16) + port (2)
 CANDIDATE_LEN = 1 + ADDRESS_LEN  # an IPv4 candidate
 CANDIDATE6_LEN = 1 + ADDRESS6_LEN  # an IPv6 candidate
 MAX_CANDIDATES = 8
@@ -136,56 +135,23 @@ class Role(enum.IntEnum):
 
 
 def encode_address(address: Address) -> bytes:
-    """``(ip text, port)`` -> 6 bytes (IPv4 ‖ port) or 19 (IPV6_TAG ‖ IPv6 ‖ port). Refuses
-    what no one should be told to send to: unspecified, multicast and reserved (including
-    broadcast) addresses, IPv6 link-local ones (their zone means nothing to another host),
-    IPv4-mapped IPv6 (an IPv4 address has one spelling), port 0."""
-    try:
-        host, port = address
-        ip = ipaddress.ip_address(host)
-    except (TypeError, ValueError):
-        raise RendezvousError(f"not an IP (host, port) address: {address!r}") from None
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 0xFFFF:
-        raise RendezvousError(f"port out of range in {address!r}")
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        raise RendezvousError(f"IPv4-mapped address {host}: send it as IPv4")
-    unusable = (addresses.UNSPECIFIED, addresses.MULTICAST, addresses.RESERVED)
-    if ip.version == 6:
-        unusable += (addresses.LINK_LOCAL,)
-    if addresses.address_scope(host) in unusable:
-        raise RendezvousError(f"unusable address {host}")
-    if ip.version == 4:
-        return ip.packed + port.to_bytes(2, "big")
-    return bytes([IPV6_TAG]) + ip.packed + port.to_bytes(2, "big")
+    """``(ip text, port)`` -> 6 or 19 bytes (`addresses.encode_endpoint`, §9.1)."""
+    return addresses.encode_endpoint(address, RendezvousError)
 
 
 def address_length(data: bytes, offset: int = 0) -> int:
     """The length of the encoded address that starts at `offset` (6, or 19 after IPV6_TAG)."""
-    if offset >= len(data):
-        raise RendezvousError("address missing")
-    return ADDRESS6_LEN if data[offset] == IPV6_TAG else ADDRESS_LEN
+    return addresses.endpoint_length(data, offset, RendezvousError)
 
 
 def decode_address(data: bytes) -> Address:
     """6 or 19 bytes -> ``(ip text, port)``, with encode_address's checks."""
-    data = bytes(data)
-    if len(data) != address_length(data):
-        raise RendezvousError(f"an address is {ADDRESS_LEN} or {ADDRESS6_LEN} bytes, got {len(data)}")
-    if len(data) == ADDRESS_LEN:
-        ip: Union[ipaddress.IPv4Address, ipaddress.IPv6Address] = ipaddress.IPv4Address(data[:4])
-    else:
-        ip = ipaddress.IPv6Address(data[1:17])
-    address = (str(ip), int.from_bytes(data[-2:], "big"))
-    encode_address(address)
-    return address
+    return addresses.decode_endpoint(data, RendezvousError)
 
 
 def split_address(data: bytes, offset: int = 0) -> tuple[Address, int]:
     """The address at `offset` in `data`, and the offset after it."""
-    end = offset + address_length(data, offset)
-    if end > len(data):
-        raise RendezvousError("address cut short")
-    return decode_address(data[offset:end]), end
+    return addresses.split_endpoint(data, offset, RendezvousError)
 
 
 @dataclass(frozen=True)

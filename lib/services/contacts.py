@@ -69,6 +69,19 @@ class ContactBook:
         """The contact called `name` (NotFoundError: `Peer not found: NAME`)."""
         return self.store.contacts.get(name)
 
+    def get_by_name_or_id(self, name_or_id: str) -> Contact:
+        """The contact called `name_or_id`, else the contact with that ID (NotFoundError:
+        `Peer not found: ...`): group members are given either way."""
+        try:
+            return self.store.contacts.get(name_or_id)
+        except NotFoundError:
+            if not ident.looks_like_id(name_or_id):
+                raise
+        contact = self.store.contacts.find_by_fingerprint(ident.parse_id(name_or_id))
+        if contact is None:
+            raise NotFoundError(f"Peer not found: {name_or_id.strip()}")
+        return contact
+
     def add(self, name: str, public_key: str) -> dict:
         """Store a new contact; a stranger we already talked with gets its held messages."""
         contact, view = self._store_new(name, public_key)

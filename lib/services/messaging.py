@@ -657,6 +657,8 @@ class Messenger:
             self.counters["held_dropped_cap"] += 1
             return False
         state.stranger_seq = max(state.stranger_seq, seq)
+        if link.group_peer:
+            self.network.raise_contact_request(link)  # its session raised none (PROTOCOL §13.7)
         return True
 
     def _ack_records(self, link: Link, state: PeerState) -> list[Ack]:

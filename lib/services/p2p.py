@@ -21,6 +21,7 @@ from ..net.peers import Network, NetworkConfig
 from ..net.transport import Transport
 from ..store import Contact, DuplicateError, Message, Store
 from .connect import Connector
+from .groups.service import GroupService
 from .messaging import Messenger
 from .online import OnlineDiscovery
 from .transfer import Outgoing, Transfers
@@ -42,7 +43,7 @@ class P2P:
 
     def __init__(self, transport: Transport, network: Network, messenger: Messenger, transfers: Transfers,
                  nat: NatTraversal, connector: Connector, publish: Publish,
-                 online: OnlineDiscovery | None = None) -> None:
+                 online: OnlineDiscovery | None = None, groups: GroupService | None = None) -> None:
         self.transport = transport
         self.network = network
         self.messenger = messenger
@@ -51,6 +52,8 @@ class P2P:
         self.connector = connector
         self.publish = publish
         self.online = online   # None in private mode
+        # start() always gives one; tests that build a P2P by hand may leave parts out (None)
+        self.groups: GroupService = groups  # type: ignore[assignment]
         port = transport.port
         assert port is not None, "a P2P is built on a started transport"
         self.port: int = port  # asked once: status is answered often
@@ -71,6 +74,8 @@ class P2P:
             transfers = Transfers(store, network, publish, config.downloads_dir,
                                   auto_accept=config.auto_accept_files, upload_limit=config.upload_limit * 1024)
             transfers.start()
+            groups = GroupService(identity, backend, store, network, transfers, publish,
+                                  retention=config.group_retention_days * 86400)
             nat = NatTraversal(identity, store, network, transport, publish, nat_settings)
             online = OnlineDiscovery(identity, store, network, nat, Dht(dht_settings), publish) \
                 if dht_settings is not None else None
@@ -80,10 +85,11 @@ class P2P:
                 online.start()
             connector = Connector(network, nat, messenger, transfers, store, online)
             connector.start()
+            groups.connect_contact = connector.connect_if_possible
         except BaseException:
             transport.stop()
             raise
-        return cls(transport, network, messenger, transfers, nat, connector, publish, online)
+        return cls(transport, network, messenger, transfers, nat, connector, publish, online, groups)
 
     def stop(self) -> None:
         """Stop every part (received file data is flushed first); publishes p2p_stopped."""
@@ -97,6 +103,8 @@ class P2P:
             self.transport.stop()
             self.publish("p2p_stopped", {})
         self.messenger.stop()
+        if self.groups is not None:
+            self.groups.stop()
 
     # -- use cases --------------------------------------------------------------------------
     def send_message(self, contact: Contact, body: str, message_id: str | None) -> gevent.event.AsyncResult:

@@ -1,9 +1,9 @@
 """The node's persistent state: one SQLite database (`DATA_DIR/chatp2p.db`), one connection.
 
 `Store` owns that connection: it opens the file, runs the migrations, hands out write
-transactions and closes. The data is reached through its four repositories, one per
-aggregate: `store.contacts`, `store.messages`, `store.held` (messages from strangers) and
-`store.transfers`. They share the connection, so a transaction never spans two files.
+transactions and closes. The data is reached through its five repositories, one per
+aggregate: `store.contacts`, `store.messages`, `store.held` (messages from strangers),
+`store.transfers` and `store.groups`. They share the connection, so a transaction never spans two files.
 
 Durability: every write method commits before it returns. With the default
 `synchronous=NORMAL` in WAL mode a committed write survives a crash or kill of the
@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 from .contacts import ContactRepository
 from .errors import StoreError
+from .groups import GroupRepository
 from .held import HeldMessageRepository
 from .messages import MessageRepository
 from .migrations import MIGRATIONS, Migration, migrate
@@ -51,6 +52,7 @@ class Store:
         self.messages = MessageRepository(self)
         self.held = HeldMessageRepository(self)
         self.transfers = TransferRepository(self)
+        self.groups = GroupRepository(self)
 
     # ---- opening and closing -------------------------------------------------------
 

@@ -133,6 +133,125 @@ MIGRATIONS: tuple[Migration, ...] = (
         "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
         "ALTER TABLE contacts ADD COLUMN out_seq_floor INTEGER NOT NULL DEFAULT 0",
     ),
+    # 9: group chats (PROTOCOL §13): the groups, their signed records (the DAG every member
+    # holds a copy of), the sender keys received, the messages shown, who has which of ours,
+    # and each author's floor (the lowest seq kept after pruning).
+    (
+        """
+        CREATE TABLE groups (
+            id INTEGER PRIMARY KEY,
+            group_id BLOB NOT NULL UNIQUE CHECK (length(group_id) = 16),
+            name TEXT NOT NULL,
+            created REAL NOT NULL,
+            state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'left', 'removed')),
+            my_seq INTEGER NOT NULL DEFAULT 0 CHECK (my_seq >= 0),
+            key_epoch INTEGER NOT NULL DEFAULT 0 CHECK (key_epoch >= 0),
+            sender_key BLOB CHECK (sender_key IS NULL OR length(sender_key) = 32),
+            key_recipients TEXT NOT NULL DEFAULT '[]',
+            records_since_hybrid INTEGER NOT NULL DEFAULT 0,
+            last_hybrid_seq INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        """
+        CREATE TABLE group_records (
+            id INTEGER PRIMARY KEY,
+            group_ref INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            hash BLOB NOT NULL UNIQUE CHECK (length(hash) = 32),
+            author BLOB NOT NULL CHECK (length(author) = 32),
+            seq INTEGER NOT NULL CHECK (seq >= 1),
+            kind INTEGER NOT NULL,
+            depth INTEGER NOT NULL CHECK (depth >= 1),
+            data BLOB NOT NULL,
+            received REAL NOT NULL,
+            UNIQUE (group_ref, author, seq)
+        )
+        """,
+        "CREATE INDEX group_records_order ON group_records (group_ref, kind, depth, hash)",
+        "CREATE INDEX group_records_received ON group_records (group_ref, received)",
+        """
+        CREATE TABLE group_keys (
+            group_ref INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            author BLOB NOT NULL CHECK (length(author) = 32),
+            epoch INTEGER NOT NULL CHECK (epoch >= 1),
+            key BLOB NOT NULL CHECK (length(key) = 32),
+            PRIMARY KEY (group_ref, author, epoch)
+        )
+        """,
+        """
+        CREATE TABLE group_messages (
+            id INTEGER PRIMARY KEY,
+            group_ref INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            hash BLOB NOT NULL UNIQUE CHECK (length(hash) = 32),
+            author BLOB NOT NULL CHECK (length(author) = 32),
+            message_id TEXT NOT NULL,
+            depth INTEGER NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('text', 'file', 'gap')),
+            body TEXT NOT NULL,
+            file TEXT,
+            created REAL NOT NULL,
+            received REAL,
+            outgoing INTEGER NOT NULL DEFAULT 0 CHECK (outgoing IN (0, 1)),
+            read INTEGER NOT NULL DEFAULT 0 CHECK (read IN (0, 1)),
+            pq_verified INTEGER NOT NULL DEFAULT 0 CHECK (pq_verified IN (0, 1))
+        )
+        """,
+        "CREATE INDEX group_messages_order ON group_messages (group_ref, depth, hash)",
+        "CREATE INDEX group_messages_unread ON group_messages (group_ref, read)",
+        "CREATE UNIQUE INDEX group_messages_own_id ON group_messages (group_ref, message_id) WHERE outgoing = 1",
+        """
+        CREATE TABLE group_deliveries (
+            group_ref INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            record_hash BLOB NOT NULL CHECK (length(record_hash) = 32),
+            member BLOB NOT NULL CHECK (length(member) = 32),
+            PRIMARY KEY (record_hash, member)
+        )
+        """,
+        """
+        CREATE TABLE group_floors (
+            group_ref INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE,
+            author BLOB NOT NULL CHECK (length(author) = 32),
+            floor INTEGER NOT NULL CHECK (floor >= 1),
+            PRIMARY KEY (group_ref, author)
+        )
+        """,
+    ),
+    # 10: transfers with group peers (PROTOCOL §13.4, §13.7): a transfer's peer is a contact
+    # (contact_id) or, for a member of a group who is not a contact, its fingerprint
+    # (peer_fingerprint); group_id marks a group file's transfers. SQLite cannot drop a NOT
+    # NULL, so the table is rebuilt (nothing references it).
+    (
+        """
+        CREATE TABLE transfers_new (
+            id INTEGER PRIMARY KEY,
+            transfer_id TEXT NOT NULL UNIQUE,
+            contact_id INTEGER REFERENCES contacts(id) ON DELETE CASCADE,
+            peer_fingerprint BLOB CHECK (peer_fingerprint IS NULL OR length(peer_fingerprint) = 32),
+            group_id BLOB CHECK (group_id IS NULL OR length(group_id) = 16),
+            direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+            file_name TEXT NOT NULL,
+            path TEXT,
+            part_path TEXT,
+            size INTEGER NOT NULL CHECK (size >= 0),
+            chunk_size INTEGER NOT NULL CHECK (chunk_size > 0),
+            tag BLOB NOT NULL,
+            state TEXT NOT NULL,
+            stopped_by TEXT,
+            have TEXT NOT NULL DEFAULT '',
+            sha256 TEXT,
+            error TEXT,
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            CHECK ((contact_id IS NULL) != (peer_fingerprint IS NULL))
+        )
+        """,
+        "INSERT INTO transfers_new (id, transfer_id, contact_id, direction, file_name, path, part_path, size, "
+        "chunk_size, tag, state, stopped_by, have, sha256, error, created, updated) "
+        "SELECT id, transfer_id, contact_id, direction, file_name, path, part_path, size, chunk_size, tag, "
+        "state, stopped_by, have, sha256, error, created, updated FROM transfers",
+        "DROP TABLE transfers",
+        "ALTER TABLE transfers_new RENAME TO transfers",
+        "CREATE INDEX transfers_state ON transfers (state)",
+    ),
 )
 
 

@@ -27,7 +27,9 @@ class TransferRow(TypedDict):
 
     id: int
     transfer_id: str
-    contact_id: int
+    contact_id: int | None       # the peer: a contact, or (None) ...
+    peer_fingerprint: bytes | None  # ... a group peer (PROTOCOL §13.7), by its fingerprint
+    group_id: bytes | None       # a group file's transfer (PROTOCOL §13.4)
     direction: Literal["in", "out"]
     file_name: str
     path: str | None
@@ -45,7 +47,7 @@ class TransferRow(TypedDict):
 
 
 # The columns `update` may set (id, created and updated are the store's).
-COLUMNS = ("transfer_id", "contact_id", "direction", "file_name", "path", "part_path",
+COLUMNS = ("transfer_id", "contact_id", "peer_fingerprint", "group_id", "direction", "file_name", "path", "part_path",
            "size", "chunk_size", "tag", "state", "stopped_by", "have", "sha256", "error")
 
 
@@ -68,21 +70,25 @@ class TransferRepository:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def add(self, *, transfer_id: str, contact_id: int, direction: Literal["in", "out"],
+    def add(self, *, transfer_id: str, contact_id: int | None, direction: Literal["in", "out"],
             file_name: str, size: int, chunk_size: int, tag: bytes, state: str,
-            path: str | None = None, part_path: str | None = None) -> TransferRow:
-        """Insert a transfer; DuplicateError if its transfer_id is taken."""
+            path: str | None = None, part_path: str | None = None,
+            peer_fingerprint: bytes | None = None, group_id: bytes | None = None) -> TransferRow:
+        """Insert a transfer with a contact, or (contact_id None) with the group peer
+        `peer_fingerprint`; DuplicateError if its transfer_id is taken."""
+        if (contact_id is None) == (peer_fingerprint is None):
+            raise StoreError("a transfer's peer is a contact or a group peer's fingerprint, not both")
         now = time.time()
         with self._store.transaction() as conn:
             if conn.execute("SELECT 1 FROM transfers WHERE transfer_id = ?",
                             (transfer_id,)).fetchone() is not None:
                 raise DuplicateError(f"transfer_id {transfer_id!r} is already used")
             cur = conn.execute(
-                "INSERT INTO transfers (transfer_id, contact_id, direction, file_name, path, "
-                "part_path, size, chunk_size, tag, state, created, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (transfer_id, contact_id, direction, file_name, path, part_path, size,
-                 chunk_size, tag, _state(state), now, now))
+                "INSERT INTO transfers (transfer_id, contact_id, peer_fingerprint, group_id, direction, "
+                "file_name, path, part_path, size, chunk_size, tag, state, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (transfer_id, contact_id, peer_fingerprint, group_id, direction, file_name, path,
+                 part_path, size, chunk_size, tag, _state(state), now, now))
             return _row(conn.execute("SELECT * FROM transfers WHERE id = ?",
                                      (cur.lastrowid,)).fetchone())
 

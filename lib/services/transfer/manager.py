@@ -33,7 +33,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Optional
+from typing import Callable, Optional
 
 import gevent
 import gevent.event
@@ -46,6 +46,7 @@ from ...codec.filecodec import (
     UnsafeName, check_file_name, decode_data, decode_file_record, to_raw,
 )
 from ...contract import Direction, FileTransferProgress, Side, TransferRef, TransferState, TransferView
+from ...crypto.identity import short_id
 from ...net.peers import Link, Network
 from ...store import Contact, DuplicateError, Store
 from ...util import TokenBucket
@@ -65,6 +66,8 @@ from .pump import Pump
 
 log = logging.getLogger("chatp2p.transfer")
 DATA_TYPE = int(FileRecordType.DATA)  # compared for every record received: a plain int
+
+GroupOfferCheck = Callable[[Link, bytes], Optional[bytes]]  # (link, transfer id) -> group id or None
 
 
 # -- the manager ----------------------------------------------------------------------------------
@@ -92,21 +95,21 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
         self._wake = gevent.event.Event()
         self._stopping = False
         self._pump: Optional[gevent.Greenlet] = None
+        self._group_offer_check: Optional[GroupOfferCheck] = None
         network.observers.append(self)
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Load unfinished transfers and start the pump."""
         for row in reversed(self.store.transfers.recent((QUEUED, OFFERED, ACTIVE, PAUSED, FAILED), limit=100000)):
-            try:
-                contact = self.store.contacts.get_by_id(row["contact_id"])
-            except Exception:
+            peer = self._row_peer(row)
+            if peer is None:
                 continue
             transfer: Transfer
             if row["direction"] == "out":
-                transfer = Outgoing(row, contact.fingerprint, contact.name)
+                transfer = Outgoing(row, *peer)
             else:
-                transfer = Incoming(row, contact.fingerprint, contact.name)
+                transfer = Incoming(row, *peer)
             self._register(transfer)
             if isinstance(transfer, Incoming) and transfer.state in (ACTIVE, PAUSED, FAILED) and transfer.part_path:
                 self._reopen_part(transfer)
@@ -131,6 +134,18 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
                 self._close_fd(transfer)
             elif isinstance(transfer, Outgoing) and transfer.reader is None and transfer.fd is not None:
                 self._close_fd(transfer)
+
+    def _row_peer(self, row: dict) -> Optional[tuple[bytes, str]]:
+        """(fingerprint, name) of a stored transfer's peer: its contact, or a group peer
+        (named by its short ID); None if the contact is gone."""
+        if row["contact_id"] is None:
+            fingerprint = bytes(row["peer_fingerprint"])
+            return fingerprint, short_id(fingerprint)
+        try:
+            contact = self.store.contacts.get_by_id(row["contact_id"])
+        except Exception:
+            return None
+        return contact.fingerprint, contact.name
 
     def _close_fd(self, transfer: Transfer) -> None:
         if transfer.fd is not None:
@@ -164,6 +179,38 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
         if contact.blocked:
             raise TransferError(f"{contact.name} is blocked: unblock the contact to send it files")
         transfer_id = self._check_new_id(transfer_id)
+        transfer = self._new_outgoing(contact.fingerprint, contact.name, file_path, chunk_size, transfer_id,
+                                      contact_id=contact.id)
+        link = self.network.links.get(contact.fingerprint)
+        if link is not None and link.connected:
+            self._offer(link, transfer, time.monotonic())
+            return transfer, True
+        return transfer, False
+
+    def send_file_to_link(self, link: Link, file_path: str, transfer_id: bytes, group_id: bytes) -> Outgoing:
+        """Offer a group file to one member (PROTOCOL §13.4): a contact or a group peer. The
+        transfer id is the announcement's (32 hex digits of `transfer_id` on the wire); offered
+        now if the link is up, else whenever a session with that member comes up."""
+        if not isinstance(transfer_id, bytes) or len(transfer_id) != 16 \
+                or not isinstance(group_id, bytes) or len(group_id) != 16:
+            raise InvalidTransferRequest("a group file's transfer id and group id are 16 bytes each")
+        if link.contact_id is None and not link.group_peer:
+            raise TransferError(f"{link.name} is neither a contact nor a member of a group we are in")
+        text_id = self._check_new_id(transfer_id.hex())
+        transfer = self._new_outgoing(link.fingerprint, link.name, file_path, None, text_id,
+                                      contact_id=link.contact_id, group_id=group_id)
+        if link.connected:
+            self._offer(link, transfer, time.monotonic())
+        return transfer
+
+    def set_group_offer_check(self, check: Optional[GroupOfferCheck]) -> None:
+        """Offers whose transfer id `check(link, id)` maps to a group are a group file's: taken
+        from group peers too (not only contacts), and `file_offer` names the group."""
+        self._group_offer_check = check
+
+    def _new_outgoing(self, fingerprint: bytes, peer: str, file_path: str, chunk_size: Optional[int],
+                      transfer_id: str, contact_id: Optional[int], group_id: Optional[bytes] = None) -> Outgoing:
+        """Open the source, record the transfer (QUEUED) and register it."""
         chunk_size = DEFAULT_CHUNK if chunk_size is None else chunk_size
         if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
             raise InvalidTransferRequest(f"chunk_size must be between {MIN_CHUNK} and {MAX_CHUNK} bytes")
@@ -178,7 +225,7 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
             fd, size, _, tag = self.pool.apply(open_source, (path, chunk_size))
         except OSError as exc:
             reason = f"Cannot read {file_path}: {os_reason(exc)}"
-            self.publish("file_transfer_failed", {"transfer_id": transfer_id, "peer": contact.name,
+            self.publish("file_transfer_failed", {"transfer_id": transfer_id, "peer": peer,
                                                   "direction": Direction.OUT, "file_name": name, "size": None,
                                                   "reason": reason})
             raise TransferError(reason) from None
@@ -186,20 +233,17 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
             os.close(fd)
             raise TransferError(f"{file_path} is too large ({size} bytes, at most {MAX_FILE_SIZE})")
         try:
-            row = self.store.transfers.add(transfer_id=transfer_id, contact_id=contact.id, direction="out",
+            row = self.store.transfers.add(transfer_id=transfer_id, contact_id=contact_id, direction="out",
                                           file_name=name, path=path, size=size, chunk_size=chunk_size,
-                                          tag=tag, state=QUEUED)
+                                          tag=tag, state=QUEUED, group_id=group_id,
+                                          peer_fingerprint=fingerprint if contact_id is None else None)
         except DuplicateError as exc:
             os.close(fd)
             raise TransferError(str(exc)) from None
-        transfer = Outgoing(row, contact.fingerprint, contact.name)
+        transfer = Outgoing(row, fingerprint, peer)
         transfer.fd = fd
         self._register(transfer)
-        link = self.network.links.get(contact.fingerprint)
-        if link is not None and link.connected:
-            self._offer(link, transfer, time.monotonic())
-            return transfer, True
-        return transfer, False
+        return transfer
 
     def _check_new_id(self, transfer_id: Optional[str]) -> str:
         if transfer_id is None or transfer_id == "":
@@ -314,10 +358,8 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
         seen = set(self.transfers)
         for row in self.store.transfers.recent(limit=200):
             if row["transfer_id"] not in seen:
-                try:
-                    peer = self.store.contacts.get_by_id(row["contact_id"]).name
-                except Exception:
-                    peer = None
+                known = self._row_peer(row)
+                peer = known[1] if known is not None else None
                 views.append({"transfer_id": row["transfer_id"], "peer": peer, "direction": Direction(row["direction"]),
                               "file_name": row["file_name"], "size": row["size"], "path": row["path"],
                               "state": TransferState(row["state"]),

@@ -126,7 +126,8 @@ class Transfer:
     def __init__(self, row: dict, fingerprint: bytes, peer: str) -> None:
         self.transfer_id: str = row["transfer_id"]
         self.tid = transfer_wire_id(self.transfer_id)
-        self.contact_id: int = row["contact_id"]
+        self.contact_id: Optional[int] = row["contact_id"]   # None: a group peer (PROTOCOL §13.7)
+        self.group_id: Optional[bytes] = row.get("group_id")  # a group file's (PROTOCOL §13.4)
         self.fingerprint = fingerprint
         self.peer = peer
         self.name: str = row["file_name"]

@@ -88,7 +88,8 @@ class Receiving:
         if refused is not None:
             self._send_control(link, [to_raw(AnswerRecord(offer.tid, Answer.FAILED, reason=refused))])
             return
-        reason = self._check_offer(link, offer)
+        group_id = self._offer_group(link, offer)
+        reason = self._check_offer(link, offer, group_id)
         if reason is not None:
             self._refuse(link, offer, reason)
             return
@@ -96,14 +97,19 @@ class Receiving:
             name = check_file_name(offer.name)
             row = self.store.transfers.add(transfer_id=offer.transfer_id, contact_id=link.contact_id,
                                           direction="in", file_name=name, size=offer.size,
-                                          chunk_size=offer.chunk_size, tag=offer.tag, state=OFFERED)
+                                          chunk_size=offer.chunk_size, tag=offer.tag, state=OFFERED,
+                                          group_id=group_id,
+                                          peer_fingerprint=link.fingerprint if link.contact_id is None else None)
         except (UnsafeName, DuplicateError) as exc:
             self._refuse(link, offer, str(exc))
             return
         transfer = Incoming(row, link.fingerprint, link.name)
         self._register(transfer)
         self.counters["file_offers"] += 1
-        self.publish("file_offer", self._event(transfer, chunk_size=transfer.chunk_size))
+        if group_id is not None:
+            self.publish("file_offer", self._event(transfer, chunk_size=transfer.chunk_size, group=group_id.hex()))
+        else:
+            self.publish("file_offer", self._event(transfer, chunk_size=transfer.chunk_size))
         contact = self.store.contacts.get_by_id(link.contact_id) if link.contact_id is not None else None
         if self.auto_accept and contact is not None and contact.verified:
             try:
@@ -112,6 +118,20 @@ class Receiving:
             except TransferError as exc:
                 log.warning("cannot auto-accept %s: %s", transfer.transfer_id, exc)
         self._send_control(link, [to_raw(AnswerRecord(offer.tid, Answer.PENDING))])
+
+    def _offer_group(self, link: Link, offer: Offer) -> Optional[bytes]:
+        """The group whose file announcement this offer belongs to (PROTOCOL §13.4: its
+        transfer id is 32 hex digits the group service knows), else None."""
+        check = self._group_offer_check
+        text = offer.transfer_id
+        if check is None or len(text) != 32 or any(ch not in "0123456789abcdef" for ch in text):
+            return None
+        try:
+            group_id = check(link, bytes.fromhex(text))
+        except Exception:  # the group service's bug: the offer is judged as an ordinary one
+            log.exception("group offer check failed for %s", link.name)
+            return None
+        return group_id if isinstance(group_id, bytes) and len(group_id) == 16 else None
 
     def _finished_answer(self, link: Link, tid: bytes) -> AnswerRecord:
         """The answer about a transfer no longer in memory (finished this run, or unknown)."""
@@ -128,9 +148,11 @@ class Receiving:
         if not offer.transfer_id or transfer_wire_id(offer.transfer_id) != offer.tid:
             return None
         row = self.store.transfers.get(offer.transfer_id)
-        if row is None or row["direction"] != "in" or row["contact_id"] != link.contact_id:
+        if row is None or row["direction"] != "in":
             return None
-        return row
+        same_peer = row["contact_id"] == link.contact_id if link.contact_id is not None \
+            else row["peer_fingerprint"] == link.fingerprint
+        return row if same_peer else None
 
     def _row_answer(self, tid: bytes, row: dict) -> AnswerRecord:
         state = row["state"]
@@ -142,9 +164,9 @@ class Receiving:
             return AnswerRecord(tid, Answer.CANCELLED, reason="cancelled")
         return AnswerRecord(tid, Answer.FAILED, reason=(row["error"] or state)[:200])
 
-    def _check_offer(self, link: Link, offer: Offer) -> Optional[str]:
-        """Why an offer must be refused, or None."""
-        if link.is_stranger:
+    def _check_offer(self, link: Link, offer: Offer, group_id: Optional[bytes]) -> Optional[str]:
+        """Why an offer must be refused, or None. A group peer's must be a group file's."""
+        if link.contact_id is None and (group_id is None or not link.group_peer):
             return "not a contact: offers are accepted from contacts only"
         if not offer.transfer_id or len(offer.transfer_id) > MAX_TRANSFER_ID_CHARS \
                 or any(ord(ch) < 32 or ord(ch) == 127 for ch in offer.transfer_id):

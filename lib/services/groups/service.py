@@ -1,0 +1,995 @@
+"""The group chat service (PROTOCOL §13): writes records, checks and stores the ones members
+send, and keeps every member's copy in step by anti-entropy.
+
+One `GroupService` runs inside a `P2P`. It is a LinkObserver of the Network (GROUP records
+come through its `GroupChannel`) and the network's GroupPeerDirectory (members who are not
+contacts may open sessions). The pure parts are elsewhere: record and frame codecs
+(codec/grouprecord.py), signatures and sender keys (crypto/groupcrypto.py), membership replay
+(membership.py), sync planning (sync.py); anti-entropy's frames are antientropy.py's. This
+module is the I/O and the flows:
+
+- writing: every record names the DAG's heads as parents, is signed, stored, then sent to
+  every connected member; a MESSAGE is preceded by a KEY when the sender key was not given to
+  exactly the current members (rotation), and by hybrid signatures as §13.5 says;
+- receiving: well-formed, signed by a known member, depth, fork, rate and acceptance checks;
+  records whose author is not known yet wait (pending); new operations replay the membership;
+- anti-entropy: HAVE on link up, every 10 s ±20 % and as a receipt; RECORDS answer what a
+  peer lacks and is entitled to; HINTs introduce members who are not connected to each other.
+
+Events are published after the commit of what they report (exactly once, like messages).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import uuid
+from typing import Any, Callable, Optional
+
+from ...codec.grouprecord import (MAX_MEMBERS, OPERATIONS, FileAnnounce, GroupWireError,
+                                  Have, Hint, Kind, MessagePlain, Record, RecordsFrame, SigKind,
+                                  decode_add, decode_create, decode_frame, decode_key,
+                                  decode_plain, decode_remove, encode_add, encode_create,
+                                  encode_frame, encode_key, encode_plain, encode_promote, encode_remove,
+                                  encode_rename, group_file_transfer_id)
+from ...codec.wire import Record as WireRecord
+from ...crypto import groupcrypto, identity as ident, pqc
+from ...errors import Invalid, NotFound, Refused
+from ...net.peers import Link, Network
+from ...contract import GroupView
+from ...passes import PassRunner
+from ...store import Contact, Group, Store
+from .antientropy import IN_FLIGHT, AntiEntropy, decode as _decode, jitter
+from .channel import GroupChannel
+from .events import GroupEvents
+from .live import Live
+from .membership import MembershipState, accepts, entitled, order_key, replay
+from .sync import TokenBucket
+from .views import contact_name, group_view, ids, member_view, message_view
+
+log = logging.getLogger("chatp2p.groups")
+
+MAX_GROUPS = 64
+MAX_RECORDS = 100_000          # stored per group (§13.9): the oldest non-operations go first
+MAX_PENDING = 1024             # records waiting for their author's ADD, per group
+PENDING_TTL = 600.0
+CHECKPOINT_AFTER = 10.0        # s: our MESSAGEs not covered by a hybrid signature get a CHECKPOINT
+TIMER_STEP = 0.25              # s between timer passes (the network ticks every 20 ms)
+PRUNE_INTERVAL = 3600.0
+MAX_CANDIDATES = 8             # groups we may be joining (operations received, not decided yet)
+MAX_CANDIDATE_RECORDS = 1024
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_ID_CHARS = 128
+
+Publish = Callable[[str, Any], Any]
+
+
+class GroupError(Invalid):
+    """A group request that cannot be done as asked."""
+
+
+class GroupRefused(Refused):
+    """Not allowed: not an admin, not a member, the group was left."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class GroupService:
+    """Every group of this node; see the module docstring."""
+
+    def __init__(self, identity: ident.Identity, backend: pqc.Backend, store: Store, network: Network,
+                 transfers: Any, publish: Publish, retention: float = 30 * 86400,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.identity = identity
+        self.me = identity.fingerprint
+        self.backend = backend
+        self.store = store
+        self.network = network
+        self.transfers = transfers
+        self.publish = publish
+        self.name_of = contact_name(store.contacts)
+        self.events = GroupEvents(publish, self.name_of)
+        self.retention = retention
+        self.clock = clock
+        self.counters = network.counters
+        self.groups: dict[bytes, Live] = {}
+        self.candidates: dict[bytes, dict[bytes, Record]] = {}
+        self.announced: dict[bytes, tuple[bytes, bytes]] = {}   # group file transfer id -> (group_id, author)
+        self.bucket = TokenBucket()
+        self.connect_contact: Callable[[Contact], None] = lambda contact: None
+        self._next_timer = 0.0
+        self._next_prune = 0.0
+        self._pass = PassRunner(self._flush, "groups")
+        self._dirty: dict[bytes, Link] = {}
+        self.channel = GroupChannel(network, self._on_frame)
+        self.sync = AntiEntropy(self.me, store, network, self.channel, self.events, clock)
+        self._load()
+        network.observers.append(self)
+        network.set_group_peers(self)
+        if hasattr(transfers, "set_group_offer_check"):
+            transfers.set_group_offer_check(self._group_offer)
+
+    def stop(self) -> None:
+        self._pass.stop()
+
+    # -- loading ------------------------------------------------------------------------------
+    def _load(self) -> None:
+        for row in self.store.groups.list_groups():
+            live = self._build(row)
+            self.groups[live.group_id] = live
+            self._open_sealed(live)
+
+    def _build(self, row: Group) -> Live:
+        group_id = bytes(row.group_id)
+        live = Live(row, group_id, replay(group_id, ()))
+        for stored in self.store.groups.records(row):
+            record = _decode(stored.data)
+            if record is not None:
+                live.index(record)
+        live.floors = dict(self.store.groups.floors(row))
+        live.replay()
+        for stored in self.store.groups.undecrypted(row):
+            record = _decode(stored.data)
+            if record is not None:
+                live.sealed[record.hash()] = record
+        seq_of = {digest: seq for (author, seq), digest in live.by_seq.items() if author == self.me}
+        for message in self.store.groups.outgoing_messages(row):
+            seq = seq_of.get(message.hash)
+            if seq is not None:
+                live.own[seq] = (message.hash, message.message_id)
+        return live
+
+    # -- the directory the network asks (GroupPeerDirectory) -------------------------------------
+    def group_peer_bundle(self, fingerprint: bytes) -> Optional[bytes]:
+        """The bundle of `fingerprint` when it is a member of a group we are a member of."""
+        for live in self.groups.values():
+            if live.state != "active" or not live.membership.is_member(self.me):
+                continue
+            member = live.membership.members.get(fingerprint)
+            if member is not None and fingerprint != self.me:
+                return member.bundle
+        return None
+
+    def _common(self, fingerprint: bytes) -> list[Live]:
+        return [live for live in self.groups.values() if live.state == "active"
+                and live.membership.is_member(self.me) and live.membership.is_member(fingerprint)]
+
+    # -- the API's interface -------------------------------------------------------------------
+    def create(self, name: str, members: list[Contact]) -> dict:
+        name = _check_name(name)
+        if self._active_count() >= MAX_GROUPS:
+            raise GroupRefused(f"Too many groups (at most {MAX_GROUPS})")
+        if len(members) > MAX_MEMBERS - 1:
+            raise GroupError(f"Too many members (at most {MAX_MEMBERS - 1} besides you)")
+        bundles = []
+        for contact in members:
+            bundles.append((contact, self._contact_bundle(contact)))
+        draft = Record(Kind.CREATE, bytes(16), self.me, 1, bytes(32), 1, _now_ms(), 0, SigKind.HYBRID, (),
+                       encode_create(name, self.identity.bundle.encode()))
+        create = groupcrypto.sign_record(draft, self.identity.sig_private, self.backend)
+        group_id = create.hash()[:16]
+        row = self.store.groups.create_group(group_id, name, time.time())
+        live = Live(row, group_id, replay(group_id, ()))
+        self.groups[group_id] = live
+        self._commit(live, [create], None)
+        for contact, bundle in bundles:
+            if contact.fingerprint in live.membership.members:
+                continue
+            self._write_op(live, Kind.ADD, encode_add(0, bundle))
+        self.events.joined(group_id, live.membership.name, live.membership.members)
+        for contact, _ in bundles:
+            self._welcome(live, contact)
+        return self.info(live.hex)
+
+    def list(self) -> list[dict]:
+        unread = self.store.groups.unread_counts()
+        return [dict(self._view(live, unread)) for live in self.groups.values()]
+
+    def info(self, group: str) -> dict:
+        live = self._find(group)
+        view: dict[str, Any] = dict(self._view(live, self.store.groups.unread_counts()))
+        view.update(records=self.store.groups.record_count(live.row), pending=len(live.pending),
+                    key_epoch=live.row.key_epoch, former=ids(live.membership.former))
+        return view
+
+    def invite(self, group: str, contact: Contact) -> dict:
+        live = self._writable(group, admin=True)
+        if contact.fingerprint in live.membership.members:
+            raise GroupError(f"{contact.name} is already a member of {live.membership.name}")
+        if len(live.membership.members) >= MAX_MEMBERS:
+            raise GroupRefused(f"The group is full (at most {MAX_MEMBERS} members)")
+        self._write_op(live, Kind.ADD, encode_add(0, self._contact_bundle(contact)))
+        self._welcome(live, contact)
+        return self.info(live.hex)
+
+    def _welcome(self, live: Live, contact: Contact) -> None:
+        """§13.3 Joining: the adder sends the new member a HAVE as soon as they are connected
+        (now, or on link up); its empty answer brings it every operation."""
+        link = self.network.link_for_fingerprint(contact.fingerprint)
+        if link is not None and link.connected:
+            self.sync.send_have(live, link)
+        else:
+            self.connect_contact(contact)
+
+    def remove(self, group: str, peer: str) -> dict:
+        live = self._writable(group, admin=True)
+        target = self._member_fp(live, peer)
+        if target == self.me:
+            raise GroupError("Use leave to leave a group")
+        self._write_op(live, Kind.REMOVE, encode_remove(target, live.highest(target)))
+        return self.info(live.hex)
+
+    def promote(self, group: str, peer: str) -> dict:
+        live = self._writable(group, admin=True)
+        target = self._member_fp(live, peer)
+        if live.membership.is_admin(target):
+            raise GroupError("That member is already an admin")
+        self._write_op(live, Kind.PROMOTE, encode_promote(target))
+        return self.info(live.hex)
+
+    def rename(self, group: str, name: str) -> dict:
+        live = self._writable(group, admin=True)
+        self._write_op(live, Kind.RENAME, encode_rename(_check_name(name)))
+        return self.info(live.hex)
+
+    def leave(self, group: str) -> dict:
+        live = self._writable(group)
+        self._write_op(live, Kind.LEAVE, b"")
+        return self.info(live.hex)
+
+    def submit_message(self, group: str, body: str, message_id: Optional[str]) -> dict:
+        live = self._writable(group)
+        message_id = _check_message(body, message_id)
+        if self.store.groups.own_message(live.row, message_id) is not None:
+            raise GroupError(f"message_id {message_id!r} was already used in this group")
+        record = self._write_message(live, MessagePlain(message_id, text=body))
+        sent = self._pushed_to(live, record)
+        return {"group": live.hex, "message_id": message_id, "state": "sent" if sent else "queued"}
+
+    def history(self, group: str, limit: int, before: Optional[str]) -> dict:
+        live = self._find(group)
+        anchor = None
+        if before is not None:
+            try:
+                anchor = bytes.fromhex(before)
+            except ValueError:
+                raise GroupError("Field 'before' must be a message's hash (hex) from history") from None
+        messages = self.store.groups.history(live.row, limit, anchor)
+        others = {fp for fp in live.membership.members if fp != self.me}
+        views = []
+        for message in messages:
+            holders = self.store.groups.deliveries(live.row, message.hash) if message.outgoing else set()
+            views.append(message_view(message, self.name_of, holders, bool(others) and others <= holders))
+        return {"group": live.hex, "name": live.membership.name, "messages": views}
+
+    def mark_read(self, group: str) -> dict:
+        live = self._find(group)
+        count = self.store.groups.mark_read(live.row)
+        return {"group": live.hex, "marked": count}
+
+    def send_file(self, group: str, file_path: str) -> dict:
+        live = self._writable(group)
+        path = os.path.expanduser(file_path)
+        if not os.path.isabs(path):
+            raise GroupError(f"file_path must be an absolute path, got {file_path!r}")
+        try:
+            size = os.path.getsize(path)
+        except OSError as exc:
+            raise GroupError(f"Cannot read {file_path}: {exc.strerror or exc}") from None
+        file_id = uuid.uuid4().bytes
+        message_id = uuid.uuid4().hex
+        announce = FileAnnounce(file_id, size, os.path.basename(path)[:255])
+        self._write_message(live, MessagePlain(message_id, file=announce))
+        live.files[file_id] = (path, set())
+        offered = sum(self._offer_file(live, file_id, fp) for fp in sorted(live.membership.members))
+        return {"group": live.hex, "message_id": message_id, "file_id": file_id.hex(), "name": announce.name,
+                "size": size, "offered": offered}
+
+    def _offer_file(self, live: Live, file_id: bytes, fp: bytes) -> bool:
+        """Offer an announced file of ours to a connected member who was not offered it yet
+        (members who connect later get it on link up, while this process runs)."""
+        path, offered = live.files[file_id]
+        link = self.network.link_for_fingerprint(fp) if fp != self.me else None
+        if link is None or not link.connected or fp in offered:
+            return False
+        offered.add(fp)
+        try:
+            self.transfers.send_file_to_link(link, path, group_file_transfer_id(file_id, fp), live.group_id)
+        except Exception as exc:  # one member's failure must not stop the others' offers
+            log.warning("group file offer to %s failed: %s", link.name, exc)
+            return False
+        return True
+
+    # -- finding -------------------------------------------------------------------------------
+    def _find(self, group: str) -> Live:
+        if not isinstance(group, str) or not group:
+            raise GroupError("Field 'group' must be a group id or name")
+        text = group.strip().lower()
+        if len(text) == 32:
+            try:
+                live = self.groups.get(bytes.fromhex(text))
+            except ValueError:
+                live = None
+            if live is not None:
+                return live
+        wanted = group.strip().casefold()
+        found = [live for live in self.groups.values() if live.membership.name.casefold() == wanted]
+        if len(found) > 1:
+            raise GroupError(f"Several groups are named {group!r}: use the group id")
+        if not found:
+            raise NotFound(f"No group {group!r}")
+        return found[0]
+
+    def _writable(self, group: str, admin: bool = False) -> Live:
+        live = self._find(group)
+        if live.state != "active" or not live.membership.is_member(self.me):
+            raise GroupRefused(f"You are no longer a member of {live.membership.name}")
+        if admin and not live.membership.is_admin(self.me):
+            raise GroupRefused(f"Only an admin of {live.membership.name} can do that")
+        return live
+
+    def _member_fp(self, live: Live, peer: str) -> bytes:
+        if not isinstance(peer, str) or not peer:
+            raise GroupError("Field 'peer' must be a contact name or an ID")
+        contact = self._contact_named(peer)
+        if contact is not None:
+            fp = contact.fingerprint
+        else:
+            try:
+                fp = ident.parse_id(peer)
+            except ident.IdentityError:
+                raise NotFound(f"No contact or ID {peer!r}") from None
+        if fp not in live.membership.members:
+            raise NotFound(f"{peer} is not a member of {live.membership.name}")
+        return fp
+
+    def _contact_named(self, name: str) -> Optional[Contact]:
+        try:
+            return self.store.contacts.get(name)
+        except Exception:
+            return None
+
+    def _contact_bundle(self, contact: Contact) -> bytes:
+        if contact.blocked:
+            raise GroupRefused(f"{contact.name} is blocked")
+        if not contact.bundle:
+            raise GroupError(f"The key of {contact.name} is not known yet: connect to it once "
+                             f"(p2p connect or contacts negotiate_keys) before adding it to a group")
+        return ident.Bundle.from_base64(contact.bundle).encode()
+
+    def _active_count(self) -> int:
+        return sum(1 for live in self.groups.values() if live.state == "active")
+
+    # -- writing -------------------------------------------------------------------------------
+    def _draft(self, live: Live, kind: Kind, body: bytes, sig_kind: SigKind, key_epoch: int = 0) -> Record:
+        seq = live.highest(self.me) + 1
+        prev = live.by_seq.get((self.me, seq - 1), bytes(32))
+        parents = live.parents()
+        return Record(kind, live.group_id, self.me, seq, prev, live.next_depth(parents, prev), _now_ms(),
+                      key_epoch, sig_kind, parents, body)
+
+    def _sign(self, draft: Record) -> Record:
+        return groupcrypto.sign_record(draft, self.identity.sig_private, self.backend)
+
+    def _write_op(self, live: Live, kind: Kind, body: bytes) -> Record:
+        record = self._sign(self._draft(live, kind, body, SigKind.HYBRID))
+        self._commit(live, [record], None)
+        return record
+
+    def _write_message(self, live: Live, plain: MessagePlain) -> Record:
+        if self._needs_rotation(live):
+            self._rotate(live)
+        row = live.row
+        epoch = row.key_epoch
+        assert row.sender_key is not None
+        key = bytes(row.sender_key)
+        first_after_key = live.key_seqs.get(self.me) == live.highest(self.me)
+        hybrid = groupcrypto.needs_hybrid(row.records_since_hybrid, first_after_key)
+        draft = self._draft(live, Kind.MESSAGE, b"", SigKind.HYBRID if hybrid else SigKind.ED25519, epoch)
+        body = groupcrypto.encrypt_message(key, draft, encode_plain(plain))
+        record = self._sign(_with_body(draft, body))
+        self._commit(live, [record], None)
+        return record
+
+    def _needs_rotation(self, live: Live) -> bool:
+        row = live.row
+        if not row.sender_key or not row.key_epoch:
+            return True
+        if live.key_epochs.get(self.me) != row.key_epoch:
+            return True   # a crash between saving the key and storing its KEY: nobody has it
+        return set(row.key_recipients) != {fp for fp in live.membership.members if fp != self.me}
+
+    def _rotate(self, live: Live) -> None:
+        """A new sender key for exactly the current members (§13.4 Rotation)."""
+        epoch = max(live.row.key_epoch, live.key_epochs.get(self.me, 0)) + 1
+        key = groupcrypto.new_sender_key()
+        while not self.store.groups.put_key(live.row, self.me, epoch, key):
+            epoch += 1   # a key saved just before a crash, never sent: its epoch is skipped
+        envelopes = []
+        recipients = []
+        for fp, member in sorted(live.membership.members.items()):
+            if fp == self.me:
+                continue
+            bundle = ident.Bundle.decode(member.bundle)
+            envelopes.append(groupcrypto.seal_sender_key(bundle, key, live.group_id, self.me, epoch))
+            recipients.append(fp)
+        record = self._sign(self._draft(live, Kind.KEY, encode_key(envelopes), SigKind.HYBRID, epoch))
+        live.row = self.store.groups.update_group(live.row, key_epoch=epoch, sender_key=key,
+                                                  key_recipients=recipients)
+        self._commit(live, [record], None)
+
+    # -- receiving and storing -----------------------------------------------------------------
+    def _check(self, live: Live, record: Record, link: Optional[Link]) -> Optional[str]:
+        """Why `record` is not taken (a counter name), or None to take it. Its author's bundle
+        is known (the caller made sure)."""
+        digest = record.hash()
+        if digest in live.depth:
+            return "group_records_duplicate"
+        if record.kind == Kind.CREATE:
+            if digest[:16] != live.group_id:
+                return "group_records_bad"
+        elif record.group_id != live.group_id:
+            return "group_records_bad"
+        bundle = _author_bundle(live.membership, record)
+        if bundle is None:
+            return "pending"
+        try:
+            sig_public = ident.Bundle.decode(bundle).sig_public
+        except Exception:
+            return "group_records_bad"
+        if not groupcrypto.verify_record(record, sig_public, self.backend):
+            return "group_records_forged"
+        other = live.by_seq.get((record.author, record.seq))
+        if other is not None and other != digest:
+            return "group_forks"
+        if not live.depth_ok(record):
+            return "group_records_bad"
+        if record.kind not in OPERATIONS and not accepts(live.membership, record):
+            return "group_records_nonmember"
+        if link is not None and link.fingerprint == record.author and record.author != self.me \
+                and not self._solicited(live, link, record) and not self.bucket.take(record.author, self.clock()):
+            return "group_rate_limited"
+        return None
+
+    def _solicited(self, live: Live, link: Link, record: Record) -> bool:
+        """Part of the answer to our last full HAVE (at most 1 MiB, for 10 s)? The per-author
+        rate limit (§13.9) is for what an author pushes unasked, not for what we asked for: a
+        member catching up from the author itself is not held to 4 records a second."""
+        state = live.peers.get(link.fingerprint)
+        size = len(record.signed_part()) + len(record.signature)
+        if state is None or state.grant < size or self.clock() > state.grant_until:
+            return False
+        state.grant -= size
+        return True
+
+    def _receive(self, live: Live, link: Link, records: list[Record]) -> None:
+        """Check and store records one member sent for a group we hold (§13.6 step 5)."""
+        queue = [r for r in records if r.hash() not in live.depth]
+        if len(queue) < len(records):   # copies (a relay's resend, or a replay): stored once
+            self.counters["group_records_duplicate"] += len(records) - len(queue)
+        queue.extend(r for r, _ in live.pending.values())
+        live.pending.clear()
+        taken: list[Record] = []
+        progress = True
+        while queue and progress:
+            progress = False
+            rest = []
+            for record in sorted(queue, key=lambda r: (r.kind not in OPERATIONS, order_key(r))):
+                verdict = self._check(live, record, link)
+                if verdict == "pending":
+                    rest.append(record)
+                    continue
+                if verdict is None:
+                    taken.append(record)
+                    if record.kind in OPERATIONS:   # later ones may need the bundle it names
+                        self._commit(live, taken, link)
+                        taken = []
+                        progress = True
+                elif verdict != "group_records_duplicate":
+                    self.counters[verdict] += 1
+                else:
+                    self.counters["group_records_duplicate"] += 1
+            queue = rest
+        if taken:
+            self._commit(live, taken, link)
+        now = self.clock()
+        for record in queue:
+            if len(live.pending) >= MAX_PENDING:
+                self.counters["group_pending_dropped"] += 1
+                continue
+            live.pending[record.hash()] = (record, now)
+        if queue:
+            self.sync.send_have(live, link)   # the sender supplies the operations we lack
+
+    def _commit(self, live: Live, records: list[Record], link: Optional[Link]) -> None:
+        """Store records (one transaction), index them, then do what they cause."""
+        if not records:
+            return
+        now = time.time()
+        new = self.store.groups.add_records(live.row, [(r, now) for r in records])
+        new_hashes = {r.hash() for r in new}
+        fresh = [r for r in records if r.hash() in new_hashes]
+        mono = self.clock()
+        for record in fresh:
+            live.index(record)
+            live.recent[record.hash()] = mono
+        own = [r for r in fresh if r.author == self.me]
+        if own:   # before the replay: a LEAVE or REMOVE still reaches those it ends
+            self._push(live, own)
+        before = live.membership
+        if any(r.kind in OPERATIONS for r in fresh):
+            after = live.replay()
+            self._membership_changed(live, before, after)
+        for record in fresh:
+            if record.author == self.me:
+                self._after_own(live, record)
+        for record in fresh:
+            if record.kind == Kind.KEY and record.author != self.me:
+                self._take_key(live, record)
+        for record in fresh:
+            if record.kind == Kind.MESSAGE:
+                live.sealed[record.hash()] = record
+        if live.sealed:
+            self._open_sealed(live)
+        self._mark_pq(live, fresh)
+        if link is not None:
+            state = self.sync.peer(live, link.fingerprint)
+            state.changed.update(r.author for r in fresh)
+            state.have_due = True
+            self._dirty[link.fingerprint] = link
+            self._pass.poke()
+
+    def _after_own(self, live: Live, record: Record) -> None:
+        row = live.row
+        if record.sig_kind == SigKind.HYBRID:
+            fields = {"records_since_hybrid": 0, "last_hybrid_seq": record.seq, "my_seq": record.seq}
+            live.uncovered_since = None
+        else:
+            fields = {"records_since_hybrid": row.records_since_hybrid + 1, "my_seq": record.seq}
+            if live.uncovered_since is None:
+                live.uncovered_since = self.clock()
+        live.row = self.store.groups.update_group(row, **fields)
+
+    def _push(self, live: Live, records: list[Record]) -> None:
+        """§13.6 step 3: our new records go at once to every connected member."""
+        if live.state != "active" and not any(r.kind == Kind.LEAVE for r in records):
+            return
+        for fp in set(live.membership.members) | _former_now(live, records):
+            if fp == self.me:
+                continue
+            link = self.network.link_for_fingerprint(fp)
+            if link is None or not link.connected:
+                continue
+            sendable = [r for r in records if r.kind in OPERATIONS or entitled(live.membership, fp, r)]
+            self.sync.send_records(live, link, [r.encode() for r in sendable])
+
+    def _take_key(self, live: Live, record: Record) -> None:
+        try:
+            envelopes = decode_key(record.body)
+        except GroupWireError:
+            self.counters["group_records_bad"] += 1
+            return
+        for envelope in envelopes:
+            if envelope.recipient != self.me:
+                continue
+            try:
+                key = groupcrypto.open_sender_key(self.identity.kem_seed, envelope, live.group_id,
+                                                  record.author, record.key_epoch, self.me)
+            except Exception:
+                self.counters["group_keys_bad"] += 1
+                return
+            self.store.groups.put_key(live.row, record.author, record.key_epoch, key)
+            return
+
+    def _open_sealed(self, live: Live) -> None:
+        """Show the MESSAGEs whose key we now hold (exactly once: by record hash)."""
+        keys: dict[tuple[bytes, int], Optional[bytes]] = {}
+        opened = []
+        for digest, record in list(live.sealed.items()):
+            slot = (record.author, record.key_epoch)
+            if slot not in keys:
+                keys[slot] = self.store.groups.get_key(live.row, record.author, record.key_epoch)
+            key = keys[slot]
+            if key is None:
+                continue
+            del live.sealed[digest]
+            try:
+                plain = decode_plain(groupcrypto.decrypt_message(key, record))
+            except Exception:
+                self.counters["group_records_undecryptable"] += 1
+                continue
+            opened.append((record, plain))
+        if not opened:
+            return
+        opened.sort(key=lambda item: order_key(item[0]))
+        now = time.time()
+        for record, plain in opened:
+            outgoing = record.author == self.me
+            message = self.store.groups.add_message(
+                live.row, hash=record.hash(), author=record.author, message_id=plain.message_id,
+                depth=record.depth, kind="file" if plain.file is not None else "text",
+                body=plain.text or "", file=_file_view(plain.file), created=record.created_ms / 1000,
+                received=now, outgoing=outgoing, pq_verified=record.sig_kind == SigKind.HYBRID)
+            if plain.file is not None and not outgoing:
+                self.announced[group_file_transfer_id(plain.file.file_id, self.me)] = (live.group_id, record.author)
+            if message is None:
+                continue  # already shown (a copy after a restart)
+            if outgoing:
+                live.own[record.seq] = (record.hash(), plain.message_id)
+                continue
+            self.events.message_received(live.group_id, message)
+
+    def _mark_pq(self, live: Live, fresh: list[Record]) -> None:
+        """A hybrid record covers its author's chain back to the previous hybrid one (§13.5)."""
+        for record in fresh:
+            if record.sig_kind != SigKind.HYBRID or record.author == self.me:
+                continue
+            hashes = []
+            seq = record.seq - 1
+            while seq >= 1:
+                digest = live.by_seq.get((record.author, seq))
+                if digest is None or digest in live.hybrid:
+                    break
+                hashes.append(digest)
+                seq -= 1
+            if hashes:
+                self.store.groups.mark_pq_verified(hashes)
+
+    # -- membership changes --------------------------------------------------------------------
+    def _membership_changed(self, live: Live, before: MembershipState, after: MembershipState) -> None:
+        was_member = self.me in before.members
+        is_member = self.me in after.members
+        for fp in sorted(set(after.members) - set(before.members)):
+            if fp == self.me:
+                continue
+            self.events.member_added(live.group_id, fp, after.members[fp].added_by)
+        for fp in sorted(set(before.members) - set(after.members)):
+            op = self._last_op(live, after, fp)
+            if op is not None and op.kind == Kind.LEAVE:
+                self.events.member_left(live.group_id, fp)
+            else:
+                self.events.member_removed(live.group_id, fp, op.author if op is not None else fp)
+        self._drop_unacceptable(live, after)
+        if was_member and not is_member:
+            op = self._last_op(live, after, self.me)
+            state = "left" if op is not None and op.kind == Kind.LEAVE else "removed"
+            live.row = self.store.groups.update_group(live.row, state=state)
+        elif is_member and live.state != "active" and not was_member:
+            live.row = self.store.groups.update_group(live.row, state="active")
+        if after.name and after.name != live.row.name:
+            live.row = self.store.groups.update_group(live.row, name=after.name)
+        if before.name != after.name or set(before.members) != set(after.members) \
+                or before.admins() != after.admins():
+            self.events.updated(live.group_id, after.name, after.members, after.admins())
+        self._close_strays()
+
+    def _last_op(self, live: Live, state: MembershipState, target: bytes) -> Optional[Record]:
+        """The applied REMOVE or LEAVE that ended `target`'s membership."""
+        found = None
+        for digest in state.applied:
+            record = live.ops.get(digest)
+            if record is None:
+                continue
+            if record.kind == Kind.LEAVE and record.author == target:
+                found = record
+            elif record.kind == Kind.REMOVE:
+                try:
+                    if decode_remove(record.body)[0] == target:
+                        found = record
+                except GroupWireError:
+                    pass
+        return found
+
+    def _drop_unacceptable(self, live: Live, state: MembershipState) -> None:
+        """§13.3: records of former members beyond their final_seq leave history."""
+        doomed = []
+        for fp, final_seq in state.former.items():
+            for seq in [s for s in live.held.get(fp, ()) if s > final_seq]:
+                digest = live.by_seq.get((fp, seq))
+                if digest is not None and digest not in live.ops:
+                    doomed.append((fp, seq, digest))
+        if not doomed:
+            return
+        self.store.groups.delete_records([d for _, _, d in doomed])
+        for fp, seq, _ in doomed:
+            live.forget(fp, seq)
+        self.counters["group_records_nonmember"] += len(doomed)
+
+    def _close_strays(self) -> None:
+        """§13.7: a group peer with no common group left is closed (CLOSE 1)."""
+        for link in list(self.network.links.values()):
+            if getattr(link, "group_peer", False) and not self._common(link.fingerprint):
+                self.network.close_group_peer(link.fingerprint)
+
+    # -- joining ------------------------------------------------------------------------------
+    def _candidate(self, group_id: bytes, link: Link, records: list[Record]) -> None:
+        """RECORDS for a group we do not hold: we join if they add us by a contact (§13.3 Joining)."""
+        if group_id not in self.candidates and len(self.candidates) >= MAX_CANDIDATES:
+            self.counters["groups_refused"] += 1
+            return
+        pool = self.candidates.setdefault(group_id, {})
+        for record in records:
+            if record.kind in OPERATIONS and len(pool) < MAX_CANDIDATE_RECORDS:
+                pool[record.hash()] = record
+        ops = [r for r in pool.values() if _signed_ok(r, pool, group_id, self.backend)]
+        state = replay(group_id, ops)
+        if self.me not in state.members:
+            if not any(r.kind == Kind.CREATE for r in ops):   # ask for every operation
+                self.sync.send_frame(link, encode_frame(Have(group_id, (), (link.fingerprint[:8],))))
+            return
+        adder = state.members[self.me].added_by
+        contact = self.store.contacts.find_by_fingerprint(adder)
+        del self.candidates[group_id]
+        if contact is None or contact.blocked or self._active_count() >= MAX_GROUPS:
+            self.counters["groups_refused"] += 1
+            return
+        row = self.store.groups.create_group(group_id, state.name, time.time())
+        live = Live(row, group_id, replay(group_id, ()))
+        self.groups[group_id] = live
+        self.events.invited(group_id, state.name, adder)
+        ops.sort(key=order_key)
+        self._receive(live, link, ops)
+        rest = [r for r in records if r.kind not in OPERATIONS]
+        if rest:
+            self._receive(live, link, rest)
+        self.events.joined(group_id, live.membership.name, live.membership.members)
+        self.sync.send_have(live, link)
+
+    # -- frames --------------------------------------------------------------------------------
+    def _on_frame(self, link: Link, data: bytes) -> None:
+        try:
+            frame = decode_frame(data)
+        except GroupWireError:
+            self.counters["group_frames_bad"] += 1
+            return
+        try:
+            if isinstance(frame, Have):
+                self._on_have(link, frame)
+            elif isinstance(frame, RecordsFrame):
+                self._on_records(link, frame)
+            elif isinstance(frame, Hint):
+                self._on_hint(link, frame)
+        except Exception:
+            log.exception("group frame from %s failed", link.name)
+            self.counters["group_frames_failed"] += 1
+
+    def _on_records(self, link: Link, frame: RecordsFrame) -> None:
+        records = []
+        for data in frame.records:
+            record = _decode(data)
+            if record is None:
+                self.counters["group_records_bad"] += 1
+                continue
+            records.append(record)
+        live = self.groups.get(frame.group_id)
+        if live is None:
+            if link.contact_id is not None:
+                self._candidate(frame.group_id, link, records)
+            else:
+                self.counters["group_frames_unknown"] += 1
+            return
+        if link.fingerprint not in live.membership.members and link.fingerprint not in live.membership.former:
+            self.counters["group_frames_nonmember"] += 1
+            return
+        self._receive(live, link, records)
+
+    def _on_have(self, link: Link, have: Have) -> None:
+        live = self.groups.get(have.group_id)
+        peer = link.fingerprint
+        if live is None:
+            if link.contact_id is not None and not have.authors:
+                return  # an empty HAVE for a group we do not hold: nothing to give
+            if link.contact_id is not None and have.connected and len(self.candidates) < MAX_CANDIDATES:
+                # A full HAVE that holds nothing (it names the receiver among its connected members).
+                self.sync.send_frame(link, encode_frame(Have(have.group_id, (), (link.fingerprint[:8],))))
+            return
+        if live.state != "active" or not live.membership.is_member(peer) or not live.membership.is_member(self.me):
+            if live.state == "active":
+                self.counters["group_have_nonmember"] += 1
+            return
+        self.sync.answer_have(live, link, have)
+
+    def _on_hint(self, link: Link, hint: Hint) -> None:
+        live = self.groups.get(hint.group_id)
+        if live is None or live.state != "active" or not live.membership.is_member(link.fingerprint):
+            self.counters["group_hints_ignored"] += 1
+            return
+        member = live.membership.members.get(hint.member)
+        if member is None or hint.member == self.me or not hint.addresses:
+            self.counters["group_hints_ignored"] += 1
+            return
+        current = self.network.link_for_fingerprint(hint.member)
+        if current is not None and current.connected:
+            return
+        candidates = [(tuple(address), "direct") for address in hint.addresses]
+        contact = self.store.contacts.find_by_fingerprint(hint.member)
+        if contact is not None:
+            if not contact.blocked:
+                self.network.punch(contact, candidates)
+            return
+        self.network.connect_group_peer(hint.member, member.bundle, candidates)
+
+    def _flush(self) -> None:
+        """Receipt HAVEs (only the authors that changed), one per peer and group per pass."""
+        dirty, self._dirty = self._dirty, {}
+        for fp, link in dirty.items():
+            if not link.connected:
+                continue
+            for live in self._common(fp):
+                state = live.peers.get(fp)
+                if state is None or not state.have_due:
+                    continue
+                authors, state.changed, state.have_due = set(state.changed), set(), False
+                self.sync.send_have(live, link, authors)
+
+    # -- LinkObserver -------------------------------------------------------------------------
+    def link_up(self, link: Link) -> None:
+        for live in self._common(link.fingerprint):
+            state = self.sync.peer(live, link.fingerprint)
+            state.acked, state.acked_upto = set(), 0
+            state.next_have = self.clock() + jitter()
+            self.sync.send_have(live, link)
+            for file_id in live.files:
+                self._offer_file(live, file_id, link.fingerprint)
+
+    def link_down(self, link: Link) -> None:
+        self.channel.link_down(link)
+        for live in self.groups.values():
+            live.peers.pop(link.fingerprint, None)
+
+    def records(self, link: Link, records: list[WireRecord]) -> None:
+        self.channel.records(link, records)
+
+    def path_changed(self, link: Link) -> None:
+        pass
+
+    def tick(self, now: float) -> None:
+        self.channel.tick(now)
+        now = self.clock()   # the service's own clock (a fake one in tests) for its timers
+        if now < self._next_timer:
+            return
+        self._next_timer = now + TIMER_STEP
+        for live in list(self.groups.values()):
+            try:
+                self._timers(live, now)
+            except Exception:
+                log.exception("group timers failed for %s", live.hex)
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_INTERVAL
+            self.prune()
+
+    def _timers(self, live: Live, now: float) -> None:
+        if live.recent:
+            live.recent = {h: t for h, t in live.recent.items() if now - t < IN_FLIGHT}
+        if live.state != "active" or not live.membership.is_member(self.me):
+            return
+        for fp in live.membership.members:
+            if fp == self.me:
+                continue
+            link = self.network.link_for_fingerprint(fp)
+            if link is None or not link.connected:
+                continue
+            state = self.sync.peer(live, fp)
+            if now >= state.next_have:
+                state.next_have = now + jitter()
+                self.sync.send_have(live, link)
+        if live.uncovered_since is not None and now - live.uncovered_since >= CHECKPOINT_AFTER:
+            self._write_op(live, Kind.CHECKPOINT, b"")
+        for digest, (_, since) in list(live.pending.items()):
+            if now - since > PENDING_TTL:
+                del live.pending[digest]
+                self.counters["group_pending_expired"] += 1
+
+    def prune(self) -> None:
+        """The retention pass (§13.9, hourly from `tick`): records older than the retention
+        period, and the oldest beyond MAX_RECORDS, leave; operations and latest KEYs stay."""
+        cutoff = time.time() - self.retention
+        for live in list(self.groups.values()):
+            removed = self.store.groups.prune(live.row, cutoff, MAX_RECORDS)
+            if removed:
+                self._reindex(live)
+
+    def _reindex(self, live: Live) -> None:
+        fresh = self._build(self.store.groups.get_by_ref(live.row))
+        fresh.peers, fresh.hints, fresh.uncovered_since = live.peers, live.hints, live.uncovered_since
+        self.groups[live.group_id] = fresh
+
+    # -- group files ---------------------------------------------------------------------------
+    def _group_offer(self, link: Link, transfer_id: bytes) -> Optional[bytes]:
+        """The group an offer from `link` belongs to (an announced file of a common group)."""
+        found = self.announced.get(transfer_id)
+        if found is None or found[1] != link.fingerprint:
+            return None
+        group_id = found[0]
+        return group_id if any(live.group_id == group_id for live in self._common(link.fingerprint)) else None
+
+    # -- views ---------------------------------------------------------------------------------
+    def _view(self, live: Live, unread: dict[int, int]) -> GroupView:
+        """The group as the API shows it; a former member sees the last membership it knew."""
+        members = [member_view(fp, live.membership.members[fp].role, self.me,  # type: ignore[arg-type]
+                               self.store.contacts.find_by_fingerprint(fp), self.sync.online(fp))
+                   for fp in sorted(live.membership.members)]
+        return group_view(live.row, members, unread.get(live.row.id, 0))
+
+    def _pushed_to(self, live: Live, record: Record) -> bool:
+        """Whether `record` went to at least one member (else anti-entropy sends it later)."""
+        return any(self.sync.online(fp) for fp in live.membership.members)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _with_body(draft: Record, body: bytes) -> Record:
+    return dataclasses.replace(draft, body=body)
+
+
+def _author_bundle(state: MembershipState, record: Record) -> Optional[bytes]:
+    if record.kind == Kind.CREATE:
+        try:
+            return decode_create(record.body)[1]
+        except GroupWireError:
+            return None
+    return state.known_bundles.get(record.author)
+
+
+def _signed_ok(record: Record, pool: dict, group_id: bytes, backend: pqc.Backend) -> bool:
+    """An operation of a group we may join: signed by the bundle its group names for the author."""
+    bundles: dict[bytes, bytes] = {}
+    for op in pool.values():
+        try:
+            if op.kind == Kind.CREATE:
+                bundle = decode_create(op.body)[1]
+                bundles[op.author] = bundle
+            elif op.kind == Kind.ADD:
+                bundle = decode_add(op.body)[1]
+                bundles[ident.Bundle.decode(bundle).fingerprint()] = bundle
+        except Exception:
+            continue
+    bundle = bundles.get(record.author)
+    if bundle is None:
+        return False
+    try:
+        return groupcrypto.verify_record(record, ident.Bundle.decode(bundle).sig_public, backend)
+    except Exception:
+        return False
+
+
+def _former_now(live: Live, records: list[Record]) -> set[bytes]:
+    """Members a LEAVE or REMOVE among `records` just ended: they still get that record."""
+    out = set()
+    for record in records:
+        if record.kind == Kind.REMOVE:
+            try:
+                out.add(decode_remove(record.body)[0])
+            except GroupWireError:
+                pass
+    if any(r.kind == Kind.LEAVE for r in records):
+        out |= set(live.membership.members)
+    return out
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not 1 <= len(name.encode("utf-8")) <= 64:
+        raise GroupError("A group name is 1 to 64 bytes of UTF-8")
+    return name
+
+
+def _check_message(body: str, message_id: Optional[str]) -> str:
+    if not isinstance(body, str):
+        raise GroupError("Field 'message' must be text")
+    size = len(body.encode("utf-8"))
+    if size > MAX_MESSAGE_BYTES:
+        raise GroupError(f"Message too long ({size} bytes of UTF-8, at most {MAX_MESSAGE_BYTES})")
+    if message_id is None or message_id == "":
+        return uuid.uuid4().hex
+    if len(message_id) > MAX_MESSAGE_ID_CHARS or len(message_id.encode("utf-8")) > 255:
+        raise GroupError(f"message_id is too long (at most {MAX_MESSAGE_ID_CHARS} characters)")
+    return message_id
+
+
+def _file_view(announce: Optional[FileAnnounce]) -> Optional[dict]:
+    if announce is None:
+        return None
+    return {"file_id": announce.file_id.hex(), "size": announce.size, "name": announce.name}
