@@ -15,7 +15,7 @@ from chatp2p_core.codec.wire import RawRecord
 from chatp2p_core.net.transport import SOL_UDP, UDP_SEGMENT
 from poll import wait_for
 from test_path_validation import pair
-from test_strangers import setup_module as _setup_backend
+from test_path_validation import setup_module as _setup_backend
 
 
 def setup_module():
