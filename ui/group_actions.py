@@ -126,7 +126,7 @@ def create(app: "App", args: Args) -> None:
     if (args.get("create") or "").lower() != "create":
         raise UsageError("Usage: /group create NAME MEMBER… — a new group with these contacts")
     name = args.get("NAME") or ""
-    members = [m for m in (args.get("MEMBER…") or ()) if m]
+    members = [m for m in (args.get("MEMBER") or ()) if m]
     unknown = [m for m in members if app.model.by_name(m) is None]
     if unknown:
         raise UsageError(f"No contact named {unknown[0]!r}: members of a new group are contacts")

@@ -30,7 +30,7 @@ def member_lines(group: Group, model: Model) -> list:
         if member_id == me:
             pass
         elif contact is None:
-            lines.append(("title_dim", f"  not a contact (group peer) · {member_id}"))
+            lines.append(("title_dim", f"  not a contact (group peer)\n    {member_id}"))
         elif contact.verified:
             lines.append(("verified", f"  {VERIFIED} verified"))
         else:
