@@ -393,3 +393,19 @@ def test_sendfile_in_a_group_offers_it_to_the_group(tmp_path):
                                                       "direction": "in", "file_name": "a.pdf", "size": 5}})
     text = text_of(app)
     assert "⇩ a.pdf" in text and "from Bob" in text and "Accept" in text
+
+
+def test_the_list_summary_counts_members_until_info_names_them_and_gaps_read_as_text():
+    model = Model()
+    model.set_status({"identity": {"name": "alice", "fingerprint": ME}})
+    model.groups.set_groups([{"group": GID, "name": "Family", "state": "active", "members_count": 5, "online": 2,
+                              "admin": True, "unread": 1}])
+    from chatp2p_ui.views.contacts import group_markup
+    from chatp2p_ui.views.group_view import group_message_markup, group_title_markup
+    group = model.groups.get(GID)
+    icon, name, detail = group_markup(group, model)
+    assert icon[0][1] == "# " and "2/4 online" in detail[0][1] and ("unread", " 1") in name
+    assert "you are admin" in "".join(t for _, t in group_title_markup(group, model))
+    model.groups.set_history(KEY, [msg("g", BOB, "12", kind="gap")], 0)
+    body, mark = group_message_markup(group.sorted_messages()[0], "Bob")
+    assert "12 messages no longer available" in body[0][1] and mark == []

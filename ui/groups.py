@@ -71,6 +71,10 @@ class Group:
     order: list[str] = dataclasses.field(default_factory=list)      # the last history answer's order
     tail: list[str] = dataclasses.field(default_factory=list)       # arrived since, until the next answer
     loaded: bool = False
+    # what `group list` says before `group info` gives the members
+    member_count: Optional[int] = None
+    online_count: Optional[int] = None
+    admin: bool = False             # I am an admin
 
     @property
     def key(self) -> str:
@@ -175,6 +179,11 @@ class Groups:
             admin_ids = {_member_id(a) for a in view["admins"]}
             for member in group.members.values():
                 member.admin = member.member_id in admin_ids
+        for field, attr in (("members_count", "member_count"), ("online", "online_count")):
+            if isinstance(view.get(field), int) and not isinstance(view.get(field), bool):
+                setattr(group, attr, view[field])
+        if isinstance(view.get("admin"), bool):
+            group.admin = view["admin"]
         if view.get("state") in ("active", "left", "removed"):
             group.state = view["state"]
         if isinstance(view.get("unread"), int) and not isinstance(view.get("unread"), bool):

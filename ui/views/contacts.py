@@ -48,6 +48,8 @@ def contact_markup(contact: Contact) -> tuple[list, list, list]:
 
 def members_online(group: Group, model: Model) -> tuple[int, int]:
     """(members online, other members): a contact's link state, else what `group info` said."""
+    if not group.members:    # `group list` counts them; `group info` names them
+        return group.online_count or 0, max(0, (group.member_count or 1) - 1)
     me = model.me.get("id")
     others = [m for m in group.members.values() if m.member_id != me]
     online = 0

@@ -33,8 +33,11 @@ def member_label(model: Model, member_id: str, name: Optional[str] = None) -> st
 
 def group_message_markup(message: GroupMessage, sender: str) -> tuple[list, list]:
     """(body markup, mark markup) of one group message row."""
-    if message.kind == "gap":
-        return [("failure", message.body or "Some messages are no longer available")], []
+    if message.kind == "gap":   # the body is the number of messages gone (§13.6 Gaps)
+        count = message.body.strip()
+        text = (f"{count} message{'s' if count != '1' else ''} no longer available (older than the others keep)"
+                if count.isdigit() else message.body or "Some messages are no longer available")
+        return [("failure", "── " + text + " ──")], []
     body_text = message.body
     if message.kind == "file" and message.file:
         arrow = "⇧" if message.outgoing else "⇩"
@@ -76,7 +79,7 @@ def group_title_markup(group: Group, model: Model) -> list:
     markup += [("online" if online else "offline", f"  {online}/{others} online"),
                ("title_dim", f" · {others + 1} members · /members")]
     me = group.members.get(model.me.get("id") or "")
-    if me is not None and me.admin:
+    if (me is not None and me.admin) or (me is None and group.admin):
         markup.append(("title_dim", " · you are admin"))
     return markup
 
