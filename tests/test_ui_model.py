@@ -38,12 +38,12 @@ def test_parse_time_and_helpers():
 def test_contacts_sort_step_and_next_unread():
     model = model_with_contacts()
     assert [c.name for c in model.sorted_contacts()] == ["Bob", "carol", "Dan"]   # blocked last
-    assert model.step_contact(1).name == "Bob"            # nothing open: the first
-    assert model.step_contact(-1).name == "Dan"
-    assert model.next_unread().name == "carol"
+    assert model.step_chat(1) == BOB                      # nothing open: the first
+    assert model.step_chat(-1) == DAN
+    assert model.next_unread() == CAROL
     assert model.open(CAROL) is True                      # had unread: mark read
     assert model.contacts[CAROL].unread == 0 and model.next_unread() is None
-    assert model.step_contact(1).name == "Dan" and model.step_contact(2).name == "Bob"
+    assert model.step_chat(1) == DAN and model.step_chat(2) == BOB
     assert model.by_name("CAROL").fingerprint == CAROL    # case-insensitive when unambiguous
     model.set_contacts([{"name": "Bob", "fingerprint": BOB}])
     assert list(model.contacts) == [BOB] and model.open_chat is None   # carol removed while open

@@ -313,3 +313,82 @@ def test_first_start_asks_online_or_private_and_online_saves_the_choice():
         assert "Online or private?" not in screen
     finally:
         tmux.kill()
+
+
+def poll(what: str, check, timeout: float = 30.0):
+    """check() until it returns something true (its value), else fail saying what."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}")
+        time.sleep(0.1)
+
+
+def test_group_chat_in_the_ui_with_two_daemons():
+    """Issue 15's UI test: alice (the app) creates a group with Bob and Carol (daemons, each a
+    contact of alice only: not of each other), chats, and sees ✓✓ once both have her message;
+    their messages come in; /members lists both with their verification state."""
+    workdir = pathlib.Path(_tmp, "group")
+    data_dir = workdir / "alice"
+    tmux = Tmux(workdir)
+    carol = Daemon(workdir / "carol", "--name", "carol").start()
+    try:
+        tmux.start("app", [*APP, "--data-dir", str(data_dir), *NODE_ARGS, "--name", "alice"])
+        tmux.wait("app", "Welcome to ChatP2P, alice")
+        endpoints = wait_run_json(data_dir)
+        bob_id, bob_port = bob_info()
+        carol_status = carol.request("status")["data"]
+        carol_id, carol_port = carol_status["identity"]["fingerprint"], carol_status["p2p"]["port"]
+        with api(endpoints["ipc_port"]) as me:
+            my_id = me.call("status")["identity"]["fingerprint"]
+            for name, peer_id in (("Bob", bob_id), ("Carol", carol_id)):
+                me.call("contacts", "add", {"peer": name, "public_key": peer_id})
+        for daemon in (_bob, carol):
+            assert daemon.request("contacts", "add", {"peer": "AliceG", "public_key": my_id})["success"]
+        with api(endpoints["ipc_port"]) as me:
+            me.call("p2p", "connect", {"peer": "Bob", "address": f"127.0.0.1:{bob_port}"})
+            me.call("p2p", "connect", {"peer": "Carol", "address": f"127.0.0.1:{carol_port}"})
+            poll("Bob and Carol connected", lambda: {p["name"] for p in me.call("p2p", "peers")
+                                                     if p["state"] == "connected"} >= {"Bob", "Carol"})
+
+        tmux.type("app", "/group create Family Bob Carol")
+        screen = tmux.wait("app", "# Family", what="the group open")
+        assert "Family ›" in screen
+
+        def joined(daemon: Daemon):
+            reply = daemon.request("group", "list")
+            return reply["success"] and [g for g in reply["data"] if g["name"] == "Family"]
+        bob_group = poll("Bob joined", lambda: joined(_bob))[0]
+        poll("Carol joined", lambda: joined(carol))
+
+        tmux.type("app", "hello family 👋")
+        tmux.wait("app", lambda t: any("me: hello family 👋" in line and line.rstrip().endswith("✓✓")
+                                       for line in conversation(t).splitlines()), timeout=60, what="✓✓ from both")
+        for daemon in (_bob, carol):
+            history = daemon.request("group", "history", {"group": bob_group["group"]})["data"]
+            assert "hello family 👋" in [m["body"] for m in history["messages"]]
+
+        assert _bob.request("group", "send_message", {"group": "Family", "message": "hi from bob"})["success"]
+        tmux.wait("app", "Bob: hi from bob", what="Bob's group message")
+        assert carol.request("group", "send_message", {"group": "Family", "message": "carol here"})["success"]
+        screen = tmux.wait("app", "Carol: carol here", what="Carol's group message")
+        lines = conversation(screen).splitlines()
+        assert [i for i, l in enumerate(lines) if "hello family" in l] < [i for i, l in enumerate(lines)
+                                                                          if "hi from bob" in l]
+
+        tmux.type("app", "/members")
+        screen = tmux.wait("app", "3 members of Family", what="the member list")
+        assert "me (admin)" in screen and "not verified: /verify Bob" in screen and "/verify Carol" in screen
+        tmux.keys("app", "Escape")
+        tmux.wait("app", lambda t: "3 members of Family" not in t)
+
+        tmux.keys("app", "C-q")
+        screen = tmux.wait("app", "EXIT=", what="the app to exit")
+        assert "EXIT=0" in screen, screen
+        assert "Traceback" not in (data_dir / "chatp2p.log").read_text()
+    finally:
+        tmux.kill()
+        carol.stop()

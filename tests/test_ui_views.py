@@ -367,7 +367,7 @@ def test_contact_request_offers_to_add_with_a_name_or_block():
 def test_help_screen_comes_from_the_key_table():
     app, _ = make_app(bob_and_carol())
     app.root.keypress((120, 40), "f1")
-    text = text_of(app, (120, 60))
+    text = text_of(app, (120, 72))
     assert "Open the next conversation with unread messages" in text and "Alt-A" in text
     assert "/sendfile PATH" in text and "✓✓ delivered" in text
     app.root.keypress((120, 60), "f1")

@@ -19,9 +19,11 @@ import urwid
 
 from . import command_actions
 from . import commands as slash
+from . import group_actions
 from . import key_actions
 from . import transfer_actions
 from .client import Client
+from .groups import is_group_key
 from .keys import KeyMap
 from .layout import Layout
 from .model import Model
@@ -94,7 +96,7 @@ class App:
         self.layout.set_focus(area, self.model.open_chat)
 
     def cycle_focus(self, step: int) -> None:
-        self.layout.cycle_focus(step, bool(self.model.contacts), self.model.open_chat)
+        self.layout.cycle_focus(step, bool(self.model.contacts or self.model.groups.groups), self.model.open_chat)
 
     def follow_conversation(self) -> None:
         """Keep the conversation scrolled to its end (after sending something)."""
@@ -232,6 +234,7 @@ class App:
         """Reload everything from the daemon (start-up, events (re)connected)."""
         self.request("status", on_ok=self.on_status, quiet=not first)
         self.request("contacts", "list", on_ok=lambda data: self.on_contacts(data, first), quiet=not first)
+        group_actions.load(self)
         self.load_transfers()
 
     def load_transfers(self, then: Optional[Callable[[], None]] = None) -> None:
@@ -243,6 +246,10 @@ class App:
         self.request("p2p", "peers", on_ok=self.on_peers, quiet=True)
         if self.events_state != "live":
             self.request("contacts", "list", on_ok=lambda data: self.on_contacts(data, False), quiet=True)
+            group_actions.load(self)
+        group = self.model.open_group
+        if group is not None:   # members come and go online; group peers are in no peer list
+            group_actions.load_info(self, group)
         if self.model.open_chat:
             self.load_history(self.model.open_chat, quiet=True)
 
@@ -279,6 +286,10 @@ class App:
             self.model.set_peers(data)
 
     def load_history(self, fingerprint: str, quiet: bool = False) -> None:
+        group = self.model.groups.get(fingerprint) if is_group_key(fingerprint) else None
+        if group is not None:
+            group_actions.load_history(self, group, quiet=quiet)
+            return
         contact = self.model.contacts.get(fingerprint)
         if contact is None:
             return
@@ -290,6 +301,10 @@ class App:
         self.request("p2p", "history", {"peer": contact.name, "limit": HISTORY_PAGE}, on_ok=loaded, quiet=quiet)
 
     def mark_read(self, fingerprint: str) -> None:
+        group = self.model.groups.get(fingerprint) if is_group_key(fingerprint) else None
+        if group is not None:
+            group_actions.mark_read(self, group)
+            return
         contact = self.model.contacts.get(fingerprint)
         if contact is None or fingerprint in self._marking:
             return
@@ -320,7 +335,11 @@ class App:
         for alert in self.model.apply_event(event, self.clock()):
             if alert.kind == "bell":   # a message outside the open conversation
                 self.ring()
-                self.notifier.message(event)
+                self.notifier.message(alert.data.get("notify") or event)
+            elif alert.kind.startswith("group_"):
+                group_actions.on_alert(self, alert.kind, alert.data)
+            elif alert.kind == "notice":
+                self.notice(str(alert.data.get("text") or ""))
             elif alert.kind == "mark_read":
                 self.mark_read(alert.data["fingerprint"])
             elif alert.kind == "refresh":
@@ -419,13 +438,18 @@ class App:
         self.set_focus("input")
 
     def open_chat(self, fingerprint: str) -> None:
-        if fingerprint not in self.model.contacts:
+        """Open a contact's conversation, or a group's (`fingerprint` is then its "group:…" key)."""
+        group = self.model.groups.get(fingerprint) if is_group_key(fingerprint) else None
+        if fingerprint not in self.model.contacts and group is None:
             return
         self.model.open(fingerprint)
         self.follow_conversation()
         self.layout.contacts.focus_on(fingerprint)
-        self.load_history(fingerprint)
-        self.mark_read(fingerprint)
+        if group is not None:
+            group_actions.opened(self, group)
+        else:
+            self.load_history(fingerprint)
+            self.mark_read(fingerprint)
         self.refresh()
 
     # -- the input line ---------------------------------------------------------------------
@@ -449,6 +473,11 @@ class App:
             return
         if text.startswith("//"):
             text = text[1:]
+        if self.model.open_group is not None:
+            self.prompt.set_text("")
+            group_actions.send_message(self, text.rstrip())
+            self.refresh()
+            return
         contact = self.model.open_contact
         if contact is None:
             self.notice(f"Open a conversation first ({self.keymap.label('next_contact')}, or click a contact), "

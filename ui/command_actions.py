@@ -10,6 +10,7 @@ import os
 import pathlib
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
+from . import group_actions
 from .model import Contact
 from .usage import UsageError
 from .views import chat_dialogs
@@ -17,7 +18,7 @@ from .views import chat_dialogs
 if TYPE_CHECKING:
     from .app import App
 
-Args = Mapping[str, Optional[str]]
+Args = Mapping[str, Any]
 
 
 def _contact(app: "App", name: Optional[str]) -> Contact:
@@ -63,6 +64,13 @@ def remove_contact(app: "App", args: Args) -> None:
 
 
 def rename_contact(app: "App", args: Args) -> None:
+    """/rename OLD NEW renames a contact; /rename NAME, in an open group, the group."""
+    if args.get("NEW") is None:
+        group = app.model.open_group
+        if group is None:
+            raise UsageError("Usage: /rename OLD NEW — or open a group and /rename NAME to rename it")
+        group_actions.rename(app, group, args["OLD"] or "")
+        return
     contact = _contact(app, args["OLD"])
     new = args["NEW"] or ""
     app.request("contacts", "rename", {"peer": contact.name, "new_name": new},

@@ -16,26 +16,29 @@ import dataclasses
 import difflib
 import os
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional
 
 from chatp2p_core.api.actions import build_table
 from chatp2p_core.api.table import ApiError, CommandTable, coerce
 
 from . import command_actions as act
+from . import group_actions as groups
 from . import transfer_actions as files
 from .usage import UsageError
 
 if TYPE_CHECKING:
     from .app import App
 
-Handler = Callable[["App", Mapping[str, Optional[str]]], None]
+# Arguments by name: a string, None when an optional one is absent, a tuple for a `many` one.
+Handler = Callable[["App", Mapping[str, Any]], None]
 
 
 @dataclasses.dataclass(frozen=True)
 class Arg:
     name: str           # shown in usage lines: NAME, HOST:PORT ...
-    kind: str           # contact, text, key, path, address, transfer; rest: the rest of the line
+    kind: str           # contact, text, word, key, path, address, transfer; rest: the rest of the line
     optional: bool = False
+    many: bool = False  # the last argument only: one or more words, given to the handler as a tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +63,7 @@ class Command:
     @property
     def usage(self) -> str:
         parts = [f"/{self.name}"]
-        parts += [f"[{a.name}]" if a.optional else a.name for a in self.args]
+        parts += [f"[{a.name}]" if a.optional else a.name + ("…" if a.many else "") for a in self.args]
         return " ".join(parts)
 
 
@@ -70,7 +73,8 @@ COMMANDS: tuple[Command, ...] = (
             ApiRow("contacts", "add", {"NAME": "peer"})),
     Command("remove", (Arg("NAME", "contact"),), "remove a contact and its history (asks first)",
             act.remove_contact, ApiRow("contacts", "remove", {"NAME": "peer"})),
-    Command("rename", (Arg("OLD", "contact"), Arg("NEW", "text")), "change a contact's local name",
+    Command("rename", (Arg("OLD", "contact"), Arg("NEW", "text", optional=True)),
+            "change a contact's local name; in an open group, /rename NAME renames the group (admins)",
             act.rename_contact, ApiRow("contacts", "rename", {"OLD": "peer", "NEW": "new_name"})),
     Command("block", (Arg("NAME", "contact"),), "drop and silence a contact", act.block_contact,
             ApiRow("contacts", "block", {"NAME": "peer"})),
@@ -89,7 +93,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("editor", (), "write the message in $EDITOR (saved and closed: it becomes the draft)", act.compose_in_editor),
     Command("verify", (Arg("NAME", "contact"),), "compare safety numbers, then mark the contact verified",
             act.verify_contact),
-    Command("sendfile", (Arg("PATH", "path"),), "offer a file to the open conversation", files.send_file,
+    Command("sendfile", (Arg("PATH", "path"),), "offer a file to the open conversation (in a group: to every member)",
+            files.send_file,
             ApiRow("p2p", "send_file", {"PATH": "file_path"})),
     Command("accept", (Arg("ID", "transfer", optional=True),), "accept a file offer (default: the latest)",
             files.accept, ApiRow("p2p", "accept_file", {"ID": "transfer_id"})),
@@ -102,6 +107,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("resume", (Arg("ID", "transfer", optional=True),), "resume a paused or failed transfer",
             files.resume, ApiRow("p2p", "resume_transfer", {"ID": "transfer_id"})),
     Command("transfers", (), "list file transfers", files.list_transfers),
+    Command("group", (Arg("create", "word"), Arg("NAME", "text"), Arg("MEMBER", "contact", many=True)),
+            "create a group with these contacts (up to 63)", groups.create),
+    Command("invite", (Arg("MEMBER", "contact"),), "add a contact to the open group (admins)", groups.invite),
+    Command("kick", (Arg("MEMBER", "contact"),), "remove a member from the open group (admins)", groups.kick),
+    Command("leave", (), "leave the open group (asks first)", groups.leave),
+    Command("members", (), "the open group's members: admins, online, verified or not a contact", groups.members),
     Command("nick", (Arg("NAME", "text"),), "change my display name", act.set_nick),
     Command("online", (Arg("on|off", "text", optional=True),),
             "online mode: on finds contacts by ID through the public DHT (it sees your IP address), off is private",
@@ -117,7 +128,7 @@ ALIASES: Mapping[str, str] = MappingProxyType({"q": "quit", "exit": "quit", "h":
 @dataclasses.dataclass
 class Parsed:
     command: Command
-    args: dict[str, Optional[str]]
+    args: dict[str, Any]
 
     @property
     def name(self) -> str:
@@ -169,7 +180,7 @@ def lookup(name: str) -> Optional[Command]:
 _DECLARED = build_table()   # the API's rows, bound to no handler: their fields and limits
 
 
-def check_api_fields(command: Command, args: Mapping[str, Optional[str]],
+def check_api_fields(command: Command, args: Mapping[str, Any],
                      table: CommandTable = _DECLARED) -> None:
     """Check the given arguments against the fields of the API action they fill: the command
     table's own validation, so the UI refuses what the daemon would, with the same words."""
@@ -204,13 +215,19 @@ def parse(text: str) -> Parsed:
         keep = len(command.args) - 1
         values = values[:keep] + [" ".join(values[keep:])]
     required = [a for a in command.args if not a.optional]
-    if len(values) < len(required) or len(values) > len(command.args):
+    if len(values) < len(required):
         raise UsageError(f"Usage: {command.usage} — {command.help}")
-    args: dict[str, Optional[str]] = {a.name: None for a in command.args}
+    many = command.args[-1] if command.args and command.args[-1].many else None
+    if many is not None and len(values) >= len(command.args):
+        keep = len(command.args) - 1
+        values = values[:keep] + [values[keep:]]
+    elif len(values) > len(command.args):
+        raise UsageError(f"Usage: {command.usage} — {command.help}")
+    args: dict[str, Any] = {a.name: None for a in command.args}
     for arg, value in zip(command.args, values):
-        if not value.strip():
+        if any(not v.strip() for v in (value if isinstance(value, list) else [value])):
             raise UsageError(f"Usage: {command.usage} — {arg.name} is empty")
-        args[arg.name] = value
+        args[arg.name] = tuple(value) if isinstance(value, list) else value
     check_api_fields(command, args)
     return Parsed(command, args)
 
@@ -268,6 +285,8 @@ def complete(text: str, contacts: Iterable[str] = (), transfers: Iterable[str] =
     if command is None:
         return Completion(text, [])
     index = len(tokens) if at_new_word else len(tokens) - 1   # argument slot being typed (1-based)
+    if index > len(command.args) and command.args and command.args[-1].many:
+        index = len(command.args)
     if index > len(command.args):
         return Completion(text, [])
     arg = command.args[index - 1]

@@ -42,20 +42,20 @@ def _focus(step: int) -> KeyHandler:
 
 
 def _contact(step: int) -> KeyHandler:
-    def step_contact(app: "App", area: str) -> bool:
-        contact = app.model.step_contact(step)
-        if contact is not None:
-            app.open_chat(contact.fingerprint)
+    def step_chat(app: "App", area: str) -> bool:
+        key = app.model.step_chat(step)
+        if key is not None:
+            app.open_chat(key)
         return True
-    return step_contact
+    return step_chat
 
 
 def _next_unread(app: "App", area: str) -> bool:
-    contact = app.model.next_unread()
-    if contact is None:
+    key = app.model.next_unread()
+    if key is None:
         app.notice("No unread messages")
     else:
-        app.open_chat(contact.fingerprint)
+        app.open_chat(key)
     return True
 
 

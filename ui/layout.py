@@ -54,8 +54,8 @@ class Layout:
         self.header.update(model, description)
         self.contacts.update(model)
         self.conversation.update(model)
-        contact = model.open_contact
-        self.prompt.set_caption(f"{contact.name} › " if contact else "› ")
+        chat = model.open_contact or model.open_group
+        self.prompt.set_caption(f"{chat.name} › " if chat else "› ")
 
     # -- dialogs ----------------------------------------------------------------------------
     @property

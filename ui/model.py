@@ -14,6 +14,12 @@ import datetime
 import time
 from typing import Any, Iterable, Optional
 
+from .groups import Group, Groups, is_group_key
+from .model_common import Alert, parse_time
+
+__all__ = ["Alert", "Contact", "Conversation", "Item", "Message", "Model", "Transfer", "local_date", "one_line",
+           "parse_time"]
+
 # An outgoing message only moves forward through these states (events and answers may arrive
 # in any order: a delivery receipt can overtake the answer to the send request).
 OUT_RANK = {"pending": 0, "queued": 1, "sent": 2, "failed": 3, "delivered": 4}
@@ -22,21 +28,6 @@ TRANSFER_DONE = ("done", "failed", "rejected", "cancelled")
 CORE_STATES = {"queued": "waiting", "offered": "offered", "active": "active", "paused": "paused",
                "completed": "done", "failed": "failed", "rejected": "rejected", "cancelled": "cancelled"}
 PREVIEW_CHARS = 60
-
-
-def parse_time(value: Any, default: Optional[float] = None) -> Optional[float]:
-    """ISO-8601 (the API's form, 'Z' or offset), or a number of seconds, to epoch seconds."""
-    if value is None or value == "":
-        return default
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    try:
-        moment = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return default
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()
 
 
 def local_date(ts: float) -> datetime.date:
@@ -86,7 +77,7 @@ class Message:
 @dataclasses.dataclass
 class Transfer:
     transfer_id: str
-    peer: str                       # fingerprint of the contact
+    peer: str                       # the conversation: a contact's fingerprint, or a group's key
     file_name: str
     size: Optional[int]
     direction: str                  # "in" (offered to us) or "out"
@@ -98,6 +89,7 @@ class Transfer:
     created: float = 0.0
     order: int = 0
     paused_by: Optional[str] = None
+    who: Optional[str] = None       # in a group: the member on the other side
     _last_sample: Optional[tuple[float, int]] = None
 
     @property
@@ -143,14 +135,6 @@ class Conversation:
 
 
 @dataclasses.dataclass
-class Alert:
-    """Something the controller must do beyond redrawing: ring, open a dialog, show a notice."""
-
-    kind: str                       # bell, key_mismatch, contact_request, notice
-    data: dict
-
-
-@dataclasses.dataclass
 class Item:
     """One row of a conversation view."""
 
@@ -170,6 +154,7 @@ class Model:
         self.open_chat: Optional[str] = None      # fingerprint of the conversation on screen
         self.requests: dict[str, dict] = {}       # contact requests by fingerprint
         self.connected = True                     # the API answers (False: daemon gone)
+        self.groups = Groups(lambda: self.me.get("id") or "")
         self._order = 0
 
     def _next_order(self) -> int:
@@ -287,37 +272,49 @@ class Model:
         """Unblocked before blocked, then by name (case-insensitive): a stable, predictable list."""
         return sorted(self.contacts.values(), key=lambda c: (c.blocked, c.name.casefold(), c.name))
 
-    def step_contact(self, step: int) -> Optional[Contact]:
-        """The contact `step` places after the open one (wrapping), for Ctrl-N / Ctrl-P."""
-        ordered = self.sorted_contacts()
-        if not ordered:
-            return None
-        fingerprints = [c.fingerprint for c in ordered]
-        if self.open_chat not in fingerprints:
-            return ordered[0] if step > 0 else ordered[-1]
-        return ordered[(fingerprints.index(self.open_chat) + step) % len(ordered)]
+    def chat_keys(self) -> list[str]:
+        """The contact list's order: groups first, then contacts (what Ctrl-N / Ctrl-P step through)."""
+        return [g.key for g in self.groups.sorted_groups()] + [c.fingerprint for c in self.sorted_contacts()]
 
-    def next_unread(self) -> Optional[Contact]:
-        """The next contact after the open one with unread messages (wrapping), or None."""
-        ordered = self.sorted_contacts()
-        fingerprints = [c.fingerprint for c in ordered]
-        start = fingerprints.index(self.open_chat) + 1 if self.open_chat in fingerprints else 0
-        for i in range(len(ordered)):
-            contact = ordered[(start + i) % len(ordered)]
-            if contact.unread and contact.fingerprint != self.open_chat:
-                return contact
+    def unread_of(self, key: str) -> int:
+        chat = self.groups.get(key) if is_group_key(key) else self.contacts.get(key)
+        return chat.unread if chat is not None else 0
+
+    def step_chat(self, step: int) -> Optional[str]:
+        """The conversation `step` places after the open one (wrapping), for Ctrl-N / Ctrl-P."""
+        keys = self.chat_keys()
+        if not keys:
+            return None
+        if self.open_chat not in keys:
+            return keys[0] if step > 0 else keys[-1]
+        return keys[(keys.index(self.open_chat) + step) % len(keys)]
+
+    def next_unread(self) -> Optional[str]:
+        """The next conversation after the open one with unread messages (wrapping), or None."""
+        keys = self.chat_keys()
+        start = keys.index(self.open_chat) + 1 if self.open_chat in keys else 0
+        for i in range(len(keys)):
+            key = keys[(start + i) % len(keys)]
+            if self.unread_of(key) and key != self.open_chat:
+                return key
         return None
 
-    def open(self, fingerprint: str) -> bool:
-        """Show this conversation; True when it has unread messages to mark read."""
-        contact = self.contacts.get(fingerprint)
-        if contact is None:
+    def open(self, key: str) -> bool:
+        """Show this conversation (a contact's or a group's); True when it has unread messages
+        to mark read."""
+        chat = self.groups.get(key) if is_group_key(key) else self.contacts.get(key)
+        if chat is None:
             return False
-        self.open_chat = fingerprint
-        self.conversation(fingerprint)
-        had_unread = contact.unread > 0
-        contact.unread = 0
+        self.open_chat = key
+        if not is_group_key(key):
+            self.conversation(key)
+        had_unread = chat.unread > 0
+        chat.unread = 0
         return had_unread
+
+    @property
+    def open_group(self) -> Optional[Group]:
+        return self.groups.get(self.open_chat) if is_group_key(self.open_chat) else None
 
     @property
     def open_contact(self) -> Optional[Contact]:
@@ -411,21 +408,29 @@ class Model:
                 message.failure = failure
 
     def conversation_items(self, fingerprint: str) -> list[Item]:
-        """Messages and transfers in time order, with a day separator before each new local day."""
-        conv = self.conversations.get(fingerprint)
-        entries: list[tuple[float, int, str, Any]] = []
-        if conv is not None:
-            entries += [(m.created, m.order, "message", m) for m in conv.messages.values()]
-        entries += [(t.created, t.order, "transfer", t) for t in self.transfers.values()
-                    if t.peer == fingerprint]
-        entries.sort(key=lambda e: (e[0], e[1]))
+        """Messages and transfers in time order, with a day separator before each new local day.
+        A group's messages keep the daemon's order (the DAG's); its transfers follow them."""
+        transfers = sorted((t for t in self.transfers.values() if t.peer == fingerprint),
+                           key=lambda t: (t.created, t.order))
+        entries: list[tuple[str, Any]]
+        group = self.groups.get(fingerprint) if is_group_key(fingerprint) else None
+        if group is not None:
+            entries = [("message", m) for m in group.sorted_messages()] + [("transfer", t) for t in transfers]
+        else:
+            conv = self.conversations.get(fingerprint)
+            dated = [(m.created, m.order, "message", m) for m in (conv.messages.values() if conv else ())]
+            dated += [(t.created, t.order, "transfer", t) for t in transfers]
+            entries = [(kind, value) for _, _, kind, value in sorted(dated, key=lambda e: (e[0], e[1]))]
         items: list[Item] = []
         day = None
-        for created, _, kind, value in entries:
-            today = local_date(created)
+        days: dict[str, int] = {}    # a group's clocks may go back: a day can come twice
+        for kind, value in entries:
+            today = local_date(value.created)
             if today != day:
                 day = today
-                items.append(Item(("day", today.isoformat()), "day", today))
+                label = today.isoformat()
+                days[label] = days.get(label, 0) + 1
+                items.append(Item(("day", label) + ((days[label],) if days[label] > 1 else ()), "day", today))
             key = ("message",) + value.key if kind == "message" else ("transfer", value.transfer_id)
             items.append(Item(key, kind, value))
         return items
@@ -459,6 +464,8 @@ class Model:
         now = time.time() if now is None else now
         name = event.get("event") or ""
         data = event.get("data") if isinstance(event.get("data"), dict) else {}
+        if name.startswith("group_"):
+            return self.groups.apply_event(name, data, now, self.open_chat)
         handler = getattr(self, "_on_" + name, None)
         if handler is None:
             return []
@@ -577,23 +584,37 @@ class Model:
         transfer_id = str(data.get("transfer_id") or "")
         transfer = self.transfers.get(transfer_id)
         if transfer is None and transfer_id:
-            contact = self.by_name(data.get("peer"))
-            if contact is None:
+            chat = self._transfer_chat(data)
+            if chat is None:
                 return None
-            transfer = self.add_transfer(transfer_id, contact.fingerprint, data.get("file_name") or "?",
+            transfer = self.add_transfer(transfer_id, chat, data.get("file_name") or "?",
                                          _int_or_none(data.get("size")), data.get("direction") or "in", now, state)
+            transfer.who = data.get("peer") if is_group_key(chat) else None
         return transfer
 
-    def _on_file_offer(self, data: dict, now: float) -> list[Alert]:
+    def _transfer_chat(self, data: dict) -> Optional[str]:
+        """The conversation a transfer belongs to: its group (a group file, §13.4), else the contact."""
+        group = self.groups.get(data.get("group")) if isinstance(data.get("group"), str) else None
+        if group is not None:
+            return group.key
         contact = self.by_name(data.get("peer"))
+        return contact.fingerprint if contact is not None else None
+
+    def _on_file_offer(self, data: dict, now: float) -> list[Alert]:
+        """An offer from a contact, or from a member for a group (`group` set): it shows in
+        that conversation, with the same buttons."""
+        chat_key = self._transfer_chat(data)
         transfer_id = str(data.get("transfer_id") or "")
-        if contact is None or not transfer_id or transfer_id in self.transfers:
+        if chat_key is None or not transfer_id or transfer_id in self.transfers:
             return []
-        self.add_transfer(transfer_id, contact.fingerprint, data.get("file_name") or "?",
-                          _int_or_none(data.get("size")), "in", now)
-        if contact.fingerprint != self.open_chat:
-            contact.unread += 1
-            return [Alert("bell", {"peer": contact.name})]
+        transfer = self.add_transfer(transfer_id, chat_key, data.get("file_name") or "?",
+                                     _int_or_none(data.get("size")), "in", now)
+        chat = self.groups.get(chat_key) if is_group_key(chat_key) else self.contacts.get(chat_key)
+        if is_group_key(chat_key):
+            transfer.who = data.get("peer")
+        if chat is not None and chat_key != self.open_chat:
+            chat.unread += 1
+            return [Alert("bell", {"peer": chat.name})]
         return []
 
     def _on_file_transfer_started(self, data: dict, now: float) -> list[Alert]:

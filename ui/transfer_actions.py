@@ -8,6 +8,7 @@ import uuid
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
+from . import group_actions
 from .model import Transfer
 from .usage import UsageError
 from .views import chat_dialogs
@@ -92,12 +93,16 @@ def answer(app: "App", transfer_id: str, accept: bool) -> None:
 
 
 def send_file(app: "App", args: Args) -> None:
+    """/sendfile PATH: to the open contact, or in a group to every member (group send_file)."""
     contact = app.model.open_contact
-    if contact is None:
+    if contact is None and app.model.open_group is None:
         raise UsageError(f"Open the conversation to send the file to first ({app.keymap.label('next_contact')})")
     path = os.path.abspath(os.path.expanduser(args["PATH"] or ""))
     if not os.path.isfile(path):
         raise UsageError(f"No such file: {path}")
+    if contact is None:
+        group_actions.send_file(app, path)
+        return
     transfer_id = uuid.uuid4().hex
     transfer = app.model.add_transfer(transfer_id, contact.fingerprint, os.path.basename(path),
                                       os.path.getsize(path), "out", app.clock(), state="waiting")

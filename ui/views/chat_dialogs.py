@@ -119,10 +119,10 @@ def transfers(model: Model, on_close: Callback) -> Dialog:
     """Every known transfer, oldest first: ID, direction, peer, state, progress, file."""
     rows = []
     for transfer in sorted(model.transfers.values(), key=lambda t: t.order):
-        contact = model.contacts.get(transfer.peer)
+        chat = model.contacts.get(transfer.peer) or model.groups.get(transfer.peer)
         percent = transfer.percent
         rows.append(f"{transfer.transfer_id[:12]:<12}  {'in ' if transfer.direction == 'in' else 'out'} "
-                    f"{(contact.name if contact else '?')[:12]:<12} {transfer.state:<9} "
+                    f"{(chat.name if chat else '?')[:12]:<12} {transfer.state:<9} "
                     f"{'' if percent is None else f'{percent:5.1f}%'}  {transfer.file_name}")
     text = "\n".join(rows) if rows else "No file transfers."
     return dialogs.message("File transfers", text, on_close)

@@ -1,4 +1,5 @@
-"""The contact column: online dot, name, verified mark, unread count, path, last message."""
+"""The contact column: groups (# name, unread count, members online), then contacts (online dot,
+name, verified mark, unread count, path, last message)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from typing import Callable, Optional
 
 import urwid
 
+from ..groups import Group
 from ..model import Contact, Model
 
 ONLINE, CONNECTING, OFFLINE = "●", "◌", "○"
 VERIFIED = "✔"
 BLOCKED = "⊘"
+GROUP = "#"
 
 
 def contact_markup(contact: Contact) -> tuple[list, list, list]:
@@ -43,13 +46,45 @@ def contact_markup(contact: Contact) -> tuple[list, list, list]:
     return dot, name + badges, [("preview", detail)]
 
 
-class ContactItem(urwid.WidgetWrap):
-    """Two lines per contact; a click opens the conversation (keys: the table's `open` action)."""
+def members_online(group: Group, model: Model) -> tuple[int, int]:
+    """(members online, other members): a contact's link state, else what `group info` said."""
+    if not group.members:    # `group list` counts them; `group info` names them
+        return group.online_count or 0, max(0, (group.member_count or 1) - 1)
+    me = model.me.get("id")
+    others = [m for m in group.members.values() if m.member_id != me]
+    online = 0
+    for member in others:
+        contact = model.contacts.get(member.member_id)
+        online += bool(contact.online if contact is not None else member.online)
+    return online, len(others)
 
-    def __init__(self, contact: Contact, is_open: bool, on_open: Callable[[str], None]) -> None:
-        self.fingerprint = contact.fingerprint
+
+def group_markup(group: Group, model: Model) -> tuple[list, list, list]:
+    """(icon, name line, detail line) markup for one group."""
+    name: list = [("contact" if group.state == "active" else "contact_blocked", group.name)]
+    if group.unread:
+        name.append(("unread", f" {group.unread}"))
+    online, others = members_online(group, model)
+    if group.state != "active":
+        detail = "  " + group.state
+    else:
+        detail = f"  {online}/{others} online" if others else "  only you"
+    last = group.sorted_messages()[-1:] if group.messages else []
+    if last:
+        detail += " · " + ("me: " if last[0].outgoing else "") + " ".join(last[0].body.split())
+    style = "online" if online and group.state == "active" else "offline"
+    return [(style, GROUP + " ")], name, [("preview", detail)]
+
+
+class ContactItem(urwid.WidgetWrap):
+    """Two lines per contact or group; a click opens the conversation (keys: the table's `open`
+    action). `fingerprint` is the conversation's key (a group's is "group:…")."""
+
+    def __init__(self, contact: Optional[Contact], is_open: bool, on_open: Callable[[str], None],
+                 markup: Optional[tuple[list, list, list]] = None, key: Optional[str] = None) -> None:
+        self.fingerprint = key or contact.fingerprint
         self.on_open = on_open
-        dot, name, detail = contact_markup(contact)
+        dot, name, detail = markup or contact_markup(contact)
         line = urwid.Columns([(2, urwid.Text(dot)), urwid.Text(name, wrap="ellipsis")])
         pile = urwid.Pile([line, urwid.Text(detail, wrap="ellipsis")])
         attr = "contact_open" if is_open else "contact"
@@ -80,14 +115,15 @@ class ContactList(urwid.WidgetWrap):
 
     def update(self, model: Model) -> None:
         focused = self.focused_fingerprint()
-        contacts = model.sorted_contacts()
-        items = [ContactItem(c, c.fingerprint == model.open_chat, self.on_open) for c in contacts]
+        items = [ContactItem(None, g.key == model.open_chat, self.on_open, group_markup(g, model), g.key)
+                 for g in model.groups.sorted_groups()]
+        items += [ContactItem(c, c.fingerprint == model.open_chat, self.on_open) for c in model.sorted_contacts()]
         self.walker[:] = items
         if not items:
             self._w = self.empty
             return
         self._w = self.listbox
-        target = focused if focused in [c.fingerprint for c in contacts] else model.open_chat
+        target = focused if focused in [i.fingerprint for i in items] else model.open_chat
         for i, item in enumerate(items):
             if item.fingerprint == target:
                 self.walker.set_focus(i)

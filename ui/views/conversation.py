@@ -12,8 +12,9 @@ from typing import Callable, Optional
 import urwid
 
 from ..keys import KeyMap
+from ..groups import Group, GroupMessage
 from ..model import Contact, Item, Message, Model, Transfer
-from . import fmt
+from . import fmt, group_view
 
 MARKS = {
     "pending": ("mark_pending", "·"),
@@ -213,32 +214,40 @@ class ConversationView(urwid.WidgetWrap):
 
     # -- content ----------------------------------------------------------------------------
     def update(self, model: Model) -> None:
-        contact = model.open_contact
-        if contact is None:
+        contact, group = model.open_contact, model.open_group
+        if contact is None and group is None:
             self._welcome(model)
             return
-        if self.showing != contact.fingerprint:
+        key = model.open_chat
+        if self.showing != key:
             self._rows.clear()
             self.listbox.follow = True
-            self.showing = contact.fingerprint
-        self.title.set_text(self._title_markup(contact))
-        items = model.conversation_items(contact.fingerprint)
+            self.showing = key
+        if group is not None:
+            self.title.set_text(group_view.group_title_markup(group, model))
+        else:
+            self.title.set_text(self._title_markup(contact))
+        items = model.conversation_items(key)
         if not items:
-            hint = [("title_dim", f"No messages with {contact.name} yet. "
-                                  f"Type below and press {self.keymap.label('send')}.")]
-            if not contact.verified:
-                hint.append(("title_dim", f"\nTo check who you talk to: /verify {contact.name}"))
+            if group is not None:
+                hint = group_view.empty_hint(group, self.keymap.label("send"))
+            else:
+                hint = [("title_dim", f"No messages with {contact.name} yet. "
+                                      f"Type below and press {self.keymap.label('send')}.")]
+                if not contact.verified:
+                    hint.append(("title_dim", f"\nTo check who you talk to: /verify {contact.name}"))
             self.frame.body = urwid.ListBox(urwid.SimpleListWalker([urwid.Text(hint)]))
             return
         self.frame.body = self.listbox
         widgets = []
         fresh: dict[tuple, urwid.Widget] = {}
         for item in items:
+            who = self._who(item, model, contact, group)
             widget = self._rows.get(item.key)
             if widget is None:
-                widget = self._row(item, contact)
-            else:
-                widget.update(item.value, contact.name) if item.kind != "day" else None
+                widget = self._row(item, who)
+            elif item.kind != "day":
+                widget.update(item.value, who)
             fresh[item.key] = widget
             widgets.append(widget)
         self._rows = fresh
@@ -248,12 +257,27 @@ class ConversationView(urwid.WidgetWrap):
             if not self.listbox.follow and focus_widget in widgets:
                 self.walker.set_focus(widgets.index(focus_widget))
 
-    def _row(self, item: Item, contact: Contact) -> urwid.Widget:
+    @staticmethod
+    def _who(item: Item, model: Model, contact: Optional[Contact], group: Optional[Group]) -> str:
+        """The name a row shows: the contact, or in a group the member who wrote or sends it."""
+        if group is None:
+            return contact.name if contact is not None else ""
+        if item.kind == "message":
+            return group_view.member_label(model, item.value.sender, item.value.sender_name)
+        if item.kind == "transfer":
+            who = item.value.who
+            found = model.by_name(who) if who else None
+            return found.name if found is not None else (who or group.name)
+        return ""
+
+    def _row(self, item: Item, who: str) -> urwid.Widget:
         if item.kind == "day":
             return DaySeparator(fmt.day_label(item.value))
         if item.kind == "transfer":
-            return TransferRow(item.value, contact.name, self.on_transfer_answer)
-        return MessageRow(item.value, contact.name)
+            return TransferRow(item.value, who, self.on_transfer_answer)
+        if isinstance(item.value, GroupMessage):
+            return group_view.GroupMessageRow(item.value, who)
+        return MessageRow(item.value, who)
 
     @staticmethod
     def _title_markup(contact: Contact) -> list:

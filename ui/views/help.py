@@ -7,6 +7,7 @@ import urwid
 from .. import commands as slash
 from ..keys import MOUSE_HELP, KeyMap
 from .conversation import LEGEND
+from .group_view import GROUP_LEGEND
 from .dialogs import Callback, Dialog
 
 
@@ -21,11 +22,13 @@ def help_body(keymap: KeyMap) -> list[urwid.Widget]:
         rows.append(urwid.Columns([(18, urwid.Text(("help_key", "  " + keys))), urwid.Text(text)]))
     rows.append(urwid.Text(("help_title", "\nCommands")))
     for usage, text in slash.help_lines():
-        rows.append(urwid.Columns([(26, urwid.Text(("help_key", "  " + usage))), urwid.Text(text)]))
+        rows.append(urwid.Columns([(30, urwid.Text(("help_key", "  " + usage))), urwid.Text(text)]))
     rows.append(urwid.Text([f"\n  Names with spaces go in \"quotes\". {keymap.label('complete')} completes. "
                             "//text sends a line starting with /."]))
     rows.append(urwid.Text(("help_title", "\nMarks")))
-    rows.append(urwid.Text("  " + LEGEND + "\n  ● online  ○ offline  ✔ verified  ⊘ blocked; the number is unread messages."))
+    rows.append(urwid.Text("  " + LEGEND + "\n  " + GROUP_LEGEND +
+                           "\n  ● online  ○ offline  ✔ verified  ⊘ blocked  # a group (members online/all); "
+                           "the number is unread messages."))
     rows.append(urwid.Text("\n  " + MOUSE_HELP))
     return rows
 
