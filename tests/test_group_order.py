@@ -3,48 +3,13 @@ where its parents put it, not at the bottom, the same on every member; a member 
 what was written before it joined. Members in one process (tests/groupnode.py), real
 sessions over UDP on loopback."""
 
-import tempfile
-
-import pytest
-
-from chatp2p_core.crypto import pqc
-
-from groupnode import GroupNode, wait_until
-
-BACKEND = None
-
-
-def setup_module():
-    global BACKEND
-    BACKEND = pqc.select_backend()
-
-
-@pytest.fixture
-def trio():
-    with tempfile.TemporaryDirectory() as tmp:
-        nodes = [GroupNode(tmp, label, BACKEND) for label in ("A", "B", "C")]
-        try:
-            a, b, c = nodes
-            a.befriend(b)
-            a.befriend(c)
-            yield nodes
-        finally:
-            for node in nodes:
-                node.close()
-
-
-def texts(node, gid):
-    return [m["body"] for m in node.groups.history(gid, 1000, None)["messages"]]
+from groupnode import wait_until
+from test_group_service import joined, setup_module, texts, trio  # noqa: F401 (fixtures and setup)
 
 
 def has_all(node, gid, wanted):
     held = texts(node, gid)
     return all(text in held for text in wanted)
-
-
-def joined(nodes, gid):
-    for node in nodes:
-        wait_until(lambda node=node: bytes.fromhex(gid) in node.groups.groups, what=f"{node.label} joined")
 
 
 class Partition:
