@@ -240,12 +240,13 @@ def test_prune_keeps_operations_and_each_authors_latest_key_and_sets_floors():
 
 def test_prune_to_a_record_cap_removes_the_oldest_received_first():
     with one_group() as (store, group):
-        store.groups.add_records(group, [(Rec(A, 1, OPERATION), 1.0)])
+        # the oldest of all are an operation and C's only (so latest) KEY: over the cap they stay too
+        store.groups.add_records(group, [(Rec(A, 1, OPERATION), 0.5), (Rec(C, 1, KEY), 0.5)])
         store.groups.add_records(group, [(Rec(B, seq), float(seq)) for seq in range(1, 11)])
-        store.groups.add_records(group, [(Rec(C, 1), 5.5)])
-        assert store.groups.prune(group, older_than=0.0, max_records=8) == 4
-        assert store.groups.held_seqs(group) == {A: [1], B: [5, 6, 7, 8, 9, 10], C: [1]}
-        assert store.groups.floors(group) == {B: 5}
+        store.groups.add_records(group, [(Rec(C, 2), 5.5)])
+        assert store.groups.prune(group, older_than=0.0, max_records=8) == 5
+        assert store.groups.held_seqs(group) == {A: [1], B: [6, 7, 8, 9, 10], C: [1, 2]}
+        assert store.groups.floors(group) == {B: 6}
 
 
 # ---- keys --------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class Live:
     files: dict[bytes, tuple[str, set]] = dataclasses.field(default_factory=dict)  # our file_id -> (path, offered to)
     recent: dict[bytes, float] = dataclasses.field(default_factory=dict)      # hash -> when taken (monotonic)
     hints: dict[tuple[bytes, bytes], float] = dataclasses.field(default_factory=dict)  # pair -> last HINT
+    invited: set[bytes] = dataclasses.field(default_factory=set)  # members we added, not heard from yet (§13.9)
 
     @property
     def hex(self) -> str:

@@ -54,6 +54,7 @@ log = logging.getLogger("chatp2p.groups")
 MAX_GROUPS = 64
 MAX_RECORDS = 100_000          # stored per group (§13.9): the oldest non-operations go first
 MAX_PENDING = 1024             # records waiting for their author's ADD, per group
+MAX_PENDING_INVITES = 128      # per node: members we added who have sent nothing yet (§13.9)
 PENDING_TTL = 600.0
 CHECKPOINT_AFTER = 10.0        # s: our MESSAGEs not covered by a hybrid signature get a CHECKPOINT
 TIMER_STEP = 0.25              # s between timer passes (the network ticks every 20 ms)
@@ -83,7 +84,7 @@ class GroupService:
 
     def __init__(self, identity: ident.Identity, backend: pqc.Backend, store: Store, network: Network,
                  transfers: Any, publish: Publish, retention: float = 30 * 86400,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_records: int = MAX_RECORDS) -> None:
         self.identity = identity
         self.me = identity.fingerprint
         self.backend = backend
@@ -94,6 +95,7 @@ class GroupService:
         self.name_of = contact_name(store.contacts)
         self.events = GroupEvents(publish, self.name_of)
         self.retention = retention
+        self.max_records = max_records
         self.clock = clock
         self.counters = network.counters
         self.groups: dict[bytes, Live] = {}
@@ -132,6 +134,10 @@ class GroupService:
                 live.index(record)
         live.floors = dict(self.store.groups.floors(row))
         live.replay()
+        # Pending invites: the store keeps no HAVE, so a member we added counts until it has a
+        # record here (or, in this process, until its first HAVE or frame: at its link up).
+        live.invited = {fp for fp, member in live.membership.members.items()
+                        if member.added_by == self.me and fp != self.me and live.highest(fp) == 0}
         for stored in self.store.groups.undecrypted(row):
             record = _decode(stored.data)
             if record is not None:
@@ -168,6 +174,7 @@ class GroupService:
         bundles = []
         for contact in members:
             bundles.append((contact, self._contact_bundle(contact)))
+        self._check_invites(len({contact.fingerprint for contact in members} - {self.me}))
         draft = Record(Kind.CREATE, bytes(16), self.me, 1, bytes(32), 1, _now_ms(), 0, SigKind.HYBRID, (),
                        encode_create(name, self.identity.bundle.encode()))
         create = groupcrypto.sign_record(draft, self.identity.sig_private, self.backend)
@@ -180,6 +187,7 @@ class GroupService:
             if contact.fingerprint in live.membership.members:
                 continue
             self._write_op(live, Kind.ADD, encode_add(0, bundle))
+            live.invited.add(contact.fingerprint)
         self.events.joined(group_id, live.membership.name, live.membership.members)
         for contact, _ in bundles:
             self._welcome(live, contact)
@@ -202,9 +210,23 @@ class GroupService:
             raise GroupError(f"{contact.name} is already a member of {live.membership.name}")
         if len(live.membership.members) >= MAX_MEMBERS:
             raise GroupRefused(f"The group is full (at most {MAX_MEMBERS} members)")
-        self._write_op(live, Kind.ADD, encode_add(0, self._contact_bundle(contact)))
+        bundle = self._contact_bundle(contact)
+        self._check_invites(1)
+        self._write_op(live, Kind.ADD, encode_add(0, bundle))
+        live.invited.add(contact.fingerprint)
         self._welcome(live, contact)
         return self.info(live.hex)
+
+    def pending_invites(self) -> int:
+        """Members we added, over all our groups, who have sent nothing for that group yet."""
+        return sum(len(live.invited & live.membership.members.keys()) for live in self.groups.values()
+                   if live.state == "active")
+
+    def _check_invites(self, count: int) -> None:
+        """§13.9: at most MAX_PENDING_INVITES; checked before anything is written."""
+        if count and self.pending_invites() + count > MAX_PENDING_INVITES:
+            raise GroupRefused(f"Too many pending invites ({MAX_PENDING_INVITES}): wait until invited "
+                               f"members come online or remove some")
 
     def _welcome(self, live: Live, contact: Contact) -> None:
         """§13.3 Joining: the adder sends the new member a HAVE as soon as they are connected
@@ -517,6 +539,7 @@ class GroupService:
         for record in fresh:
             live.index(record)
             live.recent[record.hash()] = mono
+            live.invited.discard(record.author)
         own = [r for r in fresh if r.author == self.me]
         if own:   # before the replay: a LEAVE or REMOVE still reaches those it ends
             self._push(live, own)
@@ -775,6 +798,7 @@ class GroupService:
         if link.fingerprint not in live.membership.members and link.fingerprint not in live.membership.former:
             self.counters["group_frames_nonmember"] += 1
             return
+        live.invited.discard(link.fingerprint)
         self._receive(live, link, records)
 
     def _on_have(self, link: Link, have: Have) -> None:
@@ -791,6 +815,7 @@ class GroupService:
             if live.state == "active":
                 self.counters["group_have_nonmember"] += 1
             return
+        live.invited.discard(peer)
         self.sync.answer_have(live, link, have)
 
     def _on_hint(self, link: Link, hint: Hint) -> None:
@@ -886,16 +911,17 @@ class GroupService:
 
     def prune(self) -> None:
         """The retention pass (§13.9, hourly from `tick`): records older than the retention
-        period, and the oldest beyond MAX_RECORDS, leave; operations and latest KEYs stay."""
+        period, and the oldest beyond `max_records`, leave; operations and latest KEYs stay."""
         cutoff = time.time() - self.retention
         for live in list(self.groups.values()):
-            removed = self.store.groups.prune(live.row, cutoff, MAX_RECORDS)
+            removed = self.store.groups.prune(live.row, cutoff, self.max_records)
             if removed:
                 self._reindex(live)
 
     def _reindex(self, live: Live) -> None:
         fresh = self._build(self.store.groups.get_by_ref(live.row))
         fresh.peers, fresh.hints, fresh.uncovered_since = live.peers, live.hints, live.uncovered_since
+        fresh.invited = live.invited   # what this process heard (HAVEs) the store does not keep
         self.groups[live.group_id] = fresh
 
     # -- group files ---------------------------------------------------------------------------
