@@ -41,6 +41,7 @@ from ...net.peers import Link, Network
 from ...contract import GroupView
 from ...passes import PassRunner
 from ...store import Contact, Group, Store
+from ..messaging import check_message
 from .antientropy import IN_FLIGHT, AntiEntropy, decode as _decode, jitter
 from .channel import GroupChannel
 from .events import GroupEvents
@@ -61,8 +62,6 @@ TIMER_STEP = 0.25              # s between timer passes (the network ticks every
 PRUNE_INTERVAL = 3600.0
 MAX_CANDIDATES = 8             # groups we may be joining (operations received, not decided yet)
 MAX_CANDIDATE_RECORDS = 1024
-MAX_MESSAGE_BYTES = 64 * 1024
-MAX_MESSAGE_ID_CHARS = 128
 
 Publish = Callable[[str, Any], Any]
 
@@ -1003,16 +1002,10 @@ def _check_name(name: str) -> str:
 
 
 def _check_message(body: str, message_id: Optional[str]) -> str:
+    """The one-to-one rules (size, message_id), from a caller that may not have checked types."""
     if not isinstance(body, str):
         raise GroupError("Field 'message' must be text")
-    size = len(body.encode("utf-8"))
-    if size > MAX_MESSAGE_BYTES:
-        raise GroupError(f"Message too long ({size} bytes of UTF-8, at most {MAX_MESSAGE_BYTES})")
-    if message_id is None or message_id == "":
-        return uuid.uuid4().hex
-    if len(message_id) > MAX_MESSAGE_ID_CHARS or len(message_id.encode("utf-8")) > 255:
-        raise GroupError(f"message_id is too long (at most {MAX_MESSAGE_ID_CHARS} characters)")
-    return message_id
+    return check_message(body, message_id)
 
 
 def _file_view(announce: Optional[FileAnnounce]) -> Optional[dict]:
