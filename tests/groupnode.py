@@ -11,6 +11,7 @@ import gevent
 
 from chatp2p_core.services.groups.service import GroupService
 from netnode import NetNode, wait_connected
+from poll import wait_for
 
 
 class NoTransfers:
@@ -42,10 +43,4 @@ class GroupNode(NetNode):
 
 def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
     """Poll `predicate` from a greenlet (the nodes run in this process's hub)."""
-    with gevent.Timeout(timeout, False):
-        while True:
-            value = predicate()
-            if value:
-                return value
-            gevent.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return wait_for(predicate, timeout, what, sleep=gevent.sleep)

@@ -27,6 +27,7 @@ import wcwidth
 from chatp2p_core.api.ctl import ApiClient
 from chatp2p_core.lockfile import DataDirLock
 from daemon import Daemon
+from poll import wait_for
 
 ID_RE = re.compile(r"\b[a-z2-7]{5}(?:-[a-z2-7]{5}){10}-[a-z2-7]{3}\b")
 APP = (sys.executable, "-c", "import sys, chatp2p; sys.exit(chatp2p.main_app())")
@@ -315,18 +316,6 @@ def test_first_start_asks_online_or_private_and_online_saves_the_choice():
         tmux.kill()
 
 
-def poll(what: str, check, timeout: float = 30.0):
-    """check() until it returns something true (its value), else fail saying what."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}")
-        time.sleep(0.1)
-
-
 def test_group_chat_in_the_ui_with_two_daemons():
     """Issue 15's UI test: alice (the app) creates a group with Bob and Carol (daemons, each a
     contact of alice only: not of each other), chats, and sees ✓✓ once both have her message;
@@ -351,8 +340,8 @@ def test_group_chat_in_the_ui_with_two_daemons():
         with api(endpoints["ipc_port"]) as me:
             me.call("p2p", "connect", {"peer": "Bob", "address": f"127.0.0.1:{bob_port}"})
             me.call("p2p", "connect", {"peer": "Carol", "address": f"127.0.0.1:{carol_port}"})
-            poll("Bob and Carol connected", lambda: {p["name"] for p in me.call("p2p", "peers")
-                                                     if p["state"] == "connected"} >= {"Bob", "Carol"})
+            wait_for(lambda: {p["name"] for p in me.call("p2p", "peers")
+                              if p["state"] == "connected"} >= {"Bob", "Carol"}, 30.0, "Bob and Carol connected")
 
         tmux.type("app", "/group create Family Bob Carol")
         screen = tmux.wait("app", "# Family", what="the group open")
@@ -361,8 +350,8 @@ def test_group_chat_in_the_ui_with_two_daemons():
         def joined(daemon: Daemon):
             reply = daemon.request("group", "list")
             return reply["success"] and [g for g in reply["data"] if g["name"] == "Family"]
-        bob_group = poll("Bob joined", lambda: joined(_bob))[0]
-        poll("Carol joined", lambda: joined(carol))
+        bob_group = wait_for(lambda: joined(_bob), 30.0, "Bob joined")[0]
+        wait_for(lambda: joined(carol), 30.0, "Carol joined")
 
         tmux.type("app", "hello family 👋")
         tmux.wait("app", lambda t: any("me: hello family 👋" in line and line.rstrip().endswith("✓✓")

@@ -135,14 +135,7 @@ class Receiving:
 
     def _finished_answer(self, link: Link, tid: bytes) -> AnswerRecord:
         """The answer about a transfer no longer in memory (finished this run, or unknown)."""
-        state = self._finished.get((link.fingerprint, tid, "in"))
-        if state == COMPLETED:
-            return AnswerRecord(tid, Answer.COMPLETE)
-        if state == REJECTED:
-            return AnswerRecord(tid, Answer.REJECT, reason="rejected by the receiver")
-        if state == CANCELLED:
-            return AnswerRecord(tid, Answer.CANCELLED, reason="cancelled")
-        return AnswerRecord(tid, Answer.FAILED, reason="unknown transfer")
+        return _state_answer(tid, self._finished.get((link.fingerprint, tid, "in")), "unknown transfer")
 
     def _known_incoming(self, link: Link, offer: Offer) -> Optional[dict]:
         if not offer.transfer_id or transfer_wire_id(offer.transfer_id) != offer.tid:
@@ -155,14 +148,7 @@ class Receiving:
         return row if same_peer else None
 
     def _row_answer(self, tid: bytes, row: dict) -> AnswerRecord:
-        state = row["state"]
-        if state == COMPLETED:
-            return AnswerRecord(tid, Answer.COMPLETE)
-        if state == REJECTED:
-            return AnswerRecord(tid, Answer.REJECT, reason="rejected by the receiver")
-        if state == CANCELLED:
-            return AnswerRecord(tid, Answer.CANCELLED, reason="cancelled")
-        return AnswerRecord(tid, Answer.FAILED, reason=(row["error"] or state)[:200])
+        return _state_answer(tid, row["state"], (row["error"] or row["state"])[:200])
 
     def _check_offer(self, link: Link, offer: Offer, group_id: Optional[bytes]) -> Optional[str]:
         """Why an offer must be refused, or None. A group peer's must be a group file's."""
@@ -536,3 +522,14 @@ class Receiving:
                 os.unlink(transfer.part_path)
             except OSError:
                 pass
+
+
+def _state_answer(tid: bytes, state: Optional[str], failure: str) -> AnswerRecord:
+    """The ANSWER for a transfer that ended in `state`; `failure` says why when it did not end well."""
+    if state == COMPLETED:
+        return AnswerRecord(tid, Answer.COMPLETE)
+    if state == REJECTED:
+        return AnswerRecord(tid, Answer.REJECT, reason="rejected by the receiver")
+    if state == CANCELLED:
+        return AnswerRecord(tid, Answer.CANCELLED, reason="cancelled")
+    return AnswerRecord(tid, Answer.FAILED, reason=failure)
