@@ -1,18 +1,19 @@
-"""The group chat service (PROTOCOL §13): writes records, checks and stores the ones members
-send, and keeps every member's copy in step by anti-entropy.
+"""The group chat service (PROTOCOL §13): the API's operations, writing records, and the
+flows that tie the group modules together.
 
 One `GroupService` runs inside a `P2P`. It is a LinkObserver of the Network (GROUP records
 come through its `GroupChannel`) and the network's GroupPeerDirectory (members who are not
-contacts may open sessions). The pure parts are elsewhere: record and frame codecs
+contacts may open sessions). Its parts are elsewhere: record and frame codecs
 (codec/grouprecord.py), signatures and sender keys (crypto/groupcrypto.py), membership replay
-(membership.py), sync planning (sync.py); anti-entropy's frames are antientropy.py's. This
-module is the I/O and the flows:
+(membership.py), sync planning (sync.py), anti-entropy's frames (antientropy.py), checking
+received records (intake.py), sender-key state and opening messages (keys.py), group files
+(files.py). This module is the orchestration:
 
-- writing: every record names the DAG's heads as parents, is signed, stored, then sent to
-  every connected member; a MESSAGE is preceded by a KEY when the sender key was not given to
-  exactly the current members (rotation), and by hybrid signatures as §13.5 says;
-- receiving: well-formed, signed by a known member, depth, fork, rate and acceptance checks;
-  records whose author is not known yet wait (pending); new operations replay the membership;
+- writing: every record names the DAG's heads as parents, is signed, stored (`_commit`), then
+  sent to every connected member; a MESSAGE is preceded by a KEY when the sender key was not
+  given to exactly the current members (rotation), and by hybrid signatures as §13.5 says;
+- receiving: frames are dispatched here, records checked by `Intake`; new operations replay
+  the membership; RECORDS of a group we do not hold may make us join (§13.3);
 - anti-entropy: HAVE on link up, every 10 s ±20 % and as a receipt; RECORDS answer what a
   peer lacks and is entitled to; HINTs introduce members who are not connected to each other.
 
@@ -28,12 +29,10 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
-from ...codec.grouprecord import (MAX_MEMBERS, OPERATIONS, FileAnnounce, GroupWireError,
-                                  Have, Hint, Kind, MessagePlain, Record, RecordsFrame, SigKind,
-                                  decode_add, decode_create, decode_frame, decode_key,
-                                  decode_plain, decode_remove, encode_add, encode_create,
-                                  encode_frame, encode_key, encode_plain, encode_promote, encode_remove,
-                                  encode_rename, group_file_transfer_id)
+from ...codec.grouprecord import (MAX_MEMBERS, OPERATIONS, FileAnnounce, GroupWireError, Have, Hint, Kind,
+                                  MessagePlain, Record, RecordsFrame, SigKind, decode_frame, decode_remove,
+                                  encode_add, encode_create, encode_frame, encode_plain, encode_promote,
+                                  encode_remove, encode_rename)
 from ...codec.wire import Record as WireRecord
 from ...crypto import groupcrypto, identity as ident, pqc
 from ...errors import Invalid, NotFound, Refused
@@ -45,16 +44,17 @@ from ..messaging import check_message
 from .antientropy import IN_FLIGHT, AntiEntropy, decode as _decode, jitter
 from .channel import GroupChannel
 from .events import GroupEvents
+from .files import GroupFiles
+from .intake import Intake, signed_ok
+from .keys import SenderKeys, needs_rotation
 from .live import Live
-from .membership import MembershipState, accepts, entitled, order_key, replay
-from .sync import TokenBucket
+from .membership import MembershipState, entitled, order_key, replay
 from .views import contact_name, group_view, ids, member_view, message_view
 
 log = logging.getLogger("chatp2p.groups")
 
 MAX_GROUPS = 64
 MAX_RECORDS = 100_000          # stored per group (§13.9): the oldest non-operations go first
-MAX_PENDING = 1024             # records waiting for their author's ADD, per group
 MAX_PENDING_INVITES = 128      # per node: members we added who have sent nothing yet (§13.9)
 PENDING_TTL = 600.0
 CHECKPOINT_AFTER = 10.0        # s: our MESSAGEs not covered by a hybrid signature get a CHECKPOINT
@@ -99,8 +99,6 @@ class GroupService:
         self.counters = network.counters
         self.groups: dict[bytes, Live] = {}
         self.candidates: dict[bytes, dict[bytes, Record]] = {}
-        self.announced: dict[bytes, tuple[bytes, bytes]] = {}   # group file transfer id -> (group_id, author)
-        self.bucket = TokenBucket()
         self.connect_contact: Callable[[Contact], None] = lambda contact: None
         self._next_timer = 0.0
         self._next_prune = 0.0
@@ -108,11 +106,14 @@ class GroupService:
         self._dirty: dict[bytes, Link] = {}
         self.channel = GroupChannel(network, self._on_frame)
         self.sync = AntiEntropy(self.me, store, network, self.channel, self.events, clock)
+        self.files = GroupFiles(self.me, network, transfers, self._common)
+        self.keys = SenderKeys(identity, store, self.counters, self.events, self.files.note)
+        self.intake = Intake(self.me, backend, self.counters, clock, self._commit, self.sync.send_have)
         self._load()
         network.observers.append(self)
         network.set_group_peers(self)
         if hasattr(transfers, "set_group_offer_check"):
-            transfers.set_group_offer_check(self._group_offer)
+            transfers.set_group_offer_check(self.files.group_offer)
 
     def stop(self) -> None:
         self._pass.stop()
@@ -122,7 +123,7 @@ class GroupService:
         for row in self.store.groups.list_groups():
             live = self._build(row)
             self.groups[live.group_id] = live
-            self._open_sealed(live)
+            self.keys.open_sealed(live)
 
     def _build(self, row: Group) -> Live:
         group_id = bytes(row.group_id)
@@ -306,24 +307,9 @@ class GroupService:
         announce = FileAnnounce(file_id, size, os.path.basename(path)[:255])
         self._write_message(live, MessagePlain(message_id, file=announce))
         live.files[file_id] = (path, set())
-        offered = sum(self._offer_file(live, file_id, fp) for fp in sorted(live.membership.members))
+        offered = sum(self.files.offer(live, file_id, fp) for fp in sorted(live.membership.members))
         return {"group": live.hex, "message_id": message_id, "file_id": file_id.hex(), "name": announce.name,
                 "size": size, "offered": offered}
-
-    def _offer_file(self, live: Live, file_id: bytes, fp: bytes) -> bool:
-        """Offer an announced file of ours to a connected member who was not offered it yet
-        (members who connect later get it on link up, while this process runs)."""
-        path, offered = live.files[file_id]
-        link = self.network.link_for_fingerprint(fp) if fp != self.me else None
-        if link is None or not link.connected or fp in offered:
-            return False
-        offered.add(fp)
-        try:
-            self.transfers.send_file_to_link(link, path, group_file_transfer_id(file_id, fp), live.group_id)
-        except Exception as exc:  # one member's failure must not stop the others' offers
-            log.warning("group file offer to %s failed: %s", link.name, exc)
-            return False
-        return True
 
     # -- finding -------------------------------------------------------------------------------
     def _find(self, group: str) -> Live:
@@ -402,8 +388,9 @@ class GroupService:
         return record
 
     def _write_message(self, live: Live, plain: MessagePlain) -> Record:
-        if self._needs_rotation(live):
-            self._rotate(live)
+        if needs_rotation(live, self.me):
+            self._commit(live, [self.keys.rotate(live, lambda body, epoch: self._sign(
+                self._draft(live, Kind.KEY, body, SigKind.HYBRID, epoch)))], None)
         row = live.row
         epoch = row.key_epoch
         assert row.sender_key is not None
@@ -416,116 +403,7 @@ class GroupService:
         self._commit(live, [record], None)
         return record
 
-    def _needs_rotation(self, live: Live) -> bool:
-        row = live.row
-        if not row.sender_key or not row.key_epoch:
-            return True
-        if live.key_epochs.get(self.me) != row.key_epoch:
-            return True   # a crash between saving the key and storing its KEY: nobody has it
-        return set(row.key_recipients) != {fp for fp in live.membership.members if fp != self.me}
-
-    def _rotate(self, live: Live) -> None:
-        """A new sender key for exactly the current members (§13.4 Rotation)."""
-        epoch = max(live.row.key_epoch, live.key_epochs.get(self.me, 0)) + 1
-        key = groupcrypto.new_sender_key()
-        while not self.store.groups.put_key(live.row, self.me, epoch, key):
-            epoch += 1   # a key saved just before a crash, never sent: its epoch is skipped
-        envelopes = []
-        recipients = []
-        for fp, member in sorted(live.membership.members.items()):
-            if fp == self.me:
-                continue
-            bundle = ident.Bundle.decode(member.bundle)
-            envelopes.append(groupcrypto.seal_sender_key(bundle, key, live.group_id, self.me, epoch))
-            recipients.append(fp)
-        record = self._sign(self._draft(live, Kind.KEY, encode_key(envelopes), SigKind.HYBRID, epoch))
-        live.row = self.store.groups.update_group(live.row, key_epoch=epoch, sender_key=key,
-                                                  key_recipients=recipients)
-        self._commit(live, [record], None)
-
     # -- receiving and storing -----------------------------------------------------------------
-    def _check(self, live: Live, record: Record, link: Optional[Link]) -> Optional[str]:
-        """Why `record` is not taken (a counter name), or None to take it. Its author's bundle
-        is known (the caller made sure)."""
-        digest = record.hash()
-        if digest in live.depth:
-            return "group_records_duplicate"
-        if record.kind == Kind.CREATE:
-            if digest[:16] != live.group_id:
-                return "group_records_bad"
-        elif record.group_id != live.group_id:
-            return "group_records_bad"
-        bundle = _author_bundle(live.membership, record)
-        if bundle is None:
-            return "pending"
-        try:
-            sig_public = ident.Bundle.decode(bundle).sig_public
-        except Exception:
-            return "group_records_bad"
-        if not groupcrypto.verify_record(record, sig_public, self.backend):
-            return "group_records_forged"
-        other = live.by_seq.get((record.author, record.seq))
-        if other is not None and other != digest:
-            return "group_forks"
-        if not live.depth_ok(record):
-            return "group_records_bad"
-        if record.kind not in OPERATIONS and not accepts(live.membership, record):
-            return "group_records_nonmember"
-        if link is not None and link.fingerprint == record.author and record.author != self.me \
-                and not self._solicited(live, link, record) and not self.bucket.take(record.author, self.clock()):
-            return "group_rate_limited"
-        return None
-
-    def _solicited(self, live: Live, link: Link, record: Record) -> bool:
-        """Part of the answer to our last full HAVE (at most 1 MiB, for 10 s)? The per-author
-        rate limit (§13.9) is for what an author pushes unasked, not for what we asked for: a
-        member catching up from the author itself is not held to 4 records a second."""
-        state = live.peers.get(link.fingerprint)
-        size = len(record.signed_part()) + len(record.signature)
-        if state is None or state.grant < size or self.clock() > state.grant_until:
-            return False
-        state.grant -= size
-        return True
-
-    def _receive(self, live: Live, link: Link, records: list[Record]) -> None:
-        """Check and store records one member sent for a group we hold (§13.6 step 5)."""
-        queue = [r for r in records if r.hash() not in live.depth]
-        if len(queue) < len(records):   # copies (a relay's resend, or a replay): stored once
-            self.counters["group_records_duplicate"] += len(records) - len(queue)
-        queue.extend(r for r, _ in live.pending.values())
-        live.pending.clear()
-        taken: list[Record] = []
-        progress = True
-        while queue and progress:
-            progress = False
-            rest = []
-            for record in sorted(queue, key=lambda r: (r.kind not in OPERATIONS, order_key(r))):
-                verdict = self._check(live, record, link)
-                if verdict == "pending":
-                    rest.append(record)
-                    continue
-                if verdict is None:
-                    taken.append(record)
-                    if record.kind in OPERATIONS:   # later ones may need the bundle it names
-                        self._commit(live, taken, link)
-                        taken = []
-                        progress = True
-                elif verdict != "group_records_duplicate":
-                    self.counters[verdict] += 1
-                else:
-                    self.counters["group_records_duplicate"] += 1
-            queue = rest
-        if taken:
-            self._commit(live, taken, link)
-        now = self.clock()
-        for record in queue:
-            if len(live.pending) >= MAX_PENDING:
-                self.counters["group_pending_dropped"] += 1
-                continue
-            live.pending[record.hash()] = (record, now)
-        if queue:
-            self.sync.send_have(live, link)   # the sender supplies the operations we lack
-
     def _commit(self, live: Live, records: list[Record], link: Optional[Link]) -> None:
         """Store records (one transaction), index them, then do what they cause."""
         if not records:
@@ -551,13 +429,13 @@ class GroupService:
                 self._after_own(live, record)
         for record in fresh:
             if record.kind == Kind.KEY and record.author != self.me:
-                self._take_key(live, record)
+                self.keys.take_key(live, record)
         for record in fresh:
             if record.kind == Kind.MESSAGE:
                 live.sealed[record.hash()] = record
         if live.sealed:
-            self._open_sealed(live)
-        self._mark_pq(live, fresh)
+            self.keys.open_sealed(live)
+        self.keys.mark_pq(live, fresh)
         if link is not None:
             state = self.sync.peer(live, link.fingerprint)
             state.changed.update(r.author for r in fresh)
@@ -588,78 +466,6 @@ class GroupService:
                 continue
             sendable = [r for r in records if r.kind in OPERATIONS or entitled(live.membership, fp, r)]
             self.sync.send_records(live, link, [r.encode() for r in sendable])
-
-    def _take_key(self, live: Live, record: Record) -> None:
-        try:
-            envelopes = decode_key(record.body)
-        except GroupWireError:
-            self.counters["group_records_bad"] += 1
-            return
-        for envelope in envelopes:
-            if envelope.recipient != self.me:
-                continue
-            try:
-                key = groupcrypto.open_sender_key(self.identity.kem_seed, envelope, live.group_id,
-                                                  record.author, record.key_epoch, self.me)
-            except Exception:
-                self.counters["group_keys_bad"] += 1
-                return
-            self.store.groups.put_key(live.row, record.author, record.key_epoch, key)
-            return
-
-    def _open_sealed(self, live: Live) -> None:
-        """Show the MESSAGEs whose key we now hold (exactly once: by record hash)."""
-        keys: dict[tuple[bytes, int], Optional[bytes]] = {}
-        opened = []
-        for digest, record in list(live.sealed.items()):
-            slot = (record.author, record.key_epoch)
-            if slot not in keys:
-                keys[slot] = self.store.groups.get_key(live.row, record.author, record.key_epoch)
-            key = keys[slot]
-            if key is None:
-                continue
-            del live.sealed[digest]
-            try:
-                plain = decode_plain(groupcrypto.decrypt_message(key, record))
-            except Exception:
-                self.counters["group_records_undecryptable"] += 1
-                continue
-            opened.append((record, plain))
-        if not opened:
-            return
-        opened.sort(key=lambda item: order_key(item[0]))
-        now = time.time()
-        for record, plain in opened:
-            outgoing = record.author == self.me
-            message = self.store.groups.add_message(
-                live.row, hash=record.hash(), author=record.author, message_id=plain.message_id,
-                depth=record.depth, kind="file" if plain.file is not None else "text",
-                body=plain.text or "", file=_file_view(plain.file), created=record.created_ms / 1000,
-                received=now, outgoing=outgoing, pq_verified=record.sig_kind == SigKind.HYBRID)
-            if plain.file is not None and not outgoing:
-                self.announced[group_file_transfer_id(plain.file.file_id, self.me)] = (live.group_id, record.author)
-            if message is None:
-                continue  # already shown (a copy after a restart)
-            if outgoing:
-                live.own[record.seq] = (record.hash(), plain.message_id)
-                continue
-            self.events.message_received(live.group_id, message)
-
-    def _mark_pq(self, live: Live, fresh: list[Record]) -> None:
-        """A hybrid record covers its author's chain back to the previous hybrid one (§13.5)."""
-        for record in fresh:
-            if record.sig_kind != SigKind.HYBRID or record.author == self.me:
-                continue
-            hashes = []
-            seq = record.seq - 1
-            while seq >= 1:
-                digest = live.by_seq.get((record.author, seq))
-                if digest is None or digest in live.hybrid:
-                    break
-                hashes.append(digest)
-                seq -= 1
-            if hashes:
-                self.store.groups.mark_pq_verified(hashes)
 
     # -- membership changes --------------------------------------------------------------------
     def _membership_changed(self, live: Live, before: MembershipState, after: MembershipState) -> None:
@@ -737,7 +543,7 @@ class GroupService:
         for record in records:
             if record.kind in OPERATIONS and len(pool) < MAX_CANDIDATE_RECORDS:
                 pool[record.hash()] = record
-        ops = [r for r in pool.values() if _signed_ok(r, pool, group_id, self.backend)]
+        ops = [r for r in pool.values() if signed_ok(r, pool, group_id, self.backend)]
         state = replay(group_id, ops)
         if self.me not in state.members:
             if not any(r.kind == Kind.CREATE for r in ops):   # ask for every operation
@@ -754,10 +560,10 @@ class GroupService:
         self.groups[group_id] = live
         self.events.invited(group_id, state.name, adder)
         ops.sort(key=order_key)
-        self._receive(live, link, ops)
+        self.intake.receive(live, link, ops)
         rest = [r for r in records if r.kind not in OPERATIONS]
         if rest:
-            self._receive(live, link, rest)
+            self.intake.receive(live, link, rest)
         self.events.joined(group_id, live.membership.name, live.membership.members)
         self.sync.send_have(live, link)
 
@@ -798,7 +604,7 @@ class GroupService:
             self.counters["group_frames_nonmember"] += 1
             return
         live.invited.discard(link.fingerprint)
-        self._receive(live, link, records)
+        self.intake.receive(live, link, records)
 
     def _on_have(self, link: Link, have: Have) -> None:
         live = self.groups.get(have.group_id)
@@ -858,7 +664,7 @@ class GroupService:
             state.next_have = self.clock() + jitter()
             self.sync.send_have(live, link)
             for file_id in live.files:
-                self._offer_file(live, file_id, link.fingerprint)
+                self.files.offer(live, file_id, link.fingerprint)
 
     def link_down(self, link: Link) -> None:
         self.channel.link_down(link)
@@ -923,15 +729,6 @@ class GroupService:
         fresh.invited = live.invited   # what this process heard (HAVEs) the store does not keep
         self.groups[live.group_id] = fresh
 
-    # -- group files ---------------------------------------------------------------------------
-    def _group_offer(self, link: Link, transfer_id: bytes) -> Optional[bytes]:
-        """The group an offer from `link` belongs to (an announced file of a common group)."""
-        found = self.announced.get(transfer_id)
-        if found is None or found[1] != link.fingerprint:
-            return None
-        group_id = found[0]
-        return group_id if any(live.group_id == group_id for live in self._common(link.fingerprint)) else None
-
     # -- views ---------------------------------------------------------------------------------
     def _view(self, live: Live, unread: dict[int, int]) -> GroupView:
         """The group as the API shows it; a former member sees the last membership it knew."""
@@ -948,37 +745,6 @@ class GroupService:
 # -- helpers ------------------------------------------------------------------------------------
 def _with_body(draft: Record, body: bytes) -> Record:
     return dataclasses.replace(draft, body=body)
-
-
-def _author_bundle(state: MembershipState, record: Record) -> Optional[bytes]:
-    if record.kind == Kind.CREATE:
-        try:
-            return decode_create(record.body)[1]
-        except GroupWireError:
-            return None
-    return state.known_bundles.get(record.author)
-
-
-def _signed_ok(record: Record, pool: dict, group_id: bytes, backend: pqc.Backend) -> bool:
-    """An operation of a group we may join: signed by the bundle its group names for the author."""
-    bundles: dict[bytes, bytes] = {}
-    for op in pool.values():
-        try:
-            if op.kind == Kind.CREATE:
-                bundle = decode_create(op.body)[1]
-                bundles[op.author] = bundle
-            elif op.kind == Kind.ADD:
-                bundle = decode_add(op.body)[1]
-                bundles[ident.Bundle.decode(bundle).fingerprint()] = bundle
-        except Exception:
-            continue
-    bundle = bundles.get(record.author)
-    if bundle is None:
-        return False
-    try:
-        return groupcrypto.verify_record(record, ident.Bundle.decode(bundle).sig_public, backend)
-    except Exception:
-        return False
 
 
 def _former_now(live: Live, records: list[Record]) -> set[bytes]:
@@ -1006,9 +772,3 @@ def _check_message(body: str, message_id: Optional[str]) -> str:
     if not isinstance(body, str):
         raise GroupError("Field 'message' must be text")
     return check_message(body, message_id)
-
-
-def _file_view(announce: Optional[FileAnnounce]) -> Optional[dict]:
-    if announce is None:
-        return None
-    return {"file_id": announce.file_id.hex(), "size": announce.size, "name": announce.name}
