@@ -6,8 +6,8 @@ come through its `GroupChannel`) and the network's GroupPeerDirectory (members w
 contacts may open sessions). Its parts are elsewhere: record and frame codecs
 (codec/grouprecord.py), signatures and sender keys (crypto/groupcrypto.py), membership replay
 (membership.py), sync planning (sync.py), anti-entropy's frames (antientropy.py), checking
-received records (intake.py), sender-key state and opening messages (keys.py), group files
-(files.py). This module is the orchestration:
+received records (intake.py), what a membership change causes (changes.py), sender-key state
+and opening messages (keys.py), group files (files.py). This module is the orchestration:
 
 - writing: every record names the DAG's heads as parents, is signed, stored (`_commit`), then
   sent to every connected member; a MESSAGE is preceded by a KEY when the sender key was not
@@ -43,12 +43,13 @@ from ...store import Contact, Group, Store
 from ..messaging import check_message
 from .antientropy import IN_FLIGHT, AntiEntropy, decode as _decode, jitter
 from .channel import GroupChannel
+from .changes import MembershipChanges
 from .events import GroupEvents
 from .files import GroupFiles
 from .intake import Intake, signed_ok
 from .keys import SenderKeys, needs_rotation
 from .live import Live
-from .membership import MembershipState, entitled, order_key, replay
+from .membership import entitled, order_key, replay
 from .views import contact_name, group_view, ids, member_view, message_view
 
 log = logging.getLogger("chatp2p.groups")
@@ -108,6 +109,7 @@ class GroupService:
         self.sync = AntiEntropy(self.me, store, network, self.channel, self.events, clock)
         self.files = GroupFiles(self.me, network, transfers, self._common)
         self.keys = SenderKeys(identity, store, self.counters, self.events, self.files.note)
+        self.changes = MembershipChanges(self.me, store, network, self.counters, self.events, self._common)
         self.intake = Intake(self.me, backend, self.counters, clock, self._commit, self.sync.send_have)
         self._load()
         network.observers.append(self)
@@ -423,7 +425,7 @@ class GroupService:
         before = live.membership
         if any(r.kind in OPERATIONS for r in fresh):
             after = live.replay()
-            self._membership_changed(live, before, after)
+            self.changes.apply(live, before, after)
         for record in fresh:
             if record.author == self.me:
                 self._after_own(live, record)
@@ -466,72 +468,6 @@ class GroupService:
                 continue
             sendable = [r for r in records if r.kind in OPERATIONS or entitled(live.membership, fp, r)]
             self.sync.send_records(live, link, [r.encode() for r in sendable])
-
-    # -- membership changes --------------------------------------------------------------------
-    def _membership_changed(self, live: Live, before: MembershipState, after: MembershipState) -> None:
-        was_member = self.me in before.members
-        is_member = self.me in after.members
-        for fp in sorted(set(after.members) - set(before.members)):
-            if fp == self.me:
-                continue
-            self.events.member_added(live.group_id, fp, after.members[fp].added_by)
-        for fp in sorted(set(before.members) - set(after.members)):
-            op = self._last_op(live, after, fp)
-            if op is not None and op.kind == Kind.LEAVE:
-                self.events.member_left(live.group_id, fp)
-            else:
-                self.events.member_removed(live.group_id, fp, op.author if op is not None else fp)
-        self._drop_unacceptable(live, after)
-        if was_member and not is_member:
-            op = self._last_op(live, after, self.me)
-            state = "left" if op is not None and op.kind == Kind.LEAVE else "removed"
-            live.row = self.store.groups.update_group(live.row, state=state)
-        elif is_member and live.state != "active" and not was_member:
-            live.row = self.store.groups.update_group(live.row, state="active")
-        if after.name and after.name != live.row.name:
-            live.row = self.store.groups.update_group(live.row, name=after.name)
-        if before.name != after.name or set(before.members) != set(after.members) \
-                or before.admins() != after.admins():
-            self.events.updated(live.group_id, after.name, after.members, after.admins())
-        self._close_strays()
-
-    def _last_op(self, live: Live, state: MembershipState, target: bytes) -> Optional[Record]:
-        """The applied REMOVE or LEAVE that ended `target`'s membership."""
-        found = None
-        for digest in state.applied:
-            record = live.ops.get(digest)
-            if record is None:
-                continue
-            if record.kind == Kind.LEAVE and record.author == target:
-                found = record
-            elif record.kind == Kind.REMOVE:
-                try:
-                    if decode_remove(record.body)[0] == target:
-                        found = record
-                except GroupWireError:
-                    pass
-        return found
-
-    def _drop_unacceptable(self, live: Live, state: MembershipState) -> None:
-        """§13.3: records of former members beyond their final_seq leave history."""
-        doomed = []
-        for fp, final_seq in state.former.items():
-            for seq in [s for s in live.held.get(fp, ()) if s > final_seq]:
-                digest = live.by_seq.get((fp, seq))
-                if digest is not None and digest not in live.ops:
-                    doomed.append((fp, seq, digest))
-        if not doomed:
-            return
-        self.store.groups.delete_records([d for _, _, d in doomed])
-        for fp, seq, _ in doomed:
-            live.forget(fp, seq)
-        self.counters["group_records_nonmember"] += len(doomed)
-
-    def _close_strays(self) -> None:
-        """§13.7: a group peer with no common group left is closed (CLOSE 1)."""
-        for link in list(self.network.links.values()):
-            if getattr(link, "group_peer", False) and not self._common(link.fingerprint):
-                self.network.close_group_peer(link.fingerprint)
 
     # -- joining ------------------------------------------------------------------------------
     def _candidate(self, group_id: bytes, link: Link, records: list[Record]) -> None:
