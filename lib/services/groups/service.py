@@ -5,9 +5,10 @@ One `GroupService` runs inside a `P2P`. It is a LinkObserver of the Network (GRO
 come through its `GroupChannel`) and the network's GroupPeerDirectory (members who are not
 contacts may open sessions). Its parts are elsewhere: record and frame codecs
 (codec/grouprecord.py), signatures and sender keys (crypto/groupcrypto.py), membership replay
-(membership.py), sync planning (sync.py), anti-entropy's frames (antientropy.py), checking
-received records (intake.py), what a membership change causes (changes.py), sender-key state
-and opening messages (keys.py), group files (files.py). This module is the orchestration:
+(membership.py), sync planning (sync.py), anti-entropy's frames (antientropy.py), requests'
+arguments and the errors (checks.py), checking received records (intake.py), what a
+membership change causes (changes.py), sender-key state and opening messages (keys.py), group
+files (files.py). This module is the orchestration:
 
 - writing: every record names the DAG's heads as parents, is signed, stored (`_commit`), then
   sent to every connected member; a MESSAGE is preceded by a KEY when the sender key was not
@@ -35,15 +36,15 @@ from ...codec.grouprecord import (MAX_MEMBERS, OPERATIONS, FileAnnounce, GroupWi
                                   encode_remove, encode_rename)
 from ...codec.wire import Record as WireRecord
 from ...crypto import groupcrypto, identity as ident, pqc
-from ...errors import Invalid, NotFound, Refused
 from ...net.peers import Link, Network
 from ...contract import GroupView
 from ...passes import PassRunner
 from ...store import Contact, Group, Store
-from ..messaging import check_message
 from .antientropy import IN_FLIGHT, AntiEntropy, decode as _decode, jitter
 from .channel import GroupChannel
 from .changes import MembershipChanges
+from .checks import (GroupError, GroupRefused, check_message, check_name, contact_bundle, find, member_fp,
+                     writable)
 from .events import GroupEvents
 from .files import GroupFiles
 from .intake import Intake, signed_ok
@@ -65,14 +66,6 @@ MAX_CANDIDATES = 8             # groups we may be joining (operations received, 
 MAX_CANDIDATE_RECORDS = 1024
 
 Publish = Callable[[str, Any], Any]
-
-
-class GroupError(Invalid):
-    """A group request that cannot be done as asked."""
-
-
-class GroupRefused(Refused):
-    """Not allowed: not an admin, not a member, the group was left."""
 
 
 def _now_ms() -> int:
@@ -168,14 +161,14 @@ class GroupService:
 
     # -- the API's interface -------------------------------------------------------------------
     def create(self, name: str, members: list[Contact]) -> dict:
-        name = _check_name(name)
+        name = check_name(name)
         if self._active_count() >= MAX_GROUPS:
             raise GroupRefused(f"Too many groups (at most {MAX_GROUPS})")
         if len(members) > MAX_MEMBERS - 1:
             raise GroupError(f"Too many members (at most {MAX_MEMBERS - 1} besides you)")
         bundles = []
         for contact in members:
-            bundles.append((contact, self._contact_bundle(contact)))
+            bundles.append((contact, contact_bundle(contact)))
         self._check_invites(len({contact.fingerprint for contact in members} - {self.me}))
         draft = Record(Kind.CREATE, bytes(16), self.me, 1, bytes(32), 1, _now_ms(), 0, SigKind.HYBRID, (),
                        encode_create(name, self.identity.bundle.encode()))
@@ -212,7 +205,7 @@ class GroupService:
             raise GroupError(f"{contact.name} is already a member of {live.membership.name}")
         if len(live.membership.members) >= MAX_MEMBERS:
             raise GroupRefused(f"The group is full (at most {MAX_MEMBERS} members)")
-        bundle = self._contact_bundle(contact)
+        bundle = contact_bundle(contact)
         self._check_invites(1)
         self._write_op(live, Kind.ADD, encode_add(0, bundle))
         live.invited.add(contact.fingerprint)
@@ -241,7 +234,7 @@ class GroupService:
 
     def remove(self, group: str, peer: str) -> dict:
         live = self._writable(group, admin=True)
-        target = self._member_fp(live, peer)
+        target = member_fp(live, peer, self.store.contacts)
         if target == self.me:
             raise GroupError("Use leave to leave a group")
         self._write_op(live, Kind.REMOVE, encode_remove(target, live.highest(target)))
@@ -249,7 +242,7 @@ class GroupService:
 
     def promote(self, group: str, peer: str) -> dict:
         live = self._writable(group, admin=True)
-        target = self._member_fp(live, peer)
+        target = member_fp(live, peer, self.store.contacts)
         if live.membership.is_admin(target):
             raise GroupError("That member is already an admin")
         self._write_op(live, Kind.PROMOTE, encode_promote(target))
@@ -257,7 +250,7 @@ class GroupService:
 
     def rename(self, group: str, name: str) -> dict:
         live = self._writable(group, admin=True)
-        self._write_op(live, Kind.RENAME, encode_rename(_check_name(name)))
+        self._write_op(live, Kind.RENAME, encode_rename(check_name(name)))
         return self.info(live.hex)
 
     def leave(self, group: str) -> dict:
@@ -267,7 +260,7 @@ class GroupService:
 
     def submit_message(self, group: str, body: str, message_id: Optional[str]) -> dict:
         live = self._writable(group)
-        message_id = _check_message(body, message_id)
+        message_id = check_message(body, message_id)
         if self.store.groups.own_message(live.row, message_id) is not None:
             raise GroupError(f"message_id {message_id!r} was already used in this group")
         record = self._write_message(live, MessagePlain(message_id, text=body))
@@ -315,60 +308,10 @@ class GroupService:
 
     # -- finding -------------------------------------------------------------------------------
     def _find(self, group: str) -> Live:
-        if not isinstance(group, str) or not group:
-            raise GroupError("Field 'group' must be a group id or name")
-        text = group.strip().lower()
-        if len(text) == 32:
-            try:
-                live = self.groups.get(bytes.fromhex(text))
-            except ValueError:
-                live = None
-            if live is not None:
-                return live
-        wanted = group.strip().casefold()
-        found = [live for live in self.groups.values() if live.membership.name.casefold() == wanted]
-        if len(found) > 1:
-            raise GroupError(f"Several groups are named {group!r}: use the group id")
-        if not found:
-            raise NotFound(f"No group {group!r}")
-        return found[0]
+        return find(self.groups, group)
 
     def _writable(self, group: str, admin: bool = False) -> Live:
-        live = self._find(group)
-        if live.state != "active" or not live.membership.is_member(self.me):
-            raise GroupRefused(f"You are no longer a member of {live.membership.name}")
-        if admin and not live.membership.is_admin(self.me):
-            raise GroupRefused(f"Only an admin of {live.membership.name} can do that")
-        return live
-
-    def _member_fp(self, live: Live, peer: str) -> bytes:
-        if not isinstance(peer, str) or not peer:
-            raise GroupError("Field 'peer' must be a contact name or an ID")
-        contact = self._contact_named(peer)
-        if contact is not None:
-            fp = contact.fingerprint
-        else:
-            try:
-                fp = ident.parse_id(peer)
-            except ident.IdentityError:
-                raise NotFound(f"No contact or ID {peer!r}") from None
-        if fp not in live.membership.members:
-            raise NotFound(f"{peer} is not a member of {live.membership.name}")
-        return fp
-
-    def _contact_named(self, name: str) -> Optional[Contact]:
-        try:
-            return self.store.contacts.get(name)
-        except Exception:
-            return None
-
-    def _contact_bundle(self, contact: Contact) -> bytes:
-        if contact.blocked:
-            raise GroupRefused(f"{contact.name} is blocked")
-        if not contact.bundle:
-            raise GroupError(f"The key of {contact.name} is not known yet: connect to it once "
-                             f"(p2p connect or contacts negotiate_keys) before adding it to a group")
-        return ident.Bundle.from_base64(contact.bundle).encode()
+        return writable(find(self.groups, group), self.me, admin)
 
     def _active_count(self) -> int:
         return sum(1 for live in self.groups.values() if live.state == "active")
@@ -695,16 +638,3 @@ def _former_now(live: Live, records: list[Record]) -> set[bytes]:
     if any(r.kind == Kind.LEAVE for r in records):
         out |= set(live.membership.members)
     return out
-
-
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not 1 <= len(name.encode("utf-8")) <= 64:
-        raise GroupError("A group name is 1 to 64 bytes of UTF-8")
-    return name
-
-
-def _check_message(body: str, message_id: Optional[str]) -> str:
-    """The one-to-one rules (size, message_id), from a caller that may not have checked types."""
-    if not isinstance(body, str):
-        raise GroupError("Field 'message' must be text")
-    return check_message(body, message_id)
