@@ -4,6 +4,7 @@ former members beyond their final seq dropped, and group peers with no common gr
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 from ...codec.grouprecord import GroupWireError, Kind, Record, decode_remove
@@ -17,17 +18,16 @@ from .membership import MembershipState
 Common = Callable[[bytes], "list[Live]"]
 
 
+@dataclasses.dataclass
 class MembershipChanges:
     """Applies membership changes; see the module docstring."""
 
-    def __init__(self, me: bytes, store: Store, network: Network, counters: Any, events: GroupEvents,
-                 common: Common) -> None:
-        self.me = me
-        self.store = store
-        self.network = network
-        self.counters = counters
-        self.events = events
-        self.common = common
+    me: bytes
+    store: Store
+    network: Network
+    counters: Any
+    events: GroupEvents
+    common: Common
 
     def apply(self, live: Live, before: MembershipState, after: MembershipState) -> None:
         """What a replay that changed `before` into `after` causes: events, our own state, history

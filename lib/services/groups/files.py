@@ -4,6 +4,7 @@ common group announced to us. The MESSAGE that announces a file is written by th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable, Optional
 
@@ -17,15 +18,16 @@ log = logging.getLogger("chatp2p.groups")
 Common = Callable[[bytes], "list[Live]"]
 
 
+@dataclasses.dataclass
 class GroupFiles:
     """Offers of our group files, and the files others announced to us."""
 
-    def __init__(self, me: bytes, network: Network, transfers: Any, common: Common) -> None:
-        self.me = me
-        self.network = network
-        self.transfers = transfers
-        self.common = common
-        self.announced: dict[bytes, tuple[bytes, bytes]] = {}   # group file transfer id -> (group_id, author)
+    me: bytes
+    network: Network
+    transfers: Any
+    common: Common
+    # group file transfer id -> (group_id, author) of the files announced to us
+    announced: dict[bytes, tuple[bytes, bytes]] = dataclasses.field(default_factory=dict)
 
     def note(self, group_id: bytes, author: bytes, announce: FileAnnounce) -> None:
         """A file `author` announced to us: its offer (by its transfer id) will be accepted."""

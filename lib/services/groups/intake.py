@@ -6,6 +6,7 @@ The taken records go to the service's commit; nothing here stores."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 from ...codec.grouprecord import OPERATIONS, GroupWireError, Kind, Record, decode_add, decode_create
@@ -21,18 +22,17 @@ Commit = Callable[[Live, "list[Record]", Optional[Link]], None]
 SendHave = Callable[[Live, Link], None]
 
 
+@dataclasses.dataclass
 class Intake:
     """Checks records for the groups we hold; see the module docstring."""
 
-    def __init__(self, me: bytes, backend: pqc.Backend, counters: Any, clock: Callable[[], float],
-                 commit: Commit, send_have: SendHave) -> None:
-        self.me = me
-        self.backend = backend
-        self.counters = counters
-        self.clock = clock
-        self.commit = commit
-        self.send_have = send_have
-        self.bucket = TokenBucket()
+    me: bytes
+    backend: pqc.Backend
+    counters: Any
+    clock: Callable[[], float]
+    commit: Commit
+    send_have: SendHave
+    bucket: TokenBucket = dataclasses.field(default_factory=TokenBucket)
 
     def check(self, live: Live, record: Record, link: Optional[Link]) -> Optional[str]:
         """Why `record` is not taken (a counter name), "pending" while its author's bundle is

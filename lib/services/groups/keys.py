@@ -5,6 +5,7 @@ covers. The service writes and commits the records; this module keeps the keys a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Optional
 
@@ -38,17 +39,19 @@ def stored_file(announce: Optional[FileAnnounce]) -> Optional[dict]:
     return {"file_id": announce.file_id.hex(), "size": announce.size, "name": announce.name}
 
 
+@dataclasses.dataclass
 class SenderKeys:
     """The key state the service's records need; see the module docstring."""
 
-    def __init__(self, identity: ident.Identity, store: Store, counters: Any, events: GroupEvents,
-                 announced: Announced) -> None:
-        self.identity = identity
-        self.me = identity.fingerprint
-        self.store = store
-        self.counters = counters
-        self.events = events
-        self.announced = announced
+    identity: ident.Identity
+    store: Store
+    counters: Any
+    events: GroupEvents
+    announced: Announced
+
+    @property
+    def me(self) -> bytes:
+        return self.identity.fingerprint
 
     def rotate(self, live: Live, sign_key: SignKey) -> Record:
         """A new sender key for exactly the current members (§13.4 Rotation): saved, then its
