@@ -182,7 +182,7 @@ class StandIn:
         if name == "mark_read":
             return {"group": GID.hex(), "marked": 2}
         if name == "send_file":
-            return {"group": GID.hex(), "message_id": "f1", "file_id": "ab" * 16, "offered": [format_id(b"\x03" * 32)]}
+            return {"group": GID.hex(), "message_id": "f1", "file_id": "ab" * 16, "name": "photo.jpg", "size": 3, "offered": [format_id(b"\x03" * 32)]}
         return self.view
 
     def __getattr__(self, name):

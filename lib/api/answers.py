@@ -183,13 +183,15 @@ class GroupMarkedRead(TypedDict):
 
 
 class GroupFileSent(TypedDict):
-    """A file was announced in the group and offered to each member connected now (the others
-    get the offer when they connect)."""
+    """A file was announced in the group; each member gets an offer (a transfer of its own)
+    once it holds the announcement, now or when it next connects while this node runs."""
 
     group: str
     message_id: str
     file_id: str
-    offered: list[str]          # IDs of the members offered the file now
+    name: str
+    size: int
+    offered: list[str]          # IDs of the members it is offered to
 
 
 # -- crypto -----------------------------------------------------------------------------------

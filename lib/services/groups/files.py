@@ -35,10 +35,15 @@ class GroupFiles:
 
     def offer(self, live: Live, file_id: bytes, fp: bytes) -> bool:
         """Offer an announced file of ours to a connected member who was not offered it yet
-        (members who connect later get it on link up, while this process runs)."""
-        path, offered = live.files[file_id]
+        and reported holding the announcement (an offer that came first would find no
+        announcement there and be refused); members who connect later get it once they have
+        it, while this process runs."""
+        path, offered, seq = live.files[file_id]
         link = self.network.link_for_fingerprint(fp) if fp != self.me else None
         if link is None or not link.connected or fp in offered:
+            return False
+        state = live.peers.get(fp)
+        if state is None or not state.holds(seq):
             return False
         offered.add(fp)
         try:
@@ -55,3 +60,8 @@ class GroupFiles:
             return None
         group_id = found[0]
         return group_id if any(live.group_id == group_id for live in self.common(link.fingerprint)) else None
+
+    def offer_all(self, live: Live, fp: bytes) -> None:
+        """Every announced file of ours `fp` can be offered now (after its HAVE)."""
+        for file_id in live.files:
+            self.offer(live, file_id, fp)

@@ -30,6 +30,10 @@ class PeerSync:
     have_due: bool = False                 # a receipt HAVE goes in the next pass
     changed: set = dataclasses.field(default_factory=set)  # authors for that receipt
 
+    def holds(self, seq: int) -> bool:
+        """It reported holding our record `seq`."""
+        return seq <= self.acked_upto or seq in self.acked
+
 
 @dataclasses.dataclass(eq=False)
 class Live:
@@ -53,7 +57,8 @@ class Live:
     own: dict[int, tuple[bytes, str]] = dataclasses.field(default_factory=dict)  # our MESSAGE seq -> (hash, message_id)
     floors: dict[bytes, int] = dataclasses.field(default_factory=dict)
     uncovered_since: Optional[float] = None  # our oldest MESSAGE not yet covered by a hybrid record
-    files: dict[bytes, tuple[str, set]] = dataclasses.field(default_factory=dict)  # our file_id -> (path, offered to)
+    # our file_id -> (path, members offered it, the seq of the MESSAGE announcing it)
+    files: dict[bytes, tuple[str, set, int]] = dataclasses.field(default_factory=dict)
     recent: dict[bytes, float] = dataclasses.field(default_factory=dict)      # hash -> when taken (monotonic)
     hints: dict[tuple[bytes, bytes], float] = dataclasses.field(default_factory=dict)  # pair -> last HINT
     invited: set[bytes] = dataclasses.field(default_factory=set)  # members we added, not heard from yet (§13.9)

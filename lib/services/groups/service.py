@@ -300,11 +300,12 @@ class GroupService:
         file_id = uuid.uuid4().bytes
         message_id = uuid.uuid4().hex
         announce = FileAnnounce(file_id, size, os.path.basename(path)[:255])
-        self._write_message(live, MessagePlain(message_id, file=announce))
-        live.files[file_id] = (path, set())
-        offered = sum(self.files.offer(live, file_id, fp) for fp in sorted(live.membership.members))
+        announcement = self._write_message(live, MessagePlain(message_id, file=announce))
+        live.files[file_id] = (path, set(), announcement.seq)
+        # each member is offered the file once its receipt shows it holds the announcement
+        members = sorted(fp for fp in live.membership.members if fp != self.me)
         return {"group": live.hex, "message_id": message_id, "file_id": file_id.hex(), "name": announce.name,
-                "size": size, "offered": offered}
+                "size": size, "offered": ids(members)}
 
     # -- finding -------------------------------------------------------------------------------
     def _find(self, group: str) -> Live:
@@ -501,6 +502,7 @@ class GroupService:
             return
         live.invited.discard(peer)
         self.sync.answer_have(live, link, have)
+        self.files.offer_all(live, link.fingerprint)
 
     def _on_hint(self, link: Link, hint: Hint) -> None:
         live = self.groups.get(hint.group_id)
@@ -542,8 +544,6 @@ class GroupService:
             state.acked, state.acked_upto = set(), 0
             state.next_have = self.clock() + jitter()
             self.sync.send_have(live, link)
-            for file_id in live.files:
-                self.files.offer(live, file_id, link.fingerprint)
 
     def link_down(self, link: Link) -> None:
         self.channel.link_down(link)
