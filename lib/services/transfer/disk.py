@@ -9,7 +9,7 @@ import stat
 
 from ...codec.filecodec import numbered_name, source_tag
 
-from .model import HASH_BLOCK, PART_DIR
+from .model import HASH_BLOCK, PART_DIR, RELEASE_ALIGN
 
 
 # -- blocking helpers: run in gevent's thread pool only ------------------------------------------
@@ -61,6 +61,20 @@ def write_and_hash(fd: int, runs: list[tuple[int, list]], hasher, start: int, en
     if runs:
         write_runs(fd, runs)
     return hash_file(fd, start, end, hasher) if end > start else start
+
+
+def sync_and_release(fd: int, start: int, end: int) -> int:
+    """fdatasync the .part, then drop its cached pages in [start, end): bytes already written,
+    hashed and now durable, which nothing reads again. A received file streams through the
+    page cache instead of filling it: the user's cache is not evicted for a one-time copy, and
+    the next writes reuse pages just freed (taking never-used memory costs far more, most of
+    all in a VM whose host reclaims free memory). Returns where the released prefix ends."""
+    os.fdatasync(fd)
+    end -= end % RELEASE_ALIGN
+    if end > start and hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+        return end
+    return start
 
 
 def hash_file(fd: int, start: int, end: int, hasher) -> int:

@@ -12,8 +12,9 @@ them, a `LinkObserver` of `peers.Network`:
   queue exactly the missing bytes again. END carries the SHA-256 once everything is delivered.
 * Receiver: an `Incoming` per transfer. Received bytes are queued for a writer greenlet that
   writes them to `DOWNLOADS/.chatp2p-partial/<id>.part` in the thread pool (pwritev, batches of a
-  few MiB) and hashes what is contiguous in the same hand-off; every 64 MiB it fdatasyncs the .part and only then records the chunks held in
-  the store, so after a crash the store never claims bytes the disk lost. When the bytes are
+  few MiB) and hashes what is contiguous in the same hand-off; every 16 MiB it fdatasyncs the .part and only then records the chunks held in
+  the store, so after a crash the store never claims bytes the disk lost (and drops the
+  synced, hashed prefix from the page cache). When the bytes are
   all there and the hash matches END's, the file is fsynced and linked to its final name in
   the downloads dir (never overwriting: `name (1).ext`).
 * Resume: whenever a session comes up the sender offers its unfinished transfers again; the

@@ -31,9 +31,11 @@ WRITE_WAIT = 0.01                 # ...or at most this long after the first one 
 SEND_CACHE = 16 << 20             # bytes a sender keeps read: in flight + read ahead, per transfer
 MAX_PENDING_WRITES = 8 << 20      # bytes received but not yet written, per node (else dropped, unacked)
 PART_DIR = ".chatp2p-partial"      # part files' own directory in the downloads dir
-SYNC_BYTES = 32 << 20             # fdatasync the .part (in the background) and record the chunk map
+SYNC_BYTES = 16 << 20             # fdatasync the .part (in the background) and record the chunk map
                                   # this often: writeback keeps up, so the final fsync is short...
-SYNC_INTERVAL = 1.0               # ...or after this many seconds with unsynced data
+SYNC_INTERVAL = 1.0               # ...or after this many seconds with unsynced data; what a sync
+                                  # made durable (and was hashed) then leaves the page cache
+RELEASE_ALIGN = 1 << 20           # ...in whole MiB (pages, and a hash read-back never split)
 ACK_EVERY = 8                     # DATA packets per FILE_ACK at most (at once when out of order)...
 ACK_MIN_BYTES = 32 << 10          # ...once they hold this many bytes (~22 datagrams of 1472)...
 ACK_BYTES = 256 << 10             # ...or this many bytes (4 datagrams of 64 KiB): an ACK costs both
@@ -275,6 +277,7 @@ class Incoming(Transfer):
         self.synced_at = 0.0
         self.hasher = hashlib.sha256()
         self.hash_pos = 0
+        self.released = 0               # the .part's pages below this left the page cache
         self.expected: Optional[bytes] = None
         self.writer: Optional[gevent.Greenlet] = None
         self.syncer: Optional[gevent.Greenlet] = None  # a background fdatasync, while writing goes on

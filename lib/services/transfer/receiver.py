@@ -28,7 +28,7 @@ from .model import (
     PAUSED, COMPLETED, FAILED, REJECTED, CANCELLED, LOCAL, PEER, TransferError, os_reason, Incoming,
     Channel,
 )
-from .disk import write_and_hash, open_part, finalize
+from .disk import write_and_hash, open_part, finalize, sync_and_release
 
 log = logging.getLogger("chatp2p.transfer")
 
@@ -465,7 +465,9 @@ class Receiving:
         if transfer.fd is None:
             return
         transfer.unsynced = 0
-        self.pool.apply(os.fdatasync, (transfer.fd,))
+        hashed = transfer.hash_pos  # written before this sync starts: it covers them
+        released = self.pool.apply(sync_and_release, (transfer.fd, transfer.released, hashed))
+        transfer.released = max(transfer.released, released)
         transfer.synced_at = time.monotonic()
         self._save(transfer, have=format_ranges(chunks))
 
