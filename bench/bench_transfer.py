@@ -26,7 +26,9 @@ Run by hand (as root for the namespace and magic-wormhole parts):
    sender and receiver all inside a namespace that has only `lo`, with MTU --wormhole-mtu
    (1500: TCP keeps its segmentation offload, like our offload path). Timed from the
    receiver's start to its exit, and from its first byte on disk to its exit (without the
-   setup: key exchange, connection); the latter is compared.
+   setup: key exchange, connection); the latter is compared. Its runs take turns with ours on
+   the offload path (ours, its, ours, its...), and each removes the file it received at once,
+   so that both see the machine in the same state.
 
 Targets (issue 13): the offload path at least magic-wormhole's data phase and at most 8 s of
 CPU per GiB on each side; 1200-byte datagrams >= 150 MiB/s; 1 % loss >= 60 % of the clean
@@ -37,6 +39,7 @@ this client share its CPUs (see the load printed before and after).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pathlib
 import platform
@@ -47,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable, Iterator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -169,12 +173,13 @@ def namespaces_reason() -> str | None:
     return None if usable else why
 
 
-def pair_runs(work: str, source: str, digest: str, size: int, runs: int, path: str, mtu: int) -> dict:
-    """`runs` transfers A -> B over a fresh veth pair set up as PATHS[path] says."""
+@contextlib.contextmanager
+def pair(work: str, source: str, digest: str, size: int, path: str, mtu: int) -> Iterator[Callable[[int], dict]]:
+    """A fresh veth pair set up as PATHS[path] says, with a daemon on each side: yields a
+    function that makes one transfer A -> B (its run number given) and returns its result."""
     from netns import start_ns_pair, veth_pair
 
     label, path_mtu, offload, lossy = PATHS[path]
-    results = []
     root = tempfile.mkdtemp(prefix=f"pair-{path}-", dir=work)
     with veth_pair(path_mtu or mtu, udp_segmentation=offload) as (ns_a, ns_b):
         a = b = ev_a = ev_b = None
@@ -184,7 +189,8 @@ def pair_runs(work: str, source: str, digest: str, size: int, runs: int, path: s
                 for ns in (ns_a, ns_b):
                     ns.iptables("-A", "INPUT", "-p", "udp", "-m", "statistic", "--mode", "random",
                                 "--probability", "0.01", "-j", "DROP")
-            for run in range(runs):
+
+            def run(number: int) -> dict:
                 tid = ok(a.request("p2p", "send_file", {"peer": "Bob", "file_path": source}))["transfer_id"]
                 ev_b.wait_data("file_offer", 30, transfer_id=tid)
                 cpu_a, cpu_b = a.cpu_seconds(), b.cpu_seconds()
@@ -196,15 +202,22 @@ def pair_runs(work: str, source: str, digest: str, size: int, runs: int, path: s
                 os.unlink(received["path"])
                 result = {"mibs": size / MIB / seconds, "seconds": seconds, "cpu_a": a.cpu_seconds() - cpu_a,
                           "cpu_b": b.cpu_seconds() - cpu_b, "resent": sent["wire_bytes"] / size - 1}
-                results.append(result)
                 dropped = sum(_dropped(ns) for ns in (ns_a, ns_b))
-                print(f"pair {label} run {run + 1}: {result['mibs']:.1f} MiB/s ({seconds:.2f} s), "
+                print(f"pair {label} run {number}: {result['mibs']:.1f} MiB/s ({seconds:.2f} s), "
                       f"CPU per GiB A {per_gib(result['cpu_a'], size):.1f} s B {per_gib(result['cpu_b'], size):.1f} s, "
                       f"resent {result['resent']:.1%}{f', {dropped} datagrams dropped so far' if lossy else ''}; "
                       f"load {load()}", flush=True)
+                return result
+
+            yield run
         finally:
             close_pair((ev_a, ev_b), (a, b))
-    return summary(results, size)
+
+
+def pair_runs(work: str, source: str, digest: str, size: int, runs: int, path: str, mtu: int) -> dict:
+    """`runs` transfers A -> B over a fresh veth pair set up as PATHS[path] says."""
+    with pair(work, source, digest, size, path, mtu) as run:
+        return summary([run(number + 1) for number in range(runs)], size)
 
 
 def per_gib(cpu: float, size: int) -> float:
@@ -235,7 +248,10 @@ def wormhole_reason() -> str | None:
     return namespaces_reason()
 
 
-def wormhole_runs(work: str, source: str, digest: str, size: int, runs: int, mtu: int) -> dict:
+@contextlib.contextmanager
+def wormhole(work: str, source: str, digest: str, size: int, mtu: int) -> Iterator[Callable[[int], dict]]:
+    """magic-wormhole's mailbox and transit relay in a namespace of their own: yields a function
+    that makes one transfer (its run number given) and returns its result."""
     from netns import Namespace, _building
 
     bindir = os.path.dirname(sys.executable)
@@ -256,10 +272,11 @@ def wormhole_runs(work: str, source: str, digest: str, size: int, runs: int, mtu
                 "  except OSError: time.sleep(0.05)\n else: raise SystemExit(f'port {port} never opened')"],
                timeout=30)
 
-        def transfer(code: str) -> tuple[float, float, float]:
-            """(seconds from the receiver's start, seconds from its first byte on disk, CPU)."""
-            for name in os.listdir(out_dir):
-                os.unlink(os.path.join(out_dir, name))
+        def run(number: int) -> dict:
+            """One transfer: seconds from the receiver's start, and from its first byte on
+            disk, to its exit; CPU of both clients. The file received is removed at once, as
+            ours is (the next run, ours or its, starts from the same page cache)."""
+            code = f"{number + 2}-bench-run"
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             sender = ns.popen([*client, "send", "--hide-progress", "--code", code, source],
                               stdout=logs, stderr=logs, cwd=work)
@@ -277,19 +294,22 @@ def wormhole_runs(work: str, source: str, digest: str, size: int, runs: int, mtu
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
             assert sha256_of(os.path.join(out_dir, "received.bin")) == digest, "magic-wormhole: SHA-256 mismatch"
-            return ended - started, ended - (first_byte or started), cpu
-
-        results = []
-        for run in range(runs):
-            elapsed, data_time, cpu = transfer(f"{run + 3}-bench-run")
-            results.append({"raw": size / MIB / elapsed, "net": size / MIB / data_time, "setup": elapsed - data_time})
-            print(f"magic-wormhole run {run + 1}: {size / MIB / elapsed:.1f} MiB/s ({elapsed:.2f} s), "
+            for name in os.listdir(out_dir):
+                os.unlink(os.path.join(out_dir, name))
+            elapsed, data_time = ended - started, ended - (first_byte or started)
+            print(f"magic-wormhole run {number}: {size / MIB / elapsed:.1f} MiB/s ({elapsed:.2f} s), "
                   f"{size / MIB / data_time:.1f} MiB/s from its first byte on disk ({data_time:.2f} s), "
                   f"CPU of both clients {cpu:.2f} s", flush=True)
-    logs.close()
-    return {"raw": statistics.median(r["raw"] for r in results),
-            "net": statistics.median(r["net"] for r in results),
-            "setup": statistics.median(r["setup"] for r in results)}
+            return {"raw": size / MIB / elapsed, "net": size / MIB / data_time, "setup": elapsed - data_time}
+
+        try:
+            yield run
+        finally:
+            logs.close()
+
+
+def wormhole_summary(results: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in results) for key in ("raw", "net", "setup")}
 
 
 def main() -> int:
@@ -326,19 +346,39 @@ def main() -> int:
         pairs: dict[str, dict] = {}
         worm = None
         skipped = []
-        if not args.skip_netns:
-            why = namespaces_reason()
-            if why:
-                skipped.append(f"namespace pair skipped: {why}")
-            else:
-                for path in paths:
-                    pairs[path] = pair_runs(work, source, digest, size, args.runs, path, args.veth_mtu)
-        if not args.skip_wormhole:
-            why = wormhole_reason()
-            if why:
-                skipped.append(f"magic-wormhole skipped: {why}")
-            else:
-                worm = wormhole_runs(work, source, digest, size, args.runs, args.wormhole_mtu)
+        why = None if args.skip_netns else namespaces_reason()
+        if why:
+            skipped.append(f"namespace pair skipped: {why}")
+            paths = []
+        elif args.skip_netns:
+            paths = []
+        why = None if args.skip_wormhole else wormhole_reason()
+        if why:
+            skipped.append(f"magic-wormhole skipped: {why}")
+        if not args.skip_wormhole and not why:
+            # Run for run, ours on the offload path and magic-wormhole's take turns: this VM's
+            # page cache and CPU drift from minute to minute, and each pair of runs sees the same.
+            ours: list[dict] = []
+            theirs: list[dict] = []
+            with contextlib.ExitStack() as stack:
+                run_ours = (stack.enter_context(pair(work, source, digest, size, "offload", args.veth_mtu))
+                            if "offload" in paths else None)
+                run_theirs = stack.enter_context(wormhole(work, source, digest, size, args.wormhole_mtu))
+                for number in range(1, args.runs + 1):
+                    if run_ours is not None:
+                        ours.append(run_ours(number))
+                    theirs.append(run_theirs(number))
+            worm = wormhole_summary(theirs)
+            if ours:
+                pairs["offload"] = summary(ours, size)
+                ratios = [mine["mibs"] / its["net"] for mine, its in zip(ours, theirs)]
+                print("offload path / magic-wormhole data phase, run by run: "
+                      + " ".join(f"{ratio:.2f}x" for ratio in ratios)
+                      + f" (median {statistics.median(ratios):.2f}x)", flush=True)
+        for path in paths:
+            if path not in pairs:
+                pairs[path] = pair_runs(work, source, digest, size, args.runs, path, args.veth_mtu)
+        pairs = {path: pairs[path] for path in paths}
 
         print(f"# load average after: {load()}")
         p50, p95 = percentile(lo["latencies"], 50) * 1e3, percentile(lo["latencies"], 95) * 1e3
