@@ -25,7 +25,8 @@ from ...util import TokenBucket
 READ_BLOCK = 4 << 20              # sender reads and hashes the file in blocks of this size (one
                                   # hand-off to a thread each: fewer, larger ones keep the pump fed)
 HASH_BLOCK = 2 << 20              # receiver hashes what it wrote in reads of this size...
-HASH_STEP = 16 << 20              # ...at most this much between two rounds of writes
+HASH_STEP = 4 << 20               # ...at most this much per hand-off (hashing 16 MiB kept the writer
+                                  # 30 ms from the next batch: the window filled, the sender waited)
 WRITE_BATCH = 2 << 20             # receiver: bytes gathered before one hand-off to a thread...
 WRITE_WAIT = 0.01                 # ...or at most this long after the first one (s)
 SEND_CACHE = 16 << 20             # bytes a sender keeps read: in flight + read ahead, per transfer
