@@ -23,10 +23,12 @@ def setup_module():
 
 
 class Collector:
-    """An observer that keeps every `records` call."""
+    """An observer that keeps every `records` call (of the file protocol's records, or with
+    `files=False` of every other kind)."""
 
-    def __init__(self):
+    def __init__(self, files=True):
         self.calls = []
+        self.takes_file_records = files
 
     def link_up(self, link): pass
     def link_down(self, link): pass
@@ -58,6 +60,26 @@ def test_a_gro_buffer_reaches_the_upper_layer_in_one_call_without_its_forged_fra
             assert collector.calls == [sent[:3] + sent[4:]]  # one call, in order, without the forged one
             assert alice.network.counters["dropped_auth"] == 1
             assert alice.transport.counters["gro_receives"] >= 1
+        finally:
+            alice.close()
+            bob.close()
+
+
+def test_file_records_go_to_the_file_observer_only_and_the_rest_to_the_others_in_order():
+    """One buffer mixing file records (0x20-0x3F) and others: the file layer gets its own, the
+    chat layers theirs, each in order, and neither looks at the other's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        alice, bob, alice_link, bob_link = pair(tmp)
+        try:
+            files, others = Collector(files=True), Collector(files=False)
+            alice.network.observers += [files, others]
+            sent = [RawRecord(0x30, b"f1"), wire.Msg(b"m" * 16, 1, 0, 2, 0, b"hi"), RawRecord(0x21, b"f2"),
+                    RawRecord(0x55, b"rendezvous-like"), RawRecord(0x3F, b"f3")]
+            for datagram in bob_link.session.seal(sent, time.monotonic()):
+                bob.transport.send(datagram, bob_link.address)
+            wait_for(lambda: files.calls and others.calls, 5, "the records", sleep=gevent.sleep)
+            assert sum(files.calls, []) == [sent[0], sent[2], sent[4]]
+            assert sum(others.calls, []) == [sent[1], sent[3]]
         finally:
             alice.close()
             bob.close()

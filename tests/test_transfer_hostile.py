@@ -41,6 +41,8 @@ node.p2p.transfers.stop()
 answers = []
 
 class Recorder:
+    takes_file_records = True
+
     def link_up(self, link): pass
     def link_down(self, link): pass
     def tick(self, now): pass

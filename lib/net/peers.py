@@ -34,7 +34,8 @@ from .rtt import RttEstimator
 from . import lan
 from .candidates import CandidateList
 from .transport import Transport
-from ..codec.wire import Close, PacketType, PathChallenge, PathResponse, Ping, Pong, Record, WireError
+from ..codec.wire import (FILE_RECORD_TYPES, Close, PacketType, PathChallenge, PathResponse, Ping, Pong, RawRecord,
+                          Record, WireError)
 from ..util import Address
 
 log = logging.getLogger("chatp2p.peers")
@@ -146,7 +147,10 @@ class GroupPeerDirectory(Protocol):
 
 
 class LinkObserver(Protocol):
-    """What the upper layers hear from the link layer."""
+    """What the upper layers hear from the link layer. `records` gets the records of a
+    session's frames in order: the file protocol's (0x20-0x3F) only if the observer has
+    `takes_file_records = True` (the transfers), every other kind only if it has not, so a
+    datagram of a file is looked at once."""
 
     def link_up(self, link: Link) -> None: ...
     def link_down(self, link: Link) -> None: ...
@@ -618,8 +622,11 @@ class Network:
             # replayed a frame from a spoofed source. Challenge the address before moving.
             self._challenge_path(link, address, relayed, opened.size, now)
         upper: list[Record] = []
+        files: list[Record] = []  # the file protocol's: only for the observer that takes them
         for record in records:
-            if isinstance(record, PathChallenge):
+            if type(record) is RawRecord and record.rtype in FILE_RECORD_TYPES:
+                files.append(record)  # every datagram of a file: no further checks
+            elif isinstance(record, PathChallenge):
                 # Echo to where it came from (the same size: no amplification).
                 self._send_on_path(link, [PathResponse(record.data)], address, relayed, now)
             elif isinstance(record, PathResponse):
@@ -636,9 +643,11 @@ class Network:
                 return
             else:
                 upper.append(record)
-        if upper:
+        if upper or files:
             for observer in self._observers_for(link):
-                observer.records(link, upper)
+                wanted = files if getattr(observer, "takes_file_records", False) else upper
+                if wanted:
+                    observer.records(link, wanted)
 
     # -- path validation (PROTOCOL §5) -----------------------------------------------------
     def _challenge_path(self, link: Link, address: Address, relayed: bool, size: int, now: float) -> None:

@@ -75,6 +75,8 @@ GroupOfferCheck = Callable[[Link, bytes], Optional[bytes]]  # (link, transfer id
 class Transfers(Receiving, Sending, PathMtu, Pump):
     """Every file transfer of one node; a LinkObserver of its Network."""
 
+    takes_file_records = True  # the file protocol's records come here, and only here
+
     def __init__(self, store: Store, network: Network, publish: Publish, downloads_dir: str,
                  auto_accept: bool = False, upload_limit: int = 0) -> None:
         self.store = store
