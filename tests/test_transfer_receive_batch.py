@@ -46,3 +46,100 @@ def test_the_ack_ranges_stay_bounded():
     ch = channel()
     Receiving._note_packets(ch, list(range(0, 4 * MAX_ACK_RANGES, 2)), 1, 1.0)  # every other one lost
     assert len(ch.rx) == MAX_ACK_RANGES and ranges(ch)[-1] == (4 * MAX_ACK_RANGES - 2, 4 * MAX_ACK_RANGES - 1)
+
+
+# -- the bytes of a batch: runs of contiguous DATA are queued as one piece ------------------------
+import collections  # noqa: E402
+
+from chatp2p_core.services.transfer.model import ACTIVE, Incoming, MAX_PENDING_WRITES  # noqa: E402
+
+FINGERPRINT = b"f" * 32
+SIZE = 1 << 20
+
+
+class Link:
+    fingerprint = FINGERPRINT
+    name = "Bob"
+
+
+class Receiver(Receiving):
+    """Receiving's own state, nothing else: no store, no network, no writer (wakes are only set)."""
+
+    def __init__(self):
+        self.by_tid = {}
+        self.pending_bytes = 0
+        self.counters = collections.Counter()
+        self.unexpected = []
+
+    def _unexpected_data(self, channel, link, transfer, tid, now):
+        self.unexpected.append(tid)
+
+
+def incoming(receiver, transfer_id="0" * 32):
+    row = {"transfer_id": transfer_id, "contact_id": 1, "file_name": "f.bin", "path": None, "size": SIZE,
+           "chunk_size": 1 << 16, "tag": b"", "state": ACTIVE.value, "stopped_by": None, "sha256": None,
+           "error": None, "part_path": None, "have": ""}
+    transfer = Incoming(row, FINGERPRINT, "Bob")
+    receiver.by_tid[(FINGERPRINT, transfer.tid, "in")] = transfer
+    return transfer
+
+
+def items(transfer, first_pn, offset, count, size=1400):
+    data = bytes(range(256)) * 8
+    return [(transfer.tid, first_pn + i, offset + i * size, memoryview(data)[:size]) for i in range(count)]
+
+
+def pending_bytes(transfer):
+    return [(start, stop, sum(len(v) for v in views)) for start, stop, views in transfer.pending]
+
+
+def test_a_contiguous_run_is_one_pending_piece_and_every_packet_is_acknowledged():
+    receiver, ch = Receiver(), channel()
+    transfer = incoming(receiver)
+    receiver._on_data(ch, Link, items(transfer, 0, 0, 44), 1.0)
+    receiver._on_data(ch, Link, items(transfer, 44, 44 * 1400, 20), 1.0)  # the next batch continues it
+    assert pending_bytes(transfer) == [(0, 64 * 1400, 64 * 1400)]
+    assert list(transfer.have) == [(0, 64 * 1400)] and receiver.pending_bytes == 64 * 1400
+    assert ranges(ch) == [(0, 64)] and ch.rx_unacked_bytes == 64 * 1400 and transfer.wire_bytes == 64 * 1400
+
+
+def test_a_run_overlapping_bytes_held_is_taken_record_by_record():
+    receiver, ch = Receiver(), channel()
+    transfer = incoming(receiver)
+    receiver._on_data(ch, Link, items(transfer, 0, 0, 4), 1.0)
+    # A retransmission of records 2-3 (new packet numbers) and two new ones, in one run.
+    receiver._on_data(ch, Link, items(transfer, 4, 2 * 1400, 4), 1.0)
+    assert receiver.counters["file_data_duplicate"] == 2
+    assert list(transfer.have) == [(0, 6 * 1400)] and receiver.pending_bytes == 6 * 1400
+    assert sum(stop - start for start, stop, _ in transfer.pending) == 6 * 1400
+    assert ranges(ch) == [(0, 8)]  # duplicates are acknowledged too
+
+
+def test_a_run_beyond_the_backlog_keeps_what_fits_and_leaves_the_rest_unacknowledged():
+    receiver, ch = Receiver(), channel()
+    transfer = incoming(receiver)
+    receiver.pending_bytes = MAX_PENDING_WRITES - 3 * 1400  # another transfer's bytes wait for the disk
+    receiver._on_data(ch, Link, items(transfer, 0, 0, 5), 1.0)
+    assert list(transfer.have) == [(0, 3 * 1400)] and receiver.counters["file_data_backlog_drops"] == 2
+    assert ranges(ch) == [(0, 3)]
+
+
+def test_runs_break_at_another_transfer_and_at_a_gap():
+    receiver, ch = Receiver(), channel()
+    one, two = incoming(receiver, "1" * 32), incoming(receiver, "2" * 32)
+    batch = items(one, 0, 0, 3) + items(two, 3, 0, 2) + items(one, 5, 10 * 1400, 2)
+    receiver._on_data(ch, Link, batch, 1.0)
+    assert pending_bytes(one) == [(0, 3 * 1400, 3 * 1400), (10 * 1400, 12 * 1400, 2 * 1400)]
+    assert pending_bytes(two) == [(0, 2 * 1400, 2 * 1400)]
+    assert ranges(ch) == [(0, 7)] and not receiver.unexpected
+
+
+def test_data_beyond_the_end_of_the_file_is_never_queued_in_a_run():
+    receiver, ch = Receiver(), channel()
+    transfer = incoming(receiver)
+    failed = []
+    receiver._fail = lambda t, reason, *args, **kw: failed.append(reason)
+    receiver._answer = lambda *args: None
+    receiver._on_data(ch, Link, items(transfer, 0, SIZE - 2 * 1400, 3), 1.0)  # the third ends beyond
+    assert failed and "beyond the end" in failed[0]
+    assert list(transfer.have) == [(SIZE - 2 * 1400, SIZE)]

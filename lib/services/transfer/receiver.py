@@ -247,25 +247,52 @@ class Receiving:
                  now: float) -> None:
         """DATA records of one batch of frames, in order, as (tid, pn, offset, bytes): new bytes
         are queued for the writers, packet numbers kept for the next FILE_ACK. A run of records
-        of one transfer looks it up once; consecutive packet numbers enter the ACK ranges as one."""
+        of one transfer looks it up once, and when they continue each other's bytes (a steady
+        flow) they are queued as one piece; consecutive packet numbers enter the ACK ranges as one."""
         fingerprint = link.fingerprint
         tid: Optional[bytes] = None
         transfer = None
         pns: list[int] = []   # accepted (acknowledged) packet numbers, in order
         size = 0              # and their file bytes
-        for item_tid, pn, offset, view in items:
+        count, first = len(items), 0
+        while first < count:
+            item_tid, pn, offset, view = items[first]
             if item_tid != tid:
                 tid = item_tid
                 transfer = self.by_tid.get((fingerprint, tid, "in"))
-            if isinstance(transfer, Incoming) and transfer.state == ACTIVE:
-                if not self._take_data(transfer, offset, view):
-                    continue  # not acknowledged: it comes again
-            else:
+            if not isinstance(transfer, Incoming) or transfer.state != ACTIVE:
                 self._unexpected_data(channel, link, transfer, item_tid, now)
-            pns.append(pn)
-            size += len(view)
+                pns.append(pn)
+                size += len(view)
+                first += 1
+                continue
+            last, end = first + 1, offset + len(view)  # the run [first, last) continues its bytes
+            while last < count and items[last][2] == end and items[last][0] == tid:
+                end += len(items[last][3])
+                last += 1
+            if last - first > 1 and self._take_run(transfer, offset, end, [item[3] for item in items[first:last]]):
+                pns += [item[1] for item in items[first:last]]
+                size += end - offset
+            else:
+                for _, pn, offset, view in items[first:last]:
+                    if self._take_data(transfer, offset, view):
+                        pns.append(pn)
+                        size += len(view)
+            first = last
         if pns:
             self._note_packets(channel, pns, size, now)
+
+    def _take_run(self, transfer: Incoming, start: int, end: int, views: list[memoryview]) -> bool:
+        """Queue contiguous bytes [start, end) of several DATA records as one piece, when they
+        are all new and fit: True. False (nothing done) for anything else, which the caller
+        takes record by record."""
+        if end > transfer.size or transfer.have.overlaps(start, end) \
+                or self.pending_bytes + (end - start) > MAX_PENDING_WRITES:
+            return False
+        transfer.accept_pending = False
+        transfer.wire_bytes += end - start
+        self._queue(transfer, start, end, views)
+        return True
 
     def _take_data(self, transfer: Incoming, offset: int, view: memoryview) -> bool:
         """Queue the new bytes of one DATA record for the writer; False if the disk is too far
@@ -287,24 +314,29 @@ class Receiving:
         if self.pending_bytes + length > MAX_PENDING_WRITES:
             self.counters["file_data_backlog_drops"] += 1
             return False
+        if new:
+            self._queue(transfer, offset, end, [view])
+        else:
+            for start, stop in have.complement(offset, end):
+                self._queue(transfer, start, stop, [view[start - offset:stop - offset]])
+        return True
+
+    def _queue(self, transfer: Incoming, start: int, stop: int, views: list[memoryview]) -> None:
+        """Bytes [start, stop), new, held in `views`: pending for the writer, and held."""
         was = transfer.pending_bytes
         pending = transfer.pending
-        pieces = ((offset, end),) if new else have.complement(offset, end)
-        for start, stop in pieces:
-            piece = view if new else view[start - offset:stop - offset]
-            if pending and pending[-1][1] == start:  # continues the last run: the usual case
-                run = pending[-1]
-                run[1] = stop
-                run[2].append(piece)
-            else:
-                pending.append([start, stop, [piece]])
-            have.add(start, stop)
-            transfer.pending_bytes += stop - start
-            self.pending_bytes += stop - start
+        if pending and pending[-1][1] == start:  # continues the last run: the usual case
+            run = pending[-1]
+            run[1] = stop
+            run[2] += views
+        else:
+            pending.append([start, stop, views])
+        transfer.have.add(start, stop)
+        transfer.pending_bytes += stop - start
+        self.pending_bytes += stop - start
         # The writer gathers a batch: wake it for the first bytes, a full batch, the last.
-        if not was or transfer.pending_bytes >= WRITE_BATCH or have.total >= transfer.size:
+        if not was or transfer.pending_bytes >= WRITE_BATCH or transfer.have.total >= transfer.size:
             transfer.wake.set()
-        return True
 
     def _unexpected_data(self, channel: Channel, link: Link, transfer, tid: bytes, now: float) -> None:
         """DATA for a transfer that is not receiving: tell the sender (at most 5 times a second
