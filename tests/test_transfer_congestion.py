@@ -88,3 +88,38 @@ def test_before_any_measurement_a_probe_timeout_goes_to_the_minimum():
     bbr = Bbr(MSS, 0.0)
     bbr.on_timeout(1)
     assert bbr.inflight_hi == bbr.min_window == max(4 * MSS, 64 * 1024)
+
+
+def test_a_burst_stamped_at_once_is_what_stamping_each_packet_gives():
+    """The pump sends a burst with on_sent_run: every packet, and both controllers, must end up
+    exactly as with on_sent one packet at a time (mid-flight, after an ACK; app-limited or not)."""
+    def burst(app_limited, by_run):
+        recovery, bbr = Recovery(), Bbr(1472, 0.0)
+        _send(recovery, bbr, range(4), 0.0, size=1500)
+        acked, lost = recovery.on_ack([(0, 1)], 0.0, 0.002)
+        bbr.on_ack(acked, lost, 0.002, recovery.bytes_in_flight, 0.002)
+        packets = [SentPacket(pn, 1500 - pn, 0.003, pn) for pn in range(4, 9)]
+        if by_run:
+            bbr.on_sent_run(packets, recovery.bytes_in_flight, app_limited, 0.003)
+            recovery.on_sent_run(packets)
+        else:
+            for i, packet in enumerate(packets):
+                bbr.on_sent(packet, recovery.bytes_in_flight, app_limited and i == 0, 0.003)
+                recovery.on_sent(packet)
+        return ([(p.pn, p.size, p.delivered, p.delivered_time, p.first_sent, p.app_limited) for p in packets],
+                recovery.bytes_in_flight, recovery.last_sent, list(recovery.sent),
+                bbr.first_sent_time, bbr.delivered_time, bbr.app_limited_until, bbr.delivered)
+
+    for app_limited in (False, True):
+        assert burst(app_limited, by_run=True) == burst(app_limited, by_run=False)
+    assert burst(True, True)[0][0][2] > 0  # the ACK counted: stamps are not all zero
+
+
+def test_a_burst_sent_with_nothing_in_flight_starts_a_new_delivery_interval():
+    recovery, bbr = Recovery(), Bbr(1472, 0.0)
+    packets = [SentPacket(pn, 1500, 0.5, pn) for pn in range(3)]
+    bbr.on_sent_run(packets, recovery.bytes_in_flight, True, 0.5)
+    recovery.on_sent_run(packets)
+    assert bbr.first_sent_time == bbr.delivered_time == 0.5
+    assert all(p.first_sent == 0.5 and p.app_limited for p in packets)
+    assert recovery.bytes_in_flight == 4500 and list(recovery.sent) == [0, 1, 2]

@@ -70,6 +70,14 @@ class Recovery:
         self.bytes_in_flight += packet.size
         self.last_sent = packet.sent
 
+    def on_sent_run(self, packets: list[SentPacket]) -> None:
+        """`on_sent` for packets sent back to back, in packet-number order."""
+        sent = self.sent
+        for packet in packets:
+            sent[packet.pn] = packet
+        self.bytes_in_flight += sum(packet.size for packet in packets)
+        self.last_sent = packets[-1].sent
+
     def on_ack(self, ranges: Iterable[tuple[int, int]], ack_delay: float,
                now: float) -> tuple[list[SentPacket], list[SentPacket]]:
         """(newly acknowledged, newly lost) packets for an ACK's inclusive pn ranges."""
@@ -257,6 +265,15 @@ class Bbr:
         packet.delivered_time = self.delivered_time
         packet.first_sent = self.first_sent_time
         packet.app_limited = self.app_limited_until > self.delivered
+
+    def on_sent_run(self, packets: list[SentPacket], bytes_in_flight: int, app_limited: bool, now: float) -> None:
+        """`on_sent` for packets sent back to back in one burst: they all go in the delivery
+        state the first one finds (what stamping them one by one would give each)."""
+        first = packets[0]
+        self.on_sent(first, bytes_in_flight, app_limited, now)
+        stamps = first.delivered, first.delivered_time, first.first_sent, first.app_limited
+        for packet in packets[1:]:
+            packet.delivered, packet.delivered_time, packet.first_sent, packet.app_limited = stamps
 
     def on_ack(self, acked: list[SentPacket], lost: list[SentPacket], rtt: Optional[float],
                bytes_in_flight: int, now: float) -> None:

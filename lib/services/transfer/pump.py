@@ -130,20 +130,24 @@ class Pump:
                 return None  # a reader or an ACK will wake the pump
             transfer, start, run = piece
             tid, gen = transfer.tid, transfer.gen
+            pn = channel.next_pn
+            packets = []
             for cut in range(0, len(run), capacity):
                 view = run[cut:cut + capacity]
                 offset, length = start + cut, len(view)
-                pn = channel.next_pn
-                channel.next_pn += 1
-                packet = SentPacket(pn, length + overhead, now, (transfer, gen, offset, length))
-                bbr.on_sent(packet, recovery.bytes_in_flight, channel.idle, now)
-                channel.idle = False
-                recovery.on_sent(packet)
+                packets.append(SentPacket(pn, length + overhead, now, (transfer, gen, offset, length)))
                 payloads.append(data_record_header(tid, pn, offset, length) + view)
-                pacing.tokens -= length + overhead
-                if self.upload_limit:
-                    upload.tokens -= length + overhead
-                budget -= 1
+                pn += 1
+            channel.next_pn = pn
+            # One burst: BBR and loss recovery see each datagram, stamped as sent together.
+            bbr.on_sent_run(packets, recovery.bytes_in_flight, channel.idle, now)
+            channel.idle = False
+            recovery.on_sent_run(packets)
+            spent = len(run) + overhead * len(packets)
+            pacing.tokens -= spent
+            if self.upload_limit:
+                upload.tokens -= spent
+            budget -= len(packets)
             transfer.wire_bytes += len(run)
         return 0.0
 
