@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any, Iterable, Optional
+import operator
+from typing import Any, Iterable, Optional, Sequence
 
 from ..net.rtt import RttEstimator
 
@@ -52,6 +53,9 @@ class SentPacket:
         self.app_limited = False
 
 
+_packet_number = operator.attrgetter("pn")
+
+
 class Recovery:
     """Packets in flight on one link, RTT estimates, loss detection, probe timeout."""
 
@@ -78,7 +82,7 @@ class Recovery:
         self.bytes_in_flight += sum(packet.size for packet in packets)
         self.last_sent = packets[-1].sent
 
-    def on_ack(self, ranges: Iterable[tuple[int, int]], ack_delay: float,
+    def on_ack(self, ranges: Sequence[tuple[int, int]], ack_delay: float,
                now: float) -> tuple[list[SentPacket], list[SentPacket]]:
         """(newly acknowledged, newly lost) packets for an ACK's inclusive pn ranges."""
         acked: list[SentPacket] = []
@@ -100,9 +104,9 @@ class Recovery:
                     acked.append(packet)
         if not acked:
             return acked, []
-        acked.sort(key=lambda p: p.pn)
-        for packet in acked:
-            self.bytes_in_flight -= packet.size
+        if len(ranges) > 1:  # ranges come highest first; within one, packets are in order
+            acked.sort(key=_packet_number)
+        self.bytes_in_flight -= sum(packet.size for packet in acked)
         newest = acked[-1]
         if newest.pn > self.largest_acked:
             self.largest_acked = newest.pn
