@@ -123,3 +123,12 @@ def test_a_burst_sent_with_nothing_in_flight_starts_a_new_delivery_interval():
     assert bbr.first_sent_time == bbr.delivered_time == 0.5
     assert all(p.first_sent == 0.5 and p.app_limited for p in packets)
     assert recovery.bytes_in_flight == 4500 and list(recovery.sent) == [0, 1, 2]
+
+
+def test_an_ack_of_several_ranges_gives_its_packets_in_order():
+    recovery, bbr = Recovery(max_ack_delay=0.002), Bbr(MSS, 0.0)
+    _send(recovery, bbr, range(12), 0.0, size=1000)
+    acked, lost = recovery.on_ack([(9, 11), (5, 6), (2, 3)], 0.0, 0.001)  # highest first, as sent
+    assert [p.pn for p in acked] == [2, 3, 5, 6, 9, 10, 11]
+    assert [p.pn for p in lost] == [0, 1, 4, 7, 8]  # each 3 or more below the largest acknowledged
+    assert recovery.bytes_in_flight == 0
