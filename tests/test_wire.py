@@ -52,6 +52,11 @@ def test_classify_by_first_byte(data):
         assert kind is Kind.UNKNOWN
 
 
+@given(st.binary(max_size=40))
+def test_is_chatp2p_is_classify_saying_chatp2p(data):
+    assert wire.is_chatp2p(data) == (wire.classify(data) is Kind.CHATP2P)
+
+
 def test_classify_empty_and_v1_byte():
     assert wire.classify(b"") is Kind.UNKNOWN
     assert wire.VERSION_BYTE == 0xC1

@@ -121,6 +121,12 @@ def classify(datagram: bytes) -> Kind:
     return Kind.UNKNOWN
 
 
+def is_chatp2p(datagram: bytes) -> bool:
+    """`classify(datagram) == Kind.CHATP2P`, in one test of the first byte: it is asked of
+    every datagram received (a third of classify's cost, which returns an enum member)."""
+    return len(datagram) > 0 and datagram[0] & MAGIC_MASK == MAGIC
+
+
 def parse_prefix(datagram: bytes) -> tuple[PacketType, bytes]:
     """(packet type, connection id) of a ChatP2P datagram, for routing.
 

@@ -204,7 +204,7 @@ class Network:
         self.observers: list[LinkObserver] = []
         self.counters = transport.counters
         self._ticker: Optional[gevent.Greenlet] = None
-        transport.register("chatp2p", lambda d: wire.classify(d) == wire.Kind.CHATP2P, self._on_datagram,
+        transport.register("chatp2p", wire.is_chatp2p, self._on_datagram,
                            self._on_datagrams)
 
     # -- life cycle -------------------------------------------------------------------------
