@@ -6,10 +6,11 @@ it is dropped alone, counted with its reason."""
 import os
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from chatp2p_core.codec import wire
 from chatp2p_core.codec.wire import Ping
-from chatp2p_core.crypto.session import DropReason, Role, Session, SessionConfig, SessionKeys, Suite
+from chatp2p_core.crypto.session import DropReason, FrameDropped, Role, Session, SessionConfig, SessionKeys, Suite
 
 
 def twins(config, suite=Suite.AES_256_GCM):
@@ -103,3 +104,32 @@ def test_an_empty_batch_opens_nothing():
     _, receiver = pair()
     opened = receiver.open_many([], 0.0)
     assert opened.records == [] and opened.frames == 0 and opened.dropped == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2200), st.integers(1, 80)), max_size=12),
+       st.lists(st.integers(1, 50), min_size=1, max_size=20))
+def test_any_batching_of_any_arrival_order_opens_as_one_by_one_opening(runs, cuts):
+    """Frames arriving in any order (late, replayed, beyond the 2048-frame window), cut into
+    batches anywhere: open_many accepts and drops exactly what `open` does, for the same reasons,
+    and leaves the replay window in the same state."""
+    sender, batch = pair()
+    single = Session(batch.keys, 0.0)
+    sealed = sender.seal_payloads(payloads(2201), 0.0)
+    # Runs of consecutive frames (a steady flow), starting anywhere: ahead, late, overlapping.
+    arrivals = [sealed[i] for start, length in runs for i in range(start, min(start + length, 2201))]
+    expected_records, expected_dropped = [], []
+    for datagram in arrivals:
+        try:
+            expected_records += single.open(datagram, 0.0)
+        except FrameDropped as exc:
+            expected_dropped.append(exc.reason)
+    records, dropped, start, i = [], [], 0, 0
+    while start < len(arrivals):
+        end = start + cuts[i % len(cuts)]
+        opened = batch.open_many(arrivals[start:end], 0.0)
+        records += opened.records
+        dropped += opened.dropped
+        start, i = end, i + 1
+    assert records == expected_records and dropped == expected_dropped
+    assert (batch._window.highest, batch._window._bits) == (single._window.highest, single._window._bits)

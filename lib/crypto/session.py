@@ -189,6 +189,11 @@ class ReplayWindow:
             return DropReason.REPLAY
         return None
 
+    def accept_run(self, count: int) -> None:
+        """`accept` for the `count` counters just above `highest`, in one shift of the bitmap."""
+        self._bits = ((self._bits << count) | ((1 << count) - 1)) & self._mask if count < self.size else self._mask
+        self.highest += count
+
     def accept(self, counter: int) -> None:
         if counter > self.highest:
             shift = counter - self.highest
@@ -358,8 +363,9 @@ class Session:
         """`open` for many datagrams of this session at once (one GRO buffer, a burst of file
         data): the records of every frame that authenticates, in order; a frame that does not is
         counted and dropped alone, the others are kept. Frames under the current key with a new
-        counter (all of them, in a steady flow) skip `open`'s per-frame lookups; any other goes
-        the way `open` takes it."""
+        counter (all of them, in a steady flow) skip `open`'s per-frame lookups, and a run of
+        consecutive counters enters the replay window in one step; any other frame goes the way
+        `open` takes it."""
         opened = Opened([], 0, 0, [])
         records, dropped = opened.records, opened.dropped
         unpack, local = wire.DATA_HEADER.unpack_from, self.keys.local_conn_id
@@ -367,14 +373,23 @@ class Session:
         window = self._window
         key = self._recv
         phase, decrypt, iv = key.phase, key.aead.decrypt, key.iv
+        # The replay window in locals: `run` counters just above `highest - run`, accepted one
+        # after the other, are not in `window._bits` yet (`window.accept_run` adds them at once).
+        highest, run = window.highest, 0
         for datagram in datagrams:
             try:
+                fast = False
                 if type(datagram) is bytes and len(datagram) >= DATA_OVERHEAD:
                     head_version, ptype, conn_id, key_phase, counter = unpack(datagram)
-                    fast = (head_version == version and ptype == data_type and conn_id == local
-                            and key_phase == phase and window.check(counter) is None)
-                else:
-                    fast = False
+                    if (head_version == version and ptype == data_type and conn_id == local
+                            and key_phase == phase):
+                        if counter > highest:
+                            fast = True
+                        else:  # late or replayed: the window decides, brought up to date first
+                            if run:
+                                window.accept_run(run)
+                                run = 0
+                            fast = window.check(counter) is None
                 if fast:
                     try:
                         payload = decrypt((iv ^ counter).to_bytes(IV_LEN, "big"),
@@ -382,10 +397,22 @@ class Session:
                     except InvalidTag:
                         raise self._drop(DropReason.AUTH) from None
                     key.frames += 1
-                    window.accept(counter)
+                    if counter == highest + 1:
+                        run += 1
+                        highest = counter
+                    else:
+                        if run:
+                            window.accept_run(run)
+                            run = 0
+                        window.accept(counter)
+                        highest = window.highest
                     self.last_received = now
                 else:
+                    if run:
+                        window.accept_run(run)
+                        run = 0
                     payload = self._authenticate(datagram, now)
+                    highest = window.highest
                     key = self._recv  # it may have moved to the next generation
                     phase, decrypt, iv = key.phase, key.aead.decrypt, key.iv
                 try:
@@ -397,6 +424,8 @@ class Session:
                 continue
             opened.frames += 1
             opened.size += len(datagram)
+        if run:
+            window.accept_run(run)
         self.stats["received"] += opened.frames
         return opened
 
