@@ -206,6 +206,7 @@ class Receiving:
         self.pending_bytes -= transfer.pending_bytes
         transfer.pending_bytes = 0
         transfer.hasher, transfer.hash_pos, transfer.expected = hashlib.sha256(), 0, None
+        transfer.released = 0  # the new bytes' pages: released as they are synced, from the start
         if transfer.fd is not None:
             try:
                 os.ftruncate(transfer.fd, 0)
