@@ -19,11 +19,31 @@ PAGE = mmap.PAGESIZE
 work = None
 
 
+MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}  # their pages are the data: nothing to release
+
+
+def filesystem_type(path: str) -> str:
+    """The type of the filesystem `path` is on (the longest mount point above it)."""
+    path, best, kind = os.path.realpath(path), "", ""
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            point = fields[1].replace("\\040", " ")
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                best, kind = point, fields[2]
+    return kind
+
+
 def setup_module():
     global work
     if not sys.platform.startswith("linux"):
         pytest.skip("mincore and posix_fadvise as on Linux")
-    work = tempfile.TemporaryDirectory(prefix="chatp2p-disk-")
+    # A disk-backed directory: /tmp is a tmpfs on many systems (Debian 13 among them).
+    candidates = [tempfile.gettempdir(), "/var/tmp", os.path.dirname(os.path.abspath(__file__))]
+    on_disk = [d for d in candidates if os.access(d, os.W_OK) and filesystem_type(d) not in MEMORY_FILESYSTEMS]
+    if not on_disk:
+        pytest.skip(f"no disk-backed directory among {candidates}: a tmpfs keeps its pages")
+    work = tempfile.TemporaryDirectory(prefix="chatp2p-disk-", dir=on_disk[0])
 
 
 def teardown_module():
