@@ -37,12 +37,12 @@ def filesystem_type(path: str) -> str:
 def setup_module():
     global work
     if not sys.platform.startswith("linux"):
-        pytest.skip("mincore and posix_fadvise as on Linux")
+        pytest.skip("not Linux: the page-cache release uses posix_fadvise and this test reads residency with mincore(2)")
     # A disk-backed directory: /tmp is a tmpfs on many systems (Debian 13 among them).
     candidates = [tempfile.gettempdir(), "/var/tmp", os.path.dirname(os.path.abspath(__file__))]
     on_disk = [d for d in candidates if os.access(d, os.W_OK) and filesystem_type(d) not in MEMORY_FILESYSTEMS]
     if not on_disk:
-        pytest.skip(f"no disk-backed directory among {candidates}: a tmpfs keeps its pages")
+        pytest.skip(f"no writable disk-backed directory among {candidates}: on a tmpfs the cached pages are the data and cannot be released")
     work = tempfile.TemporaryDirectory(prefix="chatp2p-disk-", dir=on_disk[0])
 
 
