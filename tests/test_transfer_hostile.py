@@ -48,7 +48,7 @@ class Recorder:
     def tick(self, now): pass
     def path_changed(self, link): pass
     def records(self, link, records):
-        for raw in records:
+        for raw in map(fc.as_raw_record, records):
             if getattr(raw, "rtype", None) in fc.FILE_TYPES:
                 answers.append(fc.decode_file_record(raw))
 

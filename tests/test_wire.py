@@ -5,7 +5,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from chatp2p_core.codec import wire
+from chatp2p_core.codec import filecodec, wire
 from chatp2p_core.codec.wire import (
     Ack,
     Close,
@@ -488,14 +488,25 @@ def test_random_reassembly_order_sanity():
     assert out[-1] == message and all(o is None for o in out[:-1])
 
 
-def test_a_file_record_filling_the_payload_decodes_to_a_view_of_it():
-    # Every DATA frame of a file holds one file record and nothing else: no copy of its bytes.
+def test_a_file_record_filling_the_payload_stays_encoded_and_decodes_in_one_step():
+    # Every DATA frame of a file holds one file record and nothing else: frame_records hands
+    # it on still encoded, and filecodec decodes DATA from it with one unpack, as a view.
     for body in (b"x", bytes(1400), bytes(range(256)) * 100):
         payload = wire.encode_record(RawRecord(0x22, body))
-        [record] = wire.decode_records(payload)
-        assert record == RawRecord(0x22, body) and isinstance(record.body, memoryview)
-        # followed by anything, or a length that does not fill it: the general way, same checks
-        assert wire.decode_records(payload + bytes(2)) == [RawRecord(0x22, body), Padding(2)]
+        assert wire.is_lone_file_record(payload) and wire.frame_records(payload) == [payload]
+        assert filecodec.as_raw_record(payload) == RawRecord(0x22, body) == wire.decode_records(payload)[0]
+        # followed by anything, or a length that does not fill it: decoded the general way
+        assert wire.frame_records(payload + bytes(2)) == [RawRecord(0x22, body), Padding(2)]
         with pytest.raises(WireError):
-            wire.decode_records(payload[:-1])
-    assert wire.decode_records(wire.encode_record(RawRecord(0x40, b"later"))) == [RawRecord(0x40, b"later")]
+            wire.frame_records(payload[:-1])
+    assert wire.frame_records(wire.encode_record(RawRecord(0x40, b"later"))) == [RawRecord(0x40, b"later")]
+    assert wire.frame_records(wire.encode_record(Ping(3))) == [Ping(3)]
+    assert not wire.is_lone_file_record(b"") and not wire.is_lone_file_record(b"\x21\x00")
+    data = filecodec.Data(b"t" * 16, 7, 4096, b"file bytes")
+    encoded = filecodec.data_record_header(data.tid, data.pn, data.offset, len(data.data)) + data.data
+    tid, pn, offset, view = filecodec.decode_data_record(encoded)
+    assert (tid, pn, offset, bytes(view)) == (data.tid, data.pn, data.offset, data.data)
+    assert isinstance(view, memoryview)
+    for bad in (encoded[:-1], encoded[:20], b"\x23" + encoded[1:], encoded + b"x"):  # 0x23: an ACK
+        with pytest.raises(WireError):
+            filecodec.decode_data_record(bad)

@@ -238,6 +238,25 @@ def decode_data(body: Union[bytes, memoryview]) -> tuple[bytes, int, int, memory
     return tid, pn, offset, (body if type(body) is memoryview else memoryview(body))[DATA_HEADER_LEN:]
 
 
+def decode_data_record(encoded: bytes) -> tuple[bytes, int, int, memoryview]:
+    """`decode_data` of a DATA record still encoded, record header included (as
+    `wire.frame_records` leaves the record of every DATA datagram): one unpack for both headers."""
+    if len(encoded) < _DATA_RECORD.size:
+        raise WireError("DATA truncated")
+    rtype, length, tid, pn, offset = _DATA_RECORD.unpack_from(encoded)
+    if rtype != _DATA_TYPE or wire.RECORD_HEADER_LEN + length != len(encoded):
+        raise WireError("not one whole DATA record")
+    return tid, pn, offset, memoryview(encoded)[_DATA_RECORD.size:]
+
+
+def as_raw_record(item: Union[RawRecord, bytes]) -> RawRecord:
+    """A received file record as a RawRecord, whether it came decoded or still encoded
+    (`wire.frame_records` leaves a record alone in its frame encoded)."""
+    if type(item) is bytes:
+        return RawRecord(item[0], item[wire.RECORD_HEADER_LEN:])
+    return item  # type: ignore[return-value]
+
+
 _DATA_TYPE = int(FileRecordType.DATA)  # packed for every datagram of a file: a plain int (an
                                       # IntEnum costs struct a conversion each time)
 

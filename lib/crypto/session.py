@@ -34,6 +34,7 @@ from ..codec.wire import (
     DATA_HEADER_LEN,
     DATA_OVERHEAD,
     MAX_COUNTER,
+    RECORD_HEADER_LEN,
     MAX_DATAGRAM,
     DataHeader,
     Record,
@@ -355,8 +356,9 @@ class Session:
             self._recv_ahead.append(base.successor(self._suite, now))
         return self._recv_ahead[delta - 1], delta
 
-    def open(self, datagram: bytes, now: float) -> list[Record]:
-        """The records of a received DATA datagram; FrameDropped (counted) if it must be ignored."""
+    def open(self, datagram: bytes, now: float) -> list[Union[Record, bytes]]:
+        """The records of a received DATA datagram (`wire.frame_records`: a file record alone
+        stays encoded); FrameDropped (counted) if it must be ignored."""
         return self._records(self._authenticate(datagram, now))
 
     def open_many(self, datagrams: Sequence[bytes], now: float) -> "Opened":
@@ -365,14 +367,18 @@ class Session:
         counted and dropped alone, the others are kept. Frames under the current key with a new
         counter (all of them, in a steady flow) skip `open`'s per-frame lookups, and a run of
         consecutive counters enters the replay window in one step; any other frame goes the way
-        `open` takes it."""
-        opened = Opened([], 0, 0, [])
-        records, dropped = opened.records, opened.dropped
+        `open` takes it. What runs for every datagram of a file is kept to locals and one
+        decryption: counters are added up once at the end."""
+        records: list[Union[Record, bytes]] = []
+        dropped: list[DropReason] = []
+        accepted = size = 0
         unpack, local = wire.DATA_HEADER.unpack_from, self.keys.local_conn_id
-        version, data_type, decode_records = wire.VERSION_BYTE, wire.PacketType.DATA, wire.decode_records
+        version, data_type = wire.VERSION_BYTE, wire.PacketType.DATA
+        frame_records, file_types, append = wire.frame_records, wire.FILE_RECORD_TYPES, records.append
         window = self._window
         key = self._recv
         phase, decrypt, iv = key.phase, key.aead.decrypt, key.iv
+        fast_frames = 0  # frames opened under `key` in the fast path, added to key.frames at once
         # The replay window in locals: `run` counters just above `highest - run`, accepted one
         # after the other, are not in `window._bits` yet (`window.accept_run` adds them at once).
         highest, run = window.highest, 0
@@ -391,12 +397,12 @@ class Session:
                                 run = 0
                             fast = window.check(counter) is None
                 if fast:
-                    try:
-                        payload = decrypt((iv ^ counter).to_bytes(IV_LEN, "big"),
-                                          memoryview(datagram)[DATA_HEADER_LEN:], datagram[:DATA_HEADER_LEN])
+                    try:  # the ciphertext as a bytes slice: cryptography takes it faster than a view
+                        payload = decrypt((iv ^ counter).to_bytes(IV_LEN, "big"), datagram[DATA_HEADER_LEN:],
+                                          datagram[:DATA_HEADER_LEN])
                     except InvalidTag:
                         raise self._drop(DropReason.AUTH) from None
-                    key.frames += 1
+                    fast_frames += 1
                     if counter == highest + 1:
                         run += 1
                         highest = counter
@@ -406,28 +412,37 @@ class Session:
                             run = 0
                         window.accept(counter)
                         highest = window.highest
-                    self.last_received = now
                 else:
                     if run:
                         window.accept_run(run)
                         run = 0
+                    key.frames += fast_frames
+                    fast_frames = 0
                     payload = self._authenticate(datagram, now)
                     highest = window.highest
                     key = self._recv  # it may have moved to the next generation
                     phase, decrypt, iv = key.phase, key.aead.decrypt, key.iv
-                try:
-                    records.extend(decode_records(payload))
-                except WireError as exc:
-                    raise self._drop(DropReason.BAD_RECORDS, str(exc)) from None
+                # frame_records inline for the usual frame: one file record alone, kept encoded.
+                if (len(payload) > RECORD_HEADER_LEN and payload[0] in file_types
+                        and RECORD_HEADER_LEN + (payload[1] << 8 | payload[2]) == len(payload)):
+                    append(payload)
+                else:
+                    try:
+                        records.extend(frame_records(payload))
+                    except WireError as exc:
+                        raise self._drop(DropReason.BAD_RECORDS, str(exc)) from None
             except FrameDropped as exc:
                 dropped.append(exc.reason)
                 continue
-            opened.frames += 1
-            opened.size += len(datagram)
+            accepted += 1
+            size += len(datagram)
         if run:
             window.accept_run(run)
-        self.stats["received"] += opened.frames
-        return opened
+        key.frames += fast_frames
+        if accepted or DropReason.BAD_RECORDS in dropped:  # frames that authenticated
+            self.last_received = now
+        self.stats["received"] += accepted
+        return Opened(records, accepted, size, dropped)
 
     def _authenticate(self, datagram: bytes, now: float) -> bytes:
         """The plaintext of a received DATA datagram, once it authenticated and its counter is
@@ -470,10 +485,10 @@ class Session:
         self.last_received = now
         return payload
 
-    def _records(self, payload: bytes) -> list[Record]:
+    def _records(self, payload: bytes) -> list[Union[Record, bytes]]:
         """The records of an authenticated frame's plaintext (BAD_RECORDS if malformed)."""
         try:
-            records = wire.decode_records(payload)
+            records = wire.frame_records(payload)
         except WireError as exc:
             raise self._drop(DropReason.BAD_RECORDS, str(exc)) from None
         self.stats["received"] += 1
@@ -484,7 +499,8 @@ class Session:
 class Opened:
     """What `Session.open_many` got from a batch of datagrams."""
 
-    records: list[Record]        # of every accepted frame, in order
+    records: list[Union[Record, bytes]]  # of every accepted frame, in order (`wire.frame_records`:
+                                         # a file record alone stays encoded, as bytes)
     frames: int                  # frames accepted
     size: int                    # their bytes (datagram sizes)
     dropped: list[DropReason]    # one reason per frame dropped (also counted in Session.stats)

@@ -17,7 +17,7 @@ import hmac
 import logging
 import secrets
 import time
-from typing import Callable, Iterable, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Optional, Protocol, Sequence, Union
 
 import gevent
 import gevent.event
@@ -622,10 +622,12 @@ class Network:
             # replayed a frame from a spoofed source. Challenge the address before moving.
             self._challenge_path(link, address, relayed, opened.size, now)
         upper: list[Record] = []
-        files: list[Record] = []  # the file protocol's: only for the observer that takes them
+        files: list[Union[Record, bytes]] = []  # the file protocol's: only for the observer that takes them
         for record in records:
-            if type(record) is RawRecord and record.rtype in FILE_RECORD_TYPES:
-                files.append(record)  # every datagram of a file: no further checks
+            if type(record) is bytes:  # a file record still encoded: every datagram of a file
+                files.append(record)
+            elif type(record) is RawRecord and record.rtype in FILE_RECORD_TYPES:
+                files.append(record)
             elif isinstance(record, PathChallenge):
                 # Echo to where it came from (the same size: no amplification).
                 self._send_on_path(link, [PathResponse(record.data)], address, relayed, now)

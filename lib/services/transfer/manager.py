@@ -44,7 +44,7 @@ from ..congestion import Bbr
 from ...codec.filecodec import (
     DEFAULT_CHUNK, FILE_TYPES, MAX_CHUNK, MAX_FILE_SIZE, MAX_TRANSFER_ID_CHARS, MIN_CHUNK, AckRecord,
     Answer, AnswerRecord, End, FileRecordType, Halt, HaltRecord, Offer, Probe, ProbeAck, RangeSet,
-    UnsafeName, check_file_name, decode_data, decode_file_record, to_raw,
+    UnsafeName, check_file_name, decode_data, decode_data_record, decode_file_record, as_raw_record, to_raw,
 )
 from ...contract import Direction, FileTransferProgress, Side, TransferRef, TransferState, TransferView
 from ...crypto.identity import short_id
@@ -491,10 +491,15 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
         now = time.monotonic()
         data: list[tuple[bytes, int, int, memoryview]] = []  # DATA records, handled in runs
         for raw in records:
-            if not isinstance(raw, RawRecord) or raw.rtype not in FILE_TYPES:
-                continue
             try:
-                if raw.rtype == DATA_TYPE:
+                if type(raw) is bytes:  # still encoded (wire.frame_records): every DATA datagram
+                    if raw[0] == DATA_TYPE:
+                        data.append(decode_data_record(raw))
+                        continue
+                    raw = as_raw_record(raw)
+                elif not isinstance(raw, RawRecord) or raw.rtype not in FILE_TYPES:
+                    continue
+                elif raw.rtype == DATA_TYPE:
                     data.append(decode_data(raw.body))
                     continue
                 record = decode_file_record(raw)
