@@ -38,22 +38,28 @@ MAX_PTO = 2.0                # s: probe timeouts back off up to this
 
 
 class SentPacket:
-    """One DATA datagram in flight. `item` is the I/O layer's (transfer, offset, length)."""
+    """One DATA datagram in flight. `item` is the I/O layer's (transfer, offset, length);
+    `stamp` the delivery state it was sent in (`Bbr.stamp`), one tuple shared by a burst."""
 
-    __slots__ = ("pn", "size", "sent", "delivered", "delivered_time", "first_sent", "app_limited", "item")
+    __slots__ = ("pn", "size", "sent", "item", "stamp")
 
-    def __init__(self, pn: int, size: int, sent: float, item: Any) -> None:
+    def __init__(self, pn: int, size: int, sent: float, item: Any, stamp: "Stamp" = (0, 0.0, 0.0, False)) -> None:
         self.pn = pn
         self.size = size
         self.sent = sent
         self.item = item
-        self.delivered = 0
-        self.delivered_time = 0.0
-        self.first_sent = 0.0
-        self.app_limited = False
+        self.stamp = stamp
+
+    # The stamp's fields by name (rate sampling unpacks the tuple at once).
+    delivered = property(lambda self: self.stamp[0], doc="bytes delivered when it was sent")
+    delivered_time = property(lambda self: self.stamp[1], doc="when that delivery count was reached")
+    first_sent = property(lambda self: self.stamp[2], doc="send time of the first packet of its interval")
+    app_limited = property(lambda self: self.stamp[3], doc="sent while the sender had too little to send")
 
 
+Stamp = tuple[int, float, float, bool]  # delivered, delivered_time, first_sent, app_limited
 _packet_number = operator.attrgetter("pn")
+_packet_size = operator.attrgetter("size")
 
 
 class Recovery:
@@ -74,12 +80,11 @@ class Recovery:
         self.bytes_in_flight += packet.size
         self.last_sent = packet.sent
 
-    def on_sent_run(self, packets: list[SentPacket]) -> None:
-        """`on_sent` for packets sent back to back, in packet-number order."""
-        sent = self.sent
-        for packet in packets:
-            sent[packet.pn] = packet
-        self.bytes_in_flight += sum(packet.size for packet in packets)
+    def on_sent_run(self, packets: list[SentPacket], size: Optional[int] = None) -> None:
+        """`on_sent` for packets sent back to back, in packet-number order; `size`: their sizes
+        added up, when the caller knows it."""
+        self.sent.update(zip(map(_packet_number, packets), packets))
+        self.bytes_in_flight += sum(map(_packet_size, packets)) if size is None else size
         self.last_sent = packets[-1].sent
 
     def on_ack(self, ranges: Sequence[tuple[int, int]], ack_delay: float,
@@ -106,7 +111,7 @@ class Recovery:
             return acked, []
         if len(ranges) > 1:  # ranges come highest first; within one, packets are in order
             acked.sort(key=_packet_number)
-        self.bytes_in_flight -= sum(packet.size for packet in acked)
+        self.bytes_in_flight -= sum(map(_packet_size, acked))
         newest = acked[-1]
         if newest.pn > self.largest_acked:
             self.largest_acked = newest.pn
@@ -259,25 +264,26 @@ class Bbr:
         return gain * self.btl_bw
 
     # -- inputs -----------------------------------------------------------------------------
-    def on_sent(self, packet: SentPacket, bytes_in_flight: int, app_limited: bool, now: float) -> None:
-        """Stamp a packet with the delivery state it is sent in (rate sampling)."""
+    def stamp(self, bytes_in_flight: int, app_limited: bool, size: int, now: float) -> Stamp:
+        """The delivery state a packet of `size` bytes (or a burst starting with it, all sent
+        at `now`) goes out in: what rate sampling compares its ACK with."""
         if bytes_in_flight == 0:
             self.first_sent_time = self.delivered_time = now
         if app_limited:
-            self.app_limited_until = self.delivered + bytes_in_flight + packet.size
-        packet.delivered = self.delivered
-        packet.delivered_time = self.delivered_time
-        packet.first_sent = self.first_sent_time
-        packet.app_limited = self.app_limited_until > self.delivered
+            self.app_limited_until = self.delivered + bytes_in_flight + size
+        return self.delivered, self.delivered_time, self.first_sent_time, self.app_limited_until > self.delivered
+
+    def on_sent(self, packet: SentPacket, bytes_in_flight: int, app_limited: bool, now: float) -> None:
+        """Stamp a packet with the delivery state it is sent in (rate sampling)."""
+        packet.stamp = self.stamp(bytes_in_flight, app_limited, packet.size, now)
 
     def on_sent_run(self, packets: list[SentPacket], bytes_in_flight: int, app_limited: bool, now: float) -> None:
         """`on_sent` for packets sent back to back in one burst: they all go in the delivery
-        state the first one finds (what stamping them one by one would give each)."""
-        first = packets[0]
-        self.on_sent(first, bytes_in_flight, app_limited, now)
-        stamps = first.delivered, first.delivered_time, first.first_sent, first.app_limited
-        for packet in packets[1:]:
-            packet.delivered, packet.delivered_time, packet.first_sent, packet.app_limited = stamps
+        state the first one finds (what stamping them one by one would give each). The pump
+        builds its packets with `stamp` instead, the tuple shared by the whole burst."""
+        stamp = self.stamp(bytes_in_flight, app_limited, packets[0].size, now)
+        for packet in packets:
+            packet.stamp = stamp
 
     def on_ack(self, acked: list[SentPacket], lost: list[SentPacket], rtt: Optional[float],
                bytes_in_flight: int, now: float) -> None:
@@ -287,14 +293,13 @@ class Bbr:
         self._window_lost += len(lost)
         if not acked:
             return
-        for packet in acked:
-            self.delivered += packet.size
+        self.delivered += sum(map(_packet_size, acked))
         self.delivered_time = now
         if self.app_limited_until and self.delivered > self.app_limited_until:
             self.app_limited_until = 0
         newest = acked[-1]
         round_start = False
-        if newest.delivered >= self.next_round_delivered:
+        if newest.stamp[0] >= self.next_round_delivered:
             self.next_round_delivered = self.delivered
             self.round_count += 1
             round_start = True
@@ -302,14 +307,15 @@ class Bbr:
         self.first_sent_time = newest.sent
         self._window_acked += len(acked)
         self._check_loss(bytes_in_flight)
-        self._advance_mode(round_start, newest.app_limited, bytes_in_flight, now)
+        self._advance_mode(round_start, newest.stamp[3], bytes_in_flight, now)
 
     def _sample_rate(self, newest: SentPacket, now: float) -> None:
-        interval = max(newest.sent - newest.first_sent, now - newest.delivered_time)
+        delivered, delivered_time, first_sent, app_limited = newest.stamp
+        interval = max(newest.sent - first_sent, now - delivered_time)
         if interval <= 0 or (self.min_rtt is not None and interval < self.min_rtt):
             return  # ACK compression: the sample would overestimate
-        rate = (self.delivered - newest.delivered) / interval
-        if newest.app_limited and rate < self.btl_bw:
+        rate = (self.delivered - delivered) / interval
+        if app_limited and rate < self.btl_bw:
             return  # an idle sender measures itself, not the path
         rounds = self._bw_rounds
         if rounds and rounds[-1][0] == self.round_count:

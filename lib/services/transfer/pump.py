@@ -131,19 +131,19 @@ class Pump:
             transfer, start, run = piece
             tid, gen = transfer.tid, transfer.gen
             pn = channel.next_pn
+            # One burst: BBR and loss recovery see each datagram, stamped as sent together.
+            stamp = bbr.stamp(recovery.bytes_in_flight, channel.idle, min(len(run), capacity) + overhead, now)
+            channel.idle = False
             packets = []
             for cut in range(0, len(run), capacity):
                 view = run[cut:cut + capacity]
                 offset, length = start + cut, len(view)
-                packets.append(SentPacket(pn, length + overhead, now, (transfer, gen, offset, length)))
+                packets.append(SentPacket(pn, length + overhead, now, (transfer, gen, offset, length), stamp))
                 payloads.append(data_record_header(tid, pn, offset, length) + view)
                 pn += 1
             channel.next_pn = pn
-            # One burst: BBR and loss recovery see each datagram, stamped as sent together.
-            bbr.on_sent_run(packets, recovery.bytes_in_flight, channel.idle, now)
-            channel.idle = False
-            recovery.on_sent_run(packets)
             spent = len(run) + overhead * len(packets)
+            recovery.on_sent_run(packets, spent)
             pacing.tokens -= spent
             if self.upload_limit:
                 upload.tokens -= spent
