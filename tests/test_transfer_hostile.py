@@ -6,6 +6,7 @@ a script that sends crafted FILE records over an authenticated session. Codec-le
 names and records are at the end (pure functions).
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ import hashlib, json, sys, time
 import gevent
 from chatp2p_core import config as cfg
 from chatp2p_core.codec import filecodec as fc
+from chatp2p_core.codec.wire import RawRecord
 from chatp2p_core.node import Node
 
 data_dir, home = sys.argv[1], sys.argv[2]
@@ -94,6 +96,10 @@ for line in sys.stdin:
         result = True
     elif kind == "end":
         send(fc.End(fc.transfer_wire_id(step["id"]), step["size"], bytes.fromhex(step["sha256"])))
+        result = True
+    elif kind == "frames":  # each record alone in its own frame, back to back
+        for rtype, body in step["records"]:
+            node.p2p.network.send_records(link, [RawRecord(rtype, bytes.fromhex(body))])
         result = True
     elif kind == "answers":
         result = [[a.code.name, a.reason] for a in answers
@@ -216,6 +222,34 @@ def test_data_beyond_the_end_and_a_wrong_hash_fail_the_transfer():
     assert not [name for name in downloads if name in ("beyond.bin", "hash.bin") or name.endswith(".part")], downloads
     assert not os.listdir(os.path.join(TMP, "b", "dl", ".chatp2p-partial"))
     assert _files_outside_downloads() == []
+
+
+def test_malformed_records_alone_in_their_frames_are_dropped_and_the_file_still_completes():
+    """Every DATA datagram's record reaches the file layer still encoded, and a batch of them is
+    decoded at once; malformed ones among them (a short DATA, a short ACK) are dropped and
+    counted one by one, and the good DATA and END around them still make the file."""
+    peer = HostilePeer(os.path.join(TMP, "mallory3"), B)
+    try:
+        content = os.urandom(1000)
+        peer.do(do="offer", id="mixed-1", name="mixed.bin", size=1000)
+        EV_B.wait_data("file_offer", 10, transfer_id="mixed-1")
+        ok(B.request("p2p", "accept_file", {"transfer_id": "mixed-1"}))
+        assert peer.do(do="wait_accept", id="mixed-1")
+        before = B.request("status")["data"]["p2p"]["counters"].get("dropped_file_record", 0)
+        tid = fc.transfer_wire_id("mixed-1")
+        frames = [(0x22, fc.Data(tid, 0, 0, content[:500]).encode()), (0x22, b"short"),
+                  (0x23, b"\0" * 9), (0x22, fc.Data(tid, 1, 500, content[500:]).encode()),
+                  (0x24, fc.End(tid, 1000, hashlib.sha256(content).digest()).encode())]
+        peer.do(do="frames", records=[[rtype, body.hex()] for rtype, body in frames])
+        received = EV_B.wait_data("file_received", 10, transfer_id="mixed-1")[0]
+        assert received["sha256"] == hashlib.sha256(content).hexdigest()
+        with open(received["path"], "rb") as handle:
+            assert handle.read() == content
+        wait_for(lambda: B.request("status")["data"]["p2p"]["counters"].get("dropped_file_record", 0) - before == 2,
+                 10, "the two malformed records counted")
+        os.unlink(received["path"])
+    finally:
+        peer.close()
 
 
 def test_offer_floods_are_capped_and_strangers_refused():

@@ -506,7 +506,8 @@ def test_a_file_record_filling_the_payload_stays_encoded_and_decodes_in_one_step
     encoded = filecodec.data_record_header(data.tid, data.pn, data.offset, len(data.data)) + data.data
     tid, pn, offset, view = filecodec.decode_data_record(encoded)
     assert (tid, pn, offset, bytes(view)) == (data.tid, data.pn, data.offset, data.data)
-    assert isinstance(view, memoryview)
+    large = filecodec.data_record_header(data.tid, 8, 0, 60000) + bytes(60000)  # loopback-sized: a view
+    assert isinstance(filecodec.decode_data_record(large)[3], memoryview)
     for bad in (encoded[:-1], encoded[:20], b"\x23" + encoded[1:], encoded + b"x"):  # 0x23: an ACK
         with pytest.raises(WireError):
             filecodec.decode_data_record(bad)

@@ -238,15 +238,22 @@ def decode_data(body: Union[bytes, memoryview]) -> tuple[bytes, int, int, memory
     return tid, pn, offset, (body if type(body) is memoryview else memoryview(body))[DATA_HEADER_LEN:]
 
 
-def decode_data_record(encoded: bytes) -> tuple[bytes, int, int, memoryview]:
+def decode_data_record(encoded: bytes) -> tuple[bytes, int, int, Union[bytes, memoryview]]:
     """`decode_data` of a DATA record still encoded, record header included (as
-    `wire.frame_records` leaves the record of every DATA datagram): one unpack for both headers."""
+    `wire.frame_records` leaves the record of every DATA datagram): one unpack for both headers.
+    The file bytes of a datagram-sized record are a copy (cheaper to make and to free than a
+    view: a view is three objects), of a large one (64 KiB on loopback) a view."""
     if len(encoded) < _DATA_RECORD.size:
         raise WireError("DATA truncated")
     rtype, length, tid, pn, offset = _DATA_RECORD.unpack_from(encoded)
     if rtype != _DATA_TYPE or wire.RECORD_HEADER_LEN + length != len(encoded):
         raise WireError("not one whole DATA record")
+    if length <= _COPY_UP_TO:
+        return tid, pn, offset, encoded[_DATA_RECORD.size:]
     return tid, pn, offset, memoryview(encoded)[_DATA_RECORD.size:]
+
+
+_COPY_UP_TO = 9000  # bytes: a jumbo frame's record is still copied
 
 
 def as_raw_record(item: Union[RawRecord, bytes]) -> RawRecord:

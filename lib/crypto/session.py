@@ -371,7 +371,7 @@ class Session:
         decryption: counters are added up once at the end."""
         records: list[Union[Record, bytes]] = []
         dropped: list[DropReason] = []
-        accepted = size = 0
+        accepted = size = encoded = 0
         unpack, local = wire.DATA_HEADER.unpack_from, self.keys.local_conn_id
         version, data_type = wire.VERSION_BYTE, wire.PacketType.DATA
         frame_records, file_types, append = wire.frame_records, wire.FILE_RECORD_TYPES, records.append
@@ -426,6 +426,7 @@ class Session:
                 if (len(payload) > RECORD_HEADER_LEN and payload[0] in file_types
                         and RECORD_HEADER_LEN + (payload[1] << 8 | payload[2]) == len(payload)):
                     append(payload)
+                    encoded += 1
                 else:
                     try:
                         records.extend(frame_records(payload))
@@ -442,7 +443,7 @@ class Session:
         if accepted or DropReason.BAD_RECORDS in dropped:  # frames that authenticated
             self.last_received = now
         self.stats["received"] += accepted
-        return Opened(records, accepted, size, dropped)
+        return Opened(records, accepted, size, dropped, encoded)
 
     def _authenticate(self, datagram: bytes, now: float) -> bytes:
         """The plaintext of a received DATA datagram, once it authenticated and its counter is
@@ -504,6 +505,8 @@ class Opened:
     frames: int                  # frames accepted
     size: int                    # their bytes (datagram sizes)
     dropped: list[DropReason]    # one reason per frame dropped (also counted in Session.stats)
+    encoded: int = 0             # records that are file records left encoded (all of them, in a
+                                 # burst of file data: then nobody needs to look at each)
 
 
 __all__ = [

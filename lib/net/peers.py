@@ -17,6 +17,7 @@ import hmac
 import logging
 import secrets
 import time
+from itertools import repeat
 from typing import Callable, Iterable, Optional, Protocol, Sequence, Union
 
 import gevent
@@ -562,6 +563,8 @@ class Network:
                 self._on_datagram(first, address)
             else:
                 prefix = first[:wire.PREFIX_LEN]  # version, DATA, conn id: the same for the run
+                if start == 0 and all(map(bytes.startswith, datagrams, repeat(prefix, count))):
+                    end = count  # the usual buffer: all of it one run (each checked in open_many)
                 while end < count and datagrams[end][:wire.PREFIX_LEN] == prefix \
                         and len(datagrams[end]) > wire.PREFIX_LEN:
                     end += 1
@@ -623,6 +626,9 @@ class Network:
             self._challenge_path(link, address, relayed, opened.size, now)
         upper: list[Record] = []
         files: list[Union[Record, bytes]] = []  # the file protocol's: only for the observer that takes them
+        if opened.encoded == len(records):
+            files = records  # nothing but file records (a burst of file data): no pass over them
+            records = []
         for record in records:
             if type(record) is bytes:  # a file record still encoded: every datagram of a file
                 files.append(record)

@@ -302,6 +302,12 @@ class Transport:
     def _dispatch_many(self, segments: list[bytes], address: tuple) -> None:
         """The datagrams of one GRO buffer, in order: each run of consecutive ones of a protocol
         that handles batches goes to it in one call, any other datagram on its own."""
+        first = self._protocols[0] if self._protocols else None
+        if first is not None and first.batch is not None and all(map(first.classifier, segments)):
+            # The usual buffer: all of it for the protocol asked first (a steady flow of file
+            # data), with one classifier call per datagram and nothing else.
+            self._call(first, first.batch, segments, address)
+            return
         protocols = [self._protocol_of(segment) for segment in segments]
         start, count = 0, len(segments)
         while start < count:

@@ -489,7 +489,13 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
         if channel is None:
             return
         now = time.monotonic()
-        data: list[tuple[bytes, int, int, memoryview]] = []  # DATA records, handled in runs
+        data: list[tuple[bytes, int, int, memoryview]]  # DATA records, handled in runs
+        try:  # the usual batch (a burst of file data): DATA records only, all still encoded
+            data = list(map(decode_data_record, records))
+        except (WireError, TypeError, IndexError):  # anything else: record by record, below
+            data = []
+        else:
+            records = []
         for raw in records:
             try:
                 if type(raw) is bytes:  # still encoded (wire.frame_records): every DATA datagram
