@@ -101,6 +101,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lan_discovery", "p2p", "lan_discovery", "optbool", None,
             "find contacts on the local network segment (unset: on in online mode, off in private mode)"),
     Setting("lan_port", "p2p", "lan_port", "port", 48889, "well-known UDP port of LAN discovery announcements"),
+    Setting("lan_interval", "p2p", "lan_interval", "float", 5.0,
+            "seconds between LAN discovery announcements (at least 0.1): a contact on the segment is "
+            "found within about one interval"),
     Setting("keepalive_interval", "p2p", "keepalive_interval", "float", 15.0,
             "seconds between keepalives; three silent intervals mean the peer is gone"),
     Setting("udp_batching", "p2p", "udp_batching", "bool", True,
