@@ -21,13 +21,14 @@ the connection time; targets: direct (cone/cone) p50 < 300 ms, relayed (random/r
 §9.3), so a relayed connection costs that delay plus a few round trips through coturn.
 
 The DHT scenario (`--scenario dht`, online mode, PROTOCOL §12) uses the world of
-tests/test_online.py instead, built afresh for each run: coturn and a private DHT swarm of 8
-libtorrent sessions in the internet namespace, no rendezvous. Each run starts two fresh nodes (new identities, empty data
-dirs) behind cone NATs, adds them to each other by ID at once, and times from the first node's
-start to the later of the two `peer_connected` events (no `p2p connect`: the DHT lookups do it).
-Target: p50 < 20 s, p95 < 60 s. Then it measures the DHT traffic of one node per hour: bytes in
-and out of its libtorrent session over `--traffic-seconds`, once with its contact connected and
-once with the contact offline (lookups backing off), scaled to an hour.
+tests/test_online.py instead, built afresh for each run: coturn and the private DHT swarm of
+test_online.SWARM (24 libtorrent sessions) in the internet namespace, no rendezvous. Each run
+starts two fresh nodes (new identities, empty data dirs) behind cone NATs, adds them to each
+other by ID at once, and times from the first node's start to the later of the two
+`peer_connected` events (no `p2p connect`: the DHT lookups do it). Target: p50 < 20 s, p95 <
+60 s. Then it measures the DHT traffic of one node per hour: bytes in and out of its
+libtorrent session over `--traffic-seconds`, once with its contact connected and once with the
+contact offline (lookups backing off), scaled to an hour.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from netns import netns_available  # noqa: E402
 from test_nat_netns import wait_registered, world  # noqa: E402  (the namespace world of the tests)
-from test_online import online_world  # noqa: E402
+from test_online import SWARM, online_world  # noqa: E402
 
 COMBINATIONS = (("cone", "cone"), ("cone", "random"), ("random", "random"))
 TARGET_DIRECT_P50 = 0.300
@@ -202,7 +203,8 @@ def bench_dht(runs: int, traffic_seconds: float) -> None:
         return
     for label, rates in zip(("contact connected", "contact offline"), traffic):
         print(f"DHT traffic per node, {label}: {rates['bytes_in'] / 1e6:.2f} MB/h in, "
-              f"{rates['bytes_out'] / 1e6:.2f} MB/h out (measured over {traffic_seconds:.0f} s, private swarm of 8)")
+              f"{rates['bytes_out'] / 1e6:.2f} MB/h out (measured over {traffic_seconds:.0f} s, private swarm of "
+              f"{len(SWARM)})")
 
 
 def _ms(value: float | None) -> str:
