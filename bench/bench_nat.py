@@ -182,9 +182,9 @@ def bench_dht(runs: int, traffic_seconds: float) -> None:
     times: list[float | None] = []
     traffic: tuple[dict, dict] | None = None  # measured on the last run's pair if it connected
     for index in range(runs):
-        # A fresh swarm each run: the nodes of earlier runs, gone, would otherwise be a third
-        # of an 8-node swarm's routing tables, a far larger share of dead nodes than the
-        # Mainline DHT's, and every lookup would wait out their timeouts.
+        # A fresh swarm each run: the nodes of earlier runs, gone, would otherwise be a large
+        # share of the small swarm's routing tables, far larger than the Mainline DHT's share
+        # of dead nodes, and every lookup would wait out their timeouts.
         with online_world("cone", "cone", turn=False, nodes=False) as w:
             elapsed = dht_run(w, index, keep=index == runs - 1)
             if index == runs - 1 and elapsed is not None:
