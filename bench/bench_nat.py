@@ -22,7 +22,7 @@ the connection time; targets: direct (cone/cone) p50 < 300 ms, relayed (random/r
 
 The DHT scenario (`--scenario dht`, online mode, PROTOCOL §12) uses the world of
 tests/test_online.py instead, built afresh for each run: coturn and the private DHT swarm of
-test_online.SWARM (24 libtorrent sessions) in the internet namespace, no rendezvous. Each run
+test_online.SWARM (48 libtorrent sessions) in the internet namespace, no rendezvous. Each run
 starts two fresh nodes (new identities, empty data dirs) behind cone NATs, adds them to each
 other by ID at once, and times from the first node's start to the later of the two
 `peer_connected` events (no `p2p connect`: the DHT lookups do it). Target: p50 < 20 s, p95 <

@@ -149,7 +149,7 @@ def test_online_mode_finds_an_ipv6_contact_through_a_dht_on_ipv6_and_punches_the
     import sys
     import threading
     require_netns()
-    swarm = [f"{V6_WAN_NET}{0x20 + i:x}" for i in range(24)]   # 24: see test_online.SWARM
+    swarm = [f"{V6_WAN_NET}{0x20 + i:x}" for i in range(48)]   # 48: see test_online.SWARM
     with ipv6_topology() as net, daemons() as w:
         for ip in swarm:
             net.public.add_address6("eth0", f"{ip}/64")

@@ -1,8 +1,8 @@
 """Online mode: contacts found by ID alone through a DHT, in real namespaces with real NATs.
 
 The "internet" namespace of tests/netns.py `nat_topology` runs coturn (STUN, TURN) and a
-private Mainline DHT swarm of 24 libtorrent sessions (tests/dht_swarm.py) on documentation
-addresses 198.51.100.20-43. Each daemon is in online mode with that swarm as its only
+private Mainline DHT swarm of 48 libtorrent sessions (tests/dht_swarm.py) on documentation
+addresses 198.51.100.20-67. Each daemon is in online mode with that swarm as its only
 bootstrap (`--dht-private-swarm`): nothing leaves the namespaces, and an iptables counter in
 each host checks that no packet goes anywhere but the test prefixes.
 """
@@ -24,12 +24,12 @@ from poll import wait_for
 from test_nat_netns import STUN_PORT, TURN_USER, World, befriend, require_netns
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-# 24 nodes, not fewer: the two daemons' own DHT nodes sit behind NATs that drop queries from
+# 48 nodes, not fewer: the two daemons' own DHT nodes sit behind NATs that drop queries from
 # anyone they have not sent to, so each is a node the other cannot reach (as many home nodes of
 # the public DHT are). In a swarm of 8 they were among the closest nodes of nearly every key,
 # and nearly every put and get of the other waited out libtorrent's 15 s query timeout on them;
-# among 24 they are in fewer traversals, as a given node is in few of the public DHT's.
-SWARM = [f"198.51.100.{20 + i}" for i in range(24)]
+# among 48 they are in far fewer traversals, as a given node is in few of the public DHT's.
+SWARM = [f"198.51.100.{20 + i}" for i in range(48)]
 SWARM_PORT = 6881
 # Where a test host may send: the test prefixes, its loopback, and, on its own namespace
 # segment, LAN discovery's multicast group and the kernel's IGMP reports for joining it
