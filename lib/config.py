@@ -86,6 +86,10 @@ SETTINGS: tuple[Setting, ...] = (
             "the dht_bootstrap nodes are a private DHT swarm of your own (a closed network or tests), "
             "not public routers"),
     Setting("dht_port", "p2p", "dht_port", "port", 0, "online mode: UDP port of the DHT (0 = any free port)"),
+    Setting("dht_lookup_interval", "p2p", "dht_lookup_interval", "float", 5.0,
+            "online mode: seconds between DHT lookups of a contact without a session while it is sought "
+            "often (after a start, a lost session, a message to it; at least 0.5); the public DHT's "
+            "nodes answer each lookup"),
     Setting("port_mapping", "p2p", "port_mapping", "bool", True,
             "online mode: ask the router (UPnP-IGD, NAT-PMP) to forward the P2P port"),
     Setting("rendezvous_servers", "p2p", "rendezvous", "list", [],

@@ -39,9 +39,17 @@ EGRESS_CHAIN = "CP2P_EGRESS"
 
 
 
+# How often the daemons look a contact up while they seek it often (5 s by default): the
+# tests wait for the lookup that finds the other's record, not for the interval.
+LOOKUP_INTERVAL = "1"
+
+
 class OnlineWorld(World):
     """coturn and the DHT swarm in the internet namespace; the two NATed nodes in online mode
-    (or private, per side), added to each other by ID only; no rendezvous server."""
+    (or private, per side), added to each other by ID only; no rendezvous server.
+    `lookup_interval`: the daemons' --dht-lookup-interval (None: their default)."""
+
+    lookup_interval = LOOKUP_INTERVAL
 
     def start(self, turn=True, left_online=True, right_online=True, nodes=True):  # type: ignore[override]
         net = self.net
@@ -64,6 +72,8 @@ class OnlineWorld(World):
             args += ["--turn-url", f"turn:{net.public_ip}:{STUN_PORT}", "--turn-username", TURN_USER,
                      "--turn-credential-file", self.turn_password_file()]
         if online:
+            if self.lookup_interval is not None:
+                args += ["--dht-lookup-interval", self.lookup_interval]
             return args + ["--online", "--dht-private-swarm", "--dht-bootstrap",
                            ",".join(f"{ip}:{SWARM_PORT}" for ip in SWARM)]
         return args + ["--private"]
@@ -100,11 +110,12 @@ class OnlineWorld(World):
 
 
 @contextlib.contextmanager
-def online_world(left_nat, right_nat, **kwargs):
+def online_world(left_nat, right_nat, lookup_interval=LOOKUP_INTERVAL, **kwargs):
     tmp = tempfile.mkdtemp(prefix="chatp2p-online-")
     try:
         with nat_topology(left_nat, right_nat) as net:
             w = OnlineWorld(net, tmp)
+            w.lookup_interval = lookup_interval
             try:
                 yield w.start(**kwargs)
             finally:
