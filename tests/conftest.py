@@ -5,6 +5,8 @@ the benches). With PYTHONDONTWRITEBYTECODE set, as many environments and contain
 each of them compiled the project and its libraries from source again: about 0.3 s of every
 daemon's start. For the run, those processes keep their bytecode in a directory of their own
 (PYTHONPYCACHEPREFIX), which is removed at the end: still nothing is written next to the sources.
+Processes run as another user (test_transfer_fs.AS_NOBODY) leave it out: they may not write it,
+and with it Python would pass over the system's own compiled standard library.
 """
 
 import os
