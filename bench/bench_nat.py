@@ -21,13 +21,14 @@ the connection time; targets: direct (cone/cone) p50 < 300 ms, relayed (random/r
 §9.3), so a relayed connection costs that delay plus a few round trips through coturn.
 
 The DHT scenario (`--scenario dht`, online mode, PROTOCOL §12) uses the world of
-tests/test_online.py instead, built afresh for each run: coturn and a private DHT swarm of 8
-libtorrent sessions in the internet namespace, no rendezvous. Each run starts two fresh nodes (new identities, empty data
-dirs) behind cone NATs, adds them to each other by ID at once, and times from the first node's
-start to the later of the two `peer_connected` events (no `p2p connect`: the DHT lookups do it).
-Target: p50 < 20 s, p95 < 60 s. Then it measures the DHT traffic of one node per hour: bytes in
-and out of its libtorrent session over `--traffic-seconds`, once with its contact connected and
-once with the contact offline (lookups backing off), scaled to an hour.
+tests/test_online.py instead, built afresh for each run: coturn and the private DHT swarm of
+test_online.SWARM (48 libtorrent sessions) in the internet namespace, no rendezvous. Each run
+starts two fresh nodes (new identities, empty data dirs) behind cone NATs, adds them to each
+other by ID at once, and times from the first node's start to the later of the two
+`peer_connected` events (no `p2p connect`: the DHT lookups do it). Target: p50 < 20 s, p95 <
+60 s. Then it measures the DHT traffic of one node per hour: bytes in and out of its
+libtorrent session over `--traffic-seconds`, once with its contact connected and once with the
+contact offline (lookups backing off), scaled to an hour.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from netns import netns_available  # noqa: E402
 from test_nat_netns import wait_registered, world  # noqa: E402  (the namespace world of the tests)
-from test_online import online_world  # noqa: E402
+from test_online import SWARM, online_world  # noqa: E402
 
 COMBINATIONS = (("cone", "cone"), ("cone", "random"), ("random", "random"))
 TARGET_DIRECT_P50 = 0.300
@@ -181,10 +182,11 @@ def bench_dht(runs: int, traffic_seconds: float) -> None:
     times: list[float | None] = []
     traffic: tuple[dict, dict] | None = None  # measured on the last run's pair if it connected
     for index in range(runs):
-        # A fresh swarm each run: the nodes of earlier runs, gone, would otherwise be a third
-        # of an 8-node swarm's routing tables, a far larger share of dead nodes than the
-        # Mainline DHT's, and every lookup would wait out their timeouts.
-        with online_world("cone", "cone", turn=False, nodes=False) as w:
+        # A fresh swarm each run: the nodes of earlier runs, gone, would otherwise be a large
+        # share of the small swarm's routing tables, far larger than the Mainline DHT's share
+        # of dead nodes, and every lookup would wait out their timeouts.
+        # The daemons' default lookup interval: the bench measures what users get.
+        with online_world("cone", "cone", turn=False, nodes=False, lookup_interval=None) as w:
             elapsed = dht_run(w, index, keep=index == runs - 1)
             if index == runs - 1 and elapsed is not None:
                 traffic = dht_traffic(w, traffic_seconds)
@@ -202,7 +204,8 @@ def bench_dht(runs: int, traffic_seconds: float) -> None:
         return
     for label, rates in zip(("contact connected", "contact offline"), traffic):
         print(f"DHT traffic per node, {label}: {rates['bytes_in'] / 1e6:.2f} MB/h in, "
-              f"{rates['bytes_out'] / 1e6:.2f} MB/h out (measured over {traffic_seconds:.0f} s, private swarm of 8)")
+              f"{rates['bytes_out'] / 1e6:.2f} MB/h out (measured over {traffic_seconds:.0f} s, private swarm of "
+              f"{len(SWARM)})")
 
 
 def _ms(value: float | None) -> str:

@@ -86,6 +86,10 @@ SETTINGS: tuple[Setting, ...] = (
             "the dht_bootstrap nodes are a private DHT swarm of your own (a closed network or tests), "
             "not public routers"),
     Setting("dht_port", "p2p", "dht_port", "port", 0, "online mode: UDP port of the DHT (0 = any free port)"),
+    Setting("dht_lookup_interval", "p2p", "dht_lookup_interval", "float", 5.0,
+            "online mode: seconds between DHT lookups of a contact without a session while it is sought "
+            "often (after a start, a lost session, a message to it; at least 0.5); the public DHT's "
+            "nodes answer each lookup"),
     Setting("port_mapping", "p2p", "port_mapping", "bool", True,
             "online mode: ask the router (UPnP-IGD, NAT-PMP) to forward the P2P port"),
     Setting("rendezvous_servers", "p2p", "rendezvous", "list", [],
@@ -101,6 +105,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lan_discovery", "p2p", "lan_discovery", "optbool", None,
             "find contacts on the local network segment (unset: on in online mode, off in private mode)"),
     Setting("lan_port", "p2p", "lan_port", "port", 48889, "well-known UDP port of LAN discovery announcements"),
+    Setting("lan_interval", "p2p", "lan_interval", "float", 5.0,
+            "seconds between LAN discovery announcements (at least 0.1): a contact on the segment is "
+            "found within about one interval"),
     Setting("keepalive_interval", "p2p", "keepalive_interval", "float", 15.0,
             "seconds between keepalives; three silent intervals mean the peer is gone"),
     Setting("udp_batching", "p2p", "udp_batching", "bool", True,

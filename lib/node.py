@@ -164,7 +164,8 @@ class Node:
                                     self._dht_settings())
         if self.config.lan_discovery_on:
             lan = LanDiscovery(self.identity.fingerprint, p2p.port, self._lan_contacts,
-                               p2p.connector.found_on_lan, port=self.config.lan_port)
+                               p2p.connector.found_on_lan, port=self.config.lan_port,
+                               interval=self.config.lan_interval)
             try:
                 lan.start()
                 self._lan = lan

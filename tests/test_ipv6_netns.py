@@ -20,6 +20,7 @@ import pytest
 
 from netns import V6_WAN_NET, ipv6_topology, isolated_host, netns_available
 from test_nat_netns import NsDaemon, befriend, connect_and_check, wait_registered
+from test_online import LOOKUP_INTERVAL
 
 RENDEZVOUS_PORT = 4700
 
@@ -149,7 +150,7 @@ def test_online_mode_finds_an_ipv6_contact_through_a_dht_on_ipv6_and_punches_the
     import sys
     import threading
     require_netns()
-    swarm = [f"{V6_WAN_NET}{0x20 + i:x}" for i in range(8)]
+    swarm = [f"{V6_WAN_NET}{0x20 + i:x}" for i in range(48)]   # 48: see test_online.SWARM
     with ipv6_topology() as net, daemons() as w:
         for ip in swarm:
             net.public.add_address6("eth0", f"{ip}/64")
@@ -163,6 +164,7 @@ def test_online_mode_finds_an_ipv6_contact_through_a_dht_on_ipv6_and_punches_the
             assert lines[-1].startswith("ready"), lines
             threading.Thread(target=proc.stdout.read, daemon=True).start()
             online = ["--online", "--dht-private-swarm", "--dht-bootstrap", ",".join(nodes),
+                      "--dht-lookup-interval", LOOKUP_INTERVAL,
                       "--public-stun-urls", "", "--no-port-mapping", "--no-lan-discovery"]
             left = w.daemon(net.left_host, "left", *online).wait_ready()
             right = w.daemon(net.right_host, "right", *online).wait_ready()

@@ -1,8 +1,8 @@
 """Online mode: contacts found by ID alone through a DHT, in real namespaces with real NATs.
 
 The "internet" namespace of tests/netns.py `nat_topology` runs coturn (STUN, TURN) and a
-private Mainline DHT swarm of 8 libtorrent sessions (tests/dht_swarm.py) on documentation
-addresses 198.51.100.20-27. Each daemon is in online mode with that swarm as its only
+private Mainline DHT swarm of 48 libtorrent sessions (tests/dht_swarm.py) on documentation
+addresses 198.51.100.20-67. Each daemon is in online mode with that swarm as its only
 bootstrap (`--dht-private-swarm`): nothing leaves the namespaces, and an iptables counter in
 each host checks that no packet goes anywhere but the test prefixes.
 """
@@ -24,7 +24,12 @@ from poll import wait_for
 from test_nat_netns import STUN_PORT, TURN_USER, World, befriend, require_netns
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-SWARM = [f"198.51.100.{20 + i}" for i in range(8)]
+# 48 nodes, not fewer: the two daemons' own DHT nodes sit behind NATs that drop queries from
+# anyone they have not sent to, so each is a node the other cannot reach (as many home nodes of
+# the public DHT are). In a swarm of 8 they were among the closest nodes of nearly every key,
+# and nearly every put and get of the other waited out libtorrent's 15 s query timeout on them;
+# among 48 they are in far fewer traversals, as a given node is in few of the public DHT's.
+SWARM = [f"198.51.100.{20 + i}" for i in range(48)]
 SWARM_PORT = 6881
 # Where a test host may send: the test prefixes, its loopback, and, on its own namespace
 # segment, LAN discovery's multicast group and the kernel's IGMP reports for joining it
@@ -34,9 +39,17 @@ EGRESS_CHAIN = "CP2P_EGRESS"
 
 
 
+# How often the daemons look a contact up while they seek it often (5 s by default): the
+# tests wait for the lookup that finds the other's record, not for the interval.
+LOOKUP_INTERVAL = "1"
+
+
 class OnlineWorld(World):
     """coturn and the DHT swarm in the internet namespace; the two NATed nodes in online mode
-    (or private, per side), added to each other by ID only; no rendezvous server."""
+    (or private, per side), added to each other by ID only; no rendezvous server.
+    `lookup_interval`: the daemons' --dht-lookup-interval (None: their default)."""
+
+    lookup_interval = LOOKUP_INTERVAL
 
     def start(self, turn=True, left_online=True, right_online=True, nodes=True):  # type: ignore[override]
         net = self.net
@@ -59,6 +72,8 @@ class OnlineWorld(World):
             args += ["--turn-url", f"turn:{net.public_ip}:{STUN_PORT}", "--turn-username", TURN_USER,
                      "--turn-credential-file", self.turn_password_file()]
         if online:
+            if self.lookup_interval is not None:
+                args += ["--dht-lookup-interval", self.lookup_interval]
             return args + ["--online", "--dht-private-swarm", "--dht-bootstrap",
                            ",".join(f"{ip}:{SWARM_PORT}" for ip in SWARM)]
         return args + ["--private"]
@@ -95,11 +110,12 @@ class OnlineWorld(World):
 
 
 @contextlib.contextmanager
-def online_world(left_nat, right_nat, **kwargs):
+def online_world(left_nat, right_nat, lookup_interval=LOOKUP_INTERVAL, **kwargs):
     tmp = tempfile.mkdtemp(prefix="chatp2p-online-")
     try:
         with nat_topology(left_nat, right_nat) as net:
             w = OnlineWorld(net, tmp)
+            w.lookup_interval = lookup_interval
             try:
                 yield w.start(**kwargs)
             finally:

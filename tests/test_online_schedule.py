@@ -14,12 +14,12 @@ from clock import FakeClock
 WALL = 1_796_300_000.0
 
 
-def discovery(clock, store):
+def discovery(clock, store, **kwargs):
     network = types.SimpleNamespace(observers=[], links={}, counters=collections.Counter())
     dht = types.SimpleNamespace(running=True, nodes=1)
     me = types.SimpleNamespace(fingerprint=hashlib.sha256(b"me").digest())
     found = online.OnlineDiscovery(me, store, network, nat=None, dht=dht, publish=lambda *a: None,
-                                   clock=clock, wall=lambda: WALL, rng=random.Random(7))
+                                   clock=clock, wall=lambda: WALL, rng=random.Random(7), **kwargs)
     found._loop = object()   # as if started: reach() only schedules
     return found
 
@@ -55,6 +55,25 @@ def test_lookups_are_fast_for_a_while_then_back_off_to_a_cap_that_depends_on_las
             found.reach(contact)                                   # asked again: fast again
             assert schedule.next_at <= clock() and intervals(found, contact, schedule, clock, 1)[0] <= \
                 1.25 * online.LOOKUP_FAST
+        store.close()
+
+
+def test_the_fast_lookup_interval_is_a_setting_with_a_floor():
+    from chatp2p_core import config as cfg
+    assert cfg.SETTINGS_BY_NAME["dht_lookup_interval"].default == online.LOOKUP_FAST == 5.0
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(f"{tmp}/db")
+        clock = FakeClock()
+        for chosen, used in ((1.0, 1.0), (0.0, online.MIN_LOOKUP_FAST)):
+            found = discovery(clock, store, lookup_fast=chosen)
+            contact = store.contacts.add(f"C{chosen}", hashlib.sha256(b"c%r" % chosen).digest(), None)
+            found.reach(contact)
+            schedule = found._schedules[contact.fingerprint]
+            fast = intervals(found, contact, schedule, clock, 10)
+            assert all(0.75 * used <= i <= 1.25 * used for i in fast), fast
+            clock.advance(online.FAST_PHASE)
+            intervals(found, contact, schedule, clock, 1)
+            assert schedule.interval == online.BACKOFF * used   # backing off from there
         store.close()
 
 

@@ -30,7 +30,9 @@ from test_transfer import close_pair, make_file, part_files, sha256_of, start_pa
 
 MIB = 1 << 20
 NOBODY = 65534
-AS_NOBODY = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
+# Without the suite's PYTHONPYCACHEPREFIX (tests/conftest.py): nobody may not write there, and
+# with it Python would pass over the system's own compiled standard library.
+AS_NOBODY = ("env", "-u", "PYTHONPYCACHEPREFIX", "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups")
 
 
 def _root_reason():

@@ -1,8 +1,8 @@
 """LAN discovery: contacts on one network segment find each other without any server.
 
-Every `interval` seconds a node multicasts a small announcement (TTL 1, link-scoped group)
-on its own well-known UDP port: its P2P port and exactly `MAX_TAGS` tags, which rotate every
-`TAG_PERIOD` seconds. The tags carry no identity:
+Every `interval` seconds (`lan_interval`, 5 s by default) a node multicasts a small
+announcement (TTL 1, link-scoped group) on its own well-known UDP port: its P2P port and
+exactly `MAX_TAGS` tags, which rotate every `TAG_PERIOD` seconds. The tags carry no identity:
 
 - a *pair tag* per contact with whom this node shares a pair secret (`pair_secret`, exported
   from their first session and stored with the contact): only that contact can compute it;
@@ -45,6 +45,7 @@ TAG_LEN = 16
 MAX_TAGS = 16                            # tags per announcement (always exactly this many are sent)
 ANNOUNCE_SIZE = HEADER.size + MAX_TAGS * TAG_LEN   # 268 bytes: far below one 1200-byte datagram
 TAG_PERIOD = 300                         # seconds a tag stays the same
+MIN_INTERVAL = 0.1                       # seconds between announcements at the shortest (lan_interval)
 DEFAULT_PORT = 48889
 DEFAULT_GROUP = "239.255.48.89"          # administratively scoped, never routed off the link (TTL 1)
 KEY_LABEL = b"chatp2p v1 lan key"
@@ -224,7 +225,7 @@ class LanDiscovery:
         self.found = found
         self.port = port
         self.group = group
-        self.interval = interval
+        self.interval = max(interval, MIN_INTERVAL)
         self.clock = clock
         self.counters: dict[str, int] = {"announced": 0, "heard": 0, "matched": 0, "ignored": 0}
         self.sock: Optional[gsocket.socket] = None

@@ -41,7 +41,8 @@ log = logging.getLogger("chatp2p.online")
 TICK = 1.0
 REPUBLISH_INTERVAL = 1800.0      # seconds (±10 %): well inside the ~2 h DHT nodes keep an item
 PUBLISH_RETRY = 10.0             # after a publication no DHT node stored
-LOOKUP_FAST = 5.0                # seconds between lookups during a fast phase (±25 %)
+LOOKUP_FAST = 5.0                # seconds between lookups during a fast phase (±25 %; dht_lookup_interval)
+MIN_LOOKUP_FAST = 0.5
 FAST_PHASE = 180.0               # how long a fast phase lasts
 BACKOFF = 1.5
 LOOKUP_SLOW = 300.0              # the longest interval for a contact seen in the last week
@@ -74,7 +75,7 @@ class OnlineDiscovery:
 
     def __init__(self, identity: ident.Identity, store: Store, network: Network, nat: NatTraversal, dht: Dht,
                  publish: Publish, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 rng: Optional[random.Random] = None) -> None:
+                 rng: Optional[random.Random] = None, lookup_fast: float = LOOKUP_FAST) -> None:
         self.identity = identity
         self.store = store
         self.network = network
@@ -85,6 +86,7 @@ class OnlineDiscovery:
         self.clock = clock
         self.wall = wall
         self.rng = rng or random.Random()
+        self.lookup_fast = max(lookup_fast, MIN_LOOKUP_FAST)
         self.counters = network.counters
         self.last_publish: Optional[dict] = None
         self._published: Optional[tuple] = None       # (candidates, slot keys) last stored
@@ -144,7 +146,8 @@ class OnlineDiscovery:
                 continue
             schedule = self._schedules.get(contact.fingerprint)
             if schedule is None:
-                schedule = self._schedules[contact.fingerprint] = _Schedule(now, fast_until=now + FAST_PHASE)
+                schedule = self._schedules[contact.fingerprint] = _Schedule(now, self.lookup_fast,
+                                                                             now + FAST_PHASE)
             if not schedule.in_flight and now >= schedule.next_at:
                 schedule.in_flight = True
                 self._workers.append(gevent.spawn(self._lookup, contact, schedule))
@@ -160,9 +163,9 @@ class OnlineDiscovery:
 
     def _hurry(self, fingerprint: bytes) -> None:
         now = self.clock()
-        schedule = self._schedules.setdefault(fingerprint, _Schedule(now))
+        schedule = self._schedules.setdefault(fingerprint, _Schedule(now, self.lookup_fast))
         schedule.next_at = min(schedule.next_at, now)
-        schedule.interval = LOOKUP_FAST
+        schedule.interval = self.lookup_fast
         schedule.fast_until = now + FAST_PHASE
 
     def link_up(self, link: Link) -> None:
@@ -309,7 +312,7 @@ class OnlineDiscovery:
     def _reschedule(self, contact: Contact, schedule: _Schedule) -> None:
         now = self.clock()
         if now < schedule.fast_until:
-            schedule.interval = LOOKUP_FAST
+            schedule.interval = self.lookup_fast
         else:
             gone = contact.last_seen is None or self.wall() - contact.last_seen > GONE_AFTER
             schedule.interval = min(schedule.interval * BACKOFF, LOOKUP_GONE if gone else LOOKUP_SLOW)

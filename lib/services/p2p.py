@@ -77,7 +77,8 @@ class P2P:
             groups = GroupService(identity, backend, store, network, transfers, publish,
                                   retention=config.group_retention_days * 86400)
             nat = NatTraversal(identity, store, network, transport, publish, nat_settings)
-            online = OnlineDiscovery(identity, store, network, nat, Dht(dht_settings), publish) \
+            online = OnlineDiscovery(identity, store, network, nat, Dht(dht_settings), publish,
+                                     lookup_fast=config.dht_lookup_interval) \
                 if dht_settings is not None else None
             network.start()
             nat.start()
