@@ -14,23 +14,20 @@ import shutil
 import sys
 import tempfile
 
-_PYCACHE = None
-_DONT_WRITE = None
-
-
 def pytest_configure(config):
-    global _PYCACHE, _DONT_WRITE
     if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCACHEPREFIX"):
-        _PYCACHE = tempfile.mkdtemp(prefix="chatp2p-tests-pycache-")
-        os.chmod(_PYCACHE, 0o755)   # daemons run as nobody read it (and may not write to it)
-        os.environ["PYTHONPYCACHEPREFIX"] = _PYCACHE
-        _DONT_WRITE = os.environ.pop("PYTHONDONTWRITEBYTECODE")
-        sys.pycache_prefix = _PYCACHE   # this process's later imports (the test modules) too
+        pycache = tempfile.mkdtemp(prefix="chatp2p-tests-pycache-")
+        os.chmod(pycache, 0o755)   # daemons run as nobody read it (and may not write to it)
+        os.environ["PYTHONPYCACHEPREFIX"] = pycache
+        config.chatp2p_bytecode = (pycache, os.environ.pop("PYTHONDONTWRITEBYTECODE"))
+        sys.pycache_prefix = pycache   # this process's later imports (the test modules) too
         sys.dont_write_bytecode = False
 
 
 def pytest_unconfigure(config):
-    if _PYCACHE is not None:
+    saved = getattr(config, "chatp2p_bytecode", None)
+    if saved is not None:
+        pycache, dont_write = saved
         os.environ.pop("PYTHONPYCACHEPREFIX", None)
-        os.environ["PYTHONDONTWRITEBYTECODE"] = _DONT_WRITE
-        shutil.rmtree(_PYCACHE, ignore_errors=True)
+        os.environ["PYTHONDONTWRITEBYTECODE"] = dont_write
+        shutil.rmtree(pycache, ignore_errors=True)
