@@ -143,3 +143,72 @@ def test_data_beyond_the_end_of_the_file_is_never_queued_in_a_run():
     receiver._on_data(ch, Link, items(transfer, 0, SIZE - 2 * 1400, 3), 1.0)  # the third ends beyond
     assert failed and "beyond the end" in failed[0]
     assert list(transfer.have) == [(SIZE - 2 * 1400, SIZE)]
+
+
+# -- flow control: room made again is announced, and a sender held by the window hears it -------
+import gevent.event  # noqa: E402
+
+from chatp2p_core.codec import wire  # noqa: E402
+from chatp2p_core.codec.filecodec import AckRecord, decode_file_record  # noqa: E402
+from chatp2p_core.services.transfer.sender import Sending  # noqa: E402
+
+
+class ConnectedLink(Link):
+    connected = True
+
+
+class Network:
+    def __init__(self):
+        self.sent = []
+
+    def send_payloads(self, link, payloads):
+        self.sent += payloads
+        return True
+
+
+def sent_acks(network):
+    records = [wire.decode_records(payload)[0] for payload in network.sent]
+    return [decode_file_record(record) for record in records]
+
+
+def test_a_receiver_that_refused_data_for_want_of_room_announces_the_room_once_it_is_back():
+    receiver, ch = Receiver(), Channel(link=ConnectedLink, now=0.0)
+    receiver.network, receiver.channels = Network(), {FINGERPRINT: ch}
+    transfer = incoming(receiver)
+    receiver.pending_bytes = MAX_PENDING_WRITES - 1400  # another transfer's bytes fill the room
+    receiver._on_data(ch, Link, items(transfer, 0, 0, 3), 1.0)  # one fits, two are refused
+    assert ch.window_starved and receiver.counters["file_data_backlog_drops"] == 2
+    receiver._window_opened(1.1)
+    assert receiver.network.sent == []  # the writer has not made room yet
+    receiver.pending_bytes = 1400  # it wrote the other transfer's bytes
+    receiver._window_opened(1.2)
+    [ack] = sent_acks(receiver.network)
+    assert isinstance(ack, AckRecord) and ack.ranges == ((0, 0),)
+    assert ack.window == MAX_PENDING_WRITES - 1400 and not ch.window_starved
+    receiver._window_opened(1.3)
+    assert len(receiver.network.sent) == 1  # once per refusal, not at every write
+
+
+def test_a_receiver_with_room_sends_no_window_updates():
+    receiver, ch = Receiver(), Channel(link=ConnectedLink, now=0.0)
+    receiver.network, receiver.channels = Network(), {FINGERPRINT: ch}
+    receiver._on_data(ch, Link, items(incoming(receiver), 0, 0, 3), 1.0)
+    receiver._window_opened(1.1)
+    assert not ch.window_starved and receiver.network.sent == []
+
+
+class Sender(Sending):
+    def __init__(self):
+        self._wake = gevent.event.Event()
+
+
+def test_an_ack_that_only_opens_the_window_wakes_the_pump():
+    # The sender waits for the receiver's room with nothing to acknowledge: the window update
+    # must wake it (before, it slept until a probe timeout, which also made BBR back off).
+    sender, ch = Sender(), Channel(link=ConnectedLink, now=0.0)
+    ch.peer_window = 0
+    sender._on_ack(ch, AckRecord(((0, 0),), 0, MAX_PENDING_WRITES), 1.0)
+    assert sender._wake.is_set() and ch.peer_window == MAX_PENDING_WRITES
+    sender._wake.clear()
+    sender._on_ack(ch, AckRecord(((0, 0),), 0, MAX_PENDING_WRITES), 1.1)  # nothing new at all
+    assert not sender._wake.is_set()

@@ -42,6 +42,9 @@ ACK_MIN_BYTES = 32 << 10          # ...once they hold this many bytes (~22 datag
 ACK_BYTES = 256 << 10             # ...or this many bytes (4 datagrams of 64 KiB): an ACK costs both
                                   # sides a sealed datagram and a pass of loss/rate bookkeeping; at a
                                   # 1500-byte MTU one per 8 DATA was a third of the receiver's CPU
+WINDOW_UPDATE_AT = MAX_PENDING_WRITES // 2  # a receiver that refused DATA for want of room sends
+                                  # an ACK (its new window) once this much is free again: else the
+                                  # sender, held by the window, learns it only from a probe timeout
 ACK_DELAY = 0.001                 # s: a lone DATA packet is acknowledged after this
 BURST = 132                       # datagrams the pump seals for one link before looking around (three
                                   # GSO sends of 1472-byte datagrams, ~0.6 ms of work: a pass of the
@@ -328,5 +331,6 @@ class Channel:
         self.rx_unacked = 0
         self.rx_unacked_bytes = 0
         self.ack_now = False
+        self.window_starved = False      # DATA was refused for want of room: say when room is back
         self.ack_timer: Optional[gevent.Greenlet] = None
         self.answer_sent: dict[bytes, float] = {}  # tid -> last unsolicited state answer (rate limit)

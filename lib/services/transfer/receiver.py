@@ -23,7 +23,7 @@ from ...net.peers import Link
 from ...store import DuplicateError
 
 from .model import (
-    HASH_STEP, WRITE_BATCH, WRITE_WAIT, MAX_PENDING_WRITES, SYNC_BYTES, SYNC_INTERVAL,
+    HASH_STEP, WRITE_BATCH, WRITE_WAIT, MAX_PENDING_WRITES, SYNC_BYTES, SYNC_INTERVAL, WINDOW_UPDATE_AT,
     MAX_OFFERS_PER_PEER, MAX_OFFERS, REFUSAL_EVENTS_PER_MINUTE, MAX_REFUSED_REMEMBERED, OFFERED, ACTIVE,
     PAUSED, COMPLETED, FAILED, REJECTED, CANCELLED, LOCAL, PEER, TransferError, os_reason, Incoming,
     Channel,
@@ -279,6 +279,8 @@ class Receiving:
                     if self._take_data(transfer, offset, view):
                         pns.append(pn)
                         size += len(view)
+                    else:
+                        channel.window_starved = True
             first = last
         if pns:
             self._note_packets(channel, pns, size, now)
@@ -390,6 +392,19 @@ class Receiving:
         body = AckRecord(ranges, min(delay, 0xFFFFFFFF), window).encode()
         self.network.send_payloads(channel.link, [wire.RECORD_HEADER.pack(FileRecordType.ACK, len(body)) + body])
 
+    def _window_opened(self, now: float) -> None:
+        """Room was made for received bytes: a link whose DATA was refused for want of it hears
+        the new window at once (an ACK), instead of from a probe timeout that would also make
+        its sender back off."""
+        if MAX_PENDING_WRITES - self.pending_bytes < WINDOW_UPDATE_AT:
+            return
+        for channel in self.channels.values():
+            if channel.window_starved:
+                channel.window_starved = False
+                if channel.link.connected:
+                    self.counters["file_window_updates"] += 1
+                    self._send_ack(channel, now)
+
     def _ack_timeout(self, channel: Channel) -> None:
         channel.ack_timer = None
         if channel.rx_unacked and channel.link.connected:
@@ -485,6 +500,8 @@ class Receiving:
         if not runs and frontier <= start:
             return
         position = self.pool.apply(write_and_hash, (transfer.fd, runs, hasher, start, frontier))
+        if runs:
+            self._window_opened(time.monotonic())
         if runs and transfer.written is before:  # else the source changed meanwhile: start over
             transfer.written = written
             transfer.unsynced += size

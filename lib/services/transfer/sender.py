@@ -202,6 +202,7 @@ class Sending:
 
     def _on_ack(self, channel: Channel, ack: AckRecord, now: float) -> None:
         recovery = channel.recovery
+        opened = ack.window > channel.peer_window
         channel.peer_window = ack.window
         top = max((last for _, last in ack.ranges), default=-1)
         if top > channel.acked_top:  # large datagrams reach the peer, even if they were late
@@ -209,6 +210,8 @@ class Sending:
             channel.ptos = 0
         acked, lost = recovery.on_ack(ack.ranges, ack.delay_us / 1e6, now)
         if not acked and not lost:
+            if opened:  # a window update: the pump may be waiting for the room
+                self._wake.set()
             return
         rtt = now - acked[-1].sent if acked else None
         channel.bbr.on_ack(acked, lost, rtt, recovery.bytes_in_flight, now)
