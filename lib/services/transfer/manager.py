@@ -34,7 +34,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import gevent
 import gevent.event
@@ -489,7 +489,7 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
         if channel is None:
             return
         now = time.monotonic()
-        data: list[tuple[bytes, int, int, memoryview]]  # DATA records, handled in runs
+        data: list[tuple[bytes, int, int, Union[bytes, memoryview]]]  # DATA records, handled in runs
         try:  # the usual batch (a burst of file data): DATA records only, all still encoded
             data = list(map(decode_data_record, records))
         except (WireError, TypeError, IndexError):  # anything else: record by record, below

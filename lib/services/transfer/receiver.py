@@ -7,7 +7,7 @@ import hashlib
 import logging
 import os
 import time
-from typing import Optional
+from typing import Optional, Union
 
 import gevent
 import gevent.event
@@ -244,7 +244,7 @@ class Receiving:
             transfer.have.remove(size, transfer.size)
             transfer.written.remove(size, transfer.size)
 
-    def _on_data(self, channel: Channel, link: Link, items: list[tuple[bytes, int, int, memoryview]],
+    def _on_data(self, channel: Channel, link: Link, items: list[tuple[bytes, int, int, Union[bytes, memoryview]]],
                  now: float) -> None:
         """DATA records of one batch of frames, in order, as (tid, pn, offset, bytes): new bytes
         are queued for the writers, packet numbers kept for the next FILE_ACK. A run of records
