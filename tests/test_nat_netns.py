@@ -249,11 +249,15 @@ class World:
 
 
 @contextlib.contextmanager
-def world(left_nat, right_nat, turn=True):
-    """Everything for one NAT combination; all of it is gone when the block exits."""
+def world(left_nat, right_nat, turn=True, before_start=None):
+    """Everything for one NAT combination; all of it is gone when the block exits.
+    `before_start(net)` runs before any daemon does (firewall rules that must hold from the
+    first packet: a node reaches its new contacts on its own as soon as it is registered)."""
     tmp = tempfile.mkdtemp(prefix="chatp2p-natns-")
     try:
         with nat_topology(left_nat, right_nat) as net:
+            if before_start is not None:
+                before_start(net)
             w = World(net, tmp)
             try:
                 yield w.start(turn)
@@ -372,12 +376,18 @@ def test_a_relayed_session_moves_to_a_direct_path_when_one_opens():
     relayed; once it is let through, the relayed session's direct probes find the path and
     both sides move to it (path_changed), keeping the same session; a file then goes direct."""
     require_netns()
-    with world("cone", "cone") as w:
-        net = w.net
-        rules = [(net.left_router, net.right_wan_ip), (net.right_router, net.left_wan_ip)]
-        for router, other in rules:
+
+    def direct_rules(net):
+        return [(net.left_router, net.right_wan_ip), (net.right_router, net.left_wan_ip)]
+
+    def block_direct(net):  # from the start: the nodes reach each other on their own once registered
+        for router, other in direct_rules(net):
             router.iptables("-I", "FORWARD", "-d", other, "-j", "DROP")
             router.iptables("-I", "FORWARD", "-s", other, "-j", "DROP")
+
+    with world("cone", "cone", before_start=block_direct) as w:
+        net = w.net
+        rules = direct_rules(net)
         connect_and_check(w, w.left, "Righty", w.right, "Lefty", "relayed", 10, "blocked")
         for router, other in rules:
             router.iptables("-D", "FORWARD", "-d", other, "-j", "DROP")
