@@ -91,8 +91,9 @@ def test_before_any_measurement_a_probe_timeout_goes_to_the_minimum():
 
 
 def test_a_burst_stamped_at_once_is_what_stamping_each_packet_gives():
-    """The pump sends a burst with on_sent_run: every packet, and both controllers, must end up
-    exactly as with on_sent one packet at a time (mid-flight, after an ACK; app-limited or not)."""
+    """The pump stamps a burst once (Bbr.stamp, the tuple shared by its packets) and enters it
+    with Recovery.on_sent_run: every packet, and both controllers, must end up exactly as with
+    on_sent one packet at a time (mid-flight, after an ACK; app-limited or not)."""
     def burst(app_limited, by_run):
         recovery, bbr = Recovery(), Bbr(1472, 0.0)
         _send(recovery, bbr, range(4), 0.0, size=1500)
@@ -100,8 +101,9 @@ def test_a_burst_stamped_at_once_is_what_stamping_each_packet_gives():
         bbr.on_ack(acked, lost, 0.002, recovery.bytes_in_flight, 0.002)
         packets = [SentPacket(pn, 1500 - pn, 0.003, pn) for pn in range(4, 9)]
         if by_run:
-            bbr.on_sent_run(packets, recovery.bytes_in_flight, app_limited, 0.003)
-            recovery.on_sent_run(packets)
+            stamp = bbr.stamp(recovery.bytes_in_flight, app_limited, packets[0].size, 0.003)
+            packets = [SentPacket(p.pn, p.size, p.sent, p.item, stamp) for p in packets]
+            recovery.on_sent_run(packets, sum(p.size for p in packets))
         else:
             for i, packet in enumerate(packets):
                 bbr.on_sent(packet, recovery.bytes_in_flight, app_limited and i == 0, 0.003)
@@ -118,7 +120,8 @@ def test_a_burst_stamped_at_once_is_what_stamping_each_packet_gives():
 def test_a_burst_sent_with_nothing_in_flight_starts_a_new_delivery_interval():
     recovery, bbr = Recovery(), Bbr(1472, 0.0)
     packets = [SentPacket(pn, 1500, 0.5, pn) for pn in range(3)]
-    bbr.on_sent_run(packets, recovery.bytes_in_flight, True, 0.5)
+    stamp = bbr.stamp(recovery.bytes_in_flight, True, 1500, 0.5)
+    packets = [SentPacket(p.pn, p.size, p.sent, p.item, stamp) for p in packets]
     recovery.on_sent_run(packets)
     assert bbr.first_sent_time == bbr.delivered_time == 0.5
     assert all(p.first_sent == 0.5 and p.app_limited for p in packets)

@@ -277,14 +277,6 @@ class Bbr:
         """Stamp a packet with the delivery state it is sent in (rate sampling)."""
         packet.stamp = self.stamp(bytes_in_flight, app_limited, packet.size, now)
 
-    def on_sent_run(self, packets: list[SentPacket], bytes_in_flight: int, app_limited: bool, now: float) -> None:
-        """`on_sent` for packets sent back to back in one burst: they all go in the delivery
-        state the first one finds (what stamping them one by one would give each). The pump
-        builds its packets with `stamp` instead, the tuple shared by the whole burst."""
-        stamp = self.stamp(bytes_in_flight, app_limited, packets[0].size, now)
-        for packet in packets:
-            packet.stamp = stamp
-
     def on_ack(self, acked: list[SentPacket], lost: list[SentPacket], rtt: Optional[float],
                bytes_in_flight: int, now: float) -> None:
         if rtt is not None and (self.min_rtt is None or rtt < self.min_rtt
