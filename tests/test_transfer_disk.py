@@ -75,8 +75,8 @@ def written_part(size: int) -> tuple[int, bytes]:
     fd = os.open(os.path.join(work.name, f"part-{size}-{os.urandom(4).hex()}"), os.O_RDWR | os.O_CREAT, 0o600)
     hasher = hashlib.sha256()
     pieces = [memoryview(data)[offset:offset + 1400] for offset in range(0, size, 1400)]
-    assert write_and_hash(fd, [(0, pieces)], hasher, 0, size) == size
-    assert hasher.digest() == hashlib.sha256(data).digest()
+    position, hasher = write_and_hash(fd, [(0, pieces)], hasher, 0, size)
+    assert position == size and hasher.digest() == hashlib.sha256(data).digest()
     return fd, data
 
 

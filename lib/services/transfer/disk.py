@@ -7,7 +7,11 @@ import hashlib
 import os
 import stat
 
+from typing import Optional
+
 from ...codec.filecodec import numbered_name, source_tag
+
+from .direct import DirectStage
 
 from .model import HASH_BLOCK, PART_DIR, RELEASE_ALIGN
 
@@ -37,11 +41,12 @@ def read_block(fd: int, offset: int, length: int, hasher) -> bytes:
 
 
 def write_runs(fd: int, runs: list[tuple[int, list]]) -> None:
-    """Write each run (offset, buffers) with one pwritev.
+    """Write each run (offset, buffers) with one pwritev, through the page cache.
 
-    Hashing is done after, from the page cache (`hash_file`): reading back 4 MiB costs two
-    calls, hashing datagram-sized pieces as they are written would cost one per piece, and each
-    call hands the GIL back and forth with the event loop."""
+    Its bytes are hashed after, read back (`hash_file`): reading back 4 MiB costs two calls,
+    hashing datagram-sized pieces as they are written would cost one per piece, and each call
+    hands the GIL back and forth with the event loop. (The steady flow does not come here: the
+    run that continues the hashed prefix is hashed and written by the `DirectStage`.)"""
     for offset, buffers in runs:
         position = offset
         for start in range(0, len(buffers), 1024):  # IOV_MAX
@@ -56,11 +61,28 @@ def write_runs(fd: int, runs: list[tuple[int, list]]) -> None:
             position += want
 
 
-def write_and_hash(fd: int, runs: list[tuple[int, list]], hasher, start: int, end: int) -> int:
-    """One hand-off to the thread pool per batch: write the runs, then hash [start, end)."""
+def write_and_hash(fd: int, runs: list[tuple[int, list]], hasher, start: int, end: int,
+                   stage: Optional[DirectStage] = None):
+    """One hand-off to the thread pool per batch: the run that continues the hashed prefix
+    `start` through the stage (hashed from its buffer, written directly), the others through
+    the page cache; then hash what was written up to `end` and not hashed yet.
+
+    Returns (where the hashed prefix ends, the hash state there): a copy of `hasher`, so that
+    a write that fails midway (a full disk) leaves the caller's prefix and hash as they were,
+    to go on from after a resume."""
+    hasher = hasher.copy()
+    position = start
+    if stage is not None and runs and start < runs[0][0] <= end:
+        # The hashed prefix lags behind the flow it continues (after a gap was filled): catch
+        # up (read back) first, so that the stage takes the flow again.
+        position = hash_file(fd, start, runs[0][0], hasher)
+    if stage is not None:
+        runs, position = stage.take(fd, runs, hasher, position)
     if runs:
         write_runs(fd, runs)
-    return hash_file(fd, start, end, hasher) if end > start else start
+    if end > position:
+        position = hash_file(fd, position, end, hasher)
+    return position, hasher
 
 
 def sync_and_release(fd: int, start: int, end: int) -> int:

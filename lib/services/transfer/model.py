@@ -20,6 +20,8 @@ from ...contract import Direction, Side, TransferState, TransferView
 from ...net.peers import Link
 from ...util import TokenBucket
 
+from .direct import DirectStage
+
 
 # -- sizes and timers (see docs/PROTOCOL.md §10 for how they were chosen) ------------------------
 READ_BLOCK = 4 << 20              # sender reads and hashes the file in blocks of this size (one
@@ -283,6 +285,7 @@ class Incoming(Transfer):
         self.hasher = hashlib.sha256()
         self.hash_pos = 0
         self.released = 0               # the .part's pages below this left the page cache
+        self.stage: Optional[DirectStage] = None  # the streaming write around the page cache
         self.expected: Optional[bytes] = None
         self.writer: Optional[gevent.Greenlet] = None
         self.syncer: Optional[gevent.Greenlet] = None  # a background fdatasync, while writing goes on

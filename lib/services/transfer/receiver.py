@@ -28,6 +28,7 @@ from .model import (
     PAUSED, COMPLETED, FAILED, REJECTED, CANCELLED, LOCAL, PEER, TransferError, os_reason, Incoming,
     Channel,
 )
+from .direct import DirectStage
 from .disk import write_and_hash, open_part, finalize, sync_and_release
 
 log = logging.getLogger("chatp2p.transfer")
@@ -499,14 +500,26 @@ class Receiving:
         frontier = min(written.prefix_end(0), start + HASH_STEP)
         if not runs and frontier <= start:
             return
-        position = self.pool.apply(write_and_hash, (transfer.fd, runs, hasher, start, frontier))
+        stage = transfer.stage
+        if stage is None and transfer.part_path is not None:
+            stage = transfer.stage = DirectStage(transfer.part_path)
+        direct_before = stage.direct_bytes if stage is not None else 0
+        position, hashed = self.pool.apply(write_and_hash, (transfer.fd, runs, hasher, start, frontier, stage))
+        if stage is not None:
+            if stage.direct_bytes != direct_before:
+                self.counters["file_direct_bytes"] += stage.direct_bytes - direct_before
+            if stage.retired and stage is transfer.stage and stage.refusal is not None:
+                log.info("writing %s through the page cache: direct I/O refused (%s)",
+                         transfer.part_path, stage.refusal)
+                self.counters["file_direct_refused"] += 1
+                stage.refusal = None  # said once
         if runs:
             self._window_opened(time.monotonic())
         if runs and transfer.written is before:  # else the source changed meanwhile: start over
             transfer.written = written
             transfer.unsynced += size
-        if hasher is transfer.hasher and transfer.hash_pos == start:
-            transfer.hash_pos = position
+        if hasher is transfer.hasher and transfer.hash_pos == start:  # else the source changed meanwhile
+            transfer.hasher, transfer.hash_pos = hashed, position
 
     def _sync(self, transfer: Incoming) -> None:
         """Make the written bytes durable, then (only then) record the chunks they complete.
@@ -549,6 +562,9 @@ class Receiving:
             self._answer(transfer, Answer.FAILED, "SHA-256 mismatch")
             return
         self._join_syncer(transfer)
+        if transfer.stage is not None:
+            transfer.stage.close()
+            transfer.stage = None
         fd, transfer.fd = transfer.fd, None
         assert fd is not None and transfer.part_path is not None
         try:
