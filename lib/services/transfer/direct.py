@@ -12,6 +12,7 @@ through the page cache as before (`disk.write_runs`) and is hashed by reading it
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -97,10 +98,8 @@ class DirectStage:
 
     def close(self) -> None:
         if self.fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self.fd)
-            except OSError:
-                pass
             self.fd = None
         if self.buffer is not None:
             try:
