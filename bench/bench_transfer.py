@@ -19,14 +19,17 @@ Run by hand (as root for the namespace and magic-wormhole parts):
    "1200", MTU 1228, where only 1200-byte datagrams fit (the MTU probes fail); "loss", the
    segmented path with `iptables -m statistic --probability 0.01 -j DROP` on INPUT on both
    sides (1 % of the datagrams each way). The time is B's own (accept to verified file: the
-   `seconds` of its file_transfer_completed).
+   `seconds` of its file_transfer_completed); also timed as magic-wormhole's data phase is,
+   from the first byte in B's .part to the file_received event (without the setup: ACCEPT
+   going out, the sender's first read; the writer's first batch may wait up to 10 ms).
 4. magic-wormhole (when `wormhole` and its mailbox server and transit relay are installed in
    this Python's environment: `pip install magic-wormhole magic-wormhole-mailbox-server
    magic-wormhole-transit-relay`; never the public mailbox): mailbox server, transit relay,
    sender and receiver all inside a namespace that has only `lo`, with MTU --wormhole-mtu
    (1500: TCP keeps its segmentation offload, like our offload path). Timed from the
    receiver's start to its exit, and from its first byte on disk to its exit (without the
-   setup: key exchange, connection); the latter is compared. Its runs take turns with ours on
+   setup: key exchange, connection); the latter is compared with ours timed the same way
+   (`watch_first_byte` watches both), and ours from accept is printed too. Its runs take turns with ours on
    the offload path (ours, its, ours, its...), and each removes the file it received at once,
    so that both see the machine in the same state.
 
@@ -54,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -199,15 +202,19 @@ def pair(work: str, source: str, digest: str, size: int, path: str, mtu: int) ->
                 ev_b.wait_data("file_offer", 30, transfer_id=tid)
                 cpu_a, cpu_b = a.cpu_seconds(), b.cpu_seconds()
                 ok(b.request("p2p", "accept_file", {"transfer_id": tid}))
+                first_byte, ended = watch_first_byte(os.path.join(b.dir, "dl", ".chatp2p-partial"),
+                                                     lambda: ev_b.all("file_received", transfer_id=tid), 600)
                 received = ev_b.wait_data("file_received", 600, transfer_id=tid)[0]
                 seconds = ev_b.wait_data("file_transfer_completed", 30, transfer_id=tid)[0]["seconds"]
                 sent = ev_a.wait_data("file_transfer_completed", 30, transfer_id=tid)[0]
                 assert received["sha256"] == digest, "SHA-256 mismatch"
                 os.unlink(received["path"])
                 result = {"mibs": size / MIB / seconds, "seconds": seconds, "cpu_a": a.cpu_seconds() - cpu_a,
-                          "cpu_b": b.cpu_seconds() - cpu_b, "resent": sent["wire_bytes"] / size - 1}
+                          "cpu_b": b.cpu_seconds() - cpu_b, "resent": sent["wire_bytes"] / size - 1,
+                          "net": size / MIB / (ended - first_byte) if first_byte else None}
                 dropped = sum(_dropped(ns) for ns in (ns_a, ns_b))
-                print(f"pair {label} run {number}: {result['mibs']:.1f} MiB/s ({seconds:.2f} s), "
+                net = f" ({result['net']:.1f} from its first byte on disk)" if result["net"] else ""
+                print(f"pair {label} run {number}: {result['mibs']:.1f} MiB/s{net} ({seconds:.2f} s), "
                       f"CPU per GiB A {per_gib(result['cpu_a'], size):.1f} s B {per_gib(result['cpu_b'], size):.1f} s, "
                       f"resent {result['resent']:.1%}{f', {dropped} datagrams dropped so far' if lossy else ''}; "
                       f"load {load()}", flush=True)
@@ -229,7 +236,9 @@ def per_gib(cpu: float, size: int) -> float:
 
 
 def summary(results: list[dict], size: int) -> dict:
+    nets = [r["net"] for r in results if r.get("net")]
     return {"median": statistics.median(r["mibs"] for r in results),
+            "net": statistics.median(nets) if nets else None,
             "cpu_a": per_gib(statistics.median(r["cpu_a"] for r in results), size),
             "cpu_b": per_gib(statistics.median(r["cpu_b"] for r in results), size)}
 
@@ -287,12 +296,7 @@ def wormhole(work: str, source: str, digest: str, size: int, mtu: int) -> Iterat
             started = time.monotonic()
             receiver = ns.popen([*client, "receive", "--accept-file", "--hide-progress", "-o",
                                  os.path.join(out_dir, "received.bin"), code], stdout=logs, stderr=logs, cwd=out_dir)
-            first_byte = None
-            while receiver.poll() is None:  # when does data start landing (after the setup)?
-                if first_byte is None and any(entry.stat().st_size for entry in os.scandir(out_dir)):
-                    first_byte = time.monotonic()
-                time.sleep(0.002)
-            ended = time.monotonic()
+            first_byte, ended = watch_first_byte(out_dir, lambda: receiver.poll() is not None, 600)
             assert receiver.returncode == 0, f"wormhole receive failed: see {logs.name}"
             sender.wait(60)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -310,6 +314,24 @@ def wormhole(work: str, source: str, digest: str, size: int, mtu: int) -> Iterat
             yield run
         finally:
             logs.close()
+
+
+def watch_first_byte(directory: str, done: Callable[[], object], timeout: float) -> tuple[Optional[float], float]:
+    """Poll (every 2 ms) until done() is true: (when a file in `directory` first held a byte,
+    or None; when done). The same watch for magic-wormhole's receiver and for ours (its .part),
+    so that both data phases are timed alike."""
+    first_byte = None
+    deadline = time.monotonic() + timeout
+    while not done():
+        if first_byte is None:
+            try:
+                if any(entry.stat().st_size for entry in os.scandir(directory)):
+                    first_byte = time.monotonic()
+            except FileNotFoundError:  # not created yet
+                pass
+        assert time.monotonic() < deadline, f"not done after {timeout} s"
+        time.sleep(0.002)
+    return first_byte, time.monotonic()
 
 
 def wormhole_summary(results: list[dict]) -> dict:
@@ -375,10 +397,11 @@ def main() -> int:
             worm = wormhole_summary(theirs)
             if ours:
                 pairs["offload"] = summary(ours, size)
-                ratios = [mine["mibs"] / its["net"] for mine, its in zip(ours, theirs)]
-                print("offload path / magic-wormhole data phase, run by run: "
-                      + " ".join(f"{ratio:.2f}x" for ratio in ratios)
-                      + f" (median {statistics.median(ratios):.2f}x)", flush=True)
+                for key, what in (("net", "from the first byte on disk, both"), ("mibs", "ours from accept")):
+                    ratios = [mine[key] / its["net"] for mine, its in zip(ours, theirs) if mine[key]]
+                    print(f"offload path / magic-wormhole data phase ({what}), run by run: "
+                          + " ".join(f"{ratio:.2f}x" for ratio in ratios)
+                          + (f" (median {statistics.median(ratios):.2f}x)" if ratios else ""), flush=True)
         for path in paths:
             if path not in pairs:
                 pairs[path] = pair_runs(work, source, digest, size, args.runs, path, args.veth_mtu)
@@ -394,7 +417,8 @@ def main() -> int:
         met = rss < TARGET_RSS_MB and p95 < TARGET_CHAT_P95_MS
         for path, result in pairs.items():
             label, path_mtu = PATHS[path][0], PATHS[path][1] or args.veth_mtu
-            print(f"pair {label} (veth MTU {path_mtu}): median {result['median']:.1f} MiB/s, CPU per GiB "
+            net = f" ({result['net']:.1f} from the first byte on disk)" if result["net"] else ""
+            print(f"pair {label} (veth MTU {path_mtu}): median {result['median']:.1f} MiB/s{net}, CPU per GiB "
                   f"A {result['cpu_a']:.1f} s B {result['cpu_b']:.1f} s (target <= {TARGET_CPU_PER_GIB:.0f} "
                   f"on the offload path)")
         if "offload" in pairs:
@@ -410,9 +434,12 @@ def main() -> int:
             print(f"magic-wormhole (lo MTU {args.wormhole_mtu}): median {worm['raw']:.1f} MiB/s, {worm['net']:.1f} "
                   f"MiB/s from its first byte on disk (after {worm['setup']:.2f} s of setup)")
             print(f"chatp2p/wormhole data phase: loopback {lo['median'] / worm['net']:.2f}x"
-                  + (f", offload path {pairs['offload']['median'] / worm['net']:.2f}x" if "offload" in pairs else ""))
+                  + (f", offload path {pairs['offload']['median'] / worm['net']:.2f}x from accept" if "offload" in pairs else "")
+                  + (f", {pairs['offload']['net'] / worm['net']:.2f}x from the first byte on disk (as for "
+                     f"magic-wormhole; the target)" if pairs.get("offload", {}).get("net") else ""))
             if "offload" in pairs:
-                met = met and pairs["offload"]["median"] >= worm["net"]
+                mine = pairs["offload"]["net"] or pairs["offload"]["median"]
+                met = met and mine >= worm["net"]
         for line in skipped:
             print(line)
         print("targets met" if met and not skipped else
