@@ -251,3 +251,63 @@ def test_any_arrival_order_and_batching_writes_the_file_and_its_hash(size, sizes
             receiver.restart()
     assert receiver.finish() == data
     assert receiver.hasher.digest() == hashlib.sha256(data).digest()
+
+
+# -- the node's receiver: at most MAX_DIRECT_STAGES buffers at once ----------------------------------
+class InlinePool:
+    """The thread pool's `apply`, run inline (the blocking file work is the same)."""
+
+    @staticmethod
+    def apply(func, args=()):
+        return func(*args)
+
+
+def test_at_most_max_direct_stages_transfers_hold_a_buffer_and_a_freed_one_is_taken_again():
+    import collections
+
+    from chatp2p_core.services.transfer.model import ACTIVE, Incoming, MAX_DIRECT_STAGES
+    from chatp2p_core.services.transfer.receiver import Receiving
+
+    class Receiver(Receiving):
+        def __init__(self):
+            self.transfers, self.channels = {}, {}
+            self.pending_bytes = 0
+            self.counters = collections.Counter()
+            self.pool = InlinePool()
+
+    receiver = Receiver()
+    size = 64 * ALIGN
+    datas, transfers = [], []
+    for n in range(MAX_DIRECT_STAGES + 1):
+        path = os.path.join(work.name, f"cap-{n}-{os.urandom(4).hex()}.part")
+        row = {"transfer_id": f"{n:032x}", "contact_id": 1, "file_name": "f.bin", "path": None, "size": size,
+               "chunk_size": 1 << 16, "tag": b"", "state": ACTIVE.value, "stopped_by": None, "sha256": None,
+               "error": None, "part_path": path, "have": ""}
+        transfer = Incoming(row, b"f" * 32, "Bob")
+        transfer.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        receiver.transfers[transfer.transfer_id] = transfer
+        transfers.append(transfer)
+        datas.append(os.urandom(size))
+
+    def deliver(transfer, data, start, stop):
+        receiver._queue(transfer, start, stop, [data[start:stop]])
+        receiver._write_pending(transfer)
+
+    for transfer, data in zip(transfers, datas):
+        deliver(transfer, data, 0, size // 2)
+    staged = [t for t in transfers if t.stage is not None]
+    assert len(staged) == MAX_DIRECT_STAGES and transfers[-1].stage is None
+    first = transfers[0]
+    first.stage.close()  # its file closed (finished, paused, failed): the buffer is freed
+    first.stage = None
+    for transfer, data in zip(transfers[1:], datas[1:]):
+        deliver(transfer, data, size // 2, size)
+    assert transfers[-1].stage is not None, "the freed buffer went to the transfer without one"
+    deliver(first, datas[0], size // 2, size)
+    assert first.stage is None  # all taken again: through the page cache
+    for transfer, data in zip(transfers, datas):
+        assert transfer.hash_pos == size and transfer.hasher.digest() == hashlib.sha256(data).digest()
+        assert os.pread(transfer.fd, size + 1, 0) == data
+        if transfer.stage is not None:
+            transfer.stage.close()
+        os.close(transfer.fd)

@@ -33,6 +33,8 @@ WRITE_BATCH = 2 << 20             # receiver: bytes gathered before one hand-off
 WRITE_WAIT = 0.01                 # ...or at most this long after the first one (s)
 SEND_CACHE = 16 << 20             # bytes a sender keeps read: in flight + read ahead, per transfer
 MAX_PENDING_WRITES = 8 << 20      # bytes received but not yet written, per node (else dropped, unacked)
+MAX_DIRECT_STAGES = 4             # incoming transfers written around the page cache at once (each
+                                  # holds a 2 MiB buffer: memory stays flat); others go through it
 PART_DIR = ".chatp2p-partial"      # part files' own directory in the downloads dir
 SYNC_BYTES = 16 << 20             # fdatasync the .part (in the background) and record the chunk map
                                   # this often: writeback keeps up, so the final fsync is short...

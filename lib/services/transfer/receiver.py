@@ -23,7 +23,7 @@ from ...net.peers import Link
 from ...store import DuplicateError
 
 from .model import (
-    HASH_STEP, WRITE_BATCH, WRITE_WAIT, MAX_PENDING_WRITES, SYNC_BYTES, SYNC_INTERVAL, WINDOW_UPDATE_AT,
+    HASH_STEP, WRITE_BATCH, WRITE_WAIT, MAX_PENDING_WRITES, MAX_DIRECT_STAGES, SYNC_BYTES, SYNC_INTERVAL, WINDOW_UPDATE_AT,
     MAX_OFFERS_PER_PEER, MAX_OFFERS, REFUSAL_EVENTS_PER_MINUTE, MAX_REFUSED_REMEMBERED, OFFERED, ACTIVE,
     PAUSED, COMPLETED, FAILED, REJECTED, CANCELLED, LOCAL, PEER, TransferError, os_reason, Incoming,
     Channel,
@@ -501,7 +501,7 @@ class Receiving:
         if not runs and frontier <= start:
             return
         stage = transfer.stage
-        if stage is None and transfer.part_path is not None:
+        if stage is None and transfer.part_path is not None and runs and self._direct_stages() < MAX_DIRECT_STAGES:
             stage = transfer.stage = DirectStage(transfer.part_path)
         direct_before = stage.direct_bytes if stage is not None else 0
         position, hashed = self.pool.apply(write_and_hash, (transfer.fd, runs, hasher, start, frontier, stage))
@@ -520,6 +520,9 @@ class Receiving:
             transfer.unsynced += size
         if hasher is transfer.hasher and transfer.hash_pos == start:  # else the source changed meanwhile
             transfer.hasher, transfer.hash_pos = hashed, position
+
+    def _direct_stages(self) -> int:
+        return sum(1 for t in self.transfers.values() if isinstance(t, Incoming) and t.stage is not None)
 
     def _sync(self, transfer: Incoming) -> None:
         """Make the written bytes durable, then (only then) record the chunks they complete.
