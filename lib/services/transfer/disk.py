@@ -6,7 +6,6 @@ import errno
 import hashlib
 import os
 import stat
-
 from typing import Optional
 
 from ...codec.filecodec import numbered_name, source_tag

@@ -23,8 +23,8 @@ from ...net.peers import Link
 from ...store import DuplicateError
 
 from .model import (
-    HASH_STEP, WRITE_BATCH, WRITE_WAIT, MAX_PENDING_WRITES, MAX_DIRECT_STAGES, SYNC_BYTES, SYNC_INTERVAL, WINDOW_UPDATE_AT,
-    MAX_OFFERS_PER_PEER, MAX_OFFERS, REFUSAL_EVENTS_PER_MINUTE, MAX_REFUSED_REMEMBERED, OFFERED, ACTIVE,
+    HASH_STEP, WRITE_BATCH, WRITE_WAIT, MAX_PENDING_WRITES, MAX_DIRECT_STAGES, SYNC_BYTES, SYNC_INTERVAL,
+    WINDOW_UPDATE_AT, MAX_OFFERS_PER_PEER, MAX_OFFERS, REFUSAL_EVENTS_PER_MINUTE, MAX_REFUSED_REMEMBERED, OFFERED, ACTIVE,
     PAUSED, COMPLETED, FAILED, REJECTED, CANCELLED, LOCAL, PEER, TransferError, os_reason, Incoming,
     Channel,
 )
@@ -522,7 +522,9 @@ class Receiving:
             transfer.hasher, transfer.hash_pos = hashed, position
 
     def _direct_stages(self) -> int:
-        return sum(1 for t in self.transfers.values() if isinstance(t, Incoming) and t.stage is not None)
+        """Direct-write buffers held now (a retired stage holds none)."""
+        return sum(1 for t in self.transfers.values()
+                   if isinstance(t, Incoming) and t.stage is not None and not t.stage.retired)
 
     def _sync(self, transfer: Incoming) -> None:
         """Make the written bytes durable, then (only then) record the chunks they complete.
