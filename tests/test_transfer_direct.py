@@ -18,6 +18,7 @@ from chatp2p_core.services.transfer import direct
 from chatp2p_core.services.transfer.direct import ALIGN, DirectStage
 from chatp2p_core.services.transfer.disk import write_and_hash
 
+from test_transfer import direct_io_works
 from test_transfer_disk import MEMORY_FILESYSTEMS, filesystem_type
 
 work = None
@@ -33,18 +34,18 @@ def setup_module():
     on_disk = [d for d in writable if filesystem_type(d) not in MEMORY_FILESYSTEMS]
     # The first directory whose filesystem takes O_DIRECT; else one that does not (the stage
     # then retires at once, and the tests check that everything still arrives).
-    for directory in [*on_disk, *writable]:
-        work = tempfile.TemporaryDirectory(prefix="chatp2p-direct-", dir=directory)
-        probe = os.path.join(work.name, "probe")
-        open(probe, "wb").close()
-        try:
-            os.close(direct.open_direct(probe))
-            DIRECT_WORKS = True
-            return
-        except OSError:
-            work.cleanup()
-    work = tempfile.TemporaryDirectory(prefix="chatp2p-direct-", dir=writable[0])
-    DIRECT_WORKS = False
+    chosen = next((d for d in [*on_disk, *writable] if direct_io_works(d)), writable[0])
+    work = tempfile.TemporaryDirectory(prefix="chatp2p-direct-", dir=chosen)
+    DIRECT_WORKS = direct_io_works(work.name)
+
+
+def stage_opener():
+    """The stage's second descriptor: O_DIRECT where the filesystem takes it, else a plain one.
+    The failure tests below inject the kernel's answers into the stage's writes, so they run
+    either way."""
+    if DIRECT_WORKS:
+        return direct.open_direct
+    return lambda path: os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
 
 
 def teardown_module():
@@ -181,8 +182,6 @@ def test_a_filesystem_that_refuses_direct_io_at_open_leaves_the_page_cache_path(
 def test_a_direct_write_refused_midway_loses_nothing(monkeypatch, refused_write):
     """The kernel refuses the n-th direct write (EINVAL): what the buffer held and the rest of
     the run go through the page cache, the hash is unchanged, later batches too."""
-    if not DIRECT_WORKS:
-        pytest.skip(f"{work.name} does not take O_DIRECT: the refusal at open is tested above")
     real = direct._write_all
     calls = {"direct": 0}
 
@@ -196,7 +195,7 @@ def test_a_direct_write_refused_midway_loses_nothing(monkeypatch, refused_write)
 
     monkeypatch.setattr(direct, "_write_all", write_all)
     data = os.urandom(120_000)
-    receiver = Receiver(len(data), capacity=2 * ALIGN, step=1 << 30)
+    receiver = Receiver(len(data), capacity=2 * ALIGN, step=1 << 30, opener=stage_opener())
     stage = receiver.stage
     receiver.batch([(0, data[:70_000])])  # one large piece: refused while it is being copied
     receiver.batch([(70_000, data[70_000:])])
@@ -209,8 +208,6 @@ def test_a_full_disk_fails_the_batch_and_leaves_the_hash_where_it_was(monkeypatc
     """A full disk is the transfer's failure (the writer fails it with the reason), not a
     reason to retry through the page cache; and what was hashed before the write failed does
     not count: after the space is freed, the same bytes come again and the hash is the file's."""
-    if not DIRECT_WORKS:
-        pytest.skip(f"{work.name} does not take O_DIRECT")
     real = direct._write_all
     disk_full = True
 
@@ -221,7 +218,7 @@ def test_a_full_disk_fails_the_batch_and_leaves_the_hash_where_it_was(monkeypatc
 
     monkeypatch.setattr(direct, "_write_all", write_all)
     data = os.urandom(20 * ALIGN + 123)
-    receiver = Receiver(len(data), capacity=2 * ALIGN, step=1 << 30)
+    receiver = Receiver(len(data), capacity=2 * ALIGN, step=1 << 30, opener=stage_opener())
     receiver.batch([(0, data[:3 * ALIGN + 10])])
     with pytest.raises(OSError) as raised:
         receiver.batch([(3 * ALIGN + 10, data[3 * ALIGN + 10:12 * ALIGN])])
