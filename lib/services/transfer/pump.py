@@ -10,7 +10,7 @@ import gevent
 import gevent.event
 
 from ...codec import wire
-from ..congestion import SentPacket
+from ..congestion import SentRun
 from ...codec.filecodec import Probe, data_capacity, data_record_header, to_raw
 
 from .model import SEND_CACHE, BURST, BURST_BYTES, GSO_BURST_BYTES, ACTIVE, Outgoing, Channel
@@ -71,8 +71,8 @@ class Pump:
                                           max_datagram=wire.MAX_DATAGRAM, pad=True)
         else:
             channel.bbr.on_ack([], lost, None, channel.recovery.bytes_in_flight, now)
-        for packet in lost:
-            self._lost(packet)
+        for span in lost:
+            self._lost(span)
 
     def _send_burst(self, channel: Channel, now: float) -> Optional[float]:
         """One burst for a link: as many DATA datagrams as congestion control, the receiver's
@@ -87,7 +87,8 @@ class Pump:
     def _fill_burst(self, channel: Channel, now: float, payloads: list[bytes]) -> Optional[float]:
         """The DATA records of a burst, each alone in its datagram and built with one
         concatenation (per-datagram work is what limits a Python peer); the congestion
-        controller and loss recovery see each one as a packet of its own."""
+        controller and loss recovery see each one as a packet of its own (in one `SentRun` per
+        burst)."""
         bbr, recovery = channel.bbr, channel.recovery
         size = channel.max_datagram
         capacity = data_capacity(size)
@@ -131,24 +132,25 @@ class Pump:
             transfer, start, run = piece
             tid, gen = transfer.tid, transfer.gen
             pn = channel.next_pn
-            # One burst: BBR and loss recovery see each datagram, stamped as sent together.
+            # One burst: BBR and loss recovery see each datagram, stamped as sent together
+            # and kept as one run (the bookkeeping per datagram is what limits a Python sender).
             stamp = bbr.stamp(recovery.bytes_in_flight, channel.idle, min(len(run), capacity) + overhead, now)
             channel.idle = False
-            packets = []
-            for cut in range(0, len(run), capacity):
+            length = len(run)
+            packets = -(-length // capacity)
+            recovery.on_sent(SentRun(pn, packets, capacity + overhead, now, (transfer, gen, start, length, capacity),
+                                     stamp, length - (packets - 1) * capacity + overhead))
+            for cut in range(0, length, capacity):
                 view = run[cut:cut + capacity]
-                offset, length = start + cut, len(view)
-                packets.append(SentPacket(pn, length + overhead, now, (transfer, gen, offset, length), stamp))
-                payloads.append(data_record_header(tid, pn, offset, length) + view)
+                payloads.append(data_record_header(tid, pn, start + cut, len(view)) + view)
                 pn += 1
             channel.next_pn = pn
-            spent = len(run) + overhead * len(packets)
-            recovery.on_sent_run(packets, spent)
+            spent = length + overhead * packets
             pacing.tokens -= spent
             if self.upload_limit:
                 upload.tokens -= spent
-            budget -= len(packets)
-            transfer.wire_bytes += len(run)
+            budget -= packets
+            transfer.wire_bytes += length
         return 0.0
 
     def _next_piece(self, channel: Channel, capacity: int) -> Optional[tuple[Outgoing, int, memoryview]]:

@@ -9,7 +9,7 @@ from typing import Optional
 import gevent
 import gevent.event
 
-from ..congestion import SentPacket
+from ..congestion import Span
 from ...codec.filecodec import (
     MAX_FILE_SIZE, AckRecord, Answer, AnswerRecord, End, Halt, HaltRecord, Offer, RangeSet,
     chunks_to_bytes, to_raw,
@@ -213,24 +213,24 @@ class Sending:
             if opened:  # a window update: the pump may be waiting for the room
                 self._wake.set()
             return
-        rtt = now - acked[-1].sent if acked else None
+        rtt = now - acked[-1][0].sent if acked else None
         channel.bbr.on_ack(acked, lost, rtt, recovery.bytes_in_flight, now)
         if acked:
             channel.ptos = 0
-        # Packets in a row usually carry consecutive bytes of one transfer: one range each run.
+        # Spans in a row usually carry consecutive bytes of one transfer: one range each run.
         run: Optional[list] = None  # [transfer, gen, start, end]
-        for packet in acked:
-            transfer, gen, offset, length = packet.item
-            if run is not None and transfer is run[0] and gen == run[1] and offset == run[3]:
-                run[3] = offset + length
+        for span in acked:
+            transfer, gen, start, end = _bytes_of(span)
+            if run is not None and transfer is run[0] and gen == run[1] and start == run[3]:
+                run[3] = end
                 continue
             if run is not None:
                 self._delivered(*run)
-            run = [transfer, gen, offset, offset + length]
+            run = [transfer, gen, start, end]
         if run is not None:
             self._delivered(*run)
-        for packet in lost:
-            self._lost(packet)
+        for span in lost:
+            self._lost(span)
         self._wake.set()
 
     @staticmethod
@@ -238,13 +238,20 @@ class Sending:
         if gen == transfer.gen and transfer.accepted and transfer.delivered(start, end - start):
             transfer.wake.set()
 
-    def _lost(self, packet: SentPacket) -> None:
-        transfer, gen, offset, length = packet.item
-        self.counters["file_packets_lost"] += 1
+    def _lost(self, span: Span) -> None:
+        transfer, gen, start, end = _bytes_of(span)
+        self.counters["file_packets_lost"] += span[2] - span[1] + 1
         if gen == transfer.gen and transfer.accepted:
-            transfer.lost(offset, length)
+            transfer.lost(start, end - start)
 
     def _maybe_end(self, channel: Channel, transfer: Outgoing, now: float) -> None:
         if transfer.accepted and not transfer.need and transfer.digest is not None and transfer.control_tries == 0:
             self._send_control(channel.link, [to_raw(End(transfer.tid, transfer.size, transfer.digest))])
             transfer.control_sent, transfer.control_tries = now, 1
+
+
+def _bytes_of(span: Span) -> tuple[Outgoing, int, int, int]:
+    """(transfer, generation, start, end) of the file bytes a span of a pump's run carried."""
+    run, first, last = span
+    transfer, gen, start, length, capacity = run.item
+    return transfer, gen, start + first * capacity, start + min((last + 1) * capacity, length)
