@@ -51,6 +51,7 @@ def test_the_ack_ranges_stay_bounded():
 # -- the bytes of a batch: runs of contiguous DATA are queued as one piece ------------------------
 import collections  # noqa: E402
 
+from chatp2p_core.codec.filecodec import data_record_header, decode_data_runs  # noqa: E402
 from chatp2p_core.services.transfer.model import ACTIVE, Incoming, MAX_PENDING_WRITES  # noqa: E402
 
 FINGERPRINT = b"f" * 32
@@ -85,8 +86,14 @@ def incoming(receiver, transfer_id="0" * 32):
 
 
 def items(transfer, first_pn, offset, count, size=1400):
+    """`count` DATA records as they arrive (encoded), packet numbers and bytes in a row."""
     data = bytes(range(256)) * 8
-    return [(transfer.tid, first_pn + i, offset + i * size, memoryview(data)[:size]) for i in range(count)]
+    return [data_record_header(transfer.tid, first_pn + i, offset + i * size, size) + data[:size]
+            for i in range(count)]
+
+
+def on_data(receiver, ch, batch):
+    receiver._on_data(ch, Link, decode_data_runs(batch), 1.0)
 
 
 def pending_bytes(transfer):
@@ -96,8 +103,8 @@ def pending_bytes(transfer):
 def test_a_contiguous_run_is_one_pending_piece_and_every_packet_is_acknowledged():
     receiver, ch = Receiver(), channel()
     transfer = incoming(receiver)
-    receiver._on_data(ch, Link, items(transfer, 0, 0, 44), 1.0)
-    receiver._on_data(ch, Link, items(transfer, 44, 44 * 1400, 20), 1.0)  # the next batch continues it
+    on_data(receiver, ch, items(transfer, 0, 0, 44))
+    on_data(receiver, ch, items(transfer, 44, 44 * 1400, 20))  # the next batch continues it
     assert pending_bytes(transfer) == [(0, 64 * 1400, 64 * 1400)]
     assert list(transfer.have) == [(0, 64 * 1400)] and receiver.pending_bytes == 64 * 1400
     assert ranges(ch) == [(0, 64)] and ch.rx_unacked_bytes == 64 * 1400 and transfer.wire_bytes == 64 * 1400
@@ -106,9 +113,9 @@ def test_a_contiguous_run_is_one_pending_piece_and_every_packet_is_acknowledged(
 def test_a_run_overlapping_bytes_held_is_taken_record_by_record():
     receiver, ch = Receiver(), channel()
     transfer = incoming(receiver)
-    receiver._on_data(ch, Link, items(transfer, 0, 0, 4), 1.0)
+    on_data(receiver, ch, items(transfer, 0, 0, 4))
     # A retransmission of records 2-3 (new packet numbers) and two new ones, in one run.
-    receiver._on_data(ch, Link, items(transfer, 4, 2 * 1400, 4), 1.0)
+    on_data(receiver, ch, items(transfer, 4, 2 * 1400, 4))
     assert receiver.counters["file_data_duplicate"] == 2
     assert list(transfer.have) == [(0, 6 * 1400)] and receiver.pending_bytes == 6 * 1400
     assert sum(stop - start for start, stop, _ in transfer.pending) == 6 * 1400
@@ -119,7 +126,7 @@ def test_a_run_beyond_the_backlog_keeps_what_fits_and_leaves_the_rest_unacknowle
     receiver, ch = Receiver(), channel()
     transfer = incoming(receiver)
     receiver.pending_bytes = MAX_PENDING_WRITES - 3 * 1400  # another transfer's bytes wait for the disk
-    receiver._on_data(ch, Link, items(transfer, 0, 0, 5), 1.0)
+    on_data(receiver, ch, items(transfer, 0, 0, 5))
     assert list(transfer.have) == [(0, 3 * 1400)] and receiver.counters["file_data_backlog_drops"] == 2
     assert ranges(ch) == [(0, 3)]
 
@@ -128,7 +135,7 @@ def test_runs_break_at_another_transfer_and_at_a_gap():
     receiver, ch = Receiver(), channel()
     one, two = incoming(receiver, "1" * 32), incoming(receiver, "2" * 32)
     batch = items(one, 0, 0, 3) + items(two, 3, 0, 2) + items(one, 5, 10 * 1400, 2)
-    receiver._on_data(ch, Link, batch, 1.0)
+    on_data(receiver, ch, batch)
     assert pending_bytes(one) == [(0, 3 * 1400, 3 * 1400), (10 * 1400, 12 * 1400, 2 * 1400)]
     assert pending_bytes(two) == [(0, 2 * 1400, 2 * 1400)]
     assert ranges(ch) == [(0, 7)] and not receiver.unexpected
@@ -140,7 +147,7 @@ def test_data_beyond_the_end_of_the_file_is_never_queued_in_a_run():
     failed = []
     receiver._fail = lambda t, reason, *args, **kw: failed.append(reason)
     receiver._answer = lambda *args: None
-    receiver._on_data(ch, Link, items(transfer, 0, SIZE - 2 * 1400, 3), 1.0)  # the third ends beyond
+    on_data(receiver, ch, items(transfer, 0, SIZE - 2 * 1400, 3))  # the third ends beyond
     assert failed and "beyond the end" in failed[0]
     assert list(transfer.have) == [(SIZE - 2 * 1400, SIZE)]
 
@@ -176,7 +183,7 @@ def test_a_receiver_that_refused_data_for_want_of_room_announces_the_room_once_i
     receiver.network, receiver.channels = Network(), {FINGERPRINT: ch}
     transfer = incoming(receiver)
     receiver.pending_bytes = MAX_PENDING_WRITES - 1400  # another transfer's bytes fill the room
-    receiver._on_data(ch, Link, items(transfer, 0, 0, 3), 1.0)  # one fits, two are refused
+    on_data(receiver, ch, items(transfer, 0, 0, 3))  # one fits, two are refused
     assert ch.window_starved and receiver.counters["file_data_backlog_drops"] == 2
     receiver._window_opened(1.1)
     assert receiver.network.sent == []  # the writer has not made room yet
@@ -192,7 +199,7 @@ def test_a_receiver_that_refused_data_for_want_of_room_announces_the_room_once_i
 def test_a_receiver_with_room_sends_no_window_updates():
     receiver, ch = Receiver(), Channel(link=ConnectedLink, now=0.0)
     receiver.network, receiver.channels = Network(), {FINGERPRINT: ch}
-    receiver._on_data(ch, Link, items(incoming(receiver), 0, 0, 3), 1.0)
+    on_data(receiver, ch, items(incoming(receiver), 0, 0, 3))
     receiver._window_opened(1.1)
     assert not ch.window_starved and receiver.network.sent == []
 

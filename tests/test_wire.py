@@ -504,10 +504,27 @@ def test_a_file_record_filling_the_payload_stays_encoded_and_decodes_in_one_step
     assert not wire.is_lone_file_record(b"") and not wire.is_lone_file_record(b"\x21\x00")
     data = filecodec.Data(b"t" * 16, 7, 4096, b"file bytes")
     encoded = filecodec.data_record_header(data.tid, data.pn, data.offset, len(data.data)) + data.data
-    tid, pn, offset, view = filecodec.decode_data_record(encoded)
-    assert (tid, pn, offset, bytes(view)) == (data.tid, data.pn, data.offset, data.data)
+    [(tid, start, end, pieces, pns)] = filecodec.decode_data_runs([encoded])
+    assert (tid, start, end, [bytes(p) for p in pieces], pns) == (data.tid, 4096, 4096 + 10, [data.data], [7])
     large = filecodec.data_record_header(data.tid, 8, 0, 60000) + bytes(60000)  # loopback-sized: a view
-    assert isinstance(filecodec.decode_data_record(large)[3], memoryview)
+    assert isinstance(filecodec.decode_data_runs([large])[0][3][0], memoryview)
     for bad in (encoded[:-1], encoded[:20], b"\x23" + encoded[1:], encoded + b"x"):  # 0x23: an ACK
         with pytest.raises(WireError):
-            filecodec.decode_data_record(bad)
+            filecodec.decode_data_runs([encoded, bad])
+
+
+def test_data_records_make_runs_of_consecutive_bytes_of_one_transfer():
+    def record(tid, pn, offset, length):
+        return filecodec.data_record_header(tid, pn, offset, length) + bytes([pn]) * length
+    one, two = b"1" * 16, b"2" * 16
+    batch = [record(one, 0, 0, 100), record(one, 1, 100, 100), record(one, 2, 200, 50),  # a flow
+             record(two, 3, 250, 100),                                                    # another transfer
+             record(one, 4, 250, 100),                                                    # back: a new run
+             record(one, 5, 500, 100), record(one, 6, 600, 0), record(one, 7, 600, 10),   # after a gap
+             record(one, 8, 0, 100)]                                                      # a resend, behind
+    runs = filecodec.decode_data_runs(batch)
+    assert [(tid, start, end, [len(p) for p in pieces], pns) for tid, start, end, pieces, pns in runs] == [
+        (one, 0, 250, [100, 100, 50], [0, 1, 2]), (two, 250, 350, [100], [3]), (one, 250, 350, [100], [4]),
+        (one, 500, 610, [100, 0, 10], [5, 6, 7]), (one, 0, 100, [100], [8])]
+    assert all(bytes(piece) == bytes([pn]) * len(piece) for *_, pieces, pns in runs for piece, pn in zip(pieces, pns))
+    assert filecodec.decode_data_runs([]) == []

@@ -14,7 +14,7 @@ import enum
 import hashlib
 import struct
 import unicodedata
-from typing import Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 from ..errors import Invalid
 from . import wire
@@ -238,19 +238,43 @@ def decode_data(body: Union[bytes, memoryview]) -> tuple[bytes, int, int, memory
     return tid, pn, offset, (body if type(body) is memoryview else memoryview(body))[DATA_HEADER_LEN:]
 
 
-def decode_data_record(encoded: bytes) -> tuple[bytes, int, int, Union[bytes, memoryview]]:
-    """`decode_data` of a DATA record still encoded, record header included (as
-    `wire.frame_records` leaves the record of every DATA datagram): one unpack for both headers.
+DataRun = tuple[bytes, int, int, list, list]  # tid, start, end, file bytes of each record, packet numbers
+
+
+def decode_data_runs(encoded: Sequence[bytes]) -> list[DataRun]:
+    """DATA records still encoded, record header included (as `wire.frame_records` leaves the
+    record of every DATA datagram), in the order they came, as runs of consecutive bytes of one
+    transfer: (tid, start, end, the file bytes of each record, their packet numbers). One pass
+    and one unpack per record (both headers): the receiver's hot path, where a tuple per record
+    and a second pass to find the runs cost a twentieth of its time. WireError if one is not a
+    whole DATA record.
+
     The file bytes of a datagram-sized record are a copy (cheaper to make and to free than a
     view: a view is three objects), of a large one (64 KiB on loopback) a view."""
-    if len(encoded) < _DATA_RECORD.size:
-        raise WireError("DATA truncated")
-    rtype, length, tid, pn, offset = _DATA_RECORD.unpack_from(encoded)
-    if rtype != _DATA_TYPE or wire.RECORD_HEADER_LEN + length != len(encoded):
-        raise WireError("not one whole DATA record")
-    if length <= _COPY_UP_TO:
-        return tid, pn, offset, encoded[_DATA_RECORD.size:]
-    return tid, pn, offset, memoryview(encoded)[_DATA_RECORD.size:]
+    runs: list[list] = []
+    unpack, header_len, data_type, record_header_len = (
+        _DATA_RECORD.unpack_from, _DATA_RECORD.size, _DATA_TYPE, wire.RECORD_HEADER_LEN)
+    tid, end = None, -1
+    pieces: list = []
+    pns: list[int] = []
+    for record in encoded:
+        if len(record) < header_len:
+            raise WireError("DATA truncated")
+        rtype, length, record_tid, pn, offset = unpack(record)
+        if rtype != data_type or record_header_len + length != len(record):
+            raise WireError("not one whole DATA record")
+        piece = record[header_len:] if length <= _COPY_UP_TO else memoryview(record)[header_len:]
+        if offset != end or record_tid != tid:
+            if runs:
+                runs[-1][2] = end
+            tid, pieces, pns = record_tid, [], []
+            runs.append([tid, offset, offset, pieces, pns])
+        pieces.append(piece)
+        pns.append(pn)
+        end = offset + length - DATA_HEADER_LEN
+    if runs:
+        runs[-1][2] = end
+    return [tuple(run) for run in runs]  # type: ignore[misc]
 
 
 _COPY_UP_TO = 9000  # bytes: a jumbo frame's record is still copied

@@ -826,7 +826,7 @@ def frame_records(payload: bytes) -> list[Union[Record, bytes]]:
     """The records of a received frame's plaintext, as `decode_records` gives them, except
     that a file-protocol record filling the frame alone (`is_lone_file_record`: every DATA
     datagram of a transfer) stays encoded: its `bytes`, record header included, for the file
-    layer to decode in one step (`filecodec.decode_data_record`). Building a record object
+    layer to decode in one step (`filecodec.decode_data_runs`). Building a record object
     for each datagram here, and reading it again there, was a fifth of the receive path."""
     if type(payload) is bytes and is_lone_file_record(payload):
         return [payload]

@@ -44,7 +44,7 @@ from ..congestion import Bbr
 from ...codec.filecodec import (
     DEFAULT_CHUNK, FILE_TYPES, MAX_CHUNK, MAX_FILE_SIZE, MAX_TRANSFER_ID_CHARS, MIN_CHUNK, AckRecord,
     Answer, AnswerRecord, End, FileRecordType, Halt, HaltRecord, Offer, Probe, ProbeAck, RangeSet,
-    UnsafeName, check_file_name, decode_data, decode_data_record, decode_file_record, as_raw_record, to_raw,
+    UnsafeName, check_file_name, DataRun, decode_data_runs, decode_file_record, as_raw_record, to_raw,
 )
 from ...contract import Direction, FileTransferProgress, Side, TransferRef, TransferState, TransferView
 from ...crypto.identity import short_id
@@ -492,9 +492,9 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
         if channel is None:
             return
         now = time.monotonic()
-        data: list[tuple[bytes, int, int, Union[bytes, memoryview]]]  # DATA records, handled in runs
+        data: list[DataRun]  # DATA records, as runs of consecutive bytes
         try:  # the usual batch (a burst of file data): DATA records only, all still encoded
-            data = list(map(decode_data_record, records))
+            data = decode_data_runs(records)
         except (WireError, TypeError, IndexError):  # anything else: record by record, below
             data = []
         else:
@@ -503,13 +503,13 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
             try:
                 if type(raw) is bytes:  # still encoded (wire.frame_records): every DATA datagram
                     if raw[0] == DATA_TYPE:
-                        data.append(decode_data_record(raw))
+                        data += decode_data_runs([raw])
                         continue
                     raw = as_raw_record(raw)
                 elif not isinstance(raw, RawRecord) or raw.rtype not in FILE_TYPES:
                     continue
                 elif raw.rtype == DATA_TYPE:
-                    data.append(decode_data(raw.body))
+                    data += decode_data_runs([wire.encode_record(raw)])
                     continue
                 record = decode_file_record(raw)
             except WireError:

@@ -14,7 +14,7 @@ import gevent.event
 
 from ...codec import wire
 from ...codec.filecodec import (
-    FileRecordType, MAX_ACK_RANGES, MAX_CHUNK, MAX_FILE_SIZE, MAX_TRANSFER_ID_CHARS, MIN_CHUNK, AckRecord,
+    DataRun, FileRecordType, MAX_ACK_RANGES, MAX_CHUNK, MAX_FILE_SIZE, MAX_TRANSFER_ID_CHARS, MIN_CHUNK, AckRecord,
     Answer, AnswerRecord, End, Offer, RangeSet, UnsafeName, check_file_name, chunk_ranges,
     format_ranges, to_raw, transfer_wire_id,
 )
@@ -245,44 +245,38 @@ class Receiving:
             transfer.have.remove(size, transfer.size)
             transfer.written.remove(size, transfer.size)
 
-    def _on_data(self, channel: Channel, link: Link, items: list[tuple[bytes, int, int, Union[bytes, memoryview]]],
-                 now: float) -> None:
-        """DATA records of one batch of frames, in order, as (tid, pn, offset, bytes): new bytes
-        are queued for the writers, packet numbers kept for the next FILE_ACK. A run of records
-        of one transfer looks it up once, and when they continue each other's bytes (a steady
-        flow) they are queued as one piece; consecutive packet numbers enter the ACK ranges as one."""
+    def _on_data(self, channel: Channel, link: Link, runs: list[DataRun], now: float) -> None:
+        """DATA records of one batch of frames, in order, as runs of consecutive bytes of one
+        transfer (`decode_data_runs`): new bytes are queued for the writers, packet numbers kept
+        for the next FILE_ACK. A run of a transfer that is receiving, all new, is queued as one
+        piece (a steady flow); anything else record by record."""
         fingerprint = link.fingerprint
         tid: Optional[bytes] = None
         transfer = None
         pns: list[int] = []   # accepted (acknowledged) packet numbers, in order
         size = 0              # and their file bytes
-        count, first = len(items), 0
-        while first < count:
-            item_tid, pn, offset, view = items[first]
-            if item_tid != tid:
-                tid = item_tid
+        for run_tid, start, end, pieces, run_pns in runs:
+            if run_tid != tid:
+                tid = run_tid
                 transfer = self.by_tid.get((fingerprint, tid, "in"))
             if not isinstance(transfer, Incoming) or transfer.state != ACTIVE:
-                self._unexpected_data(channel, link, transfer, item_tid, now)
-                pns.append(pn)
-                size += len(view)
-                first += 1
+                for _ in run_pns:
+                    self._unexpected_data(channel, link, transfer, run_tid, now)
+                pns += run_pns
+                size += end - start
                 continue
-            last, end = first + 1, offset + len(view)  # the run [first, last) continues its bytes
-            while last < count and items[last][2] == end and items[last][0] == tid:
-                end += len(items[last][3])
-                last += 1
-            if last - first > 1 and self._take_run(transfer, offset, end, [item[3] for item in items[first:last]]):
-                pns += [item[1] for item in items[first:last]]
-                size += end - offset
-            else:
-                for _, pn, offset, view in items[first:last]:
-                    if self._take_data(transfer, offset, view):
-                        pns.append(pn)
-                        size += len(view)
-                    else:
-                        channel.window_starved = True
-            first = last
+            if len(pieces) > 1 and self._take_run(transfer, start, end, pieces):
+                pns += run_pns
+                size += end - start
+                continue
+            offset = start
+            for pn, piece in zip(run_pns, pieces):
+                if self._take_data(transfer, offset, piece):
+                    pns.append(pn)
+                    size += len(piece)
+                else:
+                    channel.window_starved = True
+                offset += len(piece)
         if pns:
             self._note_packets(channel, pns, size, now)
 
