@@ -154,6 +154,7 @@ def test_spans_cut_a_run_where_acks_and_losses_cut_it():
     run = SentRun(10, 8, 1000, 0.0, "run", last_size=300)
     recovery.on_sent(run)
     assert recovery.bytes_in_flight == 7 * 1000 + 300
+    assert recovery.on_ack([(17, 12)], 0.0, 0.001) == ([], [])  # reversed: nothing (the codec refuses it)
     acked, lost = recovery.on_ack([(16, 17), (12, 12)], 0.0, 0.001)
     assert [(first, last) for _, first, last in acked] == [(2, 2), (6, 7)]
     assert span_bytes(acked) == 1000 + 1000 + 300

@@ -1,8 +1,9 @@
 """Loss detection and congestion control of file transfers: pure state, the caller's clock.
 
 `Recovery` keeps the packets in flight of one link, by the runs (bursts) they were sent in,
-and turns FILE_ACK ranges into spans of acked and lost packets (RFC 9002 rules: a packet is lost when 3 later ones were acknowledged, or when it
-is 9/8 RTT older than one acknowledged; a probe timeout declares everything in flight lost).
+and turns FILE_ACK ranges into spans of acked and lost packets (RFC 9002 rules: a packet is
+lost when 3 later ones were acknowledged, or when it is 9/8 RTT older than one acknowledged;
+a probe timeout declares everything in flight lost).
 Packet numbers are never reused, so RTT samples are unambiguous.
 
 `Bbr` decides how fast to send: a BBR-lite (after BBR v1, draft-cardwell-iccrg-bbr) with the
@@ -130,7 +131,7 @@ class Recovery:
         self.last_sent = run.sent
 
     def in_flight(self) -> list[int]:
-        """The packet numbers in flight, in order (for tests and status)."""
+        """The packet numbers in flight, in order (for tests)."""
         return [run.pn + first + i for run in self.runs for _, first, last in _spans(run, run.pending)
                 for i in range(last - first + 1)]
 
@@ -141,6 +142,8 @@ class Recovery:
         acked: list[Span] = []
         runs, starts = self.runs, self._starts
         for first, last in ranges:
+            if first > last:
+                continue  # (the codec refuses them)
             index = bisect.bisect_right(starts, last) - 1  # the last run that starts by `last`
             while index >= 0:
                 run = runs[index]
