@@ -101,6 +101,9 @@ for line in sys.stdin:
         for rtype, body in step["records"]:
             node.p2p.network.send_records(link, [RawRecord(rtype, bytes.fromhex(body))])
         result = True
+    elif kind == "frame":  # the records together in one frame
+        node.p2p.network.send_records(link, [RawRecord(rtype, bytes.fromhex(body)) for rtype, body in step["records"]])
+        result = True
     elif kind == "answers":
         result = [[a.code.name, a.reason] for a in answers
                   if isinstance(a, fc.AnswerRecord) and a.tid == fc.transfer_wire_id(step["id"])]
@@ -247,6 +250,31 @@ def test_malformed_records_alone_in_their_frames_are_dropped_and_the_file_still_
             assert handle.read() == content
         wait_for(lambda: B.request("status")["data"]["p2p"]["counters"].get("dropped_file_record", 0) - before == 2,
                  10, "the two malformed records counted")
+        os.unlink(received["path"])
+    finally:
+        peer.close()
+
+
+def test_data_records_sharing_a_frame_are_taken_as_well():
+    """A peer may put several DATA records in one frame (ours never does): they reach the file
+    layer decoded, not as the usual lone encoded record, and still make the file."""
+    peer = HostilePeer(os.path.join(TMP, "mallory5"), B)
+    try:
+        content = os.urandom(900)
+        peer.do(do="offer", id="shared-1", name="shared.bin", size=900)
+        EV_B.wait_data("file_offer", 10, transfer_id="shared-1")
+        ok(B.request("p2p", "accept_file", {"transfer_id": "shared-1"}))
+        assert peer.do(do="wait_accept", id="shared-1")
+        tid = fc.transfer_wire_id("shared-1")
+        together = [(0x22, fc.Data(tid, 0, 0, content[:300]).encode()),
+                    (0x22, fc.Data(tid, 1, 300, content[300:600]).encode())]
+        peer.do(do="frame", records=[[rtype, body.hex()] for rtype, body in together])
+        alone = [(0x22, fc.Data(tid, 2, 600, content[600:]).encode()),
+                 (0x24, fc.End(tid, 900, hashlib.sha256(content).digest()).encode())]
+        peer.do(do="frames", records=[[rtype, body.hex()] for rtype, body in alone])
+        received = EV_B.wait_data("file_received", 10, transfer_id="shared-1")[0]
+        with open(received["path"], "rb") as handle:
+            assert handle.read() == content
         os.unlink(received["path"])
     finally:
         peer.close()
