@@ -157,6 +157,19 @@ def teardown_module():
     shutil.rmtree(TMP, ignore_errors=True)
 
 
+def _offered_and_accepted(peer, transfer_id, name, size):
+    """The hostile peer offers a file, and B accepts it: the peer has the ACCEPT."""
+    peer.do(do="offer", id=transfer_id, name=name, size=size)
+    EV_B.wait_data("file_offer", 10, transfer_id=transfer_id)
+    ok(B.request("p2p", "accept_file", {"transfer_id": transfer_id}))
+    assert peer.do(do="wait_accept", id=transfer_id)
+
+
+def _hexed(records):
+    """(type, body) records as the peer script takes them."""
+    return [[rtype, body.hex()] for rtype, body in records]
+
+
 def _files_outside_downloads():
     """Every file under TMP that is not a daemon's own (data dir, logs, home) nor in dl/."""
     found = []
@@ -202,18 +215,12 @@ def test_hostile_offers_are_refused_with_clear_events():
 def test_data_beyond_the_end_and_a_wrong_hash_fail_the_transfer():
     peer = HostilePeer(os.path.join(TMP, "mallory2"), B)
     try:
-        peer.do(do="offer", id="beyond-1", name="beyond.bin", size=1000)
-        EV_B.wait_data("file_offer", 10, transfer_id="beyond-1")
-        ok(B.request("p2p", "accept_file", {"transfer_id": "beyond-1"}))
-        assert peer.do(do="wait_accept", id="beyond-1")
+        _offered_and_accepted(peer, "beyond-1", "beyond.bin", 1000)
         peer.do(do="data", id="beyond-1", pn=0, offset=900, hex="ab" * 200)
         reason = EV_B.wait_data("file_transfer_failed", 10, transfer_id="beyond-1")[0]["reason"]
         assert "beyond the end" in reason
 
-        peer.do(do="offer", id="hash-1", name="hash.bin", size=1000)
-        EV_B.wait_data("file_offer", 10, transfer_id="hash-1")
-        ok(B.request("p2p", "accept_file", {"transfer_id": "hash-1"}))
-        assert peer.do(do="wait_accept", id="hash-1")
+        _offered_and_accepted(peer, "hash-1", "hash.bin", 1000)
         peer.do(do="data", id="hash-1", pn=1, offset=0, hex="cd" * 1000)
         peer.do(do="end", id="hash-1", size=1000, sha256="00" * 32)
         reason = EV_B.wait_data("file_transfer_failed", 10, transfer_id="hash-1")[0]["reason"]
@@ -234,16 +241,13 @@ def test_malformed_records_alone_in_their_frames_are_dropped_and_the_file_still_
     peer = HostilePeer(os.path.join(TMP, "mallory3"), B)
     try:
         content = os.urandom(1000)
-        peer.do(do="offer", id="mixed-1", name="mixed.bin", size=1000)
-        EV_B.wait_data("file_offer", 10, transfer_id="mixed-1")
-        ok(B.request("p2p", "accept_file", {"transfer_id": "mixed-1"}))
-        assert peer.do(do="wait_accept", id="mixed-1")
+        _offered_and_accepted(peer, "mixed-1", "mixed.bin", 1000)
         before = B.request("status")["data"]["p2p"]["counters"].get("dropped_file_record", 0)
         tid = fc.transfer_wire_id("mixed-1")
         frames = [(0x22, fc.Data(tid, 0, 0, content[:500]).encode()), (0x22, b"short"),
                   (0x23, b"\0" * 9), (0x22, fc.Data(tid, 1, 500, content[500:]).encode()),
                   (0x24, fc.End(tid, 1000, hashlib.sha256(content).digest()).encode())]
-        peer.do(do="frames", records=[[rtype, body.hex()] for rtype, body in frames])
+        peer.do(do="frames", records=_hexed(frames))
         received = EV_B.wait_data("file_received", 10, transfer_id="mixed-1")[0]
         assert received["sha256"] == hashlib.sha256(content).hexdigest()
         with open(received["path"], "rb") as handle:
@@ -261,17 +265,14 @@ def test_data_records_sharing_a_frame_are_taken_as_well():
     peer = HostilePeer(os.path.join(TMP, "mallory5"), B)
     try:
         content = os.urandom(900)
-        peer.do(do="offer", id="shared-1", name="shared.bin", size=900)
-        EV_B.wait_data("file_offer", 10, transfer_id="shared-1")
-        ok(B.request("p2p", "accept_file", {"transfer_id": "shared-1"}))
-        assert peer.do(do="wait_accept", id="shared-1")
+        _offered_and_accepted(peer, "shared-1", "shared.bin", 900)
         tid = fc.transfer_wire_id("shared-1")
         together = [(0x22, fc.Data(tid, 0, 0, content[:300]).encode()),
                     (0x22, fc.Data(tid, 1, 300, content[300:600]).encode())]
-        peer.do(do="frame", records=[[rtype, body.hex()] for rtype, body in together])
+        peer.do(do="frame", records=_hexed(together))
         alone = [(0x22, fc.Data(tid, 2, 600, content[600:]).encode()),
                  (0x24, fc.End(tid, 900, hashlib.sha256(content).digest()).encode())]
-        peer.do(do="frames", records=[[rtype, body.hex()] for rtype, body in alone])
+        peer.do(do="frames", records=_hexed(alone))
         received = EV_B.wait_data("file_received", 10, transfer_id="shared-1")[0]
         with open(received["path"], "rb") as handle:
             assert handle.read() == content
