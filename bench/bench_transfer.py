@@ -3,7 +3,7 @@
 at a real path MTU in a network-namespace pair; magic-wormhole on the same file.
 
 Run by hand (as root for the namespace and magic-wormhole parts):
-`.venv/bin/python bench/bench_transfer.py [--size-mib 256] [--runs 5] [--paths offload,segmented]`
+`.venv/bin/python bench/bench_transfer.py [--size-mib 256] [--runs 5] [--paths offload,segmented] [--pinned]`
 (`--smoke`: a few seconds, to check the bench still runs).
 
 1. Loopback. Two `chatp2pd` (tests/daemon.py: temporary dirs, free loopback ports) become
@@ -32,6 +32,11 @@ Run by hand (as root for the namespace and magic-wormhole parts):
    (`watch_first_byte` watches both), and ours from accept is printed too. Its runs take turns with ours on
    the offload path (ours, its, ours, its...), and each removes the file it received at once,
    so that both see the machine in the same state.
+5. With --pinned, the offload-path comparison once more with each end on a CPU of its own (ours:
+   every thread of each daemon; magic-wormhole: its sender and its receiver): nearer two
+   machines than two ends sharing two CPUs, where the scheduler's placement (both busy ends on
+   one CPU for a while, the other idle) moves both rates by up to a quarter from run to run.
+   Printed apart; the target stays the unpinned comparison.
 
 Targets (issue 13): the offload path at least magic-wormhole's data phase and at most 8 s of
 CPU per GiB on each side; 1200-byte datagrams >= 150 MiB/s; 1 % loss >= 60 % of the clean
@@ -181,9 +186,11 @@ def namespaces_reason() -> str | None:
 
 
 @contextlib.contextmanager
-def pair(work: str, source: str, digest: str, size: int, path: str, mtu: int) -> Iterator[Callable[[int], dict]]:
+def pair(work: str, source: str, digest: str, size: int, path: str, mtu: int,
+         cpus: Optional[tuple[int, int]] = None) -> Iterator[Callable[[int], dict]]:
     """A fresh veth pair set up as PATHS[path] says, with a daemon on each side: yields a
-    function that makes one transfer A -> B (its run number given) and returns its result."""
+    function that makes one transfer A -> B (its run number given) and returns its result.
+    `cpus`: A on the first, B on the second (`pin_process`)."""
     from netns import start_ns_pair, veth_pair
 
     label, path_mtu, offload, lossy = PATHS[path]
@@ -192,6 +199,9 @@ def pair(work: str, source: str, digest: str, size: int, path: str, mtu: int) ->
         a = b = ev_a = ev_b = None
         try:
             a, b, ev_a, ev_b = start_ns_pair(ns_a, ns_b, root)
+            if cpus:
+                pin_process(a.proc.pid, cpus[0])
+                pin_process(b.proc.pid, cpus[1])
             if lossy:
                 for ns in (ns_a, ns_b):
                     ns.iptables("-A", "INPUT", "-p", "udp", "-m", "statistic", "--mode", "random",
@@ -214,7 +224,8 @@ def pair(work: str, source: str, digest: str, size: int, path: str, mtu: int) ->
                           "net": size / MIB / (ended - first_byte) if first_byte else None}
                 dropped = sum(_dropped(ns) for ns in (ns_a, ns_b))
                 net = f" ({result['net']:.1f} from its first byte on disk)" if result["net"] else ""
-                print(f"pair {label} run {number}: {result['mibs']:.1f} MiB/s{net} ({seconds:.2f} s), "
+                print(f"pair {label}{', pinned' if cpus else ''} run {number}: {result['mibs']:.1f} MiB/s{net} "
+                      f"({seconds:.2f} s), "
                       f"CPU per GiB A {per_gib(result['cpu_a'], size):.1f} s B {per_gib(result['cpu_b'], size):.1f} s, "
                       f"resent {result['resent']:.1%}{f', {dropped} datagrams dropped so far' if lossy else ''}; "
                       f"load {load()}", flush=True)
@@ -229,6 +240,21 @@ def pair_runs(work: str, source: str, digest: str, size: int, runs: int, path: s
     """`runs` transfers A -> B over a fresh veth pair set up as PATHS[path] says."""
     with pair(work, source, digest, size, path, mtu) as run:
         return summary([run(number + 1) for number in range(runs)], size)
+
+
+def two_cpus() -> Optional[tuple[int, int]]:
+    """Two CPUs this process may run on, for --pinned: each end of a transfer on one of its
+    own, ours and magic-wormhole's alike (None: fewer, or no affinity on this system)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return (allowed[0], allowed[1]) if len(allowed) >= 2 else None
+
+
+def pin_process(pid: int, cpu: int) -> None:
+    """Every thread of `pid` on `cpu` (threads it starts later inherit it from theirs)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {cpu})
 
 
 def per_gib(cpu: float, size: int) -> float:
@@ -262,9 +288,11 @@ def wormhole_reason() -> str | None:
 
 
 @contextlib.contextmanager
-def wormhole(work: str, source: str, digest: str, size: int, mtu: int) -> Iterator[Callable[[int], dict]]:
+def wormhole(work: str, source: str, digest: str, size: int, mtu: int,
+             cpus: Optional[tuple[int, int]] = None) -> Iterator[Callable[[int], dict]]:
     """magic-wormhole's mailbox and transit relay in a namespace of their own: yields a function
-    that makes one transfer (its run number given) and returns its result."""
+    that makes one transfer (its run number given) and returns its result. `cpus`: its sender
+    on the first, its receiver on the second (the mailbox and relay where they fall)."""
     from netns import Namespace, _building
 
     bindir = os.path.dirname(sys.executable)
@@ -292,10 +320,11 @@ def wormhole(work: str, source: str, digest: str, size: int, mtu: int) -> Iterat
             code = f"{number + 2}-bench-run"
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             sender = ns.popen([*client, "send", "--hide-progress", "--code", code, source],
-                              stdout=logs, stderr=logs, cwd=work)
+                              stdout=logs, stderr=logs, cwd=work, **on_cpu(cpus[0] if cpus else None))
             started = time.monotonic()
             receiver = ns.popen([*client, "receive", "--accept-file", "--hide-progress", "-o",
-                                 os.path.join(out_dir, "received.bin"), code], stdout=logs, stderr=logs, cwd=out_dir)
+                                 os.path.join(out_dir, "received.bin"), code], stdout=logs, stderr=logs, cwd=out_dir,
+                                **on_cpu(cpus[1] if cpus else None))
             first_byte, ended = watch_first_byte(out_dir, lambda: receiver.poll() is not None, 600)
             assert receiver.returncode == 0, f"wormhole receive failed: see {logs.name}"
             sender.wait(60)
@@ -305,7 +334,8 @@ def wormhole(work: str, source: str, digest: str, size: int, mtu: int) -> Iterat
             for name in os.listdir(out_dir):
                 os.unlink(os.path.join(out_dir, name))
             elapsed, data_time = ended - started, ended - (first_byte or started)
-            print(f"magic-wormhole run {number}: {size / MIB / elapsed:.1f} MiB/s ({elapsed:.2f} s), "
+            print(f"magic-wormhole{', pinned' if cpus else ''} run {number}: {size / MIB / elapsed:.1f} MiB/s "
+                  f"({elapsed:.2f} s), "
                   f"{size / MIB / data_time:.1f} MiB/s from its first byte on disk ({data_time:.2f} s), "
                   f"CPU of both clients {cpu:.2f} s", flush=True)
             return {"raw": size / MIB / elapsed, "net": size / MIB / data_time, "setup": elapsed - data_time}
@@ -314,6 +344,11 @@ def wormhole(work: str, source: str, digest: str, size: int, mtu: int) -> Iterat
             yield run
         finally:
             logs.close()
+
+
+def on_cpu(cpu: Optional[int]) -> dict:
+    """Popen arguments that start a process on `cpu` alone (none for None)."""
+    return {} if cpu is None else {"preexec_fn": lambda: os.sched_setaffinity(0, {cpu})}
 
 
 def watch_first_byte(directory: str, done: Callable[[], object], timeout: float) -> tuple[Optional[float], float]:
@@ -338,6 +373,30 @@ def wormhole_summary(results: list[dict]) -> dict:
     return {key: statistics.median(r[key] for r in results) for key in ("raw", "net", "setup")}
 
 
+def against_wormhole(work: str, source: str, digest: str, size: int, args: argparse.Namespace,
+                     with_ours: bool, cpus: Optional[tuple[int, int]] = None) -> tuple[Optional[dict], dict]:
+    """Ours on the offload path (when `with_ours`) and magic-wormhole, run for run in turns:
+    this VM's page cache and CPU drift from minute to minute, and each pair of runs sees the
+    same. Prints the run-by-run ratios; returns (our summary or None, magic-wormhole's)."""
+    ours: list[dict] = []
+    theirs: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        run_ours = (stack.enter_context(pair(work, source, digest, size, "offload", args.veth_mtu, cpus))
+                    if with_ours else None)
+        run_theirs = stack.enter_context(wormhole(work, source, digest, size, args.wormhole_mtu, cpus))
+        for number in range(1, args.runs + 1):
+            if run_ours is not None:
+                ours.append(run_ours(number))
+            theirs.append(run_theirs(number))
+    for key, what in (("net", "from the first byte on disk, both"), ("mibs", "ours from accept")):
+        ratios = [mine[key] / its["net"] for mine, its in zip(ours, theirs) if mine[key]]
+        if ratios:
+            print(f"offload path / magic-wormhole data phase{', pinned' if cpus else ''} ({what}), run by run: "
+                  + " ".join(f"{ratio:.2f}x" for ratio in ratios) + f" (median {statistics.median(ratios):.2f}x)",
+                  flush=True)
+    return (summary(ours, size) if ours else None), wormhole_summary(theirs)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=256)
@@ -350,6 +409,8 @@ def main() -> int:
     parser.add_argument("--skip-wormhole", action="store_true", help="no magic-wormhole runs")
     parser.add_argument("--only-loopback", action="store_true", help="loopback and chat only")
     parser.add_argument("--smoke", action="store_true", help="a few seconds: 4 MiB, one run, one path")
+    parser.add_argument("--pinned", action="store_true",
+                        help="also compare with magic-wormhole with each end pinned to a CPU of its own")
     args = parser.parse_args()
     if args.smoke:
         args.size_mib, args.runs, args.paths, args.skip_wormhole = 4, 1, "offload", True
@@ -382,26 +443,18 @@ def main() -> int:
         if why:
             skipped.append(f"magic-wormhole skipped: {why}")
         if not args.skip_wormhole and not why:
-            # Run for run, ours on the offload path and magic-wormhole's take turns: this VM's
-            # page cache and CPU drift from minute to minute, and each pair of runs sees the same.
-            ours: list[dict] = []
-            theirs: list[dict] = []
-            with contextlib.ExitStack() as stack:
-                run_ours = (stack.enter_context(pair(work, source, digest, size, "offload", args.veth_mtu))
-                            if "offload" in paths else None)
-                run_theirs = stack.enter_context(wormhole(work, source, digest, size, args.wormhole_mtu))
-                for number in range(1, args.runs + 1):
-                    if run_ours is not None:
-                        ours.append(run_ours(number))
-                    theirs.append(run_theirs(number))
-            worm = wormhole_summary(theirs)
+            ours, worm = against_wormhole(work, source, digest, size, args, "offload" in paths)
             if ours:
-                pairs["offload"] = summary(ours, size)
-                for key, what in (("net", "from the first byte on disk, both"), ("mibs", "ours from accept")):
-                    ratios = [mine[key] / its["net"] for mine, its in zip(ours, theirs) if mine[key]]
-                    print(f"offload path / magic-wormhole data phase ({what}), run by run: "
-                          + " ".join(f"{ratio:.2f}x" for ratio in ratios)
-                          + (f" (median {statistics.median(ratios):.2f}x)" if ratios else ""), flush=True)
+                pairs["offload"] = ours
+        pinned = None
+        if args.pinned:  # informative: a skip here leaves the targets alone
+            cpus = two_cpus()
+            if cpus is None:
+                print("the pinned comparison skipped: it needs two CPUs and sched_setaffinity", flush=True)
+            elif args.skip_wormhole or why or not paths:
+                print("the pinned comparison skipped: it needs magic-wormhole and the namespace pair", flush=True)
+            else:
+                pinned = against_wormhole(work, source, digest, size, args, True, cpus)
         for path in paths:
             if path not in pairs:
                 pairs[path] = pair_runs(work, source, digest, size, args.runs, path, args.veth_mtu)
@@ -440,6 +493,11 @@ def main() -> int:
             if "offload" in pairs:
                 mine = pairs["offload"]["net"] or pairs["offload"]["median"]
                 met = met and mine >= worm["net"]
+        if pinned is not None and pinned[0] and pinned[1] is not None:
+            (mine, theirs) = pinned
+            print(f"pinned, each end on a CPU of its own (informative, not the target): offload path "
+                  f"{mine['net'] or mine['median']:.1f} MiB/s from the first byte on disk, magic-wormhole "
+                  f"{theirs['net']:.1f}: {(mine['net'] or mine['median']) / theirs['net']:.2f}x")
         for line in skipped:
             print(line)
         print("targets met" if met and not skipped else
