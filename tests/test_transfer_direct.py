@@ -18,6 +18,7 @@ from chatp2p_core.services.transfer import direct
 from chatp2p_core.services.transfer.direct import ALIGN, DirectStage
 from chatp2p_core.services.transfer.disk import write_and_hash
 
+from poll import wait_for
 from test_transfer import direct_io_works
 from test_transfer_disk import MEMORY_FILESYSTEMS, filesystem_type
 
@@ -265,10 +266,11 @@ class InlinePool:
         return func(*args)
 
 
-def test_at_most_max_direct_stages_transfers_hold_a_buffer_and_a_freed_one_is_taken_again():
+def node_receiver():
+    """The node's `Receiving` on its own: inline pool, no store (what it records is not the
+    question here)."""
     import collections
 
-    from chatp2p_core.services.transfer.model import ACTIVE, Incoming, MAX_DIRECT_STAGES
     from chatp2p_core.services.transfer.receiver import Receiving
 
     class Receiver(Receiving):
@@ -277,12 +279,21 @@ def test_at_most_max_direct_stages_transfers_hold_a_buffer_and_a_freed_one_is_ta
             self.pending_bytes = 0
             self.counters = collections.Counter()
             self.pool = InlinePool()
+            self._stopping = False
 
-    receiver = Receiver()
-    size = 64 * ALIGN
-    datas, transfers = [], []
-    for n in range(MAX_DIRECT_STAGES + 1):
-        path = os.path.join(work.name, f"cap-{n}-{os.urandom(4).hex()}.part")
+        def _save(self, transfer, **fields):
+            pass
+
+    return Receiver()
+
+
+def open_incoming(receiver, count: int, size: int) -> tuple[list, list[bytes]]:
+    """`count` ACTIVE incoming transfers of `size` random bytes each, their .part open."""
+    from chatp2p_core.services.transfer.model import ACTIVE, Incoming
+
+    transfers, datas = [], []
+    for n in range(count):
+        path = os.path.join(work.name, f"node-{n}-{os.urandom(4).hex()}.part")
         row = {"transfer_id": f"{n:032x}", "contact_id": 1, "file_name": "f.bin", "path": None, "size": size,
                "chunk_size": 1 << 16, "tag": b"", "state": ACTIVE.value, "stopped_by": None, "sha256": None,
                "error": None, "part_path": path, "have": ""}
@@ -291,26 +302,80 @@ def test_at_most_max_direct_stages_transfers_hold_a_buffer_and_a_freed_one_is_ta
         receiver.transfers[transfer.transfer_id] = transfer
         transfers.append(transfer)
         datas.append(os.urandom(size))
+    return transfers, datas
 
-    def deliver(transfer, data, start, stop):
-        receiver._queue(transfer, start, stop, [data[start:stop]])
-        receiver._write_pending(transfer)
 
-    for transfer, data in zip(transfers, datas):
-        deliver(transfer, data, 0, size // 2)
-    staged = [t for t in transfers if t.stage is not None]
-    assert len(staged) == MAX_DIRECT_STAGES and transfers[-1].stage is None
-    first = transfers[0]
-    first.stage.close()  # its file closed (finished, paused, failed): the buffer is freed
-    first.stage = None
-    for transfer, data in zip(transfers[1:], datas[1:]):
-        deliver(transfer, data, size // 2, size)
-    assert transfers[-1].stage is not None, "the freed buffer went to the transfer without one"
-    deliver(first, datas[0], size // 2, size)
-    assert first.stage is None  # all taken again: through the page cache
+def deliver(receiver, transfer, data: bytes, start: int, stop: int) -> None:
+    receiver._queue(transfer, start, stop, [data[start:stop]])
+    receiver._write_pending(transfer)
+
+
+def check_and_close(transfers, datas: list[bytes], size: int) -> None:
     for transfer, data in zip(transfers, datas):
         assert transfer.hash_pos == size and transfer.hasher.digest() == hashlib.sha256(data).digest()
         assert os.pread(transfer.fd, size + 1, 0) == data
         if transfer.stage is not None:
             transfer.stage.close()
         os.close(transfer.fd)
+
+
+def test_at_most_max_direct_stages_transfers_hold_a_buffer_and_a_freed_one_is_taken_again():
+    from chatp2p_core.services.transfer.model import MAX_DIRECT_STAGES
+
+    receiver = node_receiver()
+    size = 64 * ALIGN
+    transfers, datas = open_incoming(receiver, MAX_DIRECT_STAGES + 1, size)
+    for transfer, data in zip(transfers, datas):
+        deliver(receiver, transfer, data, 0, size // 2)
+    staged = [t for t in transfers if t.stage is not None]
+    assert len(staged) == MAX_DIRECT_STAGES and transfers[-1].stage is None
+    first = transfers[0]
+    first.stage.close()  # its file closed (finished, failed): the buffer is freed
+    first.stage = None
+    for transfer, data in zip(transfers[1:], datas[1:]):
+        deliver(receiver, transfer, data, size // 2, size)
+    assert transfers[-1].stage is not None, "the freed buffer went to the transfer without one"
+    deliver(receiver, first, datas[0], size // 2, size)
+    assert first.stage is None  # all taken again: through the page cache
+    check_and_close(transfers, datas, size)
+
+
+def test_a_paused_or_quiet_transfer_gives_its_buffer_to_one_that_moves(monkeypatch):
+    """A paused transfer's writer, once caught up, frees its direct-write buffer at once; an
+    active one whose data stopped frees it after a quiet SYNC_INTERVAL. The transfer without a
+    buffer takes it, and the paused one, resumed, still ends with the exact file and hash."""
+    import gevent
+
+    from chatp2p_core.services.transfer import receiver as receiving
+    from chatp2p_core.services.transfer.model import ACTIVE, MAX_DIRECT_STAGES, PAUSED
+
+    monkeypatch.setattr(receiving, "SYNC_INTERVAL", 3600.0)  # nothing is quiet for long enough yet
+    receiver = node_receiver()
+    size = 64 * ALIGN + 1000  # a partial block at the end of each half
+    half = 32 * ALIGN + 500
+    transfers, datas = open_incoming(receiver, MAX_DIRECT_STAGES + 2, size)
+    for transfer, data in zip(transfers, datas):
+        deliver(receiver, transfer, data, 0, half)
+    paused, quiet, waiting = transfers[0], transfers[1], transfers[-2:]
+    assert paused.stage is not None and quiet.stage is not None and all(t.stage is None for t in waiting)
+
+    paused.state = PAUSED
+    writers = [gevent.spawn(receiver._writer, transfer) for transfer in (paused, quiet)]
+    try:
+        wait_for(lambda: paused.stage is None, message="the paused transfer's buffer freed", sleep=gevent.sleep)
+        assert quiet.stage is not None, "an active transfer keeps its buffer while data may come"
+        gevent.kill(writers.pop())
+        monkeypatch.setattr(receiving, "SYNC_INTERVAL", 0.05)  # now the quiet wait ends (a sync with it)
+        writers.append(gevent.spawn(receiver._writer, quiet))
+        wait_for(lambda: quiet.stage is None, message="the quiet transfer's buffer freed", sleep=gevent.sleep)
+        assert paused.state == PAUSED and quiet.state == ACTIVE and paused.fd is not None and quiet.fd is not None
+    finally:
+        gevent.killall(writers)
+    for transfer, data in zip(waiting, datas[-2:]):
+        deliver(receiver, transfer, data, half, size)
+        assert transfer.stage is not None, "a freed buffer went to a transfer without one"
+
+    paused.state = ACTIVE  # resumed: the rest through whatever slot is free, the file exact
+    for transfer, data in zip(transfers[:-2], datas[:-2]):
+        deliver(receiver, transfer, data, half, size)
+    check_and_close(transfers, datas, size)

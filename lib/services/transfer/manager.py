@@ -151,9 +151,8 @@ class Transfers(Receiving, Sending, PathMtu, Pump):
         return contact.fingerprint, contact.name
 
     def _close_fd(self, transfer: Transfer) -> None:
-        if isinstance(transfer, Incoming) and transfer.stage is not None:
-            transfer.stage.close()
-            transfer.stage = None
+        if isinstance(transfer, Incoming):
+            self._release_stage(transfer)
         if transfer.fd is not None:
             try:
                 os.close(transfer.fd)

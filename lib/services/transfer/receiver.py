@@ -425,7 +425,14 @@ class Receiving:
         try:
             while not self._stopping and transfer.state in (ACTIVE, PAUSED) and transfer.fd is not None:
                 if not transfer.pending and transfer.written.prefix_end(0) <= transfer.hash_pos:
-                    transfer.wake.wait(SYNC_INTERVAL)
+                    # Caught up. A paused transfer, or one whose data stopped for a while (a
+                    # peer gone quiet), gives its direct-write buffer back: a transfer that
+                    # moves can take it, and memory stays flat. Everything it held is in the
+                    # file; a new stage reads back the partial block when the data resumes.
+                    if transfer.state == PAUSED:
+                        self._release_stage(transfer)
+                    if not transfer.wake.wait(SYNC_INTERVAL):
+                        self._release_stage(transfer)
                     transfer.wake.clear()
                 if (transfer.pending and transfer.pending_bytes < WRITE_BATCH
                         and transfer.have.total < transfer.size and not self._stopping):
@@ -515,6 +522,14 @@ class Receiving:
         if hasher is transfer.hasher and transfer.hash_pos == start:  # else the source changed meanwhile
             transfer.hasher, transfer.hash_pos = hashed, position
 
+    @staticmethod
+    def _release_stage(transfer: Incoming) -> None:
+        """Free the transfer's direct-write buffer and descriptor (the bytes it held are in the
+        file already), so that its slot goes to the next transfer that writes."""
+        if transfer.stage is not None:
+            transfer.stage.close()
+            transfer.stage = None
+
     def _direct_stages(self) -> int:
         """Direct-write buffers held now (a retired stage holds none)."""
         return sum(1 for t in self.transfers.values()
@@ -561,9 +576,7 @@ class Receiving:
             self._answer(transfer, Answer.FAILED, "SHA-256 mismatch")
             return
         self._join_syncer(transfer)
-        if transfer.stage is not None:
-            transfer.stage.close()
-            transfer.stage = None
+        self._release_stage(transfer)
         fd, transfer.fd = transfer.fd, None
         assert fd is not None and transfer.part_path is not None
         try:
