@@ -330,8 +330,7 @@ def test_at_most_max_direct_stages_transfers_hold_a_buffer_and_a_freed_one_is_ta
     staged = [t for t in transfers if t.stage is not None]
     assert len(staged) == MAX_DIRECT_STAGES and transfers[-1].stage is None
     first = transfers[0]
-    first.stage.close()  # its file closed (finished, failed): the buffer is freed
-    first.stage = None
+    receiver._release_stage(first)  # its file closed (finished, failed): the buffer is freed
     for transfer, data in zip(transfers[1:], datas[1:]):
         deliver(receiver, transfer, data, size // 2, size)
     assert transfers[-1].stage is not None, "the freed buffer went to the transfer without one"
